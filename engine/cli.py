@@ -1,0 +1,33 @@
+"""The ``ringbook`` command line.
+
+Each subcommand lives in its own module, which offers ``add_arguments(parser)``
+and ``run(args) -> int`` (the exit status); this module only dispatches.
+"""
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> (module, one-line help)
+COMMANDS = {
+    "info": ("engine.info", "versions, CPU, TSC calibration, mlock and affinity"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="ringbook", description="Numba-JIT market data engine.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+        subparsers.choices[name].set_defaults(run=module.run)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""What this machine offers the runtime: CPU model, cores, affinity and memory locking.
+
+The scheduler pins threads and locks memory through these functions; ``ringbook
+info`` reports them.
+"""
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import resource
+
+
+def cpu_model(path="/proc/cpuinfo"):
+    """The CPU's model name, or the machine type when the kernel does not say."""
+    try:
+        with open(path) as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def usable_cores():
+    """The cores this process may run on."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def pin_current_thread(cores):
+    """Restrict the calling thread to ``cores`` (Linux: affinity is per thread)."""
+    os.sched_setaffinity(0, set(cores))
+
+
+def memlock_limit():
+    """The soft RLIMIT_MEMLOCK in bytes (``None`` when unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def lock_memory(address, length):
+    """``mlock`` a range so the hot path never takes a page fault. Raises ``OSError``."""
+    if _libc().mlock(ctypes.c_void_p(address), ctypes.c_size_t(length)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mlock of {length} bytes failed: {os.strerror(errno)}")
+
+
+def unlock_memory(address, length):
+    _libc().munlock(ctypes.c_void_p(address), ctypes.c_size_t(length))
+
+
+def can_lock_memory(length=mmap.PAGESIZE):
+    """Whether ``mlock`` of ``length`` bytes succeeds here (tried on a scratch page)."""
+    scratch = mmap.mmap(-1, length)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(scratch))
+    try:
+        lock_memory(address, length)
+    except OSError:
+        return False
+    else:
+        unlock_memory(address, length)
+        return True
+    finally:
+        del address
+        scratch.close()

@@ -1,0 +1,151 @@
+"""Atomic operations on integer elements of numpy arrays, callable from njit.
+
+Positions shared between threads or processes (ring cursors over a private
+array, an ``mmap`` or POSIX shared memory) are read with acquire and written
+with release ordering. A plain load or store is not enough: LLVM may reorder or
+cache it. These intrinsics emit LLVM's atomic instructions directly.
+
+All functions take ``(array, index, ...)`` where ``array`` is a C-contiguous
+1-D array of a 4- or 8-byte integer dtype and ``index`` an element index. The
+index is not bounds-checked: callers pass constants or validated values.
+
+On x86-64 an acquire load and a release store compile to plain ``mov``
+instructions; their cost is that the compiler may not move memory accesses
+across them.
+"""
+
+import platform
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array
+
+_MACHINE = platform.machine().lower()
+
+
+def _check_array(array, name):
+    if not isinstance(array, types.Array) or array.ndim != 1:
+        raise TypingError(f"{name}: expected a 1-D integer array, got {array}")
+    if not isinstance(array.dtype, types.Integer) or array.dtype.bitwidth not in (32, 64):
+        raise TypingError(f"{name}: array dtype must be a 32- or 64-bit integer, got {array.dtype}")
+    if array.layout != "C":
+        raise TypingError(f"{name}: array must be C-contiguous, got layout {array.layout!r}")
+
+
+def _element_pointer(context, builder, array_type, array_value, index_type, index_value):
+    array = make_array(array_type)(context, builder, array_value)
+    index = context.cast(builder, index_value, index_type, types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, array, [index], wraparound=False)
+
+
+@intrinsic
+def load_acquire(typingctx, array, index):
+    """``array[index]`` read with acquire ordering."""
+    _check_array(array, "load_acquire")
+    signature = array.dtype(array, index)
+
+    def codegen(context, builder, sig, args):
+        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load_atomic(pointer, "acquire", array.dtype.bitwidth // 8)
+
+    return signature, codegen
+
+
+@intrinsic
+def load_relaxed(typingctx, array, index):
+    """``array[index]`` read atomically with no ordering (never torn, never cached)."""
+    _check_array(array, "load_relaxed")
+    signature = array.dtype(array, index)
+
+    def codegen(context, builder, sig, args):
+        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load_atomic(pointer, "monotonic", array.dtype.bitwidth // 8)
+
+    return signature, codegen
+
+
+@intrinsic
+def store_release(typingctx, array, index, value):
+    """``array[index] = value`` written with release ordering."""
+    _check_array(array, "store_release")
+    signature = types.void(array, index, value)
+
+    def codegen(context, builder, sig, args):
+        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        stored = context.cast(builder, args[2], sig.args[2], array.dtype)
+        builder.store_atomic(stored, pointer, "release", array.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def fetch_add(typingctx, array, index, value):
+    """Add ``value`` to ``array[index]`` atomically (acquire-release); return the old value."""
+    _check_array(array, "fetch_add")
+    signature = array.dtype(array, index, value)
+
+    def codegen(context, builder, sig, args):
+        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        added = context.cast(builder, args[2], sig.args[2], array.dtype)
+        return builder.atomic_rmw("add", pointer, added, "acq_rel")
+
+    return signature, codegen
+
+
+@intrinsic
+def compare_exchange(typingctx, array, index, expected, desired):
+    """Set ``array[index]`` to ``desired`` if it equals ``expected`` (acquire-release).
+
+    Returns the value found, so the exchange happened when it equals ``expected``.
+    """
+    _check_array(array, "compare_exchange")
+    signature = array.dtype(array, index, expected, desired)
+
+    def codegen(context, builder, sig, args):
+        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        old = context.cast(builder, args[2], sig.args[2], array.dtype)
+        new = context.cast(builder, args[3], sig.args[3], array.dtype)
+        pair = builder.cmpxchg(pointer, old, new, "acq_rel", "acquire")
+        return builder.extract_value(pair, 0)
+
+    return signature, codegen
+
+
+@intrinsic
+def compiler_barrier(typingctx):
+    """Stop the compiler from moving memory accesses across this point (no CPU fence)."""
+
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst", "singlethread")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """CPU hint for a spin-wait loop (x86 ``pause``, ARM ``yield``).
+
+    It saves power and frees the sibling hyper-thread; on other CPUs it is only
+    a compiler barrier.
+    """
+
+    def codegen(context, builder, sig, args):
+        module = builder.module
+        if _MACHINE in ("x86_64", "amd64", "i686", "x86"):
+            function = cgutils.get_or_insert_function(
+                module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(function, [])
+        elif _MACHINE in ("aarch64", "arm64"):
+            function = cgutils.get_or_insert_function(
+                module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "llvm.aarch64.hint")
+            builder.call(function, [ir.Constant(ir.IntType(32), 1)])
+        else:
+            builder.fence("seq_cst", "singlethread")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
