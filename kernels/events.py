@@ -5,8 +5,8 @@ message that changes several levels (a Binance depth diff) becomes several
 events that share ``sequence`` and ``prev_sequence``; the last of them carries
 :data:`FLAG_BATCH_END`, after which the book is consistent again.
 
-Fields of :data:`EVENT_DTYPE` (56 bytes, aligned)
--------------------------------------------------
+Fields of :data:`EVENT_DTYPE` (64 bytes: one cache line)
+----------------------------------------------------------
 exchange_ns : int64
     The exchange's timestamp, ns since the epoch (0 when unknown).
 local_ns : int64
