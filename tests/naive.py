@@ -547,3 +547,42 @@ def binance_check(path):
             else:
                 apply(data)
     return checked, mismatches, gaps
+
+
+# --- ring slots (kernels/ring.py) -------------------------------------------
+
+class NaiveRing:
+    """A ring as a list of messages and one read position per consumer.
+
+    The producer may write while the slowest consumer is fewer than
+    ``slot_count`` messages behind; each consumer reads every message in order.
+    """
+
+    def __init__(self, slot_count, payload_capacity, consumers=1):
+        self.slot_count = slot_count
+        self.payload_capacity = payload_capacity
+        self.messages = []
+        self.positions = [0] * consumers
+
+    def write(self, payload):
+        """True if written, False if full; ValueError if too large."""
+        if len(payload) > self.payload_capacity:
+            raise ValueError("too large")
+        if len(self.messages) - min(self.positions) >= self.slot_count:
+            return False
+        self.messages.append(bytes(payload))
+        return True
+
+    def read(self, consumer):
+        """The next message for ``consumer``, or None."""
+        position = self.positions[consumer]
+        if position == len(self.messages):
+            return None
+        self.positions[consumer] += 1
+        return self.messages[position]
+
+    def pending(self, consumer):
+        return len(self.messages) - self.positions[consumer]
+
+    def free_slots(self):
+        return self.slot_count - (len(self.messages) - min(self.positions))
