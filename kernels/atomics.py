@@ -149,3 +149,63 @@ def spin_pause(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+# Atomics at a byte offset of a uint8 slab: a ring keeps its shared positions
+# inside one uint8 region (a private array, a file mapping or shared memory).
+
+def _check_slab(slab, name):
+    if not isinstance(slab, types.Array) or slab.ndim != 1 or slab.dtype != types.uint8:
+        raise TypingError(f"{name}: expected a 1-D uint8 array, got {slab}")
+    if slab.layout != "C":
+        raise TypingError(f"{name}: slab must be C-contiguous, got layout {slab.layout!r}")
+
+
+def _int64_pointer_at(context, builder, slab_type, slab_value, offset_type, offset_value):
+    byte_pointer = _element_pointer(context, builder, slab_type, slab_value, offset_type, offset_value)
+    return builder.bitcast(byte_pointer, ir.IntType(64).as_pointer())
+
+
+@intrinsic
+def load_acquire_at(typingctx, slab, offset):
+    """The int64 at byte ``offset`` of a uint8 ``slab``, read with acquire ordering.
+
+    ``offset`` must be a multiple of 8 and at most ``slab.size - 8``: it is not
+    checked.
+    """
+    _check_slab(slab, "load_acquire_at")
+    signature = types.int64(slab, offset)
+
+    def codegen(context, builder, sig, args):
+        pointer = _int64_pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return signature, codegen
+
+
+@intrinsic
+def load_relaxed_at(typingctx, slab, offset):
+    """The int64 at byte ``offset`` of ``slab``, read atomically with no ordering."""
+    _check_slab(slab, "load_relaxed_at")
+    signature = types.int64(slab, offset)
+
+    def codegen(context, builder, sig, args):
+        pointer = _int64_pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load_atomic(pointer, "monotonic", 8)
+
+    return signature, codegen
+
+
+@intrinsic
+def store_release_at(typingctx, slab, offset, value):
+    """Write the int64 ``value`` at byte ``offset`` of ``slab`` with release ordering."""
+    _check_slab(slab, "store_release_at")
+    signature = types.void(slab, offset, value)
+
+    def codegen(context, builder, sig, args):
+        pointer = _int64_pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        stored = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(stored, pointer, "release", 8)
+        return context.get_dummy_value()
+
+    return signature, codegen

@@ -15,3 +15,14 @@ JIT_OPTIONS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 #: Decorator for every kernel: ``@kernel``.
 kernel = numba.njit(**JIT_OPTIONS)
+
+#: Decorator for a kernel that takes a user's function as an argument (a
+#: replay calling a callback): Numba keys such a compilation on the callback's
+#: type, which is new in every process, so a disk cache would only grow.
+#: The same options as :data:`kernel`, without ``cache``.
+kernel_with_callback = numba.njit(**{**JIT_OPTIONS, "cache": False})
+
+#: Decorator for a small internal kernel that Numba inlines into its callers
+#: (its IR, not just its machine code): no call on a hot path, so no
+#: reference counting around one. Costs compile time in each caller.
+inline_kernel = numba.njit(**JIT_OPTIONS, inline="always")

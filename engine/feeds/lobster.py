@@ -1,0 +1,402 @@
+"""LOBSTER message and orderbook files (Nasdaq order by order, with the book it implies).
+
+A message file has one event a line, ``time,type,order_id,size,price,direction``;
+an orderbook file has, on line ``k``, the book after message ``k``:
+``ask_price_1,ask_size_1,bid_price_1,bid_size_1,ask_price_2,...`` for as many
+levels as the file was made with. Either may start with a header row (a first
+line with letters in it). Prices are dollars times 10000 (``price_scale`` 4) and
+sizes are shares (``size_scale`` 0); empty orderbook levels hold the prices
+``-9999999999`` (bid) and ``9999999999`` (ask) with size 0.
+
+Message types become event kinds:
+
+====  ============================  =======================================
+type  LOBSTER                       event
+====  ============================  =======================================
+1     new limit order               ``KIND_L3_ADD``
+2     partial cancel                ``KIND_L3_CANCEL`` (quantity removed)
+3     delete                        ``KIND_L3_DELETE``
+4     visible execution             ``KIND_L3_EXECUTE`` (quantity executed)
+5     hidden execution              ``KIND_L3_EXECUTE_HIDDEN``
+6     cross trade (auction)         ``KIND_TRADE`` (side 0: no aggressor)
+7     trading halt indicator        ``KIND_STATUS``: price -1 halted,
+                                    0 quoting, 1 trading
+====  ============================  =======================================
+
+``side`` is the direction (1 buy → ``BID``, -1 sell → ``ASK``): for executions
+the side of the resting order. Every message is a whole exchange message, so
+each event carries ``FLAG_BATCH_END``; LOBSTER has no sequence numbers
+(``sequence`` 0).
+
+Time: the time column (seconds after midnight, up to nanosecond decimals) is
+parsed exactly as fixed point at 9 decimals, never through float. When the
+trading date is known (from a file name ``TICKER_YYYY-MM-DD_..._message_N.csv``
+or the ``date`` argument), ``exchange_ns`` is ns since the Unix epoch, counting
+from midnight in New York (Nasdaq's local time, daylight saving included);
+otherwise it is ns since midnight.
+"""
+
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from kernels import fixed
+from kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL,
+                            KIND_L3_DELETE, KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS,
+                            KIND_TRADE, STATUS_HALTED, STATUS_QUOTING, STATUS_TRADING, Instruments)
+from kernels.jit_options import kernel
+
+PRICE_SCALE = 4
+SIZE_SCALE = 0
+TICK = 100  # one cent at price_scale 4
+#: Prices LOBSTER writes for an empty orderbook level.
+EMPTY_ASK_PRICE = 9999999999
+EMPTY_BID_PRICE = -9999999999
+
+MESSAGE_FIELDS = ("time", "type", "order_id", "size", "price", "direction")
+#: Decimals each message column is parsed at: the time to ns, the rest as integers.
+MESSAGE_SCALES = np.array([9, 0, 0, 0, 0, 0], np.int64)
+
+#: LOBSTER event type -> event kind (0: no such type).
+KIND_OF_TYPE = np.array([0, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE, KIND_L3_EXECUTE,
+                         KIND_L3_EXECUTE_HIDDEN, KIND_TRADE, KIND_STATUS], np.uint8)
+#: Type 7's price -> STATUS_* code, indexed by price + 1.
+STATUS_OF_HALT_PRICE = np.array([STATUS_HALTED, STATUS_QUOTING, STATUS_TRADING], np.int64)
+
+# Status codes of parse_csv_rows beyond kernels.fixed's OK..OVERFLOW.
+FIELD_COUNT = 10
+
+_COMMA = 44
+_FILE_NAME = re.compile(r"^(?P<ticker>[^_]+)_(?P<date>\d{4}-\d{2}-\d{2})_\d+_\d+_"
+                        r"(?:message|orderbook)_(?P<levels>\d+)\.csv$")
+_NASDAQ_ZONE = "America/New_York"
+
+
+@kernel
+def parse_csv_rows(buffer, starts, stops, first, scales, out):
+    """Parse comma-separated decimal lines into the rows of ``out``, exactly.
+
+    Line ``i`` is ``buffer[starts[i]:stops[i]]``; it must hold exactly
+    ``out.shape[1]`` fields, field ``j`` a decimal parsed at ``scales[j]``.
+
+    Parameters
+    ----------
+    buffer : 1-D uint8 array
+    starts, stops : 1-D int64 arrays
+        Line bounds, within ``buffer``.
+    first : int
+        The first line to parse; lines before it are left alone.
+    scales : 1-D int64 array
+        Decimals of each column.
+    out : 2-D int64 array
+        At least as many rows as lines; row ``i`` receives line ``i``.
+
+    Returns
+    -------
+    stopped_at : int64
+        The index of the first bad line, or the number of lines when all are good.
+    status : int64
+        ``kernels.fixed`` status of the bad field, :data:`FIELD_COUNT` for a
+        line with another number of fields, OK when all lines are good.
+    column : int64
+        The bad field's column (-1 when OK or for a field count).
+    """
+    width = out.shape[1]
+    if scales.shape[0] != width or out.shape[0] < starts.shape[0] or stops.shape[0] != starts.shape[0]:
+        return np.int64(first), np.int64(fixed.INVALID), np.int64(-1)
+    for line in range(first, starts.shape[0]):
+        start = starts[line]
+        stop = stops[line]
+        if start < 0 or stop > buffer.shape[0] or start > stop:
+            return np.int64(line), np.int64(fixed.INVALID), np.int64(-1)
+        field_start = start
+        column = 0
+        position = start
+        while True:
+            if position == stop or buffer[position] == _COMMA:
+                if column == width:
+                    return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1)
+                value, status = fixed.parse_decimal_bytes(buffer, field_start, position, scales[column])
+                if status != fixed.OK:
+                    return np.int64(line), status, np.int64(column)
+                out[line, column] = value
+                column += 1
+                if position == stop:
+                    break
+                field_start = position + 1
+            position += 1
+        if column != width:
+            return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1)
+    return np.int64(starts.shape[0]), np.int64(fixed.OK), np.int64(-1)
+
+
+_REASONS = {fixed.INVALID: "not a decimal number", fixed.TOO_PRECISE: "too many decimals",
+            fixed.OVERFLOW: "out of int64 range"}
+
+
+def _has_header(buffer, starts, stops):
+    """True when every field of the first line has a letter (a header such as ``Time,Type,...``).
+
+    A data line with one corrupted field is not taken for a header: it is reported.
+    """
+    if len(starts) == 0:
+        return False
+    fields = bytes(buffer[starts[0]:stops[0]]).split(b",")
+    return all(any(chr(byte).isalpha() for byte in field) for field in fields)
+
+
+def _read_rows(path, width_of, names, scales_of, skip_malformed):
+    """Parse a LOBSTER csv into an int64 matrix.
+
+    Returns ``(rows, line numbers, record indices, skipped lines or a FeedError)``.
+
+    ``width_of(field_count, line)`` decides the column count from the first row's;
+    ``scales_of(width)`` the decimals of each column; ``names(column)`` names a column.
+    """
+    buffer = read_buffer(path)
+    starts, stops, numbers = line_bounds(buffer)
+    if _has_header(buffer, starts, stops):
+        starts, stops, numbers = starts[1:], stops[1:], numbers[1:]
+    if len(starts) == 0:
+        return np.zeros((0, width_of(0, 0)), np.int64), numbers, numbers, []
+    first_fields = int(np.count_nonzero(buffer[starts[0]:stops[0]] == _COMMA)) + 1
+    width = width_of(first_fields, int(numbers[0]))
+    rows = np.zeros((len(starts), width), np.int64)
+    good = np.ones(len(starts), bool)
+    skipped = []
+    first = 0
+    while True:
+        stopped_at, status, column = parse_csv_rows(buffer, starts, stops, first, scales_of(width), rows)
+        if status == fixed.OK:
+            break
+        line = int(numbers[stopped_at])
+        if status == FIELD_COUNT:
+            found = int(np.count_nonzero(buffer[starts[stopped_at]:stops[stopped_at]] == _COMMA)) + 1
+            field, reason = None, f"{found} fields, expected {width}"
+        else:
+            field, reason = names(int(column)), _REASONS.get(int(status), f"status {status}")
+        if not skip_malformed:
+            return (rows[:stopped_at], numbers[:stopped_at], np.arange(stopped_at),
+                    FeedError(path, line, reason, field))
+        skipped.append(line)
+        good[stopped_at] = False
+        first = stopped_at + 1
+    return rows[good], numbers[good], np.flatnonzero(good), skipped
+
+
+def file_facts(path):
+    """``(ticker, date, levels)`` from a LOBSTER file name; ``(None, None, None)`` otherwise."""
+    match = _FILE_NAME.match(Path(path).name)
+    if match is None:
+        return None, None, None
+    return match["ticker"], datetime.date.fromisoformat(match["date"]), int(match["levels"])
+
+
+def midnight_ns(date):
+    """ns since the Unix epoch of midnight in New York on ``date``."""
+    from zoneinfo import ZoneInfo
+
+    midnight = datetime.datetime(date.year, date.month, date.day, tzinfo=ZoneInfo(_NASDAQ_ZONE))
+    seconds = int((midnight - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)).total_seconds())
+    return seconds * 1_000_000_000
+
+
+def _message_problems(rows):
+    """Per row, the first invalid column (-1 when the row is valid) and why."""
+    kinds = rows[:, 1]
+    size, price, direction, order_id = rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 2]
+    is_halt = kinds == 7
+    checks = [
+        (1, (kinds < 1) | (kinds > 7), "event type must be 1..7"),
+        (2, order_id < 0, "negative order id"),
+        (3, size < 0, "negative size"),
+        (4, ~is_halt & (price <= 0), "price must be positive"),
+        (4, is_halt & ((price < -1) | (price > 1)), "a halt's price must be -1, 0 or 1"),
+        (5, (direction != 1) & (direction != -1), "direction must be 1 or -1"),
+    ]
+    column = np.full(len(rows), -1, np.int64)
+    reason = np.full(len(rows), -1, np.int64)
+    for index, (col, bad, _) in reversed(list(enumerate(checks))):
+        column[bad] = col
+        reason[bad] = index
+    return column, reason, [text for _, _, text in checks]
+
+
+def read_messages(path, *, symbol=None, date=None, instruments=None, skip_malformed=False):
+    """Read a LOBSTER message file into events.
+
+    Parameters
+    ----------
+    path : str or Path
+        A message file, with or without a header row; gzip is fine.
+    symbol : str, optional
+        The instrument's name; by default the ticker in the file name (else "LOBSTER").
+    date : datetime.date, optional
+        The trading day; by default the date in the file name. Without one,
+        ``exchange_ns`` is ns since midnight instead of since the epoch.
+    instruments : kernels.events.Instruments, optional
+        Table to intern the symbol in (price_scale 4, size_scale 0, tick 100); a new one by default.
+    skip_malformed : bool
+        Skip malformed lines and list them in ``skipped_lines`` instead of raising.
+
+    Returns
+    -------
+    Feed
+        One event per message; ``lines`` gives each event's line in the file.
+
+    Raises
+    ------
+    FeedError
+        A malformed line (wrong field count, a field that is not an exact
+        number of the column's kind, a value out of its domain), naming the
+        file, line and field; ``partial`` holds the events before it.
+    """
+    ticker, file_date, _ = file_facts(path)
+    instruments = instruments if instruments is not None else Instruments()
+    symbol_id = instruments.intern(symbol or ticker or "LOBSTER", PRICE_SCALE, SIZE_SCALE, TICK)
+    date = date or file_date
+    origin_ns = midnight_ns(date) if date is not None else 0
+
+    rows, numbers, records, problem = _read_rows(path, lambda found, line: len(MESSAGE_FIELDS),
+                                                 MESSAGE_FIELDS.__getitem__,
+                                                 lambda width: MESSAGE_SCALES, skip_malformed)
+    skipped = [] if isinstance(problem, FeedError) else problem
+    bad_column, bad_reason, reasons = _message_problems(rows)
+    bad = np.flatnonzero(bad_column >= 0)
+    if len(bad):
+        if not skip_malformed:
+            index = int(bad[0])
+            problem = FeedError(path, int(numbers[index]), reasons[bad_reason[index]],
+                                MESSAGE_FIELDS[bad_column[index]])
+            rows, numbers, records = rows[:index], numbers[:index], records[:index]
+        else:
+            skipped = sorted(skipped + numbers[bad].tolist())
+            keep = bad_column < 0
+            rows, numbers, records = rows[keep], numbers[keep], records[keep]
+
+    events = np.zeros(len(rows), EVENT_DTYPE)
+    kinds = KIND_OF_TYPE[rows[:, 1]]
+    events["exchange_ns"] = origin_ns + rows[:, 0]
+    events["kind"] = kinds
+    events["side"] = np.where(rows[:, 5] == 1, BID, ASK)
+    events["order_id"] = rows[:, 2]
+    events["quantity"] = rows[:, 3]
+    events["price"] = rows[:, 4]
+    events["symbol"] = symbol_id
+    events["flags"] = FLAG_BATCH_END
+    halts = kinds == KIND_STATUS
+    events["quantity"][halts] = STATUS_OF_HALT_PRICE[rows[halts, 4] + 1]
+    events["price"][halts] = 0
+    events["side"][halts] = 0
+    crosses = kinds == KIND_TRADE
+    events["side"][crosses] = 0
+    feed = Feed(events, numbers.astype(np.int64), instruments, str(path), skipped,
+                records=records.astype(np.int64))
+    if isinstance(problem, FeedError):
+        problem.partial = feed
+        raise problem
+    return feed
+
+
+@dataclass
+class OrderbookFile:
+    """A LOBSTER orderbook file: the book after each message.
+
+    Attributes
+    ----------
+    ask_price, ask_size, bid_price, bid_size : numpy.ndarray
+        ``int64`` arrays of shape (rows, levels); level 0 is the best. Empty
+        levels have size 0 (and LOBSTER's placeholder prices).
+    lines : numpy.ndarray
+        ``int64``, the 1-based line of each row.
+    records : numpy.ndarray
+        ``int64``, the 0-based index of each row among the data rows (row
+        ``k`` is the book after the message of record ``k``).
+    path : str
+    skipped_lines : list of int
+    """
+
+    ask_price: np.ndarray
+    ask_size: np.ndarray
+    bid_price: np.ndarray
+    bid_size: np.ndarray
+    lines: np.ndarray
+    records: np.ndarray
+    path: str
+    skipped_lines: list
+
+    @property
+    def levels(self):
+        return self.ask_price.shape[1]
+
+    def __len__(self):
+        return len(self.lines)
+
+
+def read_orderbook(path, *, skip_malformed=False):
+    """Read a LOBSTER orderbook file (any level count, with or without a header).
+
+    The level count comes from the first row (4 fields a level).
+
+    Raises
+    ------
+    FeedError
+        A malformed row: a field count other than the first row's, or a field
+        that is not an integer; ``partial`` is None (an orderbook is read whole).
+    """
+    def width_of(found, line):
+        if found % 4:
+            raise FeedError(path, line, f"{found} fields: an orderbook row has 4 per level")
+        return max(found, 4)
+
+    def names(column):
+        return f"{('ask_price', 'ask_size', 'bid_price', 'bid_size')[column % 4]}_{column // 4 + 1}"
+
+    rows, numbers, records, problem = _read_rows(path, width_of, names,
+                                                 lambda width: np.zeros(width, np.int64),
+                                                 skip_malformed)
+    if isinstance(problem, FeedError):
+        raise problem
+    sizes = np.concatenate([rows[:, 1::4], rows[:, 3::4]], axis=1)
+    if (sizes < 0).any():
+        row = int(np.flatnonzero((sizes < 0).any(axis=1))[0])
+        raise FeedError(path, int(numbers[row]), "negative size")
+    return OrderbookFile(rows[:, 0::4].copy(), rows[:, 1::4].copy(), rows[:, 2::4].copy(),
+                         rows[:, 3::4].copy(), numbers.astype(np.int64), records.astype(np.int64),
+                         str(path), problem)
+
+
+def levels_before_first(orderbook, first_event):
+    """The levels as they stood before the first message: orderbook row 0 with it undone.
+
+    Use them to seed a book (``kernels.book.load_snapshot``) and then replay
+    every message, the first included; row ``k`` is then the book after
+    message ``k`` for every ``k``.
+
+    Parameters
+    ----------
+    orderbook : OrderbookFile
+    first_event : numpy.void
+        The event of the first message (``read_messages(...).events[0]``).
+
+    Returns
+    -------
+    bid_prices, bid_sizes, ask_prices, ask_sizes : numpy.ndarray
+        ``int64``, non-empty levels only.
+    """
+    bids = dict(zip(orderbook.bid_price[0].tolist(), orderbook.bid_size[0].tolist()))
+    asks = dict(zip(orderbook.ask_price[0].tolist(), orderbook.ask_size[0].tolist()))
+    levels = bids if first_event["side"] == BID else asks
+    price, quantity, kind = int(first_event["price"]), int(first_event["quantity"]), int(first_event["kind"])
+    if kind == KIND_L3_ADD:
+        levels[price] = levels.get(price, 0) - quantity
+    elif kind in (KIND_L3_CANCEL, KIND_L3_DELETE, KIND_L3_EXECUTE):
+        levels[price] = levels.get(price, 0) + quantity
+    bid_prices = np.array([p for p, q in bids.items() if q > 0], np.int64)
+    ask_prices = np.array([p for p, q in asks.items() if q > 0], np.int64)
+    return (bid_prices, np.array([bids[p] for p in bid_prices.tolist()], np.int64),
+            ask_prices, np.array([asks[p] for p in ask_prices.tolist()], np.int64))

@@ -1,0 +1,733 @@
+"""Market-by-price (L2) order books for many symbols at once, on preallocated arrays.
+
+State
+-----
+A :class:`Book` is a ``typing.NamedTuple`` of numpy arrays made once by
+:func:`new_book`. Numba passes it into ``@njit`` code as is, so the kernels
+below and a user's own njit loop share one object. It holds both the L2 levels
+and the L3 order table of :mod:`kernels.orders` (one argument everywhere: an
+L3 event changes the order table and the level it feeds in one call).
+
+Levels
+------
+Per symbol and side, a sorted array of ``depth`` levels kept *best last*:
+bids by ascending price, asks by descending price, so index ``count - 1`` is
+the touch. An update near the touch scans a few elements from the end and
+moves the few elements between it and the touch: O(1) amortized when activity
+is near the touch; a far update falls back to binary search. Every price is
+representable: there is no price window and no tick grid.
+
+Capacity
+--------
+When a side holds ``depth`` levels and a new level arrives that is better than
+the farthest one, the farthest is dropped to make room; a new level at or
+beyond the farthest is dropped itself. Either way ``stats[symbol,
+STAT_DROPPED_LEVELS]`` counts it and the side's *horizon* (``horizons[symbol,
+side_index]``, see :func:`horizon`) becomes the best price dropped so far.
+The book stays exact for every price strictly better than the horizon: updates
+at or beyond it are dropped and counted (status :data:`LEVEL_DROPPED`), so a
+level the book returns is always the exchange's level. The horizon resets when
+the side is cleared (``KIND_CLEAR``, ``KIND_SNAPSHOT_BEGIN``, :func:`clear`).
+
+Memory
+------
+Per symbol: ``2 * depth * 16`` bytes of levels plus ``(6 + N_STATS) * 8``
+bytes of counters: 65,632 bytes at the default ``depth=2048``, so 2048 symbols
+take 128.2 MiB. The order table adds ``32 * order_capacity`` bytes shared by
+all symbols (32 MiB at the default ``2**20`` slots). Default total: 160.2 MiB.
+``np.zeros`` commits pages only when touched.
+
+Sequence handling (in :func:`kernels.replay.apply_event`)
+---------------------------------------------------------
+At the level of an exchange message (events sharing ``sequence``; the last
+one flagged ``FLAG_BATCH_END``): ``sequence == 0`` is unsequenced and always
+applied. Otherwise a message whose ``sequence`` is ``<= sequences[symbol]`` is
+stale: rejected (:data:`STALE`) and counted once. A message whose
+``prev_sequence`` is ``> sequences[symbol]`` follows a gap: it is *applied*
+(absolute L2 levels are better than none), counted once in ``STAT_GAPS`` and
+each of its events returns :data:`GAP`, so the caller can resynchronize.
+``sequences[symbol]`` takes the message's ``sequence`` at its
+``FLAG_BATCH_END`` event. Events flagged ``FLAG_SNAPSHOT`` and the snapshot
+kinds skip the checks; ``KIND_SNAPSHOT_BEGIN`` clears the symbol (levels,
+horizons, its orders) and sets its sequence to 0; ``KIND_SNAPSHOT_END`` sets
+it to the event's ``sequence``.
+
+API (kernels: ``@kernel`` functions, book first; callable from njit code)
+----------------------------------------------------------------------
+new_book(n_symbols=2048, depth=2048, order_capacity=2**20) -> Book      (Python)
+set_level(book, symbol, side, price, quantity) -> status   quantity 0 deletes
+clear(book, symbol, side) -> status                        side 0 clears both
+load_snapshot(book, symbol, bid_prices, bid_quantities, ask_prices,
+              ask_quantities, sequence) -> status          clear, then set
+replace_levels(book, symbol, side, after_price, through_price,
+               prices, quantities) -> status               set a price range exactly
+best_bid(book, symbol) -> (price, quantity)                (NO_PRICE, 0) when empty
+best_ask(book, symbol) -> (price, quantity)
+mid_price(book, symbol) -> float64                         NaN when a side is empty
+spread(book, symbol) -> int64                              NO_PRICE when a side is empty
+level_count(book, symbol, side) -> int64
+level_quantity(book, symbol, side, price) -> int64         0 when no level
+top_levels(book, symbol, side, prices_out, quantities_out) -> n   best first
+depth_to_price(book, symbol, side, price) -> int64         quantity at prices at least as good
+quantity_to_depth(book, symbol, side, n_levels) -> int64   quantity in the best n levels
+imbalance(book, symbol, n_levels) -> float64               (bid - ask) / (bid + ask), NaN if 0
+fill_cost(book, symbol, side, quantity) -> (filled, cost)  walk ``side`` (ASK to buy)
+vwap_to_fill(book, symbol, side, quantity) -> float64      cost / filled, NaN if 0
+is_crossed(book, symbol) -> bool                           bid >= ask, both sides present
+horizon(book, symbol, side) -> int64                       NO_PRICE when nothing dropped
+check_status(status, what="")                              (Python) raise BookError if < 0
+
+Prices and quantities are int64 fixed point (the instrument's scales); costs
+and VWAPs are float64 in those units (``price * quantity`` would overflow
+int64). ``side`` is :data:`~kernels.events.BID` (1) or
+:data:`~kernels.events.ASK` (-1); ``side_index`` is 0 for bids and 1 for asks.
+
+Status codes
+------------
+``OK`` 0; informational (positive, counted, replay goes on): ``STALE`` 1,
+``GAP`` 2, ``UNKNOWN_ORDER`` 3, ``LEVEL_DROPPED`` 4; errors (negative, the
+event is not applied, replay stops, :func:`check_status` raises
+:class:`BookError`): ``BAD_SYMBOL`` -1, ``BAD_SIDE`` -2, ``BAD_QUANTITY`` -3,
+``BAD_KIND`` -4, ``ORDER_TABLE_FULL`` -5, ``DUPLICATE_ORDER`` -6,
+``BAD_INDEX`` -7.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from kernels.events import ASK, BID
+from kernels.jit_options import inline_kernel, kernel
+
+# Status codes: 0 ok, > 0 informational, < 0 error.
+OK = 0
+STALE = 1            # message already applied: rejected
+GAP = 2              # applied, but the message does not follow the book's sequence
+UNKNOWN_ORDER = 3    # L3 event for an order not in the table: level adjusted from the event
+LEVEL_DROPPED = 4    # price at or beyond the side's horizon (capacity): dropped
+BAD_SYMBOL = -1
+BAD_SIDE = -2
+BAD_QUANTITY = -3
+BAD_KIND = -4
+ORDER_TABLE_FULL = -5
+DUPLICATE_ORDER = -6
+BAD_INDEX = -7
+
+STATUS_NAMES = {
+    OK: "ok", STALE: "stale", GAP: "gap", UNKNOWN_ORDER: "unknown order",
+    LEVEL_DROPPED: "level dropped", BAD_SYMBOL: "symbol id out of range",
+    BAD_SIDE: "side is neither BID (1) nor ASK (-1)",
+    BAD_QUANTITY: "negative (or, for an add, zero) quantity",
+    BAD_KIND: "unknown event kind",
+    ORDER_TABLE_FULL: "order table full",
+    DUPLICATE_ORDER: "order id already in the book",
+    BAD_INDEX: "event index out of range",
+}
+
+# Columns of Book.stats, counted per symbol.
+STAT_STALE = 0            # stale messages rejected
+STAT_GAPS = 1             # messages applied after a sequence gap
+STAT_UNKNOWN_ORDERS = 2   # L3 events for orders not in the table
+STAT_DROPPED_LEVELS = 3   # levels dropped for capacity, and updates beyond the horizon
+N_STATS = 4
+
+#: Price of an empty side, spread of a one-sided book, horizon of a side that dropped nothing.
+NO_PRICE = np.iinfo(np.int64).min
+
+# Horizon keys: a level's key is its price for bids and -price for asks, so
+# "better" is "greater key" on both sides; these keys mean "nothing dropped".
+_NO_HORIZON_KEY = np.iinfo(np.int64).min
+
+# Levels scanned from the touch before switching to binary search.
+_LINEAR_SCAN = 8
+
+
+@intrinsic
+def borrow(typingctx, value):
+    """``value`` (an array, or a tuple or :class:`Book` of arrays) without reference counting.
+
+    Numba counts references to every array a function binds, with atomic
+    operations; in a loop that calls kernels once per event they cost more
+    than the work. A borrowed book is the same book (same memory, same type)
+    whose arrays Numba does not count: take it once before the loop, use it
+    inside, and never let it outlive the function (return it or store it):
+    the caller's ``value`` is what keeps the memory alive.
+    """
+    def strip(context, builder, value_type, llvm_value):
+        if isinstance(value_type, types.Array):
+            array = context.make_array(value_type)(context, builder, value=llvm_value)
+            array.meminfo = cgutils.get_null_value(array.meminfo.type)
+            array.parent = cgutils.get_null_value(array.parent.type)
+            return array._getvalue()
+        if isinstance(value_type, types.BaseTuple):
+            for index, member in enumerate(value_type.types):
+                member_value = builder.extract_value(llvm_value, index)
+                llvm_value = builder.insert_value(
+                    llvm_value, strip(context, builder, member, member_value), index)
+        return llvm_value
+
+    def codegen(context, builder, signature, arguments):
+        return strip(context, builder, signature.args[0], arguments[0])
+
+    return value(value), codegen
+
+
+class BookError(ValueError):
+    """A kernel returned an error status."""
+
+
+class Book(NamedTuple):
+    """L2 levels and the L3 order table of ``n_symbols`` symbols (see the module docstring).
+
+    Attributes
+    ----------
+    prices, quantities : int64[n_symbols, 2, depth]
+        Levels per symbol and side index (0 bids, 1 asks), best at ``counts - 1``.
+    counts : int64[n_symbols, 2]
+        Levels held per symbol and side index.
+    gaps : int64[n_symbols, 2]
+        Rank of the first level after the side's gap (see "Levels").
+    horizon_keys : int64[n_symbols, 2]
+        Key (price for bids, -price for asks) of the best level dropped for
+        capacity; the side is exact for keys above it.
+    sequences : int64[n_symbols]
+        Sequence of the last message applied (0: none).
+    trading_status : int64[n_symbols]
+        Last ``STATUS_*`` code (0: unknown).
+    stats : int64[n_symbols, N_STATS]
+        Counters, columns ``STAT_*``.
+    orders : int64[order_capacity, 4]
+        Open-addressing order table of :mod:`kernels.orders`.
+    order_counts : int64[n_symbols + 1]
+        Orders in the table per symbol; the last element is the total.
+    """
+
+    prices: np.ndarray
+    quantities: np.ndarray
+    counts: np.ndarray
+    gaps: np.ndarray
+    horizon_keys: np.ndarray
+    sequences: np.ndarray
+    trading_status: np.ndarray
+    stats: np.ndarray
+    orders: np.ndarray
+    order_counts: np.ndarray
+
+
+def new_book(n_symbols=2048, depth=2048, order_capacity=2**20):
+    """Allocate an empty book.
+
+    Parameters
+    ----------
+    n_symbols : int
+        Symbol ids ``0 .. n_symbols - 1`` (an :class:`~kernels.events.Instruments` table's ids).
+    depth : int
+        Levels held per side (see "Capacity" in the module docstring).
+    order_capacity : int
+        Slots of the L3 order table, rounded up to a power of two (at least
+        16); it holds at most 3/4 of that many orders.
+    """
+    if n_symbols < 1 or depth < 1:
+        raise ValueError(f"n_symbols and depth must be positive, got {n_symbols}, {depth}")
+    slots = 16
+    while slots < order_capacity:
+        slots *= 2
+    horizon_keys = np.full((n_symbols, 2), _NO_HORIZON_KEY, np.int64)
+    return Book(
+        prices=np.zeros((n_symbols, 2, depth), np.int64),
+        quantities=np.zeros((n_symbols, 2, depth), np.int64),
+        counts=np.zeros((n_symbols, 2), np.int64),
+        gaps=np.zeros((n_symbols, 2), np.int64),
+        horizon_keys=horizon_keys,
+        sequences=np.zeros(n_symbols, np.int64),
+        trading_status=np.zeros(n_symbols, np.int64),
+        stats=np.zeros((n_symbols, N_STATS), np.int64),
+        orders=np.zeros((slots, 4), np.int64),
+        order_counts=np.zeros(n_symbols + 1, np.int64),
+    )
+
+
+def book_nbytes(book):
+    """Bytes held by ``book``'s arrays."""
+    return sum(array.nbytes for array in book)
+
+
+def check_status(status, what=""):
+    """Raise :class:`BookError` for an error status (< 0); return the status otherwise."""
+    if status < 0:
+        message = STATUS_NAMES.get(int(status), f"status {int(status)}")
+        if status == ORDER_TABLE_FULL:
+            message += (" (its load factor is bounded at 3/4): create the book with a "
+                        "larger order_capacity")
+        raise BookError(f"{what}: {message}" if what else message)
+    return status
+
+
+# ---------------------------------------------------------------------------
+# Internal helpers (side_index 0: bids, 1: asks).
+
+@kernel
+def _side_index(side):
+    """0 for BID, 1 for ASK, -1 for anything else."""
+    if side == BID:
+        return 0
+    if side == ASK:
+        return 1
+    return -1
+
+
+@kernel
+def _key(side_index, price):
+    """Sort key: greater is better on both sides."""
+    return price if side_index == 0 else -price
+
+
+@kernel
+def _last_use(*arrays):
+    """0, for a function's single exit to use its arrays a last time.
+
+    Numba increments an array's reference count where a local variable takes
+    it and decrements it after the variable's last use. When those uses end
+    in several branches, the pairs are not pruned and every call pays
+    atomic operations on them (~100 ns on a book). A last use at the one
+    exit lets the pruning pass remove them all.
+    """
+    return 0
+
+
+@inline_kernel
+def _slot(logical, gap, spare):
+    """Where the level of rank ``logical`` (0 = farthest) sits in its side's array."""
+    return logical + spare if logical >= gap else logical
+
+
+@inline_kernel
+def _move_gap(prices, quantities, symbol, side_index, gap, spare, target):
+    """Move a side's gap from before rank ``gap`` to before rank ``target``; return ``target``.
+
+    Moves ``|target - gap|`` levels across the gap, none when it is empty.
+    """
+    if spare > 0:
+        if target < gap:
+            for logical in range(gap - 1, target - 1, -1):
+                prices[symbol, side_index, logical + spare] = prices[symbol, side_index, logical]
+                quantities[symbol, side_index, logical + spare] = quantities[symbol, side_index, logical]
+        else:
+            for logical in range(gap, target):
+                prices[symbol, side_index, logical] = prices[symbol, side_index, logical + spare]
+                quantities[symbol, side_index, logical] = quantities[symbol, side_index, logical + spare]
+    return target
+
+
+@inline_kernel
+def _update_level(book, symbol, side_index, price, quantity, relative):
+    """Set a validated level to ``quantity``, or add ``quantity`` to it when
+    ``relative`` (L3; it may be negative). A level at 0 or less goes.
+
+    The one place that changes levels. Its arrays are bound once at the top
+    and used last at the one exit, and its helpers are inlined (see
+    :func:`_last_use`).
+    """
+    prices = book.prices
+    quantities = book.quantities
+    counts = book.counts
+    gaps = book.gaps
+    horizon_keys = book.horizon_keys
+    stats = book.stats
+    depth = prices.shape[2]
+    status = OK
+    key = _key(side_index, price)
+    count = counts[symbol, side_index]
+    gap = gaps[symbol, side_index]
+    spare = depth - count
+    if key <= horizon_keys[symbol, side_index]:
+        stats[symbol, STAT_DROPPED_LEVELS] += 1
+        status = LEVEL_DROPPED
+    else:
+        # Rank of the first level whose key is >= key: compare the few levels
+        # next to the touch, where most updates land (a fixed-length loop: no
+        # mispredicted exit), then binary search below them.
+        stop = max(count - _LINEAR_SCAN, 0)
+        at_or_above = 0
+        for logical in range(stop, count):
+            at_or_above += _key(side_index, prices[symbol, side_index, _slot(logical, gap, spare)]) >= key
+        position = count - at_or_above
+        if position == stop and stop > 0:
+            low = 0
+            high = stop
+            while low < high:
+                middle = (low + high) >> 1
+                if _key(side_index, prices[symbol, side_index, _slot(middle, gap, spare)]) < key:
+                    low = middle + 1
+                else:
+                    high = middle
+            position = low
+        slot = _slot(position, gap, spare)
+        if position < count and prices[symbol, side_index, slot] == price:
+            total = quantities[symbol, side_index, slot] + quantity if relative else quantity
+            if total > 0:
+                quantities[symbol, side_index, slot] = total
+            else:
+                # Bring the gap just above the level, then widen it over the level.
+                _move_gap(prices, quantities, symbol, side_index, gap, spare, position + 1)
+                gap = position
+                count -= 1
+                spare += 1
+                if gap == 0 and count > 0:
+                    # Keep the farthest level at index 0.
+                    gap = _move_gap(prices, quantities, symbol, side_index, gap, spare, 1)
+                counts[symbol, side_index] = count
+                gaps[symbol, side_index] = gap
+        elif quantity > 0:
+            insert = True
+            if spare == 0:
+                stats[symbol, STAT_DROPPED_LEVELS] += 1
+                if position == 0:
+                    # Worse than every level held: it is the one that does not fit.
+                    horizon_keys[symbol, side_index] = key
+                    status = LEVEL_DROPPED
+                    insert = False
+                else:
+                    # Drop the farthest level (index 0: the gap is empty).
+                    horizon_keys[symbol, side_index] = _key(side_index, prices[symbol, side_index, 0])
+                    gap = 0
+                    count -= 1
+                    spare = 1
+                    position -= 1
+            if insert:
+                _move_gap(prices, quantities, symbol, side_index, gap, spare, position)
+                prices[symbol, side_index, position] = price
+                quantities[symbol, side_index, position] = quantity
+                counts[symbol, side_index] = count + 1
+                gaps[symbol, side_index] = position + 1
+    # The arrays' last use, at the one exit (see _last_use).
+    return status + _last_use(prices.size, quantities.size, counts.size, gaps.size,
+                              horizon_keys.size, stats.size)
+
+
+@kernel
+def _set_level(book, symbol, side_index, price, quantity):
+    """Set a validated level's total (0 deletes)."""
+    return _update_level(book, symbol, side_index, price, quantity, False)
+
+
+@kernel
+def _change_level(book, symbol, side_index, price, delta):
+    """Add ``delta`` to a validated level (L3); the level goes when it reaches 0 or less."""
+    return _update_level(book, symbol, side_index, price, delta, True)
+
+
+@kernel
+def _level_slot(book, symbol, side_index, logical):
+    """Index in the side's arrays of the level of rank ``logical`` (0 = farthest)."""
+    count = book.counts[symbol, side_index]
+    return _slot(logical, book.gaps[symbol, side_index], book.prices.shape[2] - count)
+
+
+@kernel
+def _find(book, symbol, side_index, price):
+    """``(rank, found)`` of ``price`` on a side (queries): binary search."""
+    key = _key(side_index, price)
+    count = book.counts[symbol, side_index]
+    gap = book.gaps[symbol, side_index]
+    spare = book.prices.shape[2] - count
+    low = 0
+    high = count
+    while low < high:
+        middle = (low + high) >> 1
+        if _key(side_index, book.prices[symbol, side_index, _slot(middle, gap, spare)]) < key:
+            low = middle + 1
+        else:
+            high = middle
+    found = low < count and book.prices[symbol, side_index, _slot(low, gap, spare)] == price
+    return low, found
+
+
+@kernel
+def _clear_side(book, symbol, side_index):
+    book.counts[symbol, side_index] = 0
+    book.gaps[symbol, side_index] = 0
+    book.horizon_keys[symbol, side_index] = _NO_HORIZON_KEY
+
+
+# ---------------------------------------------------------------------------
+# Updates.
+
+@kernel
+def set_level(book, symbol, side, price, quantity):
+    """Set the total quantity at ``price`` on ``side``; 0 deletes the level.
+
+    Returns
+    -------
+    status : int
+        ``OK``, ``LEVEL_DROPPED`` (beyond capacity, counted), or an error.
+    """
+    if symbol < 0 or symbol >= book.counts.shape[0]:
+        return BAD_SYMBOL
+    side_index = _side_index(side)
+    if side_index < 0:
+        return BAD_SIDE
+    if quantity < 0:
+        return BAD_QUANTITY
+    return _update_level(book, symbol, side_index, price, quantity, False)
+
+
+@kernel
+def clear(book, symbol, side):
+    """Empty one side (``BID`` or ``ASK``) or both (``side == 0``) of a symbol's levels.
+
+    Only the L2 levels; :func:`kernels.orders.clear_orders` empties the order
+    table too (``KIND_CLEAR`` events do both).
+    """
+    if symbol < 0 or symbol >= book.counts.shape[0]:
+        return BAD_SYMBOL
+    if side == 0:
+        _clear_side(book, symbol, 0)
+        _clear_side(book, symbol, 1)
+        return OK
+    side_index = _side_index(side)
+    if side_index < 0:
+        return BAD_SIDE
+    _clear_side(book, symbol, side_index)
+    return OK
+
+
+@kernel
+def load_snapshot(book, symbol, bid_prices, bid_quantities, ask_prices, ask_quantities,
+                  sequence):
+    """Replace a symbol's levels with a snapshot, in any order; set its sequence.
+
+    Zero quantities are skipped; a price given twice takes the last quantity.
+    Returns the first error status, or ``OK`` (levels beyond capacity are
+    dropped and counted as usual).
+    """
+    status = clear(book, symbol, 0)
+    if status < 0:
+        return status
+    if bid_prices.shape[0] != bid_quantities.shape[0] or ask_prices.shape[0] != ask_quantities.shape[0]:
+        return BAD_INDEX
+    for index in range(bid_prices.shape[0]):
+        if bid_quantities[index] < 0:
+            return BAD_QUANTITY
+        _set_level(book, symbol, 0, bid_prices[index], bid_quantities[index])
+    for index in range(ask_prices.shape[0]):
+        if ask_quantities[index] < 0:
+            return BAD_QUANTITY
+        _set_level(book, symbol, 1, ask_prices[index], ask_quantities[index])
+    book.sequences[symbol] = sequence
+    return OK
+
+
+@kernel
+def replace_levels(book, symbol, side, after_price, through_price, prices, quantities):
+    """Make ``side`` equal the given levels over a price range; leave the rest alone.
+
+    The range is the prices strictly worse than ``after_price`` (``NO_PRICE``:
+    from the touch) and at least as good as ``through_price`` (``NO_PRICE``:
+    to the end of the side). Levels held in the range are removed, then the
+    given levels that fall in it are set (zero quantities skipped). This is how
+    a window of an exchange's published book (a LOBSTER orderbook row) teaches
+    the book levels it could not know; see the report of ``ringbook check``.
+    """
+    if symbol < 0 or symbol >= book.counts.shape[0]:
+        return BAD_SYMBOL
+    side_index = _side_index(side)
+    if side_index < 0:
+        return BAD_SIDE
+    if prices.shape[0] != quantities.shape[0]:
+        return BAD_INDEX
+    low_key = _NO_HORIZON_KEY if through_price == NO_PRICE else _key(side_index, through_price)
+    high_key = np.iinfo(np.int64).max if after_price == NO_PRICE else _key(side_index, after_price)
+    count = book.counts[symbol, side_index]
+    # Close the gap (all levels at the start of the arrays), then keep the
+    # levels outside the range.
+    _move_gap(book.prices, book.quantities, symbol, side_index, book.gaps[symbol, side_index],
+              book.prices.shape[2] - count, count)
+    kept = 0
+    for position in range(count):
+        key = _key(side_index, book.prices[symbol, side_index, position])
+        if key < low_key or key >= high_key:
+            book.prices[symbol, side_index, kept] = book.prices[symbol, side_index, position]
+            book.quantities[symbol, side_index, kept] = book.quantities[symbol, side_index, position]
+            kept += 1
+    book.counts[symbol, side_index] = kept
+    book.gaps[symbol, side_index] = kept
+    for index in range(prices.shape[0]):
+        key = _key(side_index, prices[index])
+        if quantities[index] < 0:
+            return BAD_QUANTITY
+        if low_key <= key < high_key and quantities[index] > 0:
+            _set_level(book, symbol, side_index, prices[index], quantities[index])
+    return OK
+
+
+# ---------------------------------------------------------------------------
+# Queries. Symbols and sides are assumed valid (callers validate once at
+# the boundary); an invalid side reads the ask side.
+
+@kernel
+def _best(book, symbol, side_index):
+    count = book.counts[symbol, side_index]
+    # The touch is the last element, or the last before the gap when the gap
+    # is at the end. Read unconditionally (index 0 when empty), decide after.
+    top = max(count - 1 + (book.prices.shape[2] - count) * (book.gaps[symbol, side_index] < count), 0)
+    price = book.prices[symbol, side_index, top]
+    quantity = book.quantities[symbol, side_index, top]
+    if count == 0:
+        return NO_PRICE, 0
+    return price, quantity
+
+
+@kernel
+def best_bid(book, symbol):
+    """``(price, quantity)`` of the best bid; ``(NO_PRICE, 0)`` when there is none."""
+    return _best(book, symbol, 0)
+
+
+@kernel
+def best_ask(book, symbol):
+    """``(price, quantity)`` of the best ask; ``(NO_PRICE, 0)`` when there is none."""
+    return _best(book, symbol, 1)
+
+
+@kernel
+def mid_price(book, symbol):
+    """Mean of the best bid and ask prices (float64, fixed-point units); NaN if a side is empty."""
+    bid, bid_quantity = _best(book, symbol, 0)
+    ask, ask_quantity = _best(book, symbol, 1)
+    if bid_quantity == 0 or ask_quantity == 0:
+        return np.nan
+    return bid * 0.5 + ask * 0.5
+
+
+@kernel
+def spread(book, symbol):
+    """Best ask minus best bid; ``NO_PRICE`` when a side is empty."""
+    bid, bid_quantity = _best(book, symbol, 0)
+    ask, ask_quantity = _best(book, symbol, 1)
+    if bid_quantity == 0 or ask_quantity == 0:
+        return NO_PRICE
+    return ask - bid
+
+
+@kernel
+def is_crossed(book, symbol):
+    """True when both sides have levels and the best bid is at or above the best ask."""
+    bid, bid_quantity = _best(book, symbol, 0)
+    ask, ask_quantity = _best(book, symbol, 1)
+    return bid_quantity != 0 and ask_quantity != 0 and bid >= ask
+
+
+@kernel
+def level_count(book, symbol, side):
+    """Levels held on ``side``."""
+    return book.counts[symbol, 0 if side == BID else 1]
+
+
+@kernel
+def level_quantity(book, symbol, side, price):
+    """Quantity at ``price`` on ``side``; 0 when there is no level there."""
+    side_index = 0 if side == BID else 1
+    rank, found = _find(book, symbol, side_index, price)
+    if found:
+        return book.quantities[symbol, side_index, _level_slot(book, symbol, side_index, rank)]
+    return 0
+
+
+@kernel
+def top_levels(book, symbol, side, prices_out, quantities_out):
+    """Copy the best levels of ``side``, best first, into the caller's arrays.
+
+    Returns
+    -------
+    n : int
+        Levels written: ``min(len(prices_out), len(quantities_out), levels held)``.
+    """
+    side_index = 0 if side == BID else 1
+    count = book.counts[symbol, side_index]
+    n = min(count, prices_out.shape[0], quantities_out.shape[0])
+    for rank in range(n):
+        slot = _level_slot(book, symbol, side_index, count - 1 - rank)
+        prices_out[rank] = book.prices[symbol, side_index, slot]
+        quantities_out[rank] = book.quantities[symbol, side_index, slot]
+    return n
+
+
+@kernel
+def depth_to_price(book, symbol, side, price):
+    """Total quantity on ``side`` at prices as good as ``price`` or better."""
+    side_index = 0 if side == BID else 1
+    key = _key(side_index, price)
+    total = 0
+    for rank in range(book.counts[symbol, side_index] - 1, -1, -1):
+        slot = _level_slot(book, symbol, side_index, rank)
+        if _key(side_index, book.prices[symbol, side_index, slot]) < key:
+            break
+        total += book.quantities[symbol, side_index, slot]
+    return total
+
+
+@kernel
+def quantity_to_depth(book, symbol, side, n_levels):
+    """Total quantity in the best ``n_levels`` levels of ``side``."""
+    side_index = 0 if side == BID else 1
+    count = book.counts[symbol, side_index]
+    total = 0
+    for rank in range(count - 1, max(count - n_levels, 0) - 1, -1):
+        total += book.quantities[symbol, side_index, _level_slot(book, symbol, side_index, rank)]
+    return total
+
+
+@kernel
+def imbalance(book, symbol, n_levels):
+    """``(bid - ask) / (bid + ask)`` over the best ``n_levels`` of each side; NaN when both are empty."""
+    bid = quantity_to_depth(book, symbol, BID, n_levels)
+    ask = quantity_to_depth(book, symbol, ASK, n_levels)
+    if bid + ask == 0:
+        return np.nan
+    return (bid - ask) / (bid + ask)
+
+
+@kernel
+def fill_cost(book, symbol, side, quantity):
+    """Walk ``side`` best first (``ASK`` to buy, ``BID`` to sell) to fill ``quantity``.
+
+    Returns
+    -------
+    filled : int
+        Quantity available up to ``quantity``.
+    cost : float
+        Sum of ``price * quantity`` taken per level, in fixed-point units.
+    """
+    side_index = 0 if side == BID else 1
+    remaining = quantity
+    cost = 0.0
+    for rank in range(book.counts[symbol, side_index] - 1, -1, -1):
+        if remaining <= 0:
+            break
+        slot = _level_slot(book, symbol, side_index, rank)
+        take = min(remaining, book.quantities[symbol, side_index, slot])
+        cost += float(book.prices[symbol, side_index, slot]) * float(take)
+        remaining -= take
+    return quantity - max(remaining, 0), cost
+
+
+@kernel
+def vwap_to_fill(book, symbol, side, quantity):
+    """Volume-weighted price of filling ``quantity`` from ``side``; NaN when it is empty."""
+    filled, cost = fill_cost(book, symbol, side, quantity)
+    if filled <= 0:
+        return np.nan
+    return cost / filled
+
+
+@kernel
+def horizon(book, symbol, side):
+    """Best price dropped for capacity on ``side`` (exact strictly better); ``NO_PRICE`` if none."""
+    side_index = 0 if side == BID else 1
+    key = book.horizon_keys[symbol, side_index]
+    if key == _NO_HORIZON_KEY:
+        return NO_PRICE
+    return _key(side_index, key)

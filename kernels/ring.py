@@ -1,0 +1,787 @@
+"""Ring slots: a single-producer ring of fixed-size messages in one uint8 slab.
+
+One producer writes messages into fixed-size slots; one or more independent
+consumers read all of them in order, each at its own position, and the
+producer waits for the slowest (the book consumer and the disk flusher read
+the same stream this way). The slab may be a private array (threads of one
+process), a file mapping or POSIX shared memory (processes): the kernels only
+see a C-contiguous 1-D ``uint8`` array.
+
+Byte layout (version 1)
+-----------------------
+All integers are little-endian (the native order of x86-64 and arm64).
+``C`` is the consumer count, ``S`` the slot size, ``N`` the slot count.
+
+Control block, one 64-byte cache line per writer, so that no two sides share
+a line (no false sharing):
+
+======  =====  ==============================================================
+offset  type   field
+======  =====  ==============================================================
+0       u64    magic: the bytes ``b"RINGBOOK"`` (:data:`MAGIC`)
+8       u32    layout version (:data:`VERSION`, 1)
+12      u32    slot size ``S`` in bytes: a power of two, 32 .. 2**24
+16      u32    slot count ``N``: a power of two, 2 .. 2**30
+20      u32    consumer count ``C``: 1 .. :data:`MAX_CONSUMERS`
+24      u32    slot header size in bytes (24)
+28      u32    reserved, 0
+32      u64    control block size: ``64 * (2 + C)``; the first slot starts here
+40      u64    region size: ``64 * (2 + C) + S * N``
+48      -      reserved, 0, up to 64
+64      i64    producer position: messages published so far (its own line)
+128+64i i64    consumer ``i``'s position: messages it has read (its own line)
+======  =====  ==============================================================
+
+Positions are 64-bit counters that only grow: message ``p`` lives in slot
+``p & (N - 1)``, at byte ``64 * (2 + C) + (p & (N - 1)) * S``. Every slot:
+
+======  =====  ==============================================================
+0       u32    payload length in bytes, at most ``S - 24``
+4       u32    flags, the producer's to define
+8       i64    sequence: the message's position ``p``, stored last (-1: never written)
+16      i64    stamp: TSC ticks at write (:func:`kernels.clock.stamp`), or 0
+24      bytes  payload
+======  =====  ==============================================================
+
+Ordering: the producer fills a slot's length, flags, stamp and payload, then
+stores its sequence with release ordering (the slot is complete), then
+publishes its own position with a release store. A consumer knows message
+``p`` is complete when it reads (with acquire) either the slot's sequence
+equal to ``p`` or a producer position above ``p``; the first costs one cache
+line transfer instead of two, which is what one-way latency is made of. A
+consumer publishes its own position with a release store once it is done with
+the slot. Each side keeps the other's last seen position in its *state* (a
+small private int64 array, see :func:`open_producer` and
+:func:`open_consumer`) and reads the shared line again only when the ring
+looks full (producer) or empty (consumer). A new ring's slots hold sequence
+-1. A producer killed mid-message leaves a slot whose sequence is not yet
+stored: invisible, and every message before it intact.
+
+Safety: the geometry a kernel uses to index the slab comes from the state,
+validated once against the slab's size when the state was opened; every slot
+index is masked. Numbers read from the shared region afterwards (positions,
+lengths, sequences) are checked before use: nonsense becomes a ``CORRUPT_*``
+status, never an access outside the slab.
+
+Return values: counts, lengths and :data:`OK` are ``>= 0``; the statuses below
+are negative. :data:`EMPTY`, :data:`FULL` and :data:`TIMEOUT` are ordinary
+outcomes; ``CORRUPT_*`` mean the shared region holds something impossible.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array
+from numba.core import cgutils
+from numba.core.errors import TypingError
+
+from kernels.atomics import load_acquire_at, store_release_at
+from kernels.clock import monotonic_ns
+from kernels.jit_options import kernel
+from kernels.wait import SPINS, backoff
+
+MAGIC = int.from_bytes(b"RINGBOOK", "little")
+VERSION = 1
+CACHE_LINE = 64
+MAX_CONSUMERS = 32
+MIN_SLOT_SIZE = 32
+MAX_SLOT_SIZE = 1 << 24
+MIN_SLOT_COUNT = 2
+MAX_SLOT_COUNT = 1 << 30
+
+# Control block: byte offsets.
+MAGIC_OFFSET = 0
+VERSION_OFFSET = 8
+SLOT_SIZE_OFFSET = 12
+SLOT_COUNT_OFFSET = 16
+CONSUMER_COUNT_OFFSET = 20
+SLOT_HEADER_SIZE_OFFSET = 24
+CONTROL_BYTES_OFFSET = 32
+REGION_BYTES_OFFSET = 40
+PRODUCER_POSITION_OFFSET = 64
+CONSUMER_POSITIONS_OFFSET = 128
+
+# Slot header: byte offsets within a slot.
+LENGTH_OFFSET = 0
+FLAGS_OFFSET = 4
+SEQUENCE_OFFSET = 8
+STAMP_OFFSET = 16
+SLOT_HEADER_BYTES = 24
+
+# Statuses.
+OK = 0
+EMPTY = -1             # nothing to read
+FULL = -2              # no free slot: the slowest consumer is a ring behind
+TIMEOUT = -3           # a blocking call waited as long as it was allowed
+TOO_LARGE = -4         # message longer than a slot's payload, or than the reader's buffer
+BAD_STATE = -5         # state not opened on this slab, or opened for the other side
+BAD_ARGUMENT = -6      # geometry or index out of range, inconsistent batch arrays
+CORRUPT_MAGIC = -10
+CORRUPT_VERSION = -11
+CORRUPT_GEOMETRY = -12
+CORRUPT_SIZE = -13     # the region's size is not what its header says
+CORRUPT_POSITION = -14
+CORRUPT_LENGTH = -15
+CORRUPT_SEQUENCE = -16
+
+STATUS_NAMES = {
+    OK: "OK", EMPTY: "EMPTY", FULL: "FULL", TIMEOUT: "TIMEOUT", TOO_LARGE: "TOO_LARGE",
+    BAD_STATE: "BAD_STATE", BAD_ARGUMENT: "BAD_ARGUMENT", CORRUPT_MAGIC: "CORRUPT_MAGIC",
+    CORRUPT_VERSION: "CORRUPT_VERSION", CORRUPT_GEOMETRY: "CORRUPT_GEOMETRY",
+    CORRUPT_SIZE: "CORRUPT_SIZE", CORRUPT_POSITION: "CORRUPT_POSITION",
+    CORRUPT_LENGTH: "CORRUPT_LENGTH", CORRUPT_SEQUENCE: "CORRUPT_SEQUENCE",
+}
+
+# State: a private int64 array per producer or consumer (indices).
+ROLE = 0               # PRODUCER or CONSUMER once opened
+STATE_SLOT_SIZE = 1
+STATE_SLOT_MASK = 2
+STATE_SLOTS_OFFSET = 3
+STATE_REGION_BYTES = 4
+STATE_CONSUMERS = 5
+STATE_POSITION = 6     # the next position this side writes or reads
+STATE_SEEN = 7         # producer: first position it may not write yet; consumer: producer position seen
+STATE_POSITION_OFFSET = 8  # byte offset of this side's shared position
+STATE_CONSUMER_INDEX = 9
+STATE_CAPACITY = 10     # payload bytes a slot holds
+#: Length of a state array (two cache lines of int64).
+STATE_SIZE = 16
+PRODUCER = 1
+CONSUMER = 2
+
+
+def is_corrupt(status):
+    """Whether ``status`` says the shared region holds something impossible."""
+    return status <= CORRUPT_MAGIC
+
+
+# Plain (non-atomic) loads and stores at a byte offset: slot headers and
+# geometry, ordered by the acquire/release of the positions.
+
+def _pointer_at(context, builder, sig, args, width):
+    array = make_array(sig.args[0])(context, builder, args[0])
+    offset = context.cast(builder, args[1], sig.args[1], types.intp)
+    byte_pointer = cgutils.get_item_pointer(context, builder, sig.args[0], array, [offset],
+                                            wraparound=False)
+    return builder.bitcast(byte_pointer, ir.IntType(width).as_pointer())
+
+
+@intrinsic
+def _load_u32(typingctx, slab, offset):
+    def codegen(context, builder, sig, args):
+        value = builder.load(_pointer_at(context, builder, sig, args, 32), align=1)
+        return builder.zext(value, ir.IntType(64))
+
+    return types.int64(slab, offset), codegen
+
+
+@intrinsic
+def _load_i64(typingctx, slab, offset):
+    def codegen(context, builder, sig, args):
+        return builder.load(_pointer_at(context, builder, sig, args, 64), align=1)
+
+    return types.int64(slab, offset), codegen
+
+
+@intrinsic
+def _store_u32(typingctx, slab, offset, value):
+    def codegen(context, builder, sig, args):
+        stored = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), ir.IntType(32))
+        builder.store(stored, _pointer_at(context, builder, sig, args, 32), align=1)
+        return context.get_dummy_value()
+
+    return types.void(slab, offset, value), codegen
+
+
+@intrinsic
+def _store_i64(typingctx, slab, offset, value):
+    def codegen(context, builder, sig, args):
+        stored = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store(stored, _pointer_at(context, builder, sig, args, 64), align=1)
+        return context.get_dummy_value()
+
+    return types.void(slab, offset, value), codegen
+
+
+#: Messages up to this many bytes are copied by an inline loop of 8-byte words;
+#: longer ones by ``memmove``, whose call costs more than it saves on small ones.
+_INLINE_COPY_BYTES = 128
+
+
+@intrinsic
+def _copy_bytes(typingctx, source, source_offset, target, target_offset, length):
+    """Copy ``length`` bytes between C-contiguous uint8 arrays at flat offsets, unchecked.
+
+    The two ranges must not overlap (the ring copies between the slab and a
+    caller's buffer).
+    """
+    for array in (source, target):
+        if not (isinstance(array, types.Array) and array.dtype == types.uint8 and array.layout == "C"):
+            raise TypingError(f"ring messages are C-contiguous uint8 arrays, got {array}")
+
+    def codegen(context, builder, sig, args):
+        def byte_pointer(array_type, array_value, offset_type, offset_value):
+            data = make_array(array_type)(context, builder, array_value).data
+            return builder.gep(data, [context.cast(builder, offset_value, offset_type, types.intp)])
+
+        source_pointer = byte_pointer(sig.args[0], args[0], sig.args[1], args[1])
+        target_pointer = byte_pointer(sig.args[2], args[2], sig.args[3], args[3])
+        count = context.cast(builder, args[4], sig.args[4], types.intp)
+        word_type = ir.IntType(64).as_pointer()
+        is_small = builder.icmp_signed("<=", count, count.type(_INLINE_COPY_BYTES))
+        with builder.if_else(is_small) as (small, large):
+            with small:
+                words = builder.lshr(count, count.type(3))
+                with cgutils.for_range(builder, words) as loop:
+                    offset = builder.shl(loop.index, count.type(3))
+                    word = builder.load(builder.bitcast(builder.gep(source_pointer, [offset]), word_type), align=1)
+                    builder.store(word, builder.bitcast(builder.gep(target_pointer, [offset]), word_type), align=1)
+                done = builder.shl(words, count.type(3))
+                with cgutils.for_range(builder, builder.sub(count, done)) as loop:
+                    offset = builder.add(done, loop.index)
+                    builder.store(builder.load(builder.gep(source_pointer, [offset])),
+                                  builder.gep(target_pointer, [offset]))
+            with large:
+                cgutils.raw_memmove(builder, target_pointer, source_pointer, count, 1)
+        return context.get_dummy_value()
+
+    return types.void(source, source_offset, target, target_offset, length), codegen
+
+
+@kernel
+def _is_power_of_two(value):
+    return value > 0 and (value & (value - 1)) == 0
+
+
+@kernel
+def control_bytes(consumers):
+    """Size of the control block: a header line, the producer's line, one line per consumer."""
+    return CACHE_LINE * (2 + consumers)
+
+
+@kernel
+def region_bytes(slot_size, slot_count, consumers):
+    """Size in bytes of a ring's slab."""
+    return control_bytes(consumers) + slot_size * slot_count
+
+
+@kernel
+def check_geometry(slot_size, slot_count, consumers):
+    """:data:`OK`, or :data:`BAD_ARGUMENT` when the geometry is out of range."""
+    if not (_is_power_of_two(slot_size) and MIN_SLOT_SIZE <= slot_size <= MAX_SLOT_SIZE):
+        return BAD_ARGUMENT
+    if not (_is_power_of_two(slot_count) and MIN_SLOT_COUNT <= slot_count <= MAX_SLOT_COUNT):
+        return BAD_ARGUMENT
+    if not 1 <= consumers <= MAX_CONSUMERS:
+        return BAD_ARGUMENT
+    return OK
+
+
+@kernel
+def format_slab(slab, slot_size, slot_count, consumers):
+    """Write an empty ring's control block into ``slab``; return a status.
+
+    The slab's size must be ``region_bytes(slot_size, slot_count, consumers)``.
+    The magic is written last, with release ordering, so that whoever sees it
+    sees the whole header.
+    """
+    if check_geometry(slot_size, slot_count, consumers) != OK:
+        return BAD_ARGUMENT
+    if slab.size != region_bytes(slot_size, slot_count, consumers):
+        return BAD_ARGUMENT
+    for i in range(control_bytes(consumers)):
+        slab[i] = 0
+    _store_u32(slab, VERSION_OFFSET, VERSION)
+    _store_u32(slab, SLOT_SIZE_OFFSET, slot_size)
+    _store_u32(slab, SLOT_COUNT_OFFSET, slot_count)
+    _store_u32(slab, CONSUMER_COUNT_OFFSET, consumers)
+    _store_u32(slab, SLOT_HEADER_SIZE_OFFSET, SLOT_HEADER_BYTES)
+    _store_i64(slab, CONTROL_BYTES_OFFSET, control_bytes(consumers))
+    _store_i64(slab, REGION_BYTES_OFFSET, slab.size)
+    for slot in range(control_bytes(consumers), slab.size, slot_size):
+        _store_i64(slab, slot + SEQUENCE_OFFSET, -1)  # no message has this position
+    store_release_at(slab, MAGIC_OFFSET, MAGIC)
+    return OK
+
+
+@kernel
+def check_layout(slab):
+    """Validate a slab's header: :data:`OK` or the ``CORRUPT_*`` status of the first bad field.
+
+    Checks, in order: that the slab can hold a header, the magic, the version,
+    the geometry (and the sizes it implies), and that the slab's size is the
+    region size the header records.
+    """
+    if slab.size < control_bytes(1):
+        return CORRUPT_SIZE
+    if load_acquire_at(slab, MAGIC_OFFSET) != MAGIC:
+        return CORRUPT_MAGIC
+    if _load_u32(slab, VERSION_OFFSET) != VERSION:
+        return CORRUPT_VERSION
+    slot_size = _load_u32(slab, SLOT_SIZE_OFFSET)
+    slot_count = _load_u32(slab, SLOT_COUNT_OFFSET)
+    consumers = _load_u32(slab, CONSUMER_COUNT_OFFSET)
+    if check_geometry(slot_size, slot_count, consumers) != OK:
+        return CORRUPT_GEOMETRY
+    if _load_u32(slab, SLOT_HEADER_SIZE_OFFSET) != SLOT_HEADER_BYTES:
+        return CORRUPT_GEOMETRY
+    if _load_i64(slab, CONTROL_BYTES_OFFSET) != control_bytes(consumers):
+        return CORRUPT_GEOMETRY
+    expected = region_bytes(slot_size, slot_count, consumers)
+    if _load_i64(slab, REGION_BYTES_OFFSET) != expected:
+        return CORRUPT_GEOMETRY
+    if slab.size != expected:
+        return CORRUPT_SIZE
+    return OK
+
+
+@kernel
+def _open_state(slab, state, role):
+    status = check_layout(slab)
+    if status != OK:
+        return status
+    if state.size < STATE_SIZE:
+        return BAD_ARGUMENT
+    for i in range(STATE_SIZE):
+        state[i] = 0
+    consumers = _load_u32(slab, CONSUMER_COUNT_OFFSET)
+    state[STATE_SLOT_SIZE] = _load_u32(slab, SLOT_SIZE_OFFSET)
+    state[STATE_SLOT_MASK] = _load_u32(slab, SLOT_COUNT_OFFSET) - 1
+    state[STATE_SLOTS_OFFSET] = control_bytes(consumers)
+    state[STATE_REGION_BYTES] = slab.size
+    state[STATE_CONSUMERS] = consumers
+    state[STATE_CAPACITY] = state[STATE_SLOT_SIZE] - SLOT_HEADER_BYTES
+    state[ROLE] = role
+    return OK
+
+
+@kernel
+def _last_use(status, slab, state, buffer):
+    """Return ``status``: a hot kernel's single return.
+
+    Numba takes a reference to each array argument on entry and drops it after
+    the array's last use; when those drops land in different branches, its
+    pruning cannot pair them and every call pays six atomic operations
+    (~16 ns). Passing every array here, after the branches join, puts all the
+    drops in one block, where they are pruned.
+    """
+    return status
+
+
+@kernel
+def _refresh_limit(slab, producer):
+    """Read every consumer's position; set the first position the producer may not write."""
+    position = producer[STATE_POSITION]
+    slot_count = producer[STATE_SLOT_MASK] + 1
+    slowest = position
+    status = OK
+    for i in range(producer[STATE_CONSUMERS]):
+        consumer_position = load_acquire_at(slab, CONSUMER_POSITIONS_OFFSET + CACHE_LINE * i)
+        # A consumer is never ahead of the producer, nor more than a ring behind.
+        if consumer_position < 0 or consumer_position > position or position - consumer_position > slot_count:
+            status = CORRUPT_POSITION
+        slowest = min(slowest, consumer_position)
+    if status == OK:
+        producer[STATE_SEEN] = slowest + slot_count
+    return _last_use(status, slab, producer, producer)
+
+
+@kernel
+def _refresh_available(slab, consumer):
+    """Read the producer's position; set how far the consumer may read."""
+    position = consumer[STATE_POSITION]
+    published = load_acquire_at(slab, PRODUCER_POSITION_OFFSET)
+    status = OK
+    if published < position or published - position > consumer[STATE_SLOT_MASK] + 1:
+        status = CORRUPT_POSITION
+    else:
+        consumer[STATE_SEEN] = published
+    return _last_use(status, slab, consumer, consumer)
+
+
+@kernel
+def open_producer(slab, producer):
+    """Open the producer side of the ring in ``slab`` into the int64 array ``producer``.
+
+    Validates the header, copies the geometry into ``producer`` (length at
+    least :data:`STATE_SIZE`) and resumes at the published producer position,
+    which must be consistent with every consumer's. Returns a status. There is
+    one producer per ring.
+    """
+    status = _open_state(slab, producer, PRODUCER)
+    if status != OK:
+        return status
+    position = load_acquire_at(slab, PRODUCER_POSITION_OFFSET)
+    if position < 0:
+        producer[ROLE] = 0
+        return CORRUPT_POSITION
+    producer[STATE_POSITION] = position
+    producer[STATE_POSITION_OFFSET] = PRODUCER_POSITION_OFFSET
+    status = _refresh_limit(slab, producer)
+    if status != OK:
+        producer[ROLE] = 0
+    return status
+
+
+@kernel
+def open_consumer(slab, consumer_index, consumer):
+    """Open consumer number ``consumer_index`` of the ring in ``slab`` into ``consumer``.
+
+    Resumes at that consumer's published position. Returns a status.
+    """
+    status = _open_state(slab, consumer, CONSUMER)
+    if status != OK:
+        return status
+    if not 0 <= consumer_index < consumer[STATE_CONSUMERS]:
+        consumer[ROLE] = 0
+        return BAD_ARGUMENT
+    offset = CONSUMER_POSITIONS_OFFSET + CACHE_LINE * consumer_index
+    position = load_acquire_at(slab, offset)
+    consumer[STATE_POSITION] = position
+    consumer[STATE_POSITION_OFFSET] = offset
+    consumer[STATE_CONSUMER_INDEX] = consumer_index
+    status = CORRUPT_POSITION if position < 0 else _refresh_available(slab, consumer)
+    if status != OK:
+        consumer[ROLE] = 0
+    return status
+
+
+@kernel
+def _find_message(slab, consumer):
+    """The consumer's slow path: :data:`OK` when a message is published, else EMPTY or CORRUPT_POSITION."""
+    status = _refresh_available(slab, consumer)
+    if status == OK and consumer[STATE_POSITION] >= consumer[STATE_SEEN]:
+        status = EMPTY
+    return _last_use(status, slab, consumer, consumer)
+
+
+@kernel
+def try_write(slab, producer, payload, flags=0, stamp=0):
+    """Copy ``payload`` (1-D uint8) into the next slot and publish it.
+
+    Parameters
+    ----------
+    slab : uint8[::1]
+    producer : int64[::1]
+        State from :func:`open_producer`.
+    payload : uint8[::1]
+    flags : int
+        Stored in the slot header (u32).
+    stamp : int
+        Stored in the slot header, e.g. :func:`kernels.clock.stamp` ticks.
+
+    Returns
+    -------
+    int
+        :data:`OK`; :data:`FULL` when the slowest consumer has not freed a
+        slot (nothing written: try again later); :data:`TOO_LARGE` when the
+        payload exceeds a slot's payload; :data:`CORRUPT_POSITION` or
+        :data:`BAD_STATE`.
+    """
+    status = BAD_STATE
+    if producer.size >= STATE_SIZE and producer[ROLE] == PRODUCER and producer[STATE_REGION_BYTES] == slab.size:
+        position = producer[STATE_POSITION]
+        length = payload.size
+        status = OK
+        if length > producer[STATE_CAPACITY]:
+            status = TOO_LARGE
+        elif position >= producer[STATE_SEEN]:
+            # Looks full: read the consumers' positions (inline: a call here
+            # would cost the fast path its reference-count pruning).
+            slot_count = producer[STATE_SLOT_MASK] + 1
+            slowest = position
+            for i in range(producer[STATE_CONSUMERS]):
+                consumer_position = load_acquire_at(slab, CONSUMER_POSITIONS_OFFSET + CACHE_LINE * i)
+                # A consumer is never ahead of the producer, nor more than a ring behind.
+                if consumer_position < 0 or consumer_position > position or position - consumer_position > slot_count:
+                    status = CORRUPT_POSITION
+                slowest = min(slowest, consumer_position)
+            if status == OK:
+                producer[STATE_SEEN] = slowest + slot_count
+                if position >= producer[STATE_SEEN]:
+                    status = FULL
+        if status == OK:
+            slot = producer[STATE_SLOTS_OFFSET] + (position & producer[STATE_SLOT_MASK]) * producer[STATE_SLOT_SIZE]
+            _store_u32(slab, slot + LENGTH_OFFSET, length)
+            _store_u32(slab, slot + FLAGS_OFFSET, flags)
+            _store_i64(slab, slot + STAMP_OFFSET, stamp)
+            _copy_bytes(payload, 0, slab, slot + SLOT_HEADER_BYTES, length)
+            store_release_at(slab, slot + SEQUENCE_OFFSET, position)  # the slot is complete
+            producer[STATE_POSITION] = position + 1
+            store_release_at(slab, PRODUCER_POSITION_OFFSET, position + 1)
+    return _last_use(status, slab, producer, payload)
+
+
+@kernel
+def write_batch(slab, producer, payloads, lengths, flags=0, stamp=0):
+    """Write as many messages as there are free slots, then publish once.
+
+    Message ``i`` is ``payloads[i, :lengths[i]]`` (``payloads`` 2-D uint8,
+    C-contiguous; ``lengths`` int64). Returns how many were written, from
+    the first (0 when the ring is full), or a negative status, with nothing
+    written when a length is out of range.
+    """
+    result = BAD_STATE
+    if producer.size >= STATE_SIZE and producer[ROLE] == PRODUCER and producer[STATE_REGION_BYTES] == slab.size:
+        count = payloads.shape[0]
+        width = payloads.shape[1]
+        result = OK
+        if lengths.size < count:
+            result = BAD_ARGUMENT
+        for i in range(count if result == OK else 0):
+            if lengths[i] < 0 or lengths[i] > width:
+                result = BAD_ARGUMENT
+            elif lengths[i] > producer[STATE_CAPACITY]:
+                result = TOO_LARGE
+        position = producer[STATE_POSITION]
+        if result == OK and position + count > producer[STATE_SEEN]:
+            # As in try_write, inline.
+            slot_count = producer[STATE_SLOT_MASK] + 1
+            slowest = position
+            for i in range(producer[STATE_CONSUMERS]):
+                consumer_position = load_acquire_at(slab, CONSUMER_POSITIONS_OFFSET + CACHE_LINE * i)
+                if consumer_position < 0 or consumer_position > position or position - consumer_position > slot_count:
+                    result = CORRUPT_POSITION
+                slowest = min(slowest, consumer_position)
+            if result == OK:
+                producer[STATE_SEEN] = slowest + slot_count
+        if result == OK:
+            result = min(count, producer[STATE_SEEN] - position)
+            slot_size = producer[STATE_SLOT_SIZE]
+            for i in range(result):
+                slot = producer[STATE_SLOTS_OFFSET] + ((position + i) & producer[STATE_SLOT_MASK]) * slot_size
+                _store_u32(slab, slot + LENGTH_OFFSET, lengths[i])
+                _store_u32(slab, slot + FLAGS_OFFSET, flags)
+                _store_i64(slab, slot + STAMP_OFFSET, stamp)
+                _copy_bytes(payloads, i * width, slab, slot + SLOT_HEADER_BYTES, lengths[i])
+                store_release_at(slab, slot + SEQUENCE_OFFSET, position + i)
+            if result > 0:
+                producer[STATE_POSITION] = position + result
+                store_release_at(slab, PRODUCER_POSITION_OFFSET, position + result)
+    return _last_use(_last_use(result, slab, producer, payloads), lengths, lengths, lengths)
+
+
+@kernel
+def _check_slot(slab, consumer, slot, position):
+    """OK, or the CORRUPT_* status of a published slot whose header is impossible."""
+    status = OK
+    if _load_u32(slab, slot + LENGTH_OFFSET) > consumer[STATE_CAPACITY]:
+        status = CORRUPT_LENGTH
+    elif _load_i64(slab, slot + SEQUENCE_OFFSET) != position:
+        status = CORRUPT_SEQUENCE
+    return _last_use(status, slab, consumer, consumer)
+
+
+@kernel
+def try_read(slab, consumer, out):
+    """Copy the next message into ``out`` (1-D uint8) and free its slot.
+
+    Returns
+    -------
+    int
+        The message's length (``>= 0``); :data:`EMPTY`; :data:`TOO_LARGE` when
+        ``out`` is shorter than the message (not consumed); ``CORRUPT_*`` or
+        :data:`BAD_STATE`.
+    """
+    result = BAD_STATE
+    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+        position = consumer[STATE_POSITION]
+        slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
+        result = OK
+        if position >= consumer[STATE_SEEN]:
+            # The slot's own sequence says it is complete: no need to fetch
+            # the producer's line (one cache-line transfer instead of two).
+            if load_acquire_at(slab, slot + SEQUENCE_OFFSET) == position:
+                consumer[STATE_SEEN] = position + 1
+            else:
+                result = _find_message(slab, consumer)
+        if result == OK:
+            length = _load_u32(slab, slot + LENGTH_OFFSET)
+            if length > consumer[STATE_CAPACITY] or _load_i64(slab, slot + SEQUENCE_OFFSET) != position:
+                result = _check_slot(slab, consumer, slot, position)
+            elif length > out.size:
+                result = TOO_LARGE
+            else:
+                _copy_bytes(slab, slot + SLOT_HEADER_BYTES, out, 0, length)
+                consumer[STATE_POSITION] = position + 1
+                store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
+                result = length
+    return _last_use(result, slab, consumer, out)
+
+
+@kernel
+def read_batch(slab, consumer, payloads, lengths):
+    """Read up to ``payloads.shape[0]`` messages into the rows of ``payloads``; publish once.
+
+    ``lengths[i]`` receives message ``i``'s length. Returns how many were read
+    (0 when empty). A message that does not fit a row, or a corrupt slot,
+    stops the batch: the messages before it are returned, and the next call
+    returns the status (:data:`TOO_LARGE`, ``CORRUPT_*``).
+    """
+    result = BAD_STATE
+    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+        count = payloads.shape[0]
+        width = payloads.shape[1]
+        position = consumer[STATE_POSITION]
+        result = OK
+        if lengths.size < count:
+            result = BAD_ARGUMENT
+        elif position + count > consumer[STATE_SEEN]:
+            result = _refresh_available(slab, consumer)
+        if result == OK:
+            available = min(count, consumer[STATE_SEEN] - position)
+            slot_size = consumer[STATE_SLOT_SIZE]
+            read = 0
+            while read < available:
+                slot = consumer[STATE_SLOTS_OFFSET] + ((position + read) & consumer[STATE_SLOT_MASK]) * slot_size
+                length = _load_u32(slab, slot + LENGTH_OFFSET)
+                if length > consumer[STATE_CAPACITY] or _load_i64(slab, slot + SEQUENCE_OFFSET) != position + read:
+                    result = _check_slot(slab, consumer, slot, position + read)
+                    break
+                if length > width:
+                    result = TOO_LARGE
+                    break
+                _copy_bytes(slab, slot + SLOT_HEADER_BYTES, payloads, read * width, length)
+                lengths[read] = length
+                read += 1
+            if read > 0:
+                consumer[STATE_POSITION] = position + read
+                store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + read)
+                result = read
+    return _last_use(_last_use(result, slab, consumer, payloads), lengths, lengths, lengths)
+
+
+@kernel
+def peek(slab, consumer):
+    """The next message without consuming it: ``(length, payload, flags, stamp)``.
+
+    ``payload`` is a zero-copy view into the slab, valid until
+    :func:`release`. When there is no message, ``length`` is a negative status
+    (:data:`EMPTY`, ``CORRUPT_*``) and ``payload`` is empty.
+    """
+    result = BAD_STATE
+    start = 0
+    flags = 0
+    stamp = 0
+    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+        position = consumer[STATE_POSITION]
+        slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
+        result = OK
+        if position >= consumer[STATE_SEEN]:
+            # The slot's own sequence says it is complete: no need to fetch
+            # the producer's line (one cache-line transfer instead of two).
+            if load_acquire_at(slab, slot + SEQUENCE_OFFSET) == position:
+                consumer[STATE_SEEN] = position + 1
+            else:
+                result = _find_message(slab, consumer)
+        if result == OK:
+            result = _check_slot(slab, consumer, slot, position)
+            if result == OK:
+                result = _load_u32(slab, slot + LENGTH_OFFSET)
+                start = slot + SLOT_HEADER_BYTES
+                flags = _load_u32(slab, slot + FLAGS_OFFSET)
+                stamp = _load_i64(slab, slot + STAMP_OFFSET)
+    return result, slab[start:start + max(result, 0)], flags, stamp
+
+
+@kernel
+def release(slab, consumer):
+    """Consume the message :func:`peek` returned, freeing its slot: :data:`OK` or :data:`EMPTY`."""
+    result = BAD_STATE
+    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+        position = consumer[STATE_POSITION]
+        result = EMPTY
+        if position < consumer[STATE_SEEN]:
+            consumer[STATE_POSITION] = position + 1
+            store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
+            result = OK
+    return _last_use(result, slab, consumer, consumer)
+
+
+@kernel
+def write_wait(slab, producer, payload, flags, stamp, strategy, timeout_ns):
+    """:func:`try_write`, waiting with ``strategy`` (see :mod:`kernels.wait`) while the ring is full.
+
+    ``timeout_ns < 0`` waits for ever. Returns :func:`try_write`'s status, or
+    :data:`TIMEOUT`.
+    """
+    deadline = monotonic_ns() + timeout_ns if timeout_ns >= 0 else 0
+    attempt = 0
+    while True:
+        status = try_write(slab, producer, payload, flags, stamp)
+        if status != FULL:
+            return status
+        if timeout_ns >= 0 and (attempt >= strategy[SPINS] or attempt & 63 == 0):
+            if monotonic_ns() >= deadline:
+                return TIMEOUT
+        attempt = backoff(strategy, attempt)
+
+
+@kernel
+def read_wait(slab, consumer, out, strategy, timeout_ns):
+    """:func:`try_read`, waiting with ``strategy`` while the ring is empty.
+
+    ``timeout_ns < 0`` waits for ever. Returns :func:`try_read`'s result, or
+    :data:`TIMEOUT`.
+    """
+    deadline = monotonic_ns() + timeout_ns if timeout_ns >= 0 else 0
+    attempt = 0
+    while True:
+        result = try_read(slab, consumer, out)
+        if result != EMPTY:
+            return result
+        if timeout_ns >= 0 and (attempt >= strategy[SPINS] or attempt & 63 == 0):
+            if monotonic_ns() >= deadline:
+                return TIMEOUT
+        attempt = backoff(strategy, attempt)
+
+
+@kernel
+def pending(slab, consumer):
+    """How many messages ``consumer`` has yet to read, or a negative status."""
+    if consumer.size < STATE_SIZE or consumer[ROLE] != CONSUMER or consumer[STATE_REGION_BYTES] != slab.size:
+        return BAD_STATE
+    status = _refresh_available(slab, consumer)
+    if status != OK:
+        return status
+    return consumer[STATE_SEEN] - consumer[STATE_POSITION]
+
+
+@kernel
+def free_slots(slab, producer):
+    """How many messages the producer can write now, or a negative status."""
+    if producer.size < STATE_SIZE or producer[ROLE] != PRODUCER or producer[STATE_REGION_BYTES] != slab.size:
+        return BAD_STATE
+    status = _refresh_limit(slab, producer)
+    if status != OK:
+        return status
+    return producer[STATE_SEEN] - producer[STATE_POSITION]
+
+
+@kernel
+def is_empty(slab, consumer):
+    """Whether ``consumer`` has nothing to read (False on a bad status: read to see it)."""
+    return pending(slab, consumer) == 0
+
+
+@kernel
+def is_full(slab, producer):
+    """Whether the producer has no free slot (False on a bad status: write to see it)."""
+    return free_slots(slab, producer) == 0
+
+
+@kernel
+def producer_position(slab):
+    """The published producer position (messages written), or :data:`CORRUPT_SIZE` for a tiny slab."""
+    if slab.size < control_bytes(1):
+        return CORRUPT_SIZE
+    return load_acquire_at(slab, PRODUCER_POSITION_OFFSET)
+
+
+@kernel
+def consumer_position(slab, consumer_index):
+    """Consumer ``consumer_index``'s published position, or :data:`BAD_ARGUMENT`."""
+    offset = CONSUMER_POSITIONS_OFFSET + CACHE_LINE * consumer_index
+    if consumer_index < 0 or offset + CACHE_LINE > slab.size:
+        return BAD_ARGUMENT
+    return load_acquire_at(slab, offset)

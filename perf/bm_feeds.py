@@ -1,0 +1,111 @@
+"""File readers: ringbook's feeds versus the plain way to read the same file.
+
+Every figure is the time per line of the file, reading it from disk (page
+cache) into events:
+
+- ``feeds_binance``: :func:`engine.feeds.binance.read_capture` (one njit pass,
+  exact fixed point, synced) over an uncompressed Binance capture;
+- ``binance_json_peer``: ``json.loads`` of each line's JSON after splitting off
+  the receive time, and nothing else (no decimal conversion, no events): a
+  lower bound for a per-line Python reader;
+- ``feeds_lobster``: :func:`engine.feeds.lobster.read_messages` over a LOBSTER
+  message file (exact: the time column to ns as fixed point);
+- ``lobster_loadtxt_peer``: ``numpy.loadtxt(delimiter=",")`` over the same file
+  (floats: inexact times).
+
+The files are the real ones in ``../shared/data`` (decompressed to a temporary
+file), or a synthetic market of the same formats when they are absent.
+
+Run: ``python perf/bm_feeds.py -o feeds.json`` (``--fast`` for a quick look).
+"""
+
+import gzip
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import make_runner, report_ratios
+
+from engine.feeds import binance, lobster, synthetic
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SCRATCH = Path(tempfile.mkdtemp(prefix="ringbook_bm_feeds_"))
+
+
+def input_files():
+    """(uncompressed Binance capture, LOBSTER message file, data origin)."""
+    capture = SHARED_DATA / "binance" / "spot_btcusdt_20240808.gz"
+    messages = SHARED_DATA / "lobster" / "AMZN_2012-06-21_34200000_57600000_message_1.csv"
+    origin = "shared"
+    if not (capture.is_file() and messages.is_file()):
+        capture = synthetic.write_binance_capture(SCRATCH / "capture.gz", diffs=10_000)
+        messages, _ = synthetic.write_lobster(SCRATCH, messages=50_000)
+        origin = "synthetic"
+    plain = SCRATCH / "capture.txt"
+    plain.write_bytes(gzip.decompress(capture.read_bytes()))
+    return plain, messages, origin
+
+
+def count_lines(path):
+    with open(path, "rb") as file:
+        return sum(1 for line in file if line.strip())
+
+
+def time_binance(loops, path):
+    started = time.perf_counter()
+    for _ in range(loops):
+        binance.read_capture(path)
+    return time.perf_counter() - started
+
+
+def time_json(loops, path):
+    started = time.perf_counter()
+    for _ in range(loops):
+        with open(path, "rb") as file:
+            for line in file:
+                _, _, document = line.partition(b" ")
+                json.loads(document)
+    return time.perf_counter() - started
+
+
+def time_lobster(loops, path):
+    started = time.perf_counter()
+    for _ in range(loops):
+        lobster.read_messages(path)
+    return time.perf_counter() - started
+
+
+def time_loadtxt(loops, path, header_rows):
+    started = time.perf_counter()
+    for _ in range(loops):
+        np.loadtxt(path, delimiter=",", skiprows=header_rows)
+    return time.perf_counter() - started
+
+
+CAPTURE, MESSAGES, ORIGIN = input_files()
+CAPTURE_LINES = count_lines(CAPTURE)
+MESSAGE_LINES = count_lines(MESSAGES)
+HEADER_ROWS = 1 if MESSAGES.read_bytes()[:1].isalpha() else 0
+
+# Compile (or load from the cache) and check the readers before timing starts.
+assert len(binance.read_capture(CAPTURE)) > CAPTURE_LINES
+assert len(lobster.read_messages(MESSAGES)) == MESSAGE_LINES - HEADER_ROWS
+
+if __name__ == "__main__":
+    runner = make_runner()
+    runner.metadata["feeds_data"] = ORIGIN
+    benchmarks = {
+        "feeds_binance": runner.bench_time_func(
+            "feeds_binance", time_binance, CAPTURE, inner_loops=CAPTURE_LINES),
+        "binance_json_peer": runner.bench_time_func(
+            "binance_json_peer", time_json, CAPTURE, inner_loops=CAPTURE_LINES),
+        "feeds_lobster": runner.bench_time_func(
+            "feeds_lobster", time_lobster, MESSAGES, inner_loops=MESSAGE_LINES),
+        "lobster_loadtxt_peer": runner.bench_time_func(
+            "lobster_loadtxt_peer", time_loadtxt, MESSAGES, HEADER_ROWS, inner_loops=MESSAGE_LINES),
+    }
+    report_ratios(benchmarks, [("feeds_binance", "binance_json_peer"),
+                               ("feeds_lobster", "lobster_loadtxt_peer")])

@@ -1,0 +1,364 @@
+"""Ring slots: throughput in one thread, across threads and across processes; one-way latency.
+
+All with 32-byte messages in 64-byte slots:
+
+- ``ring_single_thread``: one thread writes a message and reads it back
+  (the seed measured 27.44 M msg/s);
+- ``ring_single_thread_batch64``: the same with 64-message batches;
+- ``ring_threads`` / ``ring_threads_batch64``: a producer thread and a consumer
+  thread, each pinned to its own core;
+- ``ring_processes`` / ``ring_processes_batch64``: a producer process and a
+  consumer process over POSIX shared memory, each pinned to its own core;
+- peers, producer and consumer in two processes: ``multiprocessing_queue``,
+  ``faster_fifo_queue``, ``posix_ipc_queue``.
+
+Each figure is seconds per message. After the pyperf runs, the main process
+measures one-way latency, from the TSC stamp written into a slot header to
+the consumer reading it, with one message in flight, next to a bare
+cache-line ping-pong between the same two cores (the physical limit), and
+prints both histograms.
+
+Cross-core figures need both cores to themselves: on a busy machine they
+only show that everything runs.
+"""
+
+import atexit
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+
+import numba
+import numpy as np
+
+from harness import make_runner, report_ratios
+
+import ring_workers as workers
+from engine.ring import Ring, new_state
+from kernels import ring
+from kernels.clock import calibrate
+from kernels.hist import Histogram
+
+SEED_SINGLE_THREAD = 27.44e6  # msg/s, the seed's one-thread write+read
+SLOT_COUNT = 4096
+SLOT_SIZE = 64
+PRODUCER_CORE, CONSUMER_CORE = 0, 1
+LATENCY_SAMPLES = 200_000
+LATENCY_BUDGET_S = 2.0
+
+
+def _message():
+    return np.full(workers.MESSAGE_BYTES, 7, np.uint8)
+
+
+def _batch():
+    payloads = np.tile(_message(), (workers.BATCH, 1))
+    return payloads, np.full(workers.BATCH, workers.MESSAGE_BYTES, np.int64)
+
+
+class Benchmarks:
+    """Inputs and compiled drivers, built before the runner starts timing."""
+
+    def __init__(self):
+        self.private = Ring.create(SLOT_COUNT, SLOT_SIZE)
+        self.strategy = self.private.strategy
+        self.payload = _message()
+        self.out = np.zeros(SLOT_SIZE, np.uint8)
+        self.payloads, self.lengths = _batch()
+        self.outs = np.zeros_like(self.payloads)
+        self.out_lengths = np.zeros_like(self.lengths)
+        self.children = {}
+        self._compile()
+
+    def _compile(self):
+        shared = self.private
+        workers.write_then_read(shared.slab, shared.producer, shared.consumer(0), self.payload, self.out, 1)
+        workers.write_then_read_batches(shared.slab, shared.producer, shared.consumer(0), self.payloads,
+                                        self.lengths, self.outs, self.out_lengths, 1)
+        for produce, consume in ((workers.produce, workers.consume),
+                                 (workers.produce_batches, workers.consume_batches)):
+            if produce is workers.produce:
+                produce(shared.slab, shared.producer, self.payload, 1, self.strategy)
+                consume(shared.slab, shared.consumer(0), self.out, 1, self.strategy)
+            else:
+                produce(shared.slab, shared.producer, self.payloads, self.lengths, 1, self.strategy)
+                consume(shared.slab, shared.consumer(0), self.outs, self.out_lengths, 1, self.strategy)
+
+    # One thread
+
+    def single_thread(self, loops):
+        shared = self.private
+        producer, consumer = shared.producer, shared.consumer(0)
+        started = time.perf_counter()
+        workers.write_then_read(shared.slab, producer, consumer, self.payload, self.out, loops)
+        return time.perf_counter() - started
+
+    def single_thread_batch(self, loops):
+        shared = self.private
+        producer, consumer = shared.producer, shared.consumer(0)
+        started = time.perf_counter()
+        workers.write_then_read_batches(shared.slab, producer, consumer, self.payloads, self.lengths,
+                                        self.outs, self.out_lengths, loops)
+        return time.perf_counter() - started
+
+    # Two threads
+
+    def _threads(self, loops, batched):
+        shared = self.private
+        producer, consumer = shared.producer, shared.consumer(0)
+        results = []
+
+        def consumer_side():
+            workers.pin(CONSUMER_CORE)
+            if batched:
+                results.append(workers.consume_batches(shared.slab, consumer, self.outs, self.out_lengths,
+                                                       loops, self.strategy))
+            else:
+                results.append(workers.consume(shared.slab, consumer, self.out, loops, self.strategy))
+
+        previous = workers.pin(PRODUCER_CORE)
+        try:
+            thread = threading.Thread(target=consumer_side)
+            started = time.perf_counter()
+            thread.start()
+            if batched:
+                status = workers.produce_batches(shared.slab, producer, self.payloads, self.lengths,
+                                                 loops, self.strategy)
+            else:
+                status = workers.produce(shared.slab, producer, self.payload, loops, self.strategy)
+            thread.join()
+            elapsed = time.perf_counter() - started
+        finally:
+            workers.unpin(previous)
+        if status != 0 or results[0] < 0:
+            raise RuntimeError(f"ring threads failed: {status}, {results}")
+        return elapsed
+
+    def threads(self, loops):
+        return self._threads(loops, batched=False)
+
+    def threads_batch(self, loops):
+        return self._threads(loops * workers.BATCH, batched=True)
+
+    # Two processes
+
+    def _child(self, kind):
+        """A consumer process of ``kind``, started on first use and stopped at exit."""
+        if kind in self.children:
+            return self.children[kind]
+        context = multiprocessing.get_context("spawn")
+        if kind.startswith("ring"):
+            name = f"ringbook-bm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            transport = Ring.create(SLOT_COUNT, SLOT_SIZE, name=name)
+            channel = name
+        elif kind == "multiprocessing":
+            transport = channel = context.Queue()
+        elif kind == "faster_fifo":
+            import faster_fifo
+            transport = channel = faster_fifo.Queue(max_size_bytes=1 << 20)
+        else:
+            import posix_ipc
+            name = f"/ringbook-bm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            transport = posix_ipc.MessageQueue(name, posix_ipc.O_CREX, mode=0o600,
+                                               max_messages=_mqueue_limit(),
+                                               max_message_size=workers.MESSAGE_BYTES)
+            channel = name
+        ours, theirs = context.Pipe()
+        process = context.Process(target=workers.serve, args=(kind, theirs, channel, CONSUMER_CORE),
+                                  daemon=True)
+        process.start()
+        if ours.recv() != "ready":
+            raise RuntimeError(f"{kind} consumer did not start")
+
+        def stop():
+            try:
+                ours.send(None)
+            except OSError:
+                pass
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+            if kind.startswith("ring"):
+                transport.close()
+            elif kind == "posix_ipc":
+                transport.close()
+                transport.unlink()
+
+        atexit.register(stop)
+        self.children[kind] = (ours, transport)
+        return self.children[kind]
+
+    def _processes(self, kind, loops, send):
+        connection, transport = self._child(kind)
+        previous = workers.pin(PRODUCER_CORE)
+        try:
+            connection.send(loops)
+            started = time.perf_counter()
+            send(transport, loops)
+            result = connection.recv()
+            elapsed = time.perf_counter() - started
+        finally:
+            workers.unpin(previous)
+        if result < 0:
+            raise RuntimeError(f"{kind} consumer failed: {result}")
+        return elapsed
+
+    def processes(self, loops):
+        def send(shared, count):
+            workers.produce(shared.slab, shared.producer, self.payload, count, self.strategy)
+        return self._processes("ring", loops, send)
+
+    def processes_batch(self, loops):
+        def send(shared, count):
+            workers.produce_batches(shared.slab, shared.producer, self.payloads, self.lengths, count,
+                                    self.strategy)
+        return self._processes("ring_batch", loops, send)
+
+    def multiprocessing_queue(self, loops):
+        message = bytes(self.payload)
+
+        def send(queue, count):
+            for _ in range(count):
+                queue.put(message)
+        return self._processes("multiprocessing", loops, send)
+
+    def faster_fifo_queue(self, loops):
+        message = bytes(self.payload)
+
+        def send(queue, count):
+            for _ in range(count):
+                queue.put(message, timeout=60)
+        return self._processes("faster_fifo", loops, send)
+
+    def posix_ipc_queue(self, loops):
+        message = bytes(self.payload)
+
+        def send(queue, count):
+            for _ in range(count):
+                queue.send(message)
+        return self._processes("posix_ipc", loops, send)
+
+
+def _mqueue_limit(default=10):
+    """The most messages a POSIX queue may hold here (``fs.mqueue.msg_max``), at most 1024."""
+    try:
+        with open("/proc/sys/fs/mqueue/msg_max") as limit:
+            return min(1024, int(limit.read()))
+    except (OSError, ValueError):
+        return default
+
+
+# Latency
+
+def _compile(function, *args):
+    """Compile (or load) ``function`` for these arguments without running it."""
+    function.compile(tuple(numba.typeof(argument) for argument in args))
+
+
+def _run_pair(first, first_args, second, second_args):
+    """``first`` on the producer core in this thread, ``second`` on the consumer core in another."""
+    results = {}
+
+    def second_side():
+        workers.pin(CONSUMER_CORE)
+        results["second"] = second(*second_args)
+
+    thread = threading.Thread(target=second_side)
+    previous = workers.pin(PRODUCER_CORE)
+    try:
+        thread.start()
+        results["first"] = first(*first_args)
+        thread.join()
+    finally:
+        workers.unpin(previous)
+    return results["first"], results["second"]
+
+
+def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S):
+    """One-way latency through the ring and by ping-pong, in ticks.
+
+    Returns ``(samples taken, ring histogram, ping-pong histogram, calibration)``;
+    each side runs for at most ``budget_s`` seconds.
+    """
+    calibration = calibrate()
+    ring_histogram = Histogram(lowest=1, highest=10**10)
+    pingpong_histogram = Histogram(lowest=1, highest=10**10)
+    lines = new_state()  # two cache lines of int64: [0] and [8]
+    budget_ns = int(budget_s * 1e9)
+    with Ring.create(64, SLOT_SIZE) as shared:
+        producer, consumer = shared.producer, shared.consumer(0)
+        payload = _message()
+        # Compile (or load) every side first: a side still compiling looks stuck.
+        _compile(workers.latency_producer, shared.slab, producer, payload, samples, budget_ns)
+        _compile(workers.latency_consumer, shared.slab, consumer, ring_histogram.counts, ring_histogram.meta)
+        _compile(workers.ping, lines, samples, budget_ns)
+        _compile(workers.pong, lines, pingpong_histogram.counts, pingpong_histogram.meta)
+        ring_sent, _ = _run_pair(workers.latency_producer, (shared.slab, producer, payload, samples, budget_ns),
+                                 workers.latency_consumer,
+                                 (shared.slab, consumer, ring_histogram.counts, ring_histogram.meta))
+    pings, _ = _run_pair(workers.ping, (lines, samples, budget_ns),
+                         workers.pong, (lines, pingpong_histogram.counts, pingpong_histogram.meta))
+    return (ring_sent, pings), ring_histogram, pingpong_histogram, calibration
+
+
+def print_latency(taken, ring_histogram, pingpong_histogram, calibration):
+    """Both latency distributions, percentile by percentile, and their ratios."""
+    print()
+    print(f"One-way latency, one message in flight, core {PRODUCER_CORE} -> core {CONSUMER_CORE} "
+          f"({calibration.source} ticks, {calibration.ticks_per_ns:.3f} per ns); samples: "
+          f"ring {ring_histogram.count}, ping-pong {pingpong_histogram.count}"
+          + ("" if min(taken) >= 0 else "  [a spin gave up: figures incomplete]"))
+    print(f"  {'percentile':>10}  {'ring ns':>10}  {'ping-pong ns':>12}  {'ratio':>6}")
+    for percentile in (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0):
+        ring_ns = calibration.to_ns(ring_histogram.value_at_percentile(percentile))
+        pingpong_ns = calibration.to_ns(pingpong_histogram.value_at_percentile(percentile))
+        print(f"  {percentile:>10g}  {ring_ns:>10.0f}  {pingpong_ns:>12.0f}  {ring_ns / max(pingpong_ns, 1e-9):>6.2f}")
+    print("  (target: ring <= 2x ping-pong at p50 and p99)")
+
+
+def main():
+    benchmarks = Benchmarks()
+    runner = make_runner()
+    runner.metadata["ring_message_bytes"] = workers.MESSAGE_BYTES
+    runner.metadata["ring_slots"] = f"{SLOT_COUNT} x {SLOT_SIZE} B"
+    batch = workers.BATCH
+    results = {
+        "ring_single_thread": runner.bench_time_func("ring_single_thread", benchmarks.single_thread),
+        f"ring_single_thread_batch{batch}": runner.bench_time_func(
+            f"ring_single_thread_batch{batch}", benchmarks.single_thread_batch, inner_loops=batch),
+        "ring_threads": runner.bench_time_func("ring_threads", benchmarks.threads),
+        f"ring_threads_batch{batch}": runner.bench_time_func(
+            f"ring_threads_batch{batch}", benchmarks.threads_batch, inner_loops=batch),
+        "ring_processes": runner.bench_time_func("ring_processes", benchmarks.processes),
+        f"ring_processes_batch{batch}": runner.bench_time_func(
+            f"ring_processes_batch{batch}", benchmarks.processes_batch),
+        "multiprocessing_queue": runner.bench_time_func("multiprocessing_queue",
+                                                        benchmarks.multiprocessing_queue),
+        "faster_fifo_queue": runner.bench_time_func("faster_fifo_queue", benchmarks.faster_fifo_queue),
+        "posix_ipc_queue": runner.bench_time_func("posix_ipc_queue", benchmarks.posix_ipc_queue),
+    }
+    report_ratios(results, [
+        (f"ring_single_thread_batch{batch}", "ring_single_thread"),
+        (f"ring_threads_batch{batch}", "ring_threads"),
+        (f"ring_processes_batch{batch}", "ring_processes"),
+        ("ring_processes", "multiprocessing_queue"),
+        ("ring_processes", "faster_fifo_queue"),
+        ("ring_processes", "posix_ipc_queue"),
+        (f"ring_processes_batch{batch}", "multiprocessing_queue"),
+        (f"ring_processes_batch{batch}", "faster_fifo_queue"),
+        (f"ring_processes_batch{batch}", "posix_ipc_queue"),
+    ])
+    if all(result is not None for result in results.values()):
+        print()
+        print("Messages per second (median):")
+        for name, result in results.items():
+            print(f"  {name}: {1 / result.median() / 1e6:.2f} M msg/s")
+        ratio = 1 / results["ring_single_thread"].median() / SEED_SINGLE_THREAD
+        print(f"  ring_single_thread vs the seed's {SEED_SINGLE_THREAD / 1e6} M msg/s: {ratio:.2f}x")
+    if not runner.args.worker:
+        print_latency(*measure_latency())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The loops on each side of ``bm_ring.py``'s measurements, and its consumer process.
+
+Kept apart from the benchmark script so that a ``multiprocessing`` spawn child
+imports only this (the script itself is re-run by pyperf's workers).
+
+Every wait here is bounded: a spin that runs past its limit returns a failure
+instead of hanging, and waits between runs block on a pipe.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import ring  # noqa: E402
+from kernels.atomics import load_acquire, spin_pause, store_release  # noqa: E402
+from kernels.clock import monotonic_ns, stamp  # noqa: E402
+from kernels.hist import record  # noqa: E402
+from kernels.jit_options import kernel  # noqa: E402
+from kernels.wait import backoff  # noqa: E402
+
+MESSAGE_BYTES = 32
+BATCH = 64
+#: A latency run's spin gives up after this long (a stuck partner, not a slow one).
+SPIN_LIMIT_NS = 2_000_000_000
+
+
+#: The cores this process may use, read before any thread is pinned.
+CORES = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+
+
+def pin(core):
+    """Run the calling thread on ``core`` only, when this machine has it; return the old set."""
+    if core not in CORES or len(CORES) < 2:
+        return None
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    return previous
+
+
+def unpin(previous):
+    if previous is not None:
+        os.sched_setaffinity(0, previous)
+
+
+# Throughput: one side each.
+
+@kernel
+def produce(slab, producer, payload, count, strategy):
+    """Write ``count`` messages, one call each; 0, or the status that stopped it."""
+    for index in range(count):
+        payload[0] = index & 255
+        attempt = 0
+        while True:
+            status = ring.try_write(slab, producer, payload)
+            if status == ring.OK:
+                break
+            if status != ring.FULL:
+                return status
+            attempt = backoff(strategy, attempt)
+    return 0
+
+
+@kernel
+def produce_batches(slab, producer, payloads, lengths, count, strategy):
+    """Write ``count`` messages with :func:`kernels.ring.write_batch`; 0, or a status."""
+    written = 0
+    attempt = 0
+    while written < count:
+        batch = min(count - written, payloads.shape[0])
+        done = ring.write_batch(slab, producer, payloads[:batch], lengths, 0, 0)
+        if done < 0:
+            return done
+        if done == 0:
+            attempt = backoff(strategy, attempt)
+        else:
+            written += done
+            attempt = 0
+    return 0
+
+
+@kernel
+def consume(slab, consumer, out, count, strategy):
+    """Read ``count`` messages, one call each; the sum of their first bytes, or a status."""
+    total = 0
+    received = 0
+    attempt = 0
+    while received < count:
+        length = ring.try_read(slab, consumer, out)
+        if length >= 0:
+            total += out[0]
+            received += 1
+            attempt = 0
+        elif length == ring.EMPTY:
+            attempt = backoff(strategy, attempt)
+        else:
+            return length
+    return total
+
+
+@kernel
+def consume_batches(slab, consumer, payloads, lengths, count, strategy):
+    """Read ``count`` messages with :func:`kernels.ring.read_batch`; a checksum, or a status."""
+    total = 0
+    received = 0
+    attempt = 0
+    while received < count:
+        batch = min(count - received, payloads.shape[0])
+        done = ring.read_batch(slab, consumer, payloads[:batch], lengths)
+        if done < 0:
+            return done
+        if done == 0:
+            attempt = backoff(strategy, attempt)
+        else:
+            total += payloads[0, 0]
+            received += done
+            attempt = 0
+    return total
+
+
+# Both sides in one thread.
+
+@kernel
+def write_then_read(slab, producer, consumer, payload, out, count):
+    """``count`` rounds of one write and one read; the sum of the lengths read."""
+    total = 0
+    for index in range(count):
+        payload[0] = index & 255
+        ring.try_write(slab, producer, payload)
+        total += ring.try_read(slab, consumer, out)
+    return total
+
+
+@kernel
+def write_then_read_batches(slab, producer, consumer, payloads, lengths, outs, out_lengths, batches):
+    """``batches`` rounds of one batch write and one batch read; the messages read."""
+    total = 0
+    for _ in range(batches):
+        ring.write_batch(slab, producer, payloads, lengths, 0, 0)
+        total += ring.read_batch(slab, consumer, outs, out_lengths)
+    return total
+
+
+# One-way latency: one message in flight at a time.
+
+@kernel
+def _spin(spins, deadline):
+    """Round ``spins`` of a bounded spin: the deadline (set at the first check), or -1 once past it.
+
+    Bounded by time, not rounds: under a hypervisor a pause may cost a VM exit.
+    """
+    spin_pause()
+    if spins & 1023 == 1023:
+        now = monotonic_ns()
+        if deadline == 0:
+            return now + SPIN_LIMIT_NS
+        if now > deadline:
+            return -1
+    return deadline
+
+
+#: Flag of the message that ends a latency run.
+STOP = 1
+
+
+@kernel
+def latency_producer(slab, producer, payload, count, budget_ns):
+    """Write up to ``count`` stamped messages, each once the previous one was read.
+
+    Stops early when ``budget_ns`` has passed (on a busy machine a partner off
+    its core takes a scheduler tick to answer), then sends a :data:`STOP`
+    message. Returns the messages sent, or -1 on a stuck spin.
+    """
+    ends = monotonic_ns() + budget_ns
+    sent = 0
+    for index in range(count + 1):
+        last = index == count or monotonic_ns() > ends
+        if ring.try_write(slab, producer, payload, STOP if last else 0, stamp()) != ring.OK:
+            return -1
+        spins = 0
+        deadline = 0
+        while ring.consumer_position(slab, 0) < producer[ring.STATE_POSITION]:
+            deadline = _spin(spins, deadline)
+            spins += 1
+            if deadline < 0:
+                return -1
+        if last:
+            break
+        sent += 1
+    return sent
+
+
+@kernel
+def latency_consumer(slab, consumer, counts, meta):
+    """Record ``stamp() - stamp at write`` of each message until :data:`STOP`; False on a stuck spin."""
+    while True:
+        spins = 0
+        deadline = 0
+        while True:
+            length, _, flags, written_at = ring.peek(slab, consumer)
+            if length >= 0:
+                break
+            deadline = _spin(spins, deadline)
+            spins += 1
+            if deadline < 0:
+                return False
+        ring.release(slab, consumer)
+        if flags == STOP:
+            return True
+        record(counts, meta, stamp() - written_at)
+
+
+@kernel
+def ping(lines, count, budget_ns):
+    """Stamp into ``lines[0]``, wait for the echo in ``lines[8]``; then send -1 (stop).
+
+    Returns the stamps sent (fewer than ``count`` once ``budget_ns`` has
+    passed), or -1 on a stuck spin.
+    """
+    ends = monotonic_ns() + budget_ns
+    sent = 0
+    while sent < count and monotonic_ns() <= ends:
+        stamped = stamp()
+        store_release(lines, 0, stamped)
+        spins = 0
+        deadline = 0
+        while load_acquire(lines, 8) != stamped:
+            deadline = _spin(spins, deadline)
+            spins += 1
+            if deadline < 0:
+                return -1
+        sent += 1
+    store_release(lines, 0, -1)
+    return sent
+
+
+@kernel
+def pong(lines, counts, meta):
+    """Record the age of each new stamp in ``lines[0]`` and echo it into ``lines[8]``, until -1."""
+    last = load_acquire(lines, 0)
+    while True:
+        spins = 0
+        deadline = 0
+        while True:
+            stamped = load_acquire(lines, 0)
+            if stamped != last:
+                break
+            deadline = _spin(spins, deadline)
+            spins += 1
+            if deadline < 0:
+                return False
+        if stamped == -1:
+            return True
+        record(counts, meta, stamp() - stamped)
+        last = stamped
+        store_release(lines, 8, stamped)
+
+
+# The consumer process.
+
+def serve(kind, connection, channel, core):
+    """Consume in a child process: for each count received, read that many messages, reply.
+
+    ``kind`` is ``"ring"``/``"ring_batch"`` (``channel``: shared-memory name) or a
+    peer: ``"multiprocessing"``/``"faster_fifo"`` (``channel``: the queue) or
+    ``"posix_ipc"`` (``channel``: the queue's name).
+    """
+    pin(core)
+    if kind.startswith("ring"):
+        from engine.ring import Ring
+        shared = Ring.attach(name=channel)
+        slab, consumer, strategy = shared.slab, shared.consumer(0), shared.strategy
+        out = np.zeros((BATCH, MESSAGE_BYTES), np.uint8)
+        lengths = np.zeros(BATCH, np.int64)
+    elif kind == "posix_ipc":
+        import posix_ipc
+        channel = posix_ipc.MessageQueue(channel)
+    connection.send("ready")
+    while (count := connection.recv()) is not None:
+        if kind == "ring":
+            result = consume(slab, consumer, out[0], count, strategy)
+        elif kind == "ring_batch":
+            result = consume_batches(slab, consumer, out, lengths, count, strategy)
+        elif kind == "posix_ipc":
+            result = sum(channel.receive()[0][0] for _ in range(count))
+        elif kind == "faster_fifo":
+            result = sum(channel.get(timeout=60)[0] for _ in range(count))
+        else:
+            result = sum(channel.get()[0] for _ in range(count))
+        connection.send(int(result))

@@ -1,0 +1,183 @@
+"""The L2 book (kernels.book) against tests.naive.NaiveBook, capacity, and allocation."""
+
+import math
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import book as kb
+from kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, check_status, clear,
+                          depth_to_price, fill_cost, horizon, imbalance, is_crossed,
+                          level_count, level_quantity, load_snapshot, mid_price, new_book,
+                          quantity_to_depth, set_level, spread, top_levels, vwap_to_fill)
+from tests.llvm_ir import allocation_calls
+from tests.naive import NaiveBook
+
+
+def random_levels(seed, count, symbols=2, center=10_000, width=40):
+    """Level updates around a center: most near it, some far, a fifth deletes."""
+    rng = np.random.default_rng(seed)
+    updates = []
+    for _ in range(count):
+        symbol = int(rng.integers(symbols))
+        side = BID if rng.random() < 0.5 else ASK
+        distance = int(rng.geometric(0.15)) if rng.random() < 0.9 else int(rng.integers(width))
+        price = center - distance if side == BID else center + distance
+        quantity = 0 if rng.random() < 0.2 else int(rng.integers(1, 1000))
+        updates.append((symbol, side, price, quantity))
+    return updates
+
+
+def assert_same_book(book, naive, symbol):
+    """Every query of the fast book equals the naive book's answer."""
+    for side in (BID, ASK):
+        levels = naive.sorted_levels(symbol, side)
+        prices = np.zeros(len(levels) + 2, np.int64)
+        quantities = np.zeros(len(levels) + 2, np.int64)
+        n = top_levels(book, symbol, side, prices, quantities)
+        assert list(zip(prices[:n].tolist(), quantities[:n].tolist())) == levels
+        assert level_count(book, symbol, side) == len(levels)
+        for price, quantity in levels[:3]:
+            assert level_quantity(book, symbol, side, price) == quantity
+            assert depth_to_price(book, symbol, side, price) == naive.depth_to_price(symbol, side, price)
+        assert level_quantity(book, symbol, side, -10**12) == 0
+        for n_levels in (1, 3, 50):
+            assert quantity_to_depth(book, symbol, side, n_levels) == \
+                naive.quantity_to_depth(symbol, side, n_levels)
+        for size in (1, 700, 5000):
+            filled, cost = fill_cost(book, symbol, side, size)
+            assert (filled, cost) == naive.fill_cost(symbol, side, size)
+            vwap = vwap_to_fill(book, symbol, side, size)
+            assert (math.isnan(vwap) if filled == 0 else vwap == cost / filled)
+    bid, ask = naive.best(symbol, BID), naive.best(symbol, ASK)
+    assert best_bid(book, symbol) == (bid or (NO_PRICE, 0))
+    assert best_ask(book, symbol) == (ask or (NO_PRICE, 0))
+    if bid and ask:
+        assert mid_price(book, symbol) == (bid[0] + ask[0]) / 2
+        assert spread(book, symbol) == ask[0] - bid[0]
+        assert is_crossed(book, symbol) == (bid[0] >= ask[0])
+    else:
+        assert math.isnan(mid_price(book, symbol))
+        assert spread(book, symbol) == NO_PRICE
+        assert not is_crossed(book, symbol)
+    bid_total = naive.quantity_to_depth(symbol, BID, 5)
+    ask_total = naive.quantity_to_depth(symbol, ASK, 5)
+    expected = (bid_total - ask_total) / (bid_total + ask_total) if bid_total + ask_total else math.nan
+    assert imbalance(book, symbol, 5) == pytest.approx(expected, nan_ok=True)
+
+
+def test_levels_match_naive_book_after_every_update():
+    book = new_book(n_symbols=2, depth=64, order_capacity=16)
+    naive = NaiveBook()
+    for symbol, side, price, quantity in random_levels(seed=1, count=1500):
+        assert set_level(book, symbol, side, price, quantity) == kb.OK
+        naive.set_level(symbol, side, price, quantity)
+        assert_same_book(book, naive, symbol)
+    assert book.stats.sum() == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-6, 6),
+                          st.integers(0, 3)), max_size=60))
+def test_levels_match_naive_book_for_any_sequence(updates):
+    book = new_book(n_symbols=1, depth=16, order_capacity=16)
+    naive = NaiveBook()
+    for side, price, quantity in updates:
+        set_level(book, 0, side, price, quantity)
+        naive.set_level(0, side, price, quantity)
+    assert_same_book(book, naive, 0)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+def test_beyond_capacity_far_levels_are_dropped_and_the_rest_stays_exact(depth):
+    """The book holds exactly the true levels strictly better than the horizon."""
+    book = new_book(n_symbols=2, depth=depth, order_capacity=16)
+    naive = NaiveBook()
+    for symbol, side, price, quantity in random_levels(seed=depth, count=2000):
+        status = set_level(book, symbol, side, price, quantity)
+        assert status in (kb.OK, kb.LEVEL_DROPPED)
+        naive.set_level(symbol, side, price, quantity)
+        for side in (BID, ASK):
+            limit = horizon(book, symbol, side)
+            truth = [(p, q) for p, q in naive.sorted_levels(symbol, side)
+                     if limit == NO_PRICE or (p > limit if side == BID else p < limit)]
+            prices = np.zeros(depth, np.int64)
+            quantities = np.zeros(depth, np.int64)
+            n = top_levels(book, symbol, side, prices, quantities)
+            assert list(zip(prices[:n].tolist(), quantities[:n].tolist())) == truth[:depth]
+            assert n == min(len(truth), depth)
+    assert book.stats[:, kb.STAT_DROPPED_LEVELS].sum() > 0
+
+
+def test_full_side_drops_the_farthest_level_and_counts_it():
+    book = new_book(n_symbols=1, depth=3, order_capacity=16)
+    for price in (100, 99, 98):
+        assert set_level(book, 0, BID, price, 1) == kb.OK
+    assert horizon(book, 0, BID) == NO_PRICE
+    assert set_level(book, 0, BID, 97, 1) == kb.LEVEL_DROPPED       # beyond the farthest
+    assert horizon(book, 0, BID) == 97
+    assert set_level(book, 0, BID, 101, 1) == kb.OK                 # pushes 98 out
+    assert horizon(book, 0, BID) == 98
+    assert set_level(book, 0, BID, 98, 5) == kb.LEVEL_DROPPED       # at the horizon
+    assert set_level(book, 0, BID, 100, 0) == kb.OK
+    prices, quantities = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    assert top_levels(book, 0, BID, prices, quantities) == 2
+    assert prices[:2].tolist() == [101, 99]
+    assert book.stats[0, kb.STAT_DROPPED_LEVELS] == 3
+    assert clear(book, 0, BID) == kb.OK
+    assert horizon(book, 0, BID) == NO_PRICE
+    assert set_level(book, 0, BID, 50, 1) == kb.OK
+
+
+def test_clear_and_snapshot():
+    book = new_book(n_symbols=2, depth=8, order_capacity=16)
+    set_level(book, 1, BID, 10, 1)
+    set_level(book, 1, ASK, 12, 1)
+    assert clear(book, 1, ASK) == kb.OK
+    assert best_ask(book, 1) == (NO_PRICE, 0) and best_bid(book, 1) == (10, 1)
+    assert clear(book, 1, 0) == kb.OK
+    assert best_bid(book, 1) == (NO_PRICE, 0)
+    status = load_snapshot(book, 1, np.array([9, 11, 10], np.int64), np.array([1, 0, 3], np.int64),
+                           np.array([14, 13], np.int64), np.array([2, 4], np.int64), 77)
+    assert status == kb.OK
+    assert best_bid(book, 1) == (10, 3) and best_ask(book, 1) == (13, 4)
+    assert level_count(book, 1, BID) == 2 and book.sequences[1] == 77
+
+
+def test_invalid_input_is_an_error_status_and_wrappers_raise():
+    book = new_book(n_symbols=2, depth=4, order_capacity=16)
+    assert set_level(book, 2, BID, 1, 1) == kb.BAD_SYMBOL
+    assert set_level(book, -1, BID, 1, 1) == kb.BAD_SYMBOL
+    assert set_level(book, 0, 0, 1, 1) == kb.BAD_SIDE
+    assert set_level(book, 0, BID, 1, -1) == kb.BAD_QUANTITY
+    assert clear(book, 0, 5) == kb.BAD_SIDE
+    assert book.counts.sum() == 0
+    with pytest.raises(kb.BookError, match="symbol id out of range"):
+        check_status(kb.BAD_SYMBOL, "set_level")
+    assert check_status(kb.STALE) == kb.STALE
+
+
+def test_default_book_for_2048_symbols_fits_in_256_mb():
+    book = new_book()
+    assert book.counts.shape[0] == 2048
+    assert kb.book_nbytes(book) <= 256 * 2**20
+
+
+BOOK_TYPE = numba.typeof(new_book(n_symbols=1, depth=1, order_capacity=16))
+SCALAR = numba.types.int64
+OUT = numba.types.int64[::1]
+
+
+@pytest.mark.parametrize("kernel, signature", [
+    (kb.set_level, (BOOK_TYPE, SCALAR, SCALAR, SCALAR, SCALAR)),
+    (kb.best_bid, (BOOK_TYPE, SCALAR)),
+    (kb.mid_price, (BOOK_TYPE, SCALAR)),
+    (kb.top_levels, (BOOK_TYPE, SCALAR, SCALAR, OUT, OUT)),
+    (kb.fill_cost, (BOOK_TYPE, SCALAR, SCALAR, SCALAR)),
+    (kb.imbalance, (BOOK_TYPE, SCALAR, SCALAR)),
+])
+def test_hot_kernels_allocate_nothing(kernel, signature):
+    assert allocation_calls(kernel, signature) == []
