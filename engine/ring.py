@@ -104,13 +104,13 @@ def describe_layout_error(slab, status, where="region"):
         return f"{where} has ring layout version {fields['version']}, expected {K.VERSION}"
     if status == K.CORRUPT_GEOMETRY:
         size, count, consumers = fields["slot_size"], fields["slot_count"], fields["consumers"]
-        return (f"{where} has an impossible geometry: slot_size={size} (expected a power of two "
-                f"in {K.MIN_SLOT_SIZE}..{K.MAX_SLOT_SIZE}), slot_count={count} (a power of two in "
-                f"{K.MIN_SLOT_COUNT}..{K.MAX_SLOT_COUNT}), consumers={consumers} (1..{K.MAX_CONSUMERS}), "
-                f"slot_header_bytes={fields['slot_header_bytes']} (expected {K.SLOT_HEADER_BYTES}), "
-                f"control_bytes={fields['control_bytes']}, region_bytes={fields['region_bytes']} "
-                f"(expected {K.control_bytes(consumers)} and "
-                f"{K.control_bytes(consumers) + size * count})")
+        return (f"{where} has an impossible geometry: found slot_size={size}, slot_count={count}, "
+                f"consumers={consumers}, slot_header_bytes={fields['slot_header_bytes']}, "
+                f"control_bytes={fields['control_bytes']}, region_bytes={fields['region_bytes']}; "
+                f"expected powers of two slot_size in {K.MIN_SLOT_SIZE}..{K.MAX_SLOT_SIZE} and "
+                f"slot_count in {K.MIN_SLOT_COUNT}..{K.MAX_SLOT_COUNT}, consumers in 1..{K.MAX_CONSUMERS}, "
+                f"slot_header_bytes={K.SLOT_HEADER_BYTES}, control_bytes={K.control_bytes(consumers)} "
+                f"and region_bytes={K.control_bytes(consumers) + size * count}")
     if status == K.CORRUPT_SIZE:
         expected = fields["region_bytes"]
         kind = "truncated" if slab.size < expected else "larger than its header says"
@@ -360,18 +360,28 @@ class Ring:
 
     # Lifetime
 
+    def unlink(self):
+        """Remove the name of the shared memory or file behind the ring, now.
+
+        Processes that have attached keep their mapping; no new one can
+        attach. Once every process has attached, this leaves nothing behind
+        however they exit.
+        """
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        self._owner = False
+
     def close(self):
         """Unmap the ring; a shared-memory object this ring created is also unlinked.
 
         Files are kept (a file-backed ring outlives its processes). Arrays
         still referring to the slab keep the mapping alive until they go.
         """
-        if self._owner and self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self._owner = False
+        if self._owner:
+            self.unlink()
         self.slab = None
         self._producer = None
         self._consumers = {}

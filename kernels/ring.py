@@ -15,33 +15,33 @@ All integers are little-endian (the native order of x86-64 and arm64).
 Control block, one 64-byte cache line per writer, so that no two sides share
 a line (no false sharing):
 
-======  =====  ==============================================================
-offset  type   field
-======  =====  ==============================================================
-0       u64    magic: the bytes ``b"RINGBOOK"`` (:data:`MAGIC`)
-8       u32    layout version (:data:`VERSION`, 1)
-12      u32    slot size ``S`` in bytes: a power of two, 32 .. 2**24
-16      u32    slot count ``N``: a power of two, 2 .. 2**30
-20      u32    consumer count ``C``: 1 .. :data:`MAX_CONSUMERS`
-24      u32    slot header size in bytes (24)
-28      u32    reserved, 0
-32      u64    control block size: ``64 * (2 + C)``; the first slot starts here
-40      u64    region size: ``64 * (2 + C) + S * N``
-48      -      reserved, 0, up to 64
-64      i64    producer position: messages published so far (its own line)
-128+64i i64    consumer ``i``'s position: messages it has read (its own line)
-======  =====  ==============================================================
+========  =====  ==============================================================
+offset    type   field
+========  =====  ==============================================================
+0         u64    magic: the bytes ``b"RINGBOOK"`` (:data:`MAGIC`)
+8         u32    layout version (:data:`VERSION`, 1)
+12        u32    slot size ``S`` in bytes: a power of two, 32 .. 2**24
+16        u32    slot count ``N``: a power of two, 2 .. 2**30
+20        u32    consumer count ``C``: 1 .. :data:`MAX_CONSUMERS`
+24        u32    slot header size in bytes (24)
+28        u32    reserved, 0
+32        u64    control block size: ``64 * (2 + C)``; the first slot starts here
+40        u64    region size: ``64 * (2 + C) + S * N``
+48        -      reserved, 0, up to 64
+64        i64    producer position: messages published so far (its own line)
+128+64i   i64    consumer ``i``'s position: messages it has read (its own line)
+========  =====  ==============================================================
 
 Positions are 64-bit counters that only grow: message ``p`` lives in slot
 ``p & (N - 1)``, at byte ``64 * (2 + C) + (p & (N - 1)) * S``. Every slot:
 
-======  =====  ==============================================================
-0       u32    payload length in bytes, at most ``S - 24``
-4       u32    flags, the producer's to define
-8       i64    sequence: the message's position ``p``, stored last (-1: never written)
-16      i64    stamp: TSC ticks at write (:func:`kernels.clock.stamp`), or 0
-24      bytes  payload
-======  =====  ==============================================================
+========  =====  ==============================================================
+0         u32    payload length in bytes, at most ``S - 24``
+4         u32    flags, the producer's to define
+8         i64    sequence: the message's position ``p``, stored last (-1: never written)
+16        i64    stamp: TSC ticks at write (:func:`kernels.clock.stamp`), or 0
+24        bytes  payload
+========  =====  ==============================================================
 
 Ordering: the producer fills a slot's length, flags, stamp and payload, then
 stores its sequence with release ordering (the slot is complete), then
@@ -391,11 +391,15 @@ def _refresh_available(slab, consumer):
     """Read the producer's position; set how far the consumer may read."""
     position = consumer[STATE_POSITION]
     published = load_acquire_at(slab, PRODUCER_POSITION_OFFSET)
+    slot_count = consumer[STATE_SLOT_MASK] + 1
     status = OK
-    if published < position or published - position > consumer[STATE_SLOT_MASK] + 1:
+    # The consumer may be ahead of the published position: it takes a slot as
+    # soon as its sequence is stored, before the producer publishes its position
+    # (a batch publishes once). Never by more than a ring, nor behind by more.
+    if published < 0 or published - position > slot_count or position - published > slot_count:
         status = CORRUPT_POSITION
     else:
-        consumer[STATE_SEEN] = published
+        consumer[STATE_SEEN] = max(published, position)
     return _last_use(status, slab, consumer, consumer)
 
 
@@ -405,8 +409,9 @@ def open_producer(slab, producer):
 
     Validates the header, copies the geometry into ``producer`` (length at
     least :data:`STATE_SIZE`) and resumes at the published producer position,
-    which must be consistent with every consumer's. Returns a status. There is
-    one producer per ring.
+    or after it when complete messages follow it (a producer killed before
+    publishing them); it must be consistent with every consumer's position.
+    Returns a status. There is one producer per ring.
     """
     status = _open_state(slab, producer, PRODUCER)
     if status != OK:
@@ -415,9 +420,19 @@ def open_producer(slab, producer):
     if position < 0:
         producer[ROLE] = 0
         return CORRUPT_POSITION
+    # A producer that died between storing a slot's sequence and publishing its
+    # position left complete messages behind the position: resume after them.
+    published = position
+    for _ in range(producer[STATE_SLOT_MASK] + 1):
+        slot = producer[STATE_SLOTS_OFFSET] + (position & producer[STATE_SLOT_MASK]) * producer[STATE_SLOT_SIZE]
+        if _load_i64(slab, slot + SEQUENCE_OFFSET) != position:
+            break
+        position += 1
     producer[STATE_POSITION] = position
     producer[STATE_POSITION_OFFSET] = PRODUCER_POSITION_OFFSET
     status = _refresh_limit(slab, producer)
+    if status == OK and position != published:
+        store_release_at(slab, PRODUCER_POSITION_OFFSET, position)
     if status != OK:
         producer[ROLE] = 0
     return status

@@ -36,7 +36,6 @@ from harness import make_runner, report_ratios
 
 import ring_workers as workers
 from engine.ring import Ring, new_state
-from kernels import ring
 from kernels.clock import calibrate
 from kernels.hist import Histogram
 
@@ -62,7 +61,7 @@ class Benchmarks:
 
     def __init__(self):
         self.private = Ring.create(SLOT_COUNT, SLOT_SIZE)
-        self.strategy = self.private.strategy
+        self.strategy = workers.THROUGHPUT_STRATEGY
         self.payload = _message()
         self.out = np.zeros(SLOT_SIZE, np.uint8)
         self.payloads, self.lengths = _batch()
@@ -170,6 +169,8 @@ class Benchmarks:
         process.start()
         if ours.recv() != "ready":
             raise RuntimeError(f"{kind} consumer did not start")
+        if kind.startswith("ring"):
+            transport.unlink()  # both sides have it mapped: leave no name behind
 
         def stop():
             try:

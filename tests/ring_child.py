@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.ring import Ring  # noqa: E402
 from kernels import ring  # noqa: E402
 from kernels.jit_options import kernel  # noqa: E402
-from kernels.wait import backoff  # noqa: E402
 
 MESSAGE_BYTES = 32
 

@@ -17,6 +17,7 @@ from engine.ring import Ring, RingCorruptError, RingLayoutError, new_state, regi
 from kernels import ring
 from kernels.jit_options import kernel
 from kernels.wait import wait_strategy
+from tests import ring_fuzz
 from tests.llvm_ir import allocation_calls, llvm_ir
 from tests.naive import NaiveRing
 from tests.ring_child import MESSAGE_BYTES, consume, pattern, produce
@@ -238,46 +239,20 @@ def test_impossible_consumer_position_is_reported_by_the_producer(consumer_posit
             shared.try_write(b"z")
 
 
-GUARD = 256
-
-
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 191 + 4 * 64 - 1), st.integers(0, 255)), min_size=1, max_size=8),
-       st.integers(0, 6))
+@given(st.lists(st.tuples(st.integers(0, ring_fuzz.REGION - 1), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, 7))
 def test_corrupted_bytes_never_lead_outside_the_slab(corruptions, messages_before):
-    size = ring.region_bytes(64, 4, 2)
-    memory = np.full(size + 2 * GUARD, 0xA5, np.uint8)
-    slab = memory[GUARD:GUARD + size]
-    assert ring.format_slab(slab, 64, 4, 2) == ring.OK
-    producer, readers = new_state(), [new_state(), new_state()]
-    assert ring.open_producer(slab, producer) == ring.OK
-    for index in range(2):
-        assert ring.open_consumer(slab, index, readers[index]) == ring.OK
-    for index in range(messages_before):
-        if ring.try_write(slab, producer, message(index, index * 6), 0, 0) == ring.FULL:
-            ring.try_read(slab, readers[0], np.zeros(40, np.uint8))
-            ring.try_read(slab, readers[1], np.zeros(40, np.uint8))
-    for offset, value in corruptions:
-        slab[offset] = value
-    out_memory = np.full(40 + 2 * GUARD, 0x5A, np.uint8)
-    out = out_memory[GUARD:GUARD + 40]
-    statuses = {ring.check_layout(slab)}
-    fresh = new_state()
-    statuses.add(ring.open_consumer(slab, 1, fresh))
-    statuses.add(ring.open_producer(slab, new_state()))
-    for _ in range(6):
-        for reader in readers + ([fresh] if fresh[ring.ROLE] else []):
-            length = ring.try_read(slab, reader, out)
-            assert length <= 40
-            statuses.add(min(length, 0))
-            peeked, view, _, _ = ring.peek(slab, reader)
-            if peeked >= 0:
-                assert np.shares_memory(view, slab) and view.size == peeked <= 40
-        statuses.add(ring.try_write(slab, producer, message(9, 40), 0, 0))
-    known = set(ring.STATUS_NAMES) - {ring.TIMEOUT}
-    assert statuses <= known
-    assert (memory[:GUARD] == 0xA5).all() and (memory[GUARD + size:] == 0xA5).all()
-    assert (out_memory[:GUARD] == 0x5A).all() and (out_memory[GUARD + 40:] == 0x5A).all()
+    ring_fuzz.exercise(corruptions, messages_before)
+
+
+def test_coverage_guided_fuzzing_finds_nothing_in_a_short_run(tmp_path):
+    pytest.importorskip("atheris")
+    fuzz = subprocess.run([sys.executable, str(Path(ring_fuzz.__file__)), "-runs=3000", "-seed=1",
+                           f"-artifact_prefix={tmp_path}/"],
+                          capture_output=True, text=True, timeout=300)
+    assert fuzz.returncode == 0, fuzz.stderr[-2000:]
+    assert "Done 3000 runs" in fuzz.stderr
 
 
 # Threads
@@ -343,6 +318,17 @@ def test_shared_memory_is_private_to_its_owner_and_unlinked_on_close():
         with pytest.raises(FileExistsError):
             Ring.create(8, 64, name=name)
     assert not Path("/dev/shm", name).exists()
+
+
+def test_unlinked_shared_memory_stays_usable_by_those_attached():
+    name = shm_name()
+    with Ring.create(8, 64, name=name) as shared, Ring.attach(name=name) as attached:
+        shared.unlink()
+        assert not Path("/dev/shm", name).exists()
+        shared.write(b"still here")
+        assert attached.read(timeout=1) == b"still here"
+        with pytest.raises(FileNotFoundError):
+            Ring.attach(name=name)
 
 
 def test_file_ring_survives_and_attaches(tmp_path):
@@ -413,7 +399,22 @@ def test_producer_killed_mid_message_leaves_every_complete_message(tmp_path):
     with Ring.attach(path=path) as shared:
         assert shared.producer_position == complete
         assert [shared.try_read() for _ in range(complete)] == [pattern(i) for i in range(complete)]
-        assert shared.try_read() is None  # the unpublished message is invisible
+        assert shared.try_read() is None  # the torn message is invisible
+        assert shared.try_write(b"after") and shared.read(timeout=1) == b"after"  # a new producer resumes
+
+
+def test_a_new_producer_resumes_after_complete_but_unpublished_messages():
+    slab, producer, (reader,) = open_pair(slot_count=8)
+    for index in range(3):
+        assert ring.try_write(slab, producer, message(index), 0, 0) == ring.OK
+    slab[64:72].view("<i8")[0] = 1  # as if killed before publishing positions 2 and 3
+    out = np.zeros(64, np.uint8)
+    assert [ring.try_read(slab, reader, out) for _ in range(4)] == [32, 32, 32, ring.EMPTY]
+    resumed = new_state()
+    assert ring.open_producer(slab, resumed) == ring.OK
+    assert resumed[ring.STATE_POSITION] == 3 and ring.producer_position(slab) == 3
+    assert ring.try_write(slab, resumed, message(3), 0, 0) == ring.OK
+    assert ring.try_read(slab, reader, out) == 32 and bytes(out[:32]) == bytes(message(3))
 
 
 def test_producer_killed_at_a_random_moment_leaves_a_readable_ring():
