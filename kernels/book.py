@@ -10,19 +10,24 @@ L3 event changes the order table and the level it feeds in one call).
 
 Levels
 ------
-Per symbol and side, a sorted array of ``depth`` levels kept *best last*:
-bids by ascending price, asks by descending price, so index ``count - 1`` is
-the touch. An update near the touch scans a few elements from the end and
-moves the few elements between it and the touch: O(1) amortized when activity
-is near the touch; a far update falls back to binary search. Every price is
-representable: there is no price window and no tick grid.
+Per symbol and side, ``depth`` slots of ``prices`` and ``quantities`` hold
+the levels sorted from the farthest (rank 0, always at index 0) to the touch
+(rank ``count - 1``), with the ``depth - count`` free slots as one *gap*
+between rank ``gaps[symbol, side_index] - 1`` and the next rank. An insert or
+delete moves the gap to its rank, moving only the levels in between: updates
+near the touch, and runs of updates near each other (an exchange's diff,
+sorted by price), move few levels. The rank is found by comparing the eight
+levels next to the touch, then by binary search. Every price is
+representable: there is no price window and no tick grid. Use the queries
+below (or :func:`_level_slot`) rather than the arrays: a rank's index
+depends on the gap.
 
 Capacity
 --------
 When a side holds ``depth`` levels and a new level arrives that is better than
 the farthest one, the farthest is dropped to make room; a new level at or
 beyond the farthest is dropped itself. Either way ``stats[symbol,
-STAT_DROPPED_LEVELS]`` counts it and the side's *horizon* (``horizons[symbol,
+STAT_DROPPED_LEVELS]`` counts it and the side's *horizon* (``horizon_keys[symbol,
 side_index]``, see :func:`horizon`) becomes the best price dropped so far.
 The book stays exact for every price strictly better than the horizon: updates
 at or beyond it are dropped and counted (status :data:`LEVEL_DROPPED`), so a
@@ -31,11 +36,11 @@ the side is cleared (``KIND_CLEAR``, ``KIND_SNAPSHOT_BEGIN``, :func:`clear`).
 
 Memory
 ------
-Per symbol: ``2 * depth * 16`` bytes of levels plus ``(6 + N_STATS) * 8``
-bytes of counters: 65,632 bytes at the default ``depth=2048``, so 2048 symbols
-take 128.2 MiB. The order table adds ``32 * order_capacity`` bytes shared by
-all symbols (32 MiB at the default ``2**20`` slots). Default total: 160.2 MiB.
-``np.zeros`` commits pages only when touched.
+Per symbol: ``2 * depth * 16`` bytes of levels plus ``(8 + N_STATS) * 8 + 8``
+bytes of counters: 65,640 bytes at the default ``depth=2048``, so 2048
+symbols take 128.2 MiB. The order table adds ``32 * order_capacity`` bytes
+shared by all symbols (32 MiB at the default ``2**20`` slots). Default total:
+160.2 MiB. ``np.zeros`` commits pages only when touched.
 
 Sequence handling (in :func:`kernels.replay.apply_event`)
 ---------------------------------------------------------
@@ -76,6 +81,8 @@ vwap_to_fill(book, symbol, side, quantity) -> float64      cost / filled, NaN if
 is_crossed(book, symbol) -> bool                           bid >= ask, both sides present
 horizon(book, symbol, side) -> int64                       NO_PRICE when nothing dropped
 check_status(status, what="")                              (Python) raise BookError if < 0
+borrow(book) -> Book                                       the same book, not reference
+                                                           counted: for a user's hot loop
 
 Prices and quantities are int64 fixed point (the instrument's scales); costs
 and VWAPs are float64 in those units (``price * quantity`` would overflow
@@ -311,13 +318,13 @@ def _move_gap(prices, quantities, symbol, side_index, gap, spare, target):
     """
     if spare > 0:
         if target < gap:
-            for logical in range(gap - 1, target - 1, -1):
-                prices[symbol, side_index, logical + spare] = prices[symbol, side_index, logical]
-                quantities[symbol, side_index, logical + spare] = quantities[symbol, side_index, logical]
+            for rank in range(gap - 1, target - 1, -1):
+                prices[symbol, side_index, rank + spare] = prices[symbol, side_index, rank]
+                quantities[symbol, side_index, rank + spare] = quantities[symbol, side_index, rank]
         else:
-            for logical in range(gap, target):
-                prices[symbol, side_index, logical] = prices[symbol, side_index, logical + spare]
-                quantities[symbol, side_index, logical] = quantities[symbol, side_index, logical + spare]
+            for rank in range(gap, target):
+                prices[symbol, side_index, rank] = prices[symbol, side_index, rank + spare]
+                quantities[symbol, side_index, rank] = quantities[symbol, side_index, rank + spare]
     return target
 
 
@@ -351,8 +358,9 @@ def _update_level(book, symbol, side_index, price, quantity, relative):
         # mispredicted exit), then binary search below them.
         stop = max(count - _LINEAR_SCAN, 0)
         at_or_above = 0
-        for logical in range(stop, count):
-            at_or_above += _key(side_index, prices[symbol, side_index, _slot(logical, gap, spare)]) >= key
+        for rank in range(stop, count):
+            level_price = prices[symbol, side_index, _slot(rank, gap, spare)]
+            at_or_above += _key(side_index, level_price) >= key
         position = count - at_or_above
         if position == stop and stop > 0:
             low = 0
@@ -391,7 +399,8 @@ def _update_level(book, symbol, side_index, price, quantity, relative):
                     insert = False
                 else:
                     # Drop the farthest level (index 0: the gap is empty).
-                    horizon_keys[symbol, side_index] = _key(side_index, prices[symbol, side_index, 0])
+                    farthest = prices[symbol, side_index, 0]
+                    horizon_keys[symbol, side_index] = _key(side_index, farthest)
                     gap = 0
                     count -= 1
                     spare = 1
@@ -411,12 +420,6 @@ def _update_level(book, symbol, side_index, price, quantity, relative):
 def _set_level(book, symbol, side_index, price, quantity):
     """Set a validated level's total (0 deletes)."""
     return _update_level(book, symbol, side_index, price, quantity, False)
-
-
-@kernel
-def _change_level(book, symbol, side_index, price, delta):
-    """Add ``delta`` to a validated level (L3); the level goes when it reaches 0 or less."""
-    return _update_level(book, symbol, side_index, price, delta, True)
 
 
 @kernel
@@ -506,7 +509,8 @@ def load_snapshot(book, symbol, bid_prices, bid_quantities, ask_prices, ask_quan
     status = clear(book, symbol, 0)
     if status < 0:
         return status
-    if bid_prices.shape[0] != bid_quantities.shape[0] or ask_prices.shape[0] != ask_quantities.shape[0]:
+    if (bid_prices.shape[0] != bid_quantities.shape[0]
+            or ask_prices.shape[0] != ask_quantities.shape[0]):
         return BAD_INDEX
     for index in range(bid_prices.shape[0]):
         if bid_quantities[index] < 0:
@@ -527,9 +531,14 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
     The range is the prices strictly worse than ``after_price`` (``NO_PRICE``:
     from the touch) and at least as good as ``through_price`` (``NO_PRICE``:
     to the end of the side). Levels held in the range are removed, then the
-    given levels that fall in it are set (zero quantities skipped). This is how
-    a window of an exchange's published book (a LOBSTER orderbook row) teaches
-    the book levels it could not know; see the report of ``ringbook check``.
+    given levels that fall in it are set (zero quantities skipped).
+
+    This is how a window of an exchange's published book teaches the book
+    levels it could not know: LOBSTER's orderbook row ``k`` shows the best
+    ``N`` levels, so levels beyond the previous row's worst one changed out
+    of sight; ``replace_levels(book, symbol, side, previous_worst,
+    this_worst_or_NO_PRICE, row_prices, row_sizes)`` takes them from row
+    ``k``, and every level within the previous window is a genuine check.
     """
     if symbol < 0 or symbol >= book.counts.shape[0]:
         return BAD_SYMBOL
@@ -550,7 +559,8 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
         key = _key(side_index, book.prices[symbol, side_index, position])
         if key < low_key or key >= high_key:
             book.prices[symbol, side_index, kept] = book.prices[symbol, side_index, position]
-            book.quantities[symbol, side_index, kept] = book.quantities[symbol, side_index, position]
+            book.quantities[symbol, side_index, kept] = (
+                book.quantities[symbol, side_index, position])
             kept += 1
     book.counts[symbol, side_index] = kept
     book.gaps[symbol, side_index] = kept
@@ -572,7 +582,8 @@ def _best(book, symbol, side_index):
     count = book.counts[symbol, side_index]
     # The touch is the last element, or the last before the gap when the gap
     # is at the end. Read unconditionally (index 0 when empty), decide after.
-    top = max(count - 1 + (book.prices.shape[2] - count) * (book.gaps[symbol, side_index] < count), 0)
+    gap_before_touch = book.gaps[symbol, side_index] < count
+    top = max(count - 1 + (book.prices.shape[2] - count) * gap_before_touch, 0)
     price = book.prices[symbol, side_index, top]
     quantity = book.quantities[symbol, side_index, top]
     if count == 0:
@@ -682,7 +693,10 @@ def quantity_to_depth(book, symbol, side, n_levels):
 
 @kernel
 def imbalance(book, symbol, n_levels):
-    """``(bid - ask) / (bid + ask)`` over the best ``n_levels`` of each side; NaN when both are empty."""
+    """``(bid - ask) / (bid + ask)`` over the best ``n_levels`` of each side.
+
+    NaN when both are empty.
+    """
     bid = quantity_to_depth(book, symbol, BID, n_levels)
     ask = quantity_to_depth(book, symbol, ASK, n_levels)
     if bid + ask == 0:

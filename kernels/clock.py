@@ -167,11 +167,10 @@ class Calibration:
 def calibrate(max_ms=50.0, target_error=1e-6, min_ms=5.0):
     """Measure the tick rate of :func:`stamp` against ``CLOCK_MONOTONIC``.
 
-    It takes paired readings of both clocks in
-    rounds, each pair the tightest of several attempts, and refines the rate
-    from the first pair to the latest until the error bound (the two pairs'
-    uncertainty over the time between them) falls below ``target_error``, or
-    ``max_ms`` has passed.
+    It takes paired readings of both clocks in rounds, each pair the tightest
+    of several attempts, and refines the rate from the first pair to the
+    latest until the error bound (the two pairs' uncertainty over the time
+    between them) falls below ``target_error``, or ``max_ms`` has passed.
 
     Parameters
     ----------

@@ -10,8 +10,9 @@ Open addressing with linear probing over ``book.orders``, an
 cache line): columns :data:`ORDER_ID`, :data:`ORDER_TAG` (``(symbol + 1) * 2 +
 side_index``; 0 marks an empty slot), :data:`ORDER_PRICE`,
 :data:`ORDER_QUANTITY` (remaining). Keys are ``(symbol, order_id)``, hashed by a
-multiplicative (Fibonacci) hash. Deletion shifts the following entries back
-(no tombstones), so probe lengths stay short under churn. The load factor is
+hash that keeps consecutive ids in consecutive slots
+(exchanges number orders in sequence: live orders then share cache lines).
+Deletion shifts the following entries back (no tombstones), so probe lengths stay short under churn. The load factor is
 bounded at 3/4: an add beyond it returns :data:`~kernels.book.ORDER_TABLE_FULL`
 and changes nothing (``check_status`` turns it into a clear error).
 
@@ -66,8 +67,12 @@ _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
 
 @kernel
 def _home_slot(order_id, symbol, mask):
-    mixed = (np.uint64(order_id) ^ (np.uint64(symbol) << np.uint64(44))) * _FIBONACCI
-    return np.int64(mixed >> np.uint64(29)) & mask
+    """Consecutive ids of a symbol go to consecutive slots: exchanges number
+    orders in sequence, so live orders share cache lines. High bits fold in
+    (ids far apart spread out), and the symbol moves its run elsewhere."""
+    key = np.uint64(order_id)
+    mixed = key ^ (key >> np.uint64(24)) ^ (np.uint64(symbol) * _FIBONACCI)
+    return np.int64(mixed & np.uint64(0x7FFFFFFFFFFFFFFF)) & mask
 
 
 @kernel
@@ -199,7 +204,10 @@ def _reduce_order(book, symbol, order_id, side, price, quantity, whole):
 
 @kernel
 def cancel_order(book, symbol, order_id, side, price, quantity):
-    """Partial cancel: ``quantity`` leaves the order (all of it when it is the rest) and its level."""
+    """Partial cancel: ``quantity`` leaves the order and its level.
+
+    A cancel of at least the rest removes the order.
+    """
     return _reduce_order(book, symbol, order_id, side, price, quantity, False)
 
 

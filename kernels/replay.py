@@ -9,7 +9,8 @@ Two ways to use it from research code:
   consistent there). ``state`` is anything numba can pass (an array, a tuple
   of arrays, a namedtuple); the callback reads the book with the queries of
   :mod:`kernels.book` and writes what it wants into ``state``. Its return
-  value is ignored.
+  value is ignored. The book it gets is borrowed (:func:`~kernels.book.borrow`):
+  read and change it, but do not keep it beyond the call.
 - Or write your own ``@njit`` loop that calls :func:`apply_event` and the
   queries directly.
 
@@ -41,14 +42,23 @@ Sequence checks (see :mod:`kernels.book`) apply to the kinds that change
 levels (L2_SET, L3_ADD/CANCEL/DELETE/EXECUTE, CLEAR) with ``sequence != 0``
 and without ``FLAG_SNAPSHOT``; the other kinds are never stale.
 
+Speed
+-----
+``apply_events`` and ``replay`` inline the body of ``apply_event`` into
+their loop and work on a :func:`~kernels.book.borrow`-ed book (no reference
+counting per event). ``apply_event`` itself is a call; in your own loop,
+``book = borrow(book)`` before the loop saves the reference counting too.
+
 Caching
 -------
 ``apply_event`` and ``apply_events`` are cached like every kernel. ``replay``
-is compiled once per callback: numba cannot cache a function that takes
-another function as an argument against an arbitrary (possibly uncached)
-callback, so ``replay`` is not cached on disk; the first call in a process
-with a new callback compiles it (about a second). A user who needs a cached
-replay writes their own loop (the second pattern) with ``cache=True``.
+is compiled once per callback and process: Numba keys a function that takes
+another function on the callback's type, which is new in each process, so a
+disk cache would only grow (``kernel_with_callback`` in
+:mod:`kernels.jit_options`). The first call with a new callback compiles it
+(a few seconds); the callback itself may be cached or not. A user who needs
+a replay cached on disk writes their own loop (the second pattern) with
+``cache=True``.
 """
 
 import numpy as np
@@ -99,7 +109,7 @@ def _apply_other(book, symbol, kind, side, price, quantity, order_id, sequence):
     return BAD_KIND
 
 
-@inline_kernel
+@kernel
 def apply_event(book, events, i):
     """Apply ``events[i]`` to the book, with the sequence checks of :mod:`kernels.book`.
 
@@ -110,6 +120,12 @@ def apply_event(book, events, i):
         gap), ``UNKNOWN_ORDER``, ``LEVEL_DROPPED``; or an error (< 0), in which
         case nothing was applied.
     """
+    return _apply_event(book, events, i)
+
+
+@inline_kernel
+def _apply_event(book, events, i):
+    """:func:`apply_event`'s body, inlined into the replay loops (no call per event)."""
     if i < 0 or i >= events.shape[0]:
         return BAD_INDEX
     event = events[i]
@@ -170,7 +186,7 @@ def apply_events(book, events, start, stop):
     borrowed_book = borrow(book)
     borrowed_events = borrow(events)
     for i in range(max(start, 0), stop):
-        status = apply_event(borrowed_book, borrowed_events, i)
+        status = _apply_event(borrowed_book, borrowed_events, i)
         if status < 0:
             return i, status
     return stop, OK
@@ -188,7 +204,7 @@ def replay(book, events, callback, state, every):
     borrowed_book = borrow(book)
     borrowed_events = borrow(events)
     for i in range(borrowed_events.shape[0]):
-        status = apply_event(borrowed_book, borrowed_events, i)
+        status = _apply_event(borrowed_book, borrowed_events, i)
         if status < 0:
             return i, status
         if every == EVERY_EVENT or (borrowed_events[i].flags & FLAG_BATCH_END) != 0:

@@ -42,7 +42,8 @@ def assert_same_book(book, naive, symbol):
         assert level_count(book, symbol, side) == len(levels)
         for price, quantity in levels[:3]:
             assert level_quantity(book, symbol, side, price) == quantity
-            assert depth_to_price(book, symbol, side, price) == naive.depth_to_price(symbol, side, price)
+            assert depth_to_price(book, symbol, side, price) == \
+                naive.depth_to_price(symbol, side, price)
         assert level_quantity(book, symbol, side, -10**12) == 0
         for n_levels in (1, 3, 50):
             assert quantity_to_depth(book, symbol, side, n_levels) == \
@@ -65,7 +66,8 @@ def assert_same_book(book, naive, symbol):
         assert not is_crossed(book, symbol)
     bid_total = naive.quantity_to_depth(symbol, BID, 5)
     ask_total = naive.quantity_to_depth(symbol, ASK, 5)
-    expected = (bid_total - ask_total) / (bid_total + ask_total) if bid_total + ask_total else math.nan
+    total = bid_total + ask_total
+    expected = (bid_total - ask_total) / total if total else math.nan
     assert imbalance(book, symbol, 5) == pytest.approx(expected, nan_ok=True)
 
 

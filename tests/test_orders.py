@@ -29,7 +29,7 @@ def random_orders(seed, count, symbols=2, unknown_share=0.05):
         if choice < 0.45 or not live:
             symbol = int(rng.integers(symbols))
             side = BID if rng.random() < 0.5 else ASK
-            price = 1000 - int(rng.geometric(0.3)) if side == BID else 1000 + int(rng.geometric(0.3))
+            price = 1000 - side * int(rng.geometric(0.3))
             size = int(rng.integers(1, 500))
             events.append((KIND_L3_ADD, symbol, next_id, side, price, size))
             live.append((symbol, next_id, side, price, size))
