@@ -50,7 +50,7 @@ from engine.feeds.source import FeedError
 from kernels import book as books
 from kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS
 from kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_CANCEL, KIND_L3_DELETE,
-                            KIND_L3_EXECUTE, KIND_TOP_OF_BOOK)
+                            KIND_L3_EXECUTE, KIND_SEQUENCE, KIND_TOP_OF_BOOK)
 from kernels.fixed import format_decimal
 from kernels.jit_options import kernel
 from kernels.orders import ORDER_QUANTITY, find_order
@@ -176,16 +176,9 @@ def _verify_side(book, symbol, side, row_prices, row_sizes, previous_prices, pre
         if (matched and not _at_or_better(side, row_prices[level], limit)
                 and books.level_quantity(book, symbol, side, row_prices[level]) != row_sizes[level]):
             counters[REVEALED] += 1
-    side_index = 0 if side == BID else 1
-    while book.counts[symbol, side_index] > 0:
-        farthest = book.prices[symbol, side_index, 0]
-        if matched and _at_or_better(side, farthest, limit):
-            break
-        if books.set_level(book, symbol, side, farthest, 0) != books.OK:
-            break  # cannot happen (held levels are within the horizon); never loop forever
-    for level in range(shown):
-        if not matched or not _at_or_better(side, row_prices[level], limit):
-            books.set_level(book, symbol, side, row_prices[level], row_sizes[level])
+    after_price = limit if matched else NO_PRICE
+    books.replace_levels(book, symbol, side, after_price, NO_PRICE, row_prices[:shown],
+                         row_sizes[:shown])
     return matched
 
 
@@ -259,9 +252,9 @@ def check_binance_kernel(book, events, ticker_sequences, ticker_symbols, ticker_
             return i
         symbol = event.symbol
         sequence = event.sequence
-        # After a diff (not a snapshot) that the book applied, at its last level.
-        if (event.kind != KIND_L2_SET or sequence == 0 or (event.flags & FLAG_BATCH_END) == 0
-                or book.sequences[symbol] != sequence):
+        # After a diff (not a snapshot) that the book applied, at its last event.
+        if ((event.kind != KIND_L2_SET and event.kind != KIND_SEQUENCE) or sequence == 0
+                or (event.flags & FLAG_BATCH_END) == 0 or book.sequences[symbol] != sequence):
             continue
         index = np.searchsorted(ticker_sequences, sequence)
         while index < ticker_sequences.shape[0] and ticker_sequences[index] == sequence:

@@ -67,13 +67,14 @@ KIND_SNAPSHOT_BEGIN = 9    # a snapshot follows: the book clears the symbol
 KIND_SNAPSHOT_END = 10     # snapshot complete: its sequence becomes the book's
 KIND_STATUS = 11           # trading status change: quantity is a STATUS_* code
 KIND_TOP_OF_BOOK = 12      # the exchange's own best level on one side (Binance bookTicker): a check, not a change
+KIND_SEQUENCE = 13         # a message that changes nothing but carries its sequence, e.g. an empty diff
 
 KIND_NAMES = {
     KIND_L2_SET: "l2_set", KIND_L3_ADD: "l3_add", KIND_L3_CANCEL: "l3_cancel",
     KIND_L3_DELETE: "l3_delete", KIND_L3_EXECUTE: "l3_execute",
     KIND_L3_EXECUTE_HIDDEN: "l3_execute_hidden", KIND_TRADE: "trade", KIND_CLEAR: "clear",
     KIND_SNAPSHOT_BEGIN: "snapshot_begin", KIND_SNAPSHOT_END: "snapshot_end",
-    KIND_STATUS: "status", KIND_TOP_OF_BOOK: "top_of_book",
+    KIND_STATUS: "status", KIND_TOP_OF_BOOK: "top_of_book", KIND_SEQUENCE: "sequence",
 }
 
 BID = 1

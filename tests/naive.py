@@ -586,3 +586,44 @@ class NaiveRing:
 
     def free_slots(self):
         return self.slot_count - (len(self.messages) - min(self.positions))
+
+
+# ---------------------------------------------------------------------------
+# KIND_SEQUENCE (13): a message that changes nothing but carries its sequence
+# (a Binance diff with no levels). NaiveBook applies only its sequence rules,
+# and binance_events emits one such event where the section above writes a
+# no-op level for an empty diff.
+
+_apply_without_sequence_kind = NaiveBook.apply
+
+
+def _apply_with_sequence_kind(self, event):
+    """NaiveBook.apply, plus KIND_SEQUENCE: the sequence rules and nothing else."""
+    if int(event["kind"]) != 13:
+        return _apply_without_sequence_kind(self, event)
+    symbol, sequence = int(event["symbol"]), int(event["sequence"])
+    if sequence == 0 or event["flags"] & 2:
+        return "ok"
+    held = self.sequences.get(symbol, 0)
+    if sequence <= held:
+        self.stale += bool(event["flags"] & 1)
+        return "stale"
+    gap = int(event["prev_sequence"]) > held
+    if event["flags"] & 1:
+        self.sequences[symbol] = sequence
+        self.gaps += gap
+    return "gap" if gap else "ok"
+
+
+NaiveBook.apply = _apply_with_sequence_kind
+
+_binance_events_with_noop_level = binance_events
+
+
+def binance_events(path):
+    """A Binance capture's events in file order; an empty diff is one KIND_SEQUENCE event."""
+    events = _binance_events_with_noop_level(path)
+    for event in events:
+        if event["kind"] == 1 and event["price"] == 2**63 - 1:
+            event.update(kind=13, price=0, side=0)
+    return events

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from engine.feeds import binance
 from engine.feeds.source import FeedError
 from kernels.events import (ASK, BID, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
-                            KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_TOP_OF_BOOK, KIND_TRADE)
+                            KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_TOP_OF_BOOK, KIND_TRADE)
 from tests import naive
 
 CAPTURE = "binance/spot_btcusdt_20240808.gz"
@@ -98,8 +98,8 @@ def test_sync_procedure(tmp_path):
     later = np.flatnonzero(lines == 5)
     assert events["prev_sequence"][later].tolist() == [12, 12]  # spot: U - 1
     empty = np.flatnonzero(lines == 8)
-    assert len(empty) == 1 and events["kind"][empty[0]] == KIND_L2_SET
-    assert events["quantity"][empty[0]] == 0 and events["price"][empty[0]] == binance.NO_LEVEL_PRICE
+    assert len(empty) == 1 and events["kind"][empty[0]] == KIND_SEQUENCE
+    assert events["side"][empty[0]] == 0 and events["quantity"][empty[0]] == 0
     assert events["flags"][empty[0]] == FLAG_BATCH_END and events["sequence"][empty[0]] == 16
 
 

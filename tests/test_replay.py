@@ -3,6 +3,7 @@ and the real Binance capture."""
 
 import gzip
 import json
+import re
 
 import numba
 import numpy as np
@@ -12,11 +13,12 @@ from kernels import book as kb
 from kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, borrow, mid_price, new_book,
                           spread, top_levels)
 from kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_CLEAR, KIND_L2_SET,
-                            KIND_L3_ADD, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_STATUS,
-                            KIND_TOP_OF_BOOK, KIND_TRADE, STATUS_HALTED, empty_events)
+                            KIND_L3_ADD, KIND_NAMES, KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN,
+                            KIND_SNAPSHOT_END, KIND_STATUS, KIND_TOP_OF_BOOK, KIND_TRADE,
+                            STATUS_HALTED, empty_events)
 from kernels.replay import (EVERY_BATCH, EVERY_EVENT, apply_event, apply_events, replay,
                             replay_events)
-from tests.llvm_ir import allocation_calls
+from tests.llvm_ir import allocation_calls, llvm_ir
 from tests.naive import NaiveBook
 
 
@@ -92,6 +94,27 @@ def test_a_message_is_stale_as_a_whole_and_counted_once():
     assert best_bid(book, 0) == (10, 3) and best_ask(book, 0) == (11, 1)
     assert book.stats[0, kb.STAT_STALE] == 1 and book.stats[0, kb.STAT_GAPS] == 1
     assert book.sequences[0] == 9
+
+
+def test_a_sequence_event_moves_the_sequence_on_and_changes_no_level():
+    events = make_events([
+        (KIND_L2_SET, 0, BID, 10, 1, 5, 0, FLAG_BATCH_END),
+        (KIND_SEQUENCE, 0, 0, 0, 0, 6, 5, FLAG_BATCH_END),     # an empty diff: follows 5
+        (KIND_SEQUENCE, 0, 0, 0, 0, 6, 5, FLAG_BATCH_END),     # again: stale
+        (KIND_L2_SET, 0, ASK, 12, 2, 7, 6, FLAG_BATCH_END),    # follows the empty diff
+        (KIND_SEQUENCE, 0, 0, 0, 0, 9, 8, FLAG_BATCH_END),     # follows 8: a gap
+        (KIND_SEQUENCE, 0, 0, 0, 0, 0, 0, FLAG_BATCH_END),     # unsequenced: nothing to do
+    ])
+    book = new_book(n_symbols=1, depth=8, order_capacity=16)
+    naive = NaiveBook()
+    expected = {"ok": kb.OK, "gap": kb.GAP, "stale": kb.STALE}
+    statuses = [apply_event(book, events, index) for index in range(len(events))]
+    assert statuses == [expected[naive.apply(event)] for event in events]
+    assert statuses == [kb.OK, kb.OK, kb.STALE, kb.OK, kb.GAP, kb.OK]
+    assert book.sequences[0] == naive.sequences[0] == 9
+    assert best_bid(book, 0) == (10, 1) and best_ask(book, 0) == (12, 2)
+    assert book.stats[0, kb.STAT_STALE] == 1 and book.stats[0, kb.STAT_GAPS] == 1
+    assert KIND_NAMES[KIND_SEQUENCE] == "sequence"
 
 
 def test_snapshot_clear_status_and_trade_events():
@@ -195,6 +218,25 @@ def test_replay_kernels_allocate_nothing():
     """apply_events inlines apply_event's body: its IR covers every event kind."""
     signature = (BOOK_TYPE, EVENTS_TYPE, numba.types.int64, numba.types.int64)
     assert allocation_calls(apply_events, signature) == []
+
+
+def function_body(ir, name):
+    """The IR of the kernel ``kernels.replay.<name>`` itself (not its CPython wrappers)."""
+    bodies = [body for body in ir.split("\ndefine ")[1:]
+              if re.match(rf"[^@]*@_ZN7kernels6replay{len(name)}{name}B", body)]
+    assert len(bodies) == 1
+    return bodies[0]
+
+
+@pytest.mark.parametrize("kernel, signature", [
+    (apply_event, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64)),
+    (apply_events, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64, numba.types.int64)),
+])
+def test_the_l2_path_pays_no_reference_counting(kernel, signature):
+    """Atomic reference counting per event would cost more than the update itself."""
+    body = function_body(llvm_ir(kernel, signature), kernel.__name__)
+    assert "call" in body
+    assert [line for line in body.splitlines() if "NRT_incref" in line or "NRT_decref" in line] == []
 
 
 # ---------------------------------------------------------------------------

@@ -9,9 +9,9 @@ parsed exactly at the instrument's scales (8 and 8 by default), never through fl
     ``sequence = u`` and ``prev_sequence = U - 1`` (spot) or ``pu`` (futures,
     recognised by the presence of ``pu``); the last carries ``FLAG_BATCH_END``.
     A diff with no levels still carries its sequence: it becomes one
-    ``KIND_L2_SET`` that deletes the bid at :data:`NO_LEVEL_PRICE` (the
-    largest int64, where no level can be) with ``FLAG_BATCH_END``: a batch
-    end that changes no level, which any book applies as a no-op.
+    ``KIND_SEQUENCE`` event (side 0, price and quantity 0) with
+    ``FLAG_BATCH_END``, which the book checks and takes the sequence of
+    without changing a level.
     ``exchange_ns`` is the event time ``E``.
 REST depth snapshot (``lastUpdateId``, ``bids``, ``asks``)
     ``KIND_SNAPSHOT_BEGIN``, one ``KIND_L2_SET`` per level with
@@ -54,14 +54,12 @@ import numpy as np
 from engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
 from kernels import fixed
 from kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
-                            KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_TOP_OF_BOOK, KIND_TRADE,
-                            Instruments)
+                            KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END,
+                            KIND_TOP_OF_BOOK, KIND_TRADE, Instruments)
 from kernels.jit_options import kernel
 
 PRICE_SCALE = 8
 SIZE_SCALE = 8
-#: Price of the no-op level of an empty diff (see the module docstring).
-NO_LEVEL_PRICE = np.iinfo(np.int64).max
 
 # Message kinds, per line.
 MESSAGE_IGNORED = 0
@@ -498,8 +496,8 @@ def parse_lines(buffer, starts, stops, first, written, price_scale, size_scale, 
                 return np.int64(line), np.int64(begin), np.int64(fixed.FULL), np.int64(-1)
             written = _put_levels(events, written, scratch, ask_pairs, ASK, last_id, previous,
                                   exchange_ns, local_ns, 0)
-            if written == begin:  # no levels: a batch end that changes nothing
-                _put(events, written, KIND_L2_SET, BID, NO_LEVEL_PRICE, 0, 0, last_id, previous,
+            if written == begin:  # no levels: the message still carries its sequence
+                _put(events, written, KIND_SEQUENCE, 0, 0, 0, 0, last_id, previous,
                      exchange_ns, local_ns, 0)
                 written += 1
             events[written - 1].flags = FLAG_BATCH_END
