@@ -16,8 +16,8 @@ the levels sorted from the farthest (rank 0, always at index 0) to the touch
 between rank ``gaps[symbol, side_index] - 1`` and the next rank. An insert or
 delete moves the gap to its rank, moving only the levels in between: updates
 near the touch, and runs of updates near each other (an exchange's diff,
-sorted by price), move few levels. The rank is found by walking down from
-the touch (at most 16 levels), then by binary search. Every price is
+sorted by price), move few levels. The rank is found by comparing the eight
+levels next to the touch, then by binary search. Every price is
 representable: there is no price window and no tick grid. Use the queries
 below (or :func:`_level_slot`) rather than the arrays: a rank's index
 depends on the gap.
@@ -147,8 +147,8 @@ NO_PRICE = np.iinfo(np.int64).min
 # "better" is "greater key" on both sides; these keys mean "nothing dropped".
 _NO_HORIZON_KEY = np.iinfo(np.int64).min
 
-# Levels walked from the touch before switching to binary search.
-_LINEAR_SCAN = 16
+# Levels compared next to the touch before switching to binary search.
+_LINEAR_SCAN = 8
 
 
 @intrinsic
@@ -353,15 +353,17 @@ def _update_level(book, symbol, side_index, price, quantity, relative):
         stats[symbol, STAT_DROPPED_LEVELS] += 1
         status = LEVEL_DROPPED
     else:
-        # Rank of the first level whose key is >= key: walk down from the
-        # touch, where most updates land (a short walk stops after a level or
-        # two; cheaper than comparing a fixed block, which compiles to
-        # gathers), then binary search below the walk.
+        # Rank of the first level whose key is >= key: compare the few levels
+        # next to the touch, where most updates land (a fixed-length loop: no
+        # mispredicted exit), then binary search below them. A walk that stops
+        # at the first lower level is 8% faster on near-touch L2 updates but
+        # 2.7x slower on L3 flow spread over dozens of levels.
         stop = max(count - _LINEAR_SCAN, 0)
-        position = count
-        while (position > stop and _key(side_index, prices[
-                symbol, side_index, _slot(position - 1, gap, spare)]) >= key):
-            position -= 1
+        at_or_above = 0
+        for rank in range(stop, count):
+            level_price = prices[symbol, side_index, _slot(rank, gap, spare)]
+            at_or_above += _key(side_index, level_price) >= key
+        position = count - at_or_above
         if position == stop and stop > 0:
             low = 0
             high = stop
