@@ -13,6 +13,7 @@ from engine.feeds.source import FeedError
 from kernels.events import (ASK, BID, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                             KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_TOP_OF_BOOK, KIND_TRADE)
 from tests import naive
+from tests.feed_asserts import assert_events_equal
 
 CAPTURE = "binance/spot_btcusdt_20240808.gz"
 
@@ -61,14 +62,6 @@ def write_capture(path, messages, compress=False):
     text = "".join(f"{1700000000000000000 + index} {message}\n" for index, message in enumerate(messages))
     path.write_bytes(gzip.compress(text.encode()) if compress else text.encode())
     return path
-
-
-def assert_events_equal(feed, expected):
-    assert len(feed) == len(expected)
-    for name in expected[0]:
-        wanted = np.array([event[name] for event in expected], np.int64)
-        found = feed.lines if name == "line" else feed.events[name].astype(np.int64)
-        np.testing.assert_array_equal(found, wanted, err_msg=name)
 
 
 @pytest.mark.parametrize("compress", [False, True])

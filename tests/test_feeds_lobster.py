@@ -11,6 +11,7 @@ from kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_DELET
                             KIND_L3_EXECUTE_HIDDEN, KIND_STATUS, KIND_TRADE, STATUS_HALTED,
                             STATUS_QUOTING, STATUS_TRADING)
 from tests import naive
+from tests.feed_asserts import assert_events_equal
 
 AAPL = "lobster/AAPL_2012-06-21_34200000_57600000_{}_10.csv"
 AMZN = "lobster/AMZN_2012-06-21_34200000_57600000_{}_1.csv"
@@ -24,15 +25,6 @@ MESSAGES = """34200.004241176,1,16113575,18,5853300,1
 34200.5,7,0,0,0,-1
 34200.6,7,0,0,1,-1
 """
-
-
-def assert_events_equal(feed, expected):
-    """A reader's events equal the reference's dicts, field by field."""
-    assert len(feed) == len(expected)
-    for name in expected[0]:
-        wanted = np.array([event[name] for event in expected], np.int64)
-        found = feed.lines if name == "line" else feed.events[name].astype(np.int64)
-        np.testing.assert_array_equal(found, wanted, err_msg=name)
 
 
 @pytest.mark.parametrize("header", [False, True])
