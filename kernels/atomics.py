@@ -41,45 +41,48 @@ def _element_pointer(context, builder, array_type, array_value, index_type, inde
     return cgutils.get_item_pointer(context, builder, array_type, array, [index], wraparound=False)
 
 
+def _load_codegen(pointer_of, ordering, width):
+    """Codegen of an atomic load at the pointer ``pointer_of`` finds from (container, where)."""
+    def codegen(context, builder, sig, args):
+        pointer = pointer_of(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load_atomic(pointer, ordering, width)
+
+    return codegen
+
+
+def _store_codegen(pointer_of, value_type, ordering, width):
+    """Codegen of an atomic store of the third argument, cast to ``value_type``."""
+    def codegen(context, builder, sig, args):
+        pointer = pointer_of(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        stored = context.cast(builder, args[2], sig.args[2], value_type)
+        builder.store_atomic(stored, pointer, ordering, width)
+        return context.get_dummy_value()
+
+    return codegen
+
+
 @intrinsic
 def load_acquire(typingctx, array, index):
     """``array[index]`` read with acquire ordering."""
     _check_array(array, "load_acquire")
-    signature = array.dtype(array, index)
-
-    def codegen(context, builder, sig, args):
-        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load_atomic(pointer, "acquire", array.dtype.bitwidth // 8)
-
-    return signature, codegen
+    return array.dtype(array, index), _load_codegen(_element_pointer, "acquire",
+                                                    array.dtype.bitwidth // 8)
 
 
 @intrinsic
 def load_relaxed(typingctx, array, index):
     """``array[index]`` read atomically with no ordering (never torn, never cached)."""
     _check_array(array, "load_relaxed")
-    signature = array.dtype(array, index)
-
-    def codegen(context, builder, sig, args):
-        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load_atomic(pointer, "monotonic", array.dtype.bitwidth // 8)
-
-    return signature, codegen
+    return array.dtype(array, index), _load_codegen(_element_pointer, "monotonic",
+                                                    array.dtype.bitwidth // 8)
 
 
 @intrinsic
 def store_release(typingctx, array, index, value):
     """``array[index] = value`` written with release ordering."""
     _check_array(array, "store_release")
-    signature = types.void(array, index, value)
-
-    def codegen(context, builder, sig, args):
-        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        stored = context.cast(builder, args[2], sig.args[2], array.dtype)
-        builder.store_atomic(stored, pointer, "release", array.dtype.bitwidth // 8)
-        return context.get_dummy_value()
-
-    return signature, codegen
+    return types.void(array, index, value), _store_codegen(
+        _element_pointer, array.dtype, "release", array.dtype.bitwidth // 8)
 
 
 @intrinsic
@@ -174,38 +177,19 @@ def load_acquire_at(typingctx, slab, offset):
     checked.
     """
     _check_slab(slab, "load_acquire_at")
-    signature = types.int64(slab, offset)
-
-    def codegen(context, builder, sig, args):
-        pointer = _int64_pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load_atomic(pointer, "acquire", 8)
-
-    return signature, codegen
+    return types.int64(slab, offset), _load_codegen(_int64_pointer_at, "acquire", 8)
 
 
 @intrinsic
 def load_relaxed_at(typingctx, slab, offset):
     """The int64 at byte ``offset`` of ``slab``, read atomically with no ordering."""
     _check_slab(slab, "load_relaxed_at")
-    signature = types.int64(slab, offset)
-
-    def codegen(context, builder, sig, args):
-        pointer = _int64_pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load_atomic(pointer, "monotonic", 8)
-
-    return signature, codegen
+    return types.int64(slab, offset), _load_codegen(_int64_pointer_at, "monotonic", 8)
 
 
 @intrinsic
 def store_release_at(typingctx, slab, offset, value):
     """Write the int64 ``value`` at byte ``offset`` of ``slab`` with release ordering."""
     _check_slab(slab, "store_release_at")
-    signature = types.void(slab, offset, value)
-
-    def codegen(context, builder, sig, args):
-        pointer = _int64_pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        stored = context.cast(builder, args[2], sig.args[2], types.int64)
-        builder.store_atomic(stored, pointer, "release", 8)
-        return context.get_dummy_value()
-
-    return signature, codegen
+    return types.void(slab, offset, value), _store_codegen(_int64_pointer_at, types.int64,
+                                                           "release", 8)
