@@ -316,7 +316,7 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
     feed = lobster.read_messages(message_path, skip_malformed=skip_malformed)
     symbol = int(feed.events["symbol"][0]) if len(feed) else 0
     book = books.new_book(n_symbols=max(len(feed.instruments), 1), depth=depth,
-                          order_capacity=order_capacity)
+                          order_capacity=order_capacity, ticks=feed.instruments.table["tick"])
     counters = _new_counters()
     result = CheckResult("lobster", str(message_path), events=len(feed),
                          skipped_lines=list(feed.skipped_lines))
@@ -361,7 +361,8 @@ def check_binance(capture_path, *, skip_malformed=False, depth=2048):
     CheckResult
     """
     feed = binance.read_capture(capture_path, skip_malformed=skip_malformed)
-    book = books.new_book(n_symbols=max(len(feed.instruments), 1), depth=depth, order_capacity=16)
+    book = books.new_book(n_symbols=max(len(feed.instruments), 1), depth=depth, order_capacity=16,
+                          ticks=feed.instruments.table["tick"])
     counters = _new_counters()
     events = feed.events
     # A ticker is its bid event followed by its ask event, sharing the update id.

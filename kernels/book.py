@@ -10,37 +10,50 @@ L3 event changes the order table and the level it feeds in one call).
 
 Levels
 ------
-Per symbol and side, ``depth`` slots of ``prices`` and ``quantities`` hold
-the levels sorted from the farthest (rank 0, always at index 0) to the touch
-(rank ``count - 1``), with the ``depth - count`` free slots as one *gap*
-between rank ``gaps[symbol, side_index] - 1`` and the next rank. An insert or
-delete moves the gap to its rank, moving only the levels in between: updates
-near the touch, and runs of updates near each other (an exchange's diff,
-sorted by price), move few levels. The rank is found by comparing the eight
-levels next to the touch, then by binary search. Every price is
-representable: there is no price window and no tick grid. Use the queries
-below (or :func:`_level_slot`) rather than the arrays: a rank's index
-depends on the gap.
+Each side of a symbol keeps its levels in two places:
+
+- The *ladder*: ``ladder`` slots of quantity indexed by price, one per
+  tick, over a window of ``ladder`` ticks around the touch (a ring: the
+  slot of a price is its tick number modulo ``ladder``). An update there is an
+  index and a store; the best level is kept, and a delete at the touch scans
+  down to the next level. This is where nearly all updates land.
+- The *sorted levels*: ``depth`` slots of ``prices`` and ``quantities`` sorted
+  from the farthest (rank 0, always at index 0) to the best, with the free
+  slots as one *gap* between rank ``gaps[symbol, side_index] - 1`` and the
+  next rank, so an insert or delete moves only the levels between the gap
+  and its rank. They hold every other level: beyond the window, and prices
+  that are not a multiple of the symbol's tick.
+
+An on-tick level lies in the ladder exactly when its price lies in the
+window. A new level better than the window, or within half a window of the
+ladder's best, or any new level while the ladder is empty, recentres the
+window on the best (levels leaving it move to the sorted levels, sorted levels
+entering it move to the ladder). Queries merge both, best first. Every price
+is exact: the tick (``ticks[symbol]``, 1 by default; :func:`set_tick`) only
+decides where a level is kept. Use the queries below rather than the arrays.
 
 Capacity
 --------
-When a side holds ``depth`` levels and a new level arrives that is better than
-the farthest one, the farthest is dropped to make room; a new level at or
-beyond the farthest is dropped itself. Either way ``stats[symbol,
-STAT_DROPPED_LEVELS]`` counts it and the side's *horizon* (``horizon_keys[symbol,
-side_index]``, see :func:`horizon`) becomes the best price dropped so far.
-The book stays exact for every price strictly better than the horizon: updates
-at or beyond it are dropped and counted (status :data:`LEVEL_DROPPED`), so a
-level the book returns is always the exchange's level. The horizon resets when
-the side is cleared (``KIND_CLEAR``, ``KIND_SNAPSHOT_BEGIN``, :func:`clear`).
+The ladder never drops a level. When the sorted levels hold ``depth`` levels
+and a new one arrives that is better than the farthest, the farthest is
+dropped to make room; a new level at or beyond the farthest is dropped itself.
+Either way ``stats[symbol, STAT_DROPPED_LEVELS]`` counts it and the side's
+*horizon* (``horizon_keys[symbol, side_index]``, see :func:`horizon`) becomes
+the best price dropped so far; ladder levels at or beyond it are dropped (and
+counted) too. The book stays exact for every price strictly better than the
+horizon: updates at or beyond it are dropped and counted (status
+:data:`LEVEL_DROPPED`), so a level the book returns is always the exchange's
+level. The horizon resets when the side is cleared (``KIND_CLEAR``,
+``KIND_SNAPSHOT_BEGIN``, :func:`clear`).
 
 Memory
 ------
-Per symbol: ``2 * depth * 16`` bytes of levels plus ``(8 + N_STATS) * 8 + 8``
-bytes of counters: 65,640 bytes at the default ``depth=2048``, so 2048
-symbols take 128.2 MiB. The order table adds ``32 * order_capacity`` bytes
-shared by all symbols (32 MiB at the default ``2**20`` slots). Default total:
-160.2 MiB. ``np.zeros`` commits pages only when touched.
+Per symbol: ``2 * depth * 16`` bytes of sorted levels, ``2 * ladder * 8``
+bytes of ladder, plus ``(15 + N_STATS) * 8 + 8`` bytes of counters: 82,080
+bytes at the defaults ``depth=2048, ladder=1024``, so 2048 symbols take
+160.3 MiB. The order table adds ``32 * order_capacity`` bytes shared by all
+symbols (32 MiB at the default ``2**20`` slots). Default total: 192.3 MiB.
+``np.zeros`` commits pages only when touched.
 
 Sequence handling (in :func:`kernels.replay.apply_event`)
 ---------------------------------------------------------
@@ -59,8 +72,10 @@ it to the event's ``sequence``.
 
 API (kernels: ``@kernel`` functions, book first; callable from njit code)
 ----------------------------------------------------------------------
-new_book(n_symbols=2048, depth=2048, order_capacity=2**20) -> Book      (Python)
+new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, ticks=None)
+    -> Book                                                (Python)
 set_level(book, symbol, side, price, quantity) -> status   quantity 0 deletes
+set_tick(book, symbol, tick) -> status                     where levels are kept; exact either way
 clear(book, symbol, side) -> status                        side 0 clears both
 load_snapshot(book, symbol, bid_prices, bid_quantities, ask_prices,
               ask_quantities, sequence) -> status          clear, then set
@@ -96,7 +111,7 @@ Status codes
 event is not applied, replay stops, :func:`check_status` raises
 :class:`BookError`): ``BAD_SYMBOL`` -1, ``BAD_SIDE`` -2, ``BAD_QUANTITY`` -3,
 ``BAD_KIND`` -4, ``ORDER_TABLE_FULL`` -5, ``DUPLICATE_ORDER`` -6,
-``BAD_INDEX`` -7.
+``BAD_INDEX`` -7, ``BAD_TICK`` -8.
 """
 
 from typing import NamedTuple
@@ -121,6 +136,7 @@ BAD_KIND = -4
 ORDER_TABLE_FULL = -5
 DUPLICATE_ORDER = -6
 BAD_INDEX = -7
+BAD_TICK = -8
 
 STATUS_NAMES = {
     OK: "ok", STALE: "stale", GAP: "gap", UNKNOWN_ORDER: "unknown order",
@@ -131,6 +147,7 @@ STATUS_NAMES = {
     ORDER_TABLE_FULL: "order table full",
     DUPLICATE_ORDER: "order id already in the book",
     BAD_INDEX: "event index out of range",
+    BAD_TICK: "tick must be positive",
 }
 
 # Columns of Book.stats, counted per symbol.
@@ -191,11 +208,23 @@ class Book(NamedTuple):
     Attributes
     ----------
     prices, quantities : int64[n_symbols, 2, depth]
-        Levels per symbol and side index (0 bids, 1 asks), best at ``counts - 1``.
+        Sorted levels per symbol and side index (0 bids, 1 asks).
     counts : int64[n_symbols, 2]
-        Levels held per symbol and side index.
+        Sorted levels held per symbol and side index.
     gaps : int64[n_symbols, 2]
-        Rank of the first level after the side's gap (see "Levels").
+        Rank of the first sorted level after the side's gap (see "Levels").
+    ladders : int64[n_symbols, 2, ladder]
+        Ladder quantities, at slot ``steps % ladder`` (0: no level). ``steps``
+        is a level's *key* (its price for bids, -price for asks: greater is
+        better on both sides) divided by the tick.
+    ladder_lows : int64[n_symbols, 2]
+        Steps of the window's farthest price; the window is ``ladder`` steps.
+    ladder_tops : int64[n_symbols, 2]
+        Steps of the ladder's best level; ``ladder_lows - 1`` when it is empty.
+    ladder_counts : int64[n_symbols, 2]
+        Levels in the ladder.
+    ticks : int64[n_symbols]
+        Price increment per symbol, in fixed-point units (1: unknown).
     horizon_keys : int64[n_symbols, 2]
         Key (price for bids, -price for asks) of the best level dropped for
         capacity; the side is exact for keys above it.
@@ -215,6 +244,11 @@ class Book(NamedTuple):
     quantities: np.ndarray
     counts: np.ndarray
     gaps: np.ndarray
+    ladders: np.ndarray
+    ladder_lows: np.ndarray
+    ladder_tops: np.ndarray
+    ladder_counts: np.ndarray
+    ticks: np.ndarray
     horizon_keys: np.ndarray
     sequences: np.ndarray
     trading_status: np.ndarray
@@ -223,7 +257,7 @@ class Book(NamedTuple):
     order_counts: np.ndarray
 
 
-def new_book(n_symbols=2048, depth=2048, order_capacity=2**20):
+def new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, ticks=None):
     """Allocate an empty book.
 
     Parameters
@@ -231,22 +265,40 @@ def new_book(n_symbols=2048, depth=2048, order_capacity=2**20):
     n_symbols : int
         Symbol ids ``0 .. n_symbols - 1`` (an :class:`~kernels.events.Instruments` table's ids).
     depth : int
-        Levels held per side (see "Capacity" in the module docstring).
+        Sorted levels held per side (see "Capacity" in the module docstring).
     order_capacity : int
         Slots of the L3 order table, rounded up to a power of two (at least
         16); it holds at most 3/4 of that many orders.
+    ladder : int
+        Ticks in each side's ladder window, a power of two.
+    ticks : array of int, optional
+        Price increment per symbol in fixed-point units, e.g.
+        ``instruments.table["tick"]`` (entries of 0 or less mean unknown: 1).
+        Any price is exact with any tick; the right tick keeps the levels
+        near the touch in the ladder.
     """
     if n_symbols < 1 or depth < 1:
         raise ValueError(f"n_symbols and depth must be positive, got {n_symbols}, {depth}")
+    if ladder < 1 or ladder & (ladder - 1):
+        raise ValueError(f"ladder must be a power of two, got {ladder}")
     slots = 16
     while slots < order_capacity:
         slots *= 2
+    tick_array = np.ones(n_symbols, np.int64)
+    if ticks is not None:
+        given = np.asarray(ticks, np.int64)[:n_symbols]
+        tick_array[:len(given)] = np.where(given > 0, given, 1)
     horizon_keys = np.full((n_symbols, 2), _NO_HORIZON_KEY, np.int64)
     return Book(
         prices=np.zeros((n_symbols, 2, depth), np.int64),
         quantities=np.zeros((n_symbols, 2, depth), np.int64),
         counts=np.zeros((n_symbols, 2), np.int64),
         gaps=np.zeros((n_symbols, 2), np.int64),
+        ladders=np.zeros((n_symbols, 2, ladder), np.int64),
+        ladder_lows=np.zeros((n_symbols, 2), np.int64),
+        ladder_tops=np.full((n_symbols, 2), -1, np.int64),
+        ladder_counts=np.zeros((n_symbols, 2), np.int64),
+        ticks=tick_array,
         horizon_keys=horizon_keys,
         sequences=np.zeros(n_symbols, np.int64),
         trading_status=np.zeros(n_symbols, np.int64),
@@ -328,15 +380,15 @@ def _move_gap(prices, quantities, symbol, side_index, gap, spare, target):
     return target
 
 
-@inline_kernel
-def _update_level(book, symbol, side_index, price, quantity, relative):
-    """Set a validated level to ``quantity``, or add ``quantity`` to it when
-    ``relative`` (L3; it may be negative). A level at 0 or less goes.
+@kernel
+def _update_sorted(book, symbol, side_index, price, quantity, relative):
+    """:func:`_update_level` for a level kept in the sorted levels.
 
-    The one place that changes levels. Its arrays are bound once at the top
+    The one place that changes them. Its arrays are bound once at the top
     and used last at the one exit, and its helpers are inlined (see
     :func:`_last_use`).
     """
+    book = borrow(book)     # the caller's reference keeps it alive: no counting
     prices = book.prices
     quantities = book.quantities
     counts = book.counts
@@ -400,12 +452,14 @@ def _update_level(book, symbol, side_index, price, quantity, relative):
                 if position == 0:
                     # Worse than every level held: it is the one that does not fit.
                     horizon_keys[symbol, side_index] = key
+                    _trim_ladder(book, symbol, side_index)
                     status = LEVEL_DROPPED
                     insert = False
                 else:
                     # Drop the farthest level (index 0: the gap is empty).
                     farthest = prices[symbol, side_index, 0]
                     horizon_keys[symbol, side_index] = _key(side_index, farthest)
+                    _trim_ladder(book, symbol, side_index)
                     gap = 0
                     count -= 1
                     spare = 1
@@ -421,10 +475,192 @@ def _update_level(book, symbol, side_index, price, quantity, relative):
                               horizon_keys.size, stats.size)
 
 
+# The ladder (see "Levels"). A level's *steps* are its key divided by the
+# tick; the window holds steps ``low .. low + ladder - 1``, each at slot
+# ``steps & (ladder - 1)``.
+
+@inline_kernel
+def _steps(tick, side_index, price):
+    """``(steps, on_tick)``: the key of ``price`` in ticks (floored), and
+    whether it is a whole number of ticks."""
+    key = _key(side_index, price)
+    if tick == 1:
+        return key, True
+    steps = key // tick
+    return steps, steps * tick == key
+
+
+@inline_kernel
+def _ladder_price(book, symbol, side_index, steps):
+    return _key(side_index, steps * book.ticks[symbol])
+
+
+@kernel
+def _ladder_scan_down(book, symbol, side_index, steps):
+    """Steps of the best ladder level at or below ``steps``; ``low - 1`` when none."""
+    low = book.ladder_lows[symbol, side_index]
+    mask = book.ladders.shape[2] - 1
+    while steps >= low and book.ladders[symbol, side_index, steps & mask] == 0:
+        steps -= 1
+    return max(steps, low - 1)
+
+
+@kernel
+def _ladder_recount(book, symbol, side_index):
+    """Recompute a ladder's level count and best level from its slots."""
+    low = book.ladder_lows[symbol, side_index]
+    mask = book.ladders.shape[2] - 1
+    count = 0
+    top = low - 1
+    for steps in range(low, low + book.ladders.shape[2]):
+        if book.ladders[symbol, side_index, steps & mask] > 0:
+            count += 1
+            top = steps
+    book.ladder_counts[symbol, side_index] = count
+    book.ladder_tops[symbol, side_index] = top
+
+
+@inline_kernel
+def _ladder_update(book, symbol, side_index, steps, quantity, relative):
+    """:func:`_update_level` for a level in the window (on tick, above the horizon)."""
+    ladders = book.ladders
+    slot = steps & (ladders.shape[2] - 1)
+    old = ladders[symbol, side_index, slot]
+    new = max(old + quantity if relative else quantity, 0)
+    ladders[symbol, side_index, slot] = new
+    book.ladder_counts[symbol, side_index] += np.int64(new > 0) - np.int64(old > 0)
+    top = book.ladder_tops[symbol, side_index]
+    if new > 0:
+        book.ladder_tops[symbol, side_index] = max(top, steps)
+    elif steps == top:
+        # The best level went: the next one is usually a few ticks down.
+        book.ladder_tops[symbol, side_index] = _ladder_scan_down(book, symbol, side_index,
+                                                                 steps - 1)
+    return OK
+
+
+@kernel
+def _push_to_sorted(book, symbol, side_index, keep_low, keep_high):
+    """Move the ladder levels whose steps are outside ``keep_low .. keep_high - 1``
+    to the sorted levels (count and best are left to the caller)."""
+    low = book.ladder_lows[symbol, side_index]
+    mask = book.ladders.shape[2] - 1
+    if book.ladder_counts[symbol, side_index] == 0:
+        return
+    for steps in range(low, low + book.ladders.shape[2]):
+        if steps < keep_low or steps >= keep_high:
+            quantity = book.ladders[symbol, side_index, steps & mask]
+            if quantity > 0:
+                book.ladders[symbol, side_index, steps & mask] = 0
+                _update_sorted(book, symbol, side_index,
+                               _ladder_price(book, symbol, side_index, steps), quantity, False)
+
+
+@kernel
+def _pull_from_sorted(book, symbol, side_index):
+    """Move the on-tick sorted levels inside the window to the ladder."""
+    prices = book.prices
+    quantities = book.quantities
+    count = book.counts[symbol, side_index]
+    if count == 0:
+        return
+    tick = book.ticks[symbol]
+    low = book.ladder_lows[symbol, side_index]
+    mask = book.ladders.shape[2] - 1
+    low_key = low * tick
+    high_key = (low + mask) * tick
+    # Close the gap (levels at ranks 0 .. count - 1), then compact the ranks
+    # from the window's low end upward.
+    _move_gap(prices, quantities, symbol, side_index, book.gaps[symbol, side_index],
+              prices.shape[2] - count, count)
+    first = 0
+    last = count
+    while first < last:
+        middle = (first + last) >> 1
+        if _key(side_index, prices[symbol, side_index, middle]) < low_key:
+            first = middle + 1
+        else:
+            last = middle
+    kept = first
+    for rank in range(first, count):
+        key = _key(side_index, prices[symbol, side_index, rank])
+        if key <= high_key and key % tick == 0:
+            book.ladders[symbol, side_index, (key // tick) & mask] = quantities[symbol, side_index,
+                                                                                rank]
+        else:
+            prices[symbol, side_index, kept] = prices[symbol, side_index, rank]
+            quantities[symbol, side_index, kept] = quantities[symbol, side_index, rank]
+            kept += 1
+    book.counts[symbol, side_index] = kept
+    book.gaps[symbol, side_index] = kept
+
+
+@kernel
+def _move_ladder(book, symbol, side_index, new_low):
+    """Move a side's window to start at ``new_low`` steps."""
+    _push_to_sorted(book, symbol, side_index, new_low, new_low + book.ladders.shape[2])
+    book.ladder_lows[symbol, side_index] = new_low
+    _pull_from_sorted(book, symbol, side_index)
+    _ladder_recount(book, symbol, side_index)
+
+
+@kernel
+def _trim_ladder(book, symbol, side_index):
+    """Drop (and count) the ladder levels at or beyond the horizon, which just moved."""
+    through = book.horizon_keys[symbol, side_index] // book.ticks[symbol]
+    low = book.ladder_lows[symbol, side_index]
+    if book.ladder_counts[symbol, side_index] == 0 or through < low:
+        return
+    mask = book.ladders.shape[2] - 1
+    for steps in range(low, min(through, low + mask) + 1):
+        if book.ladders[symbol, side_index, steps & mask] > 0:
+            book.ladders[symbol, side_index, steps & mask] = 0
+            book.stats[symbol, STAT_DROPPED_LEVELS] += 1
+    _ladder_recount(book, symbol, side_index)
+
+
+@kernel
+def _update_outside(book, symbol, side_index, price, quantity, relative):
+    """:func:`_update_level` for a level outside the window (or off tick, or at
+    or beyond the horizon): recentre the window on it when it is new and near
+    the touch, else keep it in the sorted levels."""
+    book = borrow(book)     # the caller's reference keeps it alive: no counting
+    steps, on_tick = _steps(book.ticks[symbol], side_index, price)
+    half = book.ladders.shape[2] // 2
+    if (on_tick and quantity > 0
+            and _key(side_index, price) > book.horizon_keys[symbol, side_index]):
+        top = book.ladder_tops[symbol, side_index]
+        anchor = steps
+        if book.ladder_counts[symbol, side_index] > 0 and steps <= top:
+            anchor = top if steps > top - half else NO_PRICE
+        if anchor != NO_PRICE:
+            _move_ladder(book, symbol, side_index, anchor - half)
+            if _key(side_index, price) > book.horizon_keys[symbol, side_index]:
+                return _ladder_update(book, symbol, side_index, steps, quantity, relative)
+    return _update_sorted(book, symbol, side_index, price, quantity, relative)
+
+
+@inline_kernel
+def _update_level(book, symbol, side_index, price, quantity, relative):
+    """Set a validated level to ``quantity``, or add ``quantity`` to it when
+    ``relative`` (L3; it may be negative). A level at 0 or less goes.
+
+    The one place that changes levels: in the window, an index and a store,
+    inlined into the replay loops; elsewhere a call. Callers pass a
+    :func:`borrow`-ed book: reference counting would cost more than the update.
+    """
+    steps, on_tick = _steps(book.ticks[symbol], side_index, price)
+    offset = steps - book.ladder_lows[symbol, side_index]
+    if (on_tick and offset >= 0 and offset < book.ladders.shape[2]
+            and _key(side_index, price) > book.horizon_keys[symbol, side_index]):
+        return _ladder_update(book, symbol, side_index, steps, quantity, relative)
+    return _update_outside(book, symbol, side_index, price, quantity, relative)
+
+
 @kernel
 def _set_level(book, symbol, side_index, price, quantity):
     """Set a validated level's total (0 deletes)."""
-    return _update_level(book, symbol, side_index, price, quantity, False)
+    return _update_level(borrow(book), symbol, side_index, price, quantity, False)
 
 
 @kernel
@@ -458,6 +694,11 @@ def _clear_side(book, symbol, side_index):
     book.counts[symbol, side_index] = 0
     book.gaps[symbol, side_index] = 0
     book.horizon_keys[symbol, side_index] = _NO_HORIZON_KEY
+    if book.ladder_counts[symbol, side_index] > 0:
+        for slot in range(book.ladders.shape[2]):
+            book.ladders[symbol, side_index, slot] = 0
+    book.ladder_counts[symbol, side_index] = 0
+    book.ladder_tops[symbol, side_index] = book.ladder_lows[symbol, side_index] - 1
 
 
 # ---------------------------------------------------------------------------
@@ -479,7 +720,7 @@ def set_level(book, symbol, side, price, quantity):
         return BAD_SIDE
     if quantity < 0:
         return BAD_QUANTITY
-    return _update_level(book, symbol, side_index, price, quantity, False)
+    return _update_level(borrow(book), symbol, side_index, price, quantity, False)
 
 
 @kernel
@@ -499,6 +740,26 @@ def clear(book, symbol, side):
     if side_index < 0:
         return BAD_SIDE
     _clear_side(book, symbol, side_index)
+    return OK
+
+
+@kernel
+def set_tick(book, symbol, tick):
+    """Set a symbol's price increment (fixed-point units): where its levels are kept.
+
+    Every price stays exact whatever the tick; prices that are whole ticks
+    near the touch go to the ladder. The ladder's levels move to the sorted
+    levels and come back as updates arrive.
+    """
+    if symbol < 0 or symbol >= book.counts.shape[0]:
+        return BAD_SYMBOL
+    if tick <= 0:
+        return BAD_TICK
+    for side_index in range(2):
+        _push_to_sorted(book, symbol, side_index, 0, 0)
+        book.ladder_counts[symbol, side_index] = 0
+        book.ladder_tops[symbol, side_index] = book.ladder_lows[symbol, side_index] - 1
+    book.ticks[symbol] = tick
     return OK
 
 
@@ -569,6 +830,14 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
             kept += 1
     book.counts[symbol, side_index] = kept
     book.gaps[symbol, side_index] = kept
+    if book.ladder_counts[symbol, side_index] > 0:
+        low = book.ladder_lows[symbol, side_index]
+        mask = book.ladders.shape[2] - 1
+        for steps in range(low, low + mask + 1):
+            key = _key(side_index, _ladder_price(book, symbol, side_index, steps))
+            if low_key <= key < high_key:
+                book.ladders[symbol, side_index, steps & mask] = 0
+        _ladder_recount(book, symbol, side_index)
     for index in range(prices.shape[0]):
         key = _key(side_index, prices[index])
         if quantities[index] < 0:
@@ -585,15 +854,46 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
 @kernel
 def _best(book, symbol, side_index):
     count = book.counts[symbol, side_index]
-    # The touch is the last element, or the last before the gap when the gap
-    # is at the end. Read unconditionally (index 0 when empty), decide after.
+    # The sorted levels' best is the last element, or the last before the gap
+    # when the gap is at the end. Read unconditionally (index 0 when empty).
     gap_before_touch = book.gaps[symbol, side_index] < count
     top = max(count - 1 + (book.prices.shape[2] - count) * gap_before_touch, 0)
     price = book.prices[symbol, side_index, top]
     quantity = book.quantities[symbol, side_index, top]
+    steps = book.ladder_tops[symbol, side_index]
+    ladder_price = _ladder_price(book, symbol, side_index, steps)
+    ladder_quantity = book.ladders[symbol, side_index, steps & (book.ladders.shape[2] - 1)]
+    if book.ladder_counts[symbol, side_index] > 0 and (
+            count == 0 or _key(side_index, ladder_price) > _key(side_index, price)):
+        return ladder_price, ladder_quantity
     if count == 0:
         return NO_PRICE, 0
     return price, quantity
+
+
+@inline_kernel
+def _walk_start(book, symbol, side_index):
+    """A walk over a side's levels, best first: ``(steps, rank)`` of its next
+    ladder level and next sorted level."""
+    return book.ladder_tops[symbol, side_index], book.counts[symbol, side_index] - 1
+
+
+@inline_kernel
+def _walk_next(book, symbol, side_index, steps, rank):
+    """The walk's next level: ``(found, price, quantity, steps, rank)``."""
+    in_ladder = steps >= book.ladder_lows[symbol, side_index]
+    in_sorted = rank >= 0
+    slot = _level_slot(book, symbol, side_index, max(rank, 0))
+    sorted_price = book.prices[symbol, side_index, slot]
+    ladder_price = _ladder_price(book, symbol, side_index, steps)
+    if in_ladder and (not in_sorted
+                      or _key(side_index, ladder_price) > _key(side_index, sorted_price)):
+        quantity = book.ladders[symbol, side_index, steps & (book.ladders.shape[2] - 1)]
+        return (True, ladder_price, quantity,
+                _ladder_scan_down(book, symbol, side_index, steps - 1), rank)
+    if in_sorted:
+        return True, sorted_price, book.quantities[symbol, side_index, slot], steps, rank - 1
+    return False, NO_PRICE, 0, steps, rank
 
 
 @kernel
@@ -639,13 +939,18 @@ def is_crossed(book, symbol):
 @kernel
 def level_count(book, symbol, side):
     """Levels held on ``side``."""
-    return book.counts[symbol, 0 if side == BID else 1]
+    side_index = 0 if side == BID else 1
+    return book.counts[symbol, side_index] + book.ladder_counts[symbol, side_index]
 
 
 @kernel
 def level_quantity(book, symbol, side, price):
     """Quantity at ``price`` on ``side``; 0 when there is no level there."""
     side_index = 0 if side == BID else 1
+    steps, on_tick = _steps(book.ticks[symbol], side_index, price)
+    offset = steps - book.ladder_lows[symbol, side_index]
+    if on_tick and offset >= 0 and offset < book.ladders.shape[2]:
+        return book.ladders[symbol, side_index, steps & (book.ladders.shape[2] - 1)]
     rank, found = _find(book, symbol, side_index, price)
     if found:
         return book.quantities[symbol, side_index, _level_slot(book, symbol, side_index, rank)]
@@ -662,12 +967,15 @@ def top_levels(book, symbol, side, prices_out, quantities_out):
         Levels written: ``min(len(prices_out), len(quantities_out), levels held)``.
     """
     side_index = 0 if side == BID else 1
-    count = book.counts[symbol, side_index]
-    n = min(count, prices_out.shape[0], quantities_out.shape[0])
-    for rank in range(n):
-        slot = _level_slot(book, symbol, side_index, count - 1 - rank)
-        prices_out[rank] = book.prices[symbol, side_index, slot]
-        quantities_out[rank] = book.quantities[symbol, side_index, slot]
+    steps, rank = _walk_start(book, symbol, side_index)
+    n = 0
+    while n < min(prices_out.shape[0], quantities_out.shape[0]):
+        found, price, quantity, steps, rank = _walk_next(book, symbol, side_index, steps, rank)
+        if not found:
+            break
+        prices_out[n] = price
+        quantities_out[n] = quantity
+        n += 1
     return n
 
 
@@ -677,11 +985,13 @@ def depth_to_price(book, symbol, side, price):
     side_index = 0 if side == BID else 1
     key = _key(side_index, price)
     total = 0
-    for rank in range(book.counts[symbol, side_index] - 1, -1, -1):
-        slot = _level_slot(book, symbol, side_index, rank)
-        if _key(side_index, book.prices[symbol, side_index, slot]) < key:
+    steps, rank = _walk_start(book, symbol, side_index)
+    while True:
+        found, level_price, quantity, steps, rank = _walk_next(book, symbol, side_index,
+                                                               steps, rank)
+        if not found or _key(side_index, level_price) < key:
             break
-        total += book.quantities[symbol, side_index, slot]
+        total += quantity
     return total
 
 
@@ -689,10 +999,13 @@ def depth_to_price(book, symbol, side, price):
 def quantity_to_depth(book, symbol, side, n_levels):
     """Total quantity in the best ``n_levels`` levels of ``side``."""
     side_index = 0 if side == BID else 1
-    count = book.counts[symbol, side_index]
     total = 0
-    for rank in range(count - 1, max(count - n_levels, 0) - 1, -1):
-        total += book.quantities[symbol, side_index, _level_slot(book, symbol, side_index, rank)]
+    steps, rank = _walk_start(book, symbol, side_index)
+    for _ in range(n_levels):
+        found, price, quantity, steps, rank = _walk_next(book, symbol, side_index, steps, rank)
+        if not found:
+            break
+        total += quantity
     return total
 
 
@@ -723,12 +1036,14 @@ def fill_cost(book, symbol, side, quantity):
     side_index = 0 if side == BID else 1
     remaining = quantity
     cost = 0.0
-    for rank in range(book.counts[symbol, side_index] - 1, -1, -1):
-        if remaining <= 0:
+    steps, rank = _walk_start(book, symbol, side_index)
+    while remaining > 0:
+        found, price, level_quantity, steps, rank = _walk_next(book, symbol, side_index,
+                                                               steps, rank)
+        if not found:
             break
-        slot = _level_slot(book, symbol, side_index, rank)
-        take = min(remaining, book.quantities[symbol, side_index, slot])
-        cost += float(book.prices[symbol, side_index, slot]) * float(take)
+        take = min(remaining, level_quantity)
+        cost += float(price) * float(take)
         remaining -= take
     return quantity - max(remaining, 0), cost
 

@@ -53,7 +53,7 @@ import numpy as np
 
 from kernels.book import (BAD_QUANTITY, BAD_SIDE, BAD_SYMBOL, DUPLICATE_ORDER, OK,
                           ORDER_TABLE_FULL, STAT_UNKNOWN_ORDERS, UNKNOWN_ORDER,
-                          _side_index, _update_level)
+                          _side_index, _update_level, borrow)
 from kernels.jit_options import kernel
 
 # Columns of book.orders.
@@ -148,6 +148,7 @@ def add_order(book, symbol, order_id, side, price, quantity):
     capacity), or an error (``BAD_SYMBOL``, ``BAD_SIDE``, ``BAD_QUANTITY`` for
     a size <= 0, ``DUPLICATE_ORDER``, ``ORDER_TABLE_FULL``) with nothing changed.
     """
+    book = borrow(book)     # the caller's reference keeps it alive: no counting
     if symbol < 0 or symbol >= book.counts.shape[0]:
         return BAD_SYMBOL
     side_index = _side_index(side)
@@ -175,6 +176,7 @@ def add_order(book, symbol, order_id, side, price, quantity):
 @kernel
 def _reduce_order(book, symbol, order_id, side, price, quantity, whole):
     """Take ``quantity`` (the whole order when ``whole``) off an order and its level."""
+    book = borrow(book)     # the caller's reference keeps it alive: no counting
     if symbol < 0 or symbol >= book.counts.shape[0]:
         return BAD_SYMBOL
     if quantity < 0:

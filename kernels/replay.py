@@ -88,6 +88,7 @@ EVERY_BATCH = 1
 def _apply_other(book, symbol, kind, side, price, quantity, order_id, sequence):
     """Every kind but L2_SET (validated symbol): a call of its own, so that the
     L2 path inlined into a caller's loop stays small."""
+    book = borrow(book)     # the caller's reference keeps it alive: no counting
     if kind == KIND_L3_ADD:
         return add_order(book, symbol, order_id, side, price, quantity)
     if kind == KIND_L3_CANCEL or kind == KIND_L3_EXECUTE:

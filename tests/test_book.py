@@ -71,21 +71,29 @@ def assert_same_book(book, naive, symbol):
     assert imbalance(book, symbol, 5) == pytest.approx(expected, nan_ok=True)
 
 
-def test_levels_match_naive_book_after_every_update():
-    book = new_book(n_symbols=2, depth=64, order_capacity=16)
+# (ladder, tick): no room, a small window that recentres often, a tick that
+# half the prices are not on, the default window.
+LAYOUTS = [(1, 1), (4, 1), (8, 2), (1024, 1)]
+
+
+@pytest.mark.parametrize("ladder, tick", LAYOUTS)
+def test_levels_match_naive_book_after_every_update(ladder, tick):
+    book = new_book(n_symbols=2, depth=64, order_capacity=16, ladder=ladder, ticks=[tick, tick])
     naive = NaiveBook()
-    for symbol, side, price, quantity in random_levels(seed=1, count=1500):
+    for symbol, side, price, quantity in random_levels(seed=ladder, count=1500):
         assert set_level(book, symbol, side, price, quantity) == kb.OK
         naive.set_level(symbol, side, price, quantity)
         assert_same_book(book, naive, symbol)
     assert book.stats.sum() == 0
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-6, 6),
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(LAYOUTS),
+       st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-12, 12),
                           st.integers(0, 3)), max_size=60))
-def test_levels_match_naive_book_for_any_sequence(updates):
-    book = new_book(n_symbols=1, depth=16, order_capacity=16)
+def test_levels_match_naive_book_for_any_sequence(layout, updates):
+    ladder, tick = layout
+    book = new_book(n_symbols=1, depth=32, order_capacity=16, ladder=ladder, ticks=[tick])
     naive = NaiveBook()
     for side, price, quantity in updates:
         set_level(book, 0, side, price, quantity)
@@ -93,11 +101,14 @@ def test_levels_match_naive_book_for_any_sequence(updates):
     assert_same_book(book, naive, 0)
 
 
-@pytest.mark.parametrize("depth", [1, 3, 8])
-def test_beyond_capacity_far_levels_are_dropped_and_the_rest_stays_exact(depth):
-    """The book holds exactly the true levels strictly better than the horizon."""
-    book = new_book(n_symbols=2, depth=depth, order_capacity=16)
+@pytest.mark.parametrize("depth, ladder, tick", [(1, 1, 1), (3, 2, 1), (8, 4, 1), (3, 8, 2)])
+def test_beyond_capacity_far_levels_are_dropped_and_the_rest_stays_exact(depth, ladder, tick):
+    """The book holds exactly the true levels strictly better than the horizon:
+    at most ``depth`` sorted levels and a window of ``ladder`` ticks."""
+    book = new_book(n_symbols=2, depth=depth, order_capacity=16, ladder=ladder,
+                    ticks=[tick, tick])
     naive = NaiveBook()
+    capacity = depth + ladder
     for symbol, side, price, quantity in random_levels(seed=depth, count=2000):
         status = set_level(book, symbol, side, price, quantity)
         assert status in (kb.OK, kb.LEVEL_DROPPED)
@@ -106,32 +117,71 @@ def test_beyond_capacity_far_levels_are_dropped_and_the_rest_stays_exact(depth):
             limit = horizon(book, symbol, side)
             truth = [(p, q) for p, q in naive.sorted_levels(symbol, side)
                      if limit == NO_PRICE or (p > limit if side == BID else p < limit)]
-            prices = np.zeros(depth, np.int64)
-            quantities = np.zeros(depth, np.int64)
+            prices = np.zeros(capacity + 1, np.int64)
+            quantities = np.zeros(capacity + 1, np.int64)
             n = top_levels(book, symbol, side, prices, quantities)
-            assert list(zip(prices[:n].tolist(), quantities[:n].tolist())) == truth[:depth]
-            assert n == min(len(truth), depth)
+            assert list(zip(prices[:n].tolist(), quantities[:n].tolist())) == truth
+            assert n == level_count(book, symbol, side) <= capacity
     assert book.stats[:, kb.STAT_DROPPED_LEVELS].sum() > 0
 
 
 def test_full_side_drops_the_farthest_level_and_counts_it():
-    book = new_book(n_symbols=1, depth=3, order_capacity=16)
-    for price in (100, 99, 98):
+    # One tick of ladder (the best level) and three sorted levels.
+    book = new_book(n_symbols=1, depth=3, order_capacity=16, ladder=1)
+    for price in (100, 99, 98, 97):
         assert set_level(book, 0, BID, price, 1) == kb.OK
     assert horizon(book, 0, BID) == NO_PRICE
-    assert set_level(book, 0, BID, 97, 1) == kb.LEVEL_DROPPED       # beyond the farthest
-    assert horizon(book, 0, BID) == 97
-    assert set_level(book, 0, BID, 101, 1) == kb.OK                 # pushes 98 out
-    assert horizon(book, 0, BID) == 98
-    assert set_level(book, 0, BID, 98, 5) == kb.LEVEL_DROPPED       # at the horizon
+    assert set_level(book, 0, BID, 96, 1) == kb.LEVEL_DROPPED       # beyond the farthest
+    assert horizon(book, 0, BID) == 96
+    assert set_level(book, 0, BID, 101, 1) == kb.OK                 # 100 leaves the ladder,
+    assert horizon(book, 0, BID) == 97                              # which pushes 97 out
+    assert set_level(book, 0, BID, 97, 5) == kb.LEVEL_DROPPED       # at the horizon
     assert set_level(book, 0, BID, 100, 0) == kb.OK
-    prices, quantities = np.zeros(3, np.int64), np.zeros(3, np.int64)
-    assert top_levels(book, 0, BID, prices, quantities) == 2
-    assert prices[:2].tolist() == [101, 99]
+    prices, quantities = np.zeros(4, np.int64), np.zeros(4, np.int64)
+    assert top_levels(book, 0, BID, prices, quantities) == 3
+    assert prices[:3].tolist() == [101, 99, 98]
     assert book.stats[0, kb.STAT_DROPPED_LEVELS] == 3
     assert clear(book, 0, BID) == kb.OK
     assert horizon(book, 0, BID) == NO_PRICE
     assert set_level(book, 0, BID, 50, 1) == kb.OK
+
+
+def test_a_horizon_inside_the_window_drops_the_ladder_levels_beyond_it():
+    # Tick 2: odd prices are kept sorted. Three odd bids above the window
+    # fill the sorted levels; a fourth better one drops the farthest, whose
+    # price lies inside the window, so the ladder's levels at or below it go.
+    book = new_book(n_symbols=1, depth=3, order_capacity=16, ladder=8, ticks=[2])
+    for price in (100, 98, 96):
+        assert set_level(book, 0, BID, price, 1) == kb.OK
+    for price in (97, 99, 101, 103):
+        assert set_level(book, 0, BID, price, 2) == kb.OK
+    assert horizon(book, 0, BID) == 97
+    prices, quantities = np.zeros(8, np.int64), np.zeros(8, np.int64)
+    n = top_levels(book, 0, BID, prices, quantities)
+    assert prices[:n].tolist() == [103, 101, 100, 99, 98]
+    assert book.stats[0, kb.STAT_DROPPED_LEVELS] == 2               # 97, then 96
+    assert set_level(book, 0, BID, 96, 1) == kb.LEVEL_DROPPED
+
+
+@pytest.mark.parametrize("old_tick, new_tick", [(1, 5), (5, 1), (5, 3)])
+def test_set_tick_moves_levels_and_changes_no_answer(old_tick, new_tick):
+    book = new_book(n_symbols=2, depth=64, order_capacity=16, ladder=16,
+                    ticks=[old_tick, old_tick])
+    naive = NaiveBook()
+    updates = random_levels(seed=new_tick, count=400, center=10_000)
+    for symbol, side, price, quantity in updates[:200]:
+        set_level(book, symbol, side, price, quantity)
+        naive.set_level(symbol, side, price, quantity)
+    assert kb.set_tick(book, 0, new_tick) == kb.OK
+    assert book.ticks.tolist() == [new_tick, old_tick]
+    assert_same_book(book, naive, 0)
+    for symbol, side, price, quantity in updates[200:]:
+        set_level(book, symbol, side, price, quantity)
+        naive.set_level(symbol, side, price, quantity)
+    for symbol in (0, 1):
+        assert_same_book(book, naive, symbol)
+    assert kb.set_tick(book, 0, 0) == kb.BAD_TICK
+    assert kb.set_tick(book, 2, 1) == kb.BAD_SYMBOL
 
 
 def test_clear_and_snapshot():
@@ -156,7 +206,9 @@ def test_invalid_input_is_an_error_status_and_wrappers_raise():
     assert set_level(book, 0, 0, 1, 1) == kb.BAD_SIDE
     assert set_level(book, 0, BID, 1, -1) == kb.BAD_QUANTITY
     assert clear(book, 0, 5) == kb.BAD_SIDE
-    assert book.counts.sum() == 0
+    assert book.counts.sum() == 0 and book.ladder_counts.sum() == 0
+    with pytest.raises(ValueError, match="power of two"):
+        new_book(n_symbols=1, ladder=3)
     with pytest.raises(kb.BookError, match="symbol id out of range"):
         check_status(kb.BAD_SYMBOL, "set_level")
     assert check_status(kb.STALE) == kb.STALE

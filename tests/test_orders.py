@@ -53,9 +53,10 @@ def random_orders(seed, count, symbols=2, unknown_share=0.05):
     return array
 
 
-def test_orders_feed_levels_as_the_naive_book_does():
+@pytest.mark.parametrize("ladder", [4, 1024])
+def test_orders_feed_levels_as_the_naive_book_does(ladder):
     events = random_orders(seed=3, count=3000)
-    book = new_book(n_symbols=2, depth=256, order_capacity=4096)
+    book = new_book(n_symbols=2, depth=256, order_capacity=4096, ladder=ladder)
     naive = NaiveBook()
     prices, quantities = np.zeros(256, np.int64), np.zeros(256, np.int64)
     for index in range(len(events)):
@@ -231,12 +232,15 @@ def replay_and_compare(book, events, rows, visible, prices, quantities):
     return mismatches, first, revealed
 
 
-@pytest.mark.parametrize("stem, levels", [("AAPL_2012-06-21_34200000_57600000", 10),
-                                          ("AMZN_2012-06-21_34200000_57600000", 1)])
-def test_lobster_book_equals_every_orderbook_row(shared_data, stem, levels):
+# Tick 100 (LOBSTER's cent at price scale 4) keeps the levels near the touch
+# in the ladder; tick 1 keeps most of them sorted. Both are exact.
+@pytest.mark.parametrize("stem, levels, tick", [("AAPL_2012-06-21_34200000_57600000", 10, 100),
+                                                ("AAPL_2012-06-21_34200000_57600000", 10, 1),
+                                                ("AMZN_2012-06-21_34200000_57600000", 1, 100)])
+def test_lobster_book_equals_every_orderbook_row(shared_data, stem, levels, tick):
     events, rows = read_lobster(shared_data / "lobster" / f"{stem}_message_{levels}.csv",
                                 shared_data / "lobster" / f"{stem}_orderbook_{levels}.csv")
-    book = new_book(n_symbols=1, depth=4096, order_capacity=2**16)
+    book = new_book(n_symbols=1, depth=4096, order_capacity=2**16, ticks=[tick])
     seed = rows[0].reshape(-1, 4)
     asks, bids = seed[seed[:, 1] > 0], seed[seed[:, 3] > 0]
     load_snapshot(book, 0, bids[:, 2].copy(), bids[:, 3].copy(), asks[:, 0].copy(),
