@@ -49,6 +49,9 @@ publishes its own position with a release store. A consumer knows message
 ``p`` is complete when it reads (with acquire) either the slot's sequence
 equal to ``p`` or a producer position above ``p``; the first costs one cache
 line transfer instead of two, which is what one-way latency is made of. A
+sequence still at the previous lap's ``p - N`` (or -1) means not yet written:
+a consumer waiting on an empty ring polls that one line and reads the
+producer's position only once every 64 polls (to catch a corrupt one). A
 consumer publishes its own position with a release store once it is done with
 the slot. Each side keeps the other's last seen position in its *state* (a
 small private int64 array, see :func:`open_producer` and
@@ -144,6 +147,7 @@ STATE_SEEN = 7         # producer: first position it may not write yet; consumer
 STATE_POSITION_OFFSET = 8  # byte offset of this side's shared position
 STATE_CONSUMER_INDEX = 9
 STATE_CAPACITY = 10     # payload bytes a slot holds
+STATE_EMPTY_POLLS = 11  # consumer: polls that found its next slot not yet written
 #: Length of a state array (two cache lines of int64).
 STATE_SIZE = 16
 PRODUCER = 1
@@ -614,6 +618,38 @@ def _check_slot(slab, consumer, slot, position):
     return _last_use(status, slab, consumer, consumer)
 
 
+#: A consumer that keeps finding its next slot not yet written looks at the
+#: producer's position once every this many polls (a power of two).
+POSITION_CHECK_POLLS = 64
+
+
+@kernel
+def _poll_slot(slab, consumer, slot, position):
+    """Whether message ``position`` is in ``slot``: :data:`OK`, :data:`EMPTY` or ``CORRUPT_*``.
+
+    The slot's own sequence answers without the producer's line: equal to
+    ``position``, the message is complete; still the previous lap's (or -1
+    on a new ring), it is not written yet. So a consumer waiting on an empty
+    ring touches only the line the producer writes next, as a bare ping-pong
+    does. The producer's position is read when the sequence is anything
+    else, and once every :data:`POSITION_CHECK_POLLS` empty polls, so that a
+    corrupt position is still reported.
+    """
+    sequence = load_acquire_at(slab, slot + SEQUENCE_OFFSET)
+    status = OK
+    if sequence == position:
+        consumer[STATE_SEEN] = position + 1
+    else:
+        consumer[STATE_EMPTY_POLLS] += 1
+        not_written = (sequence == position - consumer[STATE_SLOT_MASK] - 1
+                       or (sequence == -1 and position <= consumer[STATE_SLOT_MASK]))
+        if not_written and consumer[STATE_EMPTY_POLLS] & (POSITION_CHECK_POLLS - 1) != 0:
+            status = EMPTY
+        else:
+            status = _find_message(slab, consumer)
+    return _last_use(status, slab, consumer, consumer)
+
+
 @kernel
 def try_read(slab, consumer, out):
     """Copy the next message into ``out`` (1-D uint8) and free its slot.
@@ -631,12 +667,7 @@ def try_read(slab, consumer, out):
         slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
         result = OK
         if position >= consumer[STATE_SEEN]:
-            # The slot's own sequence says it is complete: no need to fetch
-            # the producer's line (one cache-line transfer instead of two).
-            if load_acquire_at(slab, slot + SEQUENCE_OFFSET) == position:
-                consumer[STATE_SEEN] = position + 1
-            else:
-                result = _find_message(slab, consumer)
+            result = _poll_slot(slab, consumer, slot, position)
         if result == OK:
             length = _load_u32(slab, slot + LENGTH_OFFSET)
             if length > consumer[STATE_CAPACITY] or _load_i64(slab, slot + SEQUENCE_OFFSET) != position:
@@ -710,12 +741,7 @@ def peek(slab, consumer):
         slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
         result = OK
         if position >= consumer[STATE_SEEN]:
-            # The slot's own sequence says it is complete: no need to fetch
-            # the producer's line (one cache-line transfer instead of two).
-            if load_acquire_at(slab, slot + SEQUENCE_OFFSET) == position:
-                consumer[STATE_SEEN] = position + 1
-            else:
-                result = _find_message(slab, consumer)
+            result = _poll_slot(slab, consumer, slot, position)
         if result == OK:
             result = _check_slot(slab, consumer, slot, position)
             if result == OK:
