@@ -226,6 +226,18 @@ def test_impossible_producer_position_is_reported_by_the_consumer(producer_posit
             shared.read(timeout=1)  # no complete slot: the producer position is consulted
 
 
+def test_a_waiting_consumer_reads_the_producer_position_once_every_64_polls():
+    """Empty polls look at the next slot only; every 64th also at the producer's
+    line, which is how a corrupt position still gets reported."""
+    with Ring.create(8, 64) as shared:
+        consumer = shared.consumer(0)
+        out = np.zeros(64, np.uint8)
+        shared.slab[64:72].view("<i8")[0] = 1000            # corrupt, and never read...
+        statuses = [ring.try_read(shared.slab, consumer, out) for _ in range(ring.POSITION_CHECK_POLLS)]
+        assert statuses[:-1] == [ring.EMPTY] * (ring.POSITION_CHECK_POLLS - 1)
+        assert statuses[-1] == ring.CORRUPT_POSITION        # ...until the 64th poll
+
+
 @pytest.mark.parametrize("consumer_position", [5, -3])
 def test_impossible_consumer_position_is_reported_by_the_producer(consumer_position):
     with Ring.create(4, 64) as shared:
