@@ -496,11 +496,14 @@ def _ladder_price(book, symbol, side_index, steps):
 
 
 @kernel
-def _ladder_scan_down(book, symbol, side_index, steps):
-    """Steps of the best ladder level at or below ``steps``; ``low - 1`` when none."""
-    low = book.ladder_lows[symbol, side_index]
-    mask = book.ladders.shape[2] - 1
-    while steps >= low and book.ladders[symbol, side_index, steps & mask] == 0:
+def _ladder_scan_down(ladders, low, symbol, side_index, steps):
+    """Steps of the best ladder level at or below ``steps``; ``low - 1`` when none.
+
+    Takes one array, not the book: the hot path that calls it then passes
+    two words instead of the book's fifteen arrays.
+    """
+    mask = ladders.shape[2] - 1
+    while steps >= low and ladders[symbol, side_index, steps & mask] == 0:
         steps -= 1
     return max(steps, low - 1)
 
@@ -534,8 +537,8 @@ def _ladder_update(book, symbol, side_index, steps, quantity, relative):
         book.ladder_tops[symbol, side_index] = max(top, steps)
     elif steps == top:
         # The best level went: the next one is usually a few ticks down.
-        book.ladder_tops[symbol, side_index] = _ladder_scan_down(book, symbol, side_index,
-                                                                 steps - 1)
+        book.ladder_tops[symbol, side_index] = _ladder_scan_down(
+            ladders, book.ladder_lows[symbol, side_index], symbol, side_index, steps - 1)
     return OK
 
 
@@ -890,7 +893,8 @@ def _walk_next(book, symbol, side_index, steps, rank):
                       or _key(side_index, ladder_price) > _key(side_index, sorted_price)):
         quantity = book.ladders[symbol, side_index, steps & (book.ladders.shape[2] - 1)]
         return (True, ladder_price, quantity,
-                _ladder_scan_down(book, symbol, side_index, steps - 1), rank)
+                _ladder_scan_down(book.ladders, book.ladder_lows[symbol, side_index], symbol,
+                                  side_index, steps - 1), rank)
     if in_sorted:
         return True, sorted_price, book.quantities[symbol, side_index, slot], steps, rank - 1
     return False, NO_PRICE, 0, steps, rank
