@@ -211,10 +211,12 @@ def latency_consumer(slab, consumer, counts, meta):
             spins += 1
             if deadline < 0:
                 return False
+        # Received when peek returns it, as pong's stamp follows its load.
+        received_at = stamp()
         ring.release(slab, consumer)
         if flags == STOP:
             return True
-        record(counts, meta, stamp() - written_at)
+        record(counts, meta, received_at - written_at)
 
 
 @kernel
