@@ -353,6 +353,22 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
     return result
 
 
+def price_ticks(events, n_symbols):
+    """Per symbol, the greatest common divisor of its L2 level prices (1 when it has none).
+
+    A capture does not carry the instrument's tick size; every price a
+    symbol's levels use is a multiple of this one, which is what the book's
+    ladder needs (any tick keeps the book exact: it only decides where a level
+    is kept).
+    """
+    ticks = np.ones(n_symbols, np.int64)
+    levels = events[events["kind"] == KIND_L2_SET]
+    for symbol in np.unique(levels["symbol"]):
+        divisor = np.gcd.reduce(np.abs(levels["price"][levels["symbol"] == symbol]))
+        ticks[symbol] = max(int(divisor), 1)
+    return ticks
+
+
 def check_binance(capture_path, *, skip_malformed=False, depth=2048):
     """Replay a Binance capture (synced) and verify the book against every matching bookTicker.
 
@@ -361,8 +377,9 @@ def check_binance(capture_path, *, skip_malformed=False, depth=2048):
     CheckResult
     """
     feed = binance.read_capture(capture_path, skip_malformed=skip_malformed)
-    book = books.new_book(n_symbols=max(len(feed.instruments), 1), depth=depth, order_capacity=16,
-                          ticks=feed.instruments.table["tick"])
+    n_symbols = max(len(feed.instruments), 1)
+    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=16,
+                          ticks=price_ticks(feed.events, n_symbols))
     counters = _new_counters()
     events = feed.events
     # A ticker is its bid event followed by its ask event, sharing the update id.

@@ -34,9 +34,9 @@ decides where a level is kept. Use the queries below rather than the arrays.
 
 Capacity
 --------
-The ladder never drops a level. When the sorted levels hold ``depth`` levels
-and a new one arrives that is better than the farthest, the farthest is
-dropped to make room; a new level at or beyond the farthest is dropped itself.
+Every price in the ladder's window has its slot. When the sorted levels hold
+``depth`` levels and a new one arrives that is better than the farthest, the
+farthest is dropped to make room; a new level at or beyond the farthest is dropped itself.
 Either way ``stats[symbol, STAT_DROPPED_LEVELS]`` counts it and the side's
 *horizon* (``horizon_keys[symbol, side_index]``, see :func:`horizon`) becomes
 the best price dropped so far; ladder levels at or beyond it are dropped (and

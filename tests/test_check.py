@@ -7,8 +7,9 @@ import json
 import pytest
 
 from engine import check, cli
-from engine.feeds import synthetic
+from engine.feeds import binance, synthetic
 from engine.feeds.source import FeedError
+from kernels.events import KIND_L2_SET, KIND_TRADE, empty_events
 from tests import naive
 from tests.test_feeds_binance import MESSAGES as BINANCE_MESSAGES, write_capture
 
@@ -143,6 +144,16 @@ def test_real_binance_has_no_mismatch(shared_data, capsys):
     assert status == 0 and "checked         564" in out and "mismatches      0" in out
     result = check.check_binance(shared_data / CAPTURE)
     assert (result.checked, result.mismatches, result.gaps) == naive.binance_check(shared_data / CAPTURE)
+
+
+def test_price_ticks_are_the_gcd_of_each_symbols_level_prices(shared_data):
+    events = empty_events(5)
+    events["kind"] = [KIND_L2_SET, KIND_L2_SET, KIND_TRADE, KIND_L2_SET, KIND_L2_SET]
+    events["symbol"] = [0, 0, 0, 2, 2]
+    events["price"] = [1050, -300, 7, 4, 4]     # a trade's price is not a level's
+    assert check.price_ticks(events, 4).tolist() == [150, 1, 4, 1]
+    feed = binance.read_capture(shared_data / "binance" / "spot_btcusdt_20240808.gz")
+    assert check.price_ticks(feed.events, 1).tolist() == [1_000_000]   # 0.01 USDT at scale 8
 
 
 def test_real_binance_corrupted_copy(shared_data, tmp_path):
