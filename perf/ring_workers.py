@@ -204,14 +204,14 @@ def latency_consumer(slab, consumer, counts, meta):
         spins = 0
         deadline = 0
         while True:
-            length, _, flags, written_at = ring.peek(slab, consumer)
+            length, flags, written_at = ring.peek_header(slab, consumer)
             if length >= 0:
                 break
             deadline = _spin(spins, deadline)
             spins += 1
             if deadline < 0:
                 return False
-        # Received when peek returns it, as pong's stamp follows its load.
+        # Received when peek_header returns it, as pong's stamp follows its load.
         received_at = stamp()
         ring.release(slab, consumer)
         if flags == STOP:

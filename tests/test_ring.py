@@ -163,6 +163,18 @@ def test_peek_is_a_view_and_does_not_advance():
     assert ring.peek(slab, reader)[0] == ring.EMPTY and ring.release(slab, reader) == ring.EMPTY
 
 
+def test_peek_header_is_peek_without_the_view():
+    slab, producer, (reader,) = open_pair()
+    assert ring.peek_header(slab, reader) == (ring.EMPTY, 0, 0)
+    assert ring.try_write(slab, producer, message(4, 12), 9, 123) == ring.OK
+    assert ring.peek_header(slab, reader) == (12, 9, 123)
+    assert ring.peek_header(slab, reader) == (12, 9, 123)      # not consumed
+    length, view, flags, stamp = ring.peek(slab, reader)
+    assert (length, flags, stamp) == (12, 9, 123) and bytes(view) == bytes(message(4, 12))
+    assert ring.release(slab, reader) == ring.OK
+    assert ring.peek_header(slab, reader)[0] == ring.EMPTY
+
+
 def test_too_large_for_the_reader_leaves_the_message():
     slab, producer, (reader,) = open_pair()
     assert ring.try_write(slab, producer, message(1, 30), 0, 0) == ring.OK
@@ -190,6 +202,7 @@ def test_hot_kernels_allocate_nothing_and_take_no_references():
         ring.try_read: (slab, state, buffer),
         ring.write_batch: (slab, state, matrix, lengths, types.int64, types.int64),
         ring.read_batch: (slab, state, matrix, lengths),
+        ring.peek_header: (slab, state),
     }
     for function, signature in signatures.items():
         assert allocation_calls(function, signature) == []
