@@ -217,9 +217,7 @@ def _prefetch_for_write(typingctx, slab, offset):
     instead of stalling the store that needs it.
     """
     def codegen(context, builder, sig, args):
-        array = make_array(sig.args[0])(context, builder, args[0])
-        offset_value = context.cast(builder, args[1], sig.args[1], types.intp)
-        pointer = builder.gep(array.data, [offset_value])
+        pointer = _pointer_at(context, builder, sig, args, 8)
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, ir.IntType(32),
                                                               ir.IntType(32), ir.IntType(32)]),
@@ -547,7 +545,8 @@ def try_write(slab, producer, payload, flags=0, stamp=0):
                     status = FULL
         if status == OK:
             slot = producer[STATE_SLOTS_OFFSET] + (position & producer[STATE_SLOT_MASK]) * producer[STATE_SLOT_SIZE]
-            _prefetch_for_write(slab, producer[STATE_SLOTS_OFFSET] + ((position + PREFETCH_SLOTS) & producer[STATE_SLOT_MASK]) * producer[STATE_SLOT_SIZE])
+            ahead = (position + PREFETCH_SLOTS) & producer[STATE_SLOT_MASK]
+            _prefetch_for_write(slab, producer[STATE_SLOTS_OFFSET] + ahead * producer[STATE_SLOT_SIZE])
             _store_u32(slab, slot + LENGTH_OFFSET, length)
             _store_u32(slab, slot + FLAGS_OFFSET, flags)
             _store_i64(slab, slot + STAMP_OFFSET, stamp)
