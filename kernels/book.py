@@ -343,19 +343,6 @@ def _key(side_index, price):
     return price if side_index == 0 else -price
 
 
-@kernel
-def _last_use(*arrays):
-    """0, for a function's single exit to use its arrays a last time.
-
-    Numba increments an array's reference count where a local variable takes
-    it and decrements it after the variable's last use. When those uses end
-    in several branches, the pairs are not pruned and every call pays
-    atomic operations on them (~100 ns on a book). A last use at the one
-    exit lets the pruning pass remove them all.
-    """
-    return 0
-
-
 @inline_kernel
 def _slot(logical, gap, spare):
     """Where the level of rank ``logical`` (0 = farthest) sits in its side's array."""
@@ -382,12 +369,8 @@ def _move_gap(prices, quantities, symbol, side_index, gap, spare, target):
 
 @kernel
 def _update_sorted(book, symbol, side_index, price, quantity, relative):
-    """:func:`_update_level` for a level kept in the sorted levels.
-
-    The one place that changes them. Its arrays are bound once at the top
-    and used last at the one exit, and its helpers are inlined (see
-    :func:`_last_use`).
-    """
+    """:func:`_update_level` for a level kept in the sorted levels: the one
+    place that changes them."""
     book = borrow(book)     # the caller's reference keeps it alive: no counting
     prices = book.prices
     quantities = book.quantities
@@ -470,9 +453,7 @@ def _update_sorted(book, symbol, side_index, price, quantity, relative):
                 quantities[symbol, side_index, position] = quantity
                 counts[symbol, side_index] = count + 1
                 gaps[symbol, side_index] = position + 1
-    # The arrays' last use, at the one exit (see _last_use).
-    return status + _last_use(prices.size, quantities.size, counts.size, gaps.size,
-                              horizon_keys.size, stats.size)
+    return status
 
 
 # The ladder (see "Levels"). A level's *steps* are its key divided by the
