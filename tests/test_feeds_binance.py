@@ -147,6 +147,18 @@ def test_malformed_local_time(tmp_path):
         binance.read_capture(path)
 
 
+def test_ticks_go_to_the_instrument_table(tmp_path):
+    path = write_capture(tmp_path / "capture", MESSAGES)
+    assert binance.read_capture(path).instruments.table[0]["tick"] == 1    # none given
+    feed = binance.read_capture(path, ticks={"TEST": "0.05", "OTHER": "1"})
+    assert feed.instruments.table[feed.instruments.id_of("TEST")]["tick"] == 5_000_000
+    assert "OTHER" not in feed.instruments
+    for bad, message in (("0", "must be positive"), ("0.000000001", "beyond 8 decimals"),
+                         ("x", "invalid decimal")):
+        with pytest.raises(ValueError, match=rf"ticks\['TEST'\]: .*{message}"):
+            binance.read_capture(path, ticks={"TEST": bad})
+
+
 def test_real_capture_matches_reference(shared_data):
     path = shared_data / CAPTURE
     feed = binance.read_capture(path, sync=False)

@@ -654,8 +654,22 @@ def _sync_order(kind, first_id, last_id):
     return order, firsts[overlaps], snapshot_id[firsts[overlaps]], int(np.count_nonzero(stale))
 
 
+def _parse_ticks(ticks, price_scale):
+    """``{name: tick}`` in fixed point at ``price_scale``; ValueError naming a bad one."""
+    tick_of = {}
+    for name, text in ticks.items():
+        try:
+            tick = fixed.parse_decimal(text, price_scale)
+        except (ValueError, OverflowError) as error:
+            raise ValueError(f"ticks[{name!r}]: {error}") from None
+        if tick <= 0:
+            raise ValueError(f"ticks[{name!r}]: a tick must be positive, got {text!r}")
+        tick_of[name] = tick
+    return tick_of
+
+
 def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=PRICE_SCALE,
-                 size_scale=SIZE_SCALE, skip_malformed=False):
+                 size_scale=SIZE_SCALE, ticks=None, skip_malformed=False):
     """Read a Binance capture (``<local ns> <json>`` lines; gzip is fine) into events.
 
     Parameters
@@ -671,6 +685,12 @@ def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
         file's only symbol.
     price_scale, size_scale : int
         Decimals of prices and quantities (8: Binance's own precision).
+    ticks : dict, optional
+        Tick size of each symbol as a decimal string, e.g. ``{"BTCUSDT": "0.01"}``
+        (``tickSize`` of the ``PRICE_FILTER`` in Binance's ``exchangeInfo``),
+        recorded in the instrument table for the book's ladder; a capture does
+        not carry it. A symbol without one gets 1 (any tick keeps the book
+        exact; :func:`engine.check.price_ticks` infers one from the prices).
     skip_malformed : bool
         Skip malformed lines and list them in ``skipped_lines`` instead of raising.
 
@@ -685,6 +705,7 @@ def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
         the events of the lines before it (in file order).
     """
     instruments = instruments if instruments is not None else Instruments()
+    tick_of = _parse_ticks(ticks or {}, price_scale)
     buffer = read_buffer(path)
     starts, stops, numbers = line_bounds(buffer)
     lines = len(starts)
@@ -732,8 +753,8 @@ def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
     id_of_hash = np.zeros(len(hashes), np.int32)
     for index in range(len(hashes)):
         try:
-            id_of_hash[index] = instruments.intern(name_of_hash.get(index, default), price_scale,
-                                                   size_scale)
+            name = name_of_hash.get(index, default)
+            id_of_hash[index] = instruments.intern(name, price_scale, size_scale, tick_of.get(name, 1))
         except ValueError as error:
             raise FeedError(path, int(numbers[first_seen[index]]), str(error), "s") from None
     symbol_ids = id_of_hash[inverse]
