@@ -472,6 +472,13 @@ def _steps(tick, side_index, price):
 
 
 @inline_kernel
+def _ladder_slot(ladders, steps):
+    """The slot of ``steps`` in a side's ladder. Unsigned: Numba then emits no
+    negative-index wraparound, which the hot path would pay on every access."""
+    return np.uint64(steps & (ladders.shape[2] - 1))
+
+
+@inline_kernel
 def _ladder_price(book, symbol, side_index, steps):
     return _key(side_index, steps * book.ticks[symbol])
 
@@ -483,8 +490,7 @@ def _ladder_scan_down(ladders, low, symbol, side_index, steps):
     Takes one array, not the book: the hot path that calls it then passes
     two words instead of the book's fifteen arrays.
     """
-    mask = ladders.shape[2] - 1
-    while steps >= low and ladders[symbol, side_index, steps & mask] == 0:
+    while steps >= low and ladders[symbol, side_index, _ladder_slot(ladders, steps)] == 0:
         steps -= 1
     return max(steps, low - 1)
 
@@ -493,11 +499,11 @@ def _ladder_scan_down(ladders, low, symbol, side_index, steps):
 def _ladder_recount(book, symbol, side_index):
     """Recompute a ladder's level count and best level from its slots."""
     low = book.ladder_lows[symbol, side_index]
-    mask = book.ladders.shape[2] - 1
+    ladders = book.ladders
     count = 0
     top = low - 1
-    for steps in range(low, low + book.ladders.shape[2]):
-        if book.ladders[symbol, side_index, steps & mask] > 0:
+    for steps in range(low, low + ladders.shape[2]):
+        if ladders[symbol, side_index, _ladder_slot(ladders, steps)] > 0:
             count += 1
             top = steps
     book.ladder_counts[symbol, side_index] = count
@@ -508,15 +514,18 @@ def _ladder_recount(book, symbol, side_index):
 def _ladder_update(book, symbol, side_index, steps, quantity, relative):
     """:func:`_update_level` for a level in the window (on tick, above the horizon)."""
     ladders = book.ladders
-    slot = steps & (ladders.shape[2] - 1)
+    slot = _ladder_slot(ladders, steps)
     old = ladders[symbol, side_index, slot]
     new = max(old + quantity if relative else quantity, 0)
     ladders[symbol, side_index, slot] = new
     book.ladder_counts[symbol, side_index] += np.int64(new > 0) - np.int64(old > 0)
     top = book.ladder_tops[symbol, side_index]
-    if new > 0:
-        book.ladder_tops[symbol, side_index] = max(top, steps)
-    elif steps == top:
+    # Selects and one branch: whether an update deletes is a coin toss to the
+    # branch predictor; deleting the best level is rarer. (One test of
+    # ``new | (steps ^ top)``: the compiler splits ``new == 0 and steps == top``
+    # back into two branches.)
+    book.ladder_tops[symbol, side_index] = max(top, steps) if new > 0 else top
+    if (new | (steps ^ top)) == 0:
         # The best level went: the next one is usually a few ticks down.
         book.ladder_tops[symbol, side_index] = _ladder_scan_down(
             ladders, book.ladder_lows[symbol, side_index], symbol, side_index, steps - 1)
@@ -528,14 +537,14 @@ def _push_to_sorted(book, symbol, side_index, keep_low, keep_high):
     """Move the ladder levels whose steps are outside ``keep_low .. keep_high - 1``
     to the sorted levels (count and best are left to the caller)."""
     low = book.ladder_lows[symbol, side_index]
-    mask = book.ladders.shape[2] - 1
+    ladders = book.ladders
     if book.ladder_counts[symbol, side_index] == 0:
         return
-    for steps in range(low, low + book.ladders.shape[2]):
+    for steps in range(low, low + ladders.shape[2]):
         if steps < keep_low or steps >= keep_high:
-            quantity = book.ladders[symbol, side_index, steps & mask]
+            quantity = ladders[symbol, side_index, _ladder_slot(ladders, steps)]
             if quantity > 0:
-                book.ladders[symbol, side_index, steps & mask] = 0
+                ladders[symbol, side_index, _ladder_slot(ladders, steps)] = 0
                 _update_sorted(book, symbol, side_index,
                                _ladder_price(book, symbol, side_index, steps), quantity, False)
 
@@ -569,8 +578,8 @@ def _pull_from_sorted(book, symbol, side_index):
     for rank in range(first, count):
         key = _key(side_index, prices[symbol, side_index, rank])
         if key <= high_key and key % tick == 0:
-            book.ladders[symbol, side_index, (key // tick) & mask] = quantities[symbol, side_index,
-                                                                                rank]
+            book.ladders[symbol, side_index, _ladder_slot(book.ladders, key // tick)] = (
+                quantities[symbol, side_index, rank])
         else:
             prices[symbol, side_index, kept] = prices[symbol, side_index, rank]
             quantities[symbol, side_index, kept] = quantities[symbol, side_index, rank]
@@ -595,10 +604,10 @@ def _trim_ladder(book, symbol, side_index):
     low = book.ladder_lows[symbol, side_index]
     if book.ladder_counts[symbol, side_index] == 0 or through < low:
         return
-    mask = book.ladders.shape[2] - 1
-    for steps in range(low, min(through, low + mask) + 1):
-        if book.ladders[symbol, side_index, steps & mask] > 0:
-            book.ladders[symbol, side_index, steps & mask] = 0
+    ladders = book.ladders
+    for steps in range(low, min(through, low + ladders.shape[2] - 1) + 1):
+        if ladders[symbol, side_index, _ladder_slot(ladders, steps)] > 0:
+            ladders[symbol, side_index, _ladder_slot(ladders, steps)] = 0
             book.stats[symbol, STAT_DROPPED_LEVELS] += 1
     _ladder_recount(book, symbol, side_index)
 
@@ -816,11 +825,11 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
     book.gaps[symbol, side_index] = kept
     if book.ladder_counts[symbol, side_index] > 0:
         low = book.ladder_lows[symbol, side_index]
-        mask = book.ladders.shape[2] - 1
-        for steps in range(low, low + mask + 1):
+        ladders = book.ladders
+        for steps in range(low, low + ladders.shape[2]):
             key = _key(side_index, _ladder_price(book, symbol, side_index, steps))
             if low_key <= key < high_key:
-                book.ladders[symbol, side_index, steps & mask] = 0
+                ladders[symbol, side_index, _ladder_slot(ladders, steps)] = 0
         _ladder_recount(book, symbol, side_index)
     for index in range(prices.shape[0]):
         key = _key(side_index, prices[index])
@@ -837,22 +846,23 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
 
 @kernel
 def _best(book, symbol, side_index):
-    count = book.counts[symbol, side_index]
-    # The sorted levels' best is the last element, or the last before the gap
-    # when the gap is at the end. Read unconditionally (index 0 when empty).
-    gap_before_touch = book.gaps[symbol, side_index] < count
-    top = max(count - 1 + (book.prices.shape[2] - count) * gap_before_touch, 0)
-    price = book.prices[symbol, side_index, top]
-    quantity = book.quantities[symbol, side_index, top]
+    # The ladder's best; an empty ladder has every slot at 0, including the
+    # one its top points at, so a positive quantity means a level.
     steps = book.ladder_tops[symbol, side_index]
     ladder_price = _ladder_price(book, symbol, side_index, steps)
-    ladder_quantity = book.ladders[symbol, side_index, steps & (book.ladders.shape[2] - 1)]
-    if book.ladder_counts[symbol, side_index] > 0 and (
-            count == 0 or _key(side_index, ladder_price) > _key(side_index, price)):
-        return ladder_price, ladder_quantity
+    ladder_quantity = book.ladders[symbol, side_index, _ladder_slot(book.ladders, steps)]
+    count = book.counts[symbol, side_index]
     if count == 0:
-        return NO_PRICE, 0
-    return price, quantity
+        # The usual case (every level within the ladder's window): no merge.
+        return (ladder_price if ladder_quantity > 0 else NO_PRICE), ladder_quantity
+    # The sorted levels' best is the last element, or the last before the gap
+    # when the gap is at the end.
+    gap_before_touch = book.gaps[symbol, side_index] < count
+    top = count - 1 + (book.prices.shape[2] - count) * gap_before_touch
+    price = book.prices[symbol, side_index, top]
+    if ladder_quantity > 0 and _key(side_index, ladder_price) > _key(side_index, price):
+        return ladder_price, ladder_quantity
+    return price, book.quantities[symbol, side_index, top]
 
 
 @inline_kernel
@@ -872,7 +882,7 @@ def _walk_next(book, symbol, side_index, steps, rank):
     ladder_price = _ladder_price(book, symbol, side_index, steps)
     if in_ladder and (not in_sorted
                       or _key(side_index, ladder_price) > _key(side_index, sorted_price)):
-        quantity = book.ladders[symbol, side_index, steps & (book.ladders.shape[2] - 1)]
+        quantity = book.ladders[symbol, side_index, _ladder_slot(book.ladders, steps)]
         return (True, ladder_price, quantity,
                 _ladder_scan_down(book.ladders, book.ladder_lows[symbol, side_index], symbol,
                                   side_index, steps - 1), rank)
@@ -935,7 +945,7 @@ def level_quantity(book, symbol, side, price):
     steps, on_tick = _steps(book.ticks[symbol], side_index, price)
     offset = steps - book.ladder_lows[symbol, side_index]
     if on_tick and offset >= 0 and offset < book.ladders.shape[2]:
-        return book.ladders[symbol, side_index, steps & (book.ladders.shape[2] - 1)]
+        return book.ladders[symbol, side_index, _ladder_slot(book.ladders, steps)]
     rank, found = _find(book, symbol, side_index, price)
     if found:
         return book.quantities[symbol, side_index, _level_slot(book, symbol, side_index, rank)]
