@@ -25,6 +25,9 @@ from numba.np.arrayobj import make_array
 
 _MACHINE = platform.machine().lower()
 
+#: Whether kernels compile for x86 (cache-control and pause instructions).
+X86 = _MACHINE in ("x86_64", "amd64", "i686", "x86")
+
 
 def _check_array(array, name):
     if not isinstance(array, types.Array) or array.ndim != 1:
@@ -139,7 +142,7 @@ def spin_pause(typingctx):
 
     def codegen(context, builder, sig, args):
         module = builder.module
-        if _MACHINE in ("x86_64", "amd64", "i686", "x86"):
+        if X86:
             function = cgutils.get_or_insert_function(
                 module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
             builder.call(function, [])

@@ -36,6 +36,7 @@ from harness import make_runner, report_ratios
 
 import ring_workers as workers
 from engine.ring import Ring, new_state
+from kernels import ring
 from kernels.clock import calibrate
 from kernels.hist import Histogram
 
@@ -89,6 +90,7 @@ class Benchmarks:
     def single_thread(self, loops):
         shared = self.private
         producer, consumer = shared.producer, shared.consumer(0)
+        ring.set_evict(consumer, False)  # one core writes and reads: keep its lines
         started = time.perf_counter()
         workers.write_then_read(shared.slab, producer, consumer, self.payload, self.out, loops)
         return time.perf_counter() - started
@@ -96,6 +98,7 @@ class Benchmarks:
     def single_thread_batch(self, loops):
         shared = self.private
         producer, consumer = shared.producer, shared.consumer(0)
+        ring.set_evict(consumer, False)
         started = time.perf_counter()
         workers.write_then_read_batches(shared.slab, producer, consumer, self.payloads, self.lengths,
                                         self.outs, self.out_lengths, loops)
@@ -106,6 +109,7 @@ class Benchmarks:
     def _threads(self, loops, batched):
         shared = self.private
         producer, consumer = shared.producer, shared.consumer(0)
+        ring.set_evict(consumer, True)   # the default, which the one-thread runs turned off
         results = []
 
         def consumer_side():

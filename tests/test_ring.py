@@ -1,3 +1,5 @@
+import ctypes
+import mmap
 import os
 import signal
 import subprocess
@@ -192,6 +194,71 @@ def test_states_are_checked():
     assert ring.try_write(other, producer, out[:4], 0, 0) == ring.BAD_STATE
     assert ring.try_read(slab, np.zeros(4, np.int64), out) == ring.BAD_STATE
     assert ring.open_consumer(slab, 1, new_state()) == ring.BAD_ARGUMENT
+
+
+@pytest.mark.parametrize("slot_size", [32, 64, 256])
+@pytest.mark.parametrize("evict", [True, False])
+def test_evicting_consumer_reads_the_same_messages(slot_size, evict):
+    """Eviction is a cache hint: every way of reading returns the same bytes."""
+    capacity = slot_size - ring.SLOT_HEADER_BYTES
+    slab, producer, (reader,) = open_pair(slot_count=4, slot_size=slot_size)
+    assert reader[ring.STATE_EVICT] == 1  # on when opened
+    assert ring.set_evict(reader, evict) == ring.OK and reader[ring.STATE_EVICT] == int(evict)
+    out = np.zeros(capacity, np.uint8)
+    batch, lengths = np.zeros((3, capacity), np.uint8), np.zeros(3, np.int64)
+    for lap in range(5):    # past the end of the ring: slots are written again
+        sent = [message(lap * 3 + i, (lap * 7 + i * 5) % (capacity + 1)) for i in range(3)]
+        for payload in sent:
+            assert ring.try_write(slab, producer, payload, 0, 0) == ring.OK
+        assert ring.try_read(slab, reader, out) == sent[0].size
+        assert bytes(out[:sent[0].size]) == bytes(sent[0])
+        length, view, _, _ = ring.peek(slab, reader)
+        assert bytes(view) == bytes(sent[1])
+        assert ring.release(slab, reader) == ring.OK
+        assert ring.try_write(slab, producer, sent[0], 0, 0) == ring.OK
+        assert ring.read_batch(slab, reader, batch, lengths) == 2
+        assert [bytes(batch[i, :lengths[i]]) for i in range(2)] == [bytes(sent[2]), bytes(sent[0])]
+
+
+def test_set_evict_takes_only_a_consumer():
+    slab, producer, (reader,) = open_pair()
+    assert ring.set_evict(producer, False) == ring.BAD_STATE
+    assert ring.set_evict(new_state(), False) == ring.BAD_STATE
+    assert ring.set_evict(np.zeros(4, np.int64), False) == ring.BAD_STATE
+    assert ring.set_evict(reader, False) == ring.OK
+
+
+def guarded_slab(size):
+    """A slab of ``size`` bytes that ends where an inaccessible page begins:
+    any access past its end, a cache flush included, kills the process."""
+    page = mmap.PAGESIZE
+    pages = -(-size // page) + 1
+    mapping = mmap.mmap(-1, pages * page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    libc = ctypes.CDLL(None, use_errno=True)
+    guard = ctypes.c_void_p(start + (pages - 1) * page)
+    assert libc.mprotect(guard, ctypes.c_size_t(page), 0) == 0, ctypes.get_errno()
+    return np.frombuffer(mapping, np.uint8, count=size, offset=(pages - 1) * page - size)
+
+
+def test_release_after_the_length_was_corrupted_evicts_only_inside_the_slab():
+    slot_size, slot_count = 256, 4
+    slab = guarded_slab(ring.region_bytes(slot_size, slot_count, 1))
+    assert ring.format_slab(slab, slot_size, slot_count, 1) == ring.OK
+    producer, reader = new_state(), new_state()
+    assert ring.open_producer(slab, producer) == ring.OK
+    assert ring.open_consumer(slab, 0, reader) == ring.OK
+    out = np.zeros(slot_size, np.uint8)
+    for index in range(slot_count - 1):
+        assert ring.try_write(slab, producer, message(index, 40), 0, 0) == ring.OK
+        assert ring.try_read(slab, reader, out) == 40
+    # The last slot ends against the guard page.
+    assert ring.try_write(slab, producer, message(9, 40), 0, 0) == ring.OK
+    assert ring.peek(slab, reader)[0] == 40
+    last = slab.size - slot_size
+    slab[last:last + 4] = 0xFF     # its length now says 4 GiB
+    assert ring.release(slab, reader) == ring.OK
+    assert ring.peek(slab, reader)[0] == ring.EMPTY
 
 
 def test_hot_kernels_allocate_nothing_and_take_no_references():
