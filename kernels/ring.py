@@ -691,7 +691,7 @@ def set_evict(consumer, enabled):
 
     With the producer on another core, eviction spares it a cross-core round
     trip per message (see :func:`_evict_lines`): on a 2-core EPYC VM, single
-    messages went from 25 to 30-44 M/s, batches of 64 from 94 to 116-120 M/s.
+    messages went from 25 to 30-44 M/s, batches of 64 from 94 to 106-120 M/s.
     Turn it off when one thread writes and reads: single messages are
     unaffected there, but batches of 64 lose a quarter (159 to 119 M/s). With
     several consumers, one's eviction sends the others to memory for that
