@@ -53,10 +53,9 @@ sequence still at the previous lap's ``p - N`` (or -1) means not yet written:
 a consumer waiting on an empty ring polls that one line and reads the
 producer's position only once every 64 polls (to catch a corrupt one). A
 consumer publishes its own position with a release store once it is done with
-the slot, then by default evicts the slot's lines from every cache (x86
-``clflush``, :func:`set_evict`), so that the producer's next write to them
-does not have to take them back from the consumer's core. Each side keeps the other's last seen position in its *state* (a
-small private int64 array, see :func:`open_producer` and
+the slot, then by default evicts the slot's lines from every cache
+(:func:`set_evict`). Each side keeps the other's last seen position in its
+*state* (a small private int64 array, see :func:`open_producer` and
 :func:`open_consumer`) and reads the shared line again only when the ring
 looks full (producer) or empty (consumer). A new ring's slots hold sequence
 -1. A producer killed mid-message leaves a slot whose sequence is not yet
@@ -243,15 +242,10 @@ def _evict_lines(typingctx, slab, offset, length):
     """Write the cache lines of ``length`` bytes from ``offset`` back to memory
     and drop them from every cache (x86 ``clflush``; nothing elsewhere). The
     data is unchanged: a hint. Unchecked: the caller keeps the range inside
-    the slab (a flush outside the mapping faults).
+    the slab (a flush outside the mapping faults). Why: :func:`set_evict`.
 
-    A consumer on another core than the producer evicts each slot it has read.
-    Otherwise the line stays in the consumer's cache for a lap, and the
-    producer's next write to it must first take it back from that core: a
-    cross-core round trip per message that prefetching does not hide. From
-    memory, the producer's prefetch does hide it. (The loop is here, not in
-    the kernel: a loop around a call there costs the fast path its
-    reference-count pruning.)
+    The loop over lines is here, not in the kernels: a loop around a call
+    there cost them their reference-count pruning.
     """
     def codegen(context, builder, sig, args):
         if X86:
@@ -687,13 +681,23 @@ def _poll_slot(slab, consumer, slot, position):
     return _last_use(status, slab, consumer, consumer)
 
 
+@inline_kernel
+def _evicted_bytes(evict, length):
+    """Bytes to evict after reading a slot whose payload is ``length`` bytes:
+    the header and the payload, or none when the consumer does not evict.
+    Scalars only: inlining it copies no array reference into the hot kernels."""
+    return (SLOT_HEADER_BYTES + length) * (evict != 0)
+
+
 @kernel
 def set_evict(consumer, enabled):
     """Whether this consumer evicts each slot's cache lines from every cache once
     it has read them (on when opened). Returns :data:`OK` or :data:`BAD_STATE`.
 
-    With the producer on another core, eviction spares it a cross-core round
-    trip per message (see :func:`_evict_lines`): on a 2-core EPYC VM, single
+    Without it, a slot's line stays in the consumer's cache for a lap, and the
+    producer's next write to it must first take it back from that core: a
+    cross-core round trip per message that its write prefetch does not hide.
+    From memory, the prefetch does hide the fetch. On a 2-core EPYC VM, single
     messages went from 25 to 30-44 M/s, batches of 64 from 94 to 106-120 M/s.
     Turn it off when one thread writes and reads: single messages are
     unaffected there, but batches of 64 lose a quarter (159 to 119 M/s). With
@@ -734,7 +738,7 @@ def try_read(slab, consumer, out):
                 _copy_bytes(slab, slot + SLOT_HEADER_BYTES, out, 0, length)
                 consumer[STATE_POSITION] = position + 1
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
-                _evict_lines(slab, slot, (SLOT_HEADER_BYTES + length) * (consumer[STATE_EVICT] != 0))
+                _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length))
                 result = length
     return _last_use(result, slab, consumer, out)
 
@@ -777,10 +781,9 @@ def read_batch(slab, consumer, payloads, lengths):
             if read > 0:
                 consumer[STATE_POSITION] = position + read
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + read)
-                evict = consumer[STATE_EVICT] != 0
                 for i in range(read):
                     slot = consumer[STATE_SLOTS_OFFSET] + ((position + i) & consumer[STATE_SLOT_MASK]) * slot_size
-                    _evict_lines(slab, slot, (SLOT_HEADER_BYTES + lengths[i]) * evict)
+                    _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], lengths[i]))
                 result = read
     return _last_use(_last_use(result, slab, consumer, payloads), lengths, lengths, lengths)
 
@@ -846,7 +849,7 @@ def release(slab, consumer):
             # The length is read again and may have changed: clamped to a slot.
             slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
             length = min(_load_u32(slab, slot + LENGTH_OFFSET), consumer[STATE_CAPACITY])
-            _evict_lines(slab, slot, (SLOT_HEADER_BYTES + length) * (consumer[STATE_EVICT] != 0))
+            _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length))
             result = OK
     return _last_use(result, slab, consumer, consumer)
 
