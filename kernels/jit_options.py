@@ -26,3 +26,12 @@ kernel_with_callback = numba.njit(**{**JIT_OPTIONS, "cache": False})
 #: (its IR, not just its machine code): no call on a hot path, so no
 #: reference counting around one. Costs compile time in each caller.
 inline_kernel = numba.njit(**JIT_OPTIONS, inline="always")
+
+#: Decorator for a hot kernel that users call once per message from their own
+#: loops (:func:`kernels.ring.try_write`): LLVM inlines its machine code into
+#: each caller. A call passes every array as seven words, most of them stored
+#: on the stack; across cores those stores fill the store buffer while a
+#: store to the ring waits for its cache line, and the producer stalls.
+#: Unlike :data:`inline_kernel`, this inlines after reference counting is
+#: settled, so it adds none.
+inlined_kernel = numba.njit(**JIT_OPTIONS, forceinline=True)

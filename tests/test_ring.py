@@ -280,6 +280,34 @@ def test_hot_kernels_allocate_nothing_and_take_no_references():
         assert "NRT_incref" not in body, function.__name__
 
 
+
+@kernel
+def _write_many(slab, producer, payload, count):
+    """A user's loop: one try_write per message."""
+    written = 0
+    for index in range(count):
+        payload[0] = index & 255
+        written += ring.try_write(slab, producer, payload) == ring.OK
+    return written
+
+
+def test_try_write_is_inlined_into_a_callers_loop_without_reference_counting():
+    slab, state, buffer = types.uint8[::1], types.int64[::1], types.uint8[::1]
+    code = llvm_ir(_write_many, (slab, state, buffer, types.int64))
+    body = code[code.index("define"):]
+    body = body[:body.index("\n}\n")]
+    calls = [line for line in body.splitlines() if "call " in line]
+    assert not any("try_write" in line for line in calls)
+    # The caller takes its three arrays once, on entry; none inside the loop.
+    assert sum("NRT_incref" in line for line in calls) <= 3
+    # And it still writes what the kernel writes.
+    slab_array, producer, consumers = open_pair(slot_count=8)
+    written = _write_many(slab_array, producer, np.zeros(8, np.uint8), 10)
+    assert written == 8
+    out = np.zeros(64, np.uint8)
+    assert [ring.try_read(slab_array, consumers[0], out) == 8 and out[0] for _ in range(8)] == list(range(8))
+
+
 # Safety: corruption is reported, never followed
 
 def test_corrupt_length_and_sequence_are_reported():
