@@ -534,6 +534,9 @@ def _find_message(slab, consumer):
 def try_write(slab, producer, payload, flags=0, stamp=0):
     """Copy ``payload`` (1-D uint8) into the next slot and publish it.
 
+    Compiled into each ``@njit`` caller (:data:`kernels.jit_options.inlined_kernel`):
+    a call's stack traffic stalled the producer across cores.
+
     Parameters
     ----------
     slab : uint8[::1]
