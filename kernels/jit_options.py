@@ -34,4 +34,4 @@ inline_kernel = numba.njit(**JIT_OPTIONS, inline="always")
 #: store to the ring waits for its cache line, and the producer stalls.
 #: Unlike :data:`inline_kernel`, this inlines after reference counting is
 #: settled, so it adds none.
-inlined_kernel = numba.njit(**JIT_OPTIONS, forceinline=True)
+llvm_inline_kernel = numba.njit(**JIT_OPTIONS, forceinline=True)

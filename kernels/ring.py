@@ -81,7 +81,7 @@ from numba.core.errors import TypingError
 
 from kernels.atomics import X86, load_acquire_at, store_release_at
 from kernels.clock import monotonic_ns
-from kernels.jit_options import inline_kernel, inlined_kernel, kernel
+from kernels.jit_options import inline_kernel, llvm_inline_kernel, kernel
 from kernels.wait import SPINS, backoff
 
 MAGIC = int.from_bytes(b"RINGBOOK", "little")
@@ -530,11 +530,11 @@ def _find_message(slab, consumer):
     return _last_use(status, slab, consumer, consumer)
 
 
-@inlined_kernel
+@llvm_inline_kernel
 def try_write(slab, producer, payload, flags=0, stamp=0):
     """Copy ``payload`` (1-D uint8) into the next slot and publish it.
 
-    Compiled into each ``@njit`` caller (:data:`kernels.jit_options.inlined_kernel`):
+    Compiled into each ``@njit`` caller (:data:`kernels.jit_options.llvm_inline_kernel`):
     a call's stack traffic stalled the producer across cores.
 
     Parameters

@@ -21,3 +21,11 @@ def allocation_calls(kernel, signature):
     """Lines of ``kernel``'s IR that call the Numba runtime's allocator."""
     return [line for line in llvm_ir(kernel, signature).splitlines()
             if "call" in line and "NRT_MemInfo_alloc" in line]
+
+
+def function_body(kernel, signature):
+    """The optimised IR of ``kernel``'s own function: its first definition, without
+    the callees linked in after it."""
+    code = llvm_ir(kernel, signature)
+    body = code[code.index("define"):]
+    return body[:body.index("\n}\n")]

@@ -20,7 +20,7 @@ from kernels import ring
 from kernels.jit_options import kernel
 from kernels.wait import wait_strategy
 from tests import ring_fuzz
-from tests.llvm_ir import allocation_calls, llvm_ir
+from tests.llvm_ir import allocation_calls, function_body
 from tests.naive import NaiveRing
 from tests.ring_child import MESSAGE_BYTES, consume, pattern, produce
 
@@ -274,11 +274,7 @@ def test_hot_kernels_allocate_nothing_and_take_no_references():
     for function, signature in signatures.items():
         assert allocation_calls(function, signature) == []
         # Reference counting costs six atomic operations a call.
-        code = llvm_ir(function, signature)
-        body = code[code.index("define"):]
-        body = body[:body.index("\n}\n")]
-        assert "NRT_incref" not in body, function.__name__
-
+        assert "NRT_incref" not in function_body(function, signature), function.__name__
 
 
 @kernel
@@ -293,9 +289,7 @@ def _write_many(slab, producer, payload, count):
 
 def test_try_write_is_inlined_into_a_callers_loop_without_reference_counting():
     slab, state, buffer = types.uint8[::1], types.int64[::1], types.uint8[::1]
-    code = llvm_ir(_write_many, (slab, state, buffer, types.int64))
-    body = code[code.index("define"):]
-    body = body[:body.index("\n}\n")]
+    body = function_body(_write_many, (slab, state, buffer, types.int64))
     calls = [line for line in body.splitlines() if "call " in line]
     assert not any("try_write" in line for line in calls)
     # The caller takes its three arrays once, on entry; none inside the loop.
