@@ -53,8 +53,8 @@ sequence still at the previous lap's ``p - N`` (or -1) means not yet written:
 a consumer waiting on an empty ring polls that one line and reads the
 producer's position only once every 64 polls (to catch a corrupt one). A
 consumer publishes its own position with a release store once it is done with
-the slot, then by default evicts the slot's lines from every cache
-(:func:`set_evict`). Each side keeps the other's last seen position in its
+the slot, then by default evicts the slot's lines from every cache if the
+next message is already written (:func:`set_evict`). Each side keeps the other's last seen position in its
 *state* (a small private int64 array, see :func:`open_producer` and
 :func:`open_consumer`) and reads the shared line again only when the ring
 looks full (producer) or empty (consumer). A new ring's slots hold sequence
@@ -149,7 +149,7 @@ STATE_POSITION_OFFSET = 8  # byte offset of this side's shared position
 STATE_CONSUMER_INDEX = 9
 STATE_CAPACITY = 10     # payload bytes a slot holds
 STATE_EMPTY_POLLS = 11  # consumer: polls that found its next slot not yet written
-STATE_EVICT = 12        # consumer: 1 to evict each slot's line once read (see set_evict)
+STATE_EVICT = 12        # consumer: 1 to evict a slot's lines once read, when behind (see set_evict)
 #: Length of a state array (two cache lines of int64).
 STATE_SIZE = 16
 PRODUCER = 1
@@ -207,34 +207,6 @@ def _store_i64(typingctx, slab, offset, value):
         return context.get_dummy_value()
 
     return types.void(slab, offset, value), codegen
-
-
-@intrinsic
-def _prefetch_for_write(typingctx, slab, offset):
-    """Ask for the cache line at ``offset`` in exclusive state (x86 ``prefetchw``).
-
-    A hint: it never faults, so any offset is safe. The producer uses it a few
-    slots ahead, where the line still sits in a consumer's cache from the
-    previous lap: the transfer overlaps the messages written meanwhile
-    instead of stalling the store that needs it.
-    """
-    def codegen(context, builder, sig, args):
-        pointer = _pointer_at(context, builder, sig, args, 8)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, ir.IntType(32),
-                                                              ir.IntType(32), ir.IntType(32)]),
-            "llvm.prefetch.p0")
-        builder.call(function, [pointer, ir.IntType(32)(1), ir.IntType(32)(3), ir.IntType(32)(1)])
-        return context.get_dummy_value()
-
-    return types.void(slab, offset), codegen
-
-
-#: Slots ahead of the one being written whose line the producer asks for:
-#: far enough to hide a fetch from memory (the consumer evicted the line),
-#: about 100 ns. Across two cores 16 ran faster than 4 (about 90 against 75 M
-#: msg/s in the same placement), and 32 or 64 no faster than 16.
-PREFETCH_SLOTS = 16
 
 
 @intrinsic
@@ -580,8 +552,6 @@ def try_write(slab, producer, payload, flags=0, stamp=0):
                     status = FULL
         if status == OK:
             slot = producer[STATE_SLOTS_OFFSET] + (position & producer[STATE_SLOT_MASK]) * producer[STATE_SLOT_SIZE]
-            ahead = (position + PREFETCH_SLOTS) & producer[STATE_SLOT_MASK]
-            _prefetch_for_write(slab, producer[STATE_SLOTS_OFFSET] + ahead * producer[STATE_SLOT_SIZE])
             _store_u32(slab, slot + LENGTH_OFFSET, length)
             _store_u32(slab, slot + FLAGS_OFFSET, flags)
             _store_i64(slab, slot + STAMP_OFFSET, stamp)
@@ -685,23 +655,29 @@ def _poll_slot(slab, consumer, slot, position):
 
 
 @inline_kernel
-def _evicted_bytes(evict, length):
+def _evicted_bytes(evict, length, next_written):
     """Bytes to evict after reading a slot whose payload is ``length`` bytes:
-    the header and the payload, or none when the consumer does not evict.
+    its header and payload when the consumer evicts and the next message was
+    already written (the consumer is behind), else none (see :func:`set_evict`).
     Scalars only: inlining it copies no array reference into the hot kernels."""
-    return (SLOT_HEADER_BYTES + length) * (evict != 0)
+    return (SLOT_HEADER_BYTES + length) * (evict != 0 and next_written)
 
 
 @kernel
 def set_evict(consumer, enabled):
-    """Whether this consumer evicts each slot's cache lines from every cache once
-    it has read them (on when opened). Returns :data:`OK` or :data:`BAD_STATE`.
+    """Whether this consumer evicts a slot's cache lines from every cache once
+    it has read it and the next message is already written (on when opened).
+    Returns :data:`OK` or :data:`BAD_STATE`.
 
-    Without it, a slot's line stays in the consumer's cache for a lap, and the
-    producer's next write to it must first take it back from that core: a
-    cross-core round trip per message that its write prefetch does not hide.
-    From memory, the prefetch does hide the fetch. On a 2-core EPYC VM, single
-    messages went from 25 to 30-44 M/s, batches of 64 from 94 to 106-120 M/s.
+    A consumer that is behind evicts: otherwise the line stays in its cache
+    for a lap, and the producer's next write to it must first take it back
+    from that core, a cross-core round trip per message (across the two cores
+    of an EPYC VM, single messages ran at 28 M/s without eviction, 87-100 M/s
+    with it). A consumer that has caught up keeps the line: a lap later it
+    waits on that slot again, and a line in its own cache is the fastest to
+    wait on. Fetched from memory instead, the first poll raced the producer's
+    write, and one-way latency went from 1.4x a bare ping-pong to 4.4x.
+
     Turn it off when one thread writes and reads: single messages are
     unaffected there, but batches of 64 lose a quarter (159 to 119 M/s). With
     several consumers, one's eviction sends the others to memory for that
@@ -741,7 +717,10 @@ def try_read(slab, consumer, out):
                 _copy_bytes(slab, slot + SLOT_HEADER_BYTES, out, 0, length)
                 consumer[STATE_POSITION] = position + 1
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
-                _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length))
+                following = (consumer[STATE_SLOTS_OFFSET]
+                             + ((position + 1) & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE])
+                next_written = _load_i64(slab, following + SEQUENCE_OFFSET) == position + 1
+                _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length, next_written))
                 result = length
     return _last_use(result, slab, consumer, out)
 
@@ -784,9 +763,12 @@ def read_batch(slab, consumer, payloads, lengths):
             if read > 0:
                 consumer[STATE_POSITION] = position + read
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + read)
+                following = consumer[STATE_SLOTS_OFFSET] + ((position + read) & consumer[STATE_SLOT_MASK]) * slot_size
+                next_written = _load_i64(slab, following + SEQUENCE_OFFSET) == position + read
                 for i in range(read):
                     slot = consumer[STATE_SLOTS_OFFSET] + ((position + i) & consumer[STATE_SLOT_MASK]) * slot_size
-                    _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], lengths[i]))
+                    _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], lengths[i],
+                                                            i + 1 < read or next_written))
                 result = read
     return _last_use(_last_use(result, slab, consumer, payloads), lengths, lengths, lengths)
 
@@ -852,7 +834,10 @@ def release(slab, consumer):
             # The length is read again and may have changed: clamped to a slot.
             slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
             length = min(_load_u32(slab, slot + LENGTH_OFFSET), consumer[STATE_CAPACITY])
-            _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length))
+            following = (consumer[STATE_SLOTS_OFFSET]
+                         + ((position + 1) & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE])
+            next_written = _load_i64(slab, following + SEQUENCE_OFFSET) == position + 1
+            _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length, next_written))
             result = OK
     return _last_use(result, slab, consumer, consumer)
 

@@ -46,6 +46,7 @@ SLOT_SIZE = 64
 PRODUCER_CORE, CONSUMER_CORE = 0, 1
 LATENCY_SAMPLES = 200_000
 LATENCY_BUDGET_S = 2.0
+LATENCY_ROUNDS = 10
 
 
 def _message():
@@ -280,31 +281,37 @@ def _run_pair(first, first_args, second, second_args):
     return results["first"], results["second"]
 
 
-def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S):
+def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=LATENCY_ROUNDS):
     """One-way latency through the ring and by ping-pong, in ticks.
 
-    Returns ``(samples taken, ring histogram, ping-pong histogram, calibration)``;
-    each side runs for at most ``budget_s`` seconds.
+    The two alternate ``rounds`` times, so that both see the same placements
+    of the machine's virtual cores (which change from one second to the next
+    on a shared host). Returns ``(samples taken, ring histogram, ping-pong
+    histogram, calibration)``, a count being -1 if a spin gave up; each side
+    runs for at most ``budget_s`` seconds in all.
     """
     calibration = calibrate()
     ring_histogram = Histogram(lowest=1, highest=10**10)
     pingpong_histogram = Histogram(lowest=1, highest=10**10)
     lines = new_state()  # two cache lines of int64: [0] and [8]
-    budget_ns = int(budget_s * 1e9)
+    per_round = samples // rounds
+    budget_ns = int(budget_s * 1e9) // rounds
+    ring_sent, pings = [], []
     with Ring.create(64, SLOT_SIZE) as shared:
         producer, consumer = shared.producer, shared.consumer(0)
         payload = _message()
+        ring_sides = (workers.latency_producer, (shared.slab, producer, payload, per_round, budget_ns),
+                      workers.latency_consumer, (shared.slab, consumer, ring_histogram.counts, ring_histogram.meta))
+        pingpong_sides = (workers.ping, (lines, per_round, budget_ns),
+                          workers.pong, (lines, pingpong_histogram.counts, pingpong_histogram.meta))
         # Compile (or load) every side first: a side still compiling looks stuck.
-        _compile(workers.latency_producer, shared.slab, producer, payload, samples, budget_ns)
-        _compile(workers.latency_consumer, shared.slab, consumer, ring_histogram.counts, ring_histogram.meta)
-        _compile(workers.ping, lines, samples, budget_ns)
-        _compile(workers.pong, lines, pingpong_histogram.counts, pingpong_histogram.meta)
-        ring_sent, _ = _run_pair(workers.latency_producer, (shared.slab, producer, payload, samples, budget_ns),
-                                 workers.latency_consumer,
-                                 (shared.slab, consumer, ring_histogram.counts, ring_histogram.meta))
-    pings, _ = _run_pair(workers.ping, (lines, samples, budget_ns),
-                         workers.pong, (lines, pingpong_histogram.counts, pingpong_histogram.meta))
-    return (ring_sent, pings), ring_histogram, pingpong_histogram, calibration
+        for function, args in zip(ring_sides[::2] + pingpong_sides[::2], ring_sides[1::2] + pingpong_sides[1::2]):
+            _compile(function, *args)
+        for _ in range(rounds):
+            ring_sent.append(_run_pair(*ring_sides)[0])
+            pings.append(_run_pair(*pingpong_sides)[0])
+    taken = tuple(-1 if min(counts) < 0 else sum(counts) for counts in (ring_sent, pings))
+    return taken, ring_histogram, pingpong_histogram, calibration
 
 
 def print_latency(taken, ring_histogram, pingpong_histogram, calibration):

@@ -220,6 +220,14 @@ def test_evicting_consumer_reads_the_same_messages(slot_size, evict):
         assert [bytes(batch[i, :lengths[i]]) for i in range(2)] == [bytes(sent[2]), bytes(sent[0])]
 
 
+@pytest.mark.parametrize("evict", [1, 0])
+@pytest.mark.parametrize("next_written", [True, False])
+def test_a_consumer_evicts_a_slot_only_when_behind(evict, next_written):
+    """Caught up, it keeps the line it will wait on a lap later (see set_evict)."""
+    expected = ring.SLOT_HEADER_BYTES + 40 if evict and next_written else 0
+    assert ring._evicted_bytes(evict, 40, next_written) == expected
+
+
 def test_set_evict_takes_only_a_consumer():
     slab, producer, (reader,) = open_pair()
     assert ring.set_evict(producer, False) == ring.BAD_STATE
@@ -255,10 +263,12 @@ def test_release_after_the_length_was_corrupted_evicts_only_inside_the_slab():
     # The last slot ends against the guard page.
     assert ring.try_write(slab, producer, message(9, 40), 0, 0) == ring.OK
     assert ring.peek(slab, reader)[0] == 40
+    # A message after it: the reader is behind, so releasing evicts.
+    assert ring.try_write(slab, producer, message(10, 40), 0, 0) == ring.OK
     last = slab.size - slot_size
     slab[last:last + 4] = 0xFF     # its length now says 4 GiB
     assert ring.release(slab, reader) == ring.OK
-    assert ring.peek(slab, reader)[0] == ring.EMPTY
+    assert ring.peek(slab, reader)[0] == 40
 
 
 def test_hot_kernels_allocate_nothing_and_take_no_references():
