@@ -763,12 +763,14 @@ def read_batch(slab, consumer, payloads, lengths):
             if read > 0:
                 consumer[STATE_POSITION] = position + read
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + read)
-                following = consumer[STATE_SLOTS_OFFSET] + ((position + read) & consumer[STATE_SLOT_MASK]) * slot_size
-                next_written = _load_i64(slab, following + SEQUENCE_OFFSET) == position + read
-                for i in range(read):
-                    slot = consumer[STATE_SLOTS_OFFSET] + ((position + i) & consumer[STATE_SLOT_MASK]) * slot_size
-                    _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], lengths[i],
-                                                            i + 1 < read or next_written))
+                if consumer[STATE_EVICT] != 0:
+                    # Every slot read but the last has its next message written (see set_evict).
+                    following = (consumer[STATE_SLOTS_OFFSET]
+                                 + ((position + read) & consumer[STATE_SLOT_MASK]) * slot_size)
+                    last_evicted = _load_i64(slab, following + SEQUENCE_OFFSET) == position + read
+                    for i in range(read - 1 + last_evicted):
+                        slot = consumer[STATE_SLOTS_OFFSET] + ((position + i) & consumer[STATE_SLOT_MASK]) * slot_size
+                        _evict_lines(slab, slot, SLOT_HEADER_BYTES + lengths[i])
                 result = read
     return _last_use(_last_use(result, slab, consumer, payloads), lengths, lengths, lengths)
 

@@ -325,7 +325,8 @@ def print_latency(taken, ring_histogram, pingpong_histogram, calibration):
     for percentile in (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0):
         ring_ns = calibration.to_ns(ring_histogram.value_at_percentile(percentile))
         pingpong_ns = calibration.to_ns(pingpong_histogram.value_at_percentile(percentile))
-        print(f"  {percentile:>10g}  {ring_ns:>10.0f}  {pingpong_ns:>12.0f}  {ring_ns / max(pingpong_ns, 1e-9):>6.2f}")
+        ratio = f"{ring_ns / pingpong_ns:.2f}" if pingpong_ns > 0 else "-"  # below one clock step
+        print(f"  {percentile:>10g}  {ring_ns:>10.0f}  {pingpong_ns:>12.0f}  {ratio:>6}")
     print("  (target: ring <= 2x ping-pong at p50 and p99)")
 
 
