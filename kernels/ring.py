@@ -672,7 +672,7 @@ def set_evict(consumer, enabled):
     A consumer that is behind evicts: otherwise the line stays in its cache
     for a lap, and the producer's next write to it must first take it back
     from that core, a cross-core round trip per message (across the two cores
-    of an EPYC VM, single messages ran at 28 M/s without eviction, 87-100 M/s
+    of an EPYC VM, single messages ran at 28 M/s without eviction, 84-100 M/s
     with it). A consumer that has caught up keeps the line: a lap later it
     waits on that slot again, and a line in its own cache is the fastest to
     wait on. Fetched from memory instead, the first poll raced the producer's

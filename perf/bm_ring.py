@@ -14,9 +14,9 @@ All with 32-byte messages in 64-byte slots:
 
 Each figure is seconds per message. After the pyperf runs, the main process
 measures one-way latency, from the TSC stamp written into a slot header to
-the consumer reading it, with one message in flight, next to a bare
-cache-line ping-pong between the same two cores (the physical limit), and
-prints both histograms.
+the consumer reading it, with one message in flight, alternating ten times
+with a bare cache-line ping-pong between the same two cores (the physical
+limit), and prints both histograms.
 
 Cross-core figures need both cores to themselves: on a busy machine they
 only show that everything runs.
