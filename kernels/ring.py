@@ -54,12 +54,13 @@ a consumer waiting on an empty ring polls that one line and reads the
 producer's position only once every 64 polls (to catch a corrupt one). A
 consumer publishes its own position with a release store once it is done with
 the slot, then by default evicts the slot's lines from every cache if the
-next message is already written (:func:`set_evict`). Each side keeps the other's last seen position in its
-*state* (a small private int64 array, see :func:`open_producer` and
-:func:`open_consumer`) and reads the shared line again only when the ring
-looks full (producer) or empty (consumer). A new ring's slots hold sequence
--1. A producer killed mid-message leaves a slot whose sequence is not yet
-stored: invisible, and every message before it intact.
+next message is already written (:func:`set_evict`). Each side keeps the
+other's last seen position in its *state* (a small private int64 array, see
+:func:`open_producer` and :func:`open_consumer`) and reads the shared line
+again only when the ring looks full (producer) or empty (consumer). A new
+ring's slots hold sequence -1. A producer killed mid-message leaves a slot
+whose sequence is not yet stored: invisible, and every message before it
+intact.
 
 Safety: the geometry a kernel uses to index the slab comes from the state,
 validated once against the slab's size when the state was opened; every slot

@@ -305,7 +305,7 @@ def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=L
         pingpong_sides = (workers.ping, (lines, per_round, budget_ns),
                           workers.pong, (lines, pingpong_histogram.counts, pingpong_histogram.meta))
         # Compile (or load) every side first: a side still compiling looks stuck.
-        for function, args in zip(ring_sides[::2] + pingpong_sides[::2], ring_sides[1::2] + pingpong_sides[1::2]):
+        for function, args in (ring_sides[:2], ring_sides[2:], pingpong_sides[:2], pingpong_sides[2:]):
             _compile(function, *args)
         for _ in range(rounds):
             ring_sent.append(_run_pair(*ring_sides)[0])
