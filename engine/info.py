@@ -27,6 +27,7 @@ def collect():
         "machine": platform.machine(),
         "cores": os.cpu_count(),
         "usable_cores": system.usable_cores(),
+        "l2_cache_bytes": system.l2_cache_bytes(),
         "tsc_invariant": clock.TSC_INVARIANT,
         "clock_source": calibration.source,
         "ticks_per_ns": calibration.ticks_per_ns,

@@ -1,4 +1,4 @@
-"""What this machine offers the runtime: CPU model, cores, affinity and memory locking.
+"""What this machine offers the runtime: CPU model, cores, caches, affinity and memory locking.
 
 The scheduler pins threads and locks memory through these functions; ``ringbook
 info`` reports them.
@@ -9,6 +9,7 @@ import ctypes.util
 import mmap
 import os
 import resource
+from pathlib import Path
 
 
 def cpu_model(path="/proc/cpuinfo"):
@@ -29,6 +30,29 @@ def usable_cores():
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return list(range(os.cpu_count() or 1))
+
+
+def l2_cache_bytes(core=None, root="/sys/devices/system/cpu"):
+    """The size of the level-2 cache of ``core`` (the first usable one by
+    default), from Linux's sysfs; ``None`` when the kernel does not say."""
+    core = usable_cores()[0] if core is None else core
+    caches = Path(root) / f"cpu{core}" / "cache"
+    try:
+        for index in sorted(caches.glob("index*")):
+            if (index / "level").read_text().strip() == "2" and \
+                    (index / "type").read_text().strip() in ("Unified", "Data"):
+                return _cache_size((index / "size").read_text().strip())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cache_size(text):
+    """Bytes in a sysfs cache size: ``"1024K"``, ``"2M"`` or plain bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text[-1:].upper() in units:
+        return int(text[:-1]) * units[text[-1].upper()]
+    return int(text)
 
 
 def pin_current_thread(cores):

@@ -9,6 +9,13 @@ All with 32-byte messages in 64-byte slots:
   thread, each pinned to its own core;
 - ``ring_processes`` / ``ring_processes_batch64``: a producer process and a
   consumer process over POSIX shared memory, each pinned to its own core;
+- ``ring_threads_large`` / ``ring_threads_large_evict``: two threads over a
+  ring of 65,536 slots (4 MiB), its consumer evicting as the ring decides by
+  default on this machine, and evicting always;
+- ``ring_threads_two_consumers``: the same ring read by two consumers in the
+  consumer's thread, one message at a time and in trailing batches of 64 (a
+  book consumer and a disk flusher sharing a core; in one thread, the figure
+  is the ring's, not the scheduler's);
 - peers, producer and consumer in two processes: ``multiprocessing_queue``,
   ``faster_fifo_queue``, ``posix_ipc_queue``.
 
@@ -36,6 +43,7 @@ from harness import make_runner, report_ratios
 
 import ring_workers as workers
 from engine.ring import Ring, new_state
+from engine.system import l2_cache_bytes
 from kernels import ring
 from kernels.clock import calibrate
 from kernels.hist import Histogram
@@ -43,6 +51,7 @@ from kernels.hist import Histogram
 SEED_SINGLE_THREAD = 27.44e6  # msg/s, the seed's one-thread write+read
 SLOT_COUNT = 4096
 SLOT_SIZE = 64
+LARGE_SLOT_COUNT = 65536  # 4 MiB of slots: more than the L2 cache of most cores
 PRODUCER_CORE, CONSUMER_CORE = 0, 1
 LATENCY_SAMPLES = 200_000
 LATENCY_BUDGET_S = 2.0
@@ -63,6 +72,8 @@ class Benchmarks:
 
     def __init__(self):
         self.private = Ring.create(SLOT_COUNT, SLOT_SIZE)
+        self.large = Ring.create(LARGE_SLOT_COUNT, SLOT_SIZE)
+        self.shared_by_two = Ring.create(LARGE_SLOT_COUNT, SLOT_SIZE, consumers=2)
         self.strategy = workers.THROUGHPUT_STRATEGY
         self.payload = _message()
         self.out = np.zeros(SLOT_SIZE, np.uint8)
@@ -77,6 +88,9 @@ class Benchmarks:
         workers.write_then_read(shared.slab, shared.producer, shared.consumer(0), self.payload, self.out, 1)
         workers.write_then_read_batches(shared.slab, shared.producer, shared.consumer(0), self.payloads,
                                         self.lengths, self.outs, self.out_lengths, 1)
+        two = self.shared_by_two
+        workers.consume_and_trail(two.slab, two.consumer(0), two.consumer(1), self.out, self.outs,
+                                  self.out_lengths, 0, self.strategy)
         for produce, consume in ((workers.produce, workers.consume),
                                  (workers.produce_batches, workers.consume_batches)):
             if produce is workers.produce:
@@ -107,15 +121,22 @@ class Benchmarks:
 
     # Two threads
 
-    def _threads(self, loops, batched):
-        shared = self.private
-        producer, consumer = shared.producer, shared.consumer(0)
-        ring.set_evict(consumer, True)   # the default, which the one-thread runs turned off
+    def _threads(self, loops, batched, shared=None, evict=True):
+        """``loops`` messages from a producer thread to a consumer thread.
+
+        With two consumers in ``shared``, the consumer thread reads as both
+        (:func:`ring_workers.consume_and_trail`), each evicting by default.
+        """
+        shared = shared or self.private
+        producer, consumer = shared.producer, shared.consumer(0, evict=evict)
         results = []
 
         def consumer_side():
             workers.pin(CONSUMER_CORE)
-            if batched:
+            if shared.consumers == 2:
+                results.append(workers.consume_and_trail(shared.slab, consumer, shared.consumer(1), self.out,
+                                                         self.outs, self.out_lengths, loops, self.strategy))
+            elif batched:
                 results.append(workers.consume_batches(shared.slab, consumer, self.outs, self.out_lengths,
                                                        loops, self.strategy))
             else:
@@ -140,10 +161,20 @@ class Benchmarks:
         return elapsed
 
     def threads(self, loops):
-        return self._threads(loops, batched=False)
+        return self._threads(loops, batched=False)  # evicting, as one thread's runs turned it off
 
     def threads_batch(self, loops):
         return self._threads(loops * workers.BATCH, batched=True)
+
+    def threads_large(self, loops):
+        return self._threads(loops, batched=False, shared=self.large, evict=self.large.evicts_by_default)
+
+    def threads_large_evict(self, loops):
+        return self._threads(loops, batched=False, shared=self.large, evict=True)
+
+    def threads_two_consumers(self, loops):
+        return self._threads(loops, batched=False, shared=self.shared_by_two,
+                             evict=self.shared_by_two.evicts_by_default)
 
     # Two processes
 
@@ -335,6 +366,9 @@ def main():
     runner = make_runner()
     runner.metadata["ring_message_bytes"] = workers.MESSAGE_BYTES
     runner.metadata["ring_slots"] = f"{SLOT_COUNT} x {SLOT_SIZE} B"
+    runner.metadata["ring_large_slots"] = f"{LARGE_SLOT_COUNT} x {SLOT_SIZE} B"
+    runner.metadata["l2_cache_bytes"] = str(l2_cache_bytes())
+    runner.metadata["ring_large_evicts"] = str(benchmarks.large.evicts_by_default)
     batch = workers.BATCH
     results = {
         "ring_single_thread": runner.bench_time_func("ring_single_thread", benchmarks.single_thread),
@@ -343,6 +377,11 @@ def main():
         "ring_threads": runner.bench_time_func("ring_threads", benchmarks.threads),
         f"ring_threads_batch{batch}": runner.bench_time_func(
             f"ring_threads_batch{batch}", benchmarks.threads_batch, inner_loops=batch),
+        "ring_threads_large": runner.bench_time_func("ring_threads_large", benchmarks.threads_large),
+        "ring_threads_large_evict": runner.bench_time_func("ring_threads_large_evict",
+                                                           benchmarks.threads_large_evict),
+        "ring_threads_two_consumers": runner.bench_time_func("ring_threads_two_consumers",
+                                                             benchmarks.threads_two_consumers),
         "ring_processes": runner.bench_time_func("ring_processes", benchmarks.processes),
         f"ring_processes_batch{batch}": runner.bench_time_func(
             f"ring_processes_batch{batch}", benchmarks.processes_batch),
@@ -354,6 +393,8 @@ def main():
     report_ratios(results, [
         (f"ring_single_thread_batch{batch}", "ring_single_thread"),
         (f"ring_threads_batch{batch}", "ring_threads"),
+        ("ring_threads_large", "ring_threads_large_evict"),
+        ("ring_threads_large", "ring_threads_two_consumers"),
         (f"ring_processes_batch{batch}", "ring_processes"),
         ("ring_processes", "multiprocessing_queue"),
         ("ring_processes", "faster_fifo_queue"),

@@ -125,6 +125,39 @@ def consume_batches(slab, consumer, payloads, lengths, count, strategy):
     return total
 
 
+@kernel
+def consume_and_trail(slab, leading, trailing, out, payloads, lengths, count, strategy):
+    """Read ``count`` messages as two consumers in one thread: ``leading`` one
+    call each, ``trailing`` in batches once ``leading`` is a batch ahead, as a
+    book consumer and a disk flusher would. A checksum, or a status."""
+    total = 0
+    led = 0
+    trailed = 0
+    attempt = 0
+    batch = payloads.shape[0]
+    while trailed < count:
+        progressed = False
+        if led < count:
+            length = ring.try_read(slab, leading, out)
+            if length >= 0:
+                total += out[0]
+                led += 1
+                progressed = True
+            elif length != ring.EMPTY:
+                return length
+        if led - trailed >= batch or led == count:
+            done = ring.read_batch(slab, trailing, payloads[:min(count - trailed, batch)], lengths)
+            if done < 0:
+                return done
+            trailed += done
+            progressed = progressed or done > 0
+        if progressed:
+            attempt = 0
+        else:
+            attempt = backoff(strategy, attempt)
+    return total
+
+
 # Both sides in one thread.
 
 @kernel

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import types
 
-from engine.ring import Ring, RingCorruptError, RingLayoutError, new_state, region_mode
+from engine import ring as engine_ring
+from engine.ring import Ring, RingCorruptError, RingLayoutError, evicts_by_default, new_state, region_mode
 from kernels import ring
 from kernels.jit_options import kernel
 from kernels.wait import wait_strategy
@@ -234,6 +235,28 @@ def test_set_evict_takes_only_a_consumer():
     assert ring.set_evict(new_state(), False) == ring.BAD_STATE
     assert ring.set_evict(np.zeros(4, np.int64), False) == ring.BAD_STATE
     assert ring.set_evict(reader, False) == ring.OK
+
+
+@pytest.mark.parametrize("slot_bytes, consumers, l2_bytes, expected", [
+    (1 << 20, 1, 1 << 20, True),     # fits the L2 cache: the line would still be there a lap later
+    (2 << 20, 1, 1 << 20, False),    # outgrows it: the line has left by then
+    (1 << 30, 1, None, True),        # cache unknown: evict, as the kernels do
+    (4 << 10, 2, 1 << 20, False),    # several consumers: one's eviction sends the others to memory
+])
+def test_eviction_by_default_follows_the_ring_and_the_l2_cache(slot_bytes, consumers, l2_bytes, expected):
+    assert evicts_by_default(slot_bytes, consumers, l2_bytes) is expected
+
+
+def test_ring_consumers_evict_as_the_ring_decides_unless_told(monkeypatch):
+    monkeypatch.setattr(engine_ring, "l2_cache_bytes", lambda: 64 << 10)
+    with Ring.create(1024, 64) as fits, Ring.create(2048, 64) as outgrows, Ring.create(16, 64, 2) as shared:
+        assert (fits.evicts_by_default, outgrows.evicts_by_default, shared.evicts_by_default) == (True, False, False)
+        assert fits.consumer(0)[ring.STATE_EVICT] == 1
+        assert outgrows.consumer(0)[ring.STATE_EVICT] == 0
+        assert [shared.consumer(i)[ring.STATE_EVICT] for i in (0, 1)] == [0, 0]
+        assert shared.consumer(1, evict=True)[ring.STATE_EVICT] == 1     # told, once opened too
+        assert fits.consumer(0, evict=False)[ring.STATE_EVICT] == 0
+        assert fits.consumer(0)[ring.STATE_EVICT] == 0                   # and it stays so
 
 
 def guarded_slab(size):
