@@ -17,6 +17,8 @@ mismatched or truncated region with a :class:`RingLayoutError` that says what
 was expected and what was found.
 """
 
+import fcntl
+import io
 import mmap
 import os
 import stat
@@ -124,20 +126,24 @@ def _map(fd, size):
 
 
 def _create_file(path, size):
-    """Create ``path`` exclusively with mode 0600, sized ``size`` bytes (zeros), and map it."""
+    """Create ``path`` exclusively with mode 0600, sized ``size`` bytes (zeros), and map it.
+
+    Returns ``(file, mapping, slab)``; the open file is what the producer locks.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)  # whatever the umask: owner only
         os.ftruncate(fd, size)
-        return _map(fd, size)
+        mapping, slab = _map(fd, size)
+        return io.FileIO(fd, "r+"), mapping, slab
     except BaseException:
+        os.close(fd)
         os.unlink(path)
         raise
-    finally:
-        os.close(fd)
 
 
 def _open_file(path):
+    """Map the ring file ``path``: ``(file, mapping, slab)``."""
     fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
@@ -145,9 +151,11 @@ def _open_file(path):
             raise RingLayoutError(
                 f"{path} is truncated: expected at least {kernels_ring.control_bytes(1)} bytes "
                 f"for a ring header, found {size}", kernels_ring.CORRUPT_SIZE)
-        return _map(fd, size)
-    finally:
+        mapping, slab = _map(fd, size)
+        return io.FileIO(fd, "r+"), mapping, slab
+    except BaseException:
         os.close(fd)
+        raise
 
 
 def shm_path(name):
@@ -179,8 +187,8 @@ class Ring:
 
     Create one with :meth:`create`, or attach to an existing one with
     :meth:`attach`; close it with :meth:`close` or a ``with`` block. One
-    thread or process writes; each consumer index is read by one thread or
-    process. For njit code, :attr:`slab`, :attr:`producer` and
+    thread or process writes (across processes, :attr:`producer` makes sure
+    of it); each consumer index is read by one thread or process. For njit code, :attr:`slab`, :attr:`producer` and
     :meth:`consumer` are what the kernels of :mod:`kernels.ring` take.
 
     Attributes
@@ -193,7 +201,7 @@ class Ring:
         The file or shared-memory object behind the ring.
     """
 
-    def __init__(self, slab, *, mapping=None, path=None, owner=False, strategy=None):
+    def __init__(self, slab, *, mapping=None, file=None, path=None, owner=False, strategy=None):
         status = kernels_ring.check_layout(slab)
         if status != kernels_ring.OK:
             raise RingLayoutError(describe_layout_error(slab, status, str(path or "ring")), status)
@@ -201,6 +209,7 @@ class Ring:
         self.path = path
         self.strategy = default_wait_strategy() if strategy is None else strategy
         self._mapping = mapping
+        self._file = file  # the open ring file, locked while this ring is its producer
         self._owner = owner  # unlinks a shared-memory object it created
         self._producer = None
         self._consumers = {}
@@ -243,13 +252,14 @@ class Ring:
         size = kernels_ring.region_bytes(slot_size, slot_count, consumers)
         if name is not None:
             path = shm_path(name)
+        file = None
         if path is not None:
-            mapping, slab = _create_file(path, size)
+            file, mapping, slab = _create_file(path, size)
         else:
             mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             slab = np.frombuffer(mapping, dtype=np.uint8)
         kernels_ring.format_slab(slab, slot_size, slot_count, consumers)
-        return cls(slab, mapping=mapping, path=None if path is None else Path(path),
+        return cls(slab, mapping=mapping, file=file, path=None if path is None else Path(path),
                    owner=name is not None, strategy=strategy)
 
     @classmethod
@@ -263,24 +273,47 @@ class Ring:
         if (name is None) == (path is None):
             raise ValueError("give exactly one of name (shared memory) or path (file)")
         path = shm_path(name) if name is not None else Path(path)
-        mapping, slab = _open_file(path)
+        file, mapping, slab = _open_file(path)
         try:
-            return cls(slab, mapping=mapping, path=path, strategy=strategy)
+            return cls(slab, mapping=mapping, file=file, path=path, strategy=strategy)
         except BaseException:
             del slab
             _close_mapping(mapping)
+            file.close()
             raise
 
     # What njit code needs
 
     @property
     def producer(self):
-        """The producer's state (opened on first use): pass it to the write kernels."""
+        """The producer's state (opened on first use): pass it to the write kernels.
+
+        A ring has one producer. For a shared-memory or file ring this takes
+        an exclusive lock on the file (``flock``) first, held until
+        :meth:`close` or the process ends however it ends, and raises
+        :class:`RingError` while another process, or another :class:`Ring`
+        attached to the same region, holds it.
+        """
         if self._producer is None:
+            self._lock_for_producer()
             state = new_state()
-            self._check(kernels_ring.open_producer(self.slab, state))
+            try:
+                self._check(kernels_ring.open_producer(self.slab, state))
+            except BaseException:
+                if self._file is not None:
+                    fcntl.flock(self._file, fcntl.LOCK_UN)
+                raise
             self._producer = state
         return self._producer
+
+    def _lock_for_producer(self):
+        if self._file is None:
+            return  # a private ring: this object is the only way to it
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RingError(f"{self.path}: the ring has a producer already (another process or Ring "
+                            f"holds its lock); a ring has one producer") from None
 
     def consumer(self, index=0, *, evict=None):
         """Consumer ``index``'s state (opened on first use): pass it to the read kernels.
@@ -419,6 +452,9 @@ class Ring:
         if self._mapping is not None:
             _close_mapping(self._mapping)
             self._mapping = None
+        if self._file is not None:
+            self._file.close()  # and with it the producer's lock
+            self._file = None
 
     def __enter__(self):
         return self

@@ -443,7 +443,8 @@ def open_producer(slab, producer):
     least :data:`STATE_SIZE`) and resumes at the published producer position,
     or after it when complete messages follow it (a producer killed before
     publishing them); it must be consistent with every consumer's position.
-    Returns a status. There is one producer per ring.
+    Returns a status. There is one producer per ring: nothing here checks
+    it, while the engine's ``Ring.producer`` locks the region's file first.
     """
     status = _open_state(slab, producer, PRODUCER)
     if status != OK:

@@ -47,4 +47,4 @@ def report_ratios(benchmarks, pairs):
     print("Ratios (peer median time / ours; higher is better for ours):")
     for ours, peer in pairs:
         ratio = benchmarks[peer].median() / benchmarks[ours].median()
-        print(f"  {ours} vs {peer}: {ratio:.1f}x")
+        print(f"  {ours} vs {peer}: {ratio:.2f}x")

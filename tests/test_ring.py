@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from numba import types
 
 from engine import ring as engine_ring
-from engine.ring import Ring, RingCorruptError, RingLayoutError, evicts_by_default, new_state, region_mode
+from engine.ring import (Ring, RingCorruptError, RingError, RingLayoutError, evicts_by_default, new_state,
+                         region_mode)
 from kernels import ring
 from kernels.jit_options import kernel
 from kernels.wait import wait_strategy
@@ -540,6 +541,8 @@ def test_producer_killed_mid_message_leaves_every_complete_message(tmp_path):
     child = _child("produce-then-stall", path, complete)
     try:
         assert child.stdout.readline().strip() == "stalled"
+        with Ring.attach(path=path) as second, pytest.raises(RingError, match="has a producer already"):
+            second.producer  # the child is still the producer
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -548,6 +551,18 @@ def test_producer_killed_mid_message_leaves_every_complete_message(tmp_path):
         assert [shared.try_read() for _ in range(complete)] == [pattern(i) for i in range(complete)]
         assert shared.try_read() is None  # the torn message is invisible
         assert shared.try_write(b"after") and shared.read(timeout=1) == b"after"  # a new producer resumes
+
+
+def test_a_shared_ring_has_one_producer_at_a_time(tmp_path):
+    with Ring.create(16, 64, path=tmp_path / "ring.buf") as first, Ring.attach(path=first.path) as second:
+        assert first.try_write(b"one")
+        with pytest.raises(RingError, match=f"{first.path}: the ring has a producer already"):
+            second.try_write(b"two")
+        assert second.consumer(0) is not None and second.read(timeout=1) == b"one"  # reading is not writing
+        first.close()  # releases the lock
+        assert second.try_write(b"two") and second.read(timeout=1) == b"two"
+    with Ring.create(16, 64) as private:
+        assert private.producer is private.producer  # a private ring has no lock to take
 
 
 def test_a_new_producer_resumes_after_complete_but_unpublished_messages():
