@@ -292,7 +292,8 @@ class Ring:
         an exclusive lock on the file (``flock``) first, held until
         :meth:`close` or the process ends however it ends, and raises
         :class:`RingError` while another process, or another :class:`Ring`
-        attached to the same region, holds it.
+        attached to the same region, holds it. A child made by ``fork``
+        shares the open file, and with it the lock.
         """
         if self._producer is None:
             self._lock_for_producer()
