@@ -188,8 +188,9 @@ class Ring:
     Create one with :meth:`create`, or attach to an existing one with
     :meth:`attach`; close it with :meth:`close` or a ``with`` block. One
     thread or process writes (across processes, :attr:`producer` makes sure
-    of it); each consumer index is read by one thread or process. For njit code, :attr:`slab`, :attr:`producer` and
-    :meth:`consumer` are what the kernels of :mod:`kernels.ring` take.
+    of it); each consumer index is read by one thread or process. For njit
+    code, :attr:`slab`, :attr:`producer` and :meth:`consumer` are what the
+    kernels of :mod:`kernels.ring` take.
 
     Attributes
     ----------

@@ -124,8 +124,9 @@ class Benchmarks:
     def _threads(self, loops, batched, shared=None, evict=True):
         """``loops`` messages from a producer thread to a consumer thread.
 
-        With two consumers in ``shared``, the consumer thread reads as both
-        (:func:`ring_workers.consume_and_trail`), each evicting by default.
+        Consumer 0 evicts as ``evict`` says. With two consumers in ``shared``,
+        the consumer thread reads as both (:func:`ring_workers.consume_and_trail`),
+        consumer 1 evicting as the ring decides by default.
         """
         shared = shared or self.private
         producer, consumer = shared.producer, shared.consumer(0, evict=evict)
@@ -161,7 +162,7 @@ class Benchmarks:
         return elapsed
 
     def threads(self, loops):
-        return self._threads(loops, batched=False)  # evicting, as one thread's runs turned it off
+        return self._threads(loops, batched=False)  # evicting again: the one-thread runs turned it off
 
     def threads_batch(self, loops):
         return self._threads(loops * workers.BATCH, batched=True)
