@@ -21,17 +21,19 @@ All with 32-byte messages in 64-byte slots:
 
 Each figure is seconds per message. After the pyperf runs, the main process
 measures one-way latency, from the TSC stamp written into a slot header to
-the consumer reading it, with one message in flight, alternating ten times
+the consumer reading it, with one message in flight, alternating twenty times
 with a bare cache-line ping-pong between the same two cores (the physical
-limit), and prints both histograms.
+limit), and prints both histograms and the median of each alternation's ratio.
 
 Cross-core figures need both cores to themselves: on a busy machine they
 only show that everything runs.
 """
 
 import atexit
+import collections
 import multiprocessing
 import os
+import statistics
 import threading
 import time
 import uuid
@@ -55,7 +57,7 @@ LARGE_SLOT_COUNT = 65536  # 4 MiB of slots: more than the L2 cache of most cores
 PRODUCER_CORE, CONSUMER_CORE = 0, 1
 LATENCY_SAMPLES = 200_000
 LATENCY_BUDGET_S = 2.0
-LATENCY_ROUNDS = 10
+LATENCY_ROUNDS = 20
 
 
 def _message():
@@ -313,52 +315,78 @@ def _run_pair(first, first_args, second, second_args):
     return results["first"], results["second"]
 
 
+#: Percentiles the latency target applies to.
+TARGET_PERCENTILES = (50.0, 99.0)
+
+Latency = collections.namedtuple("Latency", "taken ring pingpong calibration round_ratios")
+
+
 def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=LATENCY_ROUNDS):
-    """One-way latency through the ring and by ping-pong, in ticks.
+    """One-way latency through the ring and by ping-pong, in ticks: a :class:`Latency`.
 
     The two alternate ``rounds`` times, so that both see the same placements
     of the machine's virtual cores (which change from one second to the next
-    on a shared host). Returns ``(samples taken, ring histogram, ping-pong
-    histogram, calibration)``, a count being -1 if a spin gave up; each side
-    runs for at most ``budget_s`` seconds in all.
+    on a shared host). ``ring`` and ``pingpong`` pool every round;
+    ``round_ratios`` maps each of :data:`TARGET_PERCENTILES` to the ring's
+    value over the ping-pong's in each round where the ping-pong's was above
+    zero: their spread shows how far the host moves a ratio within one run.
+    ``taken`` counts the samples of each side, -1 if a spin gave up; each
+    side runs for at most ``budget_s`` seconds in all.
     """
     calibration = calibrate()
-    ring_histogram = Histogram(lowest=1, highest=10**10)
-    pingpong_histogram = Histogram(lowest=1, highest=10**10)
+    ring_pooled, pingpong_pooled = Histogram(lowest=1, highest=10**10), Histogram(lowest=1, highest=10**10)
+    ring_round, pingpong_round = Histogram(lowest=1, highest=10**10), Histogram(lowest=1, highest=10**10)
     lines = new_state()  # two cache lines of int64: [0] and [8]
     per_round = samples // rounds
     budget_ns = int(budget_s * 1e9) // rounds
     ring_sent, pings = [], []
+    round_ratios = {percentile: [] for percentile in TARGET_PERCENTILES}
     with Ring.create(64, SLOT_SIZE) as shared:
         producer, consumer = shared.producer, shared.consumer(0)
         payload = _message()
         ring_sides = (workers.latency_producer, (shared.slab, producer, payload, per_round, budget_ns),
-                      workers.latency_consumer, (shared.slab, consumer, ring_histogram.counts, ring_histogram.meta))
+                      workers.latency_consumer, (shared.slab, consumer, ring_round.counts, ring_round.meta))
         pingpong_sides = (workers.ping, (lines, per_round, budget_ns),
-                          workers.pong, (lines, pingpong_histogram.counts, pingpong_histogram.meta))
+                          workers.pong, (lines, pingpong_round.counts, pingpong_round.meta))
         # Compile (or load) every side first: a side still compiling looks stuck.
         for function, args in (ring_sides[:2], ring_sides[2:], pingpong_sides[:2], pingpong_sides[2:]):
             _compile(function, *args)
-        for _ in range(rounds):
-            ring_sent.append(_run_pair(*ring_sides)[0])
-            pings.append(_run_pair(*pingpong_sides)[0])
+        for index in range(rounds):
+            ring_round.reset()
+            pingpong_round.reset()
+            lines[:] = 0  # ping's last store was -1 (stop); pong starts from 0
+            # Each side goes first in every other round: neither always follows the other.
+            for sides in ((ring_sides, pingpong_sides) if index % 2 == 0 else (pingpong_sides, ring_sides)):
+                (ring_sent if sides is ring_sides else pings).append(_run_pair(*sides)[0])
+            for percentile, ratios in round_ratios.items():
+                pingpong_value = pingpong_round.value_at_percentile(percentile)
+                if pingpong_value > 0:  # below one clock step otherwise
+                    ratios.append(ring_round.value_at_percentile(percentile) / pingpong_value)
+            ring_pooled.merge(ring_round)
+            pingpong_pooled.merge(pingpong_round)
     taken = tuple(-1 if min(counts) < 0 else sum(counts) for counts in (ring_sent, pings))
-    return taken, ring_histogram, pingpong_histogram, calibration
+    return Latency(taken, ring_pooled, pingpong_pooled, calibration, round_ratios)
 
 
-def print_latency(taken, ring_histogram, pingpong_histogram, calibration):
+def print_latency(latency):
     """Both latency distributions, percentile by percentile, and their ratios."""
+    ring_histogram, pingpong_histogram, calibration = latency.ring, latency.pingpong, latency.calibration
     print()
     print(f"One-way latency, one message in flight, core {PRODUCER_CORE} -> core {CONSUMER_CORE} "
           f"({calibration.source} ticks, {calibration.ticks_per_ns:.3f} per ns); samples: "
           f"ring {ring_histogram.count}, ping-pong {pingpong_histogram.count}"
-          + ("" if min(taken) >= 0 else "  [a spin gave up: figures incomplete]"))
+          + ("" if min(latency.taken) >= 0 else "  [a spin gave up: figures incomplete]"))
     print(f"  {'percentile':>10}  {'ring ns':>10}  {'ping-pong ns':>12}  {'ratio':>6}")
     for percentile in (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0):
         ring_ns = calibration.to_ns(ring_histogram.value_at_percentile(percentile))
         pingpong_ns = calibration.to_ns(pingpong_histogram.value_at_percentile(percentile))
         ratio = f"{ring_ns / pingpong_ns:.2f}" if pingpong_ns > 0 else "-"  # below one clock step
         print(f"  {percentile:>10g}  {ring_ns:>10.0f}  {pingpong_ns:>12.0f}  {ratio:>6}")
+    print("  the ratio in each alternation, median (lowest-highest):")
+    for percentile, ratios in latency.round_ratios.items():
+        if ratios:
+            print(f"  {percentile:>10g}  {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+                  f"of {len(ratios)}")
     print("  (target: ring <= 2x ping-pong at p50 and p99)")
 
 
@@ -412,7 +440,7 @@ def main():
         ratio = 1 / results["ring_single_thread"].median() / SEED_SINGLE_THREAD
         print(f"  ring_single_thread vs the seed's {SEED_SINGLE_THREAD / 1e6} M msg/s: {ratio:.2f}x")
     if not runner.args.worker:
-        print_latency(*measure_latency())
+        print_latency(measure_latency())
 
 
 if __name__ == "__main__":

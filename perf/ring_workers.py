@@ -278,8 +278,13 @@ def ping(lines, count, budget_ns):
 
 @kernel
 def pong(lines, counts, meta):
-    """Record the age of each new stamp in ``lines[0]`` and echo it into ``lines[8]``, until -1."""
-    last = load_acquire(lines, 0)
+    """Record the age of each new stamp in ``lines[0]`` and echo it into ``lines[8]``, until -1.
+
+    ``lines[0]`` must be 0 when the run starts (a stamp is never 0): pong may
+    start after ping's first store, so it cannot take the line's value then as
+    the old one.
+    """
+    last = 0
     while True:
         spins = 0
         deadline = 0
