@@ -23,7 +23,7 @@ Each figure is seconds per message. After the pyperf runs, the main process
 measures one-way latency, from the TSC stamp written into a slot header to
 the consumer reading it, with one message in flight, alternating twenty times
 with a bare cache-line ping-pong between the same two cores (the physical
-limit), and prints both histograms and the median of each alternation's ratio.
+limit), and prints both histograms and the spread of each alternation's ratio.
 
 Cross-core figures need both cores to themselves: on a busy machine they
 only show that everything runs.
@@ -334,8 +334,8 @@ def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=L
     side runs for at most ``budget_s`` seconds in all.
     """
     calibration = calibrate()
-    ring_pooled, pingpong_pooled = Histogram(lowest=1, highest=10**10), Histogram(lowest=1, highest=10**10)
-    ring_round, pingpong_round = Histogram(lowest=1, highest=10**10), Histogram(lowest=1, highest=10**10)
+    ring_pooled, pingpong_pooled, ring_round, pingpong_round = (Histogram(lowest=1, highest=10**10)
+                                                                for _ in range(4))
     lines = new_state()  # two cache lines of int64: [0] and [8]
     per_round = samples // rounds
     budget_ns = int(budget_s * 1e9) // rounds
@@ -351,13 +351,14 @@ def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=L
         # Compile (or load) every side first: a side still compiling looks stuck.
         for function, args in (ring_sides[:2], ring_sides[2:], pingpong_sides[:2], pingpong_sides[2:]):
             _compile(function, *args)
+        legs = [(ring_sides, ring_sent), (pingpong_sides, pings)]
         for index in range(rounds):
             ring_round.reset()
             pingpong_round.reset()
             lines[:] = 0  # ping's last store was -1 (stop); pong starts from 0
             # Each side goes first in every other round: neither always follows the other.
-            for sides in ((ring_sides, pingpong_sides) if index % 2 == 0 else (pingpong_sides, ring_sides)):
-                (ring_sent if sides is ring_sides else pings).append(_run_pair(*sides)[0])
+            for sides, sent in (legs if index % 2 == 0 else legs[::-1]):
+                sent.append(_run_pair(*sides)[0])
             for percentile, ratios in round_ratios.items():
                 pingpong_value = pingpong_round.value_at_percentile(percentile)
                 if pingpong_value > 0:  # below one clock step otherwise
