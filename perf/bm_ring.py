@@ -21,9 +21,10 @@ All with 32-byte messages in 64-byte slots:
 
 Each figure is seconds per message. After the pyperf runs, the main process
 measures one-way latency, from the TSC stamp written into a slot header to
-the consumer reading it, with one message in flight, alternating twenty times
-with a bare cache-line ping-pong between the same two cores (the physical
-limit), and prints both histograms and the spread of each alternation's ratio.
+the consumer reading it, with one message in flight, alternating a hundred
+times over ten seconds with a bare cache-line ping-pong between the same two
+cores (the physical limit), and prints both histograms and the spread of each
+alternation's ratio.
 
 Cross-core figures need both cores to themselves: on a busy machine they
 only show that everything runs.
@@ -57,7 +58,11 @@ LARGE_SLOT_COUNT = 65536  # 4 MiB of slots: more than the L2 cache of most cores
 PRODUCER_CORE, CONSUMER_CORE = 0, 1
 LATENCY_SAMPLES = 200_000
 LATENCY_BUDGET_S = 2.0
-LATENCY_ROUNDS = 20
+#: The host moves the two vCPUs every 0.1-0.2 s (sometimes onto one physical
+#: core); alternations spread over ten seconds see the placements it offers,
+#: where back to back they all fall within one.
+LATENCY_ROUNDS = 100
+LATENCY_SPACING_S = 0.1
 
 
 def _message():
@@ -321,12 +326,13 @@ TARGET_PERCENTILES = (50.0, 99.0)
 Latency = collections.namedtuple("Latency", "taken ring pingpong calibration round_ratios")
 
 
-def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=LATENCY_ROUNDS):
+def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=LATENCY_ROUNDS,
+                    spacing_s=LATENCY_SPACING_S):
     """One-way latency through the ring and by ping-pong, in ticks: a :class:`Latency`.
 
-    The two alternate ``rounds`` times, so that both see the same placements
-    of the machine's virtual cores (which change from one second to the next
-    on a shared host). ``ring`` and ``pingpong`` pool every round;
+    The two alternate ``rounds`` times, ``spacing_s`` apart, so that both see
+    the same placements of the machine's virtual cores, and as many of them
+    as the host offers. ``ring`` and ``pingpong`` pool every round;
     ``round_ratios`` maps each of :data:`TARGET_PERCENTILES` to the ring's
     value over the ping-pong's in each round where the ping-pong's was above
     zero: their spread shows how far the host moves a ratio within one run.
@@ -353,6 +359,7 @@ def measure_latency(samples=LATENCY_SAMPLES, budget_s=LATENCY_BUDGET_S, rounds=L
             _compile(function, *args)
         legs = [(ring_sides, ring_sent), (pingpong_sides, pings)]
         for index in range(rounds):
+            time.sleep(spacing_s if index else 0)
             ring_round.reset()
             pingpong_round.reset()
             lines[:] = 0  # ping's last store was -1 (stop); pong starts from 0
@@ -386,9 +393,12 @@ def print_latency(latency):
     print("  the ratio in each alternation, median (lowest-highest):")
     for percentile, ratios in latency.round_ratios.items():
         if ratios:
+            above = sum(ratio > 2 for ratio in ratios)
             print(f"  {percentile:>10g}  {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
-                  f"of {len(ratios)}")
-    print("  (target: ring <= 2x ping-pong at p50 and p99)")
+                  f"of {len(ratios)}, {above} above 2x")
+    # Pooled, a percentile near the share of the host's slowest placement
+    # tips with a few samples; each alternation compares like with like.
+    print("  (target: ring <= 2x ping-pong at p50 and p99, in the median alternation)")
 
 
 def main():
