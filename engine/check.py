@@ -25,7 +25,7 @@ LOBSTER (``--format lobster MESSAGE_FILE [--orderbook ORDERBOOK_FILE]``)
 
 Binance (``--format binance CAPTURE_FILE``)
     The capture is synced as Binance documents it (see
-    :mod:`engine.feeds.binance`) and replayed; whenever a ``bookTicker``'s
+    :mod:`ringbook.engine.feeds.binance`) and replayed; whenever a ``bookTicker``'s
     update id equals the last applied diff's ``u`` (the book's sequence), the
     book's best bid and ask (price and quantity) must equal it. A ticker
     usually arrives before the 100 ms diff that reaches its update id, so
@@ -45,16 +45,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from engine.feeds import binance, lobster
-from engine.feeds.source import FeedError
-from kernels import book as books
-from kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS
-from kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_CANCEL, KIND_L3_DELETE,
+from ringbook.engine.feeds import binance, lobster
+from ringbook.engine.feeds.source import FeedError
+from ringbook.kernels import book as books
+from ringbook.kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS
+from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_CANCEL, KIND_L3_DELETE,
                             KIND_L3_EXECUTE, KIND_SEQUENCE, KIND_TOP_OF_BOOK)
-from kernels.fixed import format_decimal
-from kernels.jit_options import kernel
-from kernels.orders import ORDER_QUANTITY, find_order
-from kernels.replay import apply_event
+from ringbook.kernels.fixed import format_decimal
+from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.orders import ORDER_QUANTITY, find_order
+from ringbook.kernels.replay import apply_event
 
 FORMATS = ("lobster", "binance")
 
@@ -308,9 +308,9 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
 
     Raises
     ------
-    engine.feeds.source.FeedError
+    ringbook.engine.feeds.source.FeedError
         A malformed line (unless ``skip_malformed``), or files that do not pair up.
-    kernels.book.BookError
+    ringbook.kernels.book.BookError
         An event the book refuses (a duplicate order id, a full order table).
     """
     feed = lobster.read_messages(message_path, skip_malformed=skip_malformed)

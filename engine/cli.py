@@ -10,8 +10,8 @@ import sys
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "info": ("engine.info", "versions, CPU, TSC calibration, mlock and affinity"),
-    "check": ("engine.check", "replay a LOBSTER or Binance file, verify the book against the exchange"),
+    "info": ("ringbook.engine.info", "versions, CPU, TSC calibration, mlock and affinity"),
+    "check": ("ringbook.engine.check", "replay a LOBSTER or Binance file, verify the book against the exchange"),
 }
 
 

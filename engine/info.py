@@ -9,16 +9,16 @@ import llvmlite
 import numba
 import numpy
 
-import engine
-from engine import system
-from kernels import clock
+import ringbook.engine
+from ringbook.engine import system
+from ringbook.kernels import clock
 
 
 def collect():
     """A dict of versions, CPU facts, clock calibration and runtime capabilities."""
     calibration = clock.calibrate()
     return {
-        "ringbook": engine.__version__,
+        "ringbook": ringbook.engine.__version__,
         "python": platform.python_version(),
         "numba": numba.__version__,
         "llvmlite": llvmlite.__version__,

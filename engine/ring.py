@@ -1,6 +1,6 @@
 """Rings in memory: a private array, a file, or POSIX shared memory; and the :class:`Ring` class.
 
-The kernels in :mod:`kernels.ring` work on a bare uint8 slab and a small int64
+The kernels in :mod:`ringbook.kernels.ring` work on a bare uint8 slab and a small int64
 state per side. This module provides the slab and its lifetime:
 
 - **private** (``Ring.create(...)``): an anonymous mapping, page-aligned, shared
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.system import l2_cache_bytes, usable_cores
-from kernels import ring as kernels_ring
-from kernels import wait
+from ringbook.engine.system import l2_cache_bytes, usable_cores
+from ringbook.kernels import ring as kernels_ring
+from ringbook.kernels import wait
 
 #: Where Linux keeps POSIX shared-memory objects (``shm_open`` names).
 SHM_DIRECTORY = Path("/dev/shm")
@@ -59,7 +59,7 @@ def default_wait_strategy():
 
     Spinning threads never outnumber cores: on a machine with one usable core
     the strategy never spins (it yields, then sleeps); otherwise it spins
-    briefly (:data:`kernels.wait.DEFAULT_SPINS` pauses, a few microseconds),
+    briefly (:data:`ringbook.kernels.wait.DEFAULT_SPINS` pauses, a few microseconds),
     so that at worst one spinner per side runs for that long before yielding.
     """
     spins = wait.DEFAULT_SPINS if len(usable_cores()) >= 2 else 0
@@ -67,7 +67,7 @@ def default_wait_strategy():
 
 
 def new_state():
-    """A zeroed int64 state array for :func:`kernels.ring.open_producer`/``open_consumer``.
+    """A zeroed int64 state array for :func:`ringbook.kernels.ring.open_producer`/``open_consumer``.
 
     It covers exactly two whole cache lines of its own, so that a producer's
     and a consumer's states never share a line.
@@ -93,7 +93,7 @@ def _header(slab):
 
 
 def describe_layout_error(slab, status, where="region"):
-    """A sentence naming the header field that made :func:`kernels.ring.check_layout` fail."""
+    """A sentence naming the header field that made :func:`ringbook.kernels.ring.check_layout` fail."""
     fields = _header(slab)
     K = kernels_ring
     if status == K.CORRUPT_SIZE and not fields:
@@ -167,7 +167,7 @@ def shm_path(name):
 
 
 def evicts_by_default(slot_bytes, consumers, l2_bytes):
-    """Whether a consumer should evict the slots it has read (:func:`kernels.ring.set_evict`),
+    """Whether a consumer should evict the slots it has read (:func:`ringbook.kernels.ring.set_evict`),
     in a ring of ``consumers`` whose slots take ``slot_bytes``, on a core with an
     L2 cache of ``l2_bytes`` (``None``: unknown).
 
@@ -190,14 +190,14 @@ class Ring:
     thread or process writes (across processes, :attr:`producer` makes sure
     of it); each consumer index is read by one thread or process. For njit
     code, :attr:`slab`, :attr:`producer` and :meth:`consumer` are what the
-    kernels of :mod:`kernels.ring` take.
+    kernels of :mod:`ringbook.kernels.ring` take.
 
     Attributes
     ----------
     slab : numpy.ndarray
         The region (uint8).
     strategy : numpy.ndarray
-        Wait strategy of the blocking calls (see :mod:`kernels.wait`).
+        Wait strategy of the blocking calls (see :mod:`ringbook.kernels.wait`).
     path : pathlib.Path or None
         The file or shared-memory object behind the ring.
     """
@@ -321,7 +321,7 @@ class Ring:
         """Consumer ``index``'s state (opened on first use): pass it to the read kernels.
 
         ``evict`` sets whether this consumer evicts the cache lines of slots it
-        has read while behind (:func:`kernels.ring.set_evict`). Opened without
+        has read while behind (:func:`ringbook.kernels.ring.set_evict`). Opened without
         it, the consumer evicts when :func:`evicts_by_default` says so for this
         ring and this machine.
         """

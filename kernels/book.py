@@ -5,7 +5,7 @@ State
 A :class:`Book` is a ``typing.NamedTuple`` of numpy arrays made once by
 :func:`new_book`. Numba passes it into ``@njit`` code as is, so the kernels
 below and a user's own njit loop share one object. It holds both the L2 levels
-and the L3 order table of :mod:`kernels.orders` (one argument everywhere: an
+and the L3 order table of :mod:`ringbook.kernels.orders` (one argument everywhere: an
 L3 event changes the order table and the level it feeds in one call).
 
 Levels
@@ -55,7 +55,7 @@ bytes at the defaults ``depth=2048, ladder=1024``, so 2048 symbols take
 symbols (32 MiB at the default ``2**20`` slots). Default total: 192.3 MiB.
 ``np.zeros`` commits pages only when touched.
 
-Sequence handling (in :func:`kernels.replay.apply_event`)
+Sequence handling (in :func:`ringbook.kernels.replay.apply_event`)
 ---------------------------------------------------------
 At the level of an exchange message (events sharing ``sequence``; the last
 one flagged ``FLAG_BATCH_END``): ``sequence == 0`` is unsequenced and always
@@ -101,8 +101,8 @@ borrow(book) -> Book                                       the same book, not re
 
 Prices and quantities are int64 fixed point (the instrument's scales); costs
 and VWAPs are float64 in those units (``price * quantity`` would overflow
-int64). ``side`` is :data:`~kernels.events.BID` (1) or
-:data:`~kernels.events.ASK` (-1); ``side_index`` is 0 for bids and 1 for asks.
+int64). ``side`` is :data:`~ringbook.kernels.events.BID` (1) or
+:data:`~ringbook.kernels.events.ASK` (-1); ``side_index`` is 0 for bids and 1 for asks.
 
 Status codes
 ------------
@@ -120,8 +120,8 @@ import numpy as np
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from kernels.events import ASK, BID
-from kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.events import ASK, BID
+from ringbook.kernels.jit_options import inline_kernel, kernel
 
 # Status codes: 0 ok, > 0 informational, < 0 error.
 OK = 0
@@ -235,7 +235,7 @@ class Book(NamedTuple):
     stats : int64[n_symbols, N_STATS]
         Counters, columns ``STAT_*``.
     orders : int64[order_capacity, 4]
-        Open-addressing order table of :mod:`kernels.orders`.
+        Open-addressing order table of :mod:`ringbook.kernels.orders`.
     order_counts : int64[n_symbols + 1]
         Orders in the table per symbol; the last element is the total.
     """
@@ -263,7 +263,7 @@ def new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, tick
     Parameters
     ----------
     n_symbols : int
-        Symbol ids ``0 .. n_symbols - 1`` (an :class:`~kernels.events.Instruments` table's ids).
+        Symbol ids ``0 .. n_symbols - 1`` (an :class:`~ringbook.kernels.events.Instruments` table's ids).
     depth : int
         Sorted levels held per side (see "Capacity" in the module docstring).
     order_capacity : int
@@ -720,7 +720,7 @@ def set_level(book, symbol, side, price, quantity):
 def clear(book, symbol, side):
     """Empty one side (``BID`` or ``ASK``) or both (``side == 0``) of a symbol's levels.
 
-    Only the L2 levels; :func:`kernels.orders.clear_orders` empties the order
+    Only the L2 levels; :func:`ringbook.kernels.orders.clear_orders` empties the order
     table too (``KIND_CLEAR`` events do both).
     """
     if symbol < 0 or symbol >= book.counts.shape[0]:

@@ -19,7 +19,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 _CLOCK_MONOTONIC = 1  # Linux <time.h>
 

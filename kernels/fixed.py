@@ -55,7 +55,7 @@ import operator
 
 import numpy as np
 
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 # Status codes.
 OK = 0

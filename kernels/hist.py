@@ -41,7 +41,7 @@ import zlib
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 # Indices into ``meta``. The layout, fixed by new_histogram:
 LOWEST = 0  #: lowest discernible value (>= 1), as given

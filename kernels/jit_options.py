@@ -28,7 +28,7 @@ kernel_with_callback = numba.njit(**{**JIT_OPTIONS, "cache": False})
 inline_kernel = numba.njit(**JIT_OPTIONS, inline="always")
 
 #: Decorator for a hot kernel that users call once per message from their own
-#: loops (:func:`kernels.ring.try_write`): LLVM inlines its machine code into
+#: loops (:func:`ringbook.kernels.ring.try_write`): LLVM inlines its machine code into
 #: each caller. A call passes every array as seven words, most of them stored
 #: on the stack; across cores those stores fill the store buffer while a
 #: store to the ring waits for its cache line, and the producer stalls.

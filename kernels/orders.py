@@ -1,6 +1,6 @@
-"""Market-by-order (L3): an order table that feeds the L2 levels of :mod:`kernels.book`.
+"""Market-by-order (L3): an order table that feeds the L2 levels of :mod:`ringbook.kernels.book`.
 
-The table lives in the :class:`~kernels.book.Book` (``book.orders``), so an L3
+The table lives in the :class:`~ringbook.kernels.book.Book` (``book.orders``), so an L3
 event changes the order and its level in one call with one argument.
 
 Table
@@ -13,7 +13,7 @@ side_index``; 0 marks an empty slot), :data:`ORDER_PRICE`,
 hash that keeps consecutive ids in consecutive slots
 (exchanges number orders in sequence: live orders then share cache lines).
 Deletion shifts the following entries back (no tombstones), so probe lengths stay short under churn. The load factor is
-bounded at 3/4: an add beyond it returns :data:`~kernels.book.ORDER_TABLE_FULL`
+bounded at 3/4: an add beyond it returns :data:`~ringbook.kernels.book.ORDER_TABLE_FULL`
 and changes nothing (``check_status`` turns it into a clear error).
 
 Semantics (LOBSTER's)
@@ -46,15 +46,15 @@ find_order(book, symbol, order_id) -> slot, or -1     then book.orders[slot, ORD
 order_count(book, symbol) -> int64                     symbol -1: all symbols
 clear_orders(book, symbol, side) -> status             side 0: both; levels untouched
 
-Status codes are those of :mod:`kernels.book`.
+Status codes are those of :mod:`ringbook.kernels.book`.
 """
 
 import numpy as np
 
-from kernels.book import (BAD_QUANTITY, BAD_SIDE, BAD_SYMBOL, DUPLICATE_ORDER, OK,
+from ringbook.kernels.book import (BAD_QUANTITY, BAD_SIDE, BAD_SYMBOL, DUPLICATE_ORDER, OK,
                           ORDER_TABLE_FULL, STAT_UNKNOWN_ORDERS, UNKNOWN_ORDER,
                           _side_index, _update_level, borrow)
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 # Columns of book.orders.
 ORDER_ID = 0
@@ -230,7 +230,7 @@ def clear_orders(book, symbol, side):
     """Remove a symbol's orders on ``side`` (``side == 0``: both) from the table.
 
     O(table slots) when the symbol has orders, O(1) otherwise. The levels are
-    left alone (:func:`kernels.book.clear` empties them).
+    left alone (:func:`ringbook.kernels.book.clear` empties them).
     """
     if symbol < 0 or symbol >= book.counts.shape[0]:
         return BAD_SYMBOL

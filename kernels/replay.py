@@ -8,8 +8,8 @@ Two ways to use it from research code:
   (``every=EVERY_BATCH``, the ``FLAG_BATCH_END`` events: the book is
   consistent there). ``state`` is anything numba can pass (an array, a tuple
   of arrays, a namedtuple); the callback reads the book with the queries of
-  :mod:`kernels.book` and writes what it wants into ``state``. Its return
-  value is ignored. The book it gets is borrowed (:func:`~kernels.book.borrow`):
+  :mod:`ringbook.kernels.book` and writes what it wants into ``state``. Its return
+  value is ignored. The book it gets is borrowed (:func:`~ringbook.kernels.book.borrow`):
   read and change it, but do not keep it beyond the call.
 - Or write your own ``@njit`` loop that calls :func:`apply_event` and the
   queries directly.
@@ -25,7 +25,7 @@ replay(book, events, callback, state, every) -> (next_index, status)
 replay_events(book, events, callback=None, state=None, every=EVERY_EVENT) -> n   (Python)
     Validates the dtype, runs one of the above, raises ``BookError`` on an error.
 
-Kinds (:mod:`kernels.events`) and what :func:`apply_event` does
+Kinds (:mod:`ringbook.kernels.events`) and what :func:`apply_event` does
 --------------------------------------------------------------
 L2_SET            ``set_level``: quantity is the level's new total, 0 deletes.
 L3_ADD            ``add_order``.
@@ -40,14 +40,14 @@ STATUS            ``book.trading_status[symbol] = quantity`` (a ``STATUS_*`` cod
 SEQUENCE          nothing but the sequence checks (a message that changes no level,
                   e.g. a Binance diff with no levels, still moves the sequence on).
 
-Sequence checks (see :mod:`kernels.book`) apply to the kinds that change
+Sequence checks (see :mod:`ringbook.kernels.book`) apply to the kinds that change
 levels (L2_SET, L3_ADD/CANCEL/DELETE/EXECUTE, CLEAR) and to SEQUENCE, with
 ``sequence != 0`` and without ``FLAG_SNAPSHOT``; the other kinds are never stale.
 
 Speed
 -----
 ``apply_events`` and ``replay`` inline the body of ``apply_event`` into
-their loop and work on a :func:`~kernels.book.borrow`-ed book (no reference
+their loop and work on a :func:`~ringbook.kernels.book.borrow`-ed book (no reference
 counting per event). ``apply_event`` borrows too, inside, but it is a call
 that passes the book's ten arrays (~20 ns an event more than the inlined
 loops); in your own loop, ``book = borrow(book)`` before the loop saves the
@@ -59,7 +59,7 @@ Caching
 is compiled once per callback and process: Numba keys a function that takes
 another function on the callback's type, which is new in each process, so a
 disk cache would only grow (``kernel_with_callback`` in
-:mod:`kernels.jit_options`). The first call with a new callback compiles it
+:mod:`ringbook.kernels.jit_options`). The first call with a new callback compiles it
 (a few seconds); the callback itself may be cached or not. A user who needs
 a replay cached on disk writes their own loop (the second pattern) with
 ``cache=True``.
@@ -67,16 +67,16 @@ a replay cached on disk writes their own loop (the second pattern) with
 
 import numpy as np
 
-from kernels.book import (BAD_INDEX, BAD_KIND, BAD_QUANTITY, BAD_SIDE, BAD_SYMBOL, GAP, OK,
+from ringbook.kernels.book import (BAD_INDEX, BAD_KIND, BAD_QUANTITY, BAD_SIDE, BAD_SYMBOL, GAP, OK,
                           STALE, STAT_GAPS, STAT_STALE, _side_index, _update_level, borrow,
                           check_status, clear)
-from kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_CLEAR,
+from ringbook.kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_CLEAR,
                             KIND_L2_SET, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE,
                             KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_SEQUENCE,
                             KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_STATUS, KIND_TOP_OF_BOOK,
                             KIND_TRADE)
-from kernels.jit_options import inline_kernel, kernel, kernel_with_callback
-from kernels.orders import _reduce_order, add_order, clear_orders
+from ringbook.kernels.jit_options import inline_kernel, kernel, kernel_with_callback
+from ringbook.kernels.orders import _reduce_order, add_order, clear_orders
 
 #: Call the replay's callback after every event.
 EVERY_EVENT = 0
@@ -118,7 +118,7 @@ def _apply_other(book, symbol, kind, side, price, quantity, order_id, sequence):
 
 @kernel
 def apply_event(book, events, i):
-    """Apply ``events[i]`` to the book, with the sequence checks of :mod:`kernels.book`.
+    """Apply ``events[i]`` to the book, with the sequence checks of :mod:`ringbook.kernels.book`.
 
     Returns
     -------
@@ -226,7 +226,7 @@ def replay_events(book, events, callback=None, state=None, every=EVERY_EVENT):
 
     Parameters
     ----------
-    book : kernels.book.Book
+    book : ringbook.kernels.book.Book
     events : numpy.ndarray of EVENT_DTYPE
     callback : numba dispatcher, optional
         ``@njit`` function ``callback(book, events, i, state)``.
@@ -244,7 +244,7 @@ def replay_events(book, events, callback=None, state=None, every=EVERY_EVENT):
     ------
     TypeError
         If ``events`` is not a 1-d array of ``EVENT_DTYPE``.
-    kernels.book.BookError
+    ringbook.kernels.book.BookError
         On an error status, naming the event's index.
     """
     if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE or events.ndim != 1:

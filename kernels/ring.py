@@ -39,7 +39,7 @@ Positions are 64-bit counters that only grow: message ``p`` lives in slot
 0         u32    payload length in bytes, at most ``S - 24``
 4         u32    flags, the producer's to define
 8         i64    sequence: the message's position ``p``, stored last (-1: never written)
-16        i64    stamp: TSC ticks at write (:func:`kernels.clock.stamp`), or 0
+16        i64    stamp: TSC ticks at write (:func:`ringbook.kernels.clock.stamp`), or 0
 24        bytes  payload
 ========  =====  ==============================================================
 
@@ -80,10 +80,10 @@ from numba.np.arrayobj import make_array
 from numba.core import cgutils
 from numba.core.errors import TypingError
 
-from kernels.atomics import X86, load_acquire_at, store_release_at
-from kernels.clock import monotonic_ns
-from kernels.jit_options import inline_kernel, llvm_inline_kernel, kernel
-from kernels.wait import SPINS, backoff
+from ringbook.kernels.atomics import X86, load_acquire_at, store_release_at
+from ringbook.kernels.clock import monotonic_ns
+from ringbook.kernels.jit_options import inline_kernel, llvm_inline_kernel, kernel
+from ringbook.kernels.wait import SPINS, backoff
 
 MAGIC = int.from_bytes(b"RINGBOOK", "little")
 VERSION = 1
@@ -508,7 +508,7 @@ def _find_message(slab, consumer):
 def try_write(slab, producer, payload, flags=0, stamp=0):
     """Copy ``payload`` (1-D uint8) into the next slot and publish it.
 
-    Compiled into each ``@njit`` caller (:data:`kernels.jit_options.llvm_inline_kernel`):
+    Compiled into each ``@njit`` caller (:data:`ringbook.kernels.jit_options.llvm_inline_kernel`):
     a call's stack traffic stalled the producer across cores.
 
     Parameters
@@ -520,7 +520,7 @@ def try_write(slab, producer, payload, flags=0, stamp=0):
     flags : int
         Stored in the slot header (u32).
     stamp : int
-        Stored in the slot header, e.g. :func:`kernels.clock.stamp` ticks.
+        Stored in the slot header, e.g. :func:`ringbook.kernels.clock.stamp` ticks.
 
     Returns
     -------
@@ -683,7 +683,7 @@ def set_evict(consumer, enabled):
     It pays only while a lap of slots fits in the consumer's L2 cache, and
     with one consumer (one's eviction sends the others to memory): the
     engine's ``Ring.consumer`` turns it off otherwise
-    (:func:`engine.ring.evicts_by_default`). Turn it off too when one thread
+    (:func:`ringbook.engine.ring.evicts_by_default`). Turn it off too when one thread
     writes and reads: single messages are unaffected there, but batches of 64
     lose a quarter (159 to 119 M/s).
     """
@@ -850,7 +850,7 @@ def release(slab, consumer):
 
 @kernel
 def write_wait(slab, producer, payload, flags, stamp, strategy, timeout_ns):
-    """:func:`try_write`, waiting with ``strategy`` (see :mod:`kernels.wait`) while the ring is full.
+    """:func:`try_write`, waiting with ``strategy`` (see :mod:`ringbook.kernels.wait`) while the ring is full.
 
     ``timeout_ns < 0`` waits for ever. Returns :func:`try_write`'s status, or
     :data:`TIMEOUT`.

@@ -14,7 +14,7 @@ operation; the latency statistics cover the successful operations.
 
 import numpy as np
 
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 # Indices into the summary array.
 COUNT = 0  #: operations recorded, successes and errors

@@ -4,7 +4,7 @@ A thread that spins needs a core of its own. When spinning threads outnumber
 cores, a spinner can hold the very core the thread it waits for needs, and
 throughput collapses by 30-100x. So every wait in ringbook is bounded:
 
-1. ``spins`` rounds of :func:`~kernels.atomics.spin_pause` (tens of ns each:
+1. ``spins`` rounds of :func:`~ringbook.kernels.atomics.spin_pause` (tens of ns each:
    the cheapest wake-up, for a partner running on another core);
 2. ``yields`` rounds of ``sched_yield`` (gives the core to whoever is ready);
 3. ``nanosleep``, starting at ``min_sleep_ns`` and doubling up to
@@ -29,8 +29,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.atomics import spin_pause
-from kernels.jit_options import kernel
+from ringbook.kernels.atomics import spin_pause
+from ringbook.kernels.jit_options import kernel
 
 #: Indices into a wait strategy array.
 SPINS, YIELDS, MIN_SLEEP_NS, MAX_SLEEP_NS = 0, 1, 2, 3

@@ -23,7 +23,7 @@ are not supported.
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 # Indices into ``meta``.
 CAPACITY = 0  #: how many samples the window holds

@@ -15,10 +15,10 @@ Events (built at import, the same for both libraries; figures are per event):
 
 Benchmarks:
 
-- ``ringbook_l2_replay_touch``: :func:`kernels.replay.replay` with an
+- ``ringbook_l2_replay_touch``: :func:`ringbook.kernels.replay.replay` with an
   ``@njit`` callback that reads the best bid and ask (price and quantity)
   after every event.
-- ``ringbook_l2_apply_events``: :func:`kernels.replay.apply_events`, no reads.
+- ``ringbook_l2_apply_events``: :func:`ringbook.kernels.replay.apply_events`, no reads.
 - ``hftbacktest_l2_per_event``: ``HashMapMarketDepthBacktest``, an njit loop
   of ``wait_next_feed(False, ...)`` (one feed event per call: every event has
   its own timestamp) reading ``best_bid_tick``, ``best_ask_tick``,
@@ -48,11 +48,11 @@ from hftbacktest import (ADD_ORDER_EVENT, BUY_EVENT, CANCEL_ORDER_EVENT, DEPTH_E
 
 from harness import make_runner, report_ratios
 
-from kernels.book import best_ask, best_bid, new_book
-from kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_ADD,
+from ringbook.kernels.book import best_ask, best_bid, new_book
+from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_ADD,
                             KIND_L3_CANCEL, KIND_L3_DELETE, KIND_L3_EXECUTE)
-from kernels.jit_options import kernel
-from kernels.replay import EVERY_EVENT, apply_events, replay
+from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.replay import EVERY_EVENT, apply_events, replay
 
 L2_COUNT = 1_000_000
 L3_COUNT = 200_000     # hftbacktest's L3 replay takes ~5 us an event

@@ -3,12 +3,12 @@
 Every figure is the time per line of the file, reading it from disk (page
 cache) into events:
 
-- ``feeds_binance``: :func:`engine.feeds.binance.read_capture` (one njit pass,
+- ``feeds_binance``: :func:`ringbook.engine.feeds.binance.read_capture` (one njit pass,
   exact fixed point, synced) over an uncompressed Binance capture;
 - ``binance_json_peer``: ``json.loads`` of each line's JSON after splitting off
   the receive time, and nothing else (no decimal conversion, no events): a
   lower bound for a per-line Python reader;
-- ``feeds_lobster``: :func:`engine.feeds.lobster.read_messages` over a LOBSTER
+- ``feeds_lobster``: :func:`ringbook.engine.feeds.lobster.read_messages` over a LOBSTER
   message file (exact: the time column to ns as fixed point);
 - ``lobster_loadtxt_peer``: ``numpy.loadtxt(delimiter=",")`` over the same file
   (floats: inexact times).
@@ -29,7 +29,7 @@ import numpy as np
 
 from harness import make_runner, report_ratios
 
-from engine.feeds import binance, lobster, synthetic
+from ringbook.engine.feeds import binance, lobster, synthetic
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCRATCH = Path(tempfile.mkdtemp(prefix="ringbook_bm_feeds_"))

@@ -4,7 +4,7 @@ The input is what a Binance depth feed sends: 100,000 decimal strings (prices
 like "61737.63000000", quantities like "0.00012345") in a JSON-ish buffer
 ``[["price","quantity"],...]``. Every figure is the time per value:
 
-- ``fixed_scan_decimals``: :func:`kernels.fixed.scan_decimals` over the whole
+- ``fixed_scan_decimals``: :func:`ringbook.kernels.fixed.scan_decimals` over the whole
   buffer in njit, delimiters included, at scale 8;
 - ``decimal_peer``: ``int(Decimal(s) * 10**8)`` over the same strings, already
   split (the exact conversion a Python feed would write);
@@ -22,8 +22,8 @@ import numpy as np
 
 from harness import make_runner, report_ratios
 
-from kernels.fixed import OK, parse_decimals, scan_decimals
-from kernels.jit_options import kernel
+from ringbook.kernels.fixed import OK, parse_decimals, scan_decimals
+from ringbook.kernels.jit_options import kernel
 
 VALUES = 100_000
 SCALE = 8

@@ -45,11 +45,11 @@ import numpy as np
 from harness import make_runner, report_ratios
 
 import ring_workers as workers
-from engine.ring import Ring, new_state
-from engine.system import l2_cache_bytes
-from kernels import ring
-from kernels.clock import calibrate
-from kernels.hist import Histogram
+from ringbook.engine.ring import Ring, new_state
+from ringbook.engine.system import l2_cache_bytes
+from ringbook.kernels import ring
+from ringbook.kernels.clock import calibrate
+from ringbook.kernels.hist import Histogram
 
 SEED_SINGLE_THREAD = 27.44e6  # msg/s, the seed's one-thread write+read
 SLOT_COUNT = 4096

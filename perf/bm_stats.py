@@ -12,8 +12,8 @@ from hdrh.histogram import HdrHistogram
 
 from harness import make_runner, report_ratios
 
-from kernels import hist, window
-from kernels.jit_options import kernel
+from ringbook.kernels import hist, window
+from ringbook.kernels.jit_options import kernel
 
 LOWEST, HIGHEST, DIGITS = 1, 3_600_000_000_000, 3
 RECORD_VALUES = 100_000  # per njit timing call

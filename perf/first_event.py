@@ -1,9 +1,9 @@
 """Time to first event: a fresh process imports ringbook and replays one event.
 
 With Numba's compile cache warm (the first run below fills it), each run
-starts a new interpreter that imports :mod:`kernels.book` and
-:mod:`kernels.replay`, makes a book for 2048 symbols and replays one L2
-event through :func:`kernels.replay.replay_events`. Printed per run:
+starts a new interpreter that imports :mod:`ringbook.kernels.book` and
+:mod:`ringbook.kernels.replay`, makes a book for 2048 symbols and replays one L2
+event through :func:`ringbook.kernels.replay.replay_events`. Printed per run:
 
 - ``process``: the whole process, interpreter start to exit, measured outside;
 - ``import+first``: inside the process, from before the first ringbook import
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import time
 started = time.perf_counter()
-from kernels.book import best_bid, new_book
-from kernels.events import BID, FLAG_BATCH_END, KIND_L2_SET, empty_events
-from kernels.replay import replay_events
+from ringbook.kernels.book import best_bid, new_book
+from ringbook.kernels.events import BID, FLAG_BATCH_END, KIND_L2_SET, empty_events
+from ringbook.kernels.replay import replay_events
 book = new_book()
 events = empty_events(1)
 events[0]["kind"], events[0]["side"], events[0]["flags"] = KIND_L2_SET, BID, FLAG_BATCH_END

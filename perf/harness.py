@@ -8,17 +8,13 @@ and compile time is never measured.
 """
 
 import platform
-import sys
-from pathlib import Path
 
 import llvmlite
 import numba
 import numpy
 import pyperf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.system import cpu_model  # noqa: E402
+from ringbook.engine.system import cpu_model
 
 
 def make_runner(**kwargs):

@@ -8,19 +8,15 @@ instead of hanging, and waits between runs block on a pipe.
 """
 
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kernels import ring  # noqa: E402
-from kernels.atomics import load_acquire, spin_pause, store_release  # noqa: E402
-from kernels.clock import monotonic_ns, stamp  # noqa: E402
-from kernels.hist import record  # noqa: E402
-from kernels.jit_options import kernel  # noqa: E402
-from kernels.wait import backoff, wait_strategy  # noqa: E402
+from ringbook.kernels import ring
+from ringbook.kernels.atomics import load_acquire, spin_pause, store_release
+from ringbook.kernels.clock import monotonic_ns, stamp
+from ringbook.kernels.hist import record
+from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.wait import backoff, wait_strategy
 
 MESSAGE_BYTES = 32
 BATCH = 64
@@ -70,7 +66,7 @@ def produce(slab, producer, payload, count, strategy):
 
 @kernel
 def produce_batches(slab, producer, payloads, lengths, count, strategy):
-    """Write ``count`` messages with :func:`kernels.ring.write_batch`; 0, or a status."""
+    """Write ``count`` messages with :func:`ringbook.kernels.ring.write_batch`; 0, or a status."""
     written = 0
     attempt = 0
     while written < count:
@@ -107,7 +103,7 @@ def consume(slab, consumer, out, count, strategy):
 
 @kernel
 def consume_batches(slab, consumer, payloads, lengths, count, strategy):
-    """Read ``count`` messages with :func:`kernels.ring.read_batch`; a checksum, or a status."""
+    """Read ``count`` messages with :func:`ringbook.kernels.ring.read_batch`; a checksum, or a status."""
     total = 0
     received = 0
     attempt = 0
@@ -314,7 +310,7 @@ def serve(kind, connection, channel, core):
     """
     pin(core)
     if kind.startswith("ring"):
-        from engine.ring import Ring
+        from ringbook.engine.ring import Ring
         shared = Ring.attach(name=channel)
         slab, consumer, strategy = shared.slab, shared.consumer(0), THROUGHPUT_STRATEGY
         out = np.zeros((BATCH, MESSAGE_BYTES), np.uint8)

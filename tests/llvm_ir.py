@@ -7,7 +7,7 @@ allocation anywhere below the kernel shows up too.
 
 import numba
 
-from kernels.jit_options import JIT_OPTIONS
+from ringbook.kernels.jit_options import JIT_OPTIONS
 
 
 def llvm_ir(kernel, signature):

@@ -19,15 +19,12 @@ Message ``i`` is :func:`pattern` ``(i)``: 32 bytes, the little-endian int64
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.ring import Ring  # noqa: E402
-from kernels import ring  # noqa: E402
-from kernels.jit_options import kernel  # noqa: E402
+from ringbook.engine.ring import Ring
+from ringbook.kernels import ring
+from ringbook.kernels.jit_options import kernel
 
 MESSAGE_BYTES = 32
 

@@ -11,14 +11,11 @@ the guards untouched.
 """
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.ring import new_state  # noqa: E402
-from kernels import ring  # noqa: E402
+from ringbook.engine.ring import new_state
+from ringbook.kernels import ring
 
 SLOT_SIZE, SLOT_COUNT, CONSUMERS = 64, 4, 2
 CAPACITY = SLOT_SIZE - ring.SLOT_HEADER_BYTES

@@ -3,9 +3,9 @@ import threading
 import numpy as np
 from numba import types
 
-from kernels.atomics import (compare_exchange, compiler_barrier, fetch_add, load_acquire,
+from ringbook.kernels.atomics import (compare_exchange, compiler_barrier, fetch_add, load_acquire,
                              load_relaxed, spin_pause, store_release)
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 from tests.llvm_ir import llvm_ir
 
 MESSAGES = 20_000

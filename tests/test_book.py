@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import book as kb
-from kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, check_status, clear,
+from ringbook.kernels import book as kb
+from ringbook.kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, check_status, clear,
                           depth_to_price, fill_cost, horizon, imbalance, is_crossed,
                           level_count, level_quantity, load_snapshot, mid_price, new_book,
                           quantity_to_depth, set_level, spread, top_levels, vwap_to_fill)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from engine import check, cli
-from engine.feeds import binance, synthetic
-from engine.feeds.source import FeedError
-from kernels.events import KIND_L2_SET, KIND_TRADE, empty_events
+from ringbook.engine import check, cli
+from ringbook.engine.feeds import binance, synthetic
+from ringbook.engine.feeds.source import FeedError
+from ringbook.kernels.events import KIND_L2_SET, KIND_TRADE, empty_events
 from tests import naive
 from tests.test_feeds_binance import MESSAGES as BINANCE_MESSAGES, write_capture
 

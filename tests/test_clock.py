@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from kernels import clock
+from ringbook.kernels import clock
 
 
 def _bracketed_pair():

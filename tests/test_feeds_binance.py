@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.feeds import binance
-from engine.feeds.source import FeedError
-from kernels.events import (ASK, BID, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
+from ringbook.engine.feeds import binance
+from ringbook.engine.feeds.source import FeedError
+from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                             KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_TOP_OF_BOOK, KIND_TRADE)
 from tests import naive
 from tests.feed_asserts import assert_events_equal

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from engine.feeds import kalshi
-from engine.feeds.source import FeedError
-from kernels.events import ASK, BID, FLAG_BATCH_END, KIND_TOP_OF_BOOK, KIND_TRADE
+from ringbook.engine.feeds import kalshi
+from ringbook.engine.feeds.source import FeedError
+from ringbook.kernels.events import ASK, BID, FLAG_BATCH_END, KIND_TOP_OF_BOOK, KIND_TRADE
 from tests.naive import _fixed
 
 TICKER = {"type": "ticker", "sid": 1, "msg": {

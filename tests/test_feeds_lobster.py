@@ -5,9 +5,9 @@ import datetime
 import numpy as np
 import pytest
 
-from engine.feeds import lobster
-from engine.feeds.source import FeedError
-from kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_DELETE,
+from ringbook.engine.feeds import lobster
+from ringbook.engine.feeds.source import FeedError
+from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_DELETE,
                             KIND_L3_EXECUTE_HIDDEN, KIND_STATUS, KIND_TRADE, STATUS_HALTED,
                             STATUS_QUOTING, STATUS_TRADING)
 from tests import naive

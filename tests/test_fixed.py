@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import types
 
-from kernels import fixed
-from kernels.fixed import (FULL, INT64_MAX, INT64_MIN, INVALID, OK, OVERFLOW, ROUND_DOWN,
+from ringbook.kernels import fixed
+from ringbook.kernels.fixed import (FULL, INT64_MAX, INT64_MIN, INVALID, OK, OVERFLOW, ROUND_DOWN,
                            ROUND_HALF_EVEN, TOO_PRECISE, format_decimal, format_decimal_bytes,
                            parse_decimal, parse_decimal_bytes, parse_decimals, rescale,
                            rescale_array, rescale_value, scan_decimals)

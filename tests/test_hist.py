@@ -9,7 +9,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from hypothesis import given, settings, strategies as st
 
-from kernels import hist
+from ringbook.kernels import hist
 from tests import naive
 from tests.llvm_ir import allocation_calls
 

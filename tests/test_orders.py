@@ -4,15 +4,15 @@ import numba
 import numpy as np
 import pytest
 
-from kernels import book as kb
-from kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, level_count, load_snapshot,
+from ringbook.kernels import book as kb
+from ringbook.kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, level_count, load_snapshot,
                           new_book, replace_levels, top_levels)
-from kernels.events import (FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE,
+from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE,
                             KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS, KIND_TRADE,
                             empty_events)
-from kernels.orders import (ORDER_QUANTITY, add_order, cancel_order, clear_orders, delete_order,
+from ringbook.kernels.orders import (ORDER_QUANTITY, add_order, cancel_order, clear_orders, delete_order,
                             execute_order, find_order, order_count)
-from kernels.replay import apply_event
+from ringbook.kernels.replay import apply_event
 from tests.llvm_ir import allocation_calls
 from tests.naive import NaiveBook
 

@@ -9,14 +9,14 @@ import numba
 import numpy as np
 import pytest
 
-from kernels import book as kb
-from kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, borrow, mid_price, new_book,
+from ringbook.kernels import book as kb
+from ringbook.kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, borrow, mid_price, new_book,
                           spread, top_levels)
-from kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_CLEAR, KIND_L2_SET,
+from ringbook.kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_CLEAR, KIND_L2_SET,
                             KIND_L3_ADD, KIND_NAMES, KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN,
                             KIND_SNAPSHOT_END, KIND_STATUS, KIND_TOP_OF_BOOK, KIND_TRADE,
                             STATUS_HALTED, empty_events)
-from kernels.replay import (EVERY_BATCH, EVERY_EVENT, apply_event, apply_events, replay,
+from ringbook.kernels.replay import (EVERY_BATCH, EVERY_EVENT, apply_event, apply_events, replay,
                             replay_events)
 from tests.llvm_ir import allocation_calls, llvm_ir
 from tests.naive import NaiveBook
@@ -221,7 +221,7 @@ def test_replay_kernels_allocate_nothing():
 
 
 def function_body(ir, name):
-    """The IR of the kernel ``kernels.replay.<name>`` itself (not its CPython wrappers)."""
+    """The IR of the kernel ``ringbook.kernels.replay.<name>`` itself (not its CPython wrappers)."""
     bodies = [body for body in ir.split("\ndefine ")[1:]
               if re.match(rf"[^@]*@_ZN7kernels6replay{len(name)}{name}B", body)]
     assert len(bodies) == 1

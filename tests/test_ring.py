@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import types
 
-from engine import ring as engine_ring
-from engine.ring import (Ring, RingCorruptError, RingError, RingLayoutError, evicts_by_default, new_state,
+from ringbook.engine import ring as engine_ring
+from ringbook.engine.ring import (Ring, RingCorruptError, RingError, RingLayoutError, evicts_by_default, new_state,
                          region_mode)
-from kernels import ring
-from kernels.jit_options import kernel
-from kernels.wait import wait_strategy
+from ringbook.kernels import ring
+from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.wait import wait_strategy
 from tests import ring_fuzz
 from tests.llvm_ir import allocation_calls, function_body
 from tests.naive import NaiveRing

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import summary
+from ringbook.kernels import summary
 from tests import naive
 from tests.llvm_ir import allocation_calls
 

@@ -1,6 +1,6 @@
 import pytest
 
-from engine import system
+from ringbook.engine import system
 
 
 def fake_caches(root, core, caches):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import window
+from ringbook.kernels import window
 from tests import naive
 from tests.llvm_ir import allocation_calls
 

@@ -43,7 +43,7 @@ earlier than the snapshot's.
 
 The parsing is one njit loop over the file's lines: it indexes each JSON
 object's members in one pass and converts the values in place (a level list
-with one :func:`kernels.fixed.scan_decimals`); Python only interns the few
+with one :func:`ringbook.kernels.fixed.scan_decimals`); Python only interns the few
 distinct symbols and orders the messages with numpy.
 """
 
@@ -51,12 +51,12 @@ import re
 
 import numpy as np
 
-from engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
-from kernels import fixed
-from kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
+from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from ringbook.kernels import fixed
+from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                             KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END,
                             KIND_TOP_OF_BOOK, KIND_TRADE, Instruments)
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 PRICE_SCALE = 8
 SIZE_SCALE = 8
@@ -423,7 +423,7 @@ def parse_lines(buffer, starts, stops, first, written, price_scale, size_scale, 
     written : int64
         Events written so far.
     status : int64
-        OK, a ``kernels.fixed`` status or ``MISSING``, ``ODD_LEVELS``,
+        OK, a ``ringbook.kernels.fixed`` status or ``MISSING``, ``ODD_LEVELS``,
         ``NOT_JSON``, ``OUT_OF_RANGE``; ``FULL`` when ``events`` is too small.
     field : int64
         Index in :data:`FIELD_NAMES` of the bad field (-1 if none).
@@ -678,7 +678,7 @@ def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
     sync : bool
         Order the messages by Binance's sync procedure (see the module
         docstring); False keeps the file's order and every diff.
-    instruments : kernels.events.Instruments, optional
+    instruments : ringbook.kernels.events.Instruments, optional
         Table to intern the symbols in; a new one by default.
     symbol : str, optional
         The symbol of lines that carry none (REST snapshots); by default the
@@ -690,7 +690,7 @@ def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
         (``tickSize`` of the ``PRICE_FILTER`` in Binance's ``exchangeInfo``),
         recorded in the instrument table for the book's ladder; a capture does
         not carry it. A symbol without one gets 1 (any tick keeps the book
-        exact; :func:`engine.check.price_ticks` infers one from the prices).
+        exact; :func:`ringbook.engine.check.price_ticks` infers one from the prices).
     skip_malformed : bool
         Skip malformed lines and list them in ``skipped_lines`` instead of raising.
 

@@ -27,17 +27,17 @@ Other message types are counted in ``Feed.ignored``.
 
 Kalshi messages are few and each names its market, so this reader parses a
 line at a time with :func:`json.loads`; the decimals still go through
-:func:`kernels.fixed.parse_decimal`, exactly.
+:func:`ringbook.kernels.fixed.parse_decimal`, exactly.
 """
 
 import json
 
 import numpy as np
 
-from engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
-from kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_TOP_OF_BOOK, KIND_TRADE,
+from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_TOP_OF_BOOK, KIND_TRADE,
                             Instruments)
-from kernels.fixed import parse_decimal
+from ringbook.kernels.fixed import parse_decimal
 
 PRICE_SCALE = 4
 SIZE_SCALE = 2
@@ -148,7 +148,7 @@ def read_messages(path, *, instruments=None, skip_malformed=False):
     Parameters
     ----------
     path : str or Path
-    instruments : kernels.events.Instruments, optional
+    instruments : ringbook.kernels.events.Instruments, optional
         Table to intern the market tickers in; a new one by default.
     skip_malformed : bool
         Skip malformed lines and list them in ``skipped_lines`` instead of raising.

@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
-from kernels import fixed
-from kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL,
+from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from ringbook.kernels import fixed
+from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL,
                             KIND_L3_DELETE, KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS,
                             KIND_TRADE, STATUS_HALTED, STATUS_QUOTING, STATUS_TRADING, Instruments)
-from kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel
 
 PRICE_SCALE = 4
 SIZE_SCALE = 0
@@ -100,7 +100,7 @@ def parse_csv_rows(buffer, starts, stops, first, scales, out):
     stopped_at : int64
         The index of the first bad line, or the number of lines when all are good.
     status : int64
-        ``kernels.fixed`` status of the bad field, :data:`FIELD_COUNT` for a
+        ``ringbook.kernels.fixed`` status of the bad field, :data:`FIELD_COUNT` for a
         line with another number of fields, OK when all lines are good.
     column : int64
         The bad field's column (-1 when OK or for a field count).
@@ -238,7 +238,7 @@ def read_messages(path, *, symbol=None, date=None, instruments=None, skip_malfor
     date : datetime.date, optional
         The trading day; by default the date in the file name. Without one,
         ``exchange_ns`` is ns since midnight instead of since the epoch.
-    instruments : kernels.events.Instruments, optional
+    instruments : ringbook.kernels.events.Instruments, optional
         Table to intern the symbol in (price_scale 4, size_scale 0, tick 100); a new one by default.
     skip_malformed : bool
         Skip malformed lines and list them in ``skipped_lines`` instead of raising.
@@ -373,7 +373,7 @@ def read_orderbook(path, *, skip_malformed=False):
 def levels_before_first(orderbook, first_event):
     """The levels as they stood before the first message: orderbook row 0 with it undone.
 
-    Use them to seed a book (``kernels.book.load_snapshot``) and then replay
+    Use them to seed a book (``ringbook.kernels.book.load_snapshot``) and then replay
     every message, the first included; row ``k`` is then the book after
     message ``k`` for every ``k``.
 

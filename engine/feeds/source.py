@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.events import Instruments
+from ringbook.kernels.events import Instruments
 
 NEWLINE = ord("\n")
 CARRIAGE_RETURN = ord("\r")
@@ -55,10 +55,10 @@ class Feed:
     Attributes
     ----------
     events : numpy.ndarray
-        :data:`kernels.events.EVENT_DTYPE` records, in the order a book applies them.
+        :data:`ringbook.kernels.events.EVENT_DTYPE` records, in the order a book applies them.
     lines : numpy.ndarray
         ``int64``, the 1-based line of the file each event came from.
-    instruments : kernels.events.Instruments
+    instruments : ringbook.kernels.events.Instruments
         The symbols the events refer to, with their scales.
     path : str
         The file.

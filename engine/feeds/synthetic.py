@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.feeds.lobster import EMPTY_ASK_PRICE, EMPTY_BID_PRICE
+from ringbook.engine.feeds.lobster import EMPTY_ASK_PRICE, EMPTY_BID_PRICE
 
 
 def write_lobster(directory, messages=2000, levels=5, seed=0, header=False, ticker="SYNT",
