@@ -233,5 +233,6 @@ OUT = numba.types.int64[::1]
     (kb.fill_cost, (BOOK_TYPE, SCALAR, SCALAR, SCALAR)),
     (kb.imbalance, (BOOK_TYPE, SCALAR, SCALAR)),
 ])
+@pytest.mark.slow
 def test_hot_kernels_allocate_nothing(kernel, signature):
     assert allocation_calls(kernel, signature) == []

@@ -388,5 +388,6 @@ INT64_ARRAY = types.Array(types.int64, 1, "C")
     (rescale_array, (INT64_ARRAY, types.int64, types.int64, types.int64, INT64_ARRAY)),
     (format_decimal_bytes, (types.int64, types.int64, types.int64, BUFFER, types.int64)),
 ])
+@pytest.mark.slow
 def test_kernels_allocate_nothing(kernel, signature):
     assert allocation_calls(kernel, signature) == []

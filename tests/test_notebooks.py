@@ -39,6 +39,7 @@ def test_saved_without_outputs():
         assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), path.name
 
 
+@pytest.mark.slow
 def test_book_replay():
     """Replays the real LOBSTER and Binance files, or a synthetic market without them."""
     real = (SHARED_DATA / "lobster").is_dir() and (SHARED_DATA / "binance").is_dir()

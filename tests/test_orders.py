@@ -163,6 +163,7 @@ BOOK_TYPE = numba.typeof(new_book(n_symbols=1, depth=1, order_capacity=16))
 I64 = numba.types.int64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", [add_order, cancel_order, delete_order])
 def test_order_kernels_allocate_nothing(kernel):
     assert allocation_calls(kernel, (BOOK_TYPE, I64, I64, I64, I64, I64)) == []

@@ -214,6 +214,7 @@ BOOK_TYPE = numba.typeof(new_book(n_symbols=1, depth=1, order_capacity=16))
 EVENTS_TYPE = numba.typeof(empty_events(1))
 
 
+@pytest.mark.slow
 def test_replay_kernels_allocate_nothing():
     """apply_events inlines apply_event's body: its IR covers every event kind."""
     signature = (BOOK_TYPE, EVENTS_TYPE, numba.types.int64, numba.types.int64)
@@ -232,6 +233,7 @@ def function_body(ir, name):
     (apply_event, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64)),
     (apply_events, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64, numba.types.int64)),
 ])
+@pytest.mark.slow
 def test_the_l2_path_pays_no_reference_counting(kernel, signature):
     """Atomic reference counting per event would cost more than the update itself."""
     body = function_body(llvm_ir(kernel, signature), kernel.__name__)

@@ -295,6 +295,7 @@ def test_release_after_the_length_was_corrupted_evicts_only_inside_the_slab():
     assert ring.peek(slab, reader)[0] == 40
 
 
+@pytest.mark.slow
 def test_hot_kernels_allocate_nothing_and_take_no_references():
     slab, state, buffer = types.uint8[::1], types.int64[::1], types.uint8[::1]
     matrix, lengths = types.uint8[:, ::1], types.int64[::1]
@@ -394,6 +395,7 @@ def test_corrupted_bytes_never_lead_outside_the_slab(corruptions, messages_befor
     ring_fuzz.exercise(corruptions, messages_before)
 
 
+@pytest.mark.slow
 def test_coverage_guided_fuzzing_finds_nothing_in_a_short_run(tmp_path):
     pytest.importorskip("atheris")
     fuzz = subprocess.run([sys.executable, str(Path(ring_fuzz.__file__)), "-runs=3000", "-seed=1",
@@ -521,6 +523,7 @@ def _child(*arguments):
                             stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_second_process_reads_every_message():
     name = shm_name()
     count = 5_000
@@ -534,6 +537,7 @@ def test_a_second_process_reads_every_message():
         assert written == count and output.split() == ["ok", str(count)]
 
 
+@pytest.mark.slow
 def test_producer_killed_mid_message_leaves_every_complete_message(tmp_path):
     path = tmp_path / "ring.buf"
     Ring.create(16, 64, path=path).close()
@@ -579,6 +583,7 @@ def test_a_new_producer_resumes_after_complete_but_unpublished_messages():
     assert ring.try_read(slab, reader, out) == 32 and bytes(out[:32]) == bytes(message(3))
 
 
+@pytest.mark.slow
 def test_producer_killed_at_a_random_moment_leaves_a_readable_ring():
     name = shm_name()
     with Ring.create(64, 64, name=name) as shared:
