@@ -57,6 +57,8 @@ from ringbook.engine.system import cpu_model
 COMPARISONS_KEY = "ringbook_comparisons"
 SUBJECT_KEY = "ringbook_subject"
 PEERS_KEY = "ringbook_peer_versions"
+#: The script's own metadata (inputs, sizes), as a JSON object the report prints.
+CONTEXT_KEY = "ringbook_context"
 
 
 def make_runner(**kwargs):
@@ -160,8 +162,9 @@ def peer_versions(comparisons):
 def run_subject(subject, benchmarks, comparisons, runner=None, metadata=None):
     """Time every benchmark of ``benchmarks`` (name -> :class:`Bench`) and print the ratios.
 
-    The subject's title, ``comparisons`` and peer versions go into the runner's
-    metadata, so every result file says what it is compared with. Returns
+    The subject's title, ``comparisons``, peer versions and the script's own
+    ``metadata`` (inputs, sizes: shown under the subject's table) go into the
+    runner's metadata, so every result file says what it is compared with. Returns
     ``(runner, results)``: results map names to ``pyperf.Benchmark`` in the
     main process, ``None`` in workers.
     """
@@ -171,7 +174,9 @@ def run_subject(subject, benchmarks, comparisons, runner=None, metadata=None):
     versions = peer_versions(comparisons)
     if versions:
         runner.metadata[PEERS_KEY] = json.dumps(versions)
-    runner.metadata.update(metadata or {})
+    if metadata:
+        runner.metadata.update(metadata)
+        runner.metadata[CONTEXT_KEY] = json.dumps(metadata)
     results = {name: runner.bench_time_func(name, row.func, *row.args, inner_loops=row.inner_loops)
                for name, row in benchmarks.items()}
     if runner.args.worker:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pyperf
 
-from harness import COMPARISONS_KEY, PEERS_KEY, SUBJECT_KEY
+from harness import COMPARISONS_KEY, CONTEXT_KEY, PEERS_KEY, SUBJECT_KEY
 
 PERF = Path(__file__).resolve().parent
 ROOT = PERF.parent
@@ -172,6 +172,9 @@ def subject_table(stem, suite):
              "| benchmark | ringbook | peer | ratio | target | met? |", "|---|---|---|---|---|---|"]
     for ours, mine, peer, ratio, target, met, means in rows_of(suite):
         lines.append(f"| `{ours}`: {means} | {mine} | {peer} | {ratio} | {target} | {met} |")
+    context = json.loads(metadata.get(CONTEXT_KEY, "{}"))
+    if context:
+        lines += ["", "Inputs: " + ", ".join(f"{key} {value}" for key, value in context.items()) + "."]
     return lines
 
 
