@@ -30,12 +30,17 @@ peers' versions in its metadata, times every benchmark in table order, and print
 the ratios. A :class:`Comparison`'s ratio is the peer's median time over ours
 (higher is better for ours); its target, if any, is met when the ratio is at
 least ``at_least``. A :class:`Limit` is met when our median is at most
-``at_most`` (in the benchmark's unit: seconds for timings). Either without a
-target is reported, not judged. :func:`add_values` adds a measurement taken
+``at_most`` (in the benchmark's unit: seconds for timings). A comparison without
+``at_least`` is reported, not judged. :func:`add_values` adds a measurement taken
 outside pyperf's workers (one value per repetition) to the same output file.
 
 Scripts not yet declared this way keep working: :func:`make_runner` and
-:func:`report_ratios` are unchanged.
+:func:`report_ratios` are unchanged. To adopt the declaration, a script turns its
+``{name: runner.bench_time_func(name, func, *args, inner_loops=n)}`` into
+``BENCHMARKS = {name: bench(func, *args, inner_loops=n)}``, its ``(ours, peer)``
+pairs into ``COMPARISONS``, and its ``make_runner()`` ... ``report_ratios(...)``
+into one ``run_subject(title, BENCHMARKS, COMPARISONS)`` call; then adds its
+name and pyperf options to ``report.SCRIPTS`` so that a full run includes it.
 
 Run a full set into ``perf/results/`` (ignored by git) and write
 ``perf/RESULTS.md`` with ``perf/report.py``; see its docstring for the commands.
