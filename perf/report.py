@@ -228,6 +228,10 @@ def write(folder, report=REPORT, readme=README):
     lines = HEADER.splitlines()
     for stem, suite in results:
         lines += [""] + subject_table(stem, suite)
+    missing = [stem for stem in SCRIPTS if stem not in {stem for stem, _ in results}]
+    if missing:
+        lines += ["", "Not in this run (no results file): "
+                  + ", ".join(f"`perf/{stem}.py`" for stem in missing) + "."]
     lines += [""] + footnote(results, manifest)
     report.write_text("\n".join(lines) + "\n")
     if readme and readme.is_file():
