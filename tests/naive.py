@@ -251,7 +251,8 @@ class NaiveBook:
         kind, symbol, side = int(event["kind"]), int(event["symbol"]), int(event["side"])
         price, quantity, sequence = int(event["price"]), int(event["quantity"]), int(event["sequence"])
         batch_end = bool(event["flags"] & 1)
-        checked = sequence != 0 and not (event["flags"] & 2) and kind in (1, 2, 3, 4, 5, 8)
+        # KIND_SEQUENCE (13) changes nothing but runs these rules.
+        checked = sequence != 0 and not (event["flags"] & 2) and kind in (1, 2, 3, 4, 5, 8, 13)
         gap = False
         if checked:
             held = self.sequences.get(symbol, 0)
@@ -437,7 +438,10 @@ def lobster_check(message_path, orderbook_path):
 
 
 def binance_events(path):
-    """A Binance capture's events in file order (no sync), as dicts (see engine.feeds.binance)."""
+    """A Binance capture's events in file order (no sync), as dicts (see engine.feeds.binance).
+
+    A diff with no levels is one KIND_SEQUENCE event: it moves the sequence on.
+    """
     events = []
     for number, line in _feed_lines(path):
         local, text = line.split(" ", 1)
@@ -453,14 +457,14 @@ def binance_events(path):
 
         if data.get("e") == "depthUpdate":
             previous = data["pu"] if "pu" in data else data["U"] - 1
-            common = dict(exchange_ns=data["E"] * 10**6, sequence=data["u"], prev_sequence=previous,
-                          kind=1)
+            common = dict(exchange_ns=data["E"] * 10**6, sequence=data["u"], prev_sequence=previous)
             start = len(events)
             for side, key in ((1, "b"), (-1, "a")):
                 for price, quantity in data[key]:
-                    event(price=_fixed(price, 8), quantity=_fixed(quantity, 8), side=side, **common)
+                    event(kind=1, price=_fixed(price, 8), quantity=_fixed(quantity, 8), side=side,
+                          **common)
             if len(events) == start:
-                event(price=2**63 - 1, side=1, **common)
+                event(kind=13, **common)
             events[-1]["flags"] = 1
         elif "lastUpdateId" in data:
             event(kind=9, flags=2)
@@ -586,44 +590,3 @@ class NaiveRing:
 
     def free_slots(self):
         return self.slot_count - (len(self.messages) - min(self.positions))
-
-
-# ---------------------------------------------------------------------------
-# KIND_SEQUENCE (13): a message that changes nothing but carries its sequence
-# (a Binance diff with no levels). NaiveBook applies only its sequence rules,
-# and binance_events emits one such event where the section above writes a
-# no-op level for an empty diff.
-
-_apply_without_sequence_kind = NaiveBook.apply
-
-
-def _apply_with_sequence_kind(self, event):
-    """NaiveBook.apply, plus KIND_SEQUENCE: the sequence rules and nothing else."""
-    if int(event["kind"]) != 13:
-        return _apply_without_sequence_kind(self, event)
-    symbol, sequence = int(event["symbol"]), int(event["sequence"])
-    if sequence == 0 or event["flags"] & 2:
-        return "ok"
-    held = self.sequences.get(symbol, 0)
-    if sequence <= held:
-        self.stale += bool(event["flags"] & 1)
-        return "stale"
-    gap = int(event["prev_sequence"]) > held
-    if event["flags"] & 1:
-        self.sequences[symbol] = sequence
-        self.gaps += gap
-    return "gap" if gap else "ok"
-
-
-NaiveBook.apply = _apply_with_sequence_kind
-
-_binance_events_with_noop_level = binance_events
-
-
-def binance_events(path):
-    """A Binance capture's events in file order; an empty diff is one KIND_SEQUENCE event."""
-    events = _binance_events_with_noop_level(path)
-    for event in events:
-        if event["kind"] == 1 and event["price"] == 2**63 - 1:
-            event.update(kind=13, price=0, side=0)
-    return events
