@@ -203,9 +203,9 @@ def test_invalid_input_is_an_error_status_and_wrappers_raise():
     book = new_book(n_symbols=2, depth=4, order_capacity=16)
     assert set_level(book, 2, BID, 1, 1) == kb.BAD_SYMBOL
     assert set_level(book, -1, BID, 1, 1) == kb.BAD_SYMBOL
-    assert set_level(book, 0, 0, 1, 1) == kb.BAD_SIDE
+    assert set_level(book, 0, 0, 1, 1) == kb.INVALID_SIDE
     assert set_level(book, 0, BID, 1, -1) == kb.BAD_QUANTITY
-    assert clear(book, 0, 5) == kb.BAD_SIDE
+    assert clear(book, 0, 5) == kb.INVALID_SIDE
     assert book.counts.sum() == 0 and book.ladder_counts.sum() == 0
     with pytest.raises(ValueError, match="power of two"):
         new_book(n_symbols=1, ladder=3)

@@ -386,7 +386,8 @@ INT64_ARRAY = types.Array(types.int64, 1, "C")
     (scan_decimals, (BUFFER, types.int64, types.int64, types.int64, INT64_ARRAY)),
     (rescale_value, (types.int64, types.int64, types.int64, types.int64)),
     (rescale_array, (INT64_ARRAY, types.int64, types.int64, types.int64, INT64_ARRAY)),
-    (format_decimal_bytes, (types.int64, types.int64, types.int64, BUFFER, types.int64)),
+    (format_decimal_bytes, (types.int64, types.int64, types.int64, BUFFER, types.int64,
+                            types.boolean)),
 ])
 def test_kernels_allocate_nothing(kernel, signature):
     assert allocation_calls(kernel, signature) == []

@@ -18,7 +18,7 @@ from ringbook.kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT,
                             STATUS_HALTED, empty_events)
 from ringbook.kernels.replay import (EVERY_BATCH, EVERY_EVENT, apply_event, apply_events, replay,
                             replay_events)
-from tests.llvm_ir import allocation_calls, llvm_ir
+from tests.llvm_ir import allocation_calls, function_body
 from tests.naive import NaiveBook
 
 
@@ -197,7 +197,7 @@ def test_an_error_stops_the_replay_and_the_wrapper_names_the_event():
                           (KIND_L2_SET, 0, 0, 10, 1, 0, 0, FLAG_BATCH_END),    # no side
                           (KIND_L2_SET, 0, ASK, 12, 1, 0, 0, FLAG_BATCH_END)])
     book = new_book(n_symbols=1, depth=8, order_capacity=16)
-    assert apply_events(book, events, 0, 3) == (1, kb.BAD_SIDE)
+    assert apply_events(book, events, 0, 3) == (1, kb.INVALID_SIDE)
     with pytest.raises(kb.BookError, match="event 1 .*side is neither"):
         replay_events(book, events)
     events[1]["symbol"] = 3
@@ -220,21 +220,13 @@ def test_replay_kernels_allocate_nothing():
     assert allocation_calls(apply_events, signature) == []
 
 
-def function_body(ir, name):
-    """The IR of the kernel ``ringbook.kernels.replay.<name>`` itself (not its CPython wrappers)."""
-    bodies = [body for body in ir.split("\ndefine ")[1:]
-              if re.match(rf"[^@]*@_ZN7kernels6replay{len(name)}{name}B", body)]
-    assert len(bodies) == 1
-    return bodies[0]
-
-
 @pytest.mark.parametrize("kernel, signature", [
     (apply_event, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64)),
     (apply_events, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64, numba.types.int64)),
 ])
 def test_the_l2_path_pays_no_reference_counting(kernel, signature):
     """Atomic reference counting per event would cost more than the update itself."""
-    body = function_body(llvm_ir(kernel, signature), kernel.__name__)
+    body = function_body(kernel, signature)
     assert "call" in body
     assert [line for line in body.splitlines() if "NRT_incref" in line or "NRT_decref" in line] == []
 
