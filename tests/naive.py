@@ -42,9 +42,18 @@ def naive_parse_decimal(text, scale):
     return value, "OK"
 
 
-def naive_format_decimal(value, scale):
-    """The text of ``value`` at ``scale`` decimals, via ``decimal.Decimal``."""
-    return format(_decimal.Decimal(value).scaleb(-scale), "f")
+def naive_format_decimal(value, scale, trim=False):
+    """The text of ``value`` at ``scale`` decimals, via ``decimal.Decimal``; with
+    ``trim``, its shortest text (no trailing zeros after the dot, no bare dot)."""
+    number = _decimal.Decimal(value).scaleb(-scale)
+    if trim:
+        number = number.normalize() if number else _decimal.Decimal(0)
+    return format(number, "f")
+
+
+def naive_decimal_places(text):
+    """The fewest decimals that hold ``text`` exactly, via ``decimal.Decimal``."""
+    return max(0, -_decimal.Decimal(text).normalize().as_tuple().exponent)
 
 
 def naive_rescale(value, from_scale, to_scale, rounding):
@@ -196,6 +205,7 @@ class NaiveBook:
         self.orders = {}        # (symbol, order_id) -> [side, price, quantity]
         self.sequences = {}
         self.trading_status = {}
+        self.max_levels = {}    # symbol -> levels kept per side after each message
         self.stale = self.gaps = self.unknown_orders = 0
 
     def side(self, symbol, side):
@@ -219,6 +229,15 @@ class NaiveBook:
     def best(self, symbol, side):
         levels = self.sorted_levels(symbol, side)
         return levels[0] if levels else None
+
+    def truncate(self, symbol, side, keep):
+        """Keep the best ``keep`` levels of ``side`` (0: of each); return how many went."""
+        deleted = 0
+        for one_side in ((1, -1) if side == 0 else (side,)):
+            for price, _ in self.sorted_levels(symbol, one_side)[keep:]:
+                del self.side(symbol, one_side)[price]
+                deleted += 1
+        return deleted
 
     def clear(self, symbol, side):
         for one_side in ((1, -1) if side == 0 else (side,)):
@@ -278,6 +297,8 @@ class NaiveBook:
             self.sequences[symbol] = sequence
         elif kind == 11:
             self.trading_status[symbol] = quantity
+        if batch_end and self.max_levels.get(symbol, 0) > 0:
+            self.truncate(symbol, 0, self.max_levels[symbol])
         if checked and batch_end:
             self.sequences[symbol] = sequence
             self.gaps += gap
@@ -301,6 +322,23 @@ class NaiveBook:
             filled += take
             cost += price * take
         return filled, cost
+
+
+def naive_make_events(message=None, **columns):
+    """kernels.events.make_events as a loop: one dict per event, FLAG_BATCH_END (1)
+    on the last event of each run of equal message ids (of all, without ids)."""
+    count = max([len(value) for value in columns.values() if hasattr(value, "__len__")]
+                + ([len(message)] if message is not None else []) + [1])
+    events = []
+    for index in range(count):
+        event = {name: int(value[index] if hasattr(value, "__len__") else value)
+                 for name, value in columns.items()}
+        last = index == count - 1
+        if message is not None and not last:
+            last = message[index] != message[index + 1]
+        event["flags"] = event.get("flags", 0) | (1 if last else 0)
+        events.append(event)
+    return events
 
 
 # ---------------------------------------------------------------------------
