@@ -118,7 +118,7 @@ def empty_events(count):
 _SIDES = (BID, ASK, 0)
 
 
-def _column(name, value, length=None):
+def _column(name, value):
     """``value`` (a scalar or a 1-d array of integers) as a 1-d int64 array, checked
     to fit the event field ``name``."""
     array = np.asarray(value)
@@ -129,14 +129,14 @@ def _column(name, value, length=None):
         raise ValueError(f"{name}: a scalar or a 1-d array expected, got shape {array.shape}")
     limits = np.iinfo(EVENT_DTYPE[name])
     if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
-        bad = int(np.argmax(array > np.iinfo(np.int64).max))
-        raise ValueError(f"{name}[{bad}] = {array[bad]} does not fit {EVENT_DTYPE[name]}")
+        raise ValueError(f"{name}: {array.max()} is outside int64")
     array = array.astype(np.int64, copy=False)
-    outside = (array < limits.min) | (array > limits.max)
+    lowest = 0 if name == "symbol" else limits.min    # ids of an Instruments table
+    outside = (array < lowest) | (array > limits.max)
     if outside.any():
         bad = int(np.argmax(outside.reshape(-1)))
-        raise ValueError(f"{name}[{bad}] = {array.reshape(-1)[bad]} does not fit "
-                         f"{EVENT_DTYPE[name]}")
+        where = f"{name}[{bad}]" if array.ndim else name
+        raise ValueError(f"{where} = {array.reshape(-1)[bad]} is outside {lowest}..{limits.max}")
     return array
 
 
