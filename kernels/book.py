@@ -137,14 +137,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ringbook.kernels.borrow import borrow  # noqa: F401  (re-exported: a user's hot loop takes it from here)
+# borrow is re-exported: users' loops import it from here too.
+from ringbook.kernels.borrow import borrow  # noqa: F401
 from ringbook.kernels.events import ASK, BID
 from ringbook.kernels.jit_options import inline_kernel, kernel
 from ringbook.kernels.limits import INT64_MAX, INT64_MIN
 # The codes the book's kernels return, re-exported so ``book.OK`` and the like keep working.
-from ringbook.kernels.status import (BAD_ARGUMENT, BAD_INDEX, BAD_KIND, BAD_QUANTITY, BAD_SYMBOL,  # noqa: F401
-                                     BAD_TICK, DUPLICATE_ORDER, GAP, INVALID_SIDE, LEVEL_DROPPED,
-                                     OK, ORDER_TABLE_FULL, STALE, UNKNOWN_ORDER, status_name)
+from ringbook.kernels.status import (BAD_ARGUMENT, BAD_INDEX, BAD_KIND,  # noqa: F401
+                                     BAD_QUANTITY, BAD_SYMBOL, BAD_TICK, DUPLICATE_ORDER, GAP,
+                                     INVALID_SIDE, LEVEL_DROPPED, OK, ORDER_TABLE_FULL, STALE,
+                                     UNKNOWN_ORDER, status_name)
 
 # Columns of Book.stats, counted per symbol.
 STAT_STALE = 0            # stale messages rejected
@@ -677,8 +679,8 @@ def _find(book, symbol, side_index, price):
     gap = book.gaps[symbol, side_index]
     rank = _lower_bound(book.prices, symbol, side_index, key, count, gap,
                         book.prices.shape[2] - count)
-    found = (rank < count
-             and book.prices[symbol, side_index, _level_slot(book, symbol, side_index, rank)] == price)
+    slot = _level_slot(book, symbol, side_index, rank)
+    found = rank < count and book.prices[symbol, side_index, slot] == price
     return rank, found
 
 

@@ -146,7 +146,8 @@ def make_events(kind, side=0, price=0, quantity=0, *, symbol=0, sequence=0, prev
 
     Parameters
     ----------
-    kind, side, price, quantity, symbol, sequence, prev_sequence, order_id, exchange_ns, local_ns, flags
+    kind, side, price, quantity, symbol, sequence, prev_sequence, order_id, exchange_ns, \
+    local_ns, flags
         The fields of :data:`EVENT_DTYPE`, as integers (prices and quantities
         in fixed point). Arrays must share one length; scalars are repeated.
     message : 1-d array, optional
@@ -217,7 +218,8 @@ def make_events(kind, side=0, price=0, quantity=0, *, symbol=0, sequence=0, prev
 
 def snapshot_events(symbol, bid_prices, bid_quantities, ask_prices, ask_quantities, *,
                     sequence=0, exchange_ns=0, local_ns=0):
-    """A snapshot of one symbol as one message: ``KIND_SNAPSHOT_BEGIN``, the levels, ``KIND_SNAPSHOT_END``.
+    """A snapshot of one symbol as one message: ``KIND_SNAPSHOT_BEGIN``, the levels,
+    ``KIND_SNAPSHOT_END``.
 
     Applied, it replaces every level (and order) of the symbol with these
     levels, and the symbol's sequence becomes ``sequence``: the next message

@@ -61,7 +61,8 @@ import numpy as np
 from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.limits import INT64_MAX, INT64_MIN
 # The codes these kernels return, re-exported so ``fixed.OK`` and the like keep working.
-from ringbook.kernels.status import FULL, INVALID, OK, OVERFLOW, TOO_PRECISE, status_name  # noqa: F401
+from ringbook.kernels.status import (FULL, INVALID, OK, OVERFLOW, TOO_PRECISE,  # noqa: F401
+                                     status_name)
 
 # Rounding codes for rescale_value and rescale_array.
 ROUND_HALF_EVEN = 0

@@ -3,7 +3,6 @@ and the real Binance capture."""
 
 import gzip
 import json
-import re
 
 import numba
 import numpy as np
@@ -352,7 +351,8 @@ def subscribed_depth_feed(seed, messages, keep):
                 full[side][price] = int(rng.integers(1, 9))
         before, shown = shown, view()
         changes = [(side, price, quantity) for side in (BID, ASK)
-                   for price, quantity in shown[side].items() if before[side].get(price) != quantity]
+                   for price, quantity in shown[side].items()
+                   if before[side].get(price) != quantity]
         changes += [(side, price, 0) for side in (BID, ASK)
                     for price in before[side] if price not in full[side]]
         if changes:
