@@ -88,17 +88,26 @@ def test_levels_match_naive_book_after_every_update(ladder, tick):
     assert book.stats.sum() == 0
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from(LAYOUTS),
-       st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-12, 12),
-                          st.integers(0, 3)), max_size=60))
-def test_levels_match_naive_book_for_any_sequence(layout, updates):
+#: Any short sequence of (side, price, quantity) updates on a narrow range of prices.
+ANY_UPDATES = st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-12, 12),
+                                 st.integers(0, 3)), max_size=60)
+
+
+def books_after(layout, updates):
+    """A one-symbol book of ``layout`` (ladder, tick) and the naive book, both updated."""
     ladder, tick = layout
     book = new_book(n_symbols=1, depth=32, order_capacity=16, ladder=ladder, ticks=[tick])
     naive = NaiveBook()
     for side, price, quantity in updates:
         set_level(book, 0, side, price, quantity)
         naive.set_level(0, side, price, quantity)
+    return book, naive
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(LAYOUTS), ANY_UPDATES)
+def test_levels_match_naive_book_for_any_sequence(layout, updates):
+    book, naive = books_after(layout, updates)
     assert_same_book(book, naive, 0)
 
 
@@ -239,17 +248,9 @@ def test_truncate_keeps_the_best_levels_as_the_naive_book_does(ladder, tick):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(LAYOUTS),
-       st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-12, 12),
-                          st.integers(0, 3)), max_size=60),
-       st.integers(0, 20), st.sampled_from([BID, ASK, 0]))
+@given(st.sampled_from(LAYOUTS), ANY_UPDATES, st.integers(0, 20), st.sampled_from([BID, ASK, 0]))
 def test_truncate_matches_the_naive_book_for_any_levels(layout, updates, keep, side):
-    ladder, tick = layout
-    book = new_book(n_symbols=1, depth=32, order_capacity=16, ladder=ladder, ticks=[tick])
-    naive = NaiveBook()
-    for update_side, price, quantity in updates:
-        set_level(book, 0, update_side, price, quantity)
-        naive.set_level(0, update_side, price, quantity)
+    book, naive = books_after(layout, updates)
     assert kb.truncate(book, 0, side, keep) == naive.truncate(0, side, keep)
     assert_same_book(book, naive, 0)
 
