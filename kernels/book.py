@@ -252,7 +252,8 @@ def new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, tick
     max_levels : int or array of int
         For an exchange that publishes its best ``N`` levels (a subscribed
         depth): keep that many per side after each message, per symbol or for
-        all; 0 keeps every level (see "Capacity" in the module docstring).
+        all; 0 keeps every level (see "Depth is not truncation" in the module
+        docstring).
         ``book.max_levels[symbol]`` can be changed at any time.
     """
     if n_symbols < 1 or depth < 1:
