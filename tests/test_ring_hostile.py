@@ -22,8 +22,8 @@ from ringbook.kernels import ring
 from tests import ring_hammer
 
 HAMMER = Path(ring_hammer.__file__)
-BACKINGS = ["file", "shm", "memfd"]
 needs_memfd = pytest.mark.skipif(engine_ring.DEFAULT_BACKING != "memfd", reason="no sealed memfd on this system")
+BACKINGS = ["file", "shm", pytest.param("memfd", marks=needs_memfd)]
 
 
 def run_child(*arguments, timeout=120):
@@ -51,27 +51,14 @@ def test_the_reported_races_do_not_reproduce(fields):
     run_child("hammer", "file", "thread", 0.5, *fields)
 
 
+@pytest.mark.parametrize("mutator, seconds", [
+    ("thread", 0.05),
+    pytest.param("thread", 0.5, marks=pytest.mark.slow, id="thread-longer"),
+    pytest.param("process", 0.3, marks=pytest.mark.slow, id="process"),
+])
 @pytest.mark.parametrize("backing", BACKINGS)
-def test_every_field_rewritten_by_a_thread_while_every_path_runs(backing):
-    if backing == "memfd" and engine_ring.DEFAULT_BACKING != "memfd":
-        pytest.skip("no sealed memfd on this system")
-    run_child("hammer", backing, "thread", 0.05)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backing", BACKINGS)
-def test_every_field_rewritten_by_a_thread_for_longer(backing):
-    if backing == "memfd" and engine_ring.DEFAULT_BACKING != "memfd":
-        pytest.skip("no sealed memfd on this system")
-    run_child("hammer", backing, "thread", 0.5, timeout=600)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backing", BACKINGS)
-def test_every_field_rewritten_by_another_process(backing):
-    if backing == "memfd" and engine_ring.DEFAULT_BACKING != "memfd":
-        pytest.skip("no sealed memfd on this system")
-    run_child("hammer", backing, "process", 0.3, timeout=600)
+def test_every_field_rewritten_while_every_path_runs(backing, mutator, seconds):
+    run_child("hammer", backing, mutator, seconds, timeout=600)
 
 
 def test_a_header_changed_between_attach_and_open_is_refused():
@@ -112,8 +99,6 @@ def test_check_header_validates_a_copy_against_any_size():
 @pytest.mark.parametrize("backing", BACKINGS)
 def test_a_region_shrunk_under_the_ring_is_an_error_not_a_crash(backing):
     """Ring.create(path=p); write; os.truncate(p, 0); try_read died of SIGBUS."""
-    if backing == "memfd" and engine_ring.DEFAULT_BACKING != "memfd":
-        pytest.skip("no sealed memfd on this system")
     run_child("truncate", backing)
 
 
