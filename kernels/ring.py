@@ -289,8 +289,8 @@ def _last_use(status, slab, state, buffer):
 
     Numba takes a reference to each array argument on entry and drops it after
     the array's last use; when those drops land in different branches, its
-    pruning cannot pair them and every call pays six atomic operations
-    (~16 ns). Passing every array here, after the branches join, puts all the
+    pruning cannot pair them and every call pays six atomic operations.
+    Passing every array here, after the branches join, puts all the
     drops in one block, where they are pruned.
     """
     return status
@@ -720,8 +720,8 @@ def peek_header(slab, consumer):
     """:func:`peek` without the payload: ``(length, flags, stamp)``, not consuming.
 
     The cheapest way to wait for a message: a view holds a reference to the
-    slab, and taking and dropping it costs two atomic operations a call
-    (about 20 ns of one-way latency when polled in a loop). Read the payload
+    slab, and taking and dropping it costs two atomic operations a call,
+    which a loop polling for a message pays each time. Read the payload
     afterwards with :func:`peek`, or skip it and :func:`release`.
     """
     result, start, flags, stamp = _peek_slot(slab, consumer)
