@@ -21,15 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-# Kernels cached by the test run, which imports this module as tests.<name>,
-# name that module: the repository must be importable to load them here.
+import numpy as np
+
+# Run as a script, this module shares its kernels' disk cache with the copy the
+# tests import as ``tests.<name>``; loading that cache imports ``tests``.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
-from ringbook.engine.ring import Ring
-from ringbook.kernels import ring
-from ringbook.kernels.jit_options import kernel
+from ringbook.engine.ring import Ring  # noqa: E402
+from ringbook.kernels import ring  # noqa: E402
+from ringbook.kernels.jit_options import kernel  # noqa: E402
 
 MESSAGE_BYTES = 32
 

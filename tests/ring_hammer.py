@@ -28,19 +28,18 @@ import tempfile
 import threading
 import time
 import uuid
-
 from pathlib import Path
 
-# Kernels cached by the test run, which imports this module as tests.<name>,
-# name that module: the repository must be importable to load them here.
+import numpy as np
+
+# Run as a script, this module shares its kernels' disk cache with the copy the
+# tests import as ``tests.<name>``; loading that cache imports ``tests``.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
-from ringbook.engine.ring import Ring, RingError, new_state
-from ringbook.kernels import ring
-from ringbook.kernels.atomics import load_relaxed
-from ringbook.kernels.jit_options import kernel
+from ringbook.engine.ring import Ring, RingError, new_state  # noqa: E402
+from ringbook.kernels import ring  # noqa: E402
+from ringbook.kernels.atomics import load_relaxed  # noqa: E402
+from ringbook.kernels.jit_options import kernel  # noqa: E402
 
 SLOT_COUNT, SLOT_SIZE, CONSUMERS = 8, 64, 2
 CAPACITY = SLOT_SIZE - ring.SLOT_HEADER_BYTES
