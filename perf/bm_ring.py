@@ -438,15 +438,14 @@ def main():
         f"ring_processes_batch{batch}": runner.bench_time_func(
             f"ring_processes_batch{batch}", benchmarks.processes_batch),
     }
-    if args.ring_only:
-        return
-    results.update({
-        "multiprocessing_queue": runner.bench_time_func("multiprocessing_queue",
-                                                        benchmarks.multiprocessing_queue),
-        "faster_fifo_queue": runner.bench_time_func("faster_fifo_queue", benchmarks.faster_fifo_queue),
-        "posix_ipc_queue": runner.bench_time_func("posix_ipc_queue", benchmarks.posix_ipc_queue),
-    })
-    report_ratios(results, [
+    if not args.ring_only:
+        results.update({
+            "multiprocessing_queue": runner.bench_time_func("multiprocessing_queue",
+                                                            benchmarks.multiprocessing_queue),
+            "faster_fifo_queue": runner.bench_time_func("faster_fifo_queue", benchmarks.faster_fifo_queue),
+            "posix_ipc_queue": runner.bench_time_func("posix_ipc_queue", benchmarks.posix_ipc_queue),
+        })
+    report_ratios(results, [pair for pair in [
         (f"ring_single_thread_batch{batch}", "ring_single_thread"),
         (f"ring_threads_batch{batch}", "ring_threads"),
         ("ring_threads_large", "ring_threads_large_evict"),
@@ -458,7 +457,7 @@ def main():
         (f"ring_processes_batch{batch}", "multiprocessing_queue"),
         (f"ring_processes_batch{batch}", "faster_fifo_queue"),
         (f"ring_processes_batch{batch}", "posix_ipc_queue"),
-    ])
+    ] if pair[1] in results])
     if all(result is not None for result in results.values()):
         print()
         print("Messages per second (median):")
@@ -466,7 +465,7 @@ def main():
             print(f"  {name}: {1 / result.median() / 1e6:.2f} M msg/s")
         ratio = 1 / results["ring_single_thread"].median() / SEED_SINGLE_THREAD
         print(f"  ring_single_thread vs the seed's {SEED_SINGLE_THREAD / 1e6} M msg/s: {ratio:.2f}x")
-    if not runner.args.worker:
+    if not runner.args.worker and not args.ring_only:
         print_latency(measure_latency())
 
 
