@@ -678,7 +678,7 @@ def iter_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
     limit = check_memory_limit(memory_limit)
     scales = (np.int64(price_scale), np.int64(size_scale))
     symbols = _Symbols(path, instruments, symbol, tick_of, scales)
-    order = _Sync(sync, limit // 4)
+    order = _Sync(sync, limit // 2)
     seen_lines = False
     for block in iter_blocks(path, limit):
         seen_lines = True
