@@ -453,7 +453,7 @@ def _parse_block(path, block, scales, skip_malformed):
 
 
 def _symbol_name(text):
-    """The ``"s"`` value of one line (Python: once per distinct symbol)."""
+    """The ``"s"`` value of one line (Python: once per distinct symbol); ValueError if not UTF-8."""
     match = _SYMBOL_MEMBER.search(text)
     return match[1].decode() if match else None
 
@@ -489,7 +489,10 @@ class _Symbols:
         for index, value in enumerate(hashes.tolist()):
             if value != 0 and value not in self.id_of_hash:
                 line = int(numbers[first_seen[index]])
-                name = _symbol_name(block.text(np.searchsorted(block.numbers, line)))
+                try:
+                    name = _symbol_name(block.text(np.searchsorted(block.numbers, line)))
+                except UnicodeDecodeError:
+                    raise FeedError(self.path, line, "a symbol that is not UTF-8 text", "s") from None
                 if name not in self.names:
                     self.names.append(name)
                     new_name_line = line if new_name_line is None else min(new_name_line, line)

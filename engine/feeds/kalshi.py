@@ -125,7 +125,10 @@ def _symbol(instruments, message, symbols):
     raw = message.text("market_ticker")
     if raw in symbols:
         return symbols[raw]
-    name = json.loads(raw) if raw[:1] == b'"' else None
+    try:
+        name = json.loads(raw) if raw[:1] == b'"' else None
+    except ValueError:  # a bad escape or bad UTF-8
+        name = None
     if not isinstance(name, str) or not name:
         raise _Malformed("market_ticker", f"expected a market ticker, got {raw.decode(errors='replace')}")
     try:
