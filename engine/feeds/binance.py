@@ -198,17 +198,40 @@ def _milliseconds(buffer, members, count, name, optional):
 
 
 @kernel
+def _time_and_id(buffer, members, count, time_name, id_name, time_field, id_field):
+    """A time in ms and an integer id: ``(ms, id, status, field)``."""
+    milliseconds, status = _milliseconds(buffer, members, count, time_name, False)
+    if status != fixed.OK:
+        return milliseconds, np.int64(0), status, time_field
+    identifier, status = js.integer(buffer, members, count, id_name)
+    if status != fixed.OK:
+        return milliseconds, identifier, status, id_field
+    return milliseconds, identifier, status, -1
+
+
+@kernel
+def _price_and_quantity(buffer, members, count, price_name, quantity_name, scales, price_field,
+                        quantity_field):
+    """Two decimal members, a price and a quantity: ``(price, quantity, status, field)``."""
+    price, status = js.decimal(buffer, members, count, price_name, scales[0])
+    if status != fixed.OK:
+        return price, np.int64(0), status, price_field
+    quantity, status = js.decimal(buffer, members, count, quantity_name, scales[1])
+    if status != fixed.OK:
+        return price, quantity, status, quantity_field
+    return price, quantity, status, -1
+
+
+@kernel
 def _parse_diff(buffer, members, count, local_ns, scales, scratch, events, written, record):
     """A ``depthUpdate``: its events from ``events[written]`` and its ``record``.
 
     Returns ``(written, status, field)``; on an error ``written`` is unchanged.
     """
-    event_ms, status = _milliseconds(buffer, members, count, _EVENT_TIME, False)
+    event_ms, first_id, status, field = _time_and_id(buffer, members, count, _EVENT_TIME, _FIRST_ID, _F_E,
+                                                     _F_FIRST)
     if status != fixed.OK:
-        return written, status, _F_E
-    first_id, status = js.integer(buffer, members, count, _FIRST_ID)
-    if status != fixed.OK:
-        return written, status, _F_FIRST
+        return written, status, field
     last_id, status = js.integer(buffer, members, count, _LAST_ID)
     if status != fixed.OK:
         return written, status, _F_LAST
@@ -269,18 +292,14 @@ def _parse_snapshot(buffer, members, count, local_ns, scales, scratch, events, w
 @kernel
 def _parse_trade(buffer, members, count, local_ns, scales, scratch, events, written, record):
     """A ``trade``; as :func:`_parse_diff`."""
-    trade_ms, status = _milliseconds(buffer, members, count, _TRADE_TIME, False)
+    trade_ms, trade_id, status, field = _time_and_id(buffer, members, count, _TRADE_TIME, _TRADE_ID,
+                                                     _F_TRADE_TIME, _F_TRADE_ID)
     if status != fixed.OK:
-        return written, status, _F_TRADE_TIME
-    trade_id, status = js.integer(buffer, members, count, _TRADE_ID)
+        return written, status, field
+    price, quantity, status, field = _price_and_quantity(buffer, members, count, _PRICE, _QUANTITY, scales,
+                                                         _F_PRICE, _F_QUANTITY)
     if status != fixed.OK:
-        return written, status, _F_TRADE_ID
-    price, status = js.decimal(buffer, members, count, _PRICE, scales[0])
-    if status != fixed.OK:
-        return written, status, _F_PRICE
-    quantity, status = js.decimal(buffer, members, count, _QUANTITY, scales[1])
-    if status != fixed.OK:
-        return written, status, _F_QUANTITY
+        return written, status, field
     maker = js.member(buffer, members, count, _MAKER)
     if maker < 0:
         return written, np.int64(MISSING), _F_MAKER
@@ -301,18 +320,14 @@ def _parse_ticker(buffer, members, count, local_ns, scales, scratch, events, wri
     event_ms, status = _milliseconds(buffer, members, count, _EVENT_TIME, True)  # spot has no E
     if status != fixed.OK:
         return written, status, _F_E
-    bid_price, status = js.decimal(buffer, members, count, _BIDS, scales[0])
+    bid_price, bid_quantity, status, field = _price_and_quantity(
+        buffer, members, count, _BIDS, _BID_QUANTITY, scales, _F_BIDS, _F_BID_QUANTITY)
     if status != fixed.OK:
-        return written, status, _F_BIDS
-    bid_quantity, status = js.decimal(buffer, members, count, _BID_QUANTITY, scales[1])
+        return written, status, field
+    ask_price, ask_quantity, status, field = _price_and_quantity(
+        buffer, members, count, _ASKS, _ASK_QUANTITY, scales, _F_ASKS, _F_ASK_QUANTITY)
     if status != fixed.OK:
-        return written, status, _F_BID_QUANTITY
-    ask_price, status = js.decimal(buffer, members, count, _ASKS, scales[0])
-    if status != fixed.OK:
-        return written, status, _F_ASKS
-    ask_quantity, status = js.decimal(buffer, members, count, _ASK_QUANTITY, scales[1])
-    if status != fixed.OK:
-        return written, status, _F_ASK_QUANTITY
+        return written, status, field
     exchange_ns = event_ms * _NS_PER_MS
     _put(events, written, KIND_TOP_OF_BOOK, BID, bid_price, bid_quantity, 0, last_id, 0,
          exchange_ns, local_ns, 0)

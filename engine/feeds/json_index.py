@@ -222,6 +222,18 @@ def _token_end(buffer, position, stop):
 
 
 @kernel
+def _token_number(buffer, position, stop, scale):
+    """The string or bare number after the spaces at ``position``: ``(value, status, position past
+    it and the spaces after it)``."""
+    position = skip_spaces(buffer, position, stop)
+    end = _token_end(buffer, position, stop)
+    if end < 0:
+        return np.int64(0), np.int64(fixed.INVALID), position
+    value, status = _number(buffer, position, end, scale)
+    return value, status, skip_spaces(buffer, end, stop)
+
+
+@kernel
 def level_pairs(buffer, members, count, name, price_scale, size_scale, out):
     """The member ``name``, ``[[price, quantity], ...]``, into ``out``: (pairs, status).
 
@@ -245,24 +257,14 @@ def level_pairs(buffer, members, count, name, price_scale, size_scale, out):
             return np.int64(0), np.int64(ODD_LEVELS)
         if 2 * pairs + 2 > out.shape[0]:
             return np.int64(0), np.int64(fixed.FULL)
-        position = skip_spaces(buffer, position + 1, stop)
-        end = _token_end(buffer, position, stop)
-        if end < 0:
-            return np.int64(0), np.int64(fixed.INVALID)
-        price, status = _number(buffer, position, end, price_scale)
+        price, status, position = _token_number(buffer, position + 1, stop, price_scale)
         if status != fixed.OK:
             return np.int64(0), status
-        position = skip_spaces(buffer, end, stop)
         if position >= stop or buffer[position] != _COMMA:
             return np.int64(0), np.int64(ODD_LEVELS)
-        position = skip_spaces(buffer, position + 1, stop)
-        end = _token_end(buffer, position, stop)
-        if end < 0:
-            return np.int64(0), np.int64(fixed.INVALID)
-        quantity, status = _number(buffer, position, end, size_scale)
+        quantity, status, position = _token_number(buffer, position + 1, stop, size_scale)
         if status != fixed.OK:
             return np.int64(0), status
-        position = skip_spaces(buffer, end, stop)
         if position >= stop or buffer[position] != _CLOSE_BRACKET:
             return np.int64(0), np.int64(ODD_LEVELS)
         out[2 * pairs] = price

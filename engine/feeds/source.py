@@ -143,11 +143,16 @@ def concatenate(chunks, path, instruments):
     from ringbook.kernels.events import EVENT_DTYPE
 
     chunks = list(chunks)
-    events = np.concatenate([chunk.events for chunk in chunks]) if chunks else np.zeros(0, EVENT_DTYPE)
-    lines = np.concatenate([chunk.lines for chunk in chunks]) if chunks else np.zeros(0, np.int64)
-    with_records = chunks and chunks[0].records is not None
-    records = np.concatenate([chunk.records for chunk in chunks]) if with_records else None
-    feed = Feed(events, lines, instruments, str(path), records=records)
+    full = [chunk for chunk in chunks if len(chunk)] or chunks[:1]
+
+    def joined(name, empty):
+        if len(full) == 1:  # a small file: its one chunk's arrays, not a copy
+            return getattr(full[0], name)
+        return np.concatenate([getattr(chunk, name) for chunk in full]) if full else empty
+
+    with_records = bool(full) and full[0].records is not None
+    feed = Feed(joined("events", np.zeros(0, EVENT_DTYPE)), joined("lines", np.zeros(0, np.int64)),
+                instruments, str(path), records=joined("records", None) if with_records else None)
     for chunk in chunks:
         feed.skipped_lines += chunk.skipped_lines
         feed.warnings += chunk.warnings
