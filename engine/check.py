@@ -32,11 +32,15 @@ Binance (``--format binance CAPTURE_FILE``)
     tickers are looked up by update id each time a diff is applied; each is
     checked once.
 
+Both formats are read through the readers' streams
+(:mod:`ringbook.engine.feeds.source`), so a file of any size is checked within
+the memory limit (``$RINGBOOK_MEMORY_LIMIT``, 256 MiB by default).
+
 Output: a short summary, or with ``--json`` one object with at least
 ``events``, ``checked``, ``mismatches``, ``gaps`` and ``unknown_orders``; the
 first mismatch is shown with its line. Exit status 0 when there are no
-mismatches, 1 when there are, 2 when a file cannot be read (a malformed line
-is named with its line number).
+mismatches, 1 when there are, 2 when a file cannot be read: a malformed line
+(named with its line number), an empty file, a damaged gzip stream, a device.
 """
 
 import json

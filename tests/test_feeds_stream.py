@@ -184,3 +184,17 @@ def test_memory_stays_bounded_on_a_multi_gb_capture(tmp_path):
     assert events == 10 * lines + 4  # ten levels a diff, and the snapshot's four events
     from ringbook.engine.feeds.source import MEMORY_LIMIT
     assert peak - before < MEMORY_LIMIT, f"peak RSS grew by {(peak - before) / 2**20:.0f} MiB"
+
+
+def test_memory_limit_from_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "capture"
+    path.write_bytes(b"1 " + b"x" * 2**17 + b"\n")
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "256K")
+    with pytest.raises(FeedError, match="longer than 65536 bytes"):
+        binance.read_capture(path)
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match="RINGBOOK_MEMORY_LIMIT='lots'"):
+        binance.read_capture(path)
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "1024")
+    with pytest.raises(ValueError, match="at least"):
+        binance.read_capture(path)

@@ -6,7 +6,7 @@ blocks of about ``memory_limit // 16`` bytes, cut after the last line break of
 each block, the partial last line carried over to the next; numpy finds the line
 boundaries of a block, njit kernels parse its lines, and Python only assembles
 the result. So resident memory stays bounded by ``memory_limit`` (256 MiB by
-default) whatever the size of the file, compressed or not. Line numbers are
+default, or ``$RINGBOOK_MEMORY_LIMIT``) whatever the size of the file, compressed or not. Line numbers are
 1-based, as an editor shows them, and count every line of the file, blank ones
 included.
 
@@ -194,9 +194,27 @@ class Block:
         return bytes(self.buffer[self.starts[index]:self.stops[index]])
 
 
+#: Environment variable that sets the default memory limit (bytes, or with a K, M or G suffix:
+#: ``512M``), for the command line and for code that does not pass ``memory_limit``.
+MEMORY_LIMIT_VARIABLE = "RINGBOOK_MEMORY_LIMIT"
+_SUFFIXES = {"K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def _default_memory_limit():
+    text = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip().upper().removesuffix("B").removesuffix("I")
+    if not text:
+        return MEMORY_LIMIT
+    try:
+        return int(text[:-1]) * _SUFFIXES[text[-1]] if text[-1] in _SUFFIXES else int(text)
+    except ValueError:
+        raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={os.environ[MEMORY_LIMIT_VARIABLE]!r}: expected bytes, "
+                         "or a number with K, M or G") from None
+
+
 def check_memory_limit(memory_limit):
-    """The memory limit as an int, defaulting to :data:`MEMORY_LIMIT`; ValueError when too small."""
-    limit = MEMORY_LIMIT if memory_limit is None else int(memory_limit)
+    """The memory limit as an int, defaulting to ``$RINGBOOK_MEMORY_LIMIT`` or :data:`MEMORY_LIMIT`;
+    ValueError when too small."""
+    limit = _default_memory_limit() if memory_limit is None else int(memory_limit)
     if limit < MIN_MEMORY_LIMIT:
         raise ValueError(f"memory_limit must be at least {MIN_MEMORY_LIMIT} bytes, got {limit}")
     return limit
