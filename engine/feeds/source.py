@@ -331,7 +331,8 @@ def iter_blocks(path, memory_limit=None):
             yield from raw
 
         if first[:2] == GZIP_MAGIC:
-            texts = _decompressed(path, chained(), block_size)
+            # Small pieces of output: a fault in the compressed data is named within a few lines.
+            texts = _decompressed(path, chained(), min(block_size, _READ_SIZE // 4))
         else:
             texts = chained()
         carried = []
