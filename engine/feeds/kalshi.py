@@ -41,6 +41,7 @@ from ringbook.engine.feeds.source import Feed, FeedError, empty_file, iter_block
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_TOP_OF_BOOK, KIND_TRADE,
                                      Instruments)
+from ringbook.kernels.limits import INT64_MAX
 
 PRICE_SCALE = 4
 SIZE_SCALE = 2
@@ -87,9 +88,12 @@ class _Object:
         row = js.member(self.buffer, self.members, self.count, _name(key))
         return (-1, -1) if row < 0 else (self.members[row, js.VALUE_START], self.members[row, js.VALUE_STOP])
 
-    def integer(self, key, default=None):
+    def integer(self, key, default=None, limit=INT64_MAX):
+        """Member ``key``, an integer from 0 to ``limit`` (so that scaling it cannot overflow)."""
         value, code = js.integer(self.buffer, self.members, self.count, _name(key))
         if code == fixed.OK:
+            if not 0 <= value <= limit:
+                raise _Malformed(key, f"out of range: {int(value)} (0 to {limit})")
             return int(value)
         if not self.has(key) and default is not None:
             return default
@@ -108,7 +112,7 @@ def _price(message, dollars_key, cents_key):
     """A price at PRICE_SCALE: the exact dollar string, else the cents."""
     if message.has(dollars_key):
         return message.decimal(dollars_key, PRICE_SCALE)
-    return message.integer(cents_key) * _CENT
+    return message.integer(cents_key, limit=INT64_MAX // _CENT) * _CENT
 
 
 def _size(message, fp_key, count_key=None):
@@ -116,7 +120,7 @@ def _size(message, fp_key, count_key=None):
     if message.has(fp_key):
         return message.decimal(fp_key, SIZE_SCALE)
     if count_key is not None:
-        return message.integer(count_key) * 10 ** SIZE_SCALE
+        return message.integer(count_key, limit=INT64_MAX // 10 ** SIZE_SCALE) * 10 ** SIZE_SCALE
     return 0
 
 
@@ -145,7 +149,10 @@ def _events_of(buffer, start, stop, instruments, symbols):
     while space < stop and 48 <= buffer[space] <= 57:
         space += 1
     if space > start and space < stop and buffer[space] == 32:
-        local_ns, start = int(bytes(buffer[start:space])), space + 1
+        local_ns, code = fixed.parse_decimal_bytes(buffer, start, space, 0)
+        if code != fixed.OK:
+            raise _Malformed("local_ns", reason_of(code))
+        local_ns, start = int(local_ns), space + 1
     document = _Object(buffer, start, stop)
     if document.count < 0 or js.skip_spaces(buffer, document.end, stop) != stop:
         raise _Malformed(None, f"not JSON: a JSON object expected, malformed at column "
@@ -162,7 +169,7 @@ def _events_of(buffer, start, stop, instruments, symbols):
     if message is None:
         raise _Malformed("msg", "missing")
     sequence = document.integer("seq", default=0)
-    exchange_ns = message.integer("ts") * _NS_PER_SECOND
+    exchange_ns = message.integer("ts", limit=INT64_MAX // _NS_PER_SECOND) * _NS_PER_SECOND
     symbol = _symbol(instruments, message, symbols)
     # (exchange_ns, local_ns, price, quantity, order_id, sequence, prev_sequence, symbol, kind, side, flags)
     if kind == b'"ticker"':

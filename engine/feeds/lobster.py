@@ -49,6 +49,7 @@ from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND
                             KIND_L3_DELETE, KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS,
                             KIND_TRADE, STATUS_HALTED, STATUS_QUOTING, STATUS_TRADING, Instruments)
 from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.limits import INT64_MAX
 from ringbook.kernels.status import FIELD_COUNT, OK
 
 PRICE_SCALE = 4
@@ -219,12 +220,16 @@ def midnight_ns(date):
     return seconds * 1_000_000_000
 
 
-def _message_problems(rows):
-    """Per row, the first invalid column (-1 when the row is valid) and why."""
+def _message_problems(rows, origin_ns):
+    """Per row, the first invalid column (-1 when the row is valid) and why.
+
+    The time must be non-negative and, counted from ``origin_ns``, within int64 ns.
+    """
     kinds = rows[:, 1]
     size, price, direction, order_id = rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 2]
     is_halt = kinds == 7
     checks = [
+        (0, (rows[:, 0] < 0) | (rows[:, 0] > INT64_MAX - origin_ns), "time out of range"),
         (1, (kinds < 1) | (kinds > 7), "event type must be 1..7"),
         (2, order_id < 0, "negative order id"),
         (3, size < 0, "negative size"),
@@ -301,7 +306,7 @@ def iter_messages(path, *, symbol=None, date=None, instruments=None, skip_malfor
             path, lambda found, line: len(MESSAGE_FIELDS), MESSAGE_FIELDS.__getitem__,
             lambda width: MESSAGE_SCALES, skip_malformed, memory_limit):
         warnings = []
-        bad_column, bad_reason, reasons = _message_problems(rows)
+        bad_column, bad_reason, reasons = _message_problems(rows, origin_ns)
         if not skip_malformed:
             bad = np.flatnonzero(bad_column >= 0)
             cut = int(bad[0]) if len(bad) else len(rows)
