@@ -32,11 +32,15 @@ Binance (``--format binance CAPTURE_FILE``)
     tickers are looked up by update id each time a diff is applied; each is
     checked once.
 
+Both formats are read through the readers' streams
+(:mod:`ringbook.engine.feeds.source`), so a file of any size is checked within
+the memory limit (``$RINGBOOK_MEMORY_LIMIT``, 256 MiB by default).
+
 Output: a short summary, or with ``--json`` one object with at least
 ``events``, ``checked``, ``mismatches``, ``gaps`` and ``unknown_orders``; the
 first mismatch is shown with its line. Exit status 0 when there are no
-mismatches, 1 when there are, 2 when a file cannot be read (a malformed line
-is named with its line number).
+mismatches, 1 when there are, 2 when a file cannot be read: a malformed line
+(named with its line number), an empty file, a damaged gzip stream, a device.
 """
 
 import json
@@ -46,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ringbook.engine.feeds import binance, lobster
-from ringbook.engine.feeds.source import FeedError
+from ringbook.engine.feeds.source import MIN_MEMORY_LIMIT, FeedError
 from ringbook.kernels import book as books
 from ringbook.kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS
 from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_CANCEL, KIND_L3_DELETE,
@@ -92,6 +96,8 @@ class CheckResult:
     skipped_lines: list = field(default_factory=list)
     first_mismatch: dict = None
     orderbook: str = None
+    warnings: int = 0
+    first_warning: str = None
 
     @property
     def ok(self):
@@ -184,18 +190,18 @@ def _verify_side(book, symbol, side, row_prices, row_sizes, previous_prices, pre
 
 @kernel
 def check_lobster_kernel(book, symbol, events, row_of_event, ask_prices, ask_sizes, bid_prices,
-                         bid_sizes, found_prices, found_quantities, counters):
+                         bid_sizes, found_prices, found_quantities, counters, previous=-1):
     """Replay LOBSTER events, comparing the book with orderbook row ``row_of_event[i]``
     after each event (-1: no row to compare with). ``counters`` gets the ``CHECKED``..
-    columns; returns the number of events applied."""
-    previous = -1
+    columns; ``previous`` is the row compared last (-1: none), whose window
+    bounds the next comparison. Returns ``(events applied, the row compared last)``."""
     for i in range(events.shape[0]):
         _reconcile_order(book, events, i, counters)
         status = apply_event(book, events, i)
         if status < 0:
             counters[ERROR_EVENT] = i
             counters[ERROR_STATUS] = status
-            return i
+            return i, previous
         row = row_of_event[i]
         if row < 0 or row >= ask_prices.shape[0]:
             continue
@@ -211,35 +217,57 @@ def check_lobster_kernel(book, symbol, events, row_of_event, ask_prices, ask_siz
         if not (bids_match and asks_match):
             counters[MISMATCHES] += 1  # one per row
         previous = row
-    return events.shape[0]
+    return events.shape[0], previous
+
+
+#: Columns of the quote table of bookTickers: best bid and ask, price and quantity.
+QUOTE_BID_PRICE, QUOTE_BID_QUANTITY, QUOTE_ASK_PRICE, QUOTE_ASK_QUANTITY = range(4)
+#: Columns of the history of the book's top after each diff: symbol, sequence, then a quote.
+HISTORY_SYMBOL, HISTORY_SEQUENCE = 4, 5
+#: Diffs remembered for tickers that arrive in a later chunk than the diff of their update id.
+HISTORY_LENGTH = 1 << 16
 
 
 @kernel
-def _compare_top(book, symbol, events, bid_event, counters):
-    """Compare the book's best bid and ask with a bookTicker's two events: True when equal."""
+def _compare_top(book, symbol, quote, ticker, counters):
+    """Compare the book's best bid and ask with a bookTicker's quote: True when equal."""
     price, quantity = books.best_bid(book, symbol)
-    bid = events[bid_event]
-    if price != bid.price or quantity != bid.quantity:
-        _note_mismatch(counters, bid_event, BID, 0, bid.price, bid.quantity, price, quantity)
+    if price != quote[QUOTE_BID_PRICE] or quantity != quote[QUOTE_BID_QUANTITY]:
+        _note_mismatch(counters, ticker, BID, 0, quote[QUOTE_BID_PRICE], quote[QUOTE_BID_QUANTITY],
+                       price, quantity)
         return False
     price, quantity = books.best_ask(book, symbol)
-    ask = events[bid_event + 1]
-    if price != ask.price or quantity != ask.quantity:
-        _note_mismatch(counters, bid_event + 1, ASK, 0, ask.price, ask.quantity, price, quantity)
+    if price != quote[QUOTE_ASK_PRICE] or quantity != quote[QUOTE_ASK_QUANTITY]:
+        _note_mismatch(counters, ticker, ASK, 0, quote[QUOTE_ASK_PRICE], quote[QUOTE_ASK_QUANTITY],
+                       price, quantity)
         return False
     return True
 
 
 @kernel
-def check_binance_kernel(book, events, ticker_sequences, ticker_symbols, ticker_events,
-                         ticker_checked, counters):
+def _remember_top(book, symbol, sequence, history, written):
+    """Record the book's top after a diff in the ring ``history``; returns ``written + 1``."""
+    row = history[written % history.shape[0]]
+    row[QUOTE_BID_PRICE], row[QUOTE_BID_QUANTITY] = books.best_bid(book, symbol)
+    row[QUOTE_ASK_PRICE], row[QUOTE_ASK_QUANTITY] = books.best_ask(book, symbol)
+    row[HISTORY_SYMBOL] = symbol
+    row[HISTORY_SEQUENCE] = sequence
+    return written + 1
+
+
+@kernel
+def check_binance_kernel(book, events, ticker_sequences, ticker_symbols, ticker_quotes,
+                         ticker_checked, counters, history, history_written):
     """Replay synced Binance events and check bookTickers against the book.
 
     The tickers are given sorted by update id (``ticker_sequences``, with
-    their symbols and the index of their bid event, the ask event following
-    it). Whenever a diff is applied and the book's sequence becomes its ``u``,
-    every ticker of that symbol with that update id is compared: a ticker
-    usually arrives before the 100 ms diff that reaches its update id.
+    their symbols and quotes). Whenever a diff is applied and the book's
+    sequence becomes its ``u``, every ticker of that symbol with that update id
+    is compared: a ticker usually arrives before the 100 ms diff that reaches
+    its update id. The book's top after each such diff is also written to the
+    ring ``history`` (``history_written`` rows so far), for tickers that
+    arrive later. A mismatch's ``FIRST_EVENT`` is the ticker's index. Returns
+    ``history_written`` after the events.
     """
     for i in range(events.shape[0]):
         event = events[i]
@@ -249,22 +277,51 @@ def check_binance_kernel(book, events, ticker_sequences, ticker_symbols, ticker_
         if status < 0:
             counters[ERROR_EVENT] = i
             counters[ERROR_STATUS] = status
-            return i
+            return history_written
         symbol = event.symbol
         sequence = event.sequence
         # After a diff (not a snapshot) that the book applied, at its last event.
         if ((event.kind != KIND_L2_SET and event.kind != KIND_SEQUENCE) or sequence == 0
                 or (event.flags & FLAG_BATCH_END) == 0 or book.sequences[symbol] != sequence):
             continue
+        history_written = _remember_top(book, symbol, sequence, history, history_written)
         index = np.searchsorted(ticker_sequences, sequence)
         while index < ticker_sequences.shape[0] and ticker_sequences[index] == sequence:
             if ticker_symbols[index] == symbol and not ticker_checked[index]:
                 ticker_checked[index] = True
                 counters[CHECKED] += 1
-                if not _compare_top(book, symbol, events, ticker_events[index], counters):
+                if not _compare_top(book, symbol, ticker_quotes[index], index, counters):
                     counters[MISMATCHES] += 1
             index += 1
-    return events.shape[0]
+    return history_written
+
+
+@kernel
+def _check_late_tickers(history, history_written, ticker_sequences, ticker_symbols, ticker_quotes,
+                        ticker_checked, counters):
+    """Compare tickers whose diff came in an earlier chunk with the book's top remembered after it."""
+    kept = min(history_written, history.shape[0])
+    by_sequence = np.argsort(history[:kept, HISTORY_SEQUENCE], kind="mergesort")
+    sequences = history[:kept, HISTORY_SEQUENCE][by_sequence]
+    for index in range(ticker_sequences.shape[0]):
+        at = np.searchsorted(sequences, ticker_sequences[index])
+        while at < kept and sequences[at] == ticker_sequences[index]:
+            top = history[by_sequence[at]]
+            at += 1
+            if top[HISTORY_SYMBOL] != ticker_symbols[index] or ticker_checked[index]:
+                continue
+            ticker_checked[index] = True
+            counters[CHECKED] += 1
+            quote = ticker_quotes[index]
+            if top[QUOTE_BID_PRICE] != quote[QUOTE_BID_PRICE] or top[QUOTE_BID_QUANTITY] != quote[QUOTE_BID_QUANTITY]:
+                _note_mismatch(counters, index, BID, 0, quote[QUOTE_BID_PRICE], quote[QUOTE_BID_QUANTITY],
+                               top[QUOTE_BID_PRICE], top[QUOTE_BID_QUANTITY])
+                counters[MISMATCHES] += 1
+            elif (top[QUOTE_ASK_PRICE] != quote[QUOTE_ASK_PRICE]
+                    or top[QUOTE_ASK_QUANTITY] != quote[QUOTE_ASK_QUANTITY]):
+                _note_mismatch(counters, index, ASK, 0, quote[QUOTE_ASK_PRICE], quote[QUOTE_ASK_QUANTITY],
+                               top[QUOTE_ASK_PRICE], top[QUOTE_ASK_QUANTITY])
+                counters[MISMATCHES] += 1
 
 
 def _new_counters():
@@ -274,33 +331,96 @@ def _new_counters():
     return counters
 
 
-def _raise_book_error(counters, feed):
+def _raise_book_error(counters, chunk, events_before):
     event = int(counters[ERROR_EVENT])
     books.check_status(int(counters[ERROR_STATUS]),
-                       f"{feed.path}, line {int(feed.lines[event])} (event {event})")
+                       f"{chunk.path}, line {int(chunk.lines[event])} (event {events_before + event})")
 
 
-def _first_mismatch(counters, feed, price_scale, size_scale):
-    event = int(counters[FIRST_EVENT])
-    if event < 0:
-        return None
-
+def _first_mismatch(counters, line, event, price_scale, size_scale):
+    """The ``first_mismatch`` dict of the mismatch the counters hold, found at ``line``."""
     def level(price, quantity):
         if price == NO_PRICE:
             return None
         return {"price": format_decimal(int(price), price_scale),
                 "quantity": format_decimal(int(quantity), size_scale)}
 
-    return {"line": int(feed.lines[event]), "event": event,
+    return {"line": int(line), "event": int(event),
             "side": "bid" if counters[FIRST_SIDE] == BID else "ask",
             "level": int(counters[FIRST_LEVEL]) + 1,
             "expected": level(counters[EXPECTED_PRICE], counters[EXPECTED_QUANTITY]),
             "found": level(counters[FOUND_PRICE], counters[FOUND_QUANTITY])}
 
 
+class _OrderbookRows:
+    """The rows of a streamed LOBSTER orderbook file, handed out by record, chunk after chunk.
+
+    Keeps the rows not yet paired with a message, and the row compared last
+    (its window bounds the next comparison).
+    """
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.held = []
+        self.previous = None
+        self.first = None
+        self.last_record = -1
+        self.last_line = None
+        self.exhausted = False
+
+    def _pull(self):
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            self.exhausted = True
+            return
+        if len(chunk):
+            self.held.append(chunk)
+            self.last_record, self.last_line = int(chunk.records[-1]), int(chunk.lines[-1])
+            if self.first is None:
+                self.first = chunk
+
+    def first_rows(self):
+        """The first chunk of rows (None for a file whose rows were all skipped)."""
+        while self.first is None and not self.exhausted:
+            self._pull()
+        return self.first
+
+    def upto(self, record):
+        """Rows with a record up to ``record``, as one OrderbookFile whose row 0 is the
+        previous row when there is one (then ``previous`` is 0, else -1)."""
+        while not self.exhausted and self.last_record < record:
+            self._pull()
+        parts = ([self.previous] if self.previous is not None else []) + self.held
+        names = ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")
+        columns = {name: np.concatenate([getattr(part, name) for part in parts]) for name in names}
+        keep = columns["records"] <= record
+        if self.previous is not None:
+            keep[0] = True
+        later = {name: values[~keep] for name, values in columns.items()}
+        self.held = [lobster.OrderbookFile(**later, path="", skipped_lines=[])] if len(later["lines"]) else []
+        rows = lobster.OrderbookFile(**{name: values[keep] for name, values in columns.items()}, path="",
+                                     skipped_lines=[])
+        return rows, (0 if self.previous is not None else -1)
+
+    def keep_previous(self, rows, previous):
+        if previous >= 0:
+            self.previous = lobster.OrderbookFile(
+                *(getattr(rows, name)[previous:previous + 1]
+                  for name in ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")),
+                path="", skipped_lines=[])
+
+    def drain(self):
+        while not self.exhausted:
+            self._pull()
+            self.held = []
+
+
 def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, depth=4096,
-                  order_capacity=2**20):
+                  order_capacity=2**20, memory_limit=None):
     """Replay a LOBSTER message file and verify it against its orderbook file.
+
+    Both files are streamed side by side (see :mod:`ringbook.engine.feeds.source`),
+    each within half of ``memory_limit``.
 
     Returns
     -------
@@ -309,48 +429,84 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
     Raises
     ------
     ringbook.engine.feeds.source.FeedError
-        A malformed line (unless ``skip_malformed``), or files that do not pair up.
+        A malformed line (unless ``skip_malformed``), a file that cannot be
+        read or is empty, or files that do not pair up.
     ringbook.kernels.book.BookError
         An event the book refuses (a duplicate order id, a full order table).
     """
-    feed = lobster.read_messages(message_path, skip_malformed=skip_malformed)
-    symbol = int(feed.events["symbol"][0]) if len(feed) else 0
-    book = books.new_book(n_symbols=max(len(feed.instruments), 1), depth=depth,
-                          order_capacity=order_capacity, ticks=feed.instruments.table["tick"])
-    counters = _new_counters()
-    result = CheckResult("lobster", str(message_path), events=len(feed),
-                         skipped_lines=list(feed.skipped_lines))
+    half = None if memory_limit is None else max(int(memory_limit) // 2, MIN_MEMORY_LIMIT)
+    chunks = lobster.iter_messages(message_path, skip_malformed=skip_malformed, memory_limit=half)
+    orderbook = None
     if orderbook_path is not None:
-        orderbook = lobster.read_orderbook(orderbook_path, skip_malformed=skip_malformed)
-        result.orderbook = str(orderbook_path)
-        result.skipped_lines += orderbook.skipped_lines
-        if len(orderbook) and len(feed) and orderbook.records[-1] != feed.records[-1]:
-            raise FeedError(orderbook_path, int(orderbook.lines[-1]),
-                            f"{orderbook.records[-1] + 1} rows for "
-                            f"{feed.records[-1] + 1} messages in {message_path}")
-        row_of_record = np.full(int(max(feed.records.max(initial=-1), orderbook.records.max(initial=-1))) + 1,
-                                -1, np.int64)
-        row_of_record[orderbook.records] = np.arange(len(orderbook))
-        row_of_event = row_of_record[feed.records] if len(feed) else np.zeros(0, np.int64)
-        if len(feed) and len(orderbook):
-            bid_prices, bid_sizes, ask_prices, ask_sizes = lobster.levels_before_first(
-                orderbook, feed.events[0])
-            books.check_status(books.load_snapshot(book, symbol, bid_prices, bid_sizes, ask_prices,
-                                                   ask_sizes, 0), "seeding the book")
-        found_prices = np.zeros(orderbook.levels, np.int64)
-        found_quantities = np.zeros(orderbook.levels, np.int64)
-        check_lobster_kernel(book, symbol, feed.events, row_of_event, orderbook.ask_price,
-                             orderbook.ask_size, orderbook.bid_price, orderbook.bid_size,
-                             found_prices, found_quantities, counters)
-    else:
-        empty = np.zeros((0, 1), np.int64)
-        check_lobster_kernel(book, symbol, feed.events, np.full(len(feed), -1, np.int64), empty,
-                             empty, empty, empty, np.zeros(1, np.int64), np.zeros(1, np.int64),
-                             counters)
-    if counters[ERROR_EVENT] >= 0:
-        _raise_book_error(counters, feed)
-    _fill(result, counters, book, feed, lobster.PRICE_SCALE, lobster.SIZE_SCALE)
+        orderbook = _OrderbookRows(lobster.iter_orderbook(orderbook_path, skip_malformed=skip_malformed,
+                                                          memory_limit=half))
+    result = CheckResult("lobster", str(message_path), orderbook=None if orderbook_path is None
+                         else str(orderbook_path))
+    counters = _new_counters()
+    book = None
+    previous = -1
+    last_record = None
+    for chunk in chunks:
+        result.skipped_lines += chunk.skipped_lines
+        result.warnings += len(chunk.warnings)
+        if chunk.warnings and result.first_warning is None:
+            result.first_warning = f"line {chunk.warnings[0][0]}: {chunk.warnings[0][1]}"
+        if not len(chunk):
+            continue
+        symbol = int(chunk.events["symbol"][0])
+        if book is None:
+            book = books.new_book(n_symbols=max(len(chunk.instruments), 1), depth=depth,
+                                  order_capacity=order_capacity, ticks=chunk.instruments.table["tick"])
+            first_rows = orderbook.first_rows() if orderbook is not None else None
+            if first_rows is not None:
+                books.check_status(books.load_snapshot(
+                    book, symbol, *lobster.levels_before_first(first_rows, chunk.events[0]), 0),
+                    "seeding the book")
+        last_record = int(chunk.records[-1])
+        if orderbook is not None:
+            rows, previous = orderbook.upto(last_record)
+            row_of_event = np.searchsorted(rows.records, chunk.records)
+            row_of_event = np.minimum(row_of_event, max(len(rows) - 1, 0))
+            paired = (len(rows) > 0) & (rows.records[row_of_event] == chunk.records) if len(rows) else \
+                np.zeros(len(chunk), bool)
+            if previous == 0:
+                paired &= row_of_event > 0
+            row_of_event = np.where(paired, row_of_event, -1).astype(np.int64)
+            levels = max(rows.levels, 1)
+            applied, previous = check_lobster_kernel(
+                book, symbol, chunk.events, row_of_event, rows.ask_price, rows.ask_size, rows.bid_price,
+                rows.bid_size, np.zeros(levels, np.int64), np.zeros(levels, np.int64), counters, previous)
+            orderbook.keep_previous(rows, previous)
+        else:
+            empty = np.zeros((0, 1), np.int64)
+            check_lobster_kernel(book, symbol, chunk.events, np.full(len(chunk), -1, np.int64), empty,
+                                 empty, empty, empty, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                                 counters, -1)
+        _take_chunk_outcome(result, counters, chunk, chunk.lines, lobster.PRICE_SCALE, lobster.SIZE_SCALE)
+    if orderbook is not None:
+        first_rows = orderbook.first_rows()
+        orderbook.drain()
+        if first_rows is not None and last_record is not None and orderbook.last_record != last_record:
+            raise FeedError(orderbook_path, orderbook.last_line,
+                            f"{orderbook.last_record + 1} rows for {last_record + 1} messages in {message_path}")
+    if book is None:
+        book = books.new_book(n_symbols=1, depth=8, order_capacity=16)
+    _fill(result, counters, book)
     return result
+
+
+def _take_chunk_outcome(result, counters, chunk, lines_of_first, price_scale, size_scale):
+    """After a chunk's kernel: raise a book error, keep a first mismatch, count the events.
+
+    ``lines_of_first[i]`` is the line of what ``FIRST_EVENT`` ``i`` names.
+    """
+    if counters[ERROR_EVENT] >= 0:
+        _raise_book_error(counters, chunk, result.events)
+    if counters[FIRST_EVENT] >= 0 and result.first_mismatch is None:
+        event = int(counters[FIRST_EVENT])
+        result.first_mismatch = _first_mismatch(counters, lines_of_first[event], result.events + event,
+                                                 price_scale, size_scale)
+    result.events += len(chunk)
 
 
 def price_ticks(events, n_symbols):
@@ -369,39 +525,112 @@ def price_ticks(events, n_symbols):
     return ticks
 
 
-def check_binance(capture_path, *, skip_malformed=False, depth=2048):
+#: Symbols a streamed Binance check's book holds (the capture's symbols are known only as they come).
+BINANCE_SYMBOLS = 64
+
+
+class _Tickers:
+    """bookTickers waiting for the diff of their update id, sorted by it, across chunks."""
+
+    def __init__(self):
+        self.sequences = np.zeros(0, np.int64)
+        self.symbols = np.zeros(0, np.int32)
+        self.quotes = np.zeros((0, 4), np.int64)
+        self.lines = np.zeros(0, np.int64)
+        self.events = np.zeros(0, np.int64)
+
+    @staticmethod
+    def of_chunk(events, lines, events_before):
+        """The tickers of a chunk: a bid event followed by its ask event, sharing the update id."""
+        bid_events = np.flatnonzero((events["kind"] == KIND_TOP_OF_BOOK) & (events["side"] == BID))
+        bid_events = bid_events[bid_events + 1 < len(events)]
+        bid_events = bid_events[(events["kind"][bid_events + 1] == KIND_TOP_OF_BOOK)
+                                & (events["sequence"][bid_events + 1] == events["sequence"][bid_events])]
+        tickers = _Tickers()
+        tickers.sequences = events["sequence"][bid_events].astype(np.int64)
+        tickers.symbols = events["symbol"][bid_events].astype(np.int32)
+        tickers.quotes = np.stack([events["price"][bid_events], events["quantity"][bid_events],
+                                   events["price"][bid_events + 1], events["quantity"][bid_events + 1]],
+                                  axis=1).astype(np.int64)
+        tickers.lines = lines[bid_events].astype(np.int64)
+        tickers.events = (events_before + bid_events).astype(np.int64)
+        return tickers
+
+    def select(self, mask):
+        part = _Tickers()
+        for name in ("sequences", "symbols", "quotes", "lines", "events"):
+            setattr(part, name, getattr(self, name)[mask])
+        return part
+
+    def add(self, other):
+        for name in ("sequences", "symbols", "quotes", "lines", "events"):
+            setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
+        order = np.argsort(self.sequences, kind="stable")
+        for name in ("sequences", "symbols", "quotes", "lines", "events"):
+            setattr(self, name, getattr(self, name)[order])
+
+
+def _binance_first_mismatch(result, counters, tickers, table):
+    if counters[FIRST_EVENT] >= 0 and result.first_mismatch is None:
+        index = int(counters[FIRST_EVENT])
+        result.first_mismatch = _first_mismatch(counters, tickers.lines[index], tickers.events[index],
+                                                int(table["price_scale"][0]), int(table["size_scale"][0]))
+
+
+def check_binance(capture_path, *, skip_malformed=False, depth=2048, memory_limit=None):
     """Replay a Binance capture (synced) and verify the book against every matching bookTicker.
+
+    The capture is streamed (see :mod:`ringbook.engine.feeds.source`): a
+    ticker that arrives in a later chunk than the diff of its update id is
+    compared with the book's top remembered after that diff (the last
+    :data:`HISTORY_LENGTH` diffs are). The book's ticks are inferred from the
+    first chunk's level prices (:func:`price_ticks`).
 
     Returns
     -------
     CheckResult
     """
-    feed = binance.read_capture(capture_path, skip_malformed=skip_malformed)
-    n_symbols = max(len(feed.instruments), 1)
-    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=16,
-                          ticks=price_ticks(feed.events, n_symbols))
+    result = CheckResult("binance", str(capture_path))
     counters = _new_counters()
-    events = feed.events
-    # A ticker is its bid event followed by its ask event, sharing the update id.
-    bid_events = np.flatnonzero((events["kind"] == KIND_TOP_OF_BOOK) & (events["side"] == BID))
-    bid_events = bid_events[bid_events + 1 < len(events)]
-    bid_events = bid_events[(events["kind"][bid_events + 1] == KIND_TOP_OF_BOOK)
-                            & (events["sequence"][bid_events + 1] == events["sequence"][bid_events])]
-    order = np.argsort(events["sequence"][bid_events], kind="stable")
-    ticker_events = bid_events[order].astype(np.int64)
-    check_binance_kernel(book, events, events["sequence"][ticker_events].copy(),
-                         events["symbol"][ticker_events].copy(), ticker_events,
-                         np.zeros(len(ticker_events), np.bool_), counters)
-    if counters[ERROR_EVENT] >= 0:
-        _raise_book_error(counters, feed)
-    result = CheckResult("binance", str(capture_path), events=len(feed),
-                         skipped_lines=list(feed.skipped_lines))
-    table = feed.instruments.table
-    _fill(result, counters, book, feed, int(table["price_scale"][0]), int(table["size_scale"][0]))
+    book = None
+    pending = _Tickers()
+    history = np.zeros((HISTORY_LENGTH, 6), np.int64)
+    history_written = 0
+    for chunk in binance.iter_capture(capture_path, skip_malformed=skip_malformed, memory_limit=memory_limit):
+        result.skipped_lines += chunk.skipped_lines
+        if not len(chunk):
+            continue
+        if len(chunk.instruments) > BINANCE_SYMBOLS:
+            raise FeedError(capture_path, int(chunk.lines[0]),
+                            f"more than {BINANCE_SYMBOLS} symbols: check one symbol's capture at a time")
+        if book is None:
+            book = books.new_book(n_symbols=BINANCE_SYMBOLS, depth=depth, order_capacity=16,
+                                  ticks=price_ticks(chunk.events, BINANCE_SYMBOLS))
+        table = chunk.instruments.table
+        arrived = _Tickers.of_chunk(chunk.events, chunk.lines, result.events)
+        # Tickers whose update id the book has passed: their diff came in an earlier chunk.
+        late = arrived.sequences <= book.sequences[arrived.symbols]
+        passed = arrived.select(late)
+        _check_late_tickers(history, history_written, passed.sequences, passed.symbols, passed.quotes,
+                            np.zeros(len(passed.sequences), np.bool_), counters)
+        _binance_first_mismatch(result, counters, passed, table)
+        pending.add(arrived.select(~late))
+        checked = np.zeros(len(pending.sequences), np.bool_)
+        history_written = check_binance_kernel(book, chunk.events, pending.sequences, pending.symbols,
+                                               pending.quotes, checked, counters, history, history_written)
+        if counters[ERROR_EVENT] >= 0:
+            _raise_book_error(counters, chunk, result.events)
+        _binance_first_mismatch(result, counters, pending, table)
+        result.events += len(chunk)
+        # Keep the tickers the book can still reach.
+        pending = pending.select(~checked & (pending.sequences > book.sequences[pending.symbols]))
+    if book is None:
+        book = books.new_book(n_symbols=1, depth=8, order_capacity=16)
+    _fill(result, counters, book)
     return result
 
 
-def _fill(result, counters, book, feed, price_scale, size_scale):
+def _fill(result, counters, book):
     result.checked = int(counters[CHECKED])
     result.mismatches = int(counters[MISMATCHES])
     result.revealed_levels = int(counters[REVEALED])
@@ -409,7 +638,6 @@ def _fill(result, counters, book, feed, price_scale, size_scale):
     result.gaps = int(book.stats[:, STAT_GAPS].sum())
     result.stale = int(book.stats[:, STAT_STALE].sum())
     result.unknown_orders = int(book.stats[:, STAT_UNKNOWN_ORDERS].sum())
-    result.first_mismatch = _first_mismatch(counters, feed, price_scale, size_scale)
 
 
 def summary(result):
@@ -429,6 +657,8 @@ def summary(result):
         lines.append(f"  resized orders  {result.resized_orders} (remaining size taken from a message)")
     if result.stale:
         lines.append(f"  stale           {result.stale}")
+    if result.warnings:
+        lines.append(f"  warnings        {result.warnings} (first: {result.first_warning})")
     if result.skipped_lines:
         lines.append(f"  skipped lines   {len(result.skipped_lines)} (first: line {result.skipped_lines[0]})")
     first = result.first_mismatch

@@ -13,14 +13,17 @@ cache) into events:
 - ``lobster_loadtxt_peer``: ``numpy.loadtxt(delimiter=",")`` over the same file
   (floats: inexact times).
 
-The files are the real ones in ``../shared/data`` (decompressed to a temporary
-file), or a synthetic market of the same formats when they are absent.
+The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``,
+as the tests find them; decompressed to a temporary file), or a synthetic market
+of the same formats when they are absent. The readers stream: these figures
+include reading the file in blocks within the default memory limit.
 
 Run: ``python perf/bm_feeds.py -o perf/results/feeds.json`` (``--fast`` for a quick look).
 """
 
 import gzip
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +34,7 @@ from harness import Comparison, bench, run_subject
 
 from ringbook.engine.feeds import binance, lobster, synthetic
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SCRATCH = Path(tempfile.mkdtemp(prefix="ringbook_bm_feeds_"))
 
 

@@ -92,3 +92,24 @@ def test_real_messages(shared_data):
         np.testing.assert_array_equal(feed.events["quantity"], sizes)
         names = {feed.instruments.name_of(s) for s in feed.events["symbol"].tolist()}
         assert names == {d["msg"]["market_ticker"] for d in documents}
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d["msg"].update(ts=2**62), "ts"),
+    (lambda d: d["msg"].update(ts=-1), "ts"),
+    (lambda d: d["msg"].update(yes_price=2**62), "yes_price"),
+    (lambda d: d["msg"].update(count=2**62), "count"),
+])
+def test_numbers_that_would_overflow_are_named(tmp_path, change, field):
+    bad = json.loads(json.dumps(TRADE))
+    for key in ("yes_price_dollars", "count_fp"):
+        bad["msg"].pop(key)
+    change(bad)
+    path = write_lines(tmp_path / "kalshi.jsonl", [TRADE, bad])
+    with pytest.raises(FeedError, match="out of range") as caught:
+        kalshi.read_messages(path)
+    assert caught.value.line == 2 and caught.value.field == field
+    path.write_text(f"{10**30} {json.dumps(TRADE)}\n")
+    with pytest.raises(FeedError) as caught:
+        kalshi.read_messages(path)
+    assert caught.value.field == "local_ns"

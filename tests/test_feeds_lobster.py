@@ -73,6 +73,7 @@ def test_midnight_is_new_york():
     ("34200.5,1,7,10,-5,1", "price", "positive"),
     ("34200.5,1,7,-10,5853300,1", "size", "negative"),
     ("34200.1234567891,1,7,10,5853300,1", "time", "too many decimals"),
+    ("-34200.5,1,7,10,5853300,1", "time", "out of range"),
 ])
 def test_malformed_line_names_file_line_and_field(tmp_path, line, field, reason):
     path = tmp_path / "messages.csv"
@@ -131,3 +132,10 @@ def test_a_corrupted_first_line_is_not_a_header(tmp_path):
     orderbook.write_text("AskPrice1,AskSize1,BidPrice1,BidSize1\n5859400,200,5853300\n")
     with pytest.raises(FeedError, match="line 2: 3 fields: an orderbook row has 4 per level"):
         lobster.read_orderbook(orderbook)
+
+
+def test_a_time_beyond_int64_ns_from_midnight_is_named(tmp_path):
+    path = tmp_path / "TEST_2012-06-21_34200000_57600000_message_5.csv"
+    path.write_text(MESSAGES + "9223372036.5,1,7,10,5853300,1\n")
+    with pytest.raises(FeedError, match="line 10, field 'time': time out of range"):
+        lobster.read_messages(path)

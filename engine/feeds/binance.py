@@ -30,6 +30,12 @@ REST depth snapshot (``lastUpdateId``, ``bids``, ``asks``)
 
 Other well-formed messages are counted in ``Feed.ignored``.
 
+Prices and quantities are strings in Binance's messages; a capture that holds
+them as bare JSON numbers (rewritten by a tool) is read too, exactly from the
+number's text (``10.5`` as ``"10.5"``); exponent notation (``1e-05``, as a float
+printer may write) is refused as not a decimal. A level must be exactly a
+``[price, quantity]`` pair.
+
 Sync (``sync=True``, the default) follows Binance's procedure for a local
 book, so that the events can be applied in order: diffs that arrive before the
 first snapshot are held back and placed right after it; diffs already
@@ -39,24 +45,30 @@ in ``Feed.dropped``); the first diff applied after a snapshot must have
 ``lastUpdateId``, so that a book that requires ``prev_sequence`` to equal its
 own sequence accepts it; any other break in the chain is left for the book to
 count as a gap. Events keep their own ``local_ns``, so a held-back diff's is
-earlier than the snapshot's.
+earlier than the snapshot's. The reader streams (see
+:mod:`ringbook.engine.feeds.source`): messages before the first snapshot are
+held back within the memory limit only; a capture whose first snapshot comes
+later than that releases them in file order, and the book counts the gaps.
 
-The parsing is one njit loop over the file's lines: it indexes each JSON
-object's members in one pass and converts the values in place (a level list
-with one :func:`ringbook.kernels.fixed.scan_decimals`); Python only interns the few
-distinct symbols and orders the messages with numpy.
+The parsing is one njit loop over a block's lines: it indexes each JSON
+object's members in one pass (:mod:`ringbook.engine.feeds.json_index`) and
+converts the values in place, one kernel per message type; Python only interns
+the few distinct symbols and orders the messages with numpy.
 """
-
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
-from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from ringbook.engine.feeds import json_index as js
+from ringbook.engine.feeds.source import (Feed, FeedError, check_memory_limit, empty_file, iter_blocks,
+                                          read_whole, reason_of)
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
-                            KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END,
-                            KIND_TOP_OF_BOOK, KIND_TRADE, Instruments)
+                                     KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END,
+                                     KIND_TOP_OF_BOOK, KIND_TRADE, Instruments)
 from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.status import MISSING, NOT_JSON, OUT_OF_RANGE
 
 PRICE_SCALE = 8
 SIZE_SCALE = 8
@@ -68,11 +80,12 @@ MESSAGE_SNAPSHOT = 2
 MESSAGE_TICKER = 3
 MESSAGE_TRADE = 4
 
-# Status codes of parse_lines beyond kernels.fixed's OK..FULL.
-MISSING = 10       # a required key is absent
-ODD_LEVELS = 11    # a level list whose numbers do not pair up
-NOT_JSON = 12      # the line is not "<ns> {...}"
-OUT_OF_RANGE = 13  # a number outside what the field allows
+#: Columns of the per-line message table that :func:`parse_lines` fills: the
+#: ``MESSAGE_*`` kind, where its events start and how many, its first and last
+#: update ids (``U`` and ``u``; ``lastUpdateId`` twice for a snapshot) and a hash
+#: of its symbol (0 if none).
+COLUMN_KIND, COLUMN_START, COLUMN_COUNT, COLUMN_FIRST_ID, COLUMN_LAST_ID, COLUMN_SYMBOL = range(6)
+MESSAGE_COLUMNS = 6
 
 #: Field codes reported with a status, for the error message.
 FIELD_NAMES = ("local_ns", "json", "E", "U", "u", "pu", "b", "a", "lastUpdateId", "bids",
@@ -81,299 +94,60 @@ FIELD_NAMES = ("local_ns", "json", "E", "U", "u", "pu", "b", "a", "lastUpdateId"
  _F_SNAPSHOT_BIDS, _F_SNAPSHOT_ASKS, _F_PRICE, _F_QUANTITY, _F_TRADE_ID, _F_TRADE_TIME,
  _F_MAKER, _F_BID_QUANTITY, _F_ASK_QUANTITY, _F_SYMBOL) = range(len(FIELD_NAMES))
 
-_REASONS = {fixed.INVALID: "not a decimal number", fixed.TOO_PRECISE: "more decimals than the scale",
-            fixed.OVERFLOW: "out of int64 range", fixed.FULL: "too many numbers",
-            MISSING: "missing", ODD_LEVELS: "levels must be [price, quantity] pairs",
-            NOT_JSON: "expected '<local ns> {json}'", OUT_OF_RANGE: "out of range"}
-
-
-def _name(text):
-    return np.frombuffer(text.encode(), np.uint8).copy()
-
-
 # Member names looked up in a message, and the "e" values that classify it.
-_STREAM = _name("stream")
-_DATA = _name("data")
-_EVENT_TYPE = _name("e")
-_EVENT_TIME = _name("E")
-_FIRST_ID = _name("U")
-_LAST_ID = _name("u")
-_PREVIOUS_ID = _name("pu")
-_BIDS = _name("b")
-_ASKS = _name("a")
-_LAST_UPDATE_ID = _name("lastUpdateId")
-_SNAPSHOT_BIDS = _name("bids")
-_SNAPSHOT_ASKS = _name("asks")
-_PRICE = _name("p")
-_QUANTITY = _name("q")
-_TRADE_ID = _name("t")
-_TRADE_TIME = _name("T")
-_MAKER = _name("m")
-_BID_QUANTITY = _name("B")
-_ASK_QUANTITY = _name("A")
-_SYMBOL = _name("s")
-_DEPTH_UPDATE = _name('"depthUpdate"')
-_TRADE = _name('"trade"')
-_BOOK_TICKER = _name('"bookTicker"')
+_STREAM = js.name("stream")
+_DATA = js.name("data")
+_EVENT_TYPE = js.name("e")
+_EVENT_TIME = js.name("E")
+_FIRST_ID = js.name("U")
+_LAST_ID = js.name("u")
+_PREVIOUS_ID = js.name("pu")
+_BIDS = js.name("b")
+_ASKS = js.name("a")
+_LAST_UPDATE_ID = js.name("lastUpdateId")
+_SNAPSHOT_BIDS = js.name("bids")
+_SNAPSHOT_ASKS = js.name("asks")
+_PRICE = js.name("p")
+_QUANTITY = js.name("q")
+_TRADE_ID = js.name("t")
+_TRADE_TIME = js.name("T")
+_MAKER = js.name("m")
+_BID_QUANTITY = js.name("B")
+_ASK_QUANTITY = js.name("A")
+_SYMBOL = js.name("s")
+_DEPTH_UPDATE = js.name('"depthUpdate"')
+_TRADE = js.name('"trade"')
+_BOOK_TICKER = js.name('"bookTicker"')
 
 _SYMBOL_MEMBER = re.compile(rb'"s"\s*:\s*"([^"]*)"')
 
-#: Members indexed per object; later ones are ignored (Binance sends about 10).
-MAX_MEMBERS = 32
-_KEY_START, _KEY_STOP, _VALUE_START, _VALUE_STOP = range(4)
-
-_TAB = 9
 _SPACE = 32
-_QUOTE = 34
-_COMMA = 44
-_COLON = 58
-_OPEN_BRACKET = 91
-_BACKSLASH = 92
-_CLOSE_BRACKET = 93
-_OPEN_BRACE = 123
-_CLOSE_BRACE = 125
+_OPEN_BRACKET = ord("[")
 _LETTER_T = 116
 _NS_PER_MS = 1_000_000
 _MAX_MS = (2 ** 63 - 1) // _NS_PER_MS
 
 
 @kernel
-def _skip_spaces(buffer, position, stop):
-    while position < stop and (buffer[position] == _SPACE or buffer[position] == _TAB):
-        position += 1
-    return position
-
-
-@kernel
-def _skip_string(buffer, position, stop):
-    """Past the JSON string that starts at ``position`` (a quote); -1 if it never ends."""
-    position += 1
-    while position < stop:
-        byte = buffer[position]
-        if byte == _BACKSLASH:
-            position += 2
-        elif byte == _QUOTE:
-            return position + 1
-        else:
-            position += 1
-    return -1
-
-
-@kernel
-def _skip_value(buffer, position, stop):
-    """Past the JSON value that starts at ``position``; -1 when it is malformed."""
-    if position >= stop:
-        return -1
-    byte = buffer[position]
-    if byte == _QUOTE:
-        return _skip_string(buffer, position, stop)
-    if byte == _OPEN_BRACKET or byte == _OPEN_BRACE:
-        depth = 0
-        while position < stop:
-            byte = buffer[position]
-            if byte == _QUOTE:
-                position = _skip_string(buffer, position, stop)
-                if position < 0:
-                    return -1
-                continue
-            if byte == _OPEN_BRACKET or byte == _OPEN_BRACE:
-                depth += 1
-            elif byte == _CLOSE_BRACKET or byte == _CLOSE_BRACE:
-                depth -= 1
-                if depth == 0:
-                    return position + 1
-            position += 1
-        return -1
-    # A number, true, false or null: up to the next delimiter.
-    end = position
-    while (end < stop and buffer[end] != _COMMA and buffer[end] != _CLOSE_BRACE
-           and buffer[end] != _CLOSE_BRACKET and buffer[end] != _SPACE):
-        end += 1
-    return end if end > position else -1
-
-
-@kernel
-def _index_object(buffer, start, stop, members):
-    """Index the members of the JSON object at ``buffer[start]``, one pass.
-
-    Row ``i`` of ``members`` receives the ``i``-th member's name range (inside
-    the quotes) and value range. Returns ``(count, end)``, ``end`` past the
-    closing brace; ``count`` is -1 when the object is malformed.
-    """
-    if start >= stop or buffer[start] != _OPEN_BRACE:
-        return -1, start
-    count = 0
-    position = _skip_spaces(buffer, start + 1, stop)
-    if position < stop and buffer[position] == _CLOSE_BRACE:
-        return 0, position + 1
-    while True:
-        if position >= stop or buffer[position] != _QUOTE:
-            return -1, position
-        name_start = position + 1
-        name_end = _skip_string(buffer, position, stop)
-        if name_end < 0:
-            return -1, position
-        position = _skip_spaces(buffer, name_end, stop)
-        if position >= stop or buffer[position] != _COLON:
-            return -1, position
-        value_start = _skip_spaces(buffer, position + 1, stop)
-        value_end = _skip_value(buffer, value_start, stop)
-        if value_end < 0:
-            return -1, value_start
-        if count < members.shape[0]:
-            members[count, _KEY_START] = name_start
-            members[count, _KEY_STOP] = name_end - 1
-            members[count, _VALUE_START] = value_start
-            members[count, _VALUE_STOP] = value_end
-            count += 1
-        position = _skip_spaces(buffer, value_end, stop)
-        if position < stop and buffer[position] == _COMMA:
-            position = _skip_spaces(buffer, position + 1, stop)
-        elif position < stop and buffer[position] == _CLOSE_BRACE:
-            return count, position + 1
-        else:
-            return -1, position
-
-
-@kernel
-def _equals(buffer, start, stop, pattern):
-    if stop - start != pattern.shape[0]:
-        return False
-    for offset in range(pattern.shape[0]):
-        if buffer[start + offset] != pattern[offset]:
-            return False
-    return True
-
-
-@kernel
-def _member(buffer, members, count, name):
-    """The row of the member called ``name``, or -1."""
-    for row in range(count):
-        if _equals(buffer, members[row, _KEY_START], members[row, _KEY_STOP], name):
-            return row
-    return -1
-
-
-@kernel
-def _integer(buffer, members, count, name):
-    """The unquoted integer member ``name``: (value, status)."""
-    row = _member(buffer, members, count, name)
-    if row < 0:
-        return np.int64(0), np.int64(MISSING)
-    return fixed.parse_decimal_bytes(buffer, members[row, _VALUE_START], members[row, _VALUE_STOP], 0)
-
-
-@kernel
-def _quoted_decimal(buffer, members, count, name, scale):
-    """The member ``name``, a quoted decimal (``"1.5"``), at ``scale``: (value, status)."""
-    row = _member(buffer, members, count, name)
-    if row < 0:
-        return np.int64(0), np.int64(MISSING)
-    start = members[row, _VALUE_START]
-    stop = members[row, _VALUE_STOP]
-    if stop - start < 2 or buffer[start] != _QUOTE or buffer[stop - 1] != _QUOTE:
-        return np.int64(0), np.int64(fixed.INVALID)
-    return fixed.parse_decimal_bytes(buffer, start + 1, stop - 1, scale)
-
-
-@kernel
-def _quoted_decimal_in(buffer, start, stop, index, scale):
-    """The ``index``-th quoted string in ``buffer[start:stop]`` as a decimal at ``scale``."""
-    position = start
-    seen = -1
-    while position < stop:
-        if buffer[position] == _QUOTE:
-            end = position + 1
-            while end < stop and buffer[end] != _QUOTE:
-                end += 1
-            if end >= stop:
-                break
-            seen += 1
-            if seen == index:
-                return fixed.parse_decimal_bytes(buffer, position + 1, end, scale)
-            position = end + 1
-        else:
-            position += 1
-    return np.int64(0), np.int64(fixed.INVALID)
-
-
-@kernel
-def _levels(buffer, members, count, name, price_scale, size_scale, scratch):
-    """The member ``name``, ``[[price, quantity], ...]``, into ``scratch``: (pairs, status).
-
-    Prices land in ``scratch[0::2]`` and quantities in ``scratch[1::2]``.
-    """
-    row = _member(buffer, members, count, name)
-    if row < 0:
-        return np.int64(0), np.int64(MISSING)
-    start = members[row, _VALUE_START]
-    stop = members[row, _VALUE_STOP]
-    if buffer[start] != _OPEN_BRACKET:
-        return np.int64(0), np.int64(fixed.INVALID)
-    if price_scale == size_scale:
-        # One scan over the whole list: brackets, quotes and commas delimit the numbers.
-        numbers, status, _ = fixed.scan_decimals(buffer, start, stop, price_scale, scratch)
-        if status != fixed.OK:
-            return np.int64(0), status
-        if numbers % 2:
-            return np.int64(0), np.int64(ODD_LEVELS)
-        return numbers // 2, np.int64(fixed.OK)
-    # Different scales: each pair is its own "[...]" group.
-    pairs = 0
-    group = start + 1
-    while group < stop - 1:
-        if buffer[group] != _OPEN_BRACKET:
-            group += 1
-            continue
-        close = group + 1
-        while close < stop and buffer[close] != _CLOSE_BRACKET:
-            close += 1
-        if 2 * pairs + 2 > scratch.shape[0]:
-            return np.int64(0), np.int64(fixed.FULL)
-        price, status = _quoted_decimal_in(buffer, group + 1, close, 0, price_scale)
-        if status != fixed.OK:
-            return np.int64(0), status
-        quantity, status = _quoted_decimal_in(buffer, group + 1, close, 1, size_scale)
-        if status != fixed.OK:
-            return np.int64(0), status
-        scratch[2 * pairs] = price
-        scratch[2 * pairs + 1] = quantity
-        pairs += 1
-        group = close + 1
-    return np.int64(pairs), np.int64(fixed.OK)
-
-
-@kernel
-def _symbol_hash(buffer, members, count):
-    """FNV-1a hash of the ``"s"`` member (0 when absent): symbols are interned in Python."""
-    row = _member(buffer, members, count, _SYMBOL)
-    if row < 0:
-        return np.uint64(0)
-    value = np.uint64(14695981039346656037)
-    for position in range(members[row, _VALUE_START], members[row, _VALUE_STOP]):
-        value = (value ^ np.uint64(buffer[position])) * np.uint64(1099511628211)
-    return value
-
-
-@kernel
 def _message_kind(buffer, members, count):
     """``MESSAGE_*`` of an indexed message object."""
-    row = _member(buffer, members, count, _EVENT_TYPE)
+    row = js.member(buffer, members, count, _EVENT_TYPE)
     if row >= 0:
-        start = members[row, _VALUE_START]
-        stop = members[row, _VALUE_STOP]
-        if _equals(buffer, start, stop, _DEPTH_UPDATE):
+        start = members[row, js.VALUE_START]
+        stop = members[row, js.VALUE_STOP]
+        if js.equals(buffer, start, stop, _DEPTH_UPDATE):
             return MESSAGE_DIFF
-        if _equals(buffer, start, stop, _TRADE):
+        if js.equals(buffer, start, stop, _TRADE):
             return MESSAGE_TRADE
-        if _equals(buffer, start, stop, _BOOK_TICKER):
+        if js.equals(buffer, start, stop, _BOOK_TICKER):
             return MESSAGE_TICKER
         return MESSAGE_IGNORED
-    if _member(buffer, members, count, _LAST_UPDATE_ID) >= 0:
+    if js.member(buffer, members, count, _LAST_UPDATE_ID) >= 0:
         return MESSAGE_SNAPSHOT
     # A spot bookTicker has no "e".
-    if (_member(buffer, members, count, _LAST_ID) >= 0 and _member(buffer, members, count, _BID_QUANTITY) >= 0
-            and _member(buffer, members, count, _ASK_QUANTITY) >= 0):
+    if (js.member(buffer, members, count, _LAST_ID) >= 0
+            and js.member(buffer, members, count, _BID_QUANTITY) >= 0
+            and js.member(buffer, members, count, _ASK_QUANTITY) >= 0):
         return MESSAGE_TICKER
     return MESSAGE_IGNORED
 
@@ -396,25 +170,209 @@ def _put(events, index, kind, side, price, quantity, order_id, sequence, prev_se
 
 
 @kernel
-def _put_levels(events, written, scratch, pairs, side, sequence, prev_sequence, exchange_ns,
-                local_ns, flags):
+def _put_levels(buffer, members, count, name, side, scales, scratch, events, written, sequence,
+                prev_sequence, exchange_ns, local_ns, flags):
+    """The level list ``name`` as ``KIND_L2_SET`` events from ``events[written]``: (written, status)."""
+    pairs, status = js.level_pairs(buffer, members, count, name, scales[0], scales[1], scratch)
+    if status != fixed.OK:
+        return written, status
+    if written + pairs + 1 > events.shape[0]:
+        return written, np.int64(fixed.FULL)
     for level in range(pairs):
         _put(events, written + level, KIND_L2_SET, side, scratch[2 * level], scratch[2 * level + 1],
              0, sequence, prev_sequence, exchange_ns, local_ns, flags)
-    return written + pairs
+    return written + pairs, np.int64(fixed.OK)
 
 
 @kernel
-def parse_lines(buffer, starts, stops, first, written, price_scale, size_scale, scratch, events,
-                message_kind, message_start, message_count, message_first_id, message_last_id,
-                message_symbol):
+def _milliseconds(buffer, members, count, name, optional):
+    """A time member in ms, within what ns hold: (ms, status); 0 when ``optional`` and absent."""
+    value, status = js.integer(buffer, members, count, name)
+    if status == MISSING and optional:
+        return np.int64(0), np.int64(fixed.OK)
+    if status != fixed.OK:
+        return np.int64(0), status
+    if value < 0 or value > _MAX_MS:
+        return np.int64(0), np.int64(OUT_OF_RANGE)
+    return value, np.int64(fixed.OK)
+
+
+@kernel
+def _time_and_id(buffer, members, count, time_name, id_name, time_field, id_field):
+    """A time in ms and an integer id: ``(ms, id, status, field)``."""
+    milliseconds, status = _milliseconds(buffer, members, count, time_name, False)
+    if status != fixed.OK:
+        return milliseconds, np.int64(0), status, time_field
+    identifier, status = js.integer(buffer, members, count, id_name)
+    if status != fixed.OK:
+        return milliseconds, identifier, status, id_field
+    return milliseconds, identifier, status, -1
+
+
+@kernel
+def _price_and_quantity(buffer, members, count, price_name, quantity_name, scales, price_field,
+                        quantity_field):
+    """Two decimal members, a price and a quantity: ``(price, quantity, status, field)``."""
+    price, status = js.decimal(buffer, members, count, price_name, scales[0])
+    if status != fixed.OK:
+        return price, np.int64(0), status, price_field
+    quantity, status = js.decimal(buffer, members, count, quantity_name, scales[1])
+    if status != fixed.OK:
+        return price, quantity, status, quantity_field
+    return price, quantity, status, -1
+
+
+@kernel
+def _parse_diff(buffer, members, count, local_ns, scales, scratch, events, written, record):
+    """A ``depthUpdate``: its events from ``events[written]`` and its ``record``.
+
+    Returns ``(written, status, field)``; on an error ``written`` is unchanged.
+    """
+    event_ms, first_id, status, field = _time_and_id(buffer, members, count, _EVENT_TIME, _FIRST_ID, _F_E,
+                                                     _F_FIRST)
+    if status != fixed.OK:
+        return written, status, field
+    last_id, status = js.integer(buffer, members, count, _LAST_ID)
+    if status != fixed.OK:
+        return written, status, _F_LAST
+    if first_id < 1 or last_id < first_id:
+        return written, np.int64(OUT_OF_RANGE), _F_LAST
+    previous, status = js.integer(buffer, members, count, _PREVIOUS_ID)
+    if status == MISSING:
+        previous = first_id - 1  # spot: U - 1
+    elif status != fixed.OK:
+        return written, status, _F_PREVIOUS
+    exchange_ns = event_ms * _NS_PER_MS
+    end, status = _put_levels(buffer, members, count, _BIDS, BID, scales, scratch, events, written,
+                              last_id, previous, exchange_ns, local_ns, 0)
+    if status != fixed.OK:
+        return written, status, _F_BIDS
+    end, status = _put_levels(buffer, members, count, _ASKS, ASK, scales, scratch, events, end,
+                              last_id, previous, exchange_ns, local_ns, 0)
+    if status != fixed.OK:
+        return written, status, _F_ASKS
+    if end == written:  # no levels: the message still carries its sequence
+        _put(events, end, KIND_SEQUENCE, 0, 0, 0, 0, last_id, previous, exchange_ns, local_ns, 0)
+        end += 1
+    events[end - 1].flags = FLAG_BATCH_END
+    record[COLUMN_FIRST_ID] = first_id
+    record[COLUMN_LAST_ID] = last_id
+    record[COLUMN_SYMBOL] = js.text_hash(buffer, members, count, _SYMBOL)
+    return end, np.int64(fixed.OK), -1
+
+
+@kernel
+def _parse_snapshot(buffer, members, count, local_ns, scales, scratch, events, written, record):
+    """A REST depth snapshot; as :func:`_parse_diff`."""
+    last_update, status = js.integer(buffer, members, count, _LAST_UPDATE_ID)
+    if status != fixed.OK:
+        return written, status, _F_LAST_UPDATE
+    if last_update < 0:
+        return written, np.int64(OUT_OF_RANGE), _F_LAST_UPDATE
+    event_ms, status = _milliseconds(buffer, members, count, _EVENT_TIME, True)
+    if status != fixed.OK:
+        return written, status, _F_E
+    exchange_ns = event_ms * _NS_PER_MS
+    _put(events, written, KIND_SNAPSHOT_BEGIN, 0, 0, 0, 0, 0, 0, exchange_ns, local_ns, FLAG_SNAPSHOT)
+    end, status = _put_levels(buffer, members, count, _SNAPSHOT_BIDS, BID, scales, scratch, events,
+                              written + 1, 0, 0, exchange_ns, local_ns, FLAG_SNAPSHOT)
+    if status != fixed.OK:
+        return written, status, _F_SNAPSHOT_BIDS
+    end, status = _put_levels(buffer, members, count, _SNAPSHOT_ASKS, ASK, scales, scratch, events,
+                              end, 0, 0, exchange_ns, local_ns, FLAG_SNAPSHOT)
+    if status != fixed.OK:
+        return written, status, _F_SNAPSHOT_ASKS
+    _put(events, end, KIND_SNAPSHOT_END, 0, 0, 0, 0, last_update, 0, exchange_ns, local_ns,
+         FLAG_SNAPSHOT | FLAG_BATCH_END)
+    record[COLUMN_FIRST_ID] = last_update
+    record[COLUMN_LAST_ID] = last_update
+    return end + 1, np.int64(fixed.OK), -1
+
+
+@kernel
+def _parse_trade(buffer, members, count, local_ns, scales, scratch, events, written, record):
+    """A ``trade``; as :func:`_parse_diff`."""
+    trade_ms, trade_id, status, field = _time_and_id(buffer, members, count, _TRADE_TIME, _TRADE_ID,
+                                                     _F_TRADE_TIME, _F_TRADE_ID)
+    if status != fixed.OK:
+        return written, status, field
+    price, quantity, status, field = _price_and_quantity(buffer, members, count, _PRICE, _QUANTITY, scales,
+                                                         _F_PRICE, _F_QUANTITY)
+    if status != fixed.OK:
+        return written, status, field
+    maker = js.member(buffer, members, count, _MAKER)
+    if maker < 0:
+        return written, np.int64(MISSING), _F_MAKER
+    # "m": true means the buyer is the maker, so the aggressor sold.
+    side = ASK if buffer[members[maker, js.VALUE_START]] == _LETTER_T else BID
+    _put(events, written, KIND_TRADE, side, price, quantity, trade_id, 0, 0, trade_ms * _NS_PER_MS,
+         local_ns, FLAG_BATCH_END)
+    record[COLUMN_SYMBOL] = js.text_hash(buffer, members, count, _SYMBOL)
+    return written + 1, np.int64(fixed.OK), -1
+
+
+@kernel
+def _parse_ticker(buffer, members, count, local_ns, scales, scratch, events, written, record):
+    """A ``bookTicker``; as :func:`_parse_diff`."""
+    last_id, status = js.integer(buffer, members, count, _LAST_ID)
+    if status != fixed.OK:
+        return written, status, _F_LAST
+    event_ms, status = _milliseconds(buffer, members, count, _EVENT_TIME, True)  # spot has no E
+    if status != fixed.OK:
+        return written, status, _F_E
+    bid_price, bid_quantity, status, field = _price_and_quantity(
+        buffer, members, count, _BIDS, _BID_QUANTITY, scales, _F_BIDS, _F_BID_QUANTITY)
+    if status != fixed.OK:
+        return written, status, field
+    ask_price, ask_quantity, status, field = _price_and_quantity(
+        buffer, members, count, _ASKS, _ASK_QUANTITY, scales, _F_ASKS, _F_ASK_QUANTITY)
+    if status != fixed.OK:
+        return written, status, field
+    exchange_ns = event_ms * _NS_PER_MS
+    _put(events, written, KIND_TOP_OF_BOOK, BID, bid_price, bid_quantity, 0, last_id, 0,
+         exchange_ns, local_ns, 0)
+    _put(events, written + 1, KIND_TOP_OF_BOOK, ASK, ask_price, ask_quantity, 0, last_id, 0,
+         exchange_ns, local_ns, FLAG_BATCH_END)
+    record[COLUMN_FIRST_ID] = last_id
+    record[COLUMN_LAST_ID] = last_id
+    record[COLUMN_SYMBOL] = js.text_hash(buffer, members, count, _SYMBOL)
+    return written + 2, np.int64(fixed.OK), -1
+
+
+@kernel
+def _index_message(buffer, start, stop, members):
+    """Index the message of one line: ``(local_ns, count, status)``.
+
+    The line is ``<local ns> <json>``; a combined stream's wrapper
+    (``{"stream":...,"data":{...}}``) is opened, so ``members`` index the message.
+    """
+    space = start
+    while space < stop and buffer[space] != _SPACE:
+        space += 1
+    local_ns, status = fixed.parse_decimal_bytes(buffer, start, space, 0)
+    if status != fixed.OK:
+        return local_ns, -1, status
+    count, end = js.index_object(buffer, space + 1, stop, members)
+    if count < 0 or js.skip_spaces(buffer, end, stop) != stop:
+        return local_ns, -1, np.int64(NOT_JSON)
+    data = js.member(buffer, members, count, _DATA)
+    if data >= 0 and js.member(buffer, members, count, _STREAM) >= 0:
+        count, end = js.index_object(buffer, members[data, js.VALUE_START], members[data, js.VALUE_STOP],
+                                     members)
+        if count < 0:
+            return local_ns, -1, np.int64(NOT_JSON)
+    return local_ns, count, np.int64(fixed.OK)
+
+
+@kernel
+def parse_lines(buffer, starts, stops, first, written, scales, scratch, events, messages):
     """Parse capture lines ``first..`` into ``events[written..]``, one njit pass.
 
-    Per line ``i`` it records ``message_kind[i]`` (``MESSAGE_*``), the message's
-    events ``events[message_start[i]:message_start[i] + message_count[i]]``,
-    its first and last update ids (``U`` and ``u``; ``lastUpdateId`` twice for a
-    snapshot) and ``message_symbol[i]``, a hash of its symbol (0 if none).
-    ``scratch`` must hold twice the largest level count of a line.
+    Per line ``i`` it fills row ``i`` of ``messages`` (the ``COLUMN_*`` columns;
+    a line that is not a book message keeps kind ``MESSAGE_IGNORED``): the
+    message's events are ``events[start:start + count]``. ``scales`` is
+    ``(price_scale, size_scale)``; ``scratch`` must hold twice the largest level
+    count of a line.
 
     Returns
     -------
@@ -423,198 +381,157 @@ def parse_lines(buffer, starts, stops, first, written, price_scale, size_scale, 
     written : int64
         Events written so far.
     status : int64
-        OK, a ``ringbook.kernels.fixed`` status or ``MISSING``, ``ODD_LEVELS``,
-        ``NOT_JSON``, ``OUT_OF_RANGE``; ``FULL`` when ``events`` is too small.
+        OK, a ``ringbook.kernels.fixed`` status, or a record code of
+        ``ringbook.kernels.status`` (``MISSING``, ``ODD_LEVELS``, ``NOT_JSON``,
+        ``OUT_OF_RANGE``); ``FULL`` when ``events`` is too small.
     field : int64
         Index in :data:`FIELD_NAMES` of the bad field (-1 if none).
     """
-    capacity = events.shape[0]
-    members = np.empty((MAX_MEMBERS, 4), np.int64)
+    members = js.new_members_kernel()
     for line in range(first, starts.shape[0]):
         start = starts[line]
         stop = stops[line]
+        record = messages[line]
+        record[:] = 0
+        record[COLUMN_START] = written
         if start < 0 or stop > buffer.shape[0] or start > stop:
             return np.int64(line), np.int64(written), np.int64(fixed.INVALID), np.int64(_F_LOCAL)
-        message_kind[line] = MESSAGE_IGNORED
-        message_start[line] = written
-        message_count[line] = 0
-        message_first_id[line] = 0
-        message_last_id[line] = 0
-        message_symbol[line] = 0
-        space = start
-        while space < stop and buffer[space] != _SPACE:
-            space += 1
-        local_ns, status = fixed.parse_decimal_bytes(buffer, start, space, 0)
+        local_ns, count, status = _index_message(buffer, start, stop, members)
         if status != fixed.OK:
-            return np.int64(line), np.int64(written), status, np.int64(_F_LOCAL)
-        body = space + 1
-        count, end = _index_object(buffer, body, stop, members)
-        if count < 0 or _skip_spaces(buffer, end, stop) != stop:
-            return np.int64(line), np.int64(written), np.int64(NOT_JSON), np.int64(_F_JSON)
-        # A combined stream wraps the message: {"stream":...,"data":{...}}.
-        data = _member(buffer, members, count, _DATA)
-        if data >= 0 and _member(buffer, members, count, _STREAM) >= 0:
-            count, end = _index_object(buffer, members[data, _VALUE_START], stop, members)
-            if count < 0:
-                return np.int64(line), np.int64(written), np.int64(NOT_JSON), np.int64(_F_JSON)
+            return np.int64(line), np.int64(written), status, np.int64(_F_LOCAL if count == -1 and
+                                                                        status != NOT_JSON else _F_JSON)
         # Room for a ticker or a trade; level lists check their own.
-        if written + 2 > capacity:
+        if written + 2 > events.shape[0]:
             return np.int64(line), np.int64(written), np.int64(fixed.FULL), np.int64(-1)
-
         message = _message_kind(buffer, members, count)
+        end, status, field = written, np.int64(fixed.OK), -1
         if message == MESSAGE_DIFF:
-            event_ms, status = _integer(buffer, members, count, _EVENT_TIME)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_E)
-            first_id, status = _integer(buffer, members, count, _FIRST_ID)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_FIRST)
-            last_id, status = _integer(buffer, members, count, _LAST_ID)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_LAST)
-            if event_ms < 0 or event_ms > _MAX_MS or first_id < 1 or last_id < first_id:
-                field = _F_E if (event_ms < 0 or event_ms > _MAX_MS) else _F_LAST
-                return np.int64(line), np.int64(written), np.int64(OUT_OF_RANGE), np.int64(field)
-            previous, status = _integer(buffer, members, count, _PREVIOUS_ID)
-            if status == MISSING:
-                previous = first_id - 1  # spot: U - 1
-            elif status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_PREVIOUS)
-            exchange_ns = event_ms * _NS_PER_MS
-            bid_pairs, status = _levels(buffer, members, count, _BIDS, price_scale, size_scale, scratch)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_BIDS)
-            begin = written
-            if written + bid_pairs > capacity:
-                return np.int64(line), np.int64(begin), np.int64(fixed.FULL), np.int64(-1)
-            written = _put_levels(events, written, scratch, bid_pairs, BID, last_id, previous,
-                                  exchange_ns, local_ns, 0)
-            ask_pairs, status = _levels(buffer, members, count, _ASKS, price_scale, size_scale, scratch)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(begin), status, np.int64(_F_ASKS)
-            if written + ask_pairs + 1 > capacity:
-                return np.int64(line), np.int64(begin), np.int64(fixed.FULL), np.int64(-1)
-            written = _put_levels(events, written, scratch, ask_pairs, ASK, last_id, previous,
-                                  exchange_ns, local_ns, 0)
-            if written == begin:  # no levels: the message still carries its sequence
-                _put(events, written, KIND_SEQUENCE, 0, 0, 0, 0, last_id, previous,
-                     exchange_ns, local_ns, 0)
-                written += 1
-            events[written - 1].flags = FLAG_BATCH_END
-            message_kind[line] = MESSAGE_DIFF
-            message_start[line] = begin
-            message_count[line] = written - begin
-            message_first_id[line] = first_id
-            message_last_id[line] = last_id
-            message_symbol[line] = _symbol_hash(buffer, members, count)
+            end, status, field = _parse_diff(buffer, members, count, local_ns, scales, scratch, events,
+                                             written, record)
         elif message == MESSAGE_SNAPSHOT:
-            last_update, status = _integer(buffer, members, count, _LAST_UPDATE_ID)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_LAST_UPDATE)
-            if last_update < 0:
-                return np.int64(line), np.int64(written), np.int64(OUT_OF_RANGE), np.int64(_F_LAST_UPDATE)
-            event_ms, status = _integer(buffer, members, count, _EVENT_TIME)
-            if status == MISSING:
-                event_ms = 0
-            elif status != fixed.OK or event_ms < 0 or event_ms > _MAX_MS:
-                return np.int64(line), np.int64(written), np.int64(OUT_OF_RANGE), np.int64(_F_E)
-            exchange_ns = event_ms * _NS_PER_MS
-            begin = written
-            _put(events, written, KIND_SNAPSHOT_BEGIN, 0, 0, 0, 0, 0, 0, exchange_ns, local_ns,
-                 FLAG_SNAPSHOT)
-            written += 1
-            pairs, status = _levels(buffer, members, count, _SNAPSHOT_BIDS, price_scale, size_scale, scratch)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(begin), status, np.int64(_F_SNAPSHOT_BIDS)
-            if written + pairs > capacity:
-                return np.int64(line), np.int64(begin), np.int64(fixed.FULL), np.int64(-1)
-            written = _put_levels(events, written, scratch, pairs, BID, 0, 0, exchange_ns, local_ns,
-                                  FLAG_SNAPSHOT)
-            pairs, status = _levels(buffer, members, count, _SNAPSHOT_ASKS, price_scale, size_scale, scratch)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(begin), status, np.int64(_F_SNAPSHOT_ASKS)
-            if written + pairs + 1 > capacity:
-                return np.int64(line), np.int64(begin), np.int64(fixed.FULL), np.int64(-1)
-            written = _put_levels(events, written, scratch, pairs, ASK, 0, 0, exchange_ns, local_ns,
-                                  FLAG_SNAPSHOT)
-            _put(events, written, KIND_SNAPSHOT_END, 0, 0, 0, 0, last_update, 0, exchange_ns,
-                 local_ns, FLAG_SNAPSHOT | FLAG_BATCH_END)
-            written += 1
-            message_kind[line] = MESSAGE_SNAPSHOT
-            message_start[line] = begin
-            message_count[line] = written - begin
-            message_first_id[line] = last_update
-            message_last_id[line] = last_update
+            end, status, field = _parse_snapshot(buffer, members, count, local_ns, scales, scratch, events,
+                                                 written, record)
         elif message == MESSAGE_TRADE:
-            trade_ms, status = _integer(buffer, members, count, _TRADE_TIME)
-            if status != fixed.OK or trade_ms < 0 or trade_ms > _MAX_MS:
-                return np.int64(line), np.int64(written), np.int64(
-                    status if status != fixed.OK else OUT_OF_RANGE), np.int64(_F_TRADE_TIME)
-            trade_id, status = _integer(buffer, members, count, _TRADE_ID)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_TRADE_ID)
-            price, status = _quoted_decimal(buffer, members, count, _PRICE, price_scale)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_PRICE)
-            quantity, status = _quoted_decimal(buffer, members, count, _QUANTITY, size_scale)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_QUANTITY)
-            maker = _member(buffer, members, count, _MAKER)
-            if maker < 0:
-                return np.int64(line), np.int64(written), np.int64(MISSING), np.int64(_F_MAKER)
-            # "m": true means the buyer is the maker, so the aggressor sold.
-            side = ASK if buffer[members[maker, _VALUE_START]] == _LETTER_T else BID
-            _put(events, written, KIND_TRADE, side, price, quantity, trade_id, 0, 0,
-                 trade_ms * _NS_PER_MS, local_ns, FLAG_BATCH_END)
-            message_kind[line] = MESSAGE_TRADE
-            message_start[line] = written
-            message_count[line] = 1
-            message_symbol[line] = _symbol_hash(buffer, members, count)
-            written += 1
+            end, status, field = _parse_trade(buffer, members, count, local_ns, scales, scratch, events,
+                                              written, record)
         elif message == MESSAGE_TICKER:
-            last_id, status = _integer(buffer, members, count, _LAST_ID)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_LAST)
-            event_ms, status = _integer(buffer, members, count, _EVENT_TIME)
-            if status == MISSING:
-                event_ms = 0  # spot bookTicker carries no event time
-            elif status != fixed.OK or event_ms < 0 or event_ms > _MAX_MS:
-                return np.int64(line), np.int64(written), np.int64(OUT_OF_RANGE), np.int64(_F_E)
-            bid_price, status = _quoted_decimal(buffer, members, count, _BIDS, price_scale)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_BIDS)
-            bid_quantity, status = _quoted_decimal(buffer, members, count, _BID_QUANTITY, size_scale)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_BID_QUANTITY)
-            ask_price, status = _quoted_decimal(buffer, members, count, _ASKS, price_scale)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_ASKS)
-            ask_quantity, status = _quoted_decimal(buffer, members, count, _ASK_QUANTITY, size_scale)
-            if status != fixed.OK:
-                return np.int64(line), np.int64(written), status, np.int64(_F_ASK_QUANTITY)
-            exchange_ns = event_ms * _NS_PER_MS
-            _put(events, written, KIND_TOP_OF_BOOK, BID, bid_price, bid_quantity, 0, last_id, 0,
-                 exchange_ns, local_ns, 0)
-            _put(events, written + 1, KIND_TOP_OF_BOOK, ASK, ask_price, ask_quantity, 0, last_id, 0,
-                 exchange_ns, local_ns, FLAG_BATCH_END)
-            message_kind[line] = MESSAGE_TICKER
-            message_start[line] = written
-            message_count[line] = 2
-            message_first_id[line] = last_id
-            message_last_id[line] = last_id
-            message_symbol[line] = _symbol_hash(buffer, members, count)
-            written += 2
+            end, status, field = _parse_ticker(buffer, members, count, local_ns, scales, scratch, events,
+                                               written, record)
+        if status != fixed.OK:
+            record[:] = 0
+            return np.int64(line), np.int64(written), status, np.int64(field)
+        record[COLUMN_KIND] = message
+        record[COLUMN_COUNT] = end - written
+        written = end
     return np.int64(starts.shape[0]), np.int64(written), np.int64(fixed.OK), np.int64(-1)
 
 
-def _symbol_name(buffer, start, stop):
-    """The ``"s"`` value of one line (Python: once per distinct symbol)."""
-    match = _SYMBOL_MEMBER.search(bytes(buffer[start:stop]))
+@dataclass
+class _Parsed:
+    """A block's messages: their events, ``MESSAGE_COLUMNS`` table, lines and symbol ids."""
+
+    events: np.ndarray
+    messages: np.ndarray
+    numbers: np.ndarray
+    symbols: np.ndarray
+
+    @property
+    def kind(self):
+        return self.messages[:, COLUMN_KIND]
+
+
+def _parse_block(path, block, scales, skip_malformed):
+    """Phase one: parse a block's lines.
+
+    Returns ``(events, messages, line numbers, skipped lines, FeedError or None)``;
+    after a FeedError the tables stop before its line.
+    """
+    lines = len(block)
+    scratch = np.zeros(int((block.stops - block.starts).max()) // 2 + 2, np.int64)
+    capacity = int(np.count_nonzero(block.buffer == _OPEN_BRACKET)) + 2 * lines + 2
+    events = np.zeros(capacity, EVENT_DTYPE)
+    messages = np.zeros((lines, MESSAGE_COLUMNS), np.int64)
+    numbers = block.numbers
+    skipped = []
+    first = written = 0
+    while True:
+        stopped_at, written, status, field = parse_lines(block.buffer, block.starts, block.stops, first,
+                                                         written, scales, scratch, events, messages)
+        if status == fixed.OK:
+            return events[:written], messages, numbers, skipped, None
+        line = int(numbers[stopped_at])
+        if not skip_malformed:
+            problem = FeedError(path, line, reason_of(status), FIELD_NAMES[field] if field >= 0 else None)
+            return events[:written], messages[:stopped_at], numbers[:stopped_at], skipped, problem
+        skipped.append(line)
+        first = stopped_at + 1
+
+
+def _symbol_name(text):
+    """The ``"s"`` value of one line (Python: once per distinct symbol); ValueError if not UTF-8."""
+    match = _SYMBOL_MEMBER.search(text)
     return match[1].decode() if match else None
 
 
-def _sync_order(kind, first_id, last_id):
-    """Message order and stale diffs under Binance's sync procedure.
+class _Symbols:
+    """Phase two: intern each distinct symbol once, across the blocks of a file.
+
+    A snapshot names no symbol: it takes ``symbol``, else the file's only symbol
+    (the first one named, which must stay the only one in a file with snapshots).
+    """
+
+    def __init__(self, path, instruments, symbol, tick_of, scales):
+        self.path, self.instruments, self.symbol = path, instruments, symbol
+        self.tick_of, self.scales = tick_of, scales
+        self.id_of_hash = {}
+        self.names = []
+        self.snapshot_line = None
+
+    def _intern(self, name, line):
+        try:
+            return self.instruments.intern(name, self.scales[0], self.scales[1], self.tick_of.get(name, 1))
+        except ValueError as error:
+            raise FeedError(self.path, line, str(error), "s") from None
+
+    def ids(self, block, messages, numbers):
+        """Per message, its symbol id (``int32``)."""
+        hashes, first_seen, inverse = np.unique(messages[:, COLUMN_SYMBOL], return_index=True,
+                                                return_inverse=True)
+        snapshots = np.flatnonzero(messages[:, COLUMN_KIND] == MESSAGE_SNAPSHOT)
+        if self.snapshot_line is None and len(snapshots):
+            self.snapshot_line = int(numbers[snapshots[0]])
+        new_name_line = None
+        for index, value in enumerate(hashes.tolist()):
+            if value != 0 and value not in self.id_of_hash:
+                line = int(numbers[first_seen[index]])
+                try:
+                    name = _symbol_name(block.text(np.searchsorted(block.numbers, line)))
+                except UnicodeDecodeError:
+                    raise FeedError(self.path, line, "a symbol that is not UTF-8 text", "s") from None
+                if name not in self.names:
+                    self.names.append(name)
+                    new_name_line = line if new_name_line is None else min(new_name_line, line)
+                self.id_of_hash[value] = None if name is None else self._intern(name, line)
+        if self.symbol is None and self.snapshot_line is not None and len(self.names) > 1:
+            raise FeedError(self.path, max(new_name_line or 0, self.snapshot_line),
+                            f"snapshots with several symbols ({sorted(self.names)}): pass symbol=")
+        ids = np.zeros(len(hashes), np.int32)
+        for index, value in enumerate(hashes.tolist()):
+            known = self.id_of_hash.get(value)
+            if known is None:
+                default = self.symbol or (self.names[0] if len(self.names) == 1 else "BINANCE")
+                known = self._intern(default, int(numbers[first_seen[index]]))
+            ids[index] = known
+        return ids[inverse]
+
+
+def _sync_order(kind, first_id, last_id, carried_id=None, awaiting=False):
+    """Message order and stale diffs under Binance's sync procedure, for one stretch of a file.
+
+    ``carried_id`` is the ``lastUpdateId`` of the snapshot that governs the
+    stretch's first messages (None before the file's first snapshot: then diffs
+    before the stretch's first snapshot are held back and placed right after
+    it); ``awaiting`` says that snapshot has had no diff applied yet.
 
     Returns
     -------
@@ -627,21 +544,28 @@ def _sync_order(kind, first_id, last_id):
         The ``lastUpdateId`` of the snapshot each of those follows.
     dropped : int
         Diffs dropped as already contained in their snapshot.
+    carried_id, awaiting :
+        The state for the next stretch.
     """
-    count = len(kind)
+    position = np.arange(len(kind))
     snapshots = np.flatnonzero(kind == MESSAGE_SNAPSHOT)
-    position = np.arange(count)
-    if len(snapshots) == 0:
-        keep = np.flatnonzero(kind != MESSAGE_IGNORED)
-        return keep, np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    none = np.zeros(0, np.int64)
+    if carried_id is None and len(snapshots) == 0:
+        return np.flatnonzero(kind != MESSAGE_IGNORED), none, none, 0, None, False
     diffs = kind == MESSAGE_DIFF
-    # A diff before the first snapshot is held back and applied right after it.
-    held = diffs & (position < snapshots[0])
     sort_key = 2 * position
-    sort_key[held] = 2 * snapshots[0] + 1
-    governing = np.searchsorted(snapshots, position, side="right") - 1
-    governing[held] = 0
-    snapshot_id = np.where(governing >= 0, last_id[snapshots[np.maximum(governing, 0)]], 0)
+    if carried_id is None:
+        # A diff before the first snapshot is held back and applied right after it.
+        ids = last_id[snapshots]
+        governing = np.searchsorted(snapshots, position, side="right") - 1
+        held = diffs & (position < snapshots[0])
+        sort_key[held] = 2 * snapshots[0] + 1
+        governing[held] = 0
+        awaiting = True
+    else:
+        ids = np.concatenate(([carried_id], last_id[snapshots]))
+        governing = np.searchsorted(snapshots, position, side="right")
+    snapshot_id = np.where(governing >= 0, ids[np.maximum(governing, 0)], 0)
     stale = diffs & (governing >= 0) & (last_id <= snapshot_id)
     keep = (kind != MESSAGE_IGNORED) & ~stale
     order = np.flatnonzero(keep)
@@ -649,9 +573,87 @@ def _sync_order(kind, first_id, last_id):
     # The first kept diff governed by each snapshot: it must overlap lastUpdateId + 1.
     kept_diffs = order[diffs[order]]
     firsts = kept_diffs[np.unique(governing[kept_diffs], return_index=True)[1]]
-    firsts = firsts[governing[firsts] >= 0]
+    firsts = firsts[(governing[firsts] >= 0) & ((governing[firsts] > 0) | awaiting | (carried_id is None))]
     overlaps = (first_id[firsts] <= snapshot_id[firsts] + 1) & (snapshot_id[firsts] + 1 <= last_id[firsts])
-    return order, firsts[overlaps], snapshot_id[firsts[overlaps]], int(np.count_nonzero(stale))
+    last_group = len(ids) - 1
+    still_awaiting = not (governing[kept_diffs] == last_group).any() and (last_group > 0 or awaiting
+                                                                           or carried_id is None)
+    return (order, firsts[overlaps], snapshot_id[firsts[overlaps]], int(np.count_nonzero(stale)),
+            int(ids[-1]), bool(still_awaiting))
+
+
+def _expand(parsed, order, synced_first, synced_id):
+    """Phase three: the events of the messages ``order``, in that order, with symbols and lines."""
+    messages = parsed.messages
+    counts = messages[order, COLUMN_COUNT]
+    offsets = np.cumsum(counts) - counts
+    event_index = np.repeat(messages[order, COLUMN_START] - offsets, counts) + np.arange(int(counts.sum()))
+    events = parsed.events[event_index]
+    events["symbol"] = np.repeat(parsed.symbols[order], counts)
+    lines = np.repeat(parsed.numbers[order], counts).astype(np.int64)
+    for message, snapshot_id in zip(synced_first.tolist(), synced_id.tolist()):
+        start = int(offsets[np.flatnonzero(order == message)[0]])
+        events["prev_sequence"][start:start + messages[message, COLUMN_COUNT]] = snapshot_id
+    return events, lines
+
+
+def _merge(parts):
+    """One :class:`_Parsed` of consecutive blocks."""
+    if len(parts) == 1:
+        return parts[0]
+    shift = np.cumsum([0] + [len(part.events) for part in parts[:-1]])
+    messages = np.concatenate([part.messages for part in parts])
+    messages[:, COLUMN_START] += np.repeat(shift, [len(part.messages) for part in parts])
+    return _Parsed(np.concatenate([part.events for part in parts]), messages,
+                   np.concatenate([part.numbers for part in parts]),
+                   np.concatenate([part.symbols for part in parts]))
+
+
+class _Sync:
+    """Phase three across blocks: the sync procedure's order, with what it carries from block to block.
+
+    Until the file's first snapshot the blocks are held (the diffs before it
+    go right after it), within ``hold_limit`` bytes of events; past that they are
+    released in file order.
+    """
+
+    def __init__(self, sync, hold_limit):
+        self.sync, self.hold_limit = sync, hold_limit
+        self.held, self.held_bytes = [], 0
+        self.carried_id, self.awaiting = None, False
+
+    def push(self, parsed):
+        """``(events, lines, dropped)`` released by one more block."""
+        if not self.sync:
+            events, lines = _expand(parsed, np.flatnonzero(parsed.kind != MESSAGE_IGNORED), *_NO_SYNC)
+            return events, lines, 0
+        if self.carried_id is None:
+            self.held.append(parsed)
+            self.held_bytes += parsed.events.nbytes + parsed.messages.nbytes
+            if not (parsed.kind == MESSAGE_SNAPSHOT).any():
+                if self.held_bytes > self.hold_limit:
+                    return self.finish()
+                return _NOTHING
+            parsed = _merge(self.held)
+            self.held, self.held_bytes = [], 0
+        order, synced_first, synced_id, dropped, self.carried_id, self.awaiting = _sync_order(
+            parsed.kind, parsed.messages[:, COLUMN_FIRST_ID], parsed.messages[:, COLUMN_LAST_ID],
+            self.carried_id, self.awaiting)
+        events, lines = _expand(parsed, order, synced_first, synced_id)
+        return events, lines, dropped
+
+    def finish(self):
+        """Release what is held, in file order (a file, or a stretch, without a snapshot)."""
+        if not self.held:
+            return _NOTHING
+        parsed = _merge(self.held)
+        self.held, self.held_bytes = [], 0
+        events, lines = _expand(parsed, np.flatnonzero(parsed.kind != MESSAGE_IGNORED), *_NO_SYNC)
+        return events, lines, 0
+
+
+_NO_SYNC = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+_NOTHING = (np.zeros(0, EVENT_DTYPE), np.zeros(0, np.int64), 0)
 
 
 def _parse_ticks(ticks, price_scale):
@@ -668,8 +670,55 @@ def _parse_ticks(ticks, price_scale):
     return tick_of
 
 
+def iter_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=PRICE_SCALE,
+                 size_scale=SIZE_SCALE, ticks=None, skip_malformed=False, memory_limit=None):
+    """Stream a Binance capture as chunks of events, in bounded memory.
+
+    Takes the arguments of :func:`read_capture`, and ``memory_limit`` (bytes,
+    ``ringbook.engine.feeds.source.MEMORY_LIMIT`` by default).
+
+    Yields
+    ------
+    Feed
+        The events a block of lines releases (synced), sharing one instrument
+        table; a chunk never splits a message, and may be empty (lines held
+        back until the first snapshot, or ignored). ``skipped_lines``,
+        ``ignored`` and ``dropped`` count per chunk.
+
+    Raises
+    ------
+    FeedError
+        As :func:`read_capture`, after the chunk of the lines before it; a
+        file with no line.
+    """
+    instruments = instruments if instruments is not None else Instruments()
+    tick_of = _parse_ticks(ticks or {}, price_scale)
+    limit = check_memory_limit(memory_limit)
+    scales = (np.int64(price_scale), np.int64(size_scale))
+    symbols = _Symbols(path, instruments, symbol, tick_of, scales)
+    order = _Sync(sync, limit // 2)
+    seen_lines = False
+    for block in iter_blocks(path, limit):
+        seen_lines = True
+        events, messages, numbers, skipped, problem = _parse_block(path, block, scales, skip_malformed)
+        ignored = int(np.count_nonzero(messages[:, COLUMN_KIND] == MESSAGE_IGNORED)) - len(skipped)
+        parsed = _Parsed(events, messages, numbers, symbols.ids(block, messages, numbers))
+        released, lines, dropped = order.push(parsed)
+        if problem is not None:
+            rest, rest_lines, _ = order.finish()
+            released, lines = np.concatenate([released, rest]), np.concatenate([lines, rest_lines])
+        yield Feed(released, lines, instruments, str(path), skipped, ignored, dropped)
+        if problem is not None:
+            raise problem
+    events, lines, _ = order.finish()
+    if len(events):
+        yield Feed(events, lines, instruments, str(path))
+    if not seen_lines:
+        raise empty_file(path)
+
+
 def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=PRICE_SCALE,
-                 size_scale=SIZE_SCALE, ticks=None, skip_malformed=False):
+                 size_scale=SIZE_SCALE, ticks=None, skip_malformed=False, memory_limit=None):
     """Read a Binance capture (``<local ns> <json>`` lines; gzip is fine) into events.
 
     Parameters
@@ -693,6 +742,9 @@ def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
         exact; :func:`ringbook.engine.check.price_ticks` infers one from the prices).
     skip_malformed : bool
         Skip malformed lines and list them in ``skipped_lines`` instead of raising.
+    memory_limit : int, optional
+        Bound on the memory the reading takes besides the result (see
+        :func:`iter_capture`, which reads a capture of any size in bounded memory).
 
     Returns
     -------
@@ -702,83 +754,13 @@ def read_capture(path, *, sync=True, instruments=None, symbol=None, price_scale=
     ------
     FeedError
         A malformed line, naming the file, line and field; ``partial`` holds
-        the events of the lines before it (in file order).
+        the events of the lines before it, as reading the file cut before that
+        line gives them. A file that cannot be read (empty, damaged gzip, a
+        device), naming the file; snapshots in a file of several symbols
+        without ``symbol``.
     """
     instruments = instruments if instruments is not None else Instruments()
-    tick_of = _parse_ticks(ticks or {}, price_scale)
-    buffer = read_buffer(path)
-    starts, stops, numbers = line_bounds(buffer)
-    lines = len(starts)
-    longest = int((stops - starts).max()) if lines else 0
-    scratch = np.zeros(longest // 2 + 2, np.int64)
-    capacity = int(np.count_nonzero(buffer == _OPEN_BRACKET)) + 2 * lines + 2
-    events = np.zeros(capacity, EVENT_DTYPE)
-    kind = np.zeros(lines, np.int64)
-    message_start = np.zeros(lines, np.int64)
-    message_count = np.zeros(lines, np.int64)
-    first_id = np.zeros(lines, np.int64)
-    last_id = np.zeros(lines, np.int64)
-    symbol_hash = np.zeros(lines, np.uint64)
-    skipped = []
-    first = written = 0
-    problem = None
-    while True:
-        stopped_at, written, status, field = parse_lines(
-            buffer, starts, stops, first, written, price_scale, size_scale, scratch, events, kind,
-            message_start, message_count, first_id, last_id, symbol_hash)
-        if status == fixed.OK:
-            break
-        kind[stopped_at] = MESSAGE_IGNORED
-        message_count[stopped_at] = 0
-        reason = _REASONS.get(int(status), f"status {status}")
-        field_name = FIELD_NAMES[field] if field >= 0 else None
-        if not skip_malformed:
-            problem = FeedError(path, int(numbers[stopped_at]), reason, field_name)
-            lines = int(stopped_at)
-            kind, message_start, message_count = kind[:lines], message_start[:lines], message_count[:lines]
-            first_id, last_id, symbol_hash = first_id[:lines], last_id[:lines], symbol_hash[:lines]
-            numbers = numbers[:lines]
-            break
-        skipped.append(int(numbers[stopped_at]))
-        first = stopped_at + 1
-
-    # Intern the symbols: one Python look-up per distinct symbol, not per line.
-    hashes, first_seen, inverse = np.unique(symbol_hash, return_index=True, return_inverse=True)
-    name_of_hash = {index: _symbol_name(buffer, starts[first_seen[index]], stops[first_seen[index]])
-                    for index in range(len(hashes)) if hashes[index] != 0}
-    names = set(name_of_hash.values())
-    if symbol is None and len(names) > 1 and (kind == MESSAGE_SNAPSHOT).any():
-        raise ValueError(f"{path}: snapshots with several symbols ({sorted(names)}): pass symbol=")
-    default = symbol or (names.pop() if len(names) == 1 else "BINANCE")
-    id_of_hash = np.zeros(len(hashes), np.int32)
-    for index in range(len(hashes)):
-        try:
-            name = name_of_hash.get(index, default)
-            id_of_hash[index] = instruments.intern(name, price_scale, size_scale, tick_of.get(name, 1))
-        except ValueError as error:
-            raise FeedError(path, int(numbers[first_seen[index]]), str(error), "s") from None
-    symbol_ids = id_of_hash[inverse]
-
-    ignored = int(np.count_nonzero(kind == MESSAGE_IGNORED)) - len(skipped)
-    dropped = 0
-    if sync and problem is None:
-        order, synced_first, synced_id, dropped = _sync_order(kind, first_id, last_id)
-    else:
-        order = np.flatnonzero(kind != MESSAGE_IGNORED)
-        synced_first = synced_id = np.zeros(0, np.int64)
-    # Expand messages to their events, in order.
-    counts = message_count[order]
-    event_index = (np.repeat(message_start[order] - np.cumsum(counts) + counts, counts)
-                   + np.arange(int(counts.sum())))
-    result = events[event_index]
-    result["symbol"] = np.repeat(symbol_ids[order], counts)
-    result_lines = np.repeat(numbers[order], counts).astype(np.int64)
-    offsets = np.cumsum(counts) - counts
-    for message, snapshot_id in zip(synced_first.tolist(), synced_id.tolist()):
-        start = int(offsets[np.flatnonzero(order == message)[0]])
-        result["prev_sequence"][start:start + message_count[message]] = snapshot_id
-    feed = Feed(result, result_lines, instruments, str(path), skipped, ignored, dropped)
-    if problem is not None:
-        problem.partial = feed
-        raise problem
-    return feed
+    return read_whole(path, iter_capture(path, sync=sync, instruments=instruments, symbol=symbol,
+                                         price_scale=price_scale, size_scale=size_scale, ticks=ticks,
+                                         skip_malformed=skip_malformed, memory_limit=memory_limit),
+                      instruments)

@@ -25,25 +25,38 @@ tick is one cent (100). Each ``market_ticker`` is a symbol.
 ``seq`` when it has one (the subscription's message counter), else 0.
 Other message types are counted in ``Feed.ignored``.
 
-Kalshi messages are few and each names its market, so this reader parses a
-line at a time with :func:`json.loads`; the decimals still go through
-:func:`ringbook.kernels.fixed.parse_decimal`, exactly.
+Kalshi messages are few and each names its market, so this reader goes a line
+at a time in Python over the njit JSON indexer of
+:mod:`ringbook.engine.feeds.json_index`; the decimals are parsed from their text,
+exactly (a bare JSON number as well as a string). It streams, as every reader
+does (:mod:`ringbook.engine.feeds.source`).
 """
 
 import json
 
 import numpy as np
 
-from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from ringbook.engine.feeds import json_index as js
+from ringbook.engine.feeds.source import Feed, FeedError, empty_file, iter_blocks, read_whole, reason_of
+from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_TOP_OF_BOOK, KIND_TRADE,
-                            Instruments)
-from ringbook.kernels.fixed import parse_decimal
+                                     Instruments)
+from ringbook.kernels.limits import INT64_MAX
 
 PRICE_SCALE = 4
 SIZE_SCALE = 2
 TICK = 100  # one cent at price_scale 4
 _NS_PER_SECOND = 1_000_000_000
 _CENT = 10 ** (PRICE_SCALE - 2)
+_OPEN_BRACE = ord("{")
+_QUOTE = ord('"')
+_NAMES = {}
+
+
+def _name(text):
+    if text not in _NAMES:
+        _NAMES[text] = js.name(text)
+    return _NAMES[text]
 
 
 class _Malformed(Exception):
@@ -53,78 +66,113 @@ class _Malformed(Exception):
         self.reason = reason
 
 
-def _get(message, key):
-    if key not in message:
-        raise _Malformed(key, "missing")
-    return message[key]
+class _Object:
+    """One indexed JSON object of a line: its members, looked up by name."""
 
+    def __init__(self, buffer, start, stop):
+        self.buffer = buffer
+        self.members = js.new_members()
+        self.count, self.end = js.index_object(buffer, start, stop, self.members)
 
-def _integer(message, key, default=None):
-    if key not in message and default is not None:
-        return default
-    value = _get(message, key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Malformed(key, f"expected an integer, got {value!r}")
-    return value
+    def has(self, key):
+        return js.member(self.buffer, self.members, self.count, _name(key)) >= 0
 
+    def text(self, key):
+        """The raw JSON text of member ``key``."""
+        row = js.member(self.buffer, self.members, self.count, _name(key))
+        if row < 0:
+            raise _Malformed(key, "missing")
+        return bytes(self.buffer[self.members[row, js.VALUE_START]:self.members[row, js.VALUE_STOP]])
 
-def _decimal(message, key, scale):
-    value = _get(message, key)
-    if not isinstance(value, str):
-        raise _Malformed(key, f"expected a decimal string, got {value!r}")
-    try:
-        return parse_decimal(value, scale)
-    except (ValueError, OverflowError) as error:
-        raise _Malformed(key, str(error)) from None
+    def value_range(self, key):
+        row = js.member(self.buffer, self.members, self.count, _name(key))
+        return (-1, -1) if row < 0 else (self.members[row, js.VALUE_START], self.members[row, js.VALUE_STOP])
+
+    def integer(self, key, default=None, limit=INT64_MAX):
+        """Member ``key``, an integer from 0 to ``limit`` (so that scaling it cannot overflow)."""
+        value, code = js.integer(self.buffer, self.members, self.count, _name(key))
+        if code == fixed.OK:
+            if not 0 <= value <= limit:
+                raise _Malformed(key, f"out of range: {int(value)} (0 to {limit})")
+            return int(value)
+        if not self.has(key) and default is not None:
+            return default
+        if not self.has(key):
+            raise _Malformed(key, "missing")
+        raise _Malformed(key, f"expected an integer, got {self.text(key).decode(errors='replace')}")
+
+    def decimal(self, key, scale):
+        value, code = js.decimal(self.buffer, self.members, self.count, _name(key), scale)
+        if code != fixed.OK:
+            raise _Malformed(key, reason_of(code))
+        return int(value)
 
 
 def _price(message, dollars_key, cents_key):
     """A price at PRICE_SCALE: the exact dollar string, else the cents."""
-    if dollars_key in message:
-        return _decimal(message, dollars_key, PRICE_SCALE)
-    return _integer(message, cents_key) * _CENT
+    if message.has(dollars_key):
+        return message.decimal(dollars_key, PRICE_SCALE)
+    return message.integer(cents_key, limit=INT64_MAX // _CENT) * _CENT
 
 
 def _size(message, fp_key, count_key=None):
     """A quantity at SIZE_SCALE: the ``_fp`` string, else the integer count, else 0."""
-    if fp_key in message:
-        return _decimal(message, fp_key, SIZE_SCALE)
+    if message.has(fp_key):
+        return message.decimal(fp_key, SIZE_SCALE)
     if count_key is not None:
-        return _integer(message, count_key) * 10 ** SIZE_SCALE
+        return message.integer(count_key, limit=INT64_MAX // 10 ** SIZE_SCALE) * 10 ** SIZE_SCALE
     return 0
 
 
-def _symbol(instruments, message):
-    name = _get(message, "market_ticker")
-    if not isinstance(name, str) or not name:
-        raise _Malformed("market_ticker", f"expected a market ticker, got {name!r}")
+def _symbol(instruments, message, symbols):
+    """The market's symbol id; ``symbols`` caches the raw ticker text of each one."""
+    raw = message.text("market_ticker")
+    if raw in symbols:
+        return symbols[raw]
     try:
-        return instruments.intern(name, PRICE_SCALE, SIZE_SCALE, TICK)
+        name = json.loads(raw) if raw[:1] == b'"' else None
+    except ValueError:  # a bad escape or bad UTF-8
+        name = None
+    if not isinstance(name, str) or not name:
+        raise _Malformed("market_ticker", f"expected a market ticker, got {raw.decode(errors='replace')}")
+    try:
+        symbols[raw] = instruments.intern(name, PRICE_SCALE, SIZE_SCALE, TICK)
     except ValueError as error:
         raise _Malformed("market_ticker", str(error)) from None
+    return symbols[raw]
 
 
-def _events_of(line, instruments):
+def _events_of(buffer, start, stop, instruments, symbols):
     """The event tuples of one line (empty for an ignored message type)."""
     local_ns = 0
-    head, _, rest = line.partition(b" ")
-    if head.isdigit() and rest:
-        local_ns, line = int(head), rest
-    try:
-        document = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise _Malformed(None, f"not JSON: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("msg", {}), dict):
-        raise _Malformed(None, "expected a JSON object with an object 'msg'")
-    kind = document.get("type")
-    if kind not in ("ticker", "trade"):
+    space = start
+    while space < stop and 48 <= buffer[space] <= 57:
+        space += 1
+    if space > start and space < stop and buffer[space] == 32:
+        local_ns, code = fixed.parse_decimal_bytes(buffer, start, space, 0)
+        if code != fixed.OK:
+            raise _Malformed("local_ns", reason_of(code))
+        local_ns, start = int(local_ns), space + 1
+    document = _Object(buffer, start, stop)
+    if document.count < 0 or js.skip_spaces(buffer, document.end, stop) != stop:
+        raise _Malformed(None, f"not JSON: a JSON object expected, malformed at column "
+                         f"{max(document.end, start) - start + 1}")
+    message = None
+    if document.has("msg"):
+        msg_start, msg_stop = document.value_range("msg")
+        message = _Object(buffer, msg_start, msg_stop) if buffer[msg_start] == _OPEN_BRACE else None
+        if message is None or message.count < 0:
+            raise _Malformed(None, "expected a JSON object with an object 'msg'")
+    kind = document.text("type") if document.has("type") else b""
+    if kind not in (b'"ticker"', b'"trade"'):
         return []
-    message = _get(document, "msg")
-    sequence = _integer(document, "seq", default=0)
-    exchange_ns = _integer(message, "ts") * _NS_PER_SECOND
-    symbol = _symbol(instruments, message)
+    if message is None:
+        raise _Malformed("msg", "missing")
+    sequence = document.integer("seq", default=0)
+    exchange_ns = message.integer("ts", limit=INT64_MAX // _NS_PER_SECOND) * _NS_PER_SECOND
+    symbol = _symbol(instruments, message, symbols)
     # (exchange_ns, local_ns, price, quantity, order_id, sequence, prev_sequence, symbol, kind, side, flags)
-    if kind == "ticker":
+    if kind == b'"ticker"':
         bid = _price(message, "yes_bid_dollars", "yes_bid")
         ask = _price(message, "yes_ask_dollars", "yes_ask")
         bid_size = _size(message, "yes_bid_size_fp")
@@ -134,15 +182,60 @@ def _events_of(line, instruments):
                  FLAG_BATCH_END)]
     price = _price(message, "yes_price_dollars", "yes_price")
     quantity = _size(message, "count_fp", "count")
-    taker = _get(message, "taker_side")
-    if taker not in ("yes", "no"):
-        raise _Malformed("taker_side", f"expected 'yes' or 'no', got {taker!r}")
-    side = BID if taker == "yes" else ASK
+    taker = message.text("taker_side")
+    if taker not in (b'"yes"', b'"no"'):
+        raise _Malformed("taker_side", f"expected 'yes' or 'no', got {taker.decode(errors='replace')}")
+    side = BID if taker == b'"yes"' else ASK
     return [(exchange_ns, local_ns, price, quantity, 0, sequence, 0, symbol, KIND_TRADE, side,
              FLAG_BATCH_END)]
 
 
-def read_messages(path, *, instruments=None, skip_malformed=False):
+def iter_messages(path, *, instruments=None, skip_malformed=False, memory_limit=None):
+    """Stream Kalshi messages as chunks of events, in bounded memory.
+
+    Takes the arguments of :func:`read_messages`, and ``memory_limit`` (bytes,
+    ``ringbook.engine.feeds.source.MEMORY_LIMIT`` by default).
+
+    Yields
+    ------
+    Feed
+        The events of one block of lines, sharing one instrument table.
+
+    Raises
+    ------
+    FeedError
+        As :func:`read_messages`, after the chunk of the lines before it; a file with no line.
+    """
+    instruments = instruments if instruments is not None else Instruments()
+    symbols = {}
+    seen_lines = False
+    for block in iter_blocks(path, memory_limit):
+        seen_lines = True
+        records, lines, skipped = [], [], []
+        ignored = 0
+        problem = None
+        for start, stop, number in zip(block.starts.tolist(), block.stops.tolist(), block.numbers.tolist()):
+            try:
+                events = _events_of(block.buffer, start, stop, instruments, symbols)
+            except _Malformed as error:
+                if skip_malformed:
+                    skipped.append(number)
+                    continue
+                problem = FeedError(path, number, error.reason, error.field)
+                break
+            if not events:
+                ignored += 1
+            records.extend(events)
+            lines.extend([number] * len(events))
+        yield Feed(np.array(records, EVENT_DTYPE), np.array(lines, np.int64), instruments, str(path),
+                   skipped, ignored)
+        if problem is not None:
+            raise problem
+    if not seen_lines:
+        raise empty_file(path)
+
+
+def read_messages(path, *, instruments=None, skip_malformed=False, memory_limit=None):
     """Read Kalshi ``ticker`` and ``trade`` messages (JSON lines; gzip is fine) into events.
 
     Parameters
@@ -152,6 +245,8 @@ def read_messages(path, *, instruments=None, skip_malformed=False):
         Table to intern the market tickers in; a new one by default.
     skip_malformed : bool
         Skip malformed lines and list them in ``skipped_lines`` instead of raising.
+    memory_limit : int, optional
+        Bound on the memory the reading takes besides the result (see :func:`iter_messages`).
 
     Returns
     -------
@@ -161,27 +256,9 @@ def read_messages(path, *, instruments=None, skip_malformed=False):
     ------
     FeedError
         A malformed line (not JSON, a missing or bad field), naming the file,
-        line and field; ``partial`` holds the events before it.
+        line and field; ``partial`` holds the events before it. A file that
+        cannot be read (empty, damaged gzip, a device), naming the file.
     """
     instruments = instruments if instruments is not None else Instruments()
-    buffer = read_buffer(path)
-    starts, stops, numbers = line_bounds(buffer)
-    data = buffer.tobytes()
-    records, lines, skipped = [], [], []
-    ignored = 0
-    for start, stop, number in zip(starts.tolist(), stops.tolist(), numbers.tolist()):
-        try:
-            events = _events_of(data[start:stop], instruments)
-        except _Malformed as error:
-            if skip_malformed:
-                skipped.append(number)
-                continue
-            partial = Feed(np.array(records, EVENT_DTYPE), np.array(lines, np.int64), instruments,
-                           str(path), skipped, ignored)
-            raise FeedError(path, number, error.reason, error.field, partial) from None
-        if not events:
-            ignored += 1
-        records.extend(events)
-        lines.extend([number] * len(events))
-    return Feed(np.array(records, EVENT_DTYPE), np.array(lines, np.int64), instruments, str(path),
-                skipped, ignored)
+    return read_whole(path, iter_messages(path, instruments=instruments, skip_malformed=skip_malformed,
+                                          memory_limit=memory_limit), instruments)

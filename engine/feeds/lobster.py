@@ -43,12 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from ringbook.engine.feeds.source import Feed, FeedError, empty_file, iter_blocks, read_whole, reason_of
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL,
                             KIND_L3_DELETE, KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS,
                             KIND_TRADE, STATUS_HALTED, STATUS_QUOTING, STATUS_TRADING, Instruments)
 from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.limits import INT64_MAX
+from ringbook.kernels.status import FIELD_COUNT, OK
 
 PRICE_SCALE = 4
 SIZE_SCALE = 0
@@ -66,9 +68,6 @@ KIND_OF_TYPE = np.array([0, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE, KIND_L3
                          KIND_L3_EXECUTE_HIDDEN, KIND_TRADE, KIND_STATUS], np.uint8)
 #: Type 7's price -> STATUS_* code, indexed by price + 1.
 STATUS_OF_HALT_PRICE = np.array([STATUS_HALTED, STATUS_QUOTING, STATUS_TRADING], np.int64)
-
-# Status codes of parse_csv_rows beyond kernels.fixed's OK..OVERFLOW.
-FIELD_COUNT = 10
 
 _COMMA = 44
 _FILE_NAME = re.compile(r"^(?P<ticker>[^_]+)_(?P<date>\d{4}-\d{2}-\d{2})_\d+_\d+_"
@@ -100,8 +99,9 @@ def parse_csv_rows(buffer, starts, stops, first, scales, out):
     stopped_at : int64
         The index of the first bad line, or the number of lines when all are good.
     status : int64
-        ``ringbook.kernels.fixed`` status of the bad field, :data:`FIELD_COUNT` for a
-        line with another number of fields, OK when all lines are good.
+        ``ringbook.kernels.fixed`` status of the bad field,
+        ``ringbook.kernels.status.FIELD_COUNT`` for a line with another number of
+        fields, OK when all lines are good.
     column : int64
         The bad field's column (-1 when OK or for a field count).
     """
@@ -134,58 +134,73 @@ def parse_csv_rows(buffer, starts, stops, first, scales, out):
     return np.int64(starts.shape[0]), np.int64(fixed.OK), np.int64(-1)
 
 
-_REASONS = {fixed.INVALID: "not a decimal number", fixed.TOO_PRECISE: "too many decimals",
-            fixed.OVERFLOW: "out of int64 range"}
-
-
-def _has_header(buffer, starts, stops):
-    """True when every field of the first line has a letter (a header such as ``Time,Type,...``).
+def _has_header(block):
+    """True when every field of the block's first line has a letter (a header such as ``Time,Type,...``).
 
     A data line with one corrupted field is not taken for a header: it is reported.
     """
-    if len(starts) == 0:
-        return False
-    fields = bytes(buffer[starts[0]:stops[0]]).split(b",")
+    fields = block.text(0).split(b",")
     return all(any(chr(byte).isalpha() for byte in field) for field in fields)
 
 
-def _read_rows(path, width_of, names, scales_of, skip_malformed):
-    """Parse a LOBSTER csv into an int64 matrix.
+def _field_count(block, index):
+    return int(np.count_nonzero(block.buffer[block.starts[index]:block.stops[index]] == _COMMA)) + 1
 
-    Returns ``(rows, line numbers, record indices, skipped lines or a FeedError)``.
 
-    ``width_of(field_count, line)`` decides the column count from the first row's;
-    ``scales_of(width)`` the decimals of each column; ``names(column)`` names a column.
+def _block_rows(path, block, first, width, scales, names, skip_malformed):
+    """Parse the lines ``first..`` of a block into an int64 matrix.
+
+    Returns ``(rows, line numbers, indices among the parsed lines, skipped lines, FeedError or None)``.
     """
-    buffer = read_buffer(path)
-    starts, stops, numbers = line_bounds(buffer)
-    if _has_header(buffer, starts, stops):
-        starts, stops, numbers = starts[1:], stops[1:], numbers[1:]
-    if len(starts) == 0:
-        return np.zeros((0, width_of(0, 0)), np.int64), numbers, numbers, []
-    first_fields = int(np.count_nonzero(buffer[starts[0]:stops[0]] == _COMMA)) + 1
-    width = width_of(first_fields, int(numbers[0]))
+    starts, stops, numbers = block.starts[first:], block.stops[first:], block.numbers[first:]
     rows = np.zeros((len(starts), width), np.int64)
     good = np.ones(len(starts), bool)
     skipped = []
-    first = 0
+    at = 0
     while True:
-        stopped_at, status, column = parse_csv_rows(buffer, starts, stops, first, scales_of(width), rows)
-        if status == fixed.OK:
+        stopped_at, code, column = parse_csv_rows(block.buffer, starts, stops, at, scales, rows)
+        if code == OK:
             break
         line = int(numbers[stopped_at])
-        if status == FIELD_COUNT:
-            found = int(np.count_nonzero(buffer[starts[stopped_at]:stops[stopped_at]] == _COMMA)) + 1
-            field, reason = None, f"{found} fields, expected {width}"
+        if code == FIELD_COUNT:
+            field, reason = None, f"{_field_count(block, first + stopped_at)} fields, expected {width}"
         else:
-            field, reason = names(int(column)), _REASONS.get(int(status), f"status {status}")
+            field, reason = names(int(column)), reason_of(code)
         if not skip_malformed:
-            return (rows[:stopped_at], numbers[:stopped_at], np.arange(stopped_at),
+            return (rows[:stopped_at], numbers[:stopped_at], np.arange(stopped_at), skipped,
                     FeedError(path, line, reason, field))
         skipped.append(line)
         good[stopped_at] = False
-        first = stopped_at + 1
-    return rows[good], numbers[good], np.flatnonzero(good), skipped
+        at = stopped_at + 1
+    return rows[good], numbers[good], np.flatnonzero(good), skipped, None
+
+
+def _iter_rows(path, width_of, names, scales_of, skip_malformed, memory_limit):
+    """Stream a LOBSTER csv as blocks of int64 rows.
+
+    Yields ``(rows, line numbers, record indices, skipped lines, FeedError or None)``
+    per block; after a FeedError nothing follows. ``width_of(field_count, line)``
+    decides the column count from the first data row's; ``scales_of(width)`` the
+    decimals of each column; ``names(column)`` names a column. A file with no
+    data row (empty, blank or only a header) is a FeedError.
+    """
+    width = scales = None
+    records_before = 0
+    for index, block in enumerate(iter_blocks(path, memory_limit)):
+        first = 1 if index == 0 and _has_header(block) else 0
+        if first == len(block):
+            continue
+        if width is None:
+            width = width_of(_field_count(block, first), int(block.numbers[first]))
+            scales = scales_of(width)
+        rows, numbers, indices, skipped, problem = _block_rows(path, block, first, width, scales, names,
+                                                               skip_malformed)
+        yield rows, numbers, records_before + indices, skipped, problem
+        if problem is not None:
+            return
+        records_before += len(block) - first
+    if width is None:
+        raise empty_file(path)
 
 
 def file_facts(path):
@@ -205,12 +220,16 @@ def midnight_ns(date):
     return seconds * 1_000_000_000
 
 
-def _message_problems(rows):
-    """Per row, the first invalid column (-1 when the row is valid) and why."""
+def _message_problems(rows, origin_ns):
+    """Per row, the first invalid column (-1 when the row is valid) and why.
+
+    The time must be non-negative and, counted from ``origin_ns``, within int64 ns.
+    """
     kinds = rows[:, 1]
     size, price, direction, order_id = rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 2]
     is_halt = kinds == 7
     checks = [
+        (0, (rows[:, 0] < 0) | (rows[:, 0] > INT64_MAX - origin_ns), "time out of range"),
         (1, (kinds < 1) | (kinds > 7), "event type must be 1..7"),
         (2, order_id < 0, "negative order id"),
         (3, size < 0, "negative size"),
@@ -226,58 +245,8 @@ def _message_problems(rows):
     return column, reason, [text for _, _, text in checks]
 
 
-def read_messages(path, *, symbol=None, date=None, instruments=None, skip_malformed=False):
-    """Read a LOBSTER message file into events.
-
-    Parameters
-    ----------
-    path : str or Path
-        A message file, with or without a header row; gzip is fine.
-    symbol : str, optional
-        The instrument's name; by default the ticker in the file name (else "LOBSTER").
-    date : datetime.date, optional
-        The trading day; by default the date in the file name. Without one,
-        ``exchange_ns`` is ns since midnight instead of since the epoch.
-    instruments : ringbook.kernels.events.Instruments, optional
-        Table to intern the symbol in (price_scale 4, size_scale 0, tick 100); a new one by default.
-    skip_malformed : bool
-        Skip malformed lines and list them in ``skipped_lines`` instead of raising.
-
-    Returns
-    -------
-    Feed
-        One event per message; ``lines`` gives each event's line in the file.
-
-    Raises
-    ------
-    FeedError
-        A malformed line (wrong field count, a field that is not an exact
-        number of the column's kind, a value out of its domain), naming the
-        file, line and field; ``partial`` holds the events before it.
-    """
-    ticker, file_date, _ = file_facts(path)
-    instruments = instruments if instruments is not None else Instruments()
-    symbol_id = instruments.intern(symbol or ticker or "LOBSTER", PRICE_SCALE, SIZE_SCALE, TICK)
-    date = date or file_date
-    origin_ns = midnight_ns(date) if date is not None else 0
-
-    rows, numbers, records, problem = _read_rows(path, lambda found, line: len(MESSAGE_FIELDS),
-                                                 MESSAGE_FIELDS.__getitem__,
-                                                 lambda width: MESSAGE_SCALES, skip_malformed)
-    skipped = [] if isinstance(problem, FeedError) else problem
-    bad_column, bad_reason, reasons = _message_problems(rows)
-    bad = np.flatnonzero(bad_column >= 0)
-    if len(bad):
-        if not skip_malformed:
-            index = int(bad[0])
-            problem = FeedError(path, int(numbers[index]), reasons[bad_reason[index]],
-                                MESSAGE_FIELDS[bad_column[index]])
-            rows, numbers, records = rows[:index], numbers[:index], records[:index]
-        else:
-            skipped = sorted(skipped + numbers[bad].tolist())
-            keep = bad_column < 0
-            rows, numbers, records = rows[keep], numbers[keep], records[keep]
-
+def _message_events(rows, symbol_id, origin_ns):
+    """The events of validated message rows."""
     events = np.zeros(len(rows), EVENT_DTYPE)
     kinds = KIND_OF_TYPE[rows[:, 1]]
     events["exchange_ns"] = origin_ns + rows[:, 0]
@@ -294,12 +263,120 @@ def read_messages(path, *, symbol=None, date=None, instruments=None, skip_malfor
     events["side"][halts] = 0
     crosses = kinds == KIND_TRADE
     events["side"][crosses] = 0
-    feed = Feed(events, numbers.astype(np.int64), instruments, str(path), skipped,
-                records=records.astype(np.int64))
-    if isinstance(problem, FeedError):
-        problem.partial = feed
-        raise problem
-    return feed
+    return events
+
+
+def _backwards(times, last_time):
+    """Rows whose time is earlier than the previous row's (``last_time`` before the first)."""
+    previous = np.concatenate(([last_time], times[:-1]))
+    return times < previous
+
+
+def _time_reason(time, previous):
+    return (f"time goes backwards: {fixed.format_decimal(int(time), 9)} after "
+            f"{fixed.format_decimal(int(previous), 9)}")
+
+
+def iter_messages(path, *, symbol=None, date=None, instruments=None, skip_malformed=False,
+                  memory_limit=None):
+    """Stream a LOBSTER message file as chunks of events, in bounded memory.
+
+    Takes the arguments of :func:`read_messages`, and ``memory_limit`` (bytes,
+    ``ringbook.engine.feeds.source.MEMORY_LIMIT`` by default).
+
+    Yields
+    ------
+    Feed
+        The events of one block of lines, sharing one instrument table; a chunk
+        may be empty (a block of skipped lines).
+
+    Raises
+    ------
+    FeedError
+        As :func:`read_messages`, after the chunk of the lines before it; and
+        for a file with no data row.
+    """
+    ticker, file_date, _ = file_facts(path)
+    instruments = instruments if instruments is not None else Instruments()
+    symbol_id = instruments.intern(symbol or ticker or "LOBSTER", PRICE_SCALE, SIZE_SCALE, TICK)
+    date = date or file_date
+    origin_ns = midnight_ns(date) if date is not None else 0
+    last_time = np.iinfo(np.int64).min
+    for rows, numbers, records, skipped, problem in _iter_rows(
+            path, lambda found, line: len(MESSAGE_FIELDS), MESSAGE_FIELDS.__getitem__,
+            lambda width: MESSAGE_SCALES, skip_malformed, memory_limit):
+        warnings = []
+        bad_column, bad_reason, reasons = _message_problems(rows, origin_ns)
+        if not skip_malformed:
+            bad = np.flatnonzero(bad_column >= 0)
+            cut = int(bad[0]) if len(bad) else len(rows)
+            backwards = np.flatnonzero(_backwards(rows[:cut, 0], last_time))
+            if len(backwards):
+                cut = int(backwards[0])
+                previous = rows[cut - 1, 0] if cut else last_time
+                problem = FeedError(path, int(numbers[cut]), _time_reason(rows[cut, 0], previous), "time")
+            elif cut < len(rows):
+                problem = FeedError(path, int(numbers[cut]), reasons[bad_reason[cut]],
+                                    MESSAGE_FIELDS[bad_column[cut]])
+            rows, numbers, records = rows[:cut], numbers[:cut], records[:cut]
+        else:
+            bad = bad_column >= 0
+            if bad.any():
+                skipped = sorted(skipped + numbers[bad].tolist())
+                rows, numbers, records = rows[~bad], numbers[~bad], records[~bad]
+            backwards = np.flatnonzero(_backwards(rows[:, 0], last_time))
+            for index in backwards.tolist():
+                previous = rows[index - 1, 0] if index else last_time
+                warnings.append((int(numbers[index]), _time_reason(rows[index, 0], previous)))
+        if len(rows):
+            last_time = rows[-1, 0]
+        yield Feed(_message_events(rows, symbol_id, origin_ns), numbers.astype(np.int64), instruments,
+                   str(path), skipped, records=records.astype(np.int64), warnings=warnings)
+        if problem is not None:
+            raise problem
+
+
+def read_messages(path, *, symbol=None, date=None, instruments=None, skip_malformed=False,
+                  memory_limit=None):
+    """Read a LOBSTER message file into events.
+
+    Parameters
+    ----------
+    path : str or Path
+        A message file, with or without a header row; gzip is fine.
+    symbol : str, optional
+        The instrument's name; by default the ticker in the file name (else "LOBSTER").
+    date : datetime.date, optional
+        The trading day; by default the date in the file name. Without one,
+        ``exchange_ns`` is ns since midnight instead of since the epoch.
+    instruments : ringbook.kernels.events.Instruments, optional
+        Table to intern the symbol in (price_scale 4, size_scale 0, tick 100); a new one by default.
+    skip_malformed : bool
+        Skip malformed lines and list them in ``skipped_lines`` instead of
+        raising; a time earlier than the line before's is kept and listed in
+        ``warnings``.
+    memory_limit : int, optional
+        Bound on the memory the reading takes besides the result (see
+        :func:`iter_messages`, which reads a file of any size in bounded memory).
+
+    Returns
+    -------
+    Feed
+        One event per message; ``lines`` gives each event's line in the file.
+
+    Raises
+    ------
+    FeedError
+        A malformed line (wrong field count, a field that is not an exact
+        number of the column's kind, a value out of its domain, a time earlier
+        than the line before's), naming the file, line and field; ``partial``
+        holds the events before it. A file that cannot be read (empty, damaged
+        gzip, a device), naming the file.
+    """
+    instruments = instruments if instruments is not None else Instruments()
+    chunks = iter_messages(path, symbol=symbol, date=date, instruments=instruments,
+                           skip_malformed=skip_malformed, memory_limit=memory_limit)
+    return read_whole(path, chunks, instruments)
 
 
 @dataclass
@@ -337,7 +414,39 @@ class OrderbookFile:
         return len(self.lines)
 
 
-def read_orderbook(path, *, skip_malformed=False):
+def _orderbook_names(column):
+    return f"{('ask_price', 'ask_size', 'bid_price', 'bid_size')[column % 4]}_{column // 4 + 1}"
+
+
+def iter_orderbook(path, *, skip_malformed=False, memory_limit=None):
+    """Stream a LOBSTER orderbook file as :class:`OrderbookFile` chunks, in bounded memory.
+
+    Raises
+    ------
+    FeedError
+        As :func:`read_orderbook`, after the chunk of the rows before it.
+    """
+    def width_of(found, line):
+        if found % 4:
+            raise FeedError(path, line, f"{found} fields: an orderbook row has 4 per level")
+        return max(found, 4)
+
+    for rows, numbers, records, skipped, problem in _iter_rows(
+            path, width_of, _orderbook_names, lambda width: np.zeros(width, np.int64), skip_malformed,
+            memory_limit):
+        negative = (rows[:, 1::4] < 0).any(axis=1) | (rows[:, 3::4] < 0).any(axis=1)
+        if negative.any():
+            row = int(np.flatnonzero(negative)[0])
+            problem = FeedError(path, int(numbers[row]), "negative size")
+            rows, numbers, records = rows[:row], numbers[:row], records[:row]
+        yield OrderbookFile(rows[:, 0::4].copy(), rows[:, 1::4].copy(), rows[:, 2::4].copy(),
+                            rows[:, 3::4].copy(), numbers.astype(np.int64), records.astype(np.int64),
+                            str(path), skipped)
+        if problem is not None:
+            raise problem
+
+
+def read_orderbook(path, *, skip_malformed=False, memory_limit=None):
     """Read a LOBSTER orderbook file (any level count, with or without a header).
 
     The level count comes from the first row (4 fields a level).
@@ -345,29 +454,15 @@ def read_orderbook(path, *, skip_malformed=False):
     Raises
     ------
     FeedError
-        A malformed row: a field count other than the first row's, or a field
-        that is not an integer; ``partial`` is None (an orderbook is read whole).
+        A malformed row: a field count other than the first row's, a field
+        that is not an integer, a negative size; ``partial`` is None (an
+        orderbook is read whole). A file with no data row, or one that cannot
+        be read.
     """
-    def width_of(found, line):
-        if found % 4:
-            raise FeedError(path, line, f"{found} fields: an orderbook row has 4 per level")
-        return max(found, 4)
-
-    def names(column):
-        return f"{('ask_price', 'ask_size', 'bid_price', 'bid_size')[column % 4]}_{column // 4 + 1}"
-
-    rows, numbers, records, problem = _read_rows(path, width_of, names,
-                                                 lambda width: np.zeros(width, np.int64),
-                                                 skip_malformed)
-    if isinstance(problem, FeedError):
-        raise problem
-    sizes = np.concatenate([rows[:, 1::4], rows[:, 3::4]], axis=1)
-    if (sizes < 0).any():
-        row = int(np.flatnonzero((sizes < 0).any(axis=1))[0])
-        raise FeedError(path, int(numbers[row]), "negative size")
-    return OrderbookFile(rows[:, 0::4].copy(), rows[:, 1::4].copy(), rows[:, 2::4].copy(),
-                         rows[:, 3::4].copy(), numbers.astype(np.int64), records.astype(np.int64),
-                         str(path), problem)
+    chunks = list(iter_orderbook(path, skip_malformed=skip_malformed, memory_limit=memory_limit))
+    return OrderbookFile(*(np.concatenate([getattr(chunk, name) for chunk in chunks])
+                           for name in ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")),
+                         str(path), [line for chunk in chunks for line in chunk.skipped_lines])
 
 
 def levels_before_first(orderbook, first_event):

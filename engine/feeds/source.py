@@ -1,33 +1,80 @@
-"""What every file reader shares: the file as one ``uint8`` buffer, its lines,
+"""What every file reader shares: the file read as a stream of blocks of whole lines,
 the result of a read and the error that names a file and a line.
 
-Readers work on the whole file at once: numpy finds the line boundaries, njit
-kernels parse the lines, and Python only assembles the result. Line numbers
-are 1-based, as an editor shows them, and count every line of the file,
-blank ones included.
+Readers stream: :func:`iter_blocks` reads a file (gunzipping it on the fly) in
+blocks of about ``memory_limit // 16`` bytes, cut after the last line break of
+each block, the partial last line carried over to the next; numpy finds the line
+boundaries of a block, njit kernels parse its lines, and Python only assembles
+the result. So resident memory stays bounded by ``memory_limit`` (256 MiB by
+default, or ``$RINGBOOK_MEMORY_LIMIT``) whatever the size of the file, compressed or not. Line numbers are
+1-based, as an editor shows them, and count every line of the file, blank ones
+included.
+
+Inputs that are not regular files are handled as follows: a FIFO (a pipe, or
+``/dev/stdin`` fed by one) is read as a stream like any file; a character or
+block device (``/dev/zero``), a socket or a directory is refused with a
+:class:`FeedError`. A line longer than a quarter of ``memory_limit`` is an
+error rather than a reason to grow without bound.
 """
 
-import gzip
+import os
+import stat
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ringbook.kernels import fixed
 from ringbook.kernels.events import Instruments
+from ringbook.kernels.status import FIELD_COUNT, MISSING, NOT_JSON, ODD_LEVELS, OUT_OF_RANGE, status_name
 
 NEWLINE = ord("\n")
 CARRIAGE_RETURN = ord("\r")
 GZIP_MAGIC = b"\x1f\x8b"
 
+#: Default bound on a reader's resident memory, in bytes (the ``memory_limit`` argument).
+MEMORY_LIMIT = 256 * 2**20
+#: A block of text is this fraction of the memory limit: its events, line tables and
+#: the parser's scratch take several times the text's size.
+BLOCK_FRACTION = 16
+#: Smallest memory limit a reader accepts (small limits serve tests: many blocks from a small file).
+MIN_MEMORY_LIMIT = 2**16
+_READ_SIZE = 2**20
+_MIN_BLOCK = 4096
+
+
+#: Why a field or line was refused, for every status a reader's kernels return: the
+#: decimal parser's (``ringbook.kernels.fixed``) and the record codes of
+#: ``ringbook.kernels.status``.
+REASONS = {
+    fixed.INVALID: "not a decimal number",
+    fixed.TOO_PRECISE: "too many decimals for the scale",
+    fixed.OVERFLOW: "out of int64 range",
+    fixed.FULL: "too many numbers",
+    MISSING: "missing",
+    ODD_LEVELS: "levels must be [price, quantity] pairs",
+    NOT_JSON: "not the expected JSON",
+    OUT_OF_RANGE: "out of range",
+    FIELD_COUNT: "wrong number of fields",
+}
+
+
+def reason_of(code):
+    """The reason for a reader's status ``code`` (any kernel's description for another code)."""
+    return REASONS.get(int(code)) or status_name(code)
+
 
 class FeedError(ValueError):
-    """A malformed line: the read stops here.
+    """A file that cannot be read, or a malformed line: the read stops here.
 
     Attributes
     ----------
     path : str
         The file.
-    line : int
-        1-based line number of the offending line.
+    line : int or None
+        1-based line number of the offending line; None when the fault is the
+        file's as a whole (empty, not a regular file, a gzip stream cut short
+        before any line).
     field : str or None
         The field that could not be read, when known.
     reason : str
@@ -38,11 +85,11 @@ class FeedError(ValueError):
 
     def __init__(self, path, line, reason, field=None, partial=None):
         self.path = str(path)
-        self.line = int(line)
+        self.line = None if line is None else int(line)
         self.field = field
         self.reason = reason
         self.partial = partial
-        where = f"{self.path}, line {self.line}"
+        where = self.path if self.line is None else f"{self.path}, line {self.line}"
         if field is not None:
             where += f", field {field!r}"
         super().__init__(f"{where}: {reason}")
@@ -50,7 +97,7 @@ class FeedError(ValueError):
 
 @dataclass
 class Feed:
-    """Events read from one file.
+    """Events read from one file (or one chunk of it, from a reader's stream).
 
     Attributes
     ----------
@@ -72,6 +119,9 @@ class Feed:
         ``int64``, for files whose data rows pair with another file's rows
         (LOBSTER): the 0-based index of each event's row among the data rows
         (header and blank lines excluded), skipped rows included.
+    warnings : list of (int, str)
+        Lines kept under ``skip_malformed=True`` that would otherwise stop the
+        read (a LOBSTER time going backwards), with the reason.
     """
 
     events: np.ndarray
@@ -82,18 +132,248 @@ class Feed:
     ignored: int = 0
     dropped: int = 0
     records: np.ndarray = None
+    warnings: list = field(default_factory=list)
 
     def __len__(self):
         return len(self.events)
 
 
+def concatenate(chunks, path, instruments):
+    """One :class:`Feed` from the chunks of a reader's stream (an empty Feed for none)."""
+    from ringbook.kernels.events import EVENT_DTYPE
+
+    chunks = list(chunks)
+    full = [chunk for chunk in chunks if len(chunk)] or chunks[:1]
+
+    def joined(name, empty):
+        if len(full) == 1:  # a small file: its one chunk's arrays, not a copy
+            return getattr(full[0], name)
+        return np.concatenate([getattr(chunk, name) for chunk in full]) if full else empty
+
+    with_records = bool(full) and full[0].records is not None
+    feed = Feed(joined("events", np.zeros(0, EVENT_DTYPE)), joined("lines", np.zeros(0, np.int64)),
+                instruments, str(path), records=joined("records", None) if with_records else None)
+    for chunk in chunks:
+        feed.skipped_lines += chunk.skipped_lines
+        feed.warnings += chunk.warnings
+        feed.ignored += chunk.ignored
+        feed.dropped += chunk.dropped
+    return feed
+
+
+def read_whole(path, chunks, instruments):
+    """One Feed of a reader's stream; a FeedError at a line gets what came before as ``partial``."""
+    read = []
+    try:
+        for chunk in chunks:
+            read.append(chunk)
+    except FeedError as error:
+        if error.line is not None:
+            error.partial = concatenate(read, path, instruments)
+        raise
+    return concatenate(read, path, instruments)
+
+
+@dataclass
+class Block:
+    """Whole lines of a file: ``buffer[starts[i]:stops[i]]`` is line ``numbers[i]``.
+
+    Only non-blank lines are listed; ``numbers`` are 1-based lines of the file.
+    """
+
+    buffer: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    numbers: np.ndarray
+
+    def __len__(self):
+        return len(self.starts)
+
+    def text(self, index):
+        """Line ``index`` of the block, as bytes."""
+        return bytes(self.buffer[self.starts[index]:self.stops[index]])
+
+
+#: Environment variable that sets the default memory limit (bytes, or with a K, M or G suffix:
+#: ``512M``), for the command line and for code that does not pass ``memory_limit``.
+MEMORY_LIMIT_VARIABLE = "RINGBOOK_MEMORY_LIMIT"
+_SUFFIXES = {"K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def _default_memory_limit():
+    text = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip().upper().removesuffix("B").removesuffix("I")
+    if not text:
+        return MEMORY_LIMIT
+    try:
+        return int(text[:-1]) * _SUFFIXES[text[-1]] if text[-1] in _SUFFIXES else int(text)
+    except ValueError:
+        raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={os.environ[MEMORY_LIMIT_VARIABLE]!r}: expected bytes, "
+                         "or a number with K, M or G") from None
+
+
+def check_memory_limit(memory_limit):
+    """The memory limit as an int, defaulting to ``$RINGBOOK_MEMORY_LIMIT`` or :data:`MEMORY_LIMIT`;
+    ValueError when too small."""
+    limit = _default_memory_limit() if memory_limit is None else int(memory_limit)
+    if limit < MIN_MEMORY_LIMIT:
+        raise ValueError(f"memory_limit must be at least {MIN_MEMORY_LIMIT} bytes, got {limit}")
+    return limit
+
+
+def _open_input(path):
+    """The file, opened for reading, or a FeedError for what cannot be read as a stream of lines."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise FeedError(path, None, error.strerror or str(error)) from None
+    if stat.S_ISDIR(mode):
+        raise FeedError(path, None, "is a directory, not a file")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise FeedError(path, None, f"{kind}: only regular files and pipes are read")
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as error:
+        raise FeedError(path, None, error.strerror or str(error)) from None
+
+
+def _raw_chunks(path, file, size):
+    """The file's bytes in chunks of at most ``size``."""
+    while True:
+        try:
+            chunk = file.read(size)
+        except OSError as error:
+            raise FeedError(path, None, f"read failed: {error.strerror or error}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _decompressed(path, chunks, limit):
+    """Gunzip ``chunks`` (one gzip member after another), yielding at most ``limit`` bytes at a time.
+
+    A fault names the line the decompressed text had reached.
+    """
+    decompressor = zlib.decompressobj(wbits=31)
+    lines = 0
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                if decompressor.eof:
+                    if not data.strip(b"\x00"):
+                        break  # zero padding after the last member, as gzip tolerates
+                    decompressor = zlib.decompressobj(wbits=31)  # another member follows
+                output = decompressor.decompress(data, limit)
+                while output:
+                    lines += output.count(b"\n")
+                    yield output
+                    # Output held back by the limit comes out without more input.
+                    output = (decompressor.decompress(b"", limit)
+                              if len(output) == limit and not decompressor.unconsumed_tail else b"")
+                data = decompressor.unused_data if decompressor.eof else decompressor.unconsumed_tail
+    except zlib.error as error:
+        raise FeedError(path, lines + 1, f"corrupt gzip data: {_gzip_fault(error)}") from None
+    if not decompressor.eof:
+        raise FeedError(path, lines + 1, "truncated gzip file: the compressed data ends before the end "
+                        "of its stream")
+
+
+def _gzip_fault(error):
+    text = str(error)
+    if "incorrect data check" in text or "incorrect length check" in text:
+        return "checksum mismatch: the file is damaged"
+    if "incorrect header check" in text or "unknown compression method" in text:
+        return "bad gzip header"
+    return text.split(": ", 1)[-1]
+
+
+def iter_blocks(path, memory_limit=None):
+    """Read ``path`` as :class:`Block` s of whole lines; gzip (detected by its magic) is fine.
+
+    Parameters
+    ----------
+    path : str or Path
+        A regular file or a FIFO.
+    memory_limit : int, optional
+        Bound on what a reader holds at once (:data:`MEMORY_LIMIT` by default);
+        blocks are about a sixteenth of it.
+
+    Yields
+    ------
+    Block
+        Non-empty blocks, in file order; every line of the file lies in exactly one.
+
+    Raises
+    ------
+    FeedError
+        Not a regular file or a pipe; a damaged or truncated gzip stream
+        (naming the line it stopped in); a line longer than a quarter of
+        ``memory_limit``.
+    """
+    limit = check_memory_limit(memory_limit)
+    block_size = max(limit // BLOCK_FRACTION, _MIN_BLOCK)
+    longest_line = limit // 4
+    lines_before = 0
+    with _open_input(path) as file:
+        raw = _raw_chunks(path, file, min(block_size, _READ_SIZE))
+        first = next(raw, b"")
+        while len(first) < 2 and first:
+            more = next(raw, b"")
+            if not more:
+                break
+            first += more
+
+        def chained():
+            if first:
+                yield first
+            yield from raw
+
+        if first[:2] == GZIP_MAGIC:
+            # Small pieces of output: a fault in the compressed data is named within a few lines.
+            texts = _decompressed(path, chained(), min(block_size, _READ_SIZE // 4))
+        else:
+            texts = chained()
+        carried = []
+        carried_bytes = 0
+        for text in texts:
+            cut = text.rfind(b"\n")
+            if cut < 0:
+                carried.append(text)
+                carried_bytes += len(text)
+                if carried_bytes > longest_line:
+                    raise FeedError(path, lines_before + 1,
+                                    f"a line longer than {longest_line} bytes (a quarter of the memory limit)")
+                continue
+            carried.append(text[:cut + 1])
+            carried_bytes += cut + 1
+            if carried_bytes >= block_size:
+                block, newlines = _block(b"".join(carried), lines_before)
+                lines_before += newlines
+                if len(block):
+                    yield block
+                carried, carried_bytes = [], 0
+            rest = text[cut + 1:]
+            if rest:
+                carried.append(rest)
+                carried_bytes += len(rest)
+        if carried_bytes:
+            block, _ = _block(b"".join(carried), lines_before)
+            if len(block):
+                yield block
+
+
+def _block(text, lines_before):
+    buffer = np.frombuffer(text, np.uint8)
+    starts, stops, numbers = line_bounds(buffer)
+    return Block(buffer, starts, stops, numbers + lines_before), int(np.count_nonzero(buffer == NEWLINE))
+
+
 def read_buffer(path):
-    """The bytes of ``path`` as a ``uint8`` array, gunzipped if the file is gzip."""
-    with open(path, "rb") as file:
-        data = file.read()
-    if data[:2] == GZIP_MAGIC:
-        data = gzip.decompress(data)
-    return np.frombuffer(data, np.uint8)
+    """The whole (gunzipped) text of ``path`` as a ``uint8`` array; for small files and tests."""
+    parts = [block.buffer for block in iter_blocks(path)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
 
 
 def line_bounds(buffer):
@@ -118,3 +398,7 @@ def line_bounds(buffer):
     keep = stops > starts
     return starts[keep], stops[keep], numbers[keep]
 
+
+def empty_file(path):
+    """The FeedError of a file with no data line."""
+    return FeedError(path, None, "the file is empty (no data line)")
