@@ -115,8 +115,15 @@ _INDEX_HEADER = np.dtype([
     ("magic", "S8"), ("version", "<u4"), ("every", "<u4"), ("first_sequence", "<i8"),
     ("segment_size", "<i8"), ("valid_end", "<i8"), ("records", "<i8"), ("data_records", "<i8"),
     ("next_sequence", "<i8"), ("first_ns", "<i8"), ("last_ns", "<i8"), ("max_ns", "<i8"),
-    ("entries", "<i8"), ("header_crc", "<u4"), ("crc", "<u4"),
+    ("entries", "<i8"), ("header_crc", "<u4"), ("tail_crc", "<u4"), ("reserved", "<u4"), ("crc", "<u4"),
 ])
+#: An index is trusted only if the checksum of this many last bytes of its segment still matches.
+_TAIL_CHECK_BYTES = 4096
+
+
+def _tail_crc(buffer, header_bytes):
+    start = max(header_bytes, buffer.size - _TAIL_CHECK_BYTES)
+    return int(jk.crc32c(buffer, start, buffer.size, 0)) if buffer.size > start else 0
 
 
 class JournalError(RuntimeError):
@@ -412,8 +419,9 @@ def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY):
                        index[:count].copy(), corrupt, torn_offset, torn_status)
 
 
-def write_index(scan, every=DEFAULT_INDEX_EVERY):
-    """Write ``scan``'s index beside its segment (atomically). Segments with damage get none."""
+def write_index(scan, buffer, every=DEFAULT_INDEX_EVERY):
+    """Write ``scan``'s index beside its segment (atomically), ``buffer`` holding the segment's bytes
+    (only its last few KiB are read). Segments with damage get none."""
     if scan.corrupt:
         return
     header = np.zeros(1, _INDEX_HEADER)
@@ -431,6 +439,7 @@ def write_index(scan, every=DEFAULT_INDEX_EVERY):
     header["max_ns"] = scan.max_ns
     header["entries"] = len(scan.index)
     header["header_crc"] = scan.header.crc
+    header["tail_crc"] = _tail_crc(buffer[:scan.size], scan.header.header_bytes)
     entries = np.ascontiguousarray(scan.index, dtype="<i8").tobytes()
     header["crc"] = checksum(entries, checksum(header.tobytes()[:-4]))
     try:
@@ -439,8 +448,10 @@ def write_index(scan, every=DEFAULT_INDEX_EVERY):
         log.debug("cannot write index %s: %s", index_path(scan.path), error)
 
 
-def read_index(path, header, size):
-    """The :class:`SegmentScan` an index file stores, or None when missing, damaged or stale."""
+def read_index(path, header, buffer):
+    """The :class:`SegmentScan` an index file stores, or None when missing, damaged or stale
+    (``buffer``: the segment's bytes)."""
+    size = buffer.size
     try:
         data = Path(index_path(path)).read_bytes()
     except OSError:
@@ -452,7 +463,8 @@ def read_index(path, header, size):
     if (fixed["magic"] != INDEX_MAGIC or fixed["version"] != INDEX_VERSION or entries < 0
             or len(data) != _INDEX_HEADER.itemsize + 24 * entries
             or int(fixed["first_sequence"]) != header.first_sequence or int(fixed["header_crc"]) != header.crc
-            or int(fixed["segment_size"]) != size):
+            or int(fixed["segment_size"]) != size
+            or int(fixed["tail_crc"]) != _tail_crc(buffer, header.header_bytes)):
         return None
     body = data[_INDEX_HEADER.itemsize:]
     if checksum(body, checksum(data[:_INDEX_HEADER.itemsize - 4])) != int(fixed["crc"]):
@@ -498,11 +510,11 @@ def open_segment(path, index_every=DEFAULT_INDEX_EVERY, use_index=True, save_ind
     header = decode_header(mapped.buffer[:max(HEADER_FIXED_BYTES, min(mapped.size, 1 << 20))], path)
     if header.header_bytes > mapped.size:
         raise JournalError("segment shorter than its header", path)
-    scan = read_index(path, header, mapped.size) if use_index else None
+    scan = read_index(path, header, mapped.buffer) if use_index else None
     if scan is None:
         scan = scan_segment(mapped.buffer, header, path, index_every)
         if save_index:
-            write_index(scan, index_every)
+            write_index(scan, mapped.buffer, index_every)
     return mapped, scan
 
 
@@ -652,7 +664,8 @@ class JournalWriter:
                     os.fsync(file.fileno())
                 scan.size = scan.valid_end
                 scan.torn_offset = -1
-            write_index(scan, self.index_every)
+            mapped = _Mapped(path)
+            write_index(scan, mapped.buffer, self.index_every)
         finally:
             mapped.close()
         return scan.next_sequence
@@ -716,7 +729,11 @@ class JournalWriter:
                            int(segment[jk.SEGMENT_NEXT_SEQUENCE]),
                            self._first_ns if records else jk.INT64_MIN, int(segment[jk.SEGMENT_LAST_NS]),
                            int(segment[jk.SEGMENT_MAX_NS]), self._index[:count])
-        write_index(scan, self.index_every)
+        mapped = _Mapped(self._path)
+        try:
+            write_index(scan, mapped.buffer, self.index_every)
+        finally:
+            mapped.close()
 
     def _prepare(self, first_ns):
         """Rotate before a batch whose first record has receive time ``first_ns`` if due."""
@@ -810,8 +827,8 @@ class JournalWriter:
         if self.closed:
             raise JournalError("writer is closed", self.root)
 
-    def _as_payload(self, payload):
-        if self.dtype is not None:
+    def _as_payload(self, payload, kind=RECORD_DATA):
+        if self.dtype is not None and kind == RECORD_DATA:
             array = np.asarray(payload)
             if array.dtype != self.dtype:
                 if isinstance(payload, (bytes, bytearray, memoryview)) and len(payload) == self.dtype.itemsize:
@@ -825,12 +842,13 @@ class JournalWriter:
     def append(self, payload, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
         """Append one record and hand it to the operating system (one ``write``); return its sequence.
 
-        ``payload`` is bytes-like (``raw``) or one record of the stream's dtype.
+        ``payload`` is bytes-like (``raw``) or one record of the stream's dtype
+        (records of the engine's own kinds take any bytes).
         ``receive_ns`` defaults to the wall clock now. For many records at a
         time use :meth:`append_many` or a :class:`ringbook.engine.flusher.Flusher`.
         """
         self._check_open()
-        data = self._as_payload(payload)
+        data = self._as_payload(payload, kind)
         if receive_ns is None:
             receive_ns = time.time_ns()
         if data.size > jk.MAX_PAYLOAD:
