@@ -645,6 +645,9 @@ class JournalWriter:
         return self._path
 
     def _recover(self):
+        # a segment whose header was being written when the process died never got its name
+        for leftover in self.root.glob(f"*/.{self.stream}.*{SEGMENT_SUFFIX}.tmp"):
+            leftover.unlink()
         segments = list_segments(self.root, self.stream).get(self.stream, [])
         if not segments:
             return 0
