@@ -738,6 +738,11 @@ class JournalWriter:
         finally:
             mapped.close()
 
+    def _room(self, first_record_bytes):
+        """The framing buffer, cut to what the segment has room for (at least one record)."""
+        room = max(self.segment_bytes - self._file_size, first_record_bytes)
+        return self._buffer[:room] if room < self._buffer.size else self._buffer
+
     def _prepare(self, first_ns):
         """Rotate before a batch whose first record has receive time ``first_ns`` if due."""
         if self._segment is not None and (self._file_size >= self.segment_bytes
@@ -913,14 +918,58 @@ class JournalWriter:
             stop = row + int(np.searchsorted(stamps[row:], first_day_end, side="left")) \
                 if stamps[-1] >= first_day_end and np.all(np.diff(stamps[row:]) >= 0) else count
             stop = max(stop, row + 1)
-            framed, end = jk.frame_rows(self._buffer, 0, rows[:stop], lengths, row, tscs, stamps, kinds,
-                                        flag_values, self._segment, self._index)
+            framed, end = jk.frame_rows(self._room(int(jk.record_size(rows.shape[1]))), 0, rows[:stop], lengths,
+                                        row, tscs, stamps, kinds, flag_values, self._segment, self._index)
             if framed < 0:
                 raise JournalError(f"cannot frame records: {status_name(framed)}", self._path)
             if row == 0 and self._first_ns is None:
                 self._first_ns = int(stamps[0])
             self._commit(end)
             row += framed
+        return first if count else self.next_sequence
+
+    def append_slices(self, data, starts, stops, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
+        """Append records whose payloads are ``data[starts[i]:stops[i]]`` (``data``: flat uint8,
+        e.g. a file's bytes and its lines), framed in batches as :meth:`append_many`.
+
+        Returns the first record's sequence.
+        """
+        self._check_open()
+        data = np.ascontiguousarray(data, np.uint8).reshape(-1)
+        starts = np.ascontiguousarray(starts, np.int64)
+        stops = np.ascontiguousarray(stops, np.int64)
+        count = starts.shape[0]
+        if stops.shape != starts.shape:
+            raise ValueError("starts and stops must have the same length")
+        if count and (starts.min() < 0 or stops.max() > data.size or (stops < starts).any()):
+            raise ValueError("every slice must lie inside data, with start <= stop")
+
+        def per_record(value, default=0):
+            value = default if value is None else value
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(value, np.int64), (count,)), np.int64)
+
+        tscs, stamps = per_record(receive_tsc), per_record(receive_ns, time.time_ns())
+        kinds, flag_values = per_record(kind), per_record(flags)
+        if count:
+            longest = int(jk.record_size(int((stops - starts).max())))
+            self.ensure_batch_bytes(longest)
+        first = self.next_sequence
+        item = 0
+        while item < count:
+            self._prepare(int(stamps[item]))
+            if self._first_ns is None:
+                self._first_ns = int(stamps[item])
+            stop = count
+            if stamps[-1] >= self._segment_day_end:  # a batch ends at midnight
+                later = np.flatnonzero(stamps[item:] >= self._segment_day_end)
+                stop = item + max(int(later[0]), 1) if len(later) else count
+            framed, end = jk.frame_slices(self._room(int(jk.record_size(stops[item] - starts[item]))), 0, data,
+                                          starts[:stop], stops[:stop], item, tscs, stamps, kinds, flag_values,
+                                          self._segment, self._index)
+            if framed < 0:
+                raise JournalError(f"cannot frame records: {status_name(framed)}", self._path)
+            self._commit(end)
+            item += framed
         return first if count else self.next_sequence
 
     def drain(self, slab, consumer, max_records, tsc, wall_ns, ns_per_tick):

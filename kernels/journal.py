@@ -234,6 +234,29 @@ def frame_rows(out, offset, rows, lengths, first_row, receive_tsc, receive_ns, k
 
 
 @kernel
+def frame_slices(out, offset, data, starts, stops, first, receive_tsc, receive_ns, kinds, flags, segment, index):
+    """Frame records ``first ..`` whose payloads are ``data[starts[i]:stops[i]]`` (a flat uint8
+    array: the lines of a file, say) into ``out`` from ``offset`` until ``out`` is full.
+
+    Per-record int64 arrays as in :func:`frame_rows`. Returns ``(records framed
+    or a negative status, offset after them)``.
+    """
+    count = 0
+    item = first
+    while item < starts.shape[0]:
+        end = frame(out, offset, data, starts[item], stops[item], receive_tsc[item], receive_ns[item],
+                    kinds[item], flags[item], segment, index)
+        if end == TOO_LARGE:
+            break
+        if end < 0:
+            return end, offset
+        offset = end
+        count += 1
+        item += 1
+    return count, offset
+
+
+@kernel
 def drain_ring(slab, consumer, out, offset, max_records, tsc_now, wall_ns, ns_per_tick, segment, index):
     """Move up to ``max_records`` messages from a ring consumer into framed records in ``out``.
 
