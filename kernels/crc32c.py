@@ -23,7 +23,7 @@ from numba.np.arrayobj import make_array
 
 from ringbook.kernels.atomics import X86
 from ringbook.kernels.clock import CPU_FLAGS
-from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 
 #: The reflected Castagnoli polynomial.
 POLYNOMIAL = 0x82F63B78
@@ -92,10 +92,15 @@ TABLE = _byte_table()
 SHIFT_TABLE = _shift_table(BLOCK_BYTES)
 
 
+def pointer_at(context, builder, array_type, array_value, offset_type, offset_value):
+    """Codegen: the pointer to byte ``offset`` of a 1-D uint8 array, unchecked."""
+    array = make_array(array_type)(context, builder, array_value)
+    offset = context.cast(builder, offset_value, offset_type, types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, array, [offset], wraparound=False)
+
+
 def _byte_pointer(context, builder, sig, args):
-    array = make_array(sig.args[0])(context, builder, args[0])
-    offset = context.cast(builder, args[1], sig.args[1], types.intp)
-    return cgutils.get_item_pointer(context, builder, sig.args[0], array, [offset], wraparound=False)
+    return pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
 
 
 @intrinsic
@@ -133,6 +138,19 @@ def _crc32_u64(typingctx, state, word):
 
 
 @intrinsic
+def _crc32_u32(typingctx, state, word):
+    """One ``crc32 r32, r/m32`` step: the state advanced over 4 bytes."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i32, [i32, i32]), "llvm.x86.sse42.crc32.32.32")
+        value = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), i32)
+        return builder.call(function, [context.cast(builder, args[0], sig.args[0], types.uint32), value])
+
+    return types.uint32(state, word), codegen
+
+
+@intrinsic
 def _crc32_u8(typingctx, state, byte):
     """One ``crc32 r32, r/m8`` step: the state advanced over one byte."""
     def codegen(context, builder, sig, args):
@@ -152,7 +170,7 @@ def _shift_block(state, shift_table):
             ^ shift_table[2, (state >> 16) & 0xFF] ^ shift_table[3, state >> 24])
 
 
-@kernel
+@llvm_inline_kernel
 def _update_hardware(state, buffer, start, stop, shift_table):
     state = np.uint32(state)
     position = start
@@ -171,6 +189,9 @@ def _update_hardware(state, buffer, start, stop, shift_table):
     while stop - position >= 8:
         state = _crc32_u64(state, load_u64(buffer, position))
         position += 8
+    if stop - position >= 4:
+        state = _crc32_u32(state, load_u32(buffer, position))
+        position += 4
     while position < stop:
         state = _crc32_u8(state, buffer[position])
         position += 1
