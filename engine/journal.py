@@ -903,32 +903,15 @@ class JournalWriter:
             if self.dtype is not None and rows.shape[1] != self.dtype.itemsize:
                 raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; "
                                 f"got rows of {rows.shape[1]}")
-        count = rows.shape[0]
-
-        def per_record(value, default=0):
-            if value is None:
-                value = default
-            return np.broadcast_to(np.asarray(value, np.int64), (count,)).astype(np.int64, copy=False)
-
-        lengths = per_record(lengths, rows.shape[1]) if lengths is not None else np.full(count, rows.shape[1],
-                                                                                           np.int64)
-        tscs = np.ascontiguousarray(per_record(receive_tsc))
-        stamps = np.ascontiguousarray(per_record(receive_ns, time.time_ns()))
-        kinds = np.ascontiguousarray(per_record(kind))
-        flag_values = np.ascontiguousarray(per_record(flags))
-        lengths = np.ascontiguousarray(lengths)
-        if count and (lengths.min() < 0 or lengths.max() > rows.shape[1]):
+        width = rows.shape[1]
+        if lengths is None:
+            lengths = np.full(rows.shape[0], width, np.int64)
+        lengths = np.ascontiguousarray(np.broadcast_to(np.asarray(lengths, np.int64), (rows.shape[0],)))
+        if rows.shape[0] and (lengths.min() < 0 or lengths.max() > width):
             raise ValueError("lengths must be between 0 and the row width")
-        if count and int(jk.record_size(rows.shape[1])) > self._buffer.size:
-            self._buffer = np.zeros(int(jk.record_size(rows.shape[1])), np.uint8)
-        first = self.next_sequence
-
-        def frame_chunk(out, row, stop):
-            return jk.frame_rows(out, 0, rows[:stop], lengths, row, tscs, stamps, kinds, flag_values,
-                                 self._segment, self._index)
-
-        self._frame_loop(count, stamps, lambda row: int(jk.record_size(rows.shape[1])), frame_chunk)
-        return first if count else self.next_sequence
+        starts = np.arange(rows.shape[0], dtype=np.int64) * width
+        return self.append_slices(rows.reshape(-1), starts, starts + lengths, receive_tsc=receive_tsc,
+                                  receive_ns=receive_ns, kind=kind, flags=flags)
 
     def _frame_loop(self, count, stamps, first_record_bytes, frame_chunk):
         """Frame records ``0 .. count`` in buffer-sized chunks and write each chunk once.
@@ -1002,6 +985,11 @@ class JournalWriter:
 
         tscs, stamps = per_record(receive_tsc), per_record(receive_ns, time.time_ns())
         kinds, flag_values = per_record(kind), per_record(flags)
+        if self.dtype is not None and count:
+            wrong = (kinds == RECORD_DATA) & (stops - starts != self.dtype.itemsize)
+            if wrong.any():
+                raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; record "
+                                f"{int(np.flatnonzero(wrong)[0])} has {int((stops - starts)[wrong][0])} bytes")
         if count:
             longest = int(jk.record_size(int((stops - starts).max())))
             self.ensure_batch_bytes(longest)

@@ -123,45 +123,41 @@ def load_u32(typingctx, buffer, offset):
     return types.int64(buffer, offset), codegen
 
 
+def _crc32_step(name, width):
+    """Codegen of one ``crc32`` instruction over a ``width``-bit value (LLVM intrinsic ``name``)."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        state_type = ir.IntType(64) if width == 64 else i32
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(state_type, [state_type, ir.IntType(width)]), name)
+        state = context.cast(builder, args[0], sig.args[0], types.uint32)
+        value = context.cast(builder, args[1], sig.args[1], types.uint64)
+        if width == 64:
+            state = builder.zext(state, state_type)
+        else:
+            value = builder.trunc(value, ir.IntType(width))
+        result = builder.call(function, [state, value])
+        return builder.trunc(result, i32) if width == 64 else result
+
+    return codegen
+
+
 @intrinsic
 def _crc32_u64(typingctx, state, word):
     """One ``crc32 r64, r/m64`` step: the 32-bit state advanced over 8 bytes."""
-    def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(i64, [i64, i64]), "llvm.x86.sse42.crc32.64.64")
-        state64 = builder.zext(context.cast(builder, args[0], sig.args[0], types.uint32), i64)
-        result = builder.call(function, [state64, context.cast(builder, args[1], sig.args[1], types.uint64)])
-        return builder.trunc(result, ir.IntType(32))
-
-    return types.uint32(state, word), codegen
+    return types.uint32(state, word), _crc32_step("llvm.x86.sse42.crc32.64.64", 64)
 
 
 @intrinsic
 def _crc32_u32(typingctx, state, word):
     """One ``crc32 r32, r/m32`` step: the state advanced over 4 bytes."""
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(i32, [i32, i32]), "llvm.x86.sse42.crc32.32.32")
-        value = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), i32)
-        return builder.call(function, [context.cast(builder, args[0], sig.args[0], types.uint32), value])
-
-    return types.uint32(state, word), codegen
+    return types.uint32(state, word), _crc32_step("llvm.x86.sse42.crc32.32.32", 32)
 
 
 @intrinsic
 def _crc32_u8(typingctx, state, byte):
     """One ``crc32 r32, r/m8`` step: the state advanced over one byte."""
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        i8 = ir.IntType(8)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(i32, [i32, i8]), "llvm.x86.sse42.crc32.32.8")
-        value = builder.trunc(context.cast(builder, args[1], sig.args[1], types.uint64), i8)
-        return builder.call(function, [context.cast(builder, args[0], sig.args[0], types.uint32), value])
-
-    return types.uint32(state, byte), codegen
+    return types.uint32(state, byte), _crc32_step("llvm.x86.sse42.crc32.32.8", 8)
 
 
 @inline_kernel

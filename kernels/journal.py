@@ -238,41 +238,13 @@ def frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flag
 
 
 @kernel
-def frame_rows(out, offset, rows, lengths, first_row, receive_tsc, receive_ns, kinds, flags, segment, index):
-    """Frame rows ``first_row ..`` of ``rows`` (2-D uint8; ``lengths[i]`` bytes of row ``i``)
-    into ``out`` from ``offset`` until ``out`` is full.
-
-    ``receive_tsc``, ``receive_ns``, ``kinds`` and ``flags`` are per-row
-    int64 arrays. Returns ``(rows framed, offset after them)``; a negative
-    count is a status (:data:`BAD_ARGUMENT`).
-    """
-    count = 0
-    flat = rows.reshape(-1) if rows.shape[0] > 0 else rows.reshape(-1)
-    width = rows.shape[1]
-    row = first_row
-    while row < rows.shape[0]:
-        length = lengths[row]
-        if length < 0 or length > width:
-            return BAD_ARGUMENT, offset
-        end = _frame(out, offset, flat, row * width, row * width + length, receive_tsc[row], receive_ns[row],
-                    kinds[row], flags[row], segment, index)
-        if end == TOO_LARGE:
-            break
-        if end < 0:
-            return end, offset
-        offset = end
-        count += 1
-        row += 1
-    return count, offset
-
-
-@kernel
 def frame_slices(out, offset, data, starts, stops, first, receive_tsc, receive_ns, kinds, flags, segment, index):
     """Frame records ``first ..`` whose payloads are ``data[starts[i]:stops[i]]`` (a flat uint8
     array: the lines of a file, say) into ``out`` from ``offset`` until ``out`` is full.
 
-    Per-record int64 arrays as in :func:`frame_rows`. Returns ``(records framed
-    or a negative status, offset after them)``.
+    ``receive_tsc``, ``receive_ns``, ``kinds`` and ``flags`` are per-record
+    int64 arrays. Returns ``(records framed or a negative status, offset after
+    them)``.
     """
     count = 0
     item = first
