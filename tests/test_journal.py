@@ -393,3 +393,12 @@ def test_every_flipped_byte_of_a_record_is_caught(tmp_path, with_index):
         assert report["bad_records"] == 1 and not report["ok"]
         assert report["corrupt"][0]["offset"] == offsets[victim]
         shutil.rmtree(root)
+
+
+def test_seek_beginning_and_end(tmp_path):
+    write_journal(tmp_path, 40, segment_bytes=4096)
+    with JournalReader(tmp_path) as reader:
+        assert reader.seek_end() == 40 and next(iter(reader), None) is None
+        assert reader.seek() == 0 and next(iter(reader)).sequence == 0
+        assert reader.seek(10**9) == 40
+        assert reader.tell() == 40
