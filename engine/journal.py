@@ -376,12 +376,14 @@ def _index_capacity(size, every):
     return size // (jk.RECORD_HEADER_BYTES * every) + 2
 
 
-def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY):
+def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY, resume=None):
     """Check every record of a segment (``buffer``: its bytes as uint8) and index it.
 
     A bad record followed, later in the segment, by a good record of a later
     sequence is recorded as a :class:`CorruptRegion`; a bad record with
-    nothing good after it is the segment's torn tail.
+    nothing good after it is the segment's torn tail. With ``resume`` (an
+    earlier scan of the same segment, which has grown since), only the bytes
+    after its good records are scanned.
     """
     size = buffer.size
     segment = jk.new_segment_state(header.first_sequence, 0, index_every)
@@ -392,6 +394,17 @@ def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY):
     records = data_records = 0
     first_ns = None
     corrupt = []
+    if resume is not None and not resume.corrupt:
+        count = len(resume.index)
+        index[:count] = resume.index
+        segment[jk.SEGMENT_INDEX_COUNT] = count
+        if count:
+            segment[jk.SEGMENT_NEXT_ENTRY] = resume.index[-1, jk.INDEX_SEQUENCE] + index_every
+        segment[jk.SEGMENT_MAX_NS] = resume.max_ns
+        segment[jk.SEGMENT_LAST_NS] = resume.last_ns
+        offset, sequence = resume.valid_end, resume.next_sequence
+        records, data_records = resume.records, max(resume.data_records, 0)
+        first_ns = resume.first_ns if resume.records else None
     torn_offset, torn_status = -1, OK
     while True:
         status = jk.scan_records(buffer, offset, size, sequence, segment, index, summary)
@@ -1118,7 +1131,7 @@ class _Stream:
             if self.maps[last].refresh() != self.scans[last].size:
                 mapped = self.maps[last]
                 self.scans[last] = scan_segment(mapped.buffer, self.scans[last].header, self.paths[last],
-                                                self.index_every)
+                                                self.index_every, resume=self.scans[last])
                 changed = True
         for first, path in listed:
             if path not in self.paths:
