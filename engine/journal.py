@@ -683,6 +683,11 @@ class JournalWriter:
                     os.fsync(file.fileno())
                 scan.size = scan.valid_end
                 scan.torn_offset = -1
+            if scan.records == 0 and not scan.corrupt:
+                # a segment with a header and nothing else: the next one takes its name again
+                path.unlink()
+                index_path(path).unlink(missing_ok=True)
+                return scan.first_sequence
             mapped = _Mapped(path)
             write_index(scan, mapped.buffer, self.index_every)
         finally:
