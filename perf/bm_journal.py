@@ -307,8 +307,15 @@ def check_and_compile():
 
 check_and_compile()
 
+def pass_options(command, args):
+    """Give pyperf's worker processes this script's own options."""
+    command.extend(("--records", str(args.records)))
+    if args.workdir:
+        command.extend(("--workdir", args.workdir))
+
+
 if __name__ == "__main__":
-    runner = make_runner()
+    runner = make_runner(add_cmdline_args=pass_options)
     runner.argparser.add_argument("--records", type=int, default=10_000_000)
     runner.argparser.add_argument("--workdir")
     runner.metadata["journal_records"] = str(RECORDS)
