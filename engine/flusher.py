@@ -28,6 +28,7 @@ import threading
 import time
 
 from ringbook.kernels import journal as jk
+from ringbook.kernels import ring as ring_kernels
 from ringbook.kernels.clock import TSC_INVARIANT, calibrate, tsc_now
 from ringbook.kernels.wait import backoff, wait_strategy
 
@@ -91,12 +92,13 @@ class Flusher:
     def _drain_once(self):
         """One batch from each source; returns the records written."""
         total = 0
-        for (ring, _, writer), consumer in zip(self.sources, self._consumers):
+        for (ring, index, writer), consumer in zip(self.sources, self._consumers):
             tsc = int(tsc_now())
             wall = time.time_ns()
             count, nbytes = writer.drain(ring.slab, consumer, BATCH_RECORDS, tsc, wall, self._ns_per_tick)
             if count < 0:
-                raise RuntimeError(f"ring {ring.path or 'private'}: consumer {ring.consumers} status {count}")
+                raise RuntimeError(f"ring {ring.path or '(private)'}, consumer {index}: "
+                                   f"{ring_kernels.STATUS_NAMES.get(count, count)}")
             if count:
                 total += count
                 self.records += count

@@ -63,7 +63,6 @@ is the last record that has reached that level.
 """
 
 import ast
-import calendar
 import datetime as _datetime
 import errno
 import fcntl

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.journal import JournalError, JournalReader, RECORD_DATA, RECORD_KIND_NAMES, verify
+from ringbook.engine.journal import JournalError, JournalReader, RECORD_DATA, verify
 from ringbook.kernels.fixed import format_decimal
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)

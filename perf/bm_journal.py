@@ -35,7 +35,6 @@ Run under the bench lock: ``flock /work/wt/bench.lock python perf/bm_journal.py 
 ``--workdir`` (default: a folder in the temporary directory), built once.
 """
 
-import io
 import json
 import os
 import shutil

@@ -6,13 +6,11 @@ import subprocess
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from ringbook.engine.flusher import Flusher, idle_strategy
 from ringbook.engine.journal import JournalError, JournalReader, JournalWriter, verify
 from ringbook.engine.ring import Ring
-from ringbook.kernels import journal as jk
 from ringbook.kernels.clock import stamp
 from ringbook.kernels.wait import wait_strategy
 

@@ -1,7 +1,6 @@
 """``ringbook journal`` and the journal as a feed source: import, check, info, verify, cat, export."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
