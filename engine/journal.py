@@ -85,6 +85,7 @@ from ringbook.kernels.events import Instruments
 from ringbook.kernels.journal import (RECORD_BOOK_RESET, RECORD_CHECKPOINT, RECORD_DATA, RECORD_DISCONNECT,
                                       RECORD_DROPS, RECORD_GAP, RECORD_KIND_NAMES, RECORD_RECONNECT)
 from ringbook.kernels.status import EMPTY, OK, status_name
+from ringbook.kernels.wait import backoff, wait_strategy
 
 __all__ = ["JournalWriter", "JournalReader", "JournalError", "JournalCorruptError", "Record", "verify",
            "RECORD_DATA", "RECORD_GAP", "RECORD_DISCONNECT", "RECORD_RECONNECT", "RECORD_BOOK_RESET",
@@ -1471,30 +1472,29 @@ class JournalReader:
         keep = sequences < end
         return records[keep]
 
-    def tail(self, *, timeout=None, poll_s=0.001, idle_s=0.05, stream=None):
+    def tail(self, *, timeout=None, wait=None, stream=None):
         """Records from the cursor, then new ones as a writer appends them (thread or process).
 
-        Waits ``poll_s`` doubling up to ``idle_s`` between looks; stops after
-        ``timeout`` seconds without a new record (``None``: never).
+        Between looks it waits with ``wait``, a :mod:`ringbook.kernels.wait`
+        strategy (by default no spin: sleeps from 1 ms doubling to 50 ms);
+        it stops after ``timeout`` seconds without a new record (``None``: never).
         """
         name = stream or self.stream
-        delay = poll_s
+        strategy = wait if wait is not None else wait_strategy(spins=0, yields=0, min_sleep_ns=1_000_000,
+                                                               max_sleep_ns=50_000_000)
+        attempt = 0
         last_seen = time.monotonic()
         while True:
             record = self._read_one(name)
             if record is not None:
-                delay = poll_s
+                attempt = 0
                 last_seen = time.monotonic()
                 yield record
                 continue
             if timeout is not None and time.monotonic() - last_seen >= timeout:
                 return
-            time.sleep(delay)
-            delay = min(delay * 2, idle_s)
-            stream_state = self.streams[name]
-            if stream_state.refresh():
-                # the cursor may stand at a torn end that is now a complete record
-                pass
+            attempt = backoff(strategy, attempt)
+            self.streams[name].refresh()
 
     def close(self):
         for stream in self.streams.values():
