@@ -628,3 +628,36 @@ class NaiveRing:
 
     def free_slots(self):
         return self.slot_count - (len(self.messages) - min(self.positions))
+
+
+# ---------------------------------------------------------------- journal (kernels/crc32c.py, kernels/journal.py)
+
+import struct as _struct  # noqa: E402
+
+
+def naive_crc32c(data, seed=0):
+    """CRC32C bit by bit: reflected polynomial 0x82F63B78, initial and final value inverted."""
+    state = seed ^ 0xFFFFFFFF
+    for byte in bytes(data):
+        state ^= byte
+        for _ in range(8):
+            state = (state >> 1) ^ (0x82F63B78 if state & 1 else 0)
+    return state ^ 0xFFFFFFFF
+
+
+def naive_record(payload, sequence, receive_tsc, receive_ns, kind, flags):
+    """The bytes of one journal record, by ``struct`` (see kernels/journal.py's layout)."""
+    payload = bytes(payload)
+    padding = b"\0" * (-len(payload) % 8)
+    rest = _struct.pack("<qqqHHI", sequence, receive_tsc, receive_ns, kind, 0, flags) + payload + padding
+    checked = _struct.pack("<I", len(payload)) + rest
+    return _struct.pack("<I", naive_crc32c(checked)) + checked
+
+
+def naive_seek(records, sequence=None, time=None):
+    """Sequence of the first record with sequence >= ``sequence`` or receive ns >= ``time``,
+    by a linear scan of ``(sequence, receive_ns)`` pairs; one past the last when none."""
+    for found, receive_ns in records:
+        if (sequence is not None and found >= sequence) or (time is not None and receive_ns >= time):
+            return found
+    return records[-1][0] + 1 if records else 0
