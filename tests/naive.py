@@ -627,3 +627,43 @@ def binance_events(path):
         if event["kind"] == 1 and event["price"] == 2**63 - 1:
             event.update(kind=13, price=0, side=0)
     return events
+
+
+# ---------------------------------------------------------------------------
+# Book snapshots at interval boundaries (kernels/snapshots.py): replay message
+# by message, and for each boundary take the book before the first message
+# whose first event is later than the boundary.
+
+def snapshots(events, symbol, interval, levels):
+    """``[(boundary, bids, asks)]`` with ``bids``/``asks`` lists of (price, quantity), best first.
+
+    A message is a run of events ending with FLAG_BATCH_END. Boundaries run
+    from the first multiple of ``interval`` at or after the first non-zero
+    exchange time to the last at or before the latest one; at boundary ``b`` the
+    book holds every message before the first message whose first event has a
+    time later than ``b``.
+    """
+    messages, current = [], []
+    for event in events:
+        current.append(event)
+        if event["flags"] & 1:
+            messages.append(current)
+            current = []
+    if current:
+        messages.append(current)
+    times = [int(event["exchange_ns"]) for event in events if event["exchange_ns"] > 0]
+    if not times:
+        return []
+    first = -(-times[0] // interval) * interval
+    last = max(times) // interval * interval
+    book = NaiveBook()
+    applied = 0
+    rows = []
+    for boundary in range(first, last + 1, interval):
+        while applied < len(messages) and not int(messages[applied][0]["exchange_ns"]) > boundary:
+            for event in messages[applied]:
+                book.apply(event)
+            applied += 1
+        rows.append((boundary, book.sorted_levels(symbol, 1)[:levels],
+                     book.sorted_levels(symbol, -1)[:levels]))
+    return rows
