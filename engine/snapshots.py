@@ -410,3 +410,45 @@ def output_name(input_path, symbol, levels, interval_text, format):
             stem = stem[: -len(suffix)]
     safe_symbol = "".join(c if c.isalnum() or c in "-_" else "_" for c in symbol)
     return f"{stem}.{safe_symbol}.book_snapshot_{levels}_{interval_text}{EXTENSIONS[format]}"
+
+
+# ---------------------------------------------------------------- ringbook snapshots
+
+def add_arguments(parser):
+    parser.add_argument("files", nargs="+", help="input files: LOBSTER message files (their orderbook "
+                        "files are found by name), Binance captures, tardis incremental_book_L2 CSV")
+    parser.add_argument("--levels", type=int, default=25, help="levels of each side (default 25)")
+    parser.add_argument("--interval", default="1s", help="boundary interval: 1s, 100ms, 1m ... (default 1s)")
+    parser.add_argument("--out", default=".", help="output folder (default: the current one)")
+    parser.add_argument("--format", default="csv", choices=FORMATS, help="output format (default csv)")
+    parser.add_argument("--input-format", choices=("lobster", "binance", "tardis", "kalshi"),
+                        help="the inputs' format (default: told from each file's name and first line)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local worker processes (default: the usable cores; "
+                       "0: this process)")
+    where.add_argument("--cluster", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--force", action="store_true", help="redo shards the manifest says are done")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    import sys
+
+    from ringbook.engine import batch
+
+    try:
+        report = batch.snapshot_files(args.files, args.out, levels=args.levels, interval=args.interval,
+                                      format=args.format, workers=args.workers, cluster=args.cluster,
+                                      force=args.force, progress=not args.no_progress,
+                                      input_format=args.input_format)
+    except (ValueError, OSError, ImportError) as error:
+        print(f"ringbook snapshots: {error}", file=sys.stderr)
+        return 2
+    shards = sum(len(report.entries[path]["shards"]) for path in report.done + report.skipped)
+    rows = sum(shard["rows"] for path in report.done + report.skipped
+               for shard in report.entries[path]["shards"])
+    print(f"{len(report.done)} files done, {len(report.skipped)} already done, {len(report.failed)} failed; "
+          f"{shards} shards, {rows} rows in {args.out}")
+    for path, failure in report.failed:
+        print(f"FAILED {path}: {failure.error}")
+    return 0 if report.ok else 1
