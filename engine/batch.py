@@ -101,8 +101,9 @@ def sources(paths, format=None):
     Unreadable or unknown inputs raise ``ValueError`` (or ``OSError``).
     """
     found = []
-    given = {str(Path(path)) for path in paths}
-    for path in map(str, paths):
+    paths = [str(Path(path).resolve()) for path in paths]
+    given = set(paths)
+    for path in paths:
         kind = format or detect_format(path)
         if kind == "lobster":
             name = Path(path).name
@@ -533,8 +534,12 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
     if todo:
         with executor(workers, cluster) as runner:
             run_tasks(runner, snapshot_task,
-                      [(source, str(out_dir), levels, interval_ns, interval, format) for source in todo],
+                      [(source, str(out_dir.resolve()), levels, interval_ns, interval, format)
+                       for source in todo],
                       attempts=attempts, progress=progress, description="snapshots", on_result=finished)
+    order = {source.path: k for k, source in enumerate(inputs)}
+    report.done.sort(key=order.get)
+    report.failed.sort(key=lambda failure: order[failure[0]])
     return report
 
 
@@ -656,3 +661,72 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     for state in states:
         merged = reduce(merged, state)
     return merged
+
+
+# ---------------------------------------------------------------- ringbook check over many files
+
+def check_task(source):
+    """``ringbook check`` of one file on a worker: its result's dict."""
+    prepare_worker()
+    from ringbook.engine import check
+
+    if source.format == "lobster":
+        return check.check_lobster(source.path, source.orderbook).to_dict()
+    if source.format == "binance":
+        return check.check_binance(source.path).to_dict()
+    raise ValueError(f"{source.path}: no exchange truth to check a {source.format} file against")
+
+
+TOTALS = ("events", "checked", "mismatches", "gaps")
+
+
+def check_files(paths, *, workers=None, cluster=None, progress=False, input_format=None):
+    """Check many files (LOBSTER with their orderbook files, matched by name; Binance captures).
+
+    Returns
+    -------
+    files : list of dict
+        Per input, in input order: the check's result (as ``--json`` prints
+        it), or ``{"file", "error", ...}`` for a file that could not be read.
+    totals : dict
+        ``events``, ``checked``, ``mismatches``, ``gaps`` added over the files.
+    """
+    inputs = sources(paths, input_format)
+    with executor(workers, cluster) as runner:
+        outcomes = run_tasks(runner, check_task, [(source,) for source in inputs], progress=progress,
+                             description="check")
+    files = []
+    for source, outcome in zip(inputs, outcomes):
+        if isinstance(outcome, TaskFailure):
+            problem = {"format": source.format, "file": source.path, "error": outcome.error}
+            if outcome.line is not None:
+                problem.update({"error_file": outcome.file, "line": outcome.line, "field": outcome.field})
+            files.append(problem)
+        else:
+            files.append(outcome)
+    totals = {name: sum(entry.get(name, 0) for entry in files) for name in TOTALS}
+    return files, totals
+
+
+def run_check(args):
+    """``ringbook check FILES... [--workers N | --cluster ADDRESS] [--json]``: one line per file, totals."""
+    try:
+        files, totals = check_files(args.files, workers=args.workers, cluster=args.cluster,
+                                    progress=not args.json, input_format=args.format)
+    except (ValueError, OSError, ImportError) as error:
+        print(f"ringbook check: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump({"files": files, "totals": totals}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for entry in files:
+            if "error" in entry:
+                print(f"ERROR    {entry['file']}: {entry['error']}")
+            else:
+                print(f"{'OK' if entry['mismatches'] == 0 else 'MISMATCH':8} {entry['file']}: "
+                      + ", ".join(f"{name} {entry[name]}" for name in TOTALS))
+        print(f"TOTAL    {len(files)} files: " + ", ".join(f"{name} {totals[name]}" for name in TOTALS))
+    if any("error" in entry for entry in files):
+        return 2
+    return 1 if totals["mismatches"] else 0
