@@ -667,3 +667,40 @@ def snapshots(events, symbol, interval, levels):
         rows.append((boundary, book.sorted_levels(symbol, 1)[:levels],
                      book.sorted_levels(symbol, -1)[:levels]))
     return rows
+
+
+# ---------------------------------------------------------------------------
+# tardis.dev incremental_book_L2 (engine/feeds/tardis.py): csv and Decimal, a
+# Python loop over the rows, the snapshot runs tracked per symbol.
+
+def tardis_events(path):
+    """Event dicts (with ``line``) of a tardis incremental_book_L2 file, and the scales."""
+    opener = _gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    with opener(path, "rt", newline="") as file:
+        rows = list(_csv.reader(file))
+    body = [(number, row) for number, row in enumerate(rows[1:], start=2) if row]
+
+    def decimals(text):
+        return len(text.split(".")[1]) if "." in text else 0
+
+    price_scale = max((decimals(row[6]) for _, row in body), default=0)
+    size_scale = max((decimals(row[7]) for _, row in body), default=0)
+    ids, previous, events = {}, {}, []
+    for position, (number, row) in enumerate(body):
+        exchange, name, timestamp, local, is_snapshot, side, price, amount = row
+        symbol = ids.setdefault(name, len(ids))
+        snapshot = is_snapshot == "true"
+        base = dict(exchange_ns=int(timestamp) * 1000, local_ns=int(local) * 1000, symbol=symbol, line=number)
+        if snapshot and not previous.get(symbol, False):
+            events.append(dict(base, kind=9, side=0, price=0, quantity=0, flags=2))
+        previous[symbol] = snapshot
+        later = [other for _, other in body[position + 1:] if other[1] == name]
+        following = later[0] if later else None
+        same_message = following is not None and following[2:5] == row[2:5]
+        ends_run = snapshot and (following is None or following[4] != "true")
+        flags = 2 if snapshot else (0 if same_message else 1)
+        events.append(dict(base, kind=1, side=1 if side == "bid" else -1,
+                           price=_fixed(price, price_scale), quantity=_fixed(amount, size_scale), flags=flags))
+        if ends_run:
+            events.append(dict(base, kind=10, side=0, price=0, quantity=0, flags=3))
+    return events, price_scale, size_scale
