@@ -332,6 +332,18 @@ class TaskFailure:
         return failure
 
 
+def _guarded(function, *arguments):
+    """Run a task on its worker; an error becomes a :class:`TaskFailure` there.
+
+    The exception itself does not travel back: one with a constructor of its
+    own (``FeedError``) cannot be unpickled, which would break a process pool.
+    """
+    try:
+        return function(*arguments)
+    except Exception as error:  # noqa: BLE001 - a task's error is its own
+        return TaskFailure.of(error)
+
+
 def run_tasks(runner, function, arguments, *, attempts=3, progress=False, description="files",
               on_result=None):
     """Run ``function(*arguments[k])`` for every k on the runner; results in input order.
@@ -350,7 +362,7 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
             futures = {}
             for k in sorted(pending):
                 runs[k] += 1
-                futures[runner.executor.submit(function, *arguments[k])] = k
+                futures[runner.executor.submit(_guarded, function, *arguments[k])] = k
             broken = False
             for future in concurrent.futures.as_completed(futures):
                 k = futures[future]
