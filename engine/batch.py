@@ -18,8 +18,9 @@ shared filesystem), and the kernels are compiled (or loaded) by a small
 warm-up replay before the first shard, so no shard pays for it. Kernels are
 ``nogil``; nothing uses ``parallel=True``: the parallelism is across shards.
 
-What crosses to a worker is pickled with cloudpickle: a user's ``@njit``
-callback or ``make_state`` defined in a notebook travels by value.
+What crosses to a worker is pickled with cloudpickle (numba's own copy): a
+user's ``@njit`` callback or ``make_state`` defined in a notebook or script
+travels by value.
 
 Faults: a task whose worker dies (killed, out of memory) is run again, up to
 ``attempts`` times in all; Dask does the same for its workers. A task that
@@ -564,9 +565,9 @@ def _load_callables(payload):
     """Unpickle the user's functions once per process and keep them, so each compiles once."""
     key = hashlib.sha256(payload).hexdigest()
     if key not in _callables:
-        import cloudpickle
+        import pickle
 
-        _callables[key] = cloudpickle.loads(payload)
+        _callables[key] = pickle.loads(payload)
     return _callables[key]
 
 
@@ -644,7 +645,7 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     ReplayError
         When shards failed (the others' results are in ``error.results``).
     """
-    import cloudpickle
+    from numba import cloudpickle  # numba's own copy: no extra dependency
 
     from ringbook.kernels.replay import EVERY_EVENT
 
