@@ -91,6 +91,7 @@ def test_full_outputs_stop_without_writing_outside():
     assert cursor[kernels.CURSOR_ROWS] == 3 and out[0].tolist() == [100, 200, 300]
 
 
+@pytest.mark.slow
 def test_snapshot_kernel_allocates_nothing():
     array = numba.types.Array(numba.types.int64, 1, "C")
     matrix = numba.types.Array(numba.types.int64, 2, "C")
@@ -123,6 +124,7 @@ def test_lobster_snapshots_equal_orderbook_rows(shared_data, pair):
     assert np.array_equal(table.last_ns, times[last])
 
 
+@pytest.mark.slow
 def test_binance_snapshots_equal_book_ticker(shared_data):
     """Where the last applied diff's update id equals the last bookTicker's, best bid/ask equal it."""
     feed = binance.read_capture(shared_data / CAPTURE)
