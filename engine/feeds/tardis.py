@@ -28,6 +28,7 @@ loop per line.
 
 import numpy as np
 
+from ringbook.engine.feeds.binance import _equals
 from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
@@ -89,16 +90,6 @@ def scan_decimals(buffer, starts, stops):
         price_decimals = max(price_decimals, _decimals(buffer, field_starts[F_PRICE], field_stops[F_PRICE]))
         amount_decimals = max(amount_decimals, _decimals(buffer, field_starts[F_AMOUNT], field_stops[F_AMOUNT]))
     return price_decimals, amount_decimals
-
-
-@kernel
-def _equals(buffer, start, stop, text):
-    if stop - start != text.shape[0]:
-        return False
-    for k in range(text.shape[0]):
-        if buffer[start + k] != text[k]:
-            return False
-    return True
 
 
 @kernel
