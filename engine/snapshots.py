@@ -48,7 +48,7 @@ from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE
 from ringbook.kernels.events import KIND_L3_ADD
-from ringbook.kernels.fixed import POWERS_OF_TEN
+from ringbook.kernels.fixed import POWERS_OF_TEN, format_decimal_bytes
 from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.replay import apply_event
 from ringbook.kernels.status import FULL, OK
@@ -206,43 +206,20 @@ def _put_text(out, at, text):
 
 @kernel
 def _put_integer(out, at, value):
-    if value < 0:
-        out[at] = 45  # '-'
-        at += 1
-        value = -value
-    digits = 1
-    probe = value
-    while probe >= 10:
-        probe //= 10
-        digits += 1
-    for k in range(digits - 1, -1, -1):
-        out[at + k] = 48 + value % 10
-        value //= 10
-    return at + digits
+    stop, _ = format_decimal_bytes(value, 0, 0, out, at)
+    return stop
 
 
 @kernel
 def _put_decimal(out, at, value, scale):
     """``value`` at ``scale`` decimals, without trailing zeros (``1.5``, ``11659``)."""
-    if value < 0:
-        out[at] = 45
-        at += 1
-        value = -value
-    divisor = POWERS_OF_TEN[scale]
-    at = _put_integer(out, at, value // divisor)
-    fraction = value % divisor
-    if fraction == 0:
-        return at
+    fraction = abs(value) % POWERS_OF_TEN[scale]
     kept = scale
-    while fraction % 10 == 0:
+    while kept > 0 and fraction % 10 == 0:
         fraction //= 10
         kept -= 1
-    out[at] = 46  # '.'
-    at += 1
-    for k in range(kept - 1, -1, -1):
-        out[at + k] = 48 + fraction % 10
-        fraction //= 10
-    return at + kept
+    stop, _ = format_decimal_bytes(value, scale, kept, out, at)
+    return stop
 
 
 @kernel
