@@ -50,7 +50,7 @@ import numpy as np
 
 from ringbook.kernels.book import ASK, BID, NO_PRICE, borrow, top_levels
 from ringbook.kernels.events import FLAG_BATCH_END
-from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.jit_options import inline_kernel, kernel
 from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
 
@@ -147,13 +147,19 @@ def snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns, l
 @kernel
 def note_applied(book, symbol, events, i, interval, cursor):
     """Advance the cursor past ``events[i]``, which the caller has applied."""
+    _note_applied(events, i, interval, cursor)
+
+
+@inline_kernel
+def _note_applied(events, i, interval, cursor):
+    """:func:`note_applied`'s body, inlined into the loop of :func:`take_snapshots`."""
     event = events[i]
     if event.exchange_ns > cursor[CURSOR_CLOCK]:
         cursor[CURSOR_CLOCK] = event.exchange_ns
-    if cursor[CURSOR_NEXT_BOUNDARY] == 0 and cursor[CURSOR_CLOCK] > 0 and interval > 0:
-        # The first boundary at or after the first time: ceil to a multiple.
-        clock = cursor[CURSOR_CLOCK]
-        cursor[CURSOR_NEXT_BOUNDARY] = ((clock + interval - 1) // interval) * interval
+        if cursor[CURSOR_NEXT_BOUNDARY] == 0 and interval > 0:
+            # The first boundary at or after the first time: ceil to a multiple.
+            clock = cursor[CURSOR_CLOCK]
+            cursor[CURSOR_NEXT_BOUNDARY] = ((clock + interval - 1) // interval) * interval
     cursor[CURSOR_OPEN] = 0 if (event.flags & FLAG_BATCH_END) != 0 else 1
     cursor[CURSOR_LAST_LOCAL] = event.local_ns
     cursor[CURSOR_EVENTS] += 1
@@ -176,16 +182,21 @@ def take_snapshots(book, symbol, events, start, stop, interval, cursor, times, l
     stop = min(stop, events.shape[0])
     borrowed_book = borrow(book)
     borrowed_events = borrow(events)
+    if cursor.shape[0] < N_CURSOR:
+        return max(start, 0), BAD_ARGUMENT
     for i in range(max(start, 0), stop):
-        status = snapshot_before(borrowed_book, symbol, borrowed_events, i, interval, cursor, times,
-                                 last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
-                                 ask_prices, ask_quantities)
-        if status != OK:
-            return i, status
+        # snapshot_before's test, here so that the call happens only when a boundary is due.
+        boundary = cursor[CURSOR_NEXT_BOUNDARY]
+        if borrowed_events[i].exchange_ns > boundary and boundary != 0 and cursor[CURSOR_OPEN] == 0:
+            status = _snapshot_through(borrowed_book, symbol, borrowed_events[i].exchange_ns, False, interval,
+                                       cursor, times, last_ns, last_local_ns, sequences, bid_prices,
+                                       bid_quantities, ask_prices, ask_quantities)
+            if status != OK:
+                return i, status
         status = _apply_event(borrowed_book, borrowed_events, i)
         if status < 0:
             return i, status
-        note_applied(borrowed_book, symbol, borrowed_events, i, interval, cursor)
+        _note_applied(borrowed_events, i, interval, cursor)
     return stop, OK
 
 
