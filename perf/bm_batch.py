@@ -13,7 +13,8 @@ kernels are compiled at import and each worker warms up before timing):
   ``replay_binance``: one worker's snapshot kernel (every boundary, 10 levels,
   1 s) against a plain ``apply_events`` of the same events in one process.
 - ``shard_lobster`` / ``shard_binance``: one whole shard in a worker: read the
-  file, take the snapshots, write the CSV; messages per second are printed.
+  file, take the snapshots, write the CSV; messages per second are printed. Their
+  peers ``file_replay_*`` read the same file and replay it plainly in one process.
 
 The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``),
 else synthetic ones of the same formats.
@@ -122,6 +123,16 @@ def time_shard(loops, path):
     return time.perf_counter() - started
 
 
+def time_file_replay(loops, path):
+    """The peer of a shard: read the same file and replay it, in one process, nothing written."""
+    source = batch.sources([path])[0]
+    started = time.perf_counter()
+    for _ in range(loops):
+        feed, _, _ = batch.read_source(source)
+        apply_events(new_book(feed), feed.events, 0, len(feed.events))
+    return time.perf_counter() - started
+
+
 def time_batch(loops, runner, paths, out):
     started = time.perf_counter()
     for _ in range(loops):
@@ -157,6 +168,8 @@ def main():
     results["replay_binance"] = runner.bench_time_func("replay_binance", time_replay, binance_feed)
     results["shard_lobster"] = runner.bench_time_func("shard_lobster", time_shard, MESSAGES)
     results["shard_binance"] = runner.bench_time_func("shard_binance", time_shard, CAPTURE)
+    results["file_replay_lobster"] = runner.bench_time_func("file_replay_lobster", time_file_replay, MESSAGES)
+    results["file_replay_binance"] = runner.bench_time_func("file_replay_binance", time_file_replay, CAPTURE)
 
     out = SCRATCH / "out"
     out.mkdir(exist_ok=True)
@@ -190,6 +203,7 @@ def main():
     if any(value is None for value in results.values()):
         return
     report_ratios(results, [("snapshots_lobster", "replay_lobster"), ("snapshots_binance", "replay_binance"),
+                            ("shard_lobster", "file_replay_lobster"), ("shard_binance", "file_replay_binance"),
                             ("batch_2_workers", "batch_1_worker")])
     print()
     print(f"Data: {ORIGIN}; {FILES} files of {len(lobster_feed)} LOBSTER messages each")
