@@ -698,17 +698,38 @@ def summary(result):
 
 
 def add_arguments(parser):
-    parser.add_argument("--format", required=True, choices=FORMATS, help="the file's format")
-    parser.add_argument("file", help="LOBSTER message file, Binance capture (.gz is fine), or a journal "
-                                     "directory (--format journal) imported from either")
-    parser.add_argument("--orderbook", help="LOBSTER orderbook file to verify against")
+    parser.add_argument("--format", choices=FORMATS, help="the files' format (default: told from each file)")
+    parser.add_argument("files", nargs="+", metavar="file",
+                        help="LOBSTER message files (orderbook files matched by name), Binance captures "
+                             "(.gz is fine), or journal directories (--format journal) imported from either")
+    parser.add_argument("--orderbook", help="LOBSTER orderbook file to verify against (one file)")
     parser.add_argument("--stream", help="--format journal: the stream to check (when the journal has several)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="check many files in local processes "
+                       "(default: the usable cores; 0: this process)")
+    where.add_argument("--cluster", metavar="ADDRESS", help="check many files on a Dask scheduler")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--skip-malformed", action="store_true",
                         help="skip and count malformed lines instead of stopping at the first")
 
 
 def run(args):
+    if len(args.files) > 1 or args.workers is not None or args.cluster is not None:
+        if args.orderbook or args.skip_malformed:
+            print("ringbook check: --orderbook and --skip-malformed are for one file", file=sys.stderr)
+            return 2
+        from ringbook.engine import batch
+
+        return batch.run_check(args)
+    args.file = args.files[0]
+    if args.format is None:
+        from ringbook.engine.batch import detect_format
+
+        try:
+            args.format = detect_format(args.file)
+        except (ValueError, OSError) as error:
+            print(f"ringbook check: {error}", file=sys.stderr)
+            return 2
     try:
         if args.format == "journal":
             result = check_journal(args.file, args.orderbook, stream=args.stream,

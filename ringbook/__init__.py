@@ -41,6 +41,7 @@ _EXPORTS = {
     "JournalWriter": ("ringbook.engine.journal", "JournalWriter"),
     "JournalReader": ("ringbook.engine.journal", "JournalReader"),
     "Flusher": ("ringbook.engine.flusher", "Flusher"),
+    "replay_files": ("ringbook.engine.batch", "replay_files"),
 }
 
 __all__ = sorted(_EXPORTS)

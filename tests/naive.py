@@ -661,3 +661,80 @@ def naive_seek(records, sequence=None, time=None):
         if (sequence is not None and found >= sequence) or (time is not None and receive_ns >= time):
             return found
     return records[-1][0] + 1 if records else 0
+
+
+# ---------------------------------------------------------------------------
+# Book snapshots at interval boundaries (kernels/snapshots.py): replay message
+# by message, and for each boundary take the book before the first message
+# whose first event is later than the boundary.
+
+def snapshots(events, symbol, interval, levels):
+    """``[(boundary, bids, asks)]`` with ``bids``/``asks`` lists of (price, quantity), best first.
+
+    A message is a run of events ending with FLAG_BATCH_END. Boundaries run
+    from the first multiple of ``interval`` at or after the first non-zero
+    exchange time to the last at or before the latest one; at boundary ``b`` the
+    book holds every message before the first message whose first event has a
+    time later than ``b``.
+    """
+    messages, current = [], []
+    for event in events:
+        current.append(event)
+        if event["flags"] & 1:
+            messages.append(current)
+            current = []
+    if current:
+        messages.append(current)
+    times = [int(event["exchange_ns"]) for event in events if event["exchange_ns"] > 0]
+    if not times:
+        return []
+    first = -(-times[0] // interval) * interval
+    last = max(times) // interval * interval
+    book = NaiveBook()
+    applied = 0
+    rows = []
+    for boundary in range(first, last + 1, interval):
+        while applied < len(messages) and not int(messages[applied][0]["exchange_ns"]) > boundary:
+            for event in messages[applied]:
+                book.apply(event)
+            applied += 1
+        rows.append((boundary, book.sorted_levels(symbol, 1)[:levels],
+                     book.sorted_levels(symbol, -1)[:levels]))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# tardis.dev incremental_book_L2 (engine/feeds/tardis.py): csv and Decimal, a
+# Python loop over the rows, the snapshot runs tracked per symbol.
+
+def tardis_events(path):
+    """Event dicts (with ``line``) of a tardis incremental_book_L2 file, and the scales."""
+    opener = _gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    with opener(path, "rt", newline="") as file:
+        rows = list(_csv.reader(file))
+    body = [(number, row) for number, row in enumerate(rows[1:], start=2) if row]
+
+    def decimals(text):
+        return len(text.split(".")[1]) if "." in text else 0
+
+    price_scale = max((decimals(row[6]) for _, row in body), default=0)
+    size_scale = max((decimals(row[7]) for _, row in body), default=0)
+    ids, previous, events = {}, {}, []
+    for position, (number, row) in enumerate(body):
+        exchange, name, timestamp, local, is_snapshot, side, price, amount = row
+        symbol = ids.setdefault(name, len(ids))
+        snapshot = is_snapshot == "true"
+        base = dict(exchange_ns=int(timestamp) * 1000, local_ns=int(local) * 1000, symbol=symbol, line=number)
+        if snapshot and not previous.get(symbol, False):
+            events.append(dict(base, kind=9, side=0, price=0, quantity=0, flags=2))
+        previous[symbol] = snapshot
+        later = [other for _, other in body[position + 1:] if other[1] == name]
+        following = later[0] if later else None
+        same_message = following is not None and following[2:5] == row[2:5]
+        ends_run = snapshot and (following is None or following[4] != "true")
+        flags = 2 if snapshot else (0 if same_message else 1)
+        events.append(dict(base, kind=1, side=1 if side == "bid" else -1,
+                           price=_fixed(price, price_scale), quantity=_fixed(amount, size_scale), flags=flags))
+        if ends_run:
+            events.append(dict(base, kind=10, side=0, price=0, quantity=0, flags=3))
+    return events, price_scale, size_scale
