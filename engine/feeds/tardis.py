@@ -28,7 +28,7 @@ loop per line.
 
 import numpy as np
 
-from ringbook.engine.feeds.binance import _equals
+from ringbook.engine.feeds.json_index import equals
 from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
@@ -157,16 +157,16 @@ def parse_rows(buffer, starts, stops, first, price_scale, size_scale, symbol_sta
             else:
                 local_times[line] = value * 1000
         start, stop = field_starts[F_SNAPSHOT], field_stops[F_SNAPSHOT]
-        if _equals(buffer, start, stop, _TRUE):
+        if equals(buffer, start, stop, _TRUE):
             snapshot[line] = True
-        elif _equals(buffer, start, stop, _FALSE):
+        elif equals(buffer, start, stop, _FALSE):
             snapshot[line] = False
         else:
             return np.int64(line), np.int64(INVALID), np.int64(F_SNAPSHOT), np.int64(n_symbols)
         start, stop = field_starts[F_SIDE], field_stops[F_SIDE]
-        if _equals(buffer, start, stop, _BID):
+        if equals(buffer, start, stop, _BID):
             sides[line] = BID
-        elif _equals(buffer, start, stop, _ASK):
+        elif equals(buffer, start, stop, _ASK):
             sides[line] = ASK
         else:
             return np.int64(line), np.int64(INVALID), np.int64(F_SIDE), np.int64(n_symbols)
