@@ -447,9 +447,12 @@ def _parse_block(path, block, scales, skip_malformed):
     after a FeedError the tables stop before its line.
     """
     lines = len(block)
-    scratch = np.zeros(int((block.stops - block.starts).max()) // 2 + 2, np.int64)
-    capacity = int(np.count_nonzero(block.buffer == _OPEN_BRACKET)) + 2 * lines + 2
+    # Real levels take some 30 bytes: the first guess is bounded by the block's size whatever its
+    # brackets, and a block that holds more events grows the array (and the levels' scratch).
+    capacity = min(int(np.count_nonzero(block.buffer == _OPEN_BRACKET)) + 2 * lines,
+                   len(block.buffer) // 48) + 16
     events = np.zeros(capacity, EVENT_DTYPE)
+    scratch = np.zeros(2 * capacity + 4, np.int64)
     messages = np.zeros((lines, MESSAGE_COLUMNS), np.int64)
     numbers = block.numbers
     skipped = []
@@ -459,6 +462,11 @@ def _parse_block(path, block, scales, skip_malformed):
                                                          written, scales, scratch, events, messages)
         if status == fixed.OK:
             return events[:written], messages, numbers, skipped, None
+        if status == fixed.FULL:
+            events = np.concatenate([events, np.zeros(len(events), EVENT_DTYPE)])
+            scratch = np.zeros(2 * len(scratch), np.int64)
+            first = stopped_at
+            continue
         line = int(numbers[stopped_at])
         if not skip_malformed:
             problem = FeedError(path, line, reason_of(status), FIELD_NAMES[field] if field >= 0 else None)

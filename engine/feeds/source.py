@@ -2,7 +2,7 @@
 the result of a read and the error that names a file and a line.
 
 Readers stream: :func:`iter_blocks` reads a file (gunzipping it on the fly) in
-blocks of about ``memory_limit // 16`` bytes, cut after the last line break of
+blocks of about ``memory_limit // 32`` bytes, cut after the last line break of
 each block, the partial last line carried over to the next; numpy finds the line
 boundaries of a block, njit kernels parse its lines, and Python only assembles
 the result. So resident memory stays bounded by ``memory_limit`` (256 MiB by
@@ -36,7 +36,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MEMORY_LIMIT = 256 * 2**20
 #: A block of text is this fraction of the memory limit: its events, line tables and
 #: the parser's scratch take several times the text's size.
-BLOCK_FRACTION = 16
+BLOCK_FRACTION = 32
 #: Smallest memory limit a reader accepts (small limits serve tests: many blocks from a small file).
 MIN_MEMORY_LIMIT = 2**16
 _READ_SIZE = 2**20
@@ -298,7 +298,7 @@ def iter_blocks(path, memory_limit=None):
         A regular file or a FIFO.
     memory_limit : int, optional
         Bound on what a reader holds at once (:data:`MEMORY_LIMIT` by default);
-        blocks are about a sixteenth of it.
+        blocks are about a thirty-second of it.
 
     Yields
     ------
@@ -349,7 +349,9 @@ def iter_blocks(path, memory_limit=None):
             carried.append(text[:cut + 1])
             carried_bytes += cut + 1
             if carried_bytes >= block_size:
-                block, newlines = _block(b"".join(carried), lines_before)
+                joined, carried = b"".join(carried), None  # the pieces go before the block is parsed
+                block, newlines = _block(joined, lines_before)
+                del joined
                 lines_before += newlines
                 if len(block):
                     yield block
@@ -359,7 +361,9 @@ def iter_blocks(path, memory_limit=None):
                 carried.append(rest)
                 carried_bytes += len(rest)
         if carried_bytes:
-            block, _ = _block(b"".join(carried), lines_before)
+            joined, carried = b"".join(carried), None
+            block, _ = _block(joined, lines_before)
+            del joined
             if len(block):
                 yield block
 
