@@ -2,7 +2,7 @@
 the result of a read and the error that names a file and a line.
 
 Readers stream: :func:`iter_blocks` reads a file (gunzipping it on the fly) in
-blocks of about ``memory_limit // 32`` bytes, cut after the last line break of
+blocks of about ``memory_limit // 16`` bytes, cut after the last line break of
 each block, the partial last line carried over to the next; numpy finds the line
 boundaries of a block, njit kernels parse its lines, and Python only assembles
 the result. So resident memory stays bounded by ``memory_limit`` (256 MiB by
@@ -36,7 +36,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MEMORY_LIMIT = 256 * 2**20
 #: A block of text is this fraction of the memory limit: its events, line tables and
 #: the parser's scratch take several times the text's size.
-BLOCK_FRACTION = 32
+BLOCK_FRACTION = 16
 #: Smallest memory limit a reader accepts (small limits serve tests: many blocks from a small file).
 MIN_MEMORY_LIMIT = 2**16
 _READ_SIZE = 2**20
@@ -298,7 +298,7 @@ def iter_blocks(path, memory_limit=None):
         A regular file or a FIFO.
     memory_limit : int, optional
         Bound on what a reader holds at once (:data:`MEMORY_LIMIT` by default);
-        blocks are about a thirty-second of it.
+        blocks are about a sixteenth of it.
 
     Yields
     ------
