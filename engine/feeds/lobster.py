@@ -167,6 +167,8 @@ def _block_rows(path, block, first, width, scales, names, skip_malformed):
         problem = None
     if not parts:
         return np.zeros((0, width), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), skipped, problem
+    if len(parts) == 1:
+        return (*parts[0], skipped, problem)
     return (*(np.concatenate([part[index] for part in parts]) for index in range(3)), skipped, problem)
 
 

@@ -317,7 +317,7 @@ def iter_blocks(path, memory_limit=None):
     longest_line = limit // 4
     lines_before = 0
     with _open_input(path) as file:
-        raw = _raw_chunks(path, file, min(block_size, _READ_SIZE))
+        raw = _raw_chunks(path, file, block_size)  # a small file: one read, no copy
         first = next(raw, b"")
         while len(first) < 2 and first:
             more = next(raw, b"")
