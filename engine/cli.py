@@ -12,6 +12,8 @@ import sys
 COMMANDS = {
     "info": ("ringbook.engine.info", "versions, CPU, TSC calibration, mlock and affinity"),
     "check": ("ringbook.engine.check", "replay a LOBSTER or Binance file, verify the book against the exchange"),
+    "journal": ("ringbook.engine.journal_cli", "journals: info, verify, cat, export, import"),
+    "snapshots": ("ringbook.engine.snapshots", "book snapshots at interval boundaries of many files, locally or on Dask"),
 }
 
 

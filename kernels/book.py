@@ -46,10 +46,23 @@ horizon: updates at or beyond it are dropped and counted (status
 level. The horizon resets when the side is cleared (``KIND_CLEAR``,
 ``KIND_SNAPSHOT_BEGIN``, :func:`clear`).
 
+Depth is not truncation
+-----------------------
+``depth`` bounds memory for a feed that sends the whole book: what lies beyond
+it is unknown, so the book stops there and says so (the horizon). An exchange
+with a subscribed depth (the best 10, 25, 1000 levels) works the other way:
+it keeps only its best ``N``, forgets a level pushed out of view, and sends
+the level that scrolls into view as a new insert. For such a feed, set
+``max_levels`` (:func:`new_book`, or ``book.max_levels[symbol]``): after each
+message (its ``FLAG_BATCH_END`` event) the replay kernels call
+:func:`truncate`, which deletes the levels beyond the best ``max_levels``
+and moves no horizon, so later updates at any price still apply. Keep
+``depth`` at or above ``max_levels`` (plus the levels one message can add).
+
 Memory
 ------
 Per symbol: ``2 * depth * 16`` bytes of sorted levels, ``2 * ladder * 8``
-bytes of ladder, plus ``(15 + N_STATS) * 8 + 8`` bytes of counters: 82,080
+bytes of ladder, plus ``(16 + N_STATS) * 8 + 8`` bytes of counters: 82,088
 bytes at the defaults ``depth=2048, ladder=1024``, so 2048 symbols take
 160.3 MiB. The order table adds ``32 * order_capacity`` bytes shared by all
 symbols (32 MiB at the default ``2**20`` slots). Default total: 192.3 MiB.
@@ -72,8 +85,8 @@ it to the event's ``sequence``.
 
 API (kernels: ``@kernel`` functions, book first; callable from njit code)
 ----------------------------------------------------------------------
-new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, ticks=None)
-    -> Book                                                (Python)
+new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, ticks=None,
+         max_levels=0) -> Book                              (Python)
 set_level(book, symbol, side, price, quantity) -> status   quantity 0 deletes
 set_tick(book, symbol, tick) -> status                     where levels are kept; exact either way
 clear(book, symbol, side) -> status                        side 0 clears both
@@ -81,6 +94,7 @@ load_snapshot(book, symbol, bid_prices, bid_quantities, ask_prices,
               ask_quantities, sequence) -> status          clear, then set
 replace_levels(book, symbol, side, after_price, through_price,
                prices, quantities) -> status               set a price range exactly
+truncate(book, symbol, side, keep) -> deleted              keep the best ``keep``; side 0: both
 best_bid(book, symbol) -> (price, quantity)                (NO_PRICE, 0) when empty
 best_ask(book, symbol) -> (price, quantity)
 mid_price(book, symbol) -> float64                         NaN when a side is empty
@@ -95,9 +109,11 @@ fill_cost(book, symbol, side, quantity) -> (filled, cost)  walk ``side`` (ASK to
 vwap_to_fill(book, symbol, side, quantity) -> float64      cost / filled, NaN if 0
 is_crossed(book, symbol) -> bool                           bid >= ask, both sides present
 horizon(book, symbol, side) -> int64                       NO_PRICE when nothing dropped
+levels(book, symbol, side, n_levels) -> (prices, quantities)   (Python) the best n, validated
 check_status(status, what="")                              (Python) raise BookError if < 0
 borrow(book) -> Book                                       the same book, not reference
                                                            counted: for a user's hot loop
+                                                           (:mod:`ringbook.kernels.borrow`)
 
 Prices and quantities are int64 fixed point (the instrument's scales); costs
 and VWAPs are float64 in those units (``price * quantity`` would overflow
@@ -106,49 +122,31 @@ int64). ``side`` is :data:`~ringbook.kernels.events.BID` (1) or
 
 Status codes
 ------------
-``OK`` 0; informational (positive, counted, replay goes on): ``STALE`` 1,
-``GAP`` 2, ``UNKNOWN_ORDER`` 3, ``LEVEL_DROPPED`` 4; errors (negative, the
-event is not applied, replay stops, :func:`check_status` raises
-:class:`BookError`): ``BAD_SYMBOL`` -1, ``BAD_SIDE`` -2, ``BAD_QUANTITY`` -3,
-``BAD_KIND`` -4, ``ORDER_TABLE_FULL`` -5, ``DUPLICATE_ORDER`` -6,
-``BAD_INDEX`` -7, ``BAD_TICK`` -8.
+Those of :mod:`ringbook.kernels.status`, re-exported here. ``OK`` 0;
+informational (positive, counted, replay goes on): ``STALE``, ``GAP``,
+``UNKNOWN_ORDER``, ``LEVEL_DROPPED``; errors (negative, the event is not
+applied, replay stops, :func:`check_status` raises :class:`BookError`):
+``BAD_SYMBOL``, ``INVALID_SIDE``, ``BAD_QUANTITY``, ``BAD_KIND``,
+``ORDER_TABLE_FULL``, ``DUPLICATE_ORDER``, ``BAD_INDEX``, ``BAD_TICK``,
+``BAD_ARGUMENT``. A query that takes a side returns ``INVALID_SIDE`` for a
+side that is neither ``BID`` nor ``ASK``, where its result would be a count,
+a quantity or a price (NaN where it is a float).
 """
 
 from typing import NamedTuple
 
 import numpy as np
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
+# borrow is re-exported: users' loops import it from here too.
+from ringbook.kernels.borrow import borrow  # noqa: F401
 from ringbook.kernels.events import ASK, BID
 from ringbook.kernels.jit_options import inline_kernel, kernel
-
-# Status codes: 0 ok, > 0 informational, < 0 error.
-OK = 0
-STALE = 1            # message already applied: rejected
-GAP = 2              # applied, but the message does not follow the book's sequence
-UNKNOWN_ORDER = 3    # L3 event for an order not in the table: level adjusted from the event
-LEVEL_DROPPED = 4    # price at or beyond the side's horizon (capacity): dropped
-BAD_SYMBOL = -1
-BAD_SIDE = -2
-BAD_QUANTITY = -3
-BAD_KIND = -4
-ORDER_TABLE_FULL = -5
-DUPLICATE_ORDER = -6
-BAD_INDEX = -7
-BAD_TICK = -8
-
-STATUS_NAMES = {
-    OK: "ok", STALE: "stale", GAP: "gap", UNKNOWN_ORDER: "unknown order",
-    LEVEL_DROPPED: "level dropped", BAD_SYMBOL: "symbol id out of range",
-    BAD_SIDE: "side is neither BID (1) nor ASK (-1)",
-    BAD_QUANTITY: "negative (or, for an add, zero) quantity",
-    BAD_KIND: "unknown event kind",
-    ORDER_TABLE_FULL: "order table full",
-    DUPLICATE_ORDER: "order id already in the book",
-    BAD_INDEX: "event index out of range",
-    BAD_TICK: "tick must be positive",
-}
+from ringbook.kernels.limits import INT64_MAX, INT64_MIN
+# The codes the book's kernels return, re-exported so ``book.OK`` and the like keep working.
+from ringbook.kernels.status import (BAD_ARGUMENT, BAD_INDEX, BAD_KIND,  # noqa: F401
+                                     BAD_QUANTITY, BAD_SYMBOL, BAD_TICK, DUPLICATE_ORDER, GAP,
+                                     INVALID_SIDE, LEVEL_DROPPED, OK, ORDER_TABLE_FULL, STALE,
+                                     UNKNOWN_ORDER, status_name)
 
 # Columns of Book.stats, counted per symbol.
 STAT_STALE = 0            # stale messages rejected
@@ -158,44 +156,14 @@ STAT_DROPPED_LEVELS = 3   # levels dropped for capacity, and updates beyond the 
 N_STATS = 4
 
 #: Price of an empty side, spread of a one-sided book, horizon of a side that dropped nothing.
-NO_PRICE = np.iinfo(np.int64).min
+NO_PRICE = INT64_MIN
 
 # Horizon keys: a level's key is its price for bids and -price for asks, so
 # "better" is "greater key" on both sides; these keys mean "nothing dropped".
-_NO_HORIZON_KEY = np.iinfo(np.int64).min
+_NO_HORIZON_KEY = INT64_MIN
 
 # Levels compared next to the touch before switching to binary search.
 _LINEAR_SCAN = 8
-
-
-@intrinsic
-def borrow(typingctx, value):
-    """``value`` (an array, or a tuple or :class:`Book` of arrays) without reference counting.
-
-    Numba counts references to every array a function binds, with atomic
-    operations; in a loop that calls kernels once per event they cost more
-    than the work. A borrowed book is the same book (same memory, same type)
-    whose arrays Numba does not count: take it once before the loop, use it
-    inside, and never let it outlive the function (return it or store it):
-    the caller's ``value`` is what keeps the memory alive.
-    """
-    def strip(context, builder, value_type, llvm_value):
-        if isinstance(value_type, types.Array):
-            array = context.make_array(value_type)(context, builder, value=llvm_value)
-            array.meminfo = cgutils.get_null_value(array.meminfo.type)
-            array.parent = cgutils.get_null_value(array.parent.type)
-            return array._getvalue()
-        if isinstance(value_type, types.BaseTuple):
-            for index, member in enumerate(value_type.types):
-                member_value = builder.extract_value(llvm_value, index)
-                llvm_value = builder.insert_value(
-                    llvm_value, strip(context, builder, member, member_value), index)
-        return llvm_value
-
-    def codegen(context, builder, signature, arguments):
-        return strip(context, builder, signature.args[0], arguments[0])
-
-    return value(value), codegen
 
 
 class BookError(ValueError):
@@ -238,6 +206,9 @@ class Book(NamedTuple):
         Open-addressing order table of :mod:`ringbook.kernels.orders`.
     order_counts : int64[n_symbols + 1]
         Orders in the table per symbol; the last element is the total.
+    max_levels : int64[n_symbols]
+        Levels kept per side after each message (:func:`truncate`, applied by
+        :mod:`ringbook.kernels.replay` at each ``FLAG_BATCH_END`` event); 0: no limit.
     """
 
     prices: np.ndarray
@@ -255,9 +226,11 @@ class Book(NamedTuple):
     stats: np.ndarray
     orders: np.ndarray
     order_counts: np.ndarray
+    max_levels: np.ndarray
 
 
-def new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, ticks=None):
+def new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, ticks=None,
+             max_levels=0):
     """Allocate an empty book.
 
     Parameters
@@ -276,11 +249,21 @@ def new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, tick
         ``instruments.table["tick"]`` (entries of 0 or less mean unknown: 1).
         Any price is exact with any tick; the right tick keeps the levels
         near the touch in the ladder.
+    max_levels : int or array of int
+        For an exchange that publishes its best ``N`` levels (a subscribed
+        depth): keep that many per side after each message, per symbol or for
+        all; 0 keeps every level (see "Depth is not truncation" in the module
+        docstring).
+        ``book.max_levels[symbol]`` can be changed at any time.
     """
     if n_symbols < 1 or depth < 1:
         raise ValueError(f"n_symbols and depth must be positive, got {n_symbols}, {depth}")
     if ladder < 1 or ladder & (ladder - 1):
         raise ValueError(f"ladder must be a power of two, got {ladder}")
+    max_levels_array = np.zeros(n_symbols, np.int64)
+    max_levels_array[:] = max_levels
+    if (max_levels_array < 0).any():
+        raise ValueError(f"max_levels must be >= 0 (0: no limit), got {max_levels}")
     slots = 16
     while slots < order_capacity:
         slots *= 2
@@ -305,6 +288,7 @@ def new_book(n_symbols=2048, depth=2048, order_capacity=2**20, ladder=1024, tick
         stats=np.zeros((n_symbols, N_STATS), np.int64),
         orders=np.zeros((slots, 4), np.int64),
         order_counts=np.zeros(n_symbols + 1, np.int64),
+        max_levels=max_levels_array,
     )
 
 
@@ -316,12 +300,37 @@ def book_nbytes(book):
 def check_status(status, what=""):
     """Raise :class:`BookError` for an error status (< 0); return the status otherwise."""
     if status < 0:
-        message = STATUS_NAMES.get(int(status), f"status {int(status)}")
+        message = status_name(status)
         if status == ORDER_TABLE_FULL:
             message += (" (its load factor is bounded at 3/4): create the book with a "
                         "larger order_capacity")
         raise BookError(f"{what}: {message}" if what else message)
     return status
+
+
+def levels(book, symbol, side, n_levels):
+    """The best ``n_levels`` levels of ``side``, best first, as new arrays (Python).
+
+    Returns
+    -------
+    prices, quantities : numpy.ndarray of int64
+        As many levels as the side holds, up to ``n_levels``.
+
+    Raises
+    ------
+    ValueError
+        A symbol outside the book, a side neither BID nor ASK, or a negative
+        ``n_levels`` (:class:`BookError` is a ``ValueError``).
+    """
+    if not 0 <= symbol < book.counts.shape[0]:
+        raise BookError(f"symbol {symbol}: {status_name(BAD_SYMBOL)} "
+                        f"(the book has {book.counts.shape[0]})")
+    if n_levels < 0:
+        raise ValueError(f"n_levels must be >= 0, got {n_levels}")
+    prices = np.empty(n_levels, np.int64)
+    quantities = np.empty(n_levels, np.int64)
+    n = check_status(top_levels(book, symbol, side, prices, quantities), f"side {side!r}")
+    return prices[:n], quantities[:n]
 
 
 # ---------------------------------------------------------------------------
@@ -347,6 +356,21 @@ def _key(side_index, price):
 def _slot(logical, gap, spare):
     """Where the level of rank ``logical`` (0 = farthest) sits in its side's array."""
     return logical + spare if logical >= gap else logical
+
+
+@inline_kernel
+def _lower_bound(prices, symbol, side_index, key, count, gap, spare):
+    """Rank of the first of a side's sorted levels ``0 .. count - 1`` whose key is at
+    least ``key`` (``count`` when none): binary search, the gap skipped."""
+    low = 0
+    high = count
+    while low < high:
+        middle = (low + high) >> 1
+        if _key(side_index, prices[symbol, side_index, _slot(middle, gap, spare)]) < key:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 @inline_kernel
@@ -391,8 +415,8 @@ def _update_sorted(book, symbol, side_index, price, quantity, relative):
         # Rank of the first level whose key is >= key: compare the few levels
         # next to the touch, where most updates land (a fixed-length loop: no
         # mispredicted exit), then binary search below them. A walk that stops
-        # at the first lower level is 8% faster on near-touch L2 updates but
-        # 2.7x slower on L3 flow spread over dozens of levels.
+        # at the first lower level would win a little on near-touch L2 updates
+        # and lose much more on L3 flow spread over dozens of levels.
         stop = max(count - _LINEAR_SCAN, 0)
         at_or_above = 0
         for rank in range(stop, count):
@@ -400,15 +424,7 @@ def _update_sorted(book, symbol, side_index, price, quantity, relative):
             at_or_above += _key(side_index, level_price) >= key
         position = count - at_or_above
         if position == stop and stop > 0:
-            low = 0
-            high = stop
-            while low < high:
-                middle = (low + high) >> 1
-                if _key(side_index, prices[symbol, side_index, _slot(middle, gap, spare)]) < key:
-                    low = middle + 1
-                else:
-                    high = middle
-            position = low
+            position = _lower_bound(prices, symbol, side_index, key, stop, gap, spare)
         slot = _slot(position, gap, spare)
         if position < count and prices[symbol, side_index, slot] == price:
             total = quantities[symbol, side_index, slot] + quantity if relative else quantity
@@ -488,7 +504,7 @@ def _ladder_scan_down(ladders, low, symbol, side_index, steps):
     """Steps of the best ladder level at or below ``steps``; ``low - 1`` when none.
 
     Takes one array, not the book: the hot path that calls it then passes
-    two words instead of the book's fifteen arrays.
+    two words instead of the book's sixteen arrays.
     """
     while steps >= low and ladders[symbol, side_index, _ladder_slot(ladders, steps)] == 0:
         steps -= 1
@@ -566,14 +582,7 @@ def _pull_from_sorted(book, symbol, side_index):
     # from the window's low end upward.
     _move_gap(prices, quantities, symbol, side_index, book.gaps[symbol, side_index],
               prices.shape[2] - count, count)
-    first = 0
-    last = count
-    while first < last:
-        middle = (first + last) >> 1
-        if _key(side_index, prices[symbol, side_index, middle]) < low_key:
-            first = middle + 1
-        else:
-            last = middle
+    first = _lower_bound(prices, symbol, side_index, low_key, count, count, 0)
     kept = first
     for rank in range(first, count):
         key = _key(side_index, prices[symbol, side_index, rank])
@@ -669,17 +678,11 @@ def _find(book, symbol, side_index, price):
     key = _key(side_index, price)
     count = book.counts[symbol, side_index]
     gap = book.gaps[symbol, side_index]
-    spare = book.prices.shape[2] - count
-    low = 0
-    high = count
-    while low < high:
-        middle = (low + high) >> 1
-        if _key(side_index, book.prices[symbol, side_index, _slot(middle, gap, spare)]) < key:
-            low = middle + 1
-        else:
-            high = middle
-    found = low < count and book.prices[symbol, side_index, _slot(low, gap, spare)] == price
-    return low, found
+    rank = _lower_bound(book.prices, symbol, side_index, key, count, gap,
+                        book.prices.shape[2] - count)
+    slot = _level_slot(book, symbol, side_index, rank)
+    found = rank < count and book.prices[symbol, side_index, slot] == price
+    return rank, found
 
 
 @kernel
@@ -710,7 +713,7 @@ def set_level(book, symbol, side, price, quantity):
         return BAD_SYMBOL
     side_index = _side_index(side)
     if side_index < 0:
-        return BAD_SIDE
+        return INVALID_SIDE
     if quantity < 0:
         return BAD_QUANTITY
     return _update_level(borrow(book), symbol, side_index, price, quantity, False)
@@ -731,7 +734,7 @@ def clear(book, symbol, side):
         return OK
     side_index = _side_index(side)
     if side_index < 0:
-        return BAD_SIDE
+        return INVALID_SIDE
     _clear_side(book, symbol, side_index)
     return OK
 
@@ -803,11 +806,11 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
         return BAD_SYMBOL
     side_index = _side_index(side)
     if side_index < 0:
-        return BAD_SIDE
+        return INVALID_SIDE
     if prices.shape[0] != quantities.shape[0]:
         return BAD_INDEX
     low_key = _NO_HORIZON_KEY if through_price == NO_PRICE else _key(side_index, through_price)
-    high_key = np.iinfo(np.int64).max if after_price == NO_PRICE else _key(side_index, after_price)
+    high_key = INT64_MAX if after_price == NO_PRICE else _key(side_index, after_price)
     count = book.counts[symbol, side_index]
     # Close the gap (all levels at the start of the arrays), then keep the
     # levels outside the range.
@@ -840,9 +843,69 @@ def replace_levels(book, symbol, side, after_price, through_price, prices, quant
     return OK
 
 
+@kernel
+def truncate(book, symbol, side, keep):
+    """Keep the best ``keep`` levels of ``side`` (``0``: of each side); delete the rest.
+
+    For an exchange that publishes only its best ``N`` levels: when a new level
+    pushes one out of view, the exchange forgets it and later sends the level
+    that scrolls into view as a new insert, so the book must forget it too.
+    Unlike a drop for capacity, the horizon does not move: the book stays
+    exact and accepts every later update at any price.
+
+    Returns
+    -------
+    deleted : int
+        Levels deleted (0 when the side holds ``keep`` or fewer), or an error:
+        ``BAD_SYMBOL``, ``INVALID_SIDE``, ``BAD_ARGUMENT`` for a negative ``keep``.
+    """
+    if symbol < 0 or symbol >= book.counts.shape[0]:
+        return BAD_SYMBOL
+    if keep < 0:
+        return BAD_ARGUMENT
+    if side == 0:
+        return _truncate_side(book, symbol, 0, keep) + _truncate_side(book, symbol, 1, keep)
+    side_index = _side_index(side)
+    if side_index < 0:
+        return INVALID_SIDE
+    return _truncate_side(book, symbol, side_index, keep)
+
+
+@kernel
+def _truncate_side(book, symbol, side_index, keep):
+    """:func:`truncate` for a validated side: delete the worst level while there are
+    more than ``keep``; return how many went."""
+    book = borrow(book)     # the caller's reference keeps it alive: no counting
+    excess = book.counts[symbol, side_index] + book.ladder_counts[symbol, side_index] - keep
+    if excess <= 0:
+        return 0
+    ladders = book.ladders
+    # The worst ladder level: scanned for once from the window's low end; each
+    # deletion only moves it up.
+    steps = book.ladder_lows[symbol, side_index]
+    for _ in range(excess):
+        count = book.counts[symbol, side_index]
+        use_ladder = False
+        if book.ladder_counts[symbol, side_index] > 0:
+            while ladders[symbol, side_index, _ladder_slot(ladders, steps)] == 0:
+                steps += 1
+            use_ladder = count == 0 or (
+                _key(side_index, _ladder_price(book, symbol, side_index, steps))
+                < _key(side_index, book.prices[symbol, side_index,
+                                               _level_slot(book, symbol, side_index, 0)]))
+        if use_ladder:
+            _ladder_update(book, symbol, side_index, steps, 0, False)
+        else:
+            _update_sorted(book, symbol, side_index,
+                           book.prices[symbol, side_index, _level_slot(book, symbol, side_index, 0)],
+                           0, False)
+    return excess
+
+
 # ---------------------------------------------------------------------------
-# Queries. Symbols and sides are assumed valid (callers validate once at
-# the boundary); an invalid side reads the ask side.
+# Queries. Symbols are assumed valid (callers validate once at the boundary:
+# :func:`levels` does); a side that is neither BID nor ASK returns
+# INVALID_SIDE rather than reading either side.
 
 @kernel
 def _best(book, symbol, side_index):
@@ -933,15 +996,20 @@ def is_crossed(book, symbol):
 
 @kernel
 def level_count(book, symbol, side):
-    """Levels held on ``side``."""
-    side_index = 0 if side == BID else 1
+    """Levels held on ``side``; ``INVALID_SIDE`` for a side neither BID nor ASK."""
+    side_index = _side_index(side)
+    if side_index < 0:
+        return INVALID_SIDE
     return book.counts[symbol, side_index] + book.ladder_counts[symbol, side_index]
 
 
 @kernel
 def level_quantity(book, symbol, side, price):
-    """Quantity at ``price`` on ``side``; 0 when there is no level there."""
-    side_index = 0 if side == BID else 1
+    """Quantity at ``price`` on ``side``; 0 when there is no level there, ``INVALID_SIDE``
+    for a side neither BID nor ASK."""
+    side_index = _side_index(side)
+    if side_index < 0:
+        return INVALID_SIDE
     steps, on_tick = _steps(book.ticks[symbol], side_index, price)
     offset = steps - book.ladder_lows[symbol, side_index]
     if on_tick and offset >= 0 and offset < book.ladders.shape[2]:
@@ -959,9 +1027,12 @@ def top_levels(book, symbol, side, prices_out, quantities_out):
     Returns
     -------
     n : int
-        Levels written: ``min(len(prices_out), len(quantities_out), levels held)``.
+        Levels written: ``min(len(prices_out), len(quantities_out), levels held)``;
+        ``INVALID_SIDE`` (nothing written) for a side neither BID nor ASK.
     """
-    side_index = 0 if side == BID else 1
+    side_index = _side_index(side)
+    if side_index < 0:
+        return INVALID_SIDE
     steps, rank = _walk_start(book, symbol, side_index)
     n = 0
     while n < min(prices_out.shape[0], quantities_out.shape[0]):
@@ -976,8 +1047,11 @@ def top_levels(book, symbol, side, prices_out, quantities_out):
 
 @kernel
 def depth_to_price(book, symbol, side, price):
-    """Total quantity on ``side`` at prices as good as ``price`` or better."""
-    side_index = 0 if side == BID else 1
+    """Total quantity on ``side`` at prices as good as ``price`` or better
+    (``INVALID_SIDE`` for a side neither BID nor ASK)."""
+    side_index = _side_index(side)
+    if side_index < 0:
+        return INVALID_SIDE
     key = _key(side_index, price)
     total = 0
     steps, rank = _walk_start(book, symbol, side_index)
@@ -992,8 +1066,11 @@ def depth_to_price(book, symbol, side, price):
 
 @kernel
 def quantity_to_depth(book, symbol, side, n_levels):
-    """Total quantity in the best ``n_levels`` levels of ``side``."""
-    side_index = 0 if side == BID else 1
+    """Total quantity in the best ``n_levels`` levels of ``side`` (``INVALID_SIDE`` for
+    a side neither BID nor ASK)."""
+    side_index = _side_index(side)
+    if side_index < 0:
+        return INVALID_SIDE
     total = 0
     steps, rank = _walk_start(book, symbol, side_index)
     for _ in range(n_levels):
@@ -1024,11 +1101,14 @@ def fill_cost(book, symbol, side, quantity):
     Returns
     -------
     filled : int
-        Quantity available up to ``quantity``.
+        Quantity available up to ``quantity``; ``INVALID_SIDE`` (and a NaN cost)
+        for a side neither BID nor ASK.
     cost : float
         Sum of ``price * quantity`` taken per level, in fixed-point units.
     """
-    side_index = 0 if side == BID else 1
+    side_index = _side_index(side)
+    if side_index < 0:
+        return np.int64(INVALID_SIDE), np.nan
     remaining = quantity
     cost = 0.0
     steps, rank = _walk_start(book, symbol, side_index)
@@ -1045,7 +1125,8 @@ def fill_cost(book, symbol, side, quantity):
 
 @kernel
 def vwap_to_fill(book, symbol, side, quantity):
-    """Volume-weighted price of filling ``quantity`` from ``side``; NaN when it is empty."""
+    """Volume-weighted price of filling ``quantity`` from ``side``; NaN when it is
+    empty or the side is neither BID nor ASK."""
     filled, cost = fill_cost(book, symbol, side, quantity)
     if filled <= 0:
         return np.nan
@@ -1054,8 +1135,11 @@ def vwap_to_fill(book, symbol, side, quantity):
 
 @kernel
 def horizon(book, symbol, side):
-    """Best price dropped for capacity on ``side`` (exact strictly better); ``NO_PRICE`` if none."""
-    side_index = 0 if side == BID else 1
+    """Best price dropped for capacity on ``side`` (exact strictly better); ``NO_PRICE`` if
+    none; ``INVALID_SIDE`` for a side neither BID nor ASK."""
+    side_index = _side_index(side)
+    if side_index < 0:
+        return INVALID_SIDE
     key = book.horizon_keys[symbol, side_index]
     if key == _NO_HORIZON_KEY:
         return NO_PRICE

@@ -36,9 +36,21 @@ side : int8
     when known.
 flags : uint16
     Bitwise or of ``FLAG_*``.
+
+Building events
+---------------
+A feed written in Python builds its events a message at a time with
+:func:`make_events` (columns as arrays or scalars, ``FLAG_BATCH_END`` on the
+last event of each message) and a snapshot with :func:`snapshot_events`
+(``KIND_SNAPSHOT_BEGIN``, the levels, ``KIND_SNAPSHOT_END``: the book
+replaces the symbol's levels and takes the snapshot's sequence). An
+:class:`Instruments` table is filled from the exchange's instrument list
+(:meth:`Instruments.from_listings`): tick and lot sizes give the scales.
 """
 
 import numpy as np
+
+from ringbook.kernels.fixed import decimal_places, parse_decimal
 
 EVENT_DTYPE = np.dtype([
     ("exchange_ns", np.int64),
@@ -101,6 +113,157 @@ def empty_events(count):
     return np.zeros(count, EVENT_DTYPE)
 
 
+#: The sides an event may carry: 0 where the side is unknown or both (a trade
+#: print, a clear of both sides).
+_SIDES = (BID, ASK, 0)
+
+
+def _column(name, value):
+    """``value`` (a scalar or a 1-d array of integers) as a 1-d int64 array, checked
+    to fit the event field ``name``."""
+    array = np.asarray(value)
+    if array.dtype == object or (array.size and array.dtype.kind not in "iub"):
+        raise TypeError(f"{name}: integers expected (fixed point: see ringbook.kernels.fixed), "
+                        f"got dtype {array.dtype}")
+    if array.ndim > 1:
+        raise ValueError(f"{name}: a scalar or a 1-d array expected, got shape {array.shape}")
+    limits = np.iinfo(EVENT_DTYPE[name])
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: {array.max()} is outside int64")
+    array = array.astype(np.int64, copy=False)
+    lowest = 0 if name == "symbol" else limits.min    # ids of an Instruments table
+    outside = (array < lowest) | (array > limits.max)
+    if outside.any():
+        bad = int(np.argmax(outside.reshape(-1)))
+        where = f"{name}[{bad}]" if array.ndim else name
+        raise ValueError(f"{where} = {array.reshape(-1)[bad]} is outside {lowest}..{limits.max}")
+    return array
+
+
+def make_events(kind, side=0, price=0, quantity=0, *, symbol=0, sequence=0, prev_sequence=0,
+                order_id=0, exchange_ns=0, local_ns=0, flags=0, message=None):
+    """Events from columns: each a scalar (the same for every event) or a 1-d array.
+
+    Parameters
+    ----------
+    kind, side, price, quantity, symbol, sequence, prev_sequence, order_id, exchange_ns, \
+    local_ns, flags
+        The fields of :data:`EVENT_DTYPE`, as integers (prices and quantities
+        in fixed point). Arrays must share one length; scalars are repeated.
+    message : 1-d array, optional
+        A message id per event: consecutive events with the same id are one
+        exchange message. None: all the events are one message.
+
+    Returns
+    -------
+    numpy.ndarray of EVENT_DTYPE
+        The events in order, with :data:`FLAG_BATCH_END` added to the last
+        event of each message (the book is consistent after it).
+
+    Raises
+    ------
+    ValueError
+        Arrays of different lengths, an unknown kind, a side other than
+        ``BID``, ``ASK`` or 0 (or 0 for ``KIND_L2_SET``), a value that does not
+        fit its field; the message names the field and the first bad index.
+    TypeError
+        A column that is not integers (a float price: parse the text with
+        :func:`ringbook.kernels.fixed.parse_decimals` instead).
+
+    Examples
+    --------
+    A depth diff that sets two bids and deletes an ask, as one message:
+
+    >>> events = make_events(KIND_L2_SET, [BID, BID, ASK], [100, 99, 101], [5, 3, 0],
+    ...                      sequence=42, prev_sequence=41)
+    >>> events["flags"].tolist()
+    [0, 0, 1]
+    """
+    columns = dict(kind=kind, side=side, price=price, quantity=quantity, symbol=symbol,
+                   sequence=sequence, prev_sequence=prev_sequence, order_id=order_id,
+                   exchange_ns=exchange_ns, local_ns=local_ns, flags=flags)
+    columns = {name: _column(name, value) for name, value in columns.items()}
+    lengths = {name: len(array) for name, array in columns.items() if array.ndim == 1}
+    if message is not None:
+        message = np.asarray(message)
+        if message.ndim != 1:
+            raise ValueError(f"message: a 1-d array of message ids expected, got shape "
+                             f"{message.shape}")
+        lengths["message"] = len(message)
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns of different lengths: {lengths}")
+    count = next(iter(lengths.values()), 1)
+    events = np.zeros(count, EVENT_DTYPE)
+    for name, array in columns.items():
+        events[name] = array
+    unknown = ~np.isin(events["kind"], list(KIND_NAMES))
+    if unknown.any():
+        bad = int(np.argmax(unknown))
+        raise ValueError(f"kind[{bad}] = {events['kind'][bad]} is not a KIND_* constant")
+    bad_side = ~np.isin(events["side"], _SIDES) | ((events["kind"] == KIND_L2_SET)
+                                                   & (events["side"] == 0))
+    if bad_side.any():
+        bad = int(np.argmax(bad_side))
+        raise ValueError(f"side[{bad}] = {events['side'][bad]}: BID (1) or ASK (-1) expected"
+                         + ("" if events["kind"][bad] == KIND_L2_SET else ", or 0"))
+    if count:
+        ends = np.ones(count, bool)
+        if message is not None:
+            ends[:-1] = message[1:] != message[:-1]
+        else:
+            ends[:-1] = False
+        events["flags"][ends] |= FLAG_BATCH_END
+    return events
+
+
+def snapshot_events(symbol, bid_prices, bid_quantities, ask_prices, ask_quantities, *,
+                    sequence=0, exchange_ns=0, local_ns=0):
+    """A snapshot of one symbol as one message: ``KIND_SNAPSHOT_BEGIN``, the levels,
+    ``KIND_SNAPSHOT_END``.
+
+    Applied, it replaces every level (and order) of the symbol with these
+    levels, and the symbol's sequence becomes ``sequence``: the next message
+    must follow it. Every event carries :data:`FLAG_SNAPSHOT` (no sequence
+    checks inside); the end carries :data:`FLAG_BATCH_END` too.
+
+    Parameters
+    ----------
+    symbol : int
+    bid_prices, bid_quantities, ask_prices, ask_quantities : 1-d arrays of integers
+        Levels in any order, fixed point.
+    sequence : int
+        The exchange's update id of the snapshot (0: none).
+    exchange_ns, local_ns : int
+        Stamped on every event.
+
+    Returns
+    -------
+    numpy.ndarray of EVENT_DTYPE
+        ``2 + len(bid_prices) + len(ask_prices)`` events.
+    """
+    bid_prices, bid_quantities, ask_prices, ask_quantities = (
+        np.atleast_1d(np.asarray(array)) for array in
+        (bid_prices, bid_quantities, ask_prices, ask_quantities))
+    if len(bid_prices) != len(bid_quantities) or len(ask_prices) != len(ask_quantities):
+        raise ValueError(f"prices and quantities differ in length: bids {len(bid_prices)} and "
+                         f"{len(bid_quantities)}, asks {len(ask_prices)} and {len(ask_quantities)}")
+    levels = len(bid_prices) + len(ask_prices)
+    kind = np.full(levels + 2, KIND_L2_SET, np.int64)
+    kind[0], kind[-1] = KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END
+    side = np.zeros(levels + 2, np.int64)
+    side[1:1 + len(bid_prices)] = BID
+    side[1 + len(bid_prices):-1] = ASK
+    price = np.zeros(levels + 2, np.int64)
+    price[1:-1] = np.concatenate([_column("price", bid_prices), _column("price", ask_prices)])
+    quantity = np.zeros(levels + 2, np.int64)
+    quantity[1:-1] = np.concatenate([_column("quantity", bid_quantities),
+                                     _column("quantity", ask_quantities)])
+    sequences = np.zeros(levels + 2, np.int64)
+    sequences[-1] = sequence
+    return make_events(kind, side, price, quantity, symbol=symbol, sequence=sequences,
+                       exchange_ns=exchange_ns, local_ns=local_ns, flags=FLAG_SNAPSHOT)
+
+
 class Instruments:
     """Symbol interning and the per-symbol instrument table.
 
@@ -143,6 +306,55 @@ class Instruments:
         self._ids[name] = symbol
         return symbol
 
+    def intern_listing(self, name, tick, lot):
+        """The id of ``name``, an instrument as the exchange lists it: tick and lot
+        sizes as decimal strings.
+
+        The price scale is the decimals of ``tick`` and the size scale those of
+        ``lot`` (trailing zeros do not count: ``"0.01000000"`` is 2), so every
+        price and quantity of the instrument is exact at them; ``tick`` is
+        recorded in fixed point for the book (``new_book(ticks=table["tick"])``).
+        """
+        price_scale = decimal_places(tick)
+        size_scale = decimal_places(lot)
+        return self.intern(name, price_scale, size_scale, parse_decimal(tick, price_scale))
+
+    @classmethod
+    def from_listings(cls, listings, *, name="symbol", tick="tick_size", lot="lot_size",
+                      capacity=2048):
+        """A table of every instrument in an exchange's instrument list.
+
+        Parameters
+        ----------
+        listings : iterable of mappings
+            One per instrument, e.g. the parsed JSON of the exchange's
+            instruments endpoint.
+        name, tick, lot : str
+            The keys of the symbol's name, its tick size and its lot size
+            (decimal strings, as exchanges send them) in each mapping.
+        capacity : int
+            Symbols the table holds at least (more if the list is longer).
+
+        Raises
+        ------
+        ValueError
+            A listing without one of the keys, or with a size that is not a
+            decimal; the message names the listing's position, its name and the key.
+        """
+        listings = list(listings)
+        instruments = cls(capacity=max(capacity, len(listings)))
+        for position, listing in enumerate(listings):
+            where = f"instrument list entry {position}"
+            try:
+                where += f" ({listing[name]!r})"
+                instruments.intern_listing(listing[name], listing[tick], listing[lot])
+            except KeyError as error:
+                raise ValueError(f"{where}: no key {error.args[0]!r}") from None
+            except (ValueError, OverflowError, TypeError) as error:
+                key = tick if _is_bad_decimal(listing[tick]) else lot
+                raise ValueError(f"{where}, key {key!r}: {error}") from None
+        return instruments
+
     def id_of(self, name):
         """The id of a known name (``KeyError`` if it was never interned)."""
         return self._ids[name]
@@ -155,3 +367,12 @@ class Instruments:
 
     def __contains__(self, name):
         return name in self._ids
+
+
+def _is_bad_decimal(text):
+    """True when ``text`` has no scale (not a decimal string): the field to blame."""
+    try:
+        decimal_places(text)
+    except (ValueError, OverflowError, TypeError):
+        return True
+    return False

@@ -27,18 +27,20 @@ Status codes
 ------------
 Kernels return a status instead of raising; the Python wrappers turn a status
 into ``ValueError`` (:data:`INVALID`, :data:`TOO_PRECISE`, and bad arguments) or
-``OverflowError`` (:data:`OVERFLOW`).
+``OverflowError`` (:data:`OVERFLOW`). The codes are those of
+:mod:`ringbook.kernels.status` (re-exported here), so every error is negative
+and :func:`~ringbook.kernels.status.status_name` names it:
 
-=================  =====  ====================================================
-``OK``             0      success
-``INVALID``        1      not a decimal in the syntax above, or bad arguments
-                          (scale outside 0..18, a range outside the buffer,
-                          an unknown rounding code)
-``TOO_PRECISE``    2      a non-zero digit beyond the scale
-``OVERFLOW``       3      out of int64 at the target scale
-``FULL``           4      :func:`scan_decimals` only: ``out`` filled up before
-                          the range ended
-=================  =====  ====================================================
+=================  ====================================================
+``OK``             success (0)
+``INVALID``        not a decimal in the syntax above, or bad arguments
+                   (scale outside 0..18, a range outside the buffer,
+                   an unknown rounding code)
+``TOO_PRECISE``    a non-zero digit beyond the scale
+``OVERFLOW``       out of int64 at the target scale
+``FULL``           :func:`scan_decimals` and :func:`format_decimal_bytes`:
+                   ``out`` has no room for what follows
+=================  ====================================================
 
 Kernels (callable from ``@njit`` code)
 --------------------------------------
@@ -48,7 +50,8 @@ Kernels (callable from ``@njit`` code)
 Python wrappers
 ---------------
 :func:`parse_decimal`, :func:`parse_decimals`, :func:`format_decimal`,
-:func:`rescale`.
+:func:`rescale`, :func:`decimal_places` (the scale a decimal text needs, e.g.
+an exchange's tick size).
 """
 
 import operator
@@ -56,13 +59,10 @@ import operator
 import numpy as np
 
 from ringbook.kernels.jit_options import kernel
-
-# Status codes.
-OK = 0
-INVALID = 1
-TOO_PRECISE = 2
-OVERFLOW = 3
-FULL = 4
+from ringbook.kernels.limits import INT64_MAX, INT64_MIN
+# The codes these kernels return, re-exported so ``fixed.OK`` and the like keep working.
+from ringbook.kernels.status import (FULL, INVALID, OK, OVERFLOW, TOO_PRECISE,  # noqa: F401
+                                     status_name)
 
 # Rounding codes for rescale_value and rescale_array.
 ROUND_HALF_EVEN = 0
@@ -71,12 +71,7 @@ ROUND_DOWN = 1  # toward zero
 #: Largest scale: 10**18 is the largest power of ten in int64.
 MAX_SCALE = 18
 
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
-
 _ROUNDINGS = {"half_even": ROUND_HALF_EVEN, "down": ROUND_DOWN}
-_STATUS_NAMES = {OK: "OK", INVALID: "INVALID", TOO_PRECISE: "TOO_PRECISE",
-                 OVERFLOW: "OVERFLOW", FULL: "FULL"}
 
 _ZERO = 48  # ord("0")
 _PLUS = 43
@@ -372,12 +367,14 @@ def rescale_array(values, from_scale, to_scale, rounding, out):
 
 
 @kernel
-def format_decimal_bytes(value, scale, decimals, out, start):
+def format_decimal_bytes(value, scale, decimals, out, start, trim=False):
     """Write ``value`` (at ``scale`` decimals) as decimal text into ``out[start:]``.
 
     The njit counterpart of :func:`format_decimal`, for exports written from
     njit code: ``decimals`` digits follow the dot (none and no dot when 0);
-    fewer than ``scale`` only when the dropped digits are zeros.
+    fewer than ``scale`` only when the dropped digits are zeros. With
+    ``trim``, trailing zeros of the decimals go, and the dot with them when
+    none is left: the shortest text of the value (``"30233.6"``, ``"3"``).
 
     Returns
     -------
@@ -407,6 +404,11 @@ def format_decimal_bytes(value, scale, decimals, out, start):
         if fraction % dropped != 0:
             return np.int64(start), np.int64(TOO_PRECISE)
         fraction = fraction // dropped
+    if trim:
+        while kept > 0 and fraction % 10 == 0:
+            fraction = fraction // 10
+            kept -= 1
+        decimals = kept
     whole_digits = 1
     rest = whole
     while rest <= -10:
@@ -533,7 +535,7 @@ def parse_decimals(text, scale):
     return out[:count].copy()
 
 
-def format_decimal(value, scale, decimals=None):
+def format_decimal(value, scale, decimals=None, trim=False):
     """The text of ``value`` at ``scale`` decimals: the exact reverse of :func:`parse_decimal`.
 
     Parameters
@@ -546,12 +548,17 @@ def format_decimal(value, scale, decimals=None):
         How many decimals to print: ``scale`` when None; more pads with zeros;
         fewer drops trailing digits, only when they are zeros. It never rounds:
         round with :func:`rescale` first if that is what you mean.
+    trim : bool
+        Drop the trailing zeros of the decimals, and the dot when none is
+        left: the shortest text of the value, as exchanges write it (and
+        checksum it).
 
     Returns
     -------
     str
         ``"-"`` for negative values, the whole part, then ``"."`` and
-        ``decimals`` digits (no dot when ``decimals`` is 0).
+        ``decimals`` digits (no dot when ``decimals`` is 0, or with ``trim``
+        when they are all zeros).
 
     Raises
     ------
@@ -568,6 +575,8 @@ def format_decimal(value, scale, decimals=None):
     '61737.63'
     >>> format_decimal(-5, 1, decimals=3)
     '-0.500'
+    >>> format_decimal(3023360000000, 8, trim=True)
+    '30233.6'
     """
     value = operator.index(value)
     if not INT64_MIN <= value <= INT64_MAX:
@@ -585,8 +594,10 @@ def format_decimal(value, scale, decimals=None):
         digits = digits[:decimals]
     else:
         digits = digits.ljust(decimals, "0")
+    if trim:
+        digits = digits.rstrip("0")
     sign = "-" if value < 0 else ""
-    return f"{sign}{whole}.{digits}" if decimals else f"{sign}{whole}"
+    return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
 
 
 def rescale(values, from_scale, to_scale, rounding="half_even"):
@@ -648,8 +659,30 @@ def rescale(values, from_scale, to_scale, rounding="half_even"):
             f"values[{_index_text(int(index), array.shape)}] = {source[index]} at scale "
             f"{from_scale} is out of int64 range at scale {to_scale}")
     if status != OK:
-        raise RuntimeError(f"unexpected status {_STATUS_NAMES.get(status, status)}")
+        raise RuntimeError(f"unexpected status: {status_name(status)}")
     return out.reshape(array.shape)
+
+
+def decimal_places(text):
+    """The fewest decimals that hold the decimal ``text`` exactly: the scale it needs.
+
+    An exchange's tick or lot size (``"0.01000000"`` -> 2, ``"0.5"`` -> 1,
+    ``"10"`` -> 0) gives the scale of the prices or quantities that are
+    multiples of it.
+
+    Raises
+    ------
+    ValueError
+        Invalid text, or more than 18 decimals.
+    """
+    buffer = _as_buffer(text)
+    for scale in range(MAX_SCALE + 1):
+        value, status = parse_decimal_bytes(buffer, 0, len(buffer), scale)
+        if status == OK:
+            return scale
+        if status != TOO_PRECISE:
+            _raise_for_status(status, text, scale)
+    raise ValueError(f"decimal {text!r} has more than {MAX_SCALE} decimals")
 
 
 def _index_text(flat_index, shape):

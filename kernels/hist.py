@@ -42,6 +42,7 @@ import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.limits import INT64_MAX
 
 # Indices into ``meta``. The layout, fixed by new_histogram:
 LOWEST = 0  #: lowest discernible value (>= 1), as given
@@ -64,8 +65,6 @@ _LAYOUT_INDEX = {"LOWEST": LOWEST, "HIGHEST": HIGHEST, "SIGNIFICANT_DIGITS": SIG
                  "SUB_BUCKET_HALF_COUNT_MAGNITUDE": SUB_BUCKET_HALF_COUNT_MAGNITUDE,
                  "SUB_BUCKET_MASK": SUB_BUCKET_MASK, "BUCKET_COUNT": BUCKET_COUNT,
                  "COUNTS_LEN": COUNTS_LEN}
-
-INT64_MAX = np.iinfo(np.int64).max
 
 #: Bounds on the layout. ``lowest`` stays at or below 2**40 so that floor(log2)
 #: computed in floating point (as other HdrHistogram implementations do) agrees

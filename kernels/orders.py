@@ -13,7 +13,7 @@ side_index``; 0 marks an empty slot), :data:`ORDER_PRICE`,
 hash that keeps consecutive ids in consecutive slots
 (exchanges number orders in sequence: live orders then share cache lines).
 Deletion shifts the following entries back (no tombstones), so probe lengths stay short under churn. The load factor is
-bounded at 3/4: an add beyond it returns :data:`~ringbook.kernels.book.ORDER_TABLE_FULL`
+bounded at 3/4: an add beyond it returns :data:`~ringbook.kernels.status.ORDER_TABLE_FULL`
 and changes nothing (``check_status`` turns it into a clear error).
 
 Semantics (LOBSTER's)
@@ -46,15 +46,16 @@ find_order(book, symbol, order_id) -> slot, or -1     then book.orders[slot, ORD
 order_count(book, symbol) -> int64                     symbol -1: all symbols
 clear_orders(book, symbol, side) -> status             side 0: both; levels untouched
 
-Status codes are those of :mod:`ringbook.kernels.book`.
+Status codes are those of :mod:`ringbook.kernels.status`.
 """
 
 import numpy as np
 
-from ringbook.kernels.book import (BAD_QUANTITY, BAD_SIDE, BAD_SYMBOL, DUPLICATE_ORDER, OK,
-                          ORDER_TABLE_FULL, STAT_UNKNOWN_ORDERS, UNKNOWN_ORDER,
-                          _side_index, _update_level, borrow)
+from ringbook.kernels.book import STAT_UNKNOWN_ORDERS, _side_index, _update_level
+from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.status import (BAD_QUANTITY, BAD_SYMBOL, DUPLICATE_ORDER, INVALID_SIDE, OK,
+                                     ORDER_TABLE_FULL, UNKNOWN_ORDER)
 
 # Columns of book.orders.
 ORDER_ID = 0
@@ -145,7 +146,7 @@ def add_order(book, symbol, order_id, side, price, quantity):
     """A new visible order: into the table, its size onto its level.
 
     Returns ``OK``, ``LEVEL_DROPPED`` (kept in the table, its level beyond
-    capacity), or an error (``BAD_SYMBOL``, ``BAD_SIDE``, ``BAD_QUANTITY`` for
+    capacity), or an error (``BAD_SYMBOL``, ``INVALID_SIDE``, ``BAD_QUANTITY`` for
     a size <= 0, ``DUPLICATE_ORDER``, ``ORDER_TABLE_FULL``) with nothing changed.
     """
     book = borrow(book)     # the caller's reference keeps it alive: no counting
@@ -153,7 +154,7 @@ def add_order(book, symbol, order_id, side, price, quantity):
         return BAD_SYMBOL
     side_index = _side_index(side)
     if side_index < 0:
-        return BAD_SIDE
+        return INVALID_SIDE
     if quantity <= 0:
         return BAD_QUANTITY
     orders = book.orders

@@ -9,7 +9,7 @@ Two ways to use it from research code:
   consistent there). ``state`` is anything numba can pass (an array, a tuple
   of arrays, a namedtuple); the callback reads the book with the queries of
   :mod:`ringbook.kernels.book` and writes what it wants into ``state``. Its return
-  value is ignored. The book it gets is borrowed (:func:`~ringbook.kernels.book.borrow`):
+  value is ignored. The book it gets is borrowed (:func:`~ringbook.kernels.borrow.borrow`):
   read and change it, but do not keep it beyond the call.
 - Or write your own ``@njit`` loop that calls :func:`apply_event` and the
   queries directly.
@@ -40,6 +40,11 @@ STATUS            ``book.trading_status[symbol] = quantity`` (a ``STATUS_*`` cod
 SEQUENCE          nothing but the sequence checks (a message that changes no level,
                   e.g. a Binance diff with no levels, still moves the sequence on).
 
+After an event flagged ``FLAG_BATCH_END`` (the end of a message), a symbol
+with ``book.max_levels[symbol] > 0`` keeps only that many levels per side
+(:func:`~ringbook.kernels.book.truncate`): the replay of an exchange that
+publishes its best ``N`` levels.
+
 Sequence checks (see :mod:`ringbook.kernels.book`) apply to the kinds that change
 levels (L2_SET, L3_ADD/CANCEL/DELETE/EXECUTE, CLEAR) and to SEQUENCE, with
 ``sequence != 0`` and without ``FLAG_SNAPSHOT``; the other kinds are never stale.
@@ -47,11 +52,11 @@ levels (L2_SET, L3_ADD/CANCEL/DELETE/EXECUTE, CLEAR) and to SEQUENCE, with
 Speed
 -----
 ``apply_events`` and ``replay`` inline the body of ``apply_event`` into
-their loop and work on a :func:`~ringbook.kernels.book.borrow`-ed book (no reference
+their loop and work on a :func:`~ringbook.kernels.borrow.borrow`-ed book (no reference
 counting per event). ``apply_event`` borrows too, inside, but it is a call
-that passes the book's ten arrays (~20 ns an event more than the inlined
-loops); in your own loop, ``book = borrow(book)`` before the loop saves the
-reference counting around that call.
+that passes every array of the book, which the inlined loops do not; in your
+own loop, ``book = borrow(book)`` before the loop saves the reference
+counting around that call.
 
 Caching
 -------
@@ -67,16 +72,18 @@ a replay cached on disk writes their own loop (the second pattern) with
 
 import numpy as np
 
-from ringbook.kernels.book import (BAD_INDEX, BAD_KIND, BAD_QUANTITY, BAD_SIDE, BAD_SYMBOL, GAP, OK,
-                          STALE, STAT_GAPS, STAT_STALE, _side_index, _update_level, borrow,
-                          check_status, clear)
+from ringbook.kernels.book import (STAT_GAPS, STAT_STALE, _side_index, _truncate_side,
+                                   _update_level, check_status, clear)
+from ringbook.kernels.borrow import borrow
 from ringbook.kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_CLEAR,
-                            KIND_L2_SET, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE,
-                            KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_SEQUENCE,
-                            KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_STATUS, KIND_TOP_OF_BOOK,
-                            KIND_TRADE)
+                                     KIND_L2_SET, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE,
+                                     KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_SEQUENCE,
+                                     KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, KIND_STATUS,
+                                     KIND_TOP_OF_BOOK, KIND_TRADE)
 from ringbook.kernels.jit_options import inline_kernel, kernel, kernel_with_callback
 from ringbook.kernels.orders import _reduce_order, add_order, clear_orders
+from ringbook.kernels.status import (BAD_INDEX, BAD_KIND, BAD_QUANTITY, BAD_SYMBOL, GAP,
+                                     INVALID_SIDE, OK, STALE)
 
 #: Call the replay's callback after every event.
 EVERY_EVENT = 0
@@ -128,7 +135,7 @@ def apply_event(book, events, i):
         case nothing was applied.
     """
     # Borrowed: the caller's references keep both alive for the call, and an
-    # uncounted body costs no atomic reference counting per event (~50 ns).
+    # uncounted body costs no atomic reference counting per event.
     return _apply_event(borrow(book), borrow(events), i)
 
 
@@ -161,7 +168,7 @@ def _apply_event(book, events, i):
     if kind == KIND_L2_SET:
         side_index = _side_index(side)
         if side_index < 0:
-            status = BAD_SIDE
+            status = INVALID_SIDE
         elif event.quantity < 0:
             status = BAD_QUANTITY
         else:
@@ -171,6 +178,10 @@ def _apply_event(book, events, i):
                               event.order_id, sequence)
     if status < 0:
         return status
+    if (flags & FLAG_BATCH_END) and book.max_levels[symbol] > 0:
+        # A feed of the exchange's best N levels: forget what left its view.
+        _truncate_side(book, symbol, 0, book.max_levels[symbol])
+        _truncate_side(book, symbol, 1, book.max_levels[symbol])
     if checked and (flags & FLAG_BATCH_END):
         book.sequences[symbol] = sequence
         if gap:
@@ -248,7 +259,7 @@ def replay_events(book, events, callback=None, state=None, every=EVERY_EVENT):
         On an error status, naming the event's index.
     """
     if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE or events.ndim != 1:
-        raise TypeError("events must be a 1-d numpy array of kernels.events.EVENT_DTYPE")
+        raise TypeError("events must be a 1-d numpy array of ringbook.kernels.events.EVENT_DTYPE")
     if every not in (EVERY_EVENT, EVERY_BATCH):
         raise ValueError(f"every must be EVERY_EVENT or EVERY_BATCH, got {every!r}")
     if callback is None:

@@ -15,6 +15,7 @@ operation; the latency statistics cover the successful operations.
 import numpy as np
 
 from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.limits import INT64_MAX, INT64_MIN
 
 # Indices into the summary array.
 COUNT = 0  #: operations recorded, successes and errors
@@ -25,9 +26,6 @@ LATENCY_SUM = 4  #: sum of the successful operations' latencies, ns
 LATENCY_MIN = 5  #: INT64_MAX when there is no latency yet
 LATENCY_MAX = 6  #: INT64_MIN when there is no latency yet
 SUMMARY_LEN = 7
-
-INT64_MAX = np.iinfo(np.int64).max
-INT64_MIN = np.iinfo(np.int64).min
 
 
 @kernel

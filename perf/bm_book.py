@@ -35,7 +35,7 @@ and ask are compared after every event, so both really build the same book.
 Targets: L2 touch replay >= 10x hftbacktest's per-event replay, >= 3x its
 bulk replay, >= 100 M events/s; L3 >= 10x hftbacktest's L3 replay.
 
-Run: ``python perf/bm_book.py -o book.json`` (``--fast`` for a quick look).
+Run: ``python perf/bm_book.py -o perf/results/book.json`` (``--fast`` for a quick look).
 """
 
 import time
@@ -46,7 +46,7 @@ from hftbacktest import (ADD_ORDER_EVENT, BUY_EVENT, CANCEL_ORDER_EVENT, DEPTH_E
                          EXCH_EVENT, LOCAL_EVENT, MODIFY_ORDER_EVENT, SELL_EVENT,
                          BacktestAsset, HashMapMarketDepthBacktest, event_dtype)
 
-from harness import make_runner, report_ratios
+from harness import Comparison, Limit, bench, run_subject
 
 from ringbook.kernels.book import best_ask, best_bid, new_book
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_ADD,
@@ -308,31 +308,31 @@ check_same_books(L2_EVENTS, L2_PEER, l3=False)
 check_same_books(L3_EVENTS, L3_PEER, l3=True)
 
 
-def main():
-    runner = make_runner()
-    results = {}
-    for name, func, args in (
-        ("ringbook_l2_replay_touch", time_replay_touch, (L2_EVENTS,)),
-        ("ringbook_l2_apply_events", time_apply_events, (L2_EVENTS,)),
-        ("hftbacktest_l2_per_event", time_peer, (L2_PEER, False, peer_per_event)),
-        ("hftbacktest_l2_bulk", time_peer, (L2_PEER, False, peer_bulk)),
-        ("ringbook_l3_replay_touch", time_replay_touch, (L3_EVENTS,)),
-        ("ringbook_l3_apply_events", time_apply_events, (L3_EVENTS,)),
-        ("hftbacktest_l3_per_event", time_peer, (L3_PEER, True, peer_per_event)),
-        ("hftbacktest_l3_bulk", time_peer, (L3_PEER, True, peer_bulk)),
-    ):
-        results[name] = runner.bench_time_func(name, func, *args, inner_loops=len(args[0]))
-    report_ratios(results, [
-        ("ringbook_l2_replay_touch", "hftbacktest_l2_per_event"),
-        ("ringbook_l2_replay_touch", "hftbacktest_l2_bulk"),
-        ("ringbook_l2_apply_events", "hftbacktest_l2_bulk"),
-        ("ringbook_l3_replay_touch", "hftbacktest_l3_per_event"),
-        ("ringbook_l3_apply_events", "hftbacktest_l3_bulk"),
-    ])
-    touch = results.get("ringbook_l2_replay_touch")
-    if touch is not None and not runner.args.worker:
-        print(f"  ringbook_l2_replay_touch: {1 / touch.median() / 1e6:.1f} M events/s")
+BENCHMARKS = {
+    "ringbook_l2_replay_touch": bench(time_replay_touch, L2_EVENTS, inner_loops=L2_COUNT),
+    "ringbook_l2_apply_events": bench(time_apply_events, L2_EVENTS, inner_loops=L2_COUNT),
+    "hftbacktest_l2_per_event": bench(time_peer, L2_PEER, False, peer_per_event, inner_loops=L2_COUNT),
+    "hftbacktest_l2_bulk": bench(time_peer, L2_PEER, False, peer_bulk, inner_loops=L2_COUNT),
+    "ringbook_l3_replay_touch": bench(time_replay_touch, L3_EVENTS, inner_loops=L3_COUNT),
+    "ringbook_l3_apply_events": bench(time_apply_events, L3_EVENTS, inner_loops=L3_COUNT),
+    "hftbacktest_l3_per_event": bench(time_peer, L3_PEER, True, peer_per_event, inner_loops=L3_COUNT),
+    "hftbacktest_l3_bulk": bench(time_peer, L3_PEER, True, peer_bulk, inner_loops=L3_COUNT),
+}
+COMPARISONS = [
+    Comparison("ringbook_l2_replay_touch", "hftbacktest_l2_per_event", at_least=10,
+               means="L2 replay reading the touch after every event, vs its per-event replay",
+               peer_package="hftbacktest"),
+    Comparison("ringbook_l2_replay_touch", "hftbacktest_l2_bulk", at_least=3,
+               means="the same, vs its fastest bulk replay", peer_package="hftbacktest"),
+    Limit("ringbook_l2_replay_touch", at_most=10e-9, means="100 M events/s: at most 10 ns an event"),
+    Comparison("ringbook_l2_apply_events", "hftbacktest_l2_bulk",
+               means="L2 apply_events (no reads) vs its bulk replay", peer_package="hftbacktest"),
+    Comparison("ringbook_l3_replay_touch", "hftbacktest_l3_per_event", at_least=10,
+               means="L3 replay with reads vs its per-event L3 replay", peer_package="hftbacktest"),
+    Comparison("ringbook_l3_apply_events", "hftbacktest_l3_bulk",
+               means="L3 apply_events vs its bulk L3 replay", peer_package="hftbacktest"),
+]
 
 
 if __name__ == "__main__":
-    main()
+    run_subject("Order books", BENCHMARKS, COMPARISONS)

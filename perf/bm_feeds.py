@@ -18,7 +18,7 @@ as the tests find them; decompressed to a temporary file), or a synthetic market
 of the same formats when they are absent. The readers stream: these figures
 include reading the file in blocks within the default memory limit.
 
-Run: ``python perf/bm_feeds.py -o feeds.json`` (``--fast`` for a quick look).
+Run: ``python perf/bm_feeds.py -o perf/results/feeds.json`` (``--fast`` for a quick look).
 """
 
 import gzip
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import make_runner, report_ratios
+from harness import Comparison, bench, run_subject
 
 from ringbook.engine.feeds import binance, lobster, synthetic
 
@@ -97,18 +97,18 @@ HEADER_ROWS = 1 if MESSAGES.read_bytes()[:1].isalpha() else 0
 assert len(binance.read_capture(CAPTURE)) > CAPTURE_LINES
 assert len(lobster.read_messages(MESSAGES)) == MESSAGE_LINES - HEADER_ROWS
 
+BENCHMARKS = {
+    "feeds_binance": bench(time_binance, CAPTURE, inner_loops=CAPTURE_LINES),
+    "binance_json_peer": bench(time_json, CAPTURE, inner_loops=CAPTURE_LINES),
+    "feeds_lobster": bench(time_lobster, MESSAGES, inner_loops=MESSAGE_LINES),
+    "lobster_loadtxt_peer": bench(time_loadtxt, MESSAGES, HEADER_ROWS, inner_loops=MESSAGE_LINES),
+}
+COMPARISONS = [
+    Comparison("feeds_binance", "binance_json_peer",
+               means="faster than a bare json.loads per line (which makes no events)"),
+    Comparison("feeds_lobster", "lobster_loadtxt_peer",
+               means="faster than numpy.loadtxt (inexact floats)", peer_package="numpy"),
+]
+
 if __name__ == "__main__":
-    runner = make_runner()
-    runner.metadata["feeds_data"] = ORIGIN
-    benchmarks = {
-        "feeds_binance": runner.bench_time_func(
-            "feeds_binance", time_binance, CAPTURE, inner_loops=CAPTURE_LINES),
-        "binance_json_peer": runner.bench_time_func(
-            "binance_json_peer", time_json, CAPTURE, inner_loops=CAPTURE_LINES),
-        "feeds_lobster": runner.bench_time_func(
-            "feeds_lobster", time_lobster, MESSAGES, inner_loops=MESSAGE_LINES),
-        "lobster_loadtxt_peer": runner.bench_time_func(
-            "lobster_loadtxt_peer", time_loadtxt, MESSAGES, HEADER_ROWS, inner_loops=MESSAGE_LINES),
-    }
-    report_ratios(benchmarks, [("feeds_binance", "binance_json_peer"),
-                               ("feeds_lobster", "lobster_loadtxt_peer")])
+    run_subject("Feed readers", BENCHMARKS, COMPARISONS, metadata={"feeds_data": ORIGIN})

@@ -12,7 +12,7 @@ like "61737.63000000", quantities like "0.00012345") in a JSON-ish buffer
 
 Targets: at least 10x faster than ``decimal_peer`` and 3x faster than ``float_peer``.
 
-Run: ``python perf/bm_fixed.py -o fixed.json`` (``--fast`` for a quick look).
+Run: ``python perf/bm_fixed.py -o perf/results/fixed.json`` (``--fast`` for a quick look).
 """
 
 import time
@@ -20,7 +20,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from harness import make_runner, report_ratios
+from harness import Comparison, bench, run_subject
 
 from ringbook.kernels.fixed import OK, parse_decimals, scan_decimals
 from ringbook.kernels.jit_options import kernel
@@ -88,16 +88,17 @@ OUT = np.empty(VALUES, dtype=np.int64)
 assert parse_decimals(TEXT, SCALE).tolist() == [int(Decimal(s) * 10 ** SCALE) for s in STRINGS]
 scan_repeatedly(BUFFER, OUT, 1)
 
+BENCHMARKS = {
+    "fixed_scan_decimals": bench(time_scan, BUFFER, OUT, inner_loops=VALUES),
+    "decimal_peer": bench(time_decimal, STRINGS, inner_loops=VALUES),
+    "float_peer": bench(time_float, STRINGS, inner_loops=VALUES),
+}
+COMPARISONS = [
+    Comparison("fixed_scan_decimals", "decimal_peer", at_least=10,
+               means="faster than int(Decimal(s) * 10**8), per value"),
+    Comparison("fixed_scan_decimals", "float_peer", at_least=3,
+               means="faster than float(s), which is inexact"),
+]
+
 if __name__ == "__main__":
-    runner = make_runner()
-    runner.metadata["fixed_values"] = str(VALUES)
-    benchmarks = {
-        "fixed_scan_decimals": runner.bench_time_func(
-            "fixed_scan_decimals", time_scan, BUFFER, OUT, inner_loops=VALUES),
-        "decimal_peer": runner.bench_time_func(
-            "decimal_peer", time_decimal, STRINGS, inner_loops=VALUES),
-        "float_peer": runner.bench_time_func(
-            "float_peer", time_float, STRINGS, inner_loops=VALUES),
-    }
-    report_ratios(benchmarks, [("fixed_scan_decimals", "decimal_peer"),
-                               ("fixed_scan_decimals", "float_peer")])
+    run_subject("Fixed point", BENCHMARKS, COMPARISONS, metadata={"fixed_values": str(VALUES)})

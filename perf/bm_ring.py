@@ -42,7 +42,7 @@ import uuid
 import numba
 import numpy as np
 
-from harness import make_runner, report_ratios
+from harness import Comparison, Limit, add_values, bench, make_runner, run_subject
 
 import ring_workers as workers
 from ringbook.engine.ring import Ring, new_state
@@ -405,48 +405,74 @@ def print_latency(latency):
     print(f"  (target: ring <= {TARGET_RATIO:g}x ping-pong at p50 and p99, in the median alternation)")
 
 
+def benchmark_table(benchmarks):
+    """Every pyperf benchmark of the subject, by name."""
+    batch = workers.BATCH
+    return {
+        "ring_single_thread": bench(benchmarks.single_thread),
+        f"ring_single_thread_batch{batch}": bench(benchmarks.single_thread_batch, inner_loops=batch),
+        "ring_threads": bench(benchmarks.threads),
+        f"ring_threads_batch{batch}": bench(benchmarks.threads_batch, inner_loops=batch),
+        "ring_threads_large": bench(benchmarks.threads_large),
+        "ring_threads_large_evict": bench(benchmarks.threads_large_evict),
+        "ring_threads_two_consumers": bench(benchmarks.threads_two_consumers),
+        "ring_processes": bench(benchmarks.processes),
+        f"ring_processes_batch{batch}": bench(benchmarks.processes_batch),
+        "multiprocessing_queue": bench(benchmarks.multiprocessing_queue),
+        "faster_fifo_queue": bench(benchmarks.faster_fifo_queue),
+        "posix_ipc_queue": bench(benchmarks.posix_ipc_queue),
+    }
+
+
+_BATCH = f"batch{workers.BATCH}"
+COMPARISONS = [
+    Limit("ring_single_thread", at_most=1 / 54.88e6, means="one thread: at least 54.9 M msg/s"),
+    Comparison(f"ring_single_thread_{_BATCH}", "ring_single_thread", means="batches of 64 vs single, one thread"),
+    Limit("ring_threads", at_most=1 / 50e6, means="two threads: at least 50 M msg/s"),
+    Comparison(f"ring_threads_{_BATCH}", "ring_threads", means="batches of 64 vs single, two threads"),
+    Comparison("ring_threads_large", "ring_threads_large_evict",
+               means="4 MiB ring: evicting as the ring decides vs always"),
+    Comparison("ring_threads_large", "ring_threads_two_consumers",
+               means="4 MiB ring: one consumer vs two in one thread"),
+    Limit("ring_processes", at_most=1 / 50e6, means="two processes: at least 50 M msg/s"),
+    Comparison(f"ring_processes_{_BATCH}", "ring_processes", means="batches of 64 vs single, two processes"),
+    Comparison("ring_processes", "multiprocessing_queue", at_least=100,
+               means="faster than multiprocessing.Queue across processes"),
+    Comparison("ring_processes", "faster_fifo_queue", at_least=50,
+               means="faster than faster-fifo across processes", peer_package="faster-fifo"),
+    Comparison("ring_processes", "posix_ipc_queue", at_least=50,
+               means="faster than a POSIX message queue", peer_package="posix-ipc"),
+    Comparison(f"ring_processes_{_BATCH}", "posix_ipc_queue",
+               means="batches of 64 vs a POSIX message queue", peer_package="posix-ipc"),
+    # Measured after the pyperf runs (see measure_latency); values are per alternation.
+    Limit("ring_latency_p50_vs_pingpong", at_most=TARGET_RATIO, unit="x",
+          means="one-way latency p50, ring over a bare ping-pong, median alternation"),
+    Limit("ring_latency_p99_vs_pingpong", at_most=TARGET_RATIO, unit="x",
+          means="the same at p99"),
+]
+
+
+def store_latency(runner, latency):
+    """The latency measurement's figures, added to the runner's output file."""
+    to_seconds = latency.calibration.to_ns(1) * 1e-9
+    for percentile in TARGET_PERCENTILES:
+        label = f"p{percentile:g}"
+        add_values(runner, f"ring_latency_{label}_vs_pingpong", latency.round_ratios[percentile],
+                   unit="integer")
+        for side, histogram in (("ring", latency.ring), ("pingpong", latency.pingpong)):
+            add_values(runner, f"{side}_latency_{label}",
+                       [histogram.value_at_percentile(percentile) * to_seconds])
+
+
 def main():
     benchmarks = Benchmarks()
-    runner = make_runner()
-    runner.metadata["ring_message_bytes"] = workers.MESSAGE_BYTES
-    runner.metadata["ring_slots"] = f"{SLOT_COUNT} x {SLOT_SIZE} B"
-    runner.metadata["ring_large_slots"] = f"{LARGE_SLOT_COUNT} x {SLOT_SIZE} B"
-    runner.metadata["l2_cache_bytes"] = str(l2_cache_bytes())
-    runner.metadata["ring_large_evicts"] = str(benchmarks.large.evicts_by_default)
-    batch = workers.BATCH
-    results = {
-        "ring_single_thread": runner.bench_time_func("ring_single_thread", benchmarks.single_thread),
-        f"ring_single_thread_batch{batch}": runner.bench_time_func(
-            f"ring_single_thread_batch{batch}", benchmarks.single_thread_batch, inner_loops=batch),
-        "ring_threads": runner.bench_time_func("ring_threads", benchmarks.threads),
-        f"ring_threads_batch{batch}": runner.bench_time_func(
-            f"ring_threads_batch{batch}", benchmarks.threads_batch, inner_loops=batch),
-        "ring_threads_large": runner.bench_time_func("ring_threads_large", benchmarks.threads_large),
-        "ring_threads_large_evict": runner.bench_time_func("ring_threads_large_evict",
-                                                           benchmarks.threads_large_evict),
-        "ring_threads_two_consumers": runner.bench_time_func("ring_threads_two_consumers",
-                                                             benchmarks.threads_two_consumers),
-        "ring_processes": runner.bench_time_func("ring_processes", benchmarks.processes),
-        f"ring_processes_batch{batch}": runner.bench_time_func(
-            f"ring_processes_batch{batch}", benchmarks.processes_batch),
-        "multiprocessing_queue": runner.bench_time_func("multiprocessing_queue",
-                                                        benchmarks.multiprocessing_queue),
-        "faster_fifo_queue": runner.bench_time_func("faster_fifo_queue", benchmarks.faster_fifo_queue),
-        "posix_ipc_queue": runner.bench_time_func("posix_ipc_queue", benchmarks.posix_ipc_queue),
-    }
-    report_ratios(results, [
-        (f"ring_single_thread_batch{batch}", "ring_single_thread"),
-        (f"ring_threads_batch{batch}", "ring_threads"),
-        ("ring_threads_large", "ring_threads_large_evict"),
-        ("ring_threads_large", "ring_threads_two_consumers"),
-        (f"ring_processes_batch{batch}", "ring_processes"),
-        ("ring_processes", "multiprocessing_queue"),
-        ("ring_processes", "faster_fifo_queue"),
-        ("ring_processes", "posix_ipc_queue"),
-        (f"ring_processes_batch{batch}", "multiprocessing_queue"),
-        (f"ring_processes_batch{batch}", "faster_fifo_queue"),
-        (f"ring_processes_batch{batch}", "posix_ipc_queue"),
-    ])
+    runner, results = run_subject("Ring slots", benchmark_table(benchmarks), COMPARISONS, metadata={
+        "ring_message_bytes": workers.MESSAGE_BYTES,
+        "ring_slots": f"{SLOT_COUNT} x {SLOT_SIZE} B",
+        "ring_large_slots": f"{LARGE_SLOT_COUNT} x {SLOT_SIZE} B",
+        "l2_cache_bytes": str(l2_cache_bytes()),
+        "ring_large_evicts": str(benchmarks.large.evicts_by_default),
+    })
     if all(result is not None for result in results.values()):
         print()
         print("Messages per second (median):")
@@ -455,7 +481,9 @@ def main():
         ratio = 1 / results["ring_single_thread"].median() / SEED_SINGLE_THREAD
         print(f"  ring_single_thread vs the seed's {SEED_SINGLE_THREAD / 1e6} M msg/s: {ratio:.2f}x")
     if not runner.args.worker:
-        print_latency(measure_latency())
+        latency = measure_latency()
+        print_latency(latency)
+        store_latency(runner, latency)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Latency statistics: histogram record and percentile query against the ``hdrh``
 package, window percentiles against ``numpy.percentile``, on the same data.
 
-Run: ``python perf/bm_stats.py -o stats.json`` (``--fast`` for a quick look).
+Run: ``python perf/bm_stats.py -o perf/results/stats.json`` (``--fast`` for a quick look).
 """
 
 import time
@@ -10,7 +10,7 @@ import numpy as np
 from ddsketch import DDSketch
 from hdrh.histogram import HdrHistogram
 
-from harness import make_runner, report_ratios
+from harness import Comparison, Limit, bench, run_subject
 
 from ringbook.kernels import hist, window
 from ringbook.kernels.jit_options import kernel
@@ -126,28 +126,26 @@ def time_numpy_percentile(loops):
     return time.perf_counter() - start
 
 
+BENCHMARKS = {
+    "hist_record_njit": bench(time_hist_record, inner_loops=RECORD_VALUES),
+    "hdrh_record_value": bench(time_hdrh_record, inner_loops=PEER_RECORD_VALUES),
+    "ddsketch_add": bench(time_ddsketch_add, inner_loops=PEER_RECORD_VALUES),
+    "hist_value_at_percentile_njit": bench(time_hist_percentile),
+    "hdrh_get_value_at_percentile": bench(time_hdrh_percentile),
+    "window_p50_p95_p99_njit": bench(time_window_quantiles),
+    "numpy_percentile_nearest": bench(time_numpy_percentile),
+}
+COMPARISONS = [
+    Limit("hist_record_njit", at_most=10e-9, means="at most 10 ns a value"),
+    Comparison("hist_record_njit", "hdrh_record_value", at_least=50,
+               means="faster than hdrh's record_value", peer_package="hdrhistogram"),
+    Comparison("hist_record_njit", "ddsketch_add", means="faster than DDSketch.add",
+               peer_package="ddsketch"),
+    Comparison("hist_value_at_percentile_njit", "hdrh_get_value_at_percentile", at_least=20,
+               means="faster p99 query than hdrh", peer_package="hdrhistogram"),
+    Comparison("window_p50_p95_p99_njit", "numpy_percentile_nearest", at_least=1,
+               means="faster window p50/p95/p99 than numpy.percentile", peer_package="numpy"),
+]
+
 if __name__ == "__main__":
-    runner = make_runner()
-    runner.metadata["description"] = __doc__.splitlines()[0]
-    benchmarks = {
-        "hist_record_njit": runner.bench_time_func(
-            "hist_record_njit", time_hist_record, inner_loops=RECORD_VALUES),
-        "hdrh_record_value": runner.bench_time_func(
-            "hdrh_record_value", time_hdrh_record, inner_loops=PEER_RECORD_VALUES),
-        "ddsketch_add": runner.bench_time_func(
-            "ddsketch_add", time_ddsketch_add, inner_loops=PEER_RECORD_VALUES),
-        "hist_value_at_percentile_njit": runner.bench_time_func(
-            "hist_value_at_percentile_njit", time_hist_percentile),
-        "hdrh_get_value_at_percentile": runner.bench_time_func(
-            "hdrh_get_value_at_percentile", time_hdrh_percentile),
-        "window_p50_p95_p99_njit": runner.bench_time_func(
-            "window_p50_p95_p99_njit", time_window_quantiles),
-        "numpy_percentile_nearest": runner.bench_time_func(
-            "numpy_percentile_nearest", time_numpy_percentile),
-    }
-    report_ratios(benchmarks, [
-        ("hist_record_njit", "hdrh_record_value"),
-        ("hist_record_njit", "ddsketch_add"),
-        ("hist_value_at_percentile_njit", "hdrh_get_value_at_percentile"),
-        ("window_p50_p95_p99_njit", "numpy_percentile_nearest"),
-    ])
+    run_subject("Latency statistics", BENCHMARKS, COMPARISONS)

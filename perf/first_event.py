@@ -3,22 +3,25 @@
 With Numba's compile cache warm (the first run below fills it), each run
 starts a new interpreter that imports :mod:`ringbook.kernels.book` and
 :mod:`ringbook.kernels.replay`, makes a book for 2048 symbols and replays one L2
-event through :func:`ringbook.kernels.replay.replay_events`. Printed per run:
+event through :func:`ringbook.kernels.replay.replay_events`. Timed per process:
 
-- ``process``: the whole process, interpreter start to exit, measured outside;
-- ``import+first``: inside the process, from before the first ringbook import
-  to after the first event is applied.
+- ``first_event_process``: the whole process, interpreter start to exit,
+  measured outside;
+- ``first_event_import_and_apply``: inside the process, from before the first
+  ringbook import to after the first event is applied.
 
-Target: ``process`` <= 1 s.
+Target: ``first_event_process`` <= 1 s.
 
-Run: ``python perf/first_event.py [runs]`` (5 by default).
+Run: ``python perf/first_event.py -p 2 -n 3 -o perf/results/first_event.json``
+(every value is a new process: a few are enough).
 """
 
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import Limit, bench, run_subject
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +48,24 @@ def run_once():
     return time.perf_counter() - started, float(output.strip().splitlines()[-1])
 
 
-def main(runs=5):
-    run_once()                                   # fills the compile cache if it is cold
-    results = [run_once() for _ in range(runs)]
-    for process, inside in results:
-        print(f"process {process:.3f} s   import+first {inside:.3f} s")
-    print(f"median: process {statistics.median(p for p, _ in results):.3f} s, "
-          f"import+first {statistics.median(i for _, i in results):.3f} s (target: process <= 1 s)")
+def time_process(loops):
+    return sum(run_once()[0] for _ in range(loops))
+
+
+def time_inside(loops):
+    return sum(run_once()[1] for _ in range(loops))
+
+
+BENCHMARKS = {
+    "first_event_process": bench(time_process),
+    "first_event_import_and_apply": bench(time_inside),
+}
+COMPARISONS = [
+    Limit("first_event_process", at_most=1.0,
+          means="a fresh process imports, makes a book and applies an event within 1 s"),
+]
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    run_once()                                   # fills the compile cache if it is cold
+    run_subject("First event in a fresh process", BENCHMARKS, COMPARISONS)

@@ -38,6 +38,10 @@ _EXPORTS = {
     "read_kalshi": ("ringbook.engine.feeds.kalshi", "read_messages"),
     "check_lobster": ("ringbook.engine.check", "check_lobster"),
     "check_binance": ("ringbook.engine.check", "check_binance"),
+    "JournalWriter": ("ringbook.engine.journal", "JournalWriter"),
+    "JournalReader": ("ringbook.engine.journal", "JournalReader"),
+    "Flusher": ("ringbook.engine.flusher", "Flusher"),
+    "replay_files": ("ringbook.engine.batch", "replay_files"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -42,9 +42,18 @@ def naive_parse_decimal(text, scale):
     return value, "OK"
 
 
-def naive_format_decimal(value, scale):
-    """The text of ``value`` at ``scale`` decimals, via ``decimal.Decimal``."""
-    return format(_decimal.Decimal(value).scaleb(-scale), "f")
+def naive_format_decimal(value, scale, trim=False):
+    """The text of ``value`` at ``scale`` decimals, via ``decimal.Decimal``; with
+    ``trim``, its shortest text (no trailing zeros after the dot, no bare dot)."""
+    number = _decimal.Decimal(value).scaleb(-scale)
+    if trim:
+        number = number.normalize() if number else _decimal.Decimal(0)
+    return format(number, "f")
+
+
+def naive_decimal_places(text):
+    """The fewest decimals that hold ``text`` exactly, via ``decimal.Decimal``."""
+    return max(0, -_decimal.Decimal(text).normalize().as_tuple().exponent)
 
 
 def naive_rescale(value, from_scale, to_scale, rounding):
@@ -196,6 +205,7 @@ class NaiveBook:
         self.orders = {}        # (symbol, order_id) -> [side, price, quantity]
         self.sequences = {}
         self.trading_status = {}
+        self.max_levels = {}    # symbol -> levels kept per side after each message
         self.stale = self.gaps = self.unknown_orders = 0
 
     def side(self, symbol, side):
@@ -219,6 +229,15 @@ class NaiveBook:
     def best(self, symbol, side):
         levels = self.sorted_levels(symbol, side)
         return levels[0] if levels else None
+
+    def truncate(self, symbol, side, keep):
+        """Keep the best ``keep`` levels of ``side`` (0: of each); return how many went."""
+        deleted = 0
+        for one_side in ((1, -1) if side == 0 else (side,)):
+            for price, _ in self.sorted_levels(symbol, one_side)[keep:]:
+                del self.side(symbol, one_side)[price]
+                deleted += 1
+        return deleted
 
     def clear(self, symbol, side):
         for one_side in ((1, -1) if side == 0 else (side,)):
@@ -251,7 +270,8 @@ class NaiveBook:
         kind, symbol, side = int(event["kind"]), int(event["symbol"]), int(event["side"])
         price, quantity, sequence = int(event["price"]), int(event["quantity"]), int(event["sequence"])
         batch_end = bool(event["flags"] & 1)
-        checked = sequence != 0 and not (event["flags"] & 2) and kind in (1, 2, 3, 4, 5, 8)
+        # KIND_SEQUENCE (13) changes nothing but runs these rules.
+        checked = sequence != 0 and not (event["flags"] & 2) and kind in (1, 2, 3, 4, 5, 8, 13)
         gap = False
         if checked:
             held = self.sequences.get(symbol, 0)
@@ -277,6 +297,8 @@ class NaiveBook:
             self.sequences[symbol] = sequence
         elif kind == 11:
             self.trading_status[symbol] = quantity
+        if batch_end and self.max_levels.get(symbol, 0) > 0:
+            self.truncate(symbol, 0, self.max_levels[symbol])
         if checked and batch_end:
             self.sequences[symbol] = sequence
             self.gaps += gap
@@ -300,6 +322,23 @@ class NaiveBook:
             filled += take
             cost += price * take
         return filled, cost
+
+
+def naive_make_events(message=None, **columns):
+    """kernels.events.make_events as a loop: one dict per event, FLAG_BATCH_END (1)
+    on the last event of each run of equal message ids (of all, without ids)."""
+    count = max([len(value) for value in columns.values() if hasattr(value, "__len__")]
+                + ([len(message)] if message is not None else []) + [1])
+    events = []
+    for index in range(count):
+        event = {name: int(value[index] if hasattr(value, "__len__") else value)
+                 for name, value in columns.items()}
+        last = index == count - 1
+        if message is not None and not last:
+            last = message[index] != message[index + 1]
+        event["flags"] = event.get("flags", 0) | (1 if last else 0)
+        events.append(event)
+    return events
 
 
 # ---------------------------------------------------------------------------
@@ -437,7 +476,10 @@ def lobster_check(message_path, orderbook_path):
 
 
 def binance_events(path):
-    """A Binance capture's events in file order (no sync), as dicts (see engine.feeds.binance)."""
+    """A Binance capture's events in file order (no sync), as dicts (see engine.feeds.binance).
+
+    A diff with no levels is one KIND_SEQUENCE event: it moves the sequence on.
+    """
     events = []
     for number, line in _feed_lines(path):
         local, text = line.split(" ", 1)
@@ -453,14 +495,14 @@ def binance_events(path):
 
         if data.get("e") == "depthUpdate":
             previous = data["pu"] if "pu" in data else data["U"] - 1
-            common = dict(exchange_ns=data["E"] * 10**6, sequence=data["u"], prev_sequence=previous,
-                          kind=1)
+            common = dict(exchange_ns=data["E"] * 10**6, sequence=data["u"], prev_sequence=previous)
             start = len(events)
             for side, key in ((1, "b"), (-1, "a")):
                 for price, quantity in data[key]:
-                    event(price=_fixed(price, 8), quantity=_fixed(quantity, 8), side=side, **common)
+                    event(kind=1, price=_fixed(price, 8), quantity=_fixed(quantity, 8), side=side,
+                          **common)
             if len(events) == start:
-                event(price=2**63 - 1, side=1, **common)
+                event(kind=13, **common)
             events[-1]["flags"] = 1
         elif "lastUpdateId" in data:
             event(kind=9, flags=2)
@@ -588,42 +630,111 @@ class NaiveRing:
         return self.slot_count - (len(self.messages) - min(self.positions))
 
 
+# ---------------------------------------------------------------- journal (kernels/crc32c.py, kernels/journal.py)
+
+import struct as _struct  # noqa: E402
+
+
+def naive_crc32c(data, seed=0):
+    """CRC32C bit by bit: reflected polynomial 0x82F63B78, initial and final value inverted."""
+    state = seed ^ 0xFFFFFFFF
+    for byte in bytes(data):
+        state ^= byte
+        for _ in range(8):
+            state = (state >> 1) ^ (0x82F63B78 if state & 1 else 0)
+    return state ^ 0xFFFFFFFF
+
+
+def naive_record(payload, sequence, receive_tsc, receive_ns, kind, flags):
+    """The bytes of one journal record, by ``struct`` (see kernels/journal.py's layout)."""
+    payload = bytes(payload)
+    padding = b"\0" * (-len(payload) % 8)
+    rest = _struct.pack("<qqqHHI", sequence, receive_tsc, receive_ns, kind, 0, flags) + payload + padding
+    checked = _struct.pack("<I", len(payload)) + rest
+    return _struct.pack("<I", naive_crc32c(checked)) + checked
+
+
+def naive_seek(records, sequence=None, time=None):
+    """Sequence of the first record with sequence >= ``sequence`` or receive ns >= ``time``,
+    by a linear scan of ``(sequence, receive_ns)`` pairs; one past the last when none."""
+    for found, receive_ns in records:
+        if (sequence is not None and found >= sequence) or (time is not None and receive_ns >= time):
+            return found
+    return records[-1][0] + 1 if records else 0
+
+
 # ---------------------------------------------------------------------------
-# KIND_SEQUENCE (13): a message that changes nothing but carries its sequence
-# (a Binance diff with no levels). NaiveBook applies only its sequence rules,
-# and binance_events emits one such event where the section above writes a
-# no-op level for an empty diff.
+# Book snapshots at interval boundaries (kernels/snapshots.py): replay message
+# by message, and for each boundary take the book before the first message
+# whose first event is later than the boundary.
 
-_apply_without_sequence_kind = NaiveBook.apply
+def snapshots(events, symbol, interval, levels):
+    """``[(boundary, bids, asks)]`` with ``bids``/``asks`` lists of (price, quantity), best first.
 
-
-def _apply_with_sequence_kind(self, event):
-    """NaiveBook.apply, plus KIND_SEQUENCE: the sequence rules and nothing else."""
-    if int(event["kind"]) != 13:
-        return _apply_without_sequence_kind(self, event)
-    symbol, sequence = int(event["symbol"]), int(event["sequence"])
-    if sequence == 0 or event["flags"] & 2:
-        return "ok"
-    held = self.sequences.get(symbol, 0)
-    if sequence <= held:
-        self.stale += bool(event["flags"] & 1)
-        return "stale"
-    gap = int(event["prev_sequence"]) > held
-    if event["flags"] & 1:
-        self.sequences[symbol] = sequence
-        self.gaps += gap
-    return "gap" if gap else "ok"
-
-
-NaiveBook.apply = _apply_with_sequence_kind
-
-_binance_events_with_noop_level = binance_events
-
-
-def binance_events(path):
-    """A Binance capture's events in file order; an empty diff is one KIND_SEQUENCE event."""
-    events = _binance_events_with_noop_level(path)
+    A message is a run of events ending with FLAG_BATCH_END. Boundaries run
+    from the first multiple of ``interval`` at or after the first non-zero
+    exchange time to the last at or before the latest one; at boundary ``b`` the
+    book holds every message before the first message whose first event has a
+    time later than ``b``.
+    """
+    messages, current = [], []
     for event in events:
-        if event["kind"] == 1 and event["price"] == 2**63 - 1:
-            event.update(kind=13, price=0, side=0)
-    return events
+        current.append(event)
+        if event["flags"] & 1:
+            messages.append(current)
+            current = []
+    if current:
+        messages.append(current)
+    times = [int(event["exchange_ns"]) for event in events if event["exchange_ns"] > 0]
+    if not times:
+        return []
+    first = -(-times[0] // interval) * interval
+    last = max(times) // interval * interval
+    book = NaiveBook()
+    applied = 0
+    rows = []
+    for boundary in range(first, last + 1, interval):
+        while applied < len(messages) and not int(messages[applied][0]["exchange_ns"]) > boundary:
+            for event in messages[applied]:
+                book.apply(event)
+            applied += 1
+        rows.append((boundary, book.sorted_levels(symbol, 1)[:levels],
+                     book.sorted_levels(symbol, -1)[:levels]))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# tardis.dev incremental_book_L2 (engine/feeds/tardis.py): csv and Decimal, a
+# Python loop over the rows, the snapshot runs tracked per symbol.
+
+def tardis_events(path):
+    """Event dicts (with ``line``) of a tardis incremental_book_L2 file, and the scales."""
+    opener = _gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    with opener(path, "rt", newline="") as file:
+        rows = list(_csv.reader(file))
+    body = [(number, row) for number, row in enumerate(rows[1:], start=2) if row]
+
+    def decimals(text):
+        return len(text.split(".")[1]) if "." in text else 0
+
+    price_scale = max((decimals(row[6]) for _, row in body), default=0)
+    size_scale = max((decimals(row[7]) for _, row in body), default=0)
+    ids, previous, events = {}, {}, []
+    for position, (number, row) in enumerate(body):
+        exchange, name, timestamp, local, is_snapshot, side, price, amount = row
+        symbol = ids.setdefault(name, len(ids))
+        snapshot = is_snapshot == "true"
+        base = dict(exchange_ns=int(timestamp) * 1000, local_ns=int(local) * 1000, symbol=symbol, line=number)
+        if snapshot and not previous.get(symbol, False):
+            events.append(dict(base, kind=9, side=0, price=0, quantity=0, flags=2))
+        previous[symbol] = snapshot
+        later = [other for _, other in body[position + 1:] if other[1] == name]
+        following = later[0] if later else None
+        same_message = following is not None and following[2:5] == row[2:5]
+        ends_run = snapshot and (following is None or following[4] != "true")
+        flags = 2 if snapshot else (0 if same_message else 1)
+        events.append(dict(base, kind=1, side=1 if side == "bid" else -1,
+                           price=_fixed(price, price_scale), quantity=_fixed(amount, size_scale), flags=flags))
+        if ends_run:
+            events.append(dict(base, kind=10, side=0, price=0, quantity=0, flags=3))
+    return events, price_scale, size_scale

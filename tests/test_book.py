@@ -13,6 +13,7 @@ from ringbook.kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, check
                           depth_to_price, fill_cost, horizon, imbalance, is_crossed,
                           level_count, level_quantity, load_snapshot, mid_price, new_book,
                           quantity_to_depth, set_level, spread, top_levels, vwap_to_fill)
+from ringbook.engine.feeds import lobster
 from tests.llvm_ir import allocation_calls
 from tests.naive import NaiveBook
 
@@ -87,17 +88,26 @@ def test_levels_match_naive_book_after_every_update(ladder, tick):
     assert book.stats.sum() == 0
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from(LAYOUTS),
-       st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-12, 12),
-                          st.integers(0, 3)), max_size=60))
-def test_levels_match_naive_book_for_any_sequence(layout, updates):
+#: Any short sequence of (side, price, quantity) updates on a narrow range of prices.
+ANY_UPDATES = st.lists(st.tuples(st.sampled_from([BID, ASK]), st.integers(-12, 12),
+                                 st.integers(0, 3)), max_size=60)
+
+
+def books_after(layout, updates):
+    """A one-symbol book of ``layout`` (ladder, tick) and the naive book, both updated."""
     ladder, tick = layout
     book = new_book(n_symbols=1, depth=32, order_capacity=16, ladder=ladder, ticks=[tick])
     naive = NaiveBook()
     for side, price, quantity in updates:
         set_level(book, 0, side, price, quantity)
         naive.set_level(0, side, price, quantity)
+    return book, naive
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(LAYOUTS), ANY_UPDATES)
+def test_levels_match_naive_book_for_any_sequence(layout, updates):
+    book, naive = books_after(layout, updates)
     assert_same_book(book, naive, 0)
 
 
@@ -203,9 +213,9 @@ def test_invalid_input_is_an_error_status_and_wrappers_raise():
     book = new_book(n_symbols=2, depth=4, order_capacity=16)
     assert set_level(book, 2, BID, 1, 1) == kb.BAD_SYMBOL
     assert set_level(book, -1, BID, 1, 1) == kb.BAD_SYMBOL
-    assert set_level(book, 0, 0, 1, 1) == kb.BAD_SIDE
+    assert set_level(book, 0, 0, 1, 1) == kb.INVALID_SIDE
     assert set_level(book, 0, BID, 1, -1) == kb.BAD_QUANTITY
-    assert clear(book, 0, 5) == kb.BAD_SIDE
+    assert clear(book, 0, 5) == kb.INVALID_SIDE
     assert book.counts.sum() == 0 and book.ladder_counts.sum() == 0
     with pytest.raises(ValueError, match="power of two"):
         new_book(n_symbols=1, ladder=3)
@@ -220,6 +230,123 @@ def test_default_book_for_2048_symbols_fits_in_256_mb():
     assert kb.book_nbytes(book) <= 256 * 2**20
 
 
+@pytest.mark.parametrize("ladder, tick", LAYOUTS)
+def test_truncate_keeps_the_best_levels_as_the_naive_book_does(ladder, tick):
+    book = new_book(n_symbols=2, depth=64, order_capacity=16, ladder=ladder, ticks=[tick, tick])
+    naive = NaiveBook()
+    rng = np.random.default_rng(ladder + tick)
+    for symbol, side, price, quantity in random_levels(seed=tick, count=1500):
+        set_level(book, symbol, side, price, quantity)
+        naive.set_level(symbol, side, price, quantity)
+        if rng.random() < 0.3:
+            keep = int(rng.integers(0, 12))
+            which = int(rng.choice([BID, ASK, 0]))
+            assert kb.truncate(book, symbol, which, keep) == naive.truncate(symbol, which, keep)
+        assert_same_book(book, naive, symbol)
+    assert horizon(book, 0, BID) == horizon(book, 0, ASK) == NO_PRICE
+    assert book.stats.sum() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(LAYOUTS), ANY_UPDATES, st.integers(0, 20), st.sampled_from([BID, ASK, 0]))
+def test_truncate_matches_the_naive_book_for_any_levels(layout, updates, keep, side):
+    book, naive = books_after(layout, updates)
+    assert kb.truncate(book, 0, side, keep) == naive.truncate(0, side, keep)
+    assert_same_book(book, naive, 0)
+
+
+def test_truncate_moves_no_horizon_and_later_levels_apply():
+    """Truncation forgets levels; a capacity drop would refuse them afterwards."""
+    book = new_book(n_symbols=1, depth=4, order_capacity=16, ladder=2)
+    for price in range(100, 90, -1):
+        set_level(book, 0, BID, price, 1)
+    assert kb.truncate(book, 0, BID, 3) == 3
+    assert kb.levels(book, 0, BID, 10)[0].tolist() == [100, 99, 98]
+    assert horizon(book, 0, BID) != NO_PRICE        # depth 4 dropped levels before
+    assert clear(book, 0, BID) == kb.OK
+    for price in range(100, 94, -1):
+        set_level(book, 0, BID, price, 1)
+    assert kb.truncate(book, 0, BID, 2) == 4
+    assert horizon(book, 0, BID) == NO_PRICE
+    assert set_level(book, 0, BID, 90, 7) == kb.OK  # far below what was cut: applied
+    assert kb.levels(book, 0, BID, 10)[0].tolist() == [100, 99, 90]
+    assert kb.truncate(book, 0, BID, 5) == 0
+
+
+def test_truncate_rejects_bad_arguments():
+    book = new_book(n_symbols=1, depth=4, order_capacity=16)
+    set_level(book, 0, BID, 10, 1)
+    assert kb.truncate(book, 1, BID, 1) == kb.BAD_SYMBOL
+    assert kb.truncate(book, 0, 2, 1) == kb.INVALID_SIDE
+    assert kb.truncate(book, 0, BID, -1) == kb.BAD_ARGUMENT
+    assert level_count(book, 0, BID) == 1
+
+
+def test_truncate_keeps_lobsters_best_levels(shared_data):
+    """Each AAPL orderbook row (10 levels a side), truncated to k, is its own best k."""
+    orderbook = lobster.read_orderbook(
+        shared_data / "lobster" / "AAPL_2012-06-21_34200000_57600000_orderbook_10.csv")
+    rows = np.linspace(0, len(orderbook.bid_price) - 1, 200).astype(int)
+    # A ladder narrower than the spread of ten levels: some sit in the sorted levels.
+    book = new_book(n_symbols=1, depth=32, order_capacity=16, ladder=16, ticks=[100])
+    for row in rows:
+        for keep in (0, 1, 5, 9, 10, 11):
+            load_snapshot(book, 0, orderbook.bid_price[row], orderbook.bid_size[row],
+                          orderbook.ask_price[row], orderbook.ask_size[row], 0)
+            held = [level_count(book, 0, side) for side in (BID, ASK)]
+            assert kb.truncate(book, 0, 0, keep) == sum(max(n - keep, 0) for n in held)
+            for side, prices, sizes in ((BID, orderbook.bid_price, orderbook.bid_size),
+                                        (ASK, orderbook.ask_price, orderbook.ask_size)):
+                shown = sizes[row] > 0
+                got_prices, got_sizes = kb.levels(book, 0, side, 12)
+                assert got_prices.tolist() == prices[row][shown][:keep].tolist()
+                assert got_sizes.tolist() == sizes[row][shown][:keep].tolist()
+
+
+QUERIES_WITH_A_SIDE = [
+    ("level_count", lambda book, side: kb.level_count(book, 0, side)),
+    ("level_quantity", lambda book, side: kb.level_quantity(book, 0, side, 100)),
+    ("top_levels", lambda book, side: kb.top_levels(book, 0, side, np.zeros(4, np.int64),
+                                                    np.zeros(4, np.int64))),
+    ("depth_to_price", lambda book, side: kb.depth_to_price(book, 0, side, 100)),
+    ("quantity_to_depth", lambda book, side: kb.quantity_to_depth(book, 0, side, 3)),
+    ("horizon", lambda book, side: kb.horizon(book, 0, side)),
+    ("fill_cost", lambda book, side: kb.fill_cost(book, 0, side, 3)[0]),
+]
+
+
+@pytest.mark.parametrize("name, query", QUERIES_WITH_A_SIDE)
+@pytest.mark.parametrize("side", [0, 2, -2, 127])
+def test_queries_reject_a_side_that_is_neither_bid_nor_ask(name, query, side):
+    book = new_book(n_symbols=1, depth=4, order_capacity=16)
+    set_level(book, 0, BID, 100, 5)
+    set_level(book, 0, ASK, 101, 5)
+    assert query(book, side) == kb.INVALID_SIDE
+    assert query(book, BID) != kb.INVALID_SIDE and query(book, ASK) != kb.INVALID_SIDE
+    assert math.isnan(fill_cost(book, 0, side, 3)[1])
+    assert math.isnan(vwap_to_fill(book, 0, side, 3))
+
+
+def test_levels_returns_the_best_levels_and_raises_on_bad_input():
+    book = new_book(n_symbols=1, depth=4, order_capacity=16)
+    for price, quantity in ((100, 5), (98, 2), (99, 7)):
+        set_level(book, 0, BID, price, quantity)
+    prices, quantities = kb.levels(book, 0, BID, 2)
+    assert prices.tolist() == [100, 99] and quantities.tolist() == [5, 7]
+    assert kb.levels(book, 0, ASK, 5)[0].tolist() == []
+    with pytest.raises(ValueError, match="side 0: side is neither BID"):
+        kb.levels(book, 0, 0, 5)
+    with pytest.raises(ValueError, match="symbol 1"):
+        kb.levels(book, 1, BID, 5)
+    with pytest.raises(ValueError, match="n_levels"):
+        kb.levels(book, 0, BID, -1)
+
+
+def test_borrow_is_importable_from_the_book_and_its_own_module():
+    from ringbook.kernels.borrow import borrow
+    assert kb.borrow is borrow
+
+
 BOOK_TYPE = numba.typeof(new_book(n_symbols=1, depth=1, order_capacity=16))
 SCALAR = numba.types.int64
 OUT = numba.types.int64[::1]
@@ -232,6 +359,8 @@ OUT = numba.types.int64[::1]
     (kb.top_levels, (BOOK_TYPE, SCALAR, SCALAR, OUT, OUT)),
     (kb.fill_cost, (BOOK_TYPE, SCALAR, SCALAR, SCALAR)),
     (kb.imbalance, (BOOK_TYPE, SCALAR, SCALAR)),
+    (kb.truncate, (BOOK_TYPE, SCALAR, SCALAR, SCALAR)),
 ])
+@pytest.mark.slow
 def test_hot_kernels_allocate_nothing(kernel, signature):
     assert allocation_calls(kernel, signature) == []

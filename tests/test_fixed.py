@@ -14,8 +14,8 @@ from ringbook.kernels.fixed import (FULL, INT64_MAX, INT64_MIN, INVALID, OK, OVE
                            parse_decimal, parse_decimal_bytes, parse_decimals, rescale,
                            rescale_array, rescale_value, scan_decimals)
 from tests.llvm_ir import allocation_calls
-from tests.naive import (naive_format_decimal, naive_parse_decimal, naive_rescale,
-                         naive_scan_decimals)
+from tests.naive import (naive_decimal_places, naive_format_decimal, naive_parse_decimal,
+                         naive_rescale, naive_scan_decimals)
 
 STATUS = {"OK": OK, "INVALID": INVALID, "TOO_PRECISE": TOO_PRECISE, "OVERFLOW": OVERFLOW,
           "FULL": FULL}
@@ -224,6 +224,65 @@ def test_format_decimal_bytes_agrees_with_format_decimal(value, scale, decimals)
         assert parse_decimal(expected, scale) == value
 
 
+@pytest.mark.parametrize("value, scale, decimals, expected", [
+    (3023360000000, 8, None, "30233.6"),
+    (300000000, 8, None, "3"),
+    (120290, 8, None, "0.0012029"),
+    (0, 8, None, "0"),
+    (-150000000, 8, None, "-1.5"),
+    (42, 0, None, "42"),
+    (4200, 2, 5, "42"),
+    (INT64_MIN, 18, None, "-9.223372036854775808"),
+])
+def test_format_decimal_trim_gives_the_shortest_text(value, scale, decimals, expected):
+    assert format_decimal(value, scale, decimals, trim=True) == expected
+    out = np.zeros(40, dtype=np.uint8)
+    decimals = scale if decimals is None else decimals
+    stop, status = format_decimal_bytes(value, scale, decimals, out, 3, True)
+    assert status == OK
+    assert bytes(out[3:stop]).decode() == expected
+
+
+@PROPERTY
+@given(int64s, scales, st.integers(0, 20))
+def test_format_decimal_trim_agrees_with_decimal(value, scale, decimals):
+    out = np.zeros(48, dtype=np.uint8)
+    stop, status = format_decimal_bytes(value, scale, decimals, out, 0, True)
+    try:
+        expected = format_decimal(value, scale, decimals, trim=True)
+    except ValueError:
+        assert status == TOO_PRECISE
+    else:
+        assert expected == naive_format_decimal(value, scale, trim=True)
+        assert status == OK
+        assert bytes(out[:stop]).decode() == expected
+
+
+@PROPERTY
+@given(decimal_texts())
+def test_decimal_places_is_the_least_scale_that_parses(text):
+    try:
+        expected = naive_decimal_places(text)
+    except ArithmeticError:
+        expected = None
+    if expected is None or expected > fixed.MAX_SCALE or kernel_parse(text, expected)[1] != OK:
+        with pytest.raises((ValueError, OverflowError)):
+            fixed.decimal_places(text)
+    else:
+        assert fixed.decimal_places(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0.01000000", 2), ("0.5", 1), ("10", 0), ("100.00", 0), ("0.00000001", 8), ("5e-4", None),
+])
+def test_decimal_places_of_exchange_tick_sizes(text, expected):
+    if expected is None:
+        with pytest.raises(ValueError, match="invalid decimal"):
+            fixed.decimal_places(text)
+    else:
+        assert fixed.decimal_places(text) == expected
+
+
 # ------------------------------------------------------------------ rescaling
 
 
@@ -386,7 +445,9 @@ INT64_ARRAY = types.Array(types.int64, 1, "C")
     (scan_decimals, (BUFFER, types.int64, types.int64, types.int64, INT64_ARRAY)),
     (rescale_value, (types.int64, types.int64, types.int64, types.int64)),
     (rescale_array, (INT64_ARRAY, types.int64, types.int64, types.int64, INT64_ARRAY)),
-    (format_decimal_bytes, (types.int64, types.int64, types.int64, BUFFER, types.int64)),
+    (format_decimal_bytes, (types.int64, types.int64, types.int64, BUFFER, types.int64,
+                            types.boolean)),
 ])
+@pytest.mark.slow
 def test_kernels_allocate_nothing(kernel, signature):
     assert allocation_calls(kernel, signature) == []

@@ -39,6 +39,7 @@ def test_saved_without_outputs():
         assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), path.name
 
 
+@pytest.mark.slow
 def test_book_replay():
     """Replays the real LOBSTER and Binance files, or a synthetic market without them."""
     real = (SHARED_DATA / "lobster").is_dir() and (SHARED_DATA / "binance").is_dir()
@@ -49,3 +50,17 @@ def test_book_replay():
     assert text.count("mismatches      0") == 2 and text.count("  OK") == 2
     if real:
         assert "checked         564 bookTickers" in text and "checked         999 orderbook rows" in text
+
+
+@pytest.mark.slow
+def test_research_at_scale():
+    """30 synthetic days (and the real files) on a local Dask cluster: snapshots, a callback, plots."""
+    pytest.importorskip("distributed")
+    real = (SHARED_DATA / "lobster").is_dir() and (SHARED_DATA / "binance").is_dir()
+    notebook = execute(NOTEBOOKS / "research_at_scale.ipynb")
+    text = printed(notebook)
+    assert figures(notebook) == 2
+    assert "days: 30 synthetic, real files: " + ("3" if real else "0") in text
+    assert ("33 files done, 0 failed" if real else "30 files done, 0 failed") in text
+    assert "already done, 0 redone" in text
+    assert "equal to the shards' own counts: True" in text

@@ -120,7 +120,7 @@ def test_invalid_and_duplicate_orders_are_errors():
     assert add_order(book, 0, 1, BID, 100, 5) == kb.OK
     assert add_order(book, 0, 1, BID, 100, 5) == kb.DUPLICATE_ORDER
     assert add_order(book, 1, 2, BID, 100, 5) == kb.BAD_SYMBOL
-    assert add_order(book, 0, 2, 0, 100, 5) == kb.BAD_SIDE
+    assert add_order(book, 0, 2, 0, 100, 5) == kb.INVALID_SIDE
     assert add_order(book, 0, 2, BID, 100, 0) == kb.BAD_QUANTITY
     assert cancel_order(book, 0, 1, BID, 100, -1) == kb.BAD_QUANTITY
     assert best_bid(book, 0) == (100, 5) and order_count(book, -1) == 1
@@ -163,6 +163,7 @@ BOOK_TYPE = numba.typeof(new_book(n_symbols=1, depth=1, order_capacity=16))
 I64 = numba.types.int64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", [add_order, cancel_order, delete_order])
 def test_order_kernels_allocate_nothing(kernel):
     assert allocation_calls(kernel, (BOOK_TYPE, I64, I64, I64, I64, I64)) == []

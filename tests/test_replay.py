@@ -3,7 +3,6 @@ and the real Binance capture."""
 
 import gzip
 import json
-import re
 
 import numba
 import numpy as np
@@ -15,14 +14,14 @@ from ringbook.kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, borro
 from ringbook.kernels.events import (EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_CLEAR, KIND_L2_SET,
                             KIND_L3_ADD, KIND_NAMES, KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN,
                             KIND_SNAPSHOT_END, KIND_STATUS, KIND_TOP_OF_BOOK, KIND_TRADE,
-                            STATUS_HALTED, empty_events)
+                            STATUS_HALTED, empty_events, make_events, snapshot_events)
 from ringbook.kernels.replay import (EVERY_BATCH, EVERY_EVENT, apply_event, apply_events, replay,
                             replay_events)
-from tests.llvm_ir import allocation_calls, llvm_ir
+from tests.llvm_ir import allocation_calls, function_body
 from tests.naive import NaiveBook
 
 
-def make_events(rows):
+def events_from_rows(rows):
     """Events from ``(kind, symbol, side, price, quantity, sequence, prev_sequence, flags)``."""
     events = empty_events(len(rows))
     for index, (kind, symbol, side, price, quantity, sequence, previous, flags) in enumerate(rows):
@@ -57,7 +56,7 @@ def sequenced_stream(seed, messages):
             flags = FLAG_BATCH_END if level == size - 1 else 0
             rows.append((KIND_L2_SET, int(rng.integers(2)), side, price, quantity, sequence,
                          previous, flags))
-    return make_events(rows)
+    return events_from_rows(rows)
 
 
 def test_sequence_rules_match_the_naive_book():
@@ -79,7 +78,7 @@ def test_sequence_rules_match_the_naive_book():
 
 
 def test_a_message_is_stale_as_a_whole_and_counted_once():
-    events = make_events([
+    events = events_from_rows([
         (KIND_L2_SET, 0, BID, 10, 1, 5, 0, 0),
         (KIND_L2_SET, 0, ASK, 11, 1, 5, 0, FLAG_BATCH_END),   # message 5: two levels
         (KIND_L2_SET, 0, BID, 10, 7, 5, 0, 0),                # message 5 again: stale
@@ -97,7 +96,7 @@ def test_a_message_is_stale_as_a_whole_and_counted_once():
 
 
 def test_a_sequence_event_moves_the_sequence_on_and_changes_no_level():
-    events = make_events([
+    events = events_from_rows([
         (KIND_L2_SET, 0, BID, 10, 1, 5, 0, FLAG_BATCH_END),
         (KIND_SEQUENCE, 0, 0, 0, 0, 6, 5, FLAG_BATCH_END),     # an empty diff: follows 5
         (KIND_SEQUENCE, 0, 0, 0, 0, 6, 5, FLAG_BATCH_END),     # again: stale
@@ -118,7 +117,7 @@ def test_a_sequence_event_moves_the_sequence_on_and_changes_no_level():
 
 
 def test_snapshot_clear_status_and_trade_events():
-    events = make_events([
+    events = events_from_rows([
         (KIND_L3_ADD, 0, BID, 50, 4, 0, 0, FLAG_BATCH_END),
         (KIND_SNAPSHOT_BEGIN, 0, 0, 0, 0, 0, 0, FLAG_SNAPSHOT),
         (KIND_L2_SET, 0, BID, 10, 1, 0, 0, FLAG_SNAPSHOT),
@@ -193,11 +192,11 @@ def test_a_users_own_njit_loop_sees_what_replay_sees():
 
 
 def test_an_error_stops_the_replay_and_the_wrapper_names_the_event():
-    events = make_events([(KIND_L2_SET, 0, BID, 10, 1, 0, 0, FLAG_BATCH_END),
+    events = events_from_rows([(KIND_L2_SET, 0, BID, 10, 1, 0, 0, FLAG_BATCH_END),
                           (KIND_L2_SET, 0, 0, 10, 1, 0, 0, FLAG_BATCH_END),    # no side
                           (KIND_L2_SET, 0, ASK, 12, 1, 0, 0, FLAG_BATCH_END)])
     book = new_book(n_symbols=1, depth=8, order_capacity=16)
-    assert apply_events(book, events, 0, 3) == (1, kb.BAD_SIDE)
+    assert apply_events(book, events, 0, 3) == (1, kb.INVALID_SIDE)
     with pytest.raises(kb.BookError, match="event 1 .*side is neither"):
         replay_events(book, events)
     events[1]["symbol"] = 3
@@ -214,27 +213,21 @@ BOOK_TYPE = numba.typeof(new_book(n_symbols=1, depth=1, order_capacity=16))
 EVENTS_TYPE = numba.typeof(empty_events(1))
 
 
+@pytest.mark.slow
 def test_replay_kernels_allocate_nothing():
     """apply_events inlines apply_event's body: its IR covers every event kind."""
     signature = (BOOK_TYPE, EVENTS_TYPE, numba.types.int64, numba.types.int64)
     assert allocation_calls(apply_events, signature) == []
 
 
-def function_body(ir, name):
-    """The IR of the kernel ``ringbook.kernels.replay.<name>`` itself (not its CPython wrappers)."""
-    bodies = [body for body in ir.split("\ndefine ")[1:]
-              if re.match(rf"[^@]*@_ZN7kernels6replay{len(name)}{name}B", body)]
-    assert len(bodies) == 1
-    return bodies[0]
-
-
 @pytest.mark.parametrize("kernel, signature", [
     (apply_event, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64)),
     (apply_events, (BOOK_TYPE, EVENTS_TYPE, numba.types.int64, numba.types.int64)),
 ])
+@pytest.mark.slow
 def test_the_l2_path_pays_no_reference_counting(kernel, signature):
     """Atomic reference counting per event would cost more than the update itself."""
-    body = function_body(llvm_ir(kernel, signature), kernel.__name__)
+    body = function_body(kernel, signature)
     assert "call" in body
     assert [line for line in body.splitlines() if "NRT_incref" in line or "NRT_decref" in line] == []
 
@@ -325,3 +318,95 @@ def test_binance_book_equals_every_matching_book_ticker(shared_data):
     assert counters.tolist() == [564, 0, -1]
     assert book.stats[0, kb.STAT_GAPS] == 0
     assert book.stats[0, kb.STAT_STALE] > 0      # buffered diffs older than the snapshot
+
+
+def subscribed_depth_feed(seed, messages, keep):
+    """What an exchange with a subscribed depth of ``keep`` levels sends.
+
+    It holds a full book, and per message publishes the changes of its best
+    ``keep`` levels a side: a level pushed out of view is not deleted in the
+    feed, and one that scrolls into view comes as an insert. Returns the
+    messages (a snapshot first) and the view after each.
+    """
+    rng = np.random.default_rng(seed)
+    full = {BID: {}, ASK: {}}
+
+    def view():
+        return {side: dict(sorted(full[side].items(), reverse=side == BID)[:keep])
+                for side in (BID, ASK)}
+
+    for side in (BID, ASK):
+        for distance in range(1, 3 * keep):
+            full[side][1000 - side * distance] = int(rng.integers(1, 9))
+    shown = view()
+    messages_out = [snapshot_events(0, list(shown[BID]), list(shown[BID].values()),
+                                    list(shown[ASK]), list(shown[ASK].values()), sequence=1)]
+    views = [shown]
+    sequence = 1
+    for _ in range(messages):
+        for _ in range(int(rng.integers(1, 4))):
+            side = BID if rng.random() < 0.5 else ASK
+            price = 1000 - side * int(rng.geometric(0.1))
+            if rng.random() < 0.4:
+                full[side].pop(price, None)
+            else:
+                full[side][price] = int(rng.integers(1, 9))
+        before, shown = shown, view()
+        changes = [(side, price, quantity) for side in (BID, ASK)
+                   for price, quantity in shown[side].items()
+                   if before[side].get(price) != quantity]
+        changes += [(side, price, 0) for side in (BID, ASK)
+                    for price in before[side] if price not in full[side]]
+        if changes:
+            sides, prices, quantities = zip(*changes)
+            messages_out.append(make_events(KIND_L2_SET, sides, prices, quantities,
+                                               sequence=sequence + 1, prev_sequence=sequence))
+            views.append(shown)
+            sequence += 1
+    return messages_out, views
+
+
+def book_view(book, keep):
+    return {side: dict(zip(*(array.tolist() for array in kb.levels(book, 0, side, keep + 5))))
+            for side in (BID, ASK)}
+
+
+@pytest.mark.parametrize("keep, ladder", [(1, 1024), (5, 1024), (10, 4), (25, 8)])
+def test_max_levels_follows_a_feed_of_the_best_levels(keep, ladder):
+    messages, views = subscribed_depth_feed(seed=keep, messages=400, keep=keep)
+    book = new_book(n_symbols=1, depth=4 * keep + 8, order_capacity=16, ladder=ladder,
+                    max_levels=keep)
+    naive = NaiveBook()
+    naive.max_levels[0] = keep
+    for events, expected in zip(messages, views):
+        assert apply_events(book, events, 0, len(events)) == (len(events), kb.OK)
+        for event in events:
+            naive.apply(event)
+        assert book_view(book, keep) == expected
+        for side in (BID, ASK):
+            assert naive.sorted_levels(0, side) == sorted(expected[side].items(),
+                                                          reverse=side == BID)
+    assert book.stats.sum() == 0
+
+    # The same stream, without max_levels: levels that left the exchange's view linger.
+    untruncated = new_book(n_symbols=1, depth=4 * keep + 8, order_capacity=16, ladder=ladder)
+    replay_events(untruncated, np.concatenate(messages))
+    assert book_view(untruncated, keep) != views[-1]
+
+
+@numba.njit
+def record_level_counts(book, events, i, counts):
+    counts[i] = kb.level_count(book, 0, BID) + kb.level_count(book, 0, ASK)
+
+
+def test_replay_truncates_after_each_message_not_within_it():
+    # Three bids in one message with max_levels 2: the callback after each event
+    # sees the message build up; the book is cut to 2 at its end.
+    events = make_events(KIND_L2_SET, BID, [100, 99, 98], [1, 1, 1])
+    book = new_book(n_symbols=1, depth=8, order_capacity=16, max_levels=2)
+    counts = np.zeros(len(events), np.int64)
+    assert replay(book, events, record_level_counts, counts, EVERY_EVENT) == (3, kb.OK)
+    assert counts.tolist() == [1, 2, 2]
+    assert kb.levels(book, 0, BID, 5)[0].tolist() == [100, 99]
+    with pytest.raises(ValueError, match="max_levels"):
+        new_book(n_symbols=1, max_levels=-1)

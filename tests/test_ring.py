@@ -20,6 +20,7 @@ from ringbook.engine.ring import (Ring, RingCorruptError, RingError, RingLayoutE
                          region_mode)
 from ringbook.kernels import ring
 from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.slab import copy_bytes, load_i64, load_u32, store_i64, store_u32
 from ringbook.kernels.wait import wait_strategy
 from tests import ring_fuzz
 from tests.llvm_ir import allocation_calls, function_body
@@ -82,6 +83,36 @@ def test_bad_geometry_is_refused(slot_size, slot_count, consumers):
     assert ring.check_geometry(slot_size, slot_count, consumers) == ring.BAD_ARGUMENT
     with pytest.raises(ValueError, match="geometry"):
         Ring.create(slot_count, slot_size, consumers)
+
+
+@kernel
+def _slab_round_trip(slab, offset, value):
+    store_u32(slab, offset, value)
+    store_i64(slab, offset + 4, -value)
+    return load_u32(slab, offset), load_i64(slab, offset + 4)
+
+
+@kernel
+def _copy(source, source_offset, target, target_offset, length):
+    copy_bytes(source, source_offset, target, target_offset, length)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3, 8, 13])
+def test_slab_loads_and_stores_are_little_endian_at_any_offset(offset):
+    slab = np.zeros(32, np.uint8)
+    assert _slab_round_trip(slab, offset, 0x1_2345_6789) == (0x2345_6789, -0x1_2345_6789)
+    assert bytes(slab[offset:offset + 4]) == (0x2345_6789).to_bytes(4, "little")
+    assert bytes(slab[offset + 4:offset + 12]) == (-0x1_2345_6789).to_bytes(8, "little", signed=True)
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 127, 128, 129, 1000])
+def test_copy_bytes_copies_exactly_the_range(length):
+    source = np.arange(1100, dtype=np.uint8)
+    target = np.zeros(1100, np.uint8)
+    _copy(source, 5, target, 11, length)
+    expected = np.zeros(1100, np.uint8)
+    expected[11:11 + length] = source[5:5 + length]
+    assert (target == expected).all()
 
 
 # One thread: behaviour against the reference
@@ -295,6 +326,7 @@ def test_release_after_the_length_was_corrupted_evicts_only_inside_the_slab():
     assert ring.peek(slab, reader)[0] == 40
 
 
+@pytest.mark.slow
 def test_hot_kernels_allocate_nothing_and_take_no_references():
     slab, state, buffer = types.uint8[::1], types.int64[::1], types.uint8[::1]
     matrix, lengths = types.uint8[:, ::1], types.int64[::1]
@@ -394,13 +426,22 @@ def test_corrupted_bytes_never_lead_outside_the_slab(corruptions, messages_befor
     ring_fuzz.exercise(corruptions, messages_before)
 
 
-def test_coverage_guided_fuzzing_finds_nothing_in_a_short_run(tmp_path):
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, ring_fuzz.REGION - 1), st.integers(0, 255)), max_size=8),
+       st.integers(0, 2 * len(ring_fuzz._SIZES)), st.one_of(st.none(), st.binary(max_size=40)))
+def test_attaching_a_corrupted_file_raises_only_ring_errors(tmp_path_factory, corruptions, size_choice, registry):
+    ring_fuzz.exercise_attach(str(tmp_path_factory.mktemp("attach")), corruptions, size_choice, registry)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, runs", [("kernels", 3000), ("attach", 1000)])
+def test_coverage_guided_fuzzing_finds_nothing_in_a_short_run(tmp_path, target, runs):
     pytest.importorskip("atheris")
-    fuzz = subprocess.run([sys.executable, str(Path(ring_fuzz.__file__)), "-runs=3000", "-seed=1",
-                           f"-artifact_prefix={tmp_path}/"],
+    fuzz = subprocess.run([sys.executable, str(Path(ring_fuzz.__file__)), f"--target={target}", f"-runs={runs}",
+                           "-seed=1", f"-artifact_prefix={tmp_path}/"],
                           capture_output=True, text=True, timeout=300)
     assert fuzz.returncode == 0, fuzz.stderr[-2000:]
-    assert "Done 3000 runs" in fuzz.stderr
+    assert f"Done {runs} runs" in fuzz.stderr
 
 
 # Threads
@@ -521,6 +562,7 @@ def _child(*arguments):
                             stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_second_process_reads_every_message():
     name = shm_name()
     count = 5_000
@@ -534,6 +576,7 @@ def test_a_second_process_reads_every_message():
         assert written == count and output.split() == ["ok", str(count)]
 
 
+@pytest.mark.slow
 def test_producer_killed_mid_message_leaves_every_complete_message(tmp_path):
     path = tmp_path / "ring.buf"
     Ring.create(16, 64, path=path).close()
@@ -579,6 +622,7 @@ def test_a_new_producer_resumes_after_complete_but_unpublished_messages():
     assert ring.try_read(slab, reader, out) == 32 and bytes(out[:32]) == bytes(message(3))
 
 
+@pytest.mark.slow
 def test_producer_killed_at_a_random_moment_leaves_a_readable_ring():
     name = shm_name()
     with Ring.create(64, 64, name=name) as shared:

@@ -119,5 +119,6 @@ I64_ARRAY, F64_ARRAY = numba.int64[::1], numba.float64[::1]
     (window.quantile, (I64_ARRAY, I64_ARRAY, I64_ARRAY, numba.float64)),
     (window.quantiles, (I64_ARRAY, I64_ARRAY, I64_ARRAY, F64_ARRAY, I64_ARRAY)),
 ])
+@pytest.mark.slow
 def test_hot_kernels_allocate_nothing(kernel, signature):
     assert allocation_calls(kernel, signature) == []

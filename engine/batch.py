@@ -1,0 +1,745 @@
+"""Many files at once: shards, one executor seam, worker set-up, retries, manifest, progress.
+
+A *shard* is a (file, symbol): the unit of output and of the manifest. The
+symbols of a file are known only once it is read, so one task reads one file
+(with its LOBSTER orderbook file, matched by name) and produces every shard of it.
+
+Where tasks run is one :class:`concurrent.futures.Executor` (:func:`executor`):
+
+- ``workers=0``: in this process, one task after another (:class:`SerialExecutor`);
+- ``workers=N`` (default: the usable cores): local processes (spawned, so no
+  state or thread of this process is inherited), no extra dependency;
+- ``cluster=`` a ``dask.distributed.Client`` or a scheduler address
+  (``tcp://host:8786``): a Dask cluster's executor (``ringbook[dask]``).
+
+Each worker prepares itself once (:func:`prepare_worker`): Numba's cache goes
+to a folder on the worker's own disk (``NUMBA_CACHE_DIR``, unless set; never a
+shared filesystem), and the kernels are compiled (or loaded) by a small
+warm-up replay before the first shard, so no shard pays for it. Kernels are
+``nogil``; nothing uses ``parallel=True``: the parallelism is across shards.
+
+What crosses to a worker is pickled with cloudpickle (numba's own copy): a
+user's ``@njit`` callback or ``make_state`` defined in a notebook or script
+travels by value.
+
+Faults: a task whose worker dies (killed, out of memory) is run again, up to
+``attempts`` times in all; Dask does the same for its workers. A task that
+raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError` naming
+file, line and field) fails alone; the others finish.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Formats a file can be read in, and how :func:`detect_format` tells them apart.
+FORMATS = ("lobster", "binance", "tardis", "kalshi")
+_LOBSTER_NAME = re.compile(r"_(message|orderbook)_\d+\.csv(\.gz)?$")
+_TARDIS_HEADER = b"exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount"
+#: The exchange column of the snapshot files, per format (tardis files name their own).
+EXCHANGES = {"lobster": "nasdaq", "binance": "binance", "kalshi": "kalshi"}
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass(frozen=True)
+class Source:
+    """One input file and what it is read with."""
+
+    path: str
+    format: str
+    orderbook: str = None   # LOBSTER: the orderbook file beside the message file
+
+    @property
+    def name(self):
+        return Path(self.path).name
+
+
+def _first_line(path):
+    import gzip
+
+    with open(path, "rb") as file:
+        head = file.read(2)
+    opener = gzip.open if head == b"\x1f\x8b" else open
+    with opener(path, "rb") as file:
+        return file.readline(4096)
+
+
+def detect_format(path):
+    """``lobster``, ``binance``, ``tardis`` or ``kalshi``, from the name and first line.
+
+    Raises
+    ------
+    ValueError
+        When none fits, naming the file.
+    """
+    if _LOBSTER_NAME.search(Path(path).name):
+        return "lobster"
+    line = _first_line(path).strip()
+    if line.startswith(_TARDIS_HEADER):
+        return "tardis"
+    if re.match(rb"^\d+ \{", line):
+        return "binance"
+    if line.startswith(b"{") and (b'"ticker"' in line or b'"trade"' in line):
+        return "kalshi"
+    raise ValueError(f"{path}: cannot tell its format (LOBSTER, Binance capture, tardis, Kalshi)")
+
+
+def sources(paths, format=None):
+    """The :class:`Source` of each input, LOBSTER message files paired with their orderbook files.
+
+    A LOBSTER orderbook file among the inputs is taken as its message file's
+    companion, not as an input; a message file's orderbook file is found by
+    name (``_message_`` -> ``_orderbook_``) among the inputs or beside it.
+    Unreadable or unknown inputs raise ``ValueError`` (or ``OSError``).
+    """
+    found = []
+    paths = [str(Path(path).resolve()) for path in paths]
+    given = set(paths)
+    for path in paths:
+        kind = format or detect_format(path)
+        if kind == "lobster":
+            name = Path(path).name
+            if "_orderbook_" in name:
+                if str(Path(path).with_name(name.replace("_orderbook_", "_message_"))) in given:
+                    continue  # its message file's companion
+                raise ValueError(f"{path}: a LOBSTER orderbook file without its message file")
+            companion = Path(path).with_name(name.replace("_message_", "_orderbook_"))
+            found.append(Source(path, kind, str(companion) if companion.exists() else None))
+        else:
+            found.append(Source(path, kind))
+    return found
+
+
+def read_source(source):
+    """``(feed, orderbook or None, exchange)`` for a :class:`Source`."""
+    from ringbook.engine.feeds import binance, kalshi, lobster, tardis
+
+    if source.format == "lobster":
+        orderbook = lobster.read_orderbook(source.orderbook) if source.orderbook else None
+        return lobster.read_messages(source.path), orderbook, EXCHANGES["lobster"]
+    if source.format == "binance":
+        return binance.read_capture(source.path), None, EXCHANGES["binance"]
+    if source.format == "tardis":
+        return tardis.read_incremental(source.path), None, tardis.exchange_of(source.path)
+    if source.format == "kalshi":
+        return kalshi.read_messages(source.path), None, EXCHANGES["kalshi"]
+    raise ValueError(f"unknown format {source.format!r}")
+
+
+def file_facts(path, hash=True):
+    """``{"size", "mtime_ns", "sha256"}`` of a file (the hash read in 1 MiB blocks)."""
+    stat = os.stat(path)
+    facts = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if hash:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        facts["sha256"] = digest.hexdigest()
+    return facts
+
+
+# ---------------------------------------------------------------- workers
+
+_prepared = False
+
+
+def numba_cache_dir():
+    """The worker's own Numba cache: ``NUMBA_CACHE_DIR``, else a folder under its temp dir."""
+    return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"ringbook-numba-{os.getuid() if hasattr(os, 'getuid') else 0}")
+
+
+def prepare_worker():
+    """Once per worker process: a local Numba cache, then compile the kernels on a tiny replay.
+
+    Returns the process id (a Dask ``client.run`` reports it per worker).
+    """
+    global _prepared
+    if _prepared:
+        return os.getpid()
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        os.environ["NUMBA_CACHE_DIR"] = numba_cache_dir()
+        try:
+            from numba.core import config
+
+            config.reload_config()
+        except ImportError:  # pragma: no cover - numba is a dependency
+            pass
+    _warm_up()
+    _prepared = True
+    return os.getpid()
+
+
+def _warm_up():
+    """Compile the snapshot kernels (L2 and L3 paths) on a few events."""
+    import numpy as np
+
+    from ringbook.engine.snapshots import snapshot_feed
+    from ringbook.engine.feeds.source import Feed
+    from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L2_SET, KIND_L3_ADD, Instruments,
+                                         empty_events)
+
+    instruments = Instruments(capacity=1)
+    instruments.intern("WARMUP", 2, 0, 1)
+    events = empty_events(2)
+    events["kind"] = [KIND_L2_SET, KIND_L3_ADD]
+    events["side"] = [1, -1]
+    events["price"] = [100, 101]
+    events["quantity"] = [1, 1]
+    events["order_id"] = [0, 1]
+    events["exchange_ns"] = [10**9, 2 * 10**9]
+    events["flags"] = FLAG_BATCH_END
+    snapshot_feed(Feed(events, np.arange(1, 3), instruments, "warm-up"), 0, 10**9, 1)
+
+
+def _pool_initializer():
+    prepare_worker()
+
+
+class SerialExecutor(concurrent.futures.Executor):
+    """Runs each task in this process when it is submitted: the reference the others must equal."""
+
+    def submit(self, function, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as error:  # the caller reads it from the future
+            future.set_exception(error)
+        return future
+
+
+def usable_cores():
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Runner:
+    """An executor with what the batch needs to know of it (see :func:`executor`)."""
+
+    executor: concurrent.futures.Executor
+    kind: str                       # "serial", "processes" or "dask"
+    workers: int
+    client: object = None
+    _owned: list = field(default_factory=list)
+
+    def restart(self):
+        """A fresh process pool after a worker died (a broken pool takes no more tasks)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = _process_pool(self.workers)
+
+    def close(self):
+        self.executor.shutdown(wait=True)
+        for owned in reversed(self._owned):
+            owned.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _process_pool(workers):
+    import multiprocessing
+
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_pool_initializer)
+
+
+def executor(workers=None, cluster=None):
+    """The :class:`Runner` for ``workers`` local processes or a Dask ``cluster``.
+
+    Parameters
+    ----------
+    workers : int, optional
+        0: this process; N: N spawned processes; None: the usable cores.
+    cluster : str or dask.distributed.Client, optional
+        A Dask scheduler address or a client; every worker is prepared
+        (:func:`prepare_worker`) before tasks run.
+    """
+    if cluster is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError("a Dask cluster needs ringbook[dask]: pip install 'ringbook[dask]'") from None
+        owned = []
+        client = cluster
+        if not isinstance(cluster, Client):
+            client = Client(cluster)
+            owned.append(client)
+        client.run(prepare_worker)
+        workers = sum(int(info.get("nthreads", 1)) for info in client.scheduler_info()["workers"].values())
+        return Runner(client.get_executor(pure=False), "dask", workers, client, owned)
+    if workers is None:
+        workers = usable_cores()
+    if workers == 0:
+        prepare_worker()
+        return Runner(SerialExecutor(), "serial", 0)
+    return Runner(_process_pool(workers), "processes", workers)
+
+
+class _Progress:
+    """A tqdm bar across tasks when tqdm is installed and wanted, else nothing."""
+
+    def __init__(self, total, enabled, description):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, desc=description, unit="file", file=sys.stderr)
+
+    def update(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class TaskFailure:
+    """A task that raised: where and why."""
+
+    error: str
+    kind: str
+    file: str = None
+    line: int = None
+    field: str = None
+
+    @classmethod
+    def of(cls, error):
+        failure = cls(str(error), type(error).__name__)
+        for name in ("path", "line", "field"):
+            value = getattr(error, name, None)
+            if value is not None:
+                setattr(failure, "file" if name == "path" else name, value)
+        return failure
+
+
+def _guarded(function, *arguments):
+    """Run a task on its worker; an error becomes a :class:`TaskFailure` there.
+
+    The exception itself does not travel back: one with a constructor of its
+    own (``FeedError``) cannot be unpickled, which would break a process pool.
+    """
+    try:
+        return function(*arguments)
+    except Exception as error:  # noqa: BLE001 - a task's error is its own
+        return TaskFailure.of(error)
+
+
+def run_tasks(runner, function, arguments, *, attempts=3, progress=False, description="files",
+              on_result=None):
+    """Run ``function(*arguments[k])`` for every k on the runner; results in input order.
+
+    A task that raises gives a :class:`TaskFailure` in its place. A task whose
+    process died is run again (up to ``attempts`` runs; every task in flight
+    when a local pool breaks counts one), then fails as ``WorkerDied``.
+    ``on_result(k, result)`` is called in the driver as each task finishes.
+    """
+    results = [None] * len(arguments)
+    runs = [0] * len(arguments)
+    pending = set(range(len(arguments)))
+    bar = _Progress(len(arguments), progress, description)
+    try:
+        while pending:
+            futures = {}
+            for k in sorted(pending):
+                runs[k] += 1
+                futures[runner.executor.submit(_guarded, function, *arguments[k])] = k
+            broken = False
+            for future in concurrent.futures.as_completed(futures):
+                k = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    if runs[k] < attempts:
+                        continue
+                    result = TaskFailure("its worker process died", "WorkerDied")
+                except Exception as error:  # noqa: BLE001 - a task's error is its own
+                    if type(error).__name__ == "KilledWorker":
+                        result = TaskFailure(str(error), "WorkerDied")
+                    else:
+                        result = TaskFailure.of(error)
+                results[k] = result
+                pending.discard(k)
+                if on_result is not None:
+                    on_result(k, result)
+                bar.update()
+            if broken:
+                runner.restart()
+    finally:
+        bar.close()
+    return results
+
+
+# ---------------------------------------------------------------- manifest
+
+MANIFEST = "manifest.json"
+
+
+class Manifest:
+    """``manifest.json`` in the output folder: every input and its shards.
+
+    ``{"version": 1, "options": {...}, "files": {input path: {"size", "mtime_ns",
+    "sha256", "format", "orderbook", "status", "error", "shards": [{"symbol",
+    "output", "rows", "first_boundary_ns", "last_boundary_ns", "first_event_ns",
+    "last_event_ns", "events"}]}}}``. Written atomically after each file.
+    """
+
+    def __init__(self, directory, options):
+        self.path = Path(directory) / MANIFEST
+        self.options = options
+        self.files = {}
+        if self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved.get("options") == options:
+                self.files = saved.get("files", {})
+
+    def is_done(self, source, directory):
+        """True when the input is unchanged (size, mtime) and every one of its outputs exists."""
+        entry = self.files.get(source.path)
+        if entry is None or entry.get("status") != "done":
+            return False
+        facts = file_facts(source.path, hash=False)
+        if (entry["size"], entry["mtime_ns"]) != (facts["size"], facts["mtime_ns"]):
+            return False
+        return all((Path(directory) / shard["output"]).exists() for shard in entry["shards"])
+
+    def record(self, source, entry):
+        self.files[source.path] = entry
+        self.save()
+
+    def save(self):
+        from ringbook.engine.snapshots import write_atomic
+
+        text = json.dumps({"version": 1, "options": self.options, "files": self.files}, indent=1,
+                          sort_keys=True)
+        write_atomic(self.path, (text + "\n").encode())
+
+
+# ---------------------------------------------------------------- snapshots of many files
+
+_INTERVAL = re.compile(r"^(\d+)(ns|us|µs|ms|s|m|min|h)$")
+_UNIT_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
+            "min": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def parse_interval(text):
+    """``"1s"``, ``"100ms"``, ``"5m"`` ... -> ns (a whole number of µs)."""
+    match = _INTERVAL.match(str(text).strip())
+    if not match or int(match[1]) <= 0:
+        raise ValueError(f"interval {text!r}: a positive whole number with a unit (ns, us, ms, s, m, h)")
+    interval = int(match[1]) * _UNIT_NS[match[2]]
+    if interval % 1000:
+        raise ValueError(f"interval {text!r}: must be a whole number of µs (timestamps are µs)")
+    return interval
+
+
+def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
+    """One file's shards: read it, take each symbol's snapshots, write each shard's file.
+
+    Runs on a worker. Returns the manifest entry of the file.
+    """
+    prepare_worker()
+    import numpy as np
+
+    from ringbook.engine import snapshots
+
+    facts = file_facts(source.path)
+    feed, orderbook, exchange = read_source(source)
+    shards = []
+    for symbol in np.unique(feed.events["symbol"]).tolist():
+        table = snapshots.snapshot_feed(feed, symbol, interval_ns, levels, exchange=exchange,
+                                        orderbook=orderbook)
+        name = snapshots.output_name(source.path, table.symbol, levels, interval_text, format)
+        snapshots.write_snapshots(table, Path(out_dir) / name, format)
+        times = feed.events["exchange_ns"][feed.events["symbol"] == symbol]
+        times = times[times > 0]
+        shards.append({"symbol": table.symbol, "output": name, "rows": len(table),
+                       "events": int(np.count_nonzero(feed.events["symbol"] == symbol)),
+                       "first_boundary_ns": int(table.times[0]) if len(table) else None,
+                       "last_boundary_ns": int(table.times[-1]) if len(table) else None,
+                       "first_event_ns": int(times.min()) if len(times) else None,
+                       "last_event_ns": int(times.max()) if len(times) else None})
+    return {**facts, "format": source.format, "orderbook": source.orderbook, "status": "done",
+            "error": None, "shards": shards}
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did."""
+
+    done: list = field(default_factory=list)       # inputs processed now
+    skipped: list = field(default_factory=list)    # inputs already done (rerun)
+    failed: list = field(default_factory=list)     # (input, TaskFailure)
+    entries: dict = field(default_factory=dict)    # input -> manifest entry
+
+    @property
+    def ok(self):
+        return not self.failed
+
+
+def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", workers=None,
+                   cluster=None, force=False, progress=False, input_format=None, attempts=3):
+    """Snapshots of every (file, symbol) shard of ``paths`` into ``out_dir``, with a manifest.
+
+    A rerun skips inputs whose shards are done (unchanged size and mtime,
+    outputs present, same options); ``force`` redoes them.
+
+    Returns
+    -------
+    BatchReport
+    """
+    from ringbook.engine.snapshots import FORMATS as OUTPUT_FORMATS
+
+    if format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {format!r}")
+    if levels < 1:
+        raise ValueError(f"levels must be positive, got {levels}")
+    interval_ns = parse_interval(interval)
+    if format == "parquet":
+        import pyarrow  # noqa: F401 - fail here, not on every worker
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = sources(paths, input_format)
+    manifest = Manifest(out_dir, {"levels": levels, "interval": interval, "format": format})
+    report = BatchReport()
+    todo = []
+    for source in inputs:
+        if not force and manifest.is_done(source, out_dir):
+            report.skipped.append(source.path)
+            report.entries[source.path] = manifest.files[source.path]
+        else:
+            todo.append(source)
+
+    def finished(k, result):
+        source = todo[k]
+        if isinstance(result, TaskFailure):
+            facts = file_facts(source.path, hash=False) if os.path.exists(source.path) else {}
+            entry = {**facts, "format": source.format, "orderbook": source.orderbook,
+                     "status": "failed", "error": result.__dict__, "shards": []}
+            report.failed.append((source.path, result))
+        else:
+            entry = result
+            report.done.append(source.path)
+        report.entries[source.path] = entry
+        manifest.record(source, entry)
+
+    if todo:
+        with executor(workers, cluster) as runner:
+            run_tasks(runner, snapshot_task,
+                      [(source, str(out_dir.resolve()), levels, interval_ns, interval, format)
+                       for source in todo],
+                      attempts=attempts, progress=progress, description="snapshots", on_result=finished)
+    order = {source.path: k for k, source in enumerate(inputs)}
+    report.done.sort(key=order.get)
+    report.failed.sort(key=lambda failure: order[failure[0]])
+    return report
+
+
+# ---------------------------------------------------------------- a user's callback over many files
+
+_callables = {}
+
+
+def _load_callables(payload):
+    """Unpickle the user's functions once per process and keep them, so each compiles once."""
+    key = hashlib.sha256(payload).hexdigest()
+    if key not in _callables:
+        import pickle
+
+        _callables[key] = pickle.loads(payload)
+    return _callables[key]
+
+
+def replay_task(source, payload, every):
+    """Replay one file's symbols with the user's callback; ``[(symbol, state)]``. Runs on a worker."""
+    prepare_worker()
+    import numpy as np
+
+    from ringbook.engine.check import price_ticks
+    from ringbook.engine.feeds import lobster
+    from ringbook.kernels import book as books
+    from ringbook.kernels.events import KIND_L3_ADD
+    from ringbook.kernels.replay import replay_events
+
+    callback, make_state = _load_callables(payload)
+    feed, orderbook, _ = read_source(source)
+    results = []
+    n_symbols = max(len(feed.instruments), 1)
+    table = feed.instruments.table
+    ticks = np.where(table["tick"][:n_symbols] > 1, table["tick"][:n_symbols], price_ticks(feed.events, n_symbols))
+    for symbol in np.unique(feed.events["symbol"]).tolist():
+        events = feed.events[feed.events["symbol"] == symbol]
+        adds = int(np.count_nonzero(events["kind"] == KIND_L3_ADD))
+        book = books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=max(16, 2 * adds), ticks=ticks)
+        if orderbook is not None and len(events):
+            books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]),
+                                                   0), "seeding the book")
+        state = make_state(events)
+        replay_events(book, events, callback, state, every)
+        results.append((feed.instruments.name_of(symbol), state))
+    return results
+
+
+class ReplayError(RuntimeError):
+    """Some shards failed; ``failures`` lists ``(input, TaskFailure)`` and ``results`` the rest."""
+
+    def __init__(self, failures, results):
+        self.failures = failures
+        self.results = results
+        lines = [f"{path}: {failure.error}" for path, failure in failures]
+        super().__init__(f"{len(failures)} of the files failed:\n  " + "\n  ".join(lines))
+
+
+def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None, *, workers=None,
+                 cluster=None, progress=False, input_format=None, attempts=3):
+    """Replay every (file, symbol) shard with a user's ``@njit`` callback, anywhere.
+
+    Parameters
+    ----------
+    sources_or_paths : list of str, Path or Source
+        Input files (LOBSTER message files are seeded from their orderbook
+        files, found by name).
+    callback : numba dispatcher
+        ``callback(book, events, i, state)``, as for :func:`ringbook.kernels.replay.replay`.
+    make_state : callable
+        ``make_state(events) -> state``, called on the worker for each shard
+        with the shard's events (a numpy array); the state numba passes to the
+        callback (arrays, a tuple of arrays).
+    every : int, optional
+        ``EVERY_EVENT`` (default) or ``EVERY_BATCH`` of :mod:`ringbook.kernels.replay`.
+    reduce : callable, optional
+        ``reduce(a, b) -> state``, folded over the shards' states in input
+        order (deterministic: merge exactly, e.g. add counts); None returns
+        every shard's state.
+    workers, cluster
+        Where to run (see :func:`executor`).
+
+    Returns
+    -------
+    dict or object
+        ``{(input path, symbol): state}`` in input order, or the fold of the states.
+
+    Raises
+    ------
+    ReplayError
+        When shards failed (the others' results are in ``error.results``).
+    """
+    from numba import cloudpickle  # numba's own copy: no extra dependency
+
+    from ringbook.kernels.replay import EVERY_EVENT
+
+    every = EVERY_EVENT if every is None else every
+    inputs = [item if isinstance(item, Source) else None for item in sources_or_paths]
+    paths = [str(item) for item in sources_or_paths if not isinstance(item, Source)]
+    found = iter(sources(paths, input_format))
+    inputs = [item if item is not None else next(found) for item in inputs]
+    payload = cloudpickle.dumps((callback, make_state))
+    with executor(workers, cluster) as runner:
+        outcomes = run_tasks(runner, replay_task, [(source, payload, every) for source in inputs],
+                             attempts=attempts, progress=progress, description="replay")
+    results, failures = {}, []
+    for source, outcome in zip(inputs, outcomes):
+        if isinstance(outcome, TaskFailure):
+            failures.append((source.path, outcome))
+            continue
+        for symbol, state in outcome:
+            results[(source.path, symbol)] = state
+    if failures:
+        raise ReplayError(failures, results)
+    if reduce is None:
+        return results
+    states = iter(results.values())
+    merged = next(states)
+    for state in states:
+        merged = reduce(merged, state)
+    return merged
+
+
+# ---------------------------------------------------------------- ringbook check over many files
+
+def check_task(source):
+    """``ringbook check`` of one file on a worker: its result's dict."""
+    prepare_worker()
+    from ringbook.engine import check
+
+    if source.format == "lobster":
+        return check.check_lobster(source.path, source.orderbook).to_dict()
+    if source.format == "binance":
+        return check.check_binance(source.path).to_dict()
+    raise ValueError(f"{source.path}: no exchange truth to check a {source.format} file against")
+
+
+TOTALS = ("events", "checked", "mismatches", "gaps")
+
+
+def check_files(paths, *, workers=None, cluster=None, progress=False, input_format=None):
+    """Check many files (LOBSTER with their orderbook files, matched by name; Binance captures).
+
+    Returns
+    -------
+    files : list of dict
+        Per input, in input order: the check's result (as ``--json`` prints
+        it), or ``{"file", "error", ...}`` for a file that could not be read.
+    totals : dict
+        ``events``, ``checked``, ``mismatches``, ``gaps`` added over the files.
+    """
+    inputs = sources(paths, input_format)
+    with executor(workers, cluster) as runner:
+        outcomes = run_tasks(runner, check_task, [(source,) for source in inputs], progress=progress,
+                             description="check")
+    files = []
+    for source, outcome in zip(inputs, outcomes):
+        if isinstance(outcome, TaskFailure):
+            problem = {"format": source.format, "file": source.path, "error": outcome.error}
+            if outcome.line is not None:
+                problem.update({"error_file": outcome.file, "line": outcome.line, "field": outcome.field})
+            files.append(problem)
+        else:
+            files.append(outcome)
+    totals = {name: sum(entry.get(name, 0) for entry in files) for name in TOTALS}
+    return files, totals
+
+
+def run_check(args):
+    """``ringbook check FILES... [--workers N | --cluster ADDRESS] [--json]``: one line per file, totals."""
+    try:
+        files, totals = check_files(args.files, workers=args.workers, cluster=args.cluster,
+                                    progress=not args.json, input_format=args.format)
+    except (ValueError, OSError, ImportError) as error:
+        print(f"ringbook check: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump({"files": files, "totals": totals}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for entry in files:
+            if "error" in entry:
+                print(f"ERROR    {entry['file']}: {entry['error']}")
+            else:
+                print(f"{'OK' if entry['mismatches'] == 0 else 'MISMATCH':8} {entry['file']}: "
+                      + ", ".join(f"{name} {entry[name]}" for name in TOTALS))
+        print(f"TOTAL    {len(files)} files: " + ", ".join(f"{name} {totals[name]}" for name in TOTALS))
+    if any("error" in entry for entry in files):
+        return 2
+    return 1 if totals["mismatches"] else 0

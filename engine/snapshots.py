@@ -1,0 +1,431 @@
+"""Book snapshots of one file, per symbol, and their files: tardis.dev CSV, Parquet, npz.
+
+:func:`snapshot_feed` replays a :class:`~ringbook.engine.feeds.source.Feed` into a book and
+takes one snapshot per interval boundary with :mod:`ringbook.kernels.snapshots` (see
+there for what a boundary and its snapshot are). A LOBSTER message file with its
+orderbook file is seeded from it and reconciled with it after every message,
+as ``ringbook check`` does (levels that come into view from beyond those
+LOBSTER shows are taken from the row): each snapshot then equals the
+orderbook row of the last message at or before its boundary.
+
+Files (:func:`write_snapshots`), one per shard, written atomically (a
+temporary file in the same folder, then a rename):
+
+csv
+    tardis.dev's ``book_snapshot_N`` layout: ``exchange,symbol,timestamp,
+    local_timestamp,asks[0].price,asks[0].amount,bids[0].price,bids[0].amount,...``;
+    ``timestamp`` is the boundary in µs since the epoch, ``local_timestamp``
+    the local receive time of the last message in µs (the boundary when the
+    feed has none); numbers are exact decimal strings without trailing zeros;
+    a side with fewer levels leaves its fields empty.
+parquet
+    The same columns, typed: prices and amounts ``decimal128(38, scale)``
+    (null where a side has fewer levels), times ``int64``; plus
+    ``last_exchange_ns`` (the clock at the last message) and ``sequence`` (the
+    book's sequence after it: Binance's last applied ``u``). Needs pyarrow
+    (``ringbook[parquet]``).
+npz
+    The kernel's arrays (``times``, ``last_ns``, ``last_local_ns``,
+    ``sequences``, ``bid_prices``, ``bid_quantities``, ``ask_prices``,
+    ``ask_quantities``) as int64 fixed point, with ``price_scale``,
+    ``size_scale``, ``exchange`` and ``symbol``; absent levels hold price
+    ``NO_PRICE``. Written with fixed zip timestamps, so equal snapshots give
+    equal bytes.
+"""
+
+import io
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ringbook.engine.check import _reconcile_order, _verify_side, price_ticks
+from ringbook.engine.feeds import lobster
+from ringbook.kernels import book as books
+from ringbook.kernels import snapshots as kernels
+from ringbook.kernels.book import NO_PRICE
+from ringbook.kernels.events import KIND_L3_ADD
+from ringbook.kernels.fixed import POWERS_OF_TEN, format_decimal_bytes
+from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.replay import apply_event
+from ringbook.kernels.status import FULL, OK
+
+FORMATS = ("csv", "parquet", "npz")
+EXTENSIONS = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz"}
+_NS_PER_US = 1000
+
+
+@dataclass
+class Snapshots:
+    """One shard's snapshots: the kernel's output arrays, trimmed to the rows written."""
+
+    exchange: str
+    symbol: str
+    price_scale: int
+    size_scale: int
+    times: np.ndarray
+    last_ns: np.ndarray
+    last_local_ns: np.ndarray
+    sequences: np.ndarray
+    bid_prices: np.ndarray
+    bid_quantities: np.ndarray
+    ask_prices: np.ndarray
+    ask_quantities: np.ndarray
+
+    @property
+    def levels(self):
+        return self.bid_prices.shape[1]
+
+    def __len__(self):
+        return len(self.times)
+
+
+def _outputs(rows, levels):
+    return (np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros(rows, np.int64),
+            np.zeros(rows, np.int64), np.zeros((rows, levels), np.int64),
+            np.zeros((rows, levels), np.int64), np.zeros((rows, levels), np.int64),
+            np.zeros((rows, levels), np.int64))
+
+
+@kernel
+def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes, bid_prices,
+                      bid_sizes, found_prices, found_quantities, counters, interval, cursor,
+                      times, last_ns, last_local_ns, sequences, out_bid_prices,
+                      out_bid_quantities, out_ask_prices, out_ask_quantities):
+    """Snapshots of a LOBSTER replay reconciled with its orderbook rows after every message.
+
+    The loop of :func:`ringbook.engine.check.check_lobster_kernel` with the
+    snapshot steps around each event. Returns ``(next_index, status)``.
+    """
+    previous = -1
+    for i in range(events.shape[0]):
+        status = kernels.snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns,
+                                         last_local_ns, sequences, out_bid_prices,
+                                         out_bid_quantities, out_ask_prices, out_ask_quantities)
+        if status != OK:
+            return i, status
+        _reconcile_order(book, events, i, counters)
+        status = apply_event(book, events, i)
+        if status < 0:
+            return i, status
+        row = row_of_event[i]
+        if row >= 0 and row < ask_prices.shape[0]:
+            has_previous = previous >= 0
+            reference = previous if has_previous else row
+            _verify_side(book, symbol, 1, bid_prices[row], bid_sizes[row], bid_prices[reference],
+                         bid_sizes[reference], has_previous, found_prices, found_quantities, i,
+                         counters)
+            _verify_side(book, symbol, -1, ask_prices[row], ask_sizes[row], ask_prices[reference],
+                         ask_sizes[reference], has_previous, found_prices, found_quantities, i,
+                         counters)
+            previous = row
+        kernels.note_applied(book, symbol, events, i, interval, cursor)
+    return events.shape[0], OK
+
+
+def _lobster_rows(feed, orderbook):
+    row_of_record = np.full(int(max(feed.records.max(initial=-1), orderbook.records.max(initial=-1))) + 1,
+                            -1, np.int64)
+    row_of_record[orderbook.records] = np.arange(len(orderbook))
+    return row_of_record[feed.records] if len(feed) else np.zeros(0, np.int64)
+
+
+def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=None, depth=4096):
+    """Snapshots of one symbol of a feed at every boundary of ``interval_ns``.
+
+    Parameters
+    ----------
+    feed : ringbook.engine.feeds.source.Feed
+    symbol : int
+        The symbol id in ``feed.instruments``.
+    interval_ns : int
+        The interval, ns (a whole number of µs for the CSV layout).
+    levels : int
+        Levels of each side.
+    exchange : str
+        The ``exchange`` column.
+    orderbook : ringbook.engine.feeds.lobster.OrderbookFile, optional
+        For a LOBSTER feed: seed the book from it and reconcile with its rows.
+
+    Returns
+    -------
+    Snapshots
+
+    Raises
+    ------
+    ringbook.kernels.book.BookError
+        An event the book refuses, naming its line.
+    """
+    if interval_ns <= 0 or levels <= 0:
+        raise ValueError(f"interval and levels must be positive, got {interval_ns}, {levels}")
+    events = feed.events[feed.events["symbol"] == symbol]
+    lines = feed.lines[feed.events["symbol"] == symbol]
+    table = feed.instruments.table
+    n_symbols = max(len(feed.instruments), 1)
+    # A feed that carries no tick (a capture) gets the one its prices imply: any tick is exact.
+    ticks = np.where(table["tick"][:n_symbols] > 1, table["tick"][:n_symbols],
+                     price_ticks(feed.events, n_symbols))
+    adds = int(np.count_nonzero(events["kind"] == KIND_L3_ADD))
+    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=max(16, 2 * adds), ticks=ticks)
+    out = _outputs(kernels.boundary_count(events, interval_ns), levels)
+    cursor = kernels.new_cursor()
+    if orderbook is not None and len(events):
+        books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]), 0),
+                           "seeding the book")
+        counters = np.zeros(13, np.int64)
+        found = np.zeros(orderbook.levels, np.int64), np.zeros(orderbook.levels, np.int64)
+        next_index, status = lobster_snapshots(
+            book, symbol, events, _lobster_rows(feed, orderbook), orderbook.ask_price, orderbook.ask_size,
+            orderbook.bid_price, orderbook.bid_size, *found, counters, interval_ns, cursor, *out)
+    else:
+        next_index, status = kernels.take_snapshots(book, symbol, events, 0, len(events), interval_ns,
+                                                    cursor, *out)
+    if status == OK:
+        status = kernels.finish_snapshots(book, symbol, interval_ns, cursor, *out)
+    if status == FULL:
+        raise RuntimeError("snapshot outputs are full: boundary_count disagrees with the kernel")
+    if status < 0:
+        books.check_status(status, f"{feed.path}, line {int(lines[next_index])} (event {next_index})")
+    rows = int(cursor[kernels.CURSOR_ROWS])
+    row = table[symbol]
+    return Snapshots(exchange, feed.instruments.name_of(symbol), int(row["price_scale"]),
+                     int(row["size_scale"]), *(array[:rows] for array in out))
+
+
+# ---------------------------------------------------------------- files
+
+@kernel
+def _put_text(out, at, text):
+    for k in range(text.shape[0]):
+        out[at + k] = text[k]
+    return at + text.shape[0]
+
+
+@kernel
+def _put_integer(out, at, value):
+    stop, _ = format_decimal_bytes(value, 0, 0, out, at)
+    return stop
+
+
+@kernel
+def _put_decimal(out, at, value, scale):
+    """``value`` at ``scale`` decimals, without trailing zeros (``1.5``, ``11659``)."""
+    fraction = abs(value) % POWERS_OF_TEN[scale]
+    kept = scale
+    while kept > 0 and fraction % 10 == 0:
+        fraction //= 10
+        kept -= 1
+    stop, _ = format_decimal_bytes(value, scale, kept, out, at)
+    return stop
+
+
+@kernel
+def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, ask_prices,
+                    ask_quantities, price_scale, size_scale, out):
+    """The CSV rows in tardis.dev's layout into ``out``; returns the bytes written (-1: no room).
+
+    ``prefix`` is ``exchange,symbol,`` as bytes.
+    """
+    levels = bid_prices.shape[1]
+    # Widest row: each number at most 21 bytes with its separator, 20 more for the sign and dot.
+    widest = prefix.shape[0] + 2 * 22 + levels * 4 * 23 + 1
+    at = 0
+    for row in range(times.shape[0]):
+        if at + widest > out.shape[0]:
+            return -1
+        at = _put_text(out, at, prefix)
+        boundary_us = times[row] // 1000
+        at = _put_integer(out, at, boundary_us)
+        out[at] = 44
+        at += 1
+        local = last_local_ns[row] // 1000 if last_local_ns[row] > 0 else boundary_us
+        at = _put_integer(out, at, local)
+        for level in range(levels):
+            for side in range(2):
+                prices = ask_prices if side == 0 else bid_prices
+                quantities = ask_quantities if side == 0 else bid_quantities
+                out[at] = 44
+                at += 1
+                if prices[row, level] != NO_PRICE:
+                    at = _put_decimal(out, at, prices[row, level], price_scale)
+                out[at] = 44
+                at += 1
+                if prices[row, level] != NO_PRICE:
+                    at = _put_decimal(out, at, quantities[row, level], size_scale)
+        out[at] = 10
+        at += 1
+    return at
+
+
+def csv_header(levels):
+    """tardis.dev's ``book_snapshot_N`` header for ``levels`` levels."""
+    columns = ["exchange", "symbol", "timestamp", "local_timestamp"]
+    for level in range(levels):
+        columns += [f"asks[{level}].price", f"asks[{level}].amount",
+                    f"bids[{level}].price", f"bids[{level}].amount"]
+    return ",".join(columns)
+
+
+def csv_bytes(snapshots):
+    """The CSV file's bytes."""
+    prefix = np.frombuffer(f"{snapshots.exchange},{snapshots.symbol},".encode(), np.uint8)
+    widest = len(prefix) + 2 * 22 + snapshots.levels * 4 * 23 + 1
+    out = np.empty(max(len(snapshots), 1) * widest, np.uint8)
+    written = format_csv_rows(prefix, snapshots.times, snapshots.last_local_ns, snapshots.bid_prices,
+                              snapshots.bid_quantities, snapshots.ask_prices, snapshots.ask_quantities,
+                              snapshots.price_scale, snapshots.size_scale, out)
+    if written < 0:
+        raise RuntimeError("CSV buffer too small")
+    return (csv_header(snapshots.levels) + "\n").encode() + out[:written].tobytes()
+
+
+def _decimal_column(pa, values, scale):
+    """An exact ``decimal128(38, scale)`` column from int64 fixed point (null at NO_PRICE)."""
+    valid = values != NO_PRICE
+    words = np.empty((len(values), 2), np.int64)
+    words[:, 0] = np.where(valid, values, 0)
+    words[:, 1] = np.where(words[:, 0] < 0, -1, 0)  # two's complement sign extension
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
+    return pa.Array.from_buffers(pa.decimal128(38, scale), len(values), [bitmap, pa.py_buffer(words.tobytes())],
+                                 null_count=int((~valid).sum()))
+
+
+def parquet_bytes(snapshots):
+    """The Parquet file's bytes (pyarrow, ``ringbook[parquet]``)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("Parquet output needs pyarrow: pip install 'ringbook[parquet]'") from None
+    rows = len(snapshots)
+    boundary_us = snapshots.times // _NS_PER_US
+    local_us = np.where(snapshots.last_local_ns > 0, snapshots.last_local_ns // _NS_PER_US, boundary_us)
+    columns = {"exchange": pa.array([snapshots.exchange] * rows, pa.string()),
+               "symbol": pa.array([snapshots.symbol] * rows, pa.string()),
+               "timestamp": pa.array(boundary_us), "local_timestamp": pa.array(local_us)}
+    for level in range(snapshots.levels):
+        no_level = snapshots.ask_prices[:, level] == NO_PRICE
+        columns[f"asks[{level}].price"] = _decimal_column(pa, snapshots.ask_prices[:, level], snapshots.price_scale)
+        columns[f"asks[{level}].amount"] = _decimal_column(
+            pa, np.where(no_level, NO_PRICE, snapshots.ask_quantities[:, level]), snapshots.size_scale)
+        no_level = snapshots.bid_prices[:, level] == NO_PRICE
+        columns[f"bids[{level}].price"] = _decimal_column(pa, snapshots.bid_prices[:, level], snapshots.price_scale)
+        columns[f"bids[{level}].amount"] = _decimal_column(
+            pa, np.where(no_level, NO_PRICE, snapshots.bid_quantities[:, level]), snapshots.size_scale)
+    columns["last_exchange_ns"] = pa.array(snapshots.last_ns)
+    columns["sequence"] = pa.array(snapshots.sequences)
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue()
+
+
+def npz_bytes(snapshots):
+    """The npz file's bytes, with fixed zip timestamps (equal snapshots, equal bytes)."""
+    arrays = {"times": snapshots.times, "last_ns": snapshots.last_ns,
+              "last_local_ns": snapshots.last_local_ns, "sequences": snapshots.sequences,
+              "bid_prices": snapshots.bid_prices, "bid_quantities": snapshots.bid_quantities,
+              "ask_prices": snapshots.ask_prices, "ask_quantities": snapshots.ask_quantities,
+              "price_scale": np.int64(snapshots.price_scale), "size_scale": np.int64(snapshots.size_scale),
+              "exchange": np.str_(snapshots.exchange), "symbol": np.str_(snapshots.symbol)}
+    sink = io.BytesIO()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                             member.getvalue())
+    return sink.getvalue()
+
+
+def read_npz(path):
+    """:class:`Snapshots` from an npz file this module wrote."""
+    with np.load(path, allow_pickle=False) as data:
+        return Snapshots(str(data["exchange"]), str(data["symbol"]), int(data["price_scale"]),
+                         int(data["size_scale"]), *(data[name] for name in (
+                             "times", "last_ns", "last_local_ns", "sequences", "bid_prices",
+                             "bid_quantities", "ask_prices", "ask_quantities")))
+
+
+_WRITERS = {"csv": csv_bytes, "parquet": parquet_bytes, "npz": npz_bytes}
+
+
+def write_atomic(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader sees the old file or the whole new one, never a part; a process
+    killed mid-write leaves at most a stray ``.tmp`` file.
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_snapshots(snapshots, path, format):
+    """Write one shard's snapshots to ``path`` atomically in ``format`` (csv, parquet, npz)."""
+    if format not in _WRITERS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    return write_atomic(path, _WRITERS[format](snapshots))
+
+
+def output_name(input_path, symbol, levels, interval_text, format):
+    """``<input stem>.<symbol>.book_snapshot_<levels>_<interval>.<ext>``."""
+    stem = Path(input_path).name
+    for suffix in (".gz", ".csv", ".jsonl", ".json", ".txt"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    safe_symbol = "".join(c if c.isalnum() or c in "-_" else "_" for c in symbol)
+    return f"{stem}.{safe_symbol}.book_snapshot_{levels}_{interval_text}{EXTENSIONS[format]}"
+
+
+# ---------------------------------------------------------------- ringbook snapshots
+
+def add_arguments(parser):
+    parser.add_argument("files", nargs="+", help="input files: LOBSTER message files (their orderbook "
+                        "files are found by name), Binance captures, tardis incremental_book_L2 CSV")
+    parser.add_argument("--levels", type=int, default=25, help="levels of each side (default 25)")
+    parser.add_argument("--interval", default="1s", help="boundary interval: 1s, 100ms, 1m ... (default 1s)")
+    parser.add_argument("--out", default=".", help="output folder (default: the current one)")
+    parser.add_argument("--format", default="csv", choices=FORMATS, help="output format (default csv)")
+    parser.add_argument("--input-format", choices=("lobster", "binance", "tardis", "kalshi"),
+                        help="the inputs' format (default: told from each file's name and first line)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local worker processes (default: the usable cores; "
+                       "0: this process)")
+    where.add_argument("--cluster", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--force", action="store_true", help="redo shards the manifest says are done")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    import sys
+
+    from ringbook.engine import batch
+
+    try:
+        report = batch.snapshot_files(args.files, args.out, levels=args.levels, interval=args.interval,
+                                      format=args.format, workers=args.workers, cluster=args.cluster,
+                                      force=args.force, progress=not args.no_progress,
+                                      input_format=args.input_format)
+    except (ValueError, OSError, ImportError) as error:
+        print(f"ringbook snapshots: {error}", file=sys.stderr)
+        return 2
+    shards = sum(len(report.entries[path]["shards"]) for path in report.done + report.skipped)
+    rows = sum(shard["rows"] for path in report.done + report.skipped
+               for shard in report.entries[path]["shards"])
+    print(f"{len(report.done)} files done, {len(report.skipped)} already done, {len(report.failed)} failed; "
+          f"{shards} shards, {rows} rows in {args.out}")
+    for path, failure in report.failed:
+        print(f"FAILED {path}: {failure.error}")
+    return 0 if report.ok else 1

@@ -1,0 +1,229 @@
+"""Book snapshots at interval boundaries: the best N levels every second (or any interval).
+
+A boundary is every whole multiple of ``interval`` ns since the epoch, from the
+first message's time to the last. The snapshot at boundary ``b`` is the book as
+of the last message at or before ``b``: every event of every message whose
+time is ``<= b`` has been applied, none after. A boundary is written whether or
+not the book changed since the previous one.
+
+Time is the *clock* of the replay: the running maximum of the events'
+``exchange_ns``. An event with ``exchange_ns == 0`` (a feed that has no
+exchange time for it, such as a Binance spot ``bookTicker``) and an event
+earlier than the clock do not move it. A snapshot is taken only between
+exchange messages (after a ``FLAG_BATCH_END`` event), where the book is
+consistent.
+
+API (kernels, book first; ``out`` is the tuple of output arrays below)
+------------------------------------------------------------------------
+new_cursor() -> cursor                                          (Python)
+snapshot_before(book, symbol, events, i, interval, cursor, out) -> status
+    Take the snapshots due before ``events[i]`` is applied.
+note_applied(book, symbol, events, i, interval, cursor)
+    Advance the clock after ``events[i]`` was applied.
+take_snapshots(book, symbol, events, start, stop, interval, cursor, out) -> (next_index, status)
+    Apply ``events[start:stop]`` with the two steps above around each.
+finish_snapshots(book, symbol, interval, cursor, out) -> status
+    Take the boundaries up to and including the clock (at the end of the file).
+
+The steps are separate so that a loop of your own (one that also reconciles the
+book with a reference, say) takes the same snapshots: call
+``snapshot_before``, apply the event your way, then ``note_applied``.
+
+Outputs (``out``, allocated by the caller; row ``r`` is one boundary)
+----------------------------------------------------------------------
+times : int64[rows]            the boundary, ns since the epoch
+last_ns : int64[rows]          the clock at the last message applied
+last_local_ns : int64[rows]    ``local_ns`` of the last event applied (0: unknown)
+sequences : int64[rows]        the book's sequence for the symbol (0: the feed has none)
+bid_prices, bid_quantities, ask_prices, ask_quantities : int64[rows, levels]
+    Best first. A side with fewer levels fills the rest with price
+    :data:`~ringbook.kernels.book.NO_PRICE` and quantity 0.
+
+``cursor`` (int64[N_CURSOR]) carries the clock, the next boundary and the rows
+written between calls, so a file can be replayed in pieces. Statuses: ``OK``;
+``FULL`` (negative, an outcome) when the outputs have no room for the next row
+(nothing is written outside them; the rows so far are kept); a book error
+(negative) from applying an event.
+"""
+
+import numpy as np
+
+from ringbook.kernels.book import ASK, BID, NO_PRICE, borrow, top_levels
+from ringbook.kernels.events import FLAG_BATCH_END
+from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.replay import _apply_event
+from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
+
+# Cursor fields.
+CURSOR_CLOCK = 0          # running max of exchange_ns (0: no time seen yet)
+CURSOR_NEXT_BOUNDARY = 1  # first boundary not yet written (0: not known yet)
+CURSOR_ROWS = 2           # rows written
+CURSOR_OPEN = 3           # 1 while a message is partly applied (no snapshot there)
+CURSOR_LAST_LOCAL = 4     # local_ns of the last event applied
+CURSOR_EVENTS = 5         # events applied
+N_CURSOR = 6
+
+
+def new_cursor():
+    """A cursor for a replay from the start of a file."""
+    return np.zeros(N_CURSOR, np.int64)
+
+
+@kernel
+def _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_ns, sequences,
+               bid_prices, bid_quantities, ask_prices, ask_quantities):
+    times[row] = boundary
+    last_ns[row] = cursor[CURSOR_CLOCK]
+    last_local_ns[row] = cursor[CURSOR_LAST_LOCAL]
+    sequences[row] = book.sequences[symbol]
+    levels = bid_prices.shape[1]
+    held = top_levels(book, symbol, BID, bid_prices[row], bid_quantities[row])
+    for level in range(held, levels):
+        bid_prices[row, level] = NO_PRICE
+        bid_quantities[row, level] = 0
+    held = top_levels(book, symbol, ASK, ask_prices[row], ask_quantities[row])
+    for level in range(held, levels):
+        ask_prices[row, level] = NO_PRICE
+        ask_quantities[row, level] = 0
+
+
+@kernel
+def _snapshot_through(book, symbol, limit, inclusive, interval, cursor, times, last_ns,
+                      last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                      ask_quantities):
+    """Write every pending boundary ``< limit`` (``<= limit`` when ``inclusive``)."""
+    if interval <= 0 or cursor.shape[0] < N_CURSOR:
+        return BAD_ARGUMENT
+    if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:
+        return OK
+    capacity = min(times.shape[0], last_ns.shape[0], last_local_ns.shape[0], sequences.shape[0],
+                   bid_prices.shape[0], bid_quantities.shape[0], ask_prices.shape[0],
+                   ask_quantities.shape[0])
+    if (bid_quantities.shape[1] != bid_prices.shape[1] or ask_prices.shape[1] != bid_prices.shape[1]
+            or ask_quantities.shape[1] != bid_prices.shape[1]):
+        return BAD_ARGUMENT
+    boundary = cursor[CURSOR_NEXT_BOUNDARY]
+    first_row = cursor[CURSOR_ROWS]
+    while boundary < limit or (inclusive and boundary == limit):
+        row = cursor[CURSOR_ROWS]
+        if row >= capacity:
+            return FULL
+        if row > first_row:
+            # The book has not changed since the previous row of this call: copy it.
+            times[row] = boundary
+            last_ns[row] = last_ns[row - 1]
+            last_local_ns[row] = last_local_ns[row - 1]
+            sequences[row] = sequences[row - 1]
+            for level in range(bid_prices.shape[1]):
+                bid_prices[row, level] = bid_prices[row - 1, level]
+                bid_quantities[row, level] = bid_quantities[row - 1, level]
+                ask_prices[row, level] = ask_prices[row - 1, level]
+                ask_quantities[row, level] = ask_quantities[row - 1, level]
+        else:
+            _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_ns,
+                       sequences, bid_prices, bid_quantities, ask_prices, ask_quantities)
+        cursor[CURSOR_ROWS] = row + 1
+        boundary += interval
+        cursor[CURSOR_NEXT_BOUNDARY] = boundary
+    return OK
+
+
+@kernel
+def snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns, last_local_ns,
+                    sequences, bid_prices, bid_quantities, ask_prices, ask_quantities):
+    """Write the boundaries that fall before ``events[i]``: those earlier than its time.
+
+    Nothing is written while a message is partly applied, nor for an event
+    without an exchange time. Returns ``OK``, ``FULL`` or ``BAD_ARGUMENT``.
+    """
+    time = events[i].exchange_ns
+    if time <= 0:
+        return OK
+    return _snapshot_through(book, symbol, time, False, interval, cursor, times, last_ns,
+                             last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                             ask_quantities)
+
+
+@kernel
+def note_applied(book, symbol, events, i, interval, cursor):
+    """Advance the cursor past ``events[i]``, which the caller has applied."""
+    _note_applied(events, i, interval, cursor)
+
+
+@inline_kernel
+def _note_applied(events, i, interval, cursor):
+    """:func:`note_applied`'s body, inlined into the loop of :func:`take_snapshots`."""
+    event = events[i]
+    if event.exchange_ns > cursor[CURSOR_CLOCK]:
+        cursor[CURSOR_CLOCK] = event.exchange_ns
+        if cursor[CURSOR_NEXT_BOUNDARY] == 0 and interval > 0:
+            # The first boundary at or after the first time: ceil to a multiple.
+            clock = cursor[CURSOR_CLOCK]
+            cursor[CURSOR_NEXT_BOUNDARY] = ((clock + interval - 1) // interval) * interval
+    cursor[CURSOR_OPEN] = 0 if (event.flags & FLAG_BATCH_END) != 0 else 1
+    cursor[CURSOR_LAST_LOCAL] = event.local_ns
+    cursor[CURSOR_EVENTS] += 1
+
+
+@kernel
+def take_snapshots(book, symbol, events, start, stop, interval, cursor, times, last_ns,
+                   last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                   ask_quantities):
+    """Apply ``events[start:stop]`` (every symbol's) and write ``symbol``'s due boundaries.
+
+    Returns
+    -------
+    next_index : int
+        ``stop`` (clipped), or the event at which an error or ``FULL`` stopped it
+        (not applied: call again from there with room made).
+    status : int
+        ``OK``, ``FULL``, ``BAD_ARGUMENT`` or the book's error for that event.
+    """
+    stop = min(stop, events.shape[0])
+    borrowed_book = borrow(book)
+    borrowed_events = borrow(events)
+    if cursor.shape[0] < N_CURSOR:
+        return max(start, 0), BAD_ARGUMENT
+    for i in range(max(start, 0), stop):
+        # snapshot_before's test, here so that the call happens only when a boundary is due.
+        boundary = cursor[CURSOR_NEXT_BOUNDARY]
+        if borrowed_events[i].exchange_ns > boundary and boundary != 0 and cursor[CURSOR_OPEN] == 0:
+            status = _snapshot_through(borrowed_book, symbol, borrowed_events[i].exchange_ns, False, interval,
+                                       cursor, times, last_ns, last_local_ns, sequences, bid_prices,
+                                       bid_quantities, ask_prices, ask_quantities)
+            if status != OK:
+                return i, status
+        status = _apply_event(borrowed_book, borrowed_events, i)
+        if status < 0:
+            return i, status
+        _note_applied(borrowed_events, i, interval, cursor)
+    return stop, OK
+
+
+@kernel
+def finish_snapshots(book, symbol, interval, cursor, times, last_ns, last_local_ns, sequences,
+                     bid_prices, bid_quantities, ask_prices, ask_quantities):
+    """Write the boundaries up to and including the clock: the end of the file.
+
+    Returns ``OK``, ``FULL`` or ``BAD_ARGUMENT``.
+    """
+    return _snapshot_through(book, symbol, cursor[CURSOR_CLOCK], True, interval, cursor, times,
+                             last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
+                             ask_prices, ask_quantities)
+
+
+def boundary_count(events, interval):
+    """How many boundaries a replay of ``events`` writes (an upper bound for one symbol).
+
+    From the first boundary at or after the first exchange time to the last
+    at or before the latest one.
+    """
+    times = events["exchange_ns"]
+    times = times[times > 0]
+    if interval <= 0:
+        raise ValueError(f"interval must be positive, got {interval}")
+    if len(times) == 0:
+        return 0
+    first = -(-int(times[0]) // interval) * interval
+    last = int(times.max()) // interval * interval
+    return max(0, (last - first) // interval + 1)

@@ -1,0 +1,260 @@
+"""Run every benchmark script and write ``perf/RESULTS.md`` from their pyperf files.
+
+Each script declares its benchmarks and comparisons once (see ``harness.py``)
+and stores the comparisons in the metadata of its results; this module reads a
+folder of those files (``perf/results/`` by default, ignored by git) and writes
+one table per subject: benchmark, ringbook, peer, ratio, target, met. A
+footnote gives the machine, the versions, the dates and the exact commands.
+The rows with a target also go into README.md's Benchmarks section, between
+``<!-- results:begin -->`` and ``<!-- results:end -->``.
+
+Run a full set (each script under the shared lock, one after the other), then
+write the report::
+
+    python perf/report.py run --lock /work/wt/bench.lock
+    python perf/report.py write
+
+``run`` deletes the folder's old files first (pyperf will not overwrite one)
+and records each command it ran, with its date, in ``commands.json`` beside
+the results; ``run SCRIPT ...`` runs only those scripts (their stems, e.g.
+``bm_ring``). ``write`` reads whatever files are there.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pyperf
+
+from harness import COMPARISONS_KEY, CONTEXT_KEY, PEERS_KEY, SUBJECT_KEY
+
+PERF = Path(__file__).resolve().parent
+ROOT = PERF.parent
+RESULTS = PERF / "results"
+REPORT = PERF / "RESULTS.md"
+README = ROOT / "README.md"
+COMMANDS = "commands.json"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+#: Every script of a full run, in report order, with the pyperf options it runs with.
+SCRIPTS = {
+    "bm_fixed": ["-p", "4", "-n", "3", "-w", "1"],
+    "bm_stats": ["-p", "4", "-n", "3", "-w", "1"],
+    "bm_feeds": ["-p", "4", "-n", "3", "-w", "1"],
+    "bm_book": ["-p", "4", "-n", "3", "-w", "1"],
+    "bm_ring": ["-p", "4", "-n", "3", "-w", "1"],
+    "first_event": ["-p", "2", "-n", "3", "-w", "1"],
+}
+
+
+def command_for(stem, folder):
+    """The command line that runs script ``stem`` into ``folder``."""
+    return [sys.executable, str(PERF / f"{stem}.py"), *SCRIPTS.get(stem, []),
+            "-o", str(folder / f"{stem}.json")]
+
+
+def run(stems, folder, lock=None):
+    """Run each script of ``stems`` (under ``flock lock`` if given); record its command."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / COMMANDS
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    for stem in stems:
+        (folder / f"{stem}.json").unlink(missing_ok=True)
+        command = command_for(stem, folder)
+        if lock:
+            command = ["flock", lock, *command]
+        started = datetime.datetime.now(datetime.timezone.utc)
+        print("$", shlex.join(command), flush=True)
+        status = subprocess.run(command, cwd=ROOT).returncode
+        manifest[stem] = {"command": shlex.join(_shown(command)),
+                          "started": started.strftime("%Y-%m-%d %H:%M UTC"), "status": status}
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        if status:
+            print(f"{stem} failed with status {status}", file=sys.stderr)
+
+
+def _shown(command):
+    """``command`` as a reader would type it: paths relative to the repository."""
+    shown = []
+    for part in command:
+        if part == sys.executable:
+            part = "python"
+        elif part.startswith(str(ROOT) + os.sep):
+            part = os.path.relpath(part, ROOT)
+        shown.append(part)
+    return shown
+
+
+# ---------------------------------------------------------------------------
+# Reading results.
+
+def load(folder):
+    """``[(stem, suite)]`` for every pyperf file in ``folder``, in report order."""
+    paths = {path.stem: path for path in folder.glob("*.json") if path.name != COMMANDS}
+    order = [stem for stem in SCRIPTS if stem in paths] + sorted(set(paths) - set(SCRIPTS))
+    return [(stem, pyperf.BenchmarkSuite.load(str(paths[stem]))) for stem in order]
+
+
+def metadata_of(suite):
+    """The metadata of the suite's first benchmark (the runner's, shared by all)."""
+    return suite.get_benchmarks()[0].get_metadata()
+
+
+def format_time(seconds):
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale or unit == "ns":
+            value = seconds / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
+def format_value(value, unit):
+    return f"{value:.2f}x" if unit == "x" else format_time(value)
+
+
+def format_ratio(ratio):
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.1f}x"
+
+
+def rows_of(suite):
+    """``[(benchmark, ringbook, peer, ratio, target, met, means)]`` of one subject."""
+    medians = {bench.get_name(): bench.median() for bench in suite.get_benchmarks()}
+    metadata = metadata_of(suite)
+    comparisons = json.loads(metadata.get(COMPARISONS_KEY, "[]"))
+    versions = json.loads(metadata.get(PEERS_KEY, "{}"))
+    rows = []
+    for comparison in comparisons:
+        ours = comparison["ours"]
+        unit = comparison.get("unit", "s")
+        mine = format_value(medians[ours], unit) if ours in medians else "not measured"
+        if comparison["kind"] == "limit":
+            target = f"<= {format_value(comparison['at_most'], unit)}"
+            met = "not met" if ours not in medians else (
+                "met" if medians[ours] <= comparison["at_most"] else "not met")
+            rows.append((ours, mine, "", "", target, met, comparison["means"]))
+            continue
+        peer, package = comparison["peer"], comparison.get("peer_package")
+        target = f">= {comparison['at_least']:g}x" if comparison.get("at_least") else ""
+        if peer in medians and ours in medians:
+            ratio = medians[peer] / medians[ours]
+            ratio_text = format_ratio(ratio)
+            met = ("met" if ratio >= comparison["at_least"] else "not met") if target else ""
+            peer_text = f"`{peer}` {format_time(medians[peer])}"
+        else:
+            missing = versions.get(package) == "not installed"
+            peer_text = f"`{peer}`: {package} not installed" if missing else f"`{peer}`: not measured"
+            ratio_text, met = "", "not met (not measured)" if target else ""
+        rows.append((ours, mine, peer_text, ratio_text, target, met, comparison["means"]))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Writing.
+
+HEADER = """# Benchmark results
+
+Generated by `perf/report.py` from the pyperf files of one full run; do not edit by
+hand. Each figure is a pyperf median, per operation (per value, event, line or
+message). A ratio is the peer's median time over ringbook's, both measured in the
+same run: higher is better for ringbook. A target row says met or not met. The
+machine is a shared virtual machine (its load while each script ran is in the
+footnote): compare ratios, not absolute times, across machines. Investigations
+behind these figures: `perf/NOTES.md`.
+"""
+
+
+def subject_table(stem, suite):
+    metadata = metadata_of(suite)
+    lines = [f"## {metadata.get(SUBJECT_KEY, stem)} (`perf/{stem}.py`)", "",
+             "| benchmark | ringbook | peer | ratio | target | met? |", "|---|---|---|---|---|---|"]
+    for ours, mine, peer, ratio, target, met, means in rows_of(suite):
+        lines.append(f"| `{ours}`: {means} | {mine} | {peer} | {ratio} | {target} | {met} |")
+    context = json.loads(metadata.get(CONTEXT_KEY, "{}"))
+    if context:
+        lines += ["", "Inputs: " + ", ".join(f"{key} {value}" for key, value in context.items()) + "."]
+    return lines
+
+
+def headline(results):
+    """One row per target of every subject: the README's table."""
+    lines = ["| subject | what | ringbook | ratio | target | met? |", "|---|---|---|---|---|---|"]
+    for stem, suite in results:
+        subject = metadata_of(suite).get(SUBJECT_KEY, stem)
+        for ours, mine, peer, ratio, target, met, means in rows_of(suite):
+            if target:
+                lines.append(f"| {subject} | {means} | {mine} | {ratio} | {target} | {met} |")
+    return lines
+
+
+def footnote(results, manifest):
+    first = metadata_of(results[0][1])
+    versions = {"Python": first.get("python_version", "?").split(" ")[0]}
+    for name in ("numba", "llvmlite", "numpy"):
+        versions[name] = first.get(f"{name}_version", "?")
+    for _, suite in results:
+        versions.update(json.loads(metadata_of(suite).get(PEERS_KEY, "{}")))
+    lines = ["## Machine, versions, commands", "",
+             f"Machine: {first.get('cpu_model_name', '?')} ({first.get('machine', '?')}), "
+             f"{first.get('cpu_count', '?')} cores, {first.get('platform', '?')}; "
+             "shared with other work while these ran.",
+             "Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + ".",
+             "", "Commands (from the repository's root), each run under `flock` on a shared lock:", ""]
+    for stem, suite in results:
+        entry = manifest.get(stem)
+        started = suite.get_benchmarks()[0].get_dates()[0].strftime("%Y-%m-%d %H:%M UTC")
+        command = f"`{entry['command']}`" if entry else f"`perf/{stem}.py` (command not recorded)"
+        lines.append(f"- {started}: {command}{load_range(suite)}")
+    return lines
+
+
+def load_range(suite):
+    """The machine's 1-minute load average over the suite's runs, as pyperf recorded it."""
+    loads = [run.get_metadata().get("load_avg_1min") for bench in suite.get_benchmarks()
+             for run in bench.get_runs()]
+    loads = [load for load in loads if load is not None]
+    return f"; load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+
+
+def write(folder, report=REPORT, readme=README):
+    results = load(folder)
+    if not results:
+        raise SystemExit(f"no pyperf files in {folder}")
+    manifest_path = folder / COMMANDS
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    lines = HEADER.splitlines()
+    for stem, suite in results:
+        lines += [""] + subject_table(stem, suite)
+    missing = [stem for stem in SCRIPTS if stem not in {stem for stem, _ in results}]
+    if missing:
+        lines += ["", "Not in this run (no results file): "
+                  + ", ".join(f"`perf/{stem}.py`" for stem in missing) + "."]
+    lines += [""] + footnote(results, manifest)
+    report.write_text("\n".join(lines) + "\n")
+    if readme and readme.is_file():
+        text = readme.read_text()
+        if BEGIN in text and END in text:
+            before, rest = text.split(BEGIN, 1)
+            _, after = rest.split(END, 1)
+            readme.write_text(before + BEGIN + "\n" + "\n".join(headline(results)) + "\n" + END + after)
+    print(f"wrote {report} ({len(lines)} lines)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("run", "write"))
+    parser.add_argument("scripts", nargs="*", help="script stems to run (default: all)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of pyperf files")
+    parser.add_argument("--lock", help="run each script under `flock LOCK`")
+    args = parser.parse_args(argv)
+    if args.action == "run":
+        run(args.scripts or list(SCRIPTS), args.results, args.lock)
+    else:
+        write(args.results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""Many files: the same bytes from this process, local processes, an in-process Dask LocalCluster
+and a real `dask scheduler` with two `dask worker` processes on loopback; a SIGKILLed worker;
+a malformed file among good ones; a rerun that resumes; `ringbook check` over many files."""
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from ringbook.engine import batch, cli
+from ringbook.engine.feeds import synthetic
+from ringbook.kernels.book import best_ask, best_bid, imbalance
+
+ROOT = Path(__file__).resolve().parents[1]
+TARDIS_ROWS = "".join(
+    f"ex,TST,{1_600_000_000_000_000 + 137_000 * k},{1_600_000_000_000_100 + 137_000 * k},"
+    f"{'true' if k < 3 else 'false'},{'bid' if k % 2 else 'ask'},{100 + (k % 7) * (1 if k % 2 else -1) + (0 if k % 2 else 20)}.5,"
+    f"{k % 4}\n" for k in range(300))
+
+
+def make_inputs(directory, lobster_files=3):
+    """Synthetic LOBSTER pairs, a Binance capture and a tardis file: every reader, several shards."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(lobster_files):
+        message, _ = synthetic.write_lobster(directory, messages=1500, levels=5, seed=k, ticker=f"S{k}")
+        paths.append(message)
+    paths.append(synthetic.write_binance_capture(directory / "capture.gz", diffs=300))
+    tardis = directory / "deribit_incremental_book_L2_TST.csv"
+    tardis.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n" + TARDIS_ROWS)
+    paths.append(tardis)
+    return paths
+
+
+def folder_bytes(directory):
+    return {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir())}
+
+
+@numba.njit
+def spread_and_imbalance(book, events, i, state):
+    """At every trade: the spread and the top-5 imbalance, summed and counted."""
+    symbol = events[i].symbol
+    bid, _ = best_bid(book, symbol)
+    ask, _ = best_ask(book, symbol)
+    if bid > 0 and 0 < ask < 2**62:
+        state[0] += ask - bid
+        state[1] += 1
+        value = imbalance(book, symbol, 5)
+        if value == value:
+            state[2] += int(value * 1_000_000)
+
+
+def make_state(events):
+    return np.zeros(3, np.int64)
+
+
+def add(first, second):
+    return first + second
+
+
+# ---------------------------------------------------------------- a real Dask cluster
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1: the scheduler's address."""
+    distributed = pytest.importorskip("distributed")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    logs = tmp_path_factory.mktemp("dask")
+    processes = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
+                                   "--port", str(port), "--no-dashboard"], cwd=ROOT, env=environment,
+                                  stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    for k in range(2):
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+             "--name", f"worker-{k}"], cwd=ROOT, env=environment,
+            stdout=open(logs / f"worker-{k}.log", "w"), stderr=subprocess.STDOUT))
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """Snapshots and callback results from this process, one file after another."""
+    out = tmp_path_factory.mktemp("serial")
+    report = batch.snapshot_files(inputs, out, levels=10, interval="1s", workers=0)
+    assert report.ok and len(report.done) == len(inputs)
+    states = batch.replay_files(inputs, spread_and_imbalance, make_state, workers=0)
+    return folder_bytes(out), states
+
+
+def assert_same_states(found, expected):
+    assert list(found) == list(expected)
+    for key in expected:
+        assert np.array_equal(found[key], expected[key]), key
+
+
+@pytest.mark.slow
+def test_local_processes_same_bytes(inputs, reference, tmp_path):
+    expected_files, expected_states = reference
+    batch.snapshot_files(inputs, tmp_path, levels=10, interval="1s", workers=2)
+    assert folder_bytes(tmp_path) == expected_files
+    assert_same_states(batch.replay_files(inputs, spread_and_imbalance, make_state, workers=2), expected_states)
+    total = batch.replay_files(inputs, spread_and_imbalance, make_state, reduce=add, workers=2)
+    assert np.array_equal(total, sum(expected_states.values()))
+
+
+@pytest.mark.slow
+def test_in_process_dask_local_cluster_same_bytes(inputs, reference, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    expected_files, expected_states = reference
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        batch.snapshot_files(inputs, tmp_path, levels=10, interval="1s", cluster=client)
+        assert_same_states(batch.replay_files(inputs, spread_and_imbalance, make_state, cluster=client),
+                           expected_states)
+    assert folder_bytes(tmp_path) == expected_files
+
+
+@pytest.mark.slow
+def test_real_dask_scheduler_and_workers_same_bytes(inputs, reference, tmp_path, dask_cluster):
+    """The CLI and the Python API against `dask scheduler` + two `dask worker` processes."""
+    expected_files, expected_states = reference
+    status = subprocess.run([sys.executable, "-m", "ringbook.engine.cli", "snapshots", *map(str, inputs),
+                             "--levels", "10", "--interval", "1s", "--out", str(tmp_path / "cli"),
+                             "--cluster", dask_cluster, "--no-progress"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert status.returncode == 0, status.stderr
+    assert folder_bytes(tmp_path / "cli") == expected_files
+    batch.snapshot_files(inputs, tmp_path / "api", levels=10, interval="1s", cluster=dask_cluster)
+    assert folder_bytes(tmp_path / "api") == expected_files
+    assert_same_states(batch.replay_files(inputs, spread_and_imbalance, make_state, cluster=dask_cluster),
+                       expected_states)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", ["parquet", "npz"])
+def test_parquet_and_npz_same_bytes_across_executors(inputs, tmp_path, format):
+    if format == "parquet":
+        pytest.importorskip("pyarrow")
+    batch.snapshot_files(inputs, tmp_path / "serial", levels=3, interval="500ms", format=format, workers=0)
+    batch.snapshot_files(inputs, tmp_path / "processes", levels=3, interval="500ms", format=format, workers=2)
+    files = folder_bytes(tmp_path / "serial")
+    assert sum(name.endswith("." + format) for name in files) == len(inputs)
+    assert folder_bytes(tmp_path / "processes") == files
+
+
+# ---------------------------------------------------------------- faults
+
+def stall_first_shard(marker_directory, events):
+    """make_state that, the first time any worker calls it, records its pid and waits to be killed."""
+    marker = Path(marker_directory) / "started"
+    try:
+        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return make_state(events)
+    os.write(descriptor, str(os.getpid()).encode())
+    os.close(descriptor)
+    time.sleep(120)
+    return make_state(events)
+
+
+def kill_when_started(marker_directory, killed):
+    marker = Path(marker_directory) / "started"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.read_text():
+            pid = int(marker.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_sigkilled_worker_is_retried_with_identical_results(inputs, reference, tmp_path, where, request):
+    _, expected_states = reference
+    killed = []
+    killer = threading.Thread(target=kill_when_started, args=(tmp_path, killed))
+    killer.start()
+    where_to = {"workers": 2} if where == "processes" else {"cluster": request.getfixturevalue("dask_cluster")}
+    states = batch.replay_files(inputs, spread_and_imbalance, functools.partial(stall_first_shard, str(tmp_path)),
+                                **where_to)
+    killer.join()
+    assert len(killed) == 1 and killed[0] != os.getpid()
+    assert_same_states(states, expected_states)
+
+
+@pytest.mark.slow
+def test_malformed_file_fails_alone(inputs, reference, tmp_path, capsys):
+    bad = tmp_path / "deribit_incremental_book_L2_BAD.csv"
+    lines = (Path(inputs[-1]).read_text()).splitlines()
+    lines[41] = lines[41].replace(",bid,", ",buy,").replace(",ask,", ",buy,")
+    bad.write_text("\n".join(lines) + "\n")
+    status = cli.main(["snapshots", *map(str, inputs[:2]), str(bad), str(inputs[2]), "--levels", "10",
+                       "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert f"FAILED {bad}: {bad}, line 42, field 'side': must be bid or ask" in out
+    manifest = json.loads((tmp_path / "out" / batch.MANIFEST).read_text())
+    entry = manifest["files"][str(bad)]
+    assert entry["status"] == "failed" and (entry["error"]["line"], entry["error"]["field"]) == (42, "side")
+    written = folder_bytes(tmp_path / "out")
+    expected_files, _ = reference
+    for name, data in written.items():
+        if name != batch.MANIFEST:
+            assert data == expected_files[name]
+    assert len(written) == 3 + 1
+
+
+def test_rerun_resumes_and_force_redoes(tmp_path):
+    inputs = make_inputs(tmp_path / "in", lobster_files=2)
+    out = tmp_path / "out"
+    first = batch.snapshot_files(inputs, out, levels=5, workers=0)
+    assert len(first.done) == len(inputs) and first.ok
+    files = folder_bytes(out)
+    manifest = json.loads(files[batch.MANIFEST])
+    entry = manifest["files"][str(inputs[0])]
+    assert entry["size"] == inputs[0].stat().st_size and len(entry["sha256"]) == 64
+    assert entry["shards"][0]["rows"] > 0 and entry["status"] == "done"
+    assert entry["shards"][0]["first_boundary_ns"] >= entry["shards"][0]["first_event_ns"]
+    # One output lost: only its input is redone, to the same bytes.
+    lost = out / entry["shards"][0]["output"]
+    lost.unlink()
+    again = batch.snapshot_files(inputs, out, levels=5, workers=0)
+    assert again.done == [str(inputs[0])] and len(again.skipped) == len(inputs) - 1
+    assert folder_bytes(out) == files
+    # An input that changed is redone; --force redoes everything.
+    Path(inputs[-1]).write_text(Path(inputs[-1]).read_text() + TARDIS_ROWS.splitlines()[-1].replace(
+        "1600000040", "1600000041") + "\n")
+    assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[-1])]
+    assert len(batch.snapshot_files(inputs, out, levels=5, workers=0, force=True).done) == len(inputs)
+    # Other options are another run: nothing is skipped.
+    assert len(batch.snapshot_files(inputs, out, levels=6, workers=0).done) == len(inputs)
+
+
+# ---------------------------------------------------------------- inputs and `ringbook check`
+
+def test_formats_and_lobster_pairs(tmp_path):
+    inputs = make_inputs(tmp_path, lobster_files=1)
+    assert [batch.detect_format(path) for path in inputs] == ["lobster", "binance", "tardis"]
+    orderbook = str(inputs[0]).replace("_message_", "_orderbook_")
+    found = batch.sources([orderbook, *inputs])
+    assert [source.path for source in found] == [str(path) for path in inputs]
+    assert found[0].orderbook == orderbook
+    with pytest.raises(ValueError, match="cannot tell"):
+        (tmp_path / "x.txt").write_text("hello\n")
+        batch.detect_format(tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize("text, ns", [("1s", 10**9), ("250ms", 250 * 10**6), ("1m", 60 * 10**9), ("5us", 5000)])
+def test_parse_interval(text, ns):
+    assert batch.parse_interval(text) == ns
+
+
+@pytest.mark.parametrize("text", ["0s", "1", "1.5s", "500ns", "-1s"])
+def test_parse_interval_rejects(text):
+    with pytest.raises(ValueError):
+        batch.parse_interval(text)
+
+
+def test_check_many_files_lines_and_totals(tmp_path, capsys):
+    inputs = make_inputs(tmp_path, lobster_files=2)[:3]
+    status = cli.main(["check", *map(str, inputs), "--workers", "0", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and [entry["file"] for entry in report["files"]] == [str(path) for path in inputs]
+    assert report["totals"] == {name: sum(entry[name] for entry in report["files"])
+                                for name in ("events", "checked", "mismatches", "gaps")}
+    assert report["totals"]["checked"] > 3000 and report["totals"]["mismatches"] == 0
+    status = cli.main(["check", *map(str, inputs), "--workers", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0 and len(lines) == 4 and lines[-1].startswith("TOTAL    3 files: events ")
+    # A malformed file is reported on its own line; the others are still checked.
+    bad = tmp_path / "BAD_2012-06-21_34200000_57600000_message_5.csv"
+    rows = Path(inputs[0]).read_text().splitlines()
+    rows[9] = rows[9].replace(",", ";", 1)
+    bad.write_text("\n".join(rows) + "\n")
+    status = cli.main(["check", str(bad), *map(str, inputs), "--workers", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 2 and lines[0].startswith(f"ERROR    {bad}: {bad}, line 10")
+    assert sum(line.startswith("OK ") for line in lines) == 3
+
+
+@pytest.mark.slow
+def test_callback_defined_in_a_script_reaches_workers(tmp_path):
+    """A callback in ``__main__`` (a script or a notebook) is not importable: it travels by value."""
+    inputs = make_inputs(tmp_path / "in", lobster_files=1)
+    script = tmp_path / "research.py"
+    script.write_text(textwrap.dedent(f"""
+        import numba, numpy as np
+        import ringbook
+        from ringbook.kernels.book import best_bid
+
+        @numba.njit
+        def count_bids(book, events, i, state):
+            price, _ = best_bid(book, events[i].symbol)
+            if price > 0:
+                state[0] += 1
+
+        if __name__ == "__main__":
+            states = ringbook.replay_files({[str(p) for p in inputs]!r}, count_bids,
+                                           lambda events: np.zeros(1, np.int64), workers=2)
+            print(sorted(int(state[0]) for state in states.values()))
+    """))
+    found = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert found.returncode == 0, found.stderr
+    counts = json.loads(found.stdout.strip().splitlines()[-1])
+    assert len(counts) == len(inputs) and min(counts) > 0

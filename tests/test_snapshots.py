@@ -1,0 +1,205 @@
+"""Book snapshots at interval boundaries: the kernel against the naive reference, the exchange's
+own truth on real files (LOBSTER orderbook rows, Binance bookTickers), and the three file formats."""
+
+import csv
+import io
+from decimal import Decimal
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ringbook.engine import snapshots
+from ringbook.engine.feeds import binance, lobster, synthetic
+from ringbook.engine.feeds.source import Feed
+from ringbook.kernels import snapshots as kernels
+from ringbook.kernels.book import NO_PRICE, new_book
+from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L2_SET, KIND_TOP_OF_BOOK, Instruments,
+                                     empty_events)
+from ringbook.kernels.status import FULL, OK
+from tests import naive
+from tests.llvm_ir import allocation_calls
+
+AAPL = "lobster/AAPL_2012-06-21_34200000_57600000_{}_10.csv"
+AMZN = "lobster/AMZN_2012-06-21_34200000_57600000_{}_1.csv"
+CAPTURE = "binance/spot_btcusdt_20240808.gz"
+TARDIS_SNAPSHOT = "tardis/binance-futures_book_snapshot_25_BTCUSDT.csv"
+SECOND = 10**9
+
+
+def assert_matches_reference(table, events, symbol, interval, levels):
+    expected = naive.snapshots(events, symbol, interval, levels)
+    assert len(table) == len(expected)
+    for row, (boundary, bids, asks) in enumerate(expected):
+        assert table.times[row] == boundary
+        for prices, quantities, wanted in ((table.bid_prices, table.bid_quantities, bids),
+                                           (table.ask_prices, table.ask_quantities, asks)):
+            found = [(int(p), int(q)) for p, q in zip(prices[row], quantities[row]) if p != NO_PRICE]
+            assert found == wanted, (row, boundary)
+            assert (quantities[row][len(wanted):] == 0).all()
+
+
+@pytest.mark.parametrize("interval", [SECOND // 10, SECOND, 7 * SECOND])
+@pytest.mark.parametrize("levels", [1, 3, 8])
+def test_lobster_replay_matches_reference(tmp_path, interval, levels):
+    messages, _ = synthetic.write_lobster(tmp_path, messages=800, levels=5, seed=3)
+    feed = lobster.read_messages(messages)
+    table = snapshots.snapshot_feed(feed, 0, interval, levels)
+    assert len(table) > 0
+    assert_matches_reference(table, feed.events, 0, interval, levels)
+
+
+def test_binance_replay_matches_reference(tmp_path):
+    """Snapshots, held-back diffs and tickers without an exchange time (they do not move the clock)."""
+    feed = binance.read_capture(synthetic.write_binance_capture(tmp_path / "c.gz", diffs=400))
+    table = snapshots.snapshot_feed(feed, 0, SECOND // 4, 10)
+    assert_matches_reference(table, feed.events, 0, SECOND // 4, 10)
+
+
+def l2_events(rows):
+    events = empty_events(len(rows))
+    for i, (time, side, price, quantity, batch_end) in enumerate(rows):
+        events[i]["exchange_ns"], events[i]["kind"], events[i]["side"] = time, KIND_L2_SET, side
+        events[i]["price"], events[i]["quantity"] = price, quantity
+        events[i]["flags"] = FLAG_BATCH_END if batch_end else 0
+    events[-1]["flags"] = FLAG_BATCH_END
+    return events
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.sampled_from([1, -1]), st.integers(90, 110),
+                          st.integers(0, 5), st.booleans()), min_size=1, max_size=60),
+       st.sampled_from([1, 100, 250, 1000]), st.integers(1, 4))
+def test_random_times_match_reference(rows, interval, levels):
+    """Times with zeros (no exchange time), repeats, jumps backwards and messages of several events."""
+    events = l2_events(rows)
+    instruments = Instruments(1)
+    instruments.intern("X", 0, 0, 1)
+    table = snapshots.snapshot_feed(Feed(events, np.arange(len(events)) + 1, instruments, "x"), 0,
+                                    interval, levels)
+    assert_matches_reference(table, events, 0, interval, levels)
+
+
+def test_full_outputs_stop_without_writing_outside():
+    events = l2_events([(100, 1, 10, 1, True), (950, -1, 12, 2, True)])
+    out = snapshots._outputs(3, 2)
+    cursor = kernels.new_cursor()
+    next_index, status = kernels.take_snapshots(new_book(1, depth=8, order_capacity=16), 0, events, 0, 2, 100,
+                                                cursor, *out)
+    assert (next_index, status) == (1, FULL)       # boundaries 100..800 do not fit in 3 rows
+    assert cursor[kernels.CURSOR_ROWS] == 3 and out[0].tolist() == [100, 200, 300]
+
+
+@pytest.mark.slow
+def test_snapshot_kernel_allocates_nothing():
+    array = numba.types.Array(numba.types.int64, 1, "C")
+    matrix = numba.types.Array(numba.types.int64, 2, "C")
+    signature = (numba.typeof(new_book(1, depth=1, order_capacity=16)), numba.types.int64,
+                 numba.typeof(empty_events(1)), numba.types.int64, numba.types.int64, numba.types.int64,
+                 array, array, array, array, array, matrix, matrix, matrix, matrix)
+    assert allocation_calls(kernels.take_snapshots, signature) == []
+
+
+# ---------------------------------------------------------------- the exchange's own truth
+
+@pytest.mark.parametrize("pair", [AAPL, AMZN])
+def test_lobster_snapshots_equal_orderbook_rows(shared_data, pair):
+    """Every boundary, every level the file has: the row of the last message at or before it."""
+    feed = lobster.read_messages(shared_data / pair.format("message"))
+    orderbook = lobster.read_orderbook(shared_data / pair.format("orderbook"))
+    table = snapshots.snapshot_feed(feed, 0, SECOND, orderbook.levels, orderbook=orderbook)
+    times = feed.events["exchange_ns"]
+    assert len(table) == times[-1] // SECOND - -(-times[0] // SECOND) + 1
+    last = np.searchsorted(times, table.times, side="right") - 1
+    rows = feed.records[last]
+    for found_prices, found_sizes, prices, sizes in (
+            (table.bid_prices, table.bid_quantities, orderbook.bid_price, orderbook.bid_size),
+            (table.ask_prices, table.ask_quantities, orderbook.ask_price, orderbook.ask_size)):
+        shown = sizes[rows] > 0
+        assert np.array_equal(np.where(shown, found_prices, 0), np.where(shown, prices[rows], 0))
+        assert np.array_equal(np.where(shown, found_sizes, 0), np.where(shown, sizes[rows], 0))
+        # An empty level of the row is empty in the snapshot.
+        assert (found_prices[~shown] == NO_PRICE).all()
+    assert np.array_equal(table.last_ns, times[last])
+
+
+@pytest.mark.slow
+def test_binance_snapshots_equal_book_ticker(shared_data):
+    """Where the last applied diff's update id equals the last bookTicker's, best bid/ask equal it."""
+    feed = binance.read_capture(shared_data / CAPTURE)
+    table = snapshots.snapshot_feed(feed, 0, SECOND // 10, 5)
+    events = feed.events
+    # The events before each boundary: those before the first message that starts later than it.
+    message_start = np.concatenate(([True], (events["flags"][:-1] & FLAG_BATCH_END) != 0))
+    checked = 0
+    for row, boundary in enumerate(table.times):
+        later = np.flatnonzero(message_start & (events["exchange_ns"] > boundary))
+        applied = events[:later[0]] if len(later) else events
+        tickers = np.flatnonzero(applied["kind"] == KIND_TOP_OF_BOOK)
+        if len(tickers) < 2:
+            continue
+        bid, ask = applied[tickers[-2]], applied[tickers[-1]]
+        if bid["sequence"] != table.sequences[row]:
+            continue
+        checked += 1
+        assert (table.bid_prices[row, 0], table.bid_quantities[row, 0]) == (bid["price"], bid["quantity"])
+        assert (table.ask_prices[row, 0], table.ask_quantities[row, 0]) == (ask["price"], ask["quantity"])
+    print(f"{checked} of {len(table)} boundaries at a bookTicker's update id")
+    assert checked >= 90
+
+
+# ---------------------------------------------------------------- files
+
+def small_table():
+    table = snapshots.Snapshots(
+        "binance", "BTCUSDT", 8, 8, np.array([SECOND, 2 * SECOND]), np.array([SECOND - 5, SECOND - 5]),
+        np.array([0, 2 * SECOND + 123_456]), np.array([7, 7]),
+        np.array([[6173763000000, 6173762000000], [6173763000000, NO_PRICE]]),
+        np.array([[150000000, 1], [100000000, 0]]),
+        np.array([[6173764000000, NO_PRICE], [NO_PRICE, NO_PRICE]]), np.array([[12345, 0], [0, 0]]))
+    return table
+
+
+def test_csv_header_is_tardis_book_snapshot(shared_data):
+    header = (shared_data / TARDIS_SNAPSHOT).read_text().splitlines()[0]
+    assert snapshots.csv_header(25) == header
+
+
+def test_csv_rows_exact_decimals_and_empty_levels():
+    text = snapshots.csv_bytes(small_table()).decode()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == snapshots.csv_header(2).split(",")
+    assert rows[1] == ["binance", "BTCUSDT", "1000000", "1000000", "61737.64", "0.00012345", "61737.63", "1.5",
+                       "", "", "61737.62", "0.00000001"]
+    assert rows[2] == ["binance", "BTCUSDT", "2000000", "2000123", "", "", "61737.63", "1", "", "", "", ""]
+
+
+def test_csv_numbers_round_trip_through_decimal():
+    table = small_table()
+    rows = list(csv.DictReader(io.StringIO(snapshots.csv_bytes(table).decode())))
+    assert Decimal(rows[0]["bids[0].price"]).scaleb(8) == int(table.bid_prices[0, 0])
+
+
+def test_parquet_typed_columns_and_nulls():
+    pq = pytest.importorskip("pyarrow.parquet")
+    data = snapshots.parquet_bytes(small_table())
+    assert data == snapshots.parquet_bytes(small_table())
+    table = pq.read_table(io.BytesIO(data))
+    assert table.column_names[:8] == snapshots.csv_header(2).split(",")[:8]
+    assert table.column("bids[0].price").to_pylist() == [Decimal("61737.63000000")] * 2
+    assert table.column("asks[0].price").to_pylist() == [Decimal("61737.64000000"), None]
+    assert table.column("bids[1].amount").to_pylist() == [Decimal("0.00000001"), None]
+    assert table.column("sequence").to_pylist() == [7, 7]
+    assert table.column("last_exchange_ns").to_pylist() == [SECOND - 5] * 2
+
+
+def test_npz_round_trip_and_same_bytes(tmp_path):
+    table = small_table()
+    assert snapshots.npz_bytes(table) == snapshots.npz_bytes(table)
+    path = snapshots.write_snapshots(table, tmp_path / "x.npz", "npz")
+    again = snapshots.read_npz(path)
+    for name in ("times", "bid_prices", "ask_quantities", "sequences", "last_local_ns"):
+        assert np.array_equal(getattr(again, name), getattr(table, name))
+    assert (again.symbol, again.exchange, again.price_scale) == ("BTCUSDT", "binance", 8)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]  # no temporary file left behind
