@@ -7,7 +7,7 @@ whether malformed lines are skipped and whether the rest is gzipped; the rest
 is the file. Seeds come from the real files in ``../shared/data``, read at run
 time (nothing is copied into the repository)::
 
-    python tests/feeds_fuzz.py -max_total_time=600          # seeds written to a temporary corpus
+    python tests/feeds_fuzz.py -max_total_time=600 -rss_limit_mb=4096   # seeds: a temporary corpus
     python tests/feeds_fuzz.py -runs=100000 CORPUS_DIR       # or a corpus of your own
 """
 

@@ -327,3 +327,32 @@ def test_api_check_raises_feed_error_for_empty_files(tmp_path):
         check.check_lobster(path)
     with pytest.raises(FeedError, match="empty"):
         check.check_binance(path)
+
+
+@pytest.mark.parametrize("kind", ["orderbook_width", "brackets"])
+def test_memory_bombs_stay_within_the_limit(tmp_path, kind):
+    """A first orderbook row of 40,000 fields over many short rows, a capture line of brackets:
+    the memory a read takes stays within its limit (numpy's allocations, traced)."""
+    import tracemalloc
+
+    limit = 32 * 2**20
+    path = tmp_path / kind
+    if kind == "orderbook_width":
+        path.write_bytes(b"1," * 39999 + b"1\n" + b"1,2,3,4\n" * 2_000_000)
+        read = lobster.read_orderbook
+    else:
+        path.write_bytes(b"1 {\"e\":\"depthUpdate\",\"b\":" + b"[" * (6 * 2**20) + b"\n")
+        read = binance.read_capture
+    warm = tmp_path / "warm"  # the compiled kernels are loaded before tracing
+    warm.write_bytes(b"1,2,3,4\n" if kind == "orderbook_width" else
+                     f"1 {BINANCE_MESSAGES[2]}\n".encode())
+    read(warm)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FeedError) as caught:
+            read(path, memory_limit=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.line in (1, 2)
+    assert peak < limit, f"{peak / 2**20:.0f} MiB"

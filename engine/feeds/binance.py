@@ -67,7 +67,7 @@ from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                                      KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END,
                                      KIND_TOP_OF_BOOK, KIND_TRADE, Instruments)
-from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import MISSING, NOT_JSON, OUT_OF_RANGE
 
 PRICE_SCALE = 8
@@ -128,7 +128,7 @@ _NS_PER_MS = 1_000_000
 _MAX_MS = (2 ** 63 - 1) // _NS_PER_MS
 
 
-@kernel
+@llvm_inline_kernel
 def _message_kind(buffer, members, count):
     """``MESSAGE_*`` of an indexed message object."""
     row = js.member(buffer, members, count, _EVENT_TYPE)
@@ -152,7 +152,7 @@ def _message_kind(buffer, members, count):
     return MESSAGE_IGNORED
 
 
-@kernel
+@llvm_inline_kernel
 def _put(events, index, kind, side, price, quantity, order_id, sequence, prev_sequence,
          exchange_ns, local_ns, flags):
     event = events[index]
@@ -169,7 +169,7 @@ def _put(events, index, kind, side, price, quantity, order_id, sequence, prev_se
     event.symbol = 0
 
 
-@kernel
+@llvm_inline_kernel
 def _put_levels(buffer, members, count, name, side, scales, scratch, events, written, sequence,
                 prev_sequence, exchange_ns, local_ns, flags):
     """The level list ``name`` as ``KIND_L2_SET`` events from ``events[written]``: (written, status)."""
@@ -184,7 +184,7 @@ def _put_levels(buffer, members, count, name, side, scales, scratch, events, wri
     return written + pairs, np.int64(fixed.OK)
 
 
-@kernel
+@llvm_inline_kernel
 def _milliseconds(buffer, members, count, name, optional):
     """A time member in ms, within what ns hold: (ms, status); 0 when ``optional`` and absent."""
     value, status = js.integer(buffer, members, count, name)
@@ -197,7 +197,7 @@ def _milliseconds(buffer, members, count, name, optional):
     return value, np.int64(fixed.OK)
 
 
-@kernel
+@llvm_inline_kernel
 def _time_and_id(buffer, members, count, time_name, id_name, time_field, id_field):
     """A time in ms and an integer id: ``(ms, id, status, field)``."""
     milliseconds, status = _milliseconds(buffer, members, count, time_name, False)
@@ -209,7 +209,7 @@ def _time_and_id(buffer, members, count, time_name, id_name, time_field, id_fiel
     return milliseconds, identifier, status, -1
 
 
-@kernel
+@llvm_inline_kernel
 def _price_and_quantity(buffer, members, count, price_name, quantity_name, scales, price_field,
                         quantity_field):
     """Two decimal members, a price and a quantity: ``(price, quantity, status, field)``."""
@@ -222,7 +222,7 @@ def _price_and_quantity(buffer, members, count, price_name, quantity_name, scale
     return price, quantity, status, -1
 
 
-@kernel
+@llvm_inline_kernel
 def _parse_diff(buffer, members, count, local_ns, scales, scratch, events, written, record):
     """A ``depthUpdate``: its events from ``events[written]`` and its ``record``.
 
@@ -261,7 +261,7 @@ def _parse_diff(buffer, members, count, local_ns, scales, scratch, events, writt
     return end, np.int64(fixed.OK), -1
 
 
-@kernel
+@llvm_inline_kernel
 def _parse_snapshot(buffer, members, count, local_ns, scales, scratch, events, written, record):
     """A REST depth snapshot; as :func:`_parse_diff`."""
     last_update, status = js.integer(buffer, members, count, _LAST_UPDATE_ID)
@@ -289,7 +289,7 @@ def _parse_snapshot(buffer, members, count, local_ns, scales, scratch, events, w
     return end + 1, np.int64(fixed.OK), -1
 
 
-@kernel
+@llvm_inline_kernel
 def _parse_trade(buffer, members, count, local_ns, scales, scratch, events, written, record):
     """A ``trade``; as :func:`_parse_diff`."""
     trade_ms, trade_id, status, field = _time_and_id(buffer, members, count, _TRADE_TIME, _TRADE_ID,
@@ -311,7 +311,7 @@ def _parse_trade(buffer, members, count, local_ns, scales, scratch, events, writ
     return written + 1, np.int64(fixed.OK), -1
 
 
-@kernel
+@llvm_inline_kernel
 def _parse_ticker(buffer, members, count, local_ns, scales, scratch, events, written, record):
     """A ``bookTicker``; as :func:`_parse_diff`."""
     last_id, status = js.integer(buffer, members, count, _LAST_ID)
@@ -339,7 +339,7 @@ def _parse_ticker(buffer, members, count, local_ns, scales, scratch, events, wri
     return written + 2, np.int64(fixed.OK), -1
 
 
-@kernel
+@llvm_inline_kernel
 def _index_message(buffer, start, stop, members):
     """Index the message of one line: ``(local_ns, count, status)``.
 
@@ -447,9 +447,12 @@ def _parse_block(path, block, scales, skip_malformed):
     after a FeedError the tables stop before its line.
     """
     lines = len(block)
-    scratch = np.zeros(int((block.stops - block.starts).max()) // 2 + 2, np.int64)
-    capacity = int(np.count_nonzero(block.buffer == _OPEN_BRACKET)) + 2 * lines + 2
+    # Real levels take some 30 bytes: the first guess is bounded by the block's size whatever its
+    # brackets, and a block that holds more events grows the array (and the levels' scratch).
+    capacity = min(int(np.count_nonzero(block.buffer == _OPEN_BRACKET)) + 2 * lines,
+                   len(block.buffer) // 48) + 16
     events = np.zeros(capacity, EVENT_DTYPE)
+    scratch = np.zeros(2 * capacity + 4, np.int64)
     messages = np.zeros((lines, MESSAGE_COLUMNS), np.int64)
     numbers = block.numbers
     skipped = []
@@ -459,6 +462,11 @@ def _parse_block(path, block, scales, skip_malformed):
                                                          written, scales, scratch, events, messages)
         if status == fixed.OK:
             return events[:written], messages, numbers, skipped, None
+        if status == fixed.FULL:
+            events = np.concatenate([events, np.zeros(len(events), EVENT_DTYPE)])
+            scratch = np.zeros(2 * len(scratch), np.int64)
+            first = stopped_at
+            continue
         line = int(numbers[stopped_at])
         if not skip_malformed:
             problem = FeedError(path, line, reason_of(status), FIELD_NAMES[field] if field >= 0 else None)

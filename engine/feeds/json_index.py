@@ -3,7 +3,9 @@
 :func:`index_object` walks the object at ``buffer[start]`` once and records, per
 member, where its name and its value lie, without decoding anything; a reader then
 looks members up by name (:func:`member`) and converts only the values it needs,
-exactly (:func:`integer`, :func:`decimal`, :func:`level_pairs`). Nested objects
+exactly (:func:`integer`, :func:`decimal`, :func:`level_pairs`). The small
+helpers are inlined into their callers' machine code: a reader calls them a few
+times per number, and a call would cost more than the work. Nested objects
 are indexed by calling :func:`index_object` again on a member's value. Used by
 the Binance and Kalshi readers, and meant for live connectors too.
 
@@ -21,7 +23,7 @@ and the decimal parser's codes for a bad number.
 import numpy as np
 
 from ringbook.kernels import fixed
-from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import MISSING, ODD_LEVELS
 
 #: Members indexed per object; later ones are ignored (exchanges send a dozen or so).
@@ -57,7 +59,7 @@ def new_members_kernel():
     return np.zeros((MAX_MEMBERS, 4), np.int64)
 
 
-@kernel
+@llvm_inline_kernel
 def skip_spaces(buffer, position, stop):
     """Past the spaces and tabs at ``position``."""
     while position < stop and (buffer[position] == _SPACE or buffer[position] == _TAB):
@@ -65,7 +67,7 @@ def skip_spaces(buffer, position, stop):
     return position
 
 
-@kernel
+@llvm_inline_kernel
 def _skip_string(buffer, position, stop):
     """Past the JSON string that starts at ``position`` (a quote); -1 if it never ends."""
     position += 1
@@ -80,7 +82,7 @@ def _skip_string(buffer, position, stop):
     return -1
 
 
-@kernel
+@llvm_inline_kernel
 def _skip_value(buffer, position, stop):
     """Past the JSON value that starts at ``position``; -1 when it is malformed."""
     if position >= stop:
@@ -113,7 +115,7 @@ def _skip_value(buffer, position, stop):
     return end if end > position else -1
 
 
-@kernel
+@llvm_inline_kernel
 def index_object(buffer, start, stop, members):
     """Index the members of the JSON object at ``buffer[start]``, one pass.
 
@@ -156,7 +158,7 @@ def index_object(buffer, start, stop, members):
             return -1, position
 
 
-@kernel
+@llvm_inline_kernel
 def equals(buffer, start, stop, pattern):
     """True when ``buffer[start:stop]`` is ``pattern``."""
     if stop - start != pattern.shape[0]:
@@ -167,7 +169,7 @@ def equals(buffer, start, stop, pattern):
     return True
 
 
-@kernel
+@llvm_inline_kernel
 def member(buffer, members, count, name):
     """The row of the member called ``name``, or -1."""
     for row in range(count):
@@ -176,14 +178,14 @@ def member(buffer, members, count, name):
     return -1
 
 
-@kernel
+@llvm_inline_kernel
 def value_is(buffer, members, count, name, literal):
     """True when member ``name`` is present and its value's text is ``literal``."""
     row = member(buffer, members, count, name)
     return row >= 0 and equals(buffer, members[row, VALUE_START], members[row, VALUE_STOP], literal)
 
 
-@kernel
+@llvm_inline_kernel
 def integer(buffer, members, count, name):
     """The unquoted integer member ``name``: (value, status); ``MISSING`` when absent."""
     row = member(buffer, members, count, name)
@@ -192,7 +194,7 @@ def integer(buffer, members, count, name):
     return fixed.parse_decimal_bytes(buffer, members[row, VALUE_START], members[row, VALUE_STOP], 0)
 
 
-@kernel
+@llvm_inline_kernel
 def _number(buffer, start, stop, scale):
     """A decimal at ``buffer[start:stop]``, quoted or bare: (value, status)."""
     if stop - start >= 2 and buffer[start] == _QUOTE and buffer[stop - 1] == _QUOTE:
@@ -200,7 +202,7 @@ def _number(buffer, start, stop, scale):
     return fixed.parse_decimal_bytes(buffer, start, stop, scale)
 
 
-@kernel
+@llvm_inline_kernel
 def decimal(buffer, members, count, name, scale):
     """The member ``name``, a decimal as a string (``"1.5"``) or a bare number, at ``scale``:
     (value, status); ``MISSING`` when absent."""
@@ -210,7 +212,7 @@ def decimal(buffer, members, count, name, scale):
     return _number(buffer, members[row, VALUE_START], members[row, VALUE_STOP], scale)
 
 
-@kernel
+@llvm_inline_kernel
 def _token_end(buffer, position, stop):
     """Past the string or bare number at ``position`` (-1 for a string that never ends)."""
     if position < stop and buffer[position] == _QUOTE:
@@ -221,7 +223,7 @@ def _token_end(buffer, position, stop):
     return position
 
 
-@kernel
+@llvm_inline_kernel
 def _token_number(buffer, position, stop, scale):
     """The string or bare number after the spaces at ``position``: ``(value, status, position past
     it and the spaces after it)``."""
@@ -233,7 +235,7 @@ def _token_number(buffer, position, stop, scale):
     return value, status, skip_spaces(buffer, end, stop)
 
 
-@kernel
+@llvm_inline_kernel
 def level_pairs(buffer, members, count, name, price_scale, size_scale, out):
     """The member ``name``, ``[[price, quantity], ...]``, into ``out``: (pairs, status).
 
@@ -279,7 +281,7 @@ def level_pairs(buffer, members, count, name, price_scale, size_scale, out):
             return np.int64(0), np.int64(ODD_LEVELS)
 
 
-@kernel
+@llvm_inline_kernel
 def text_hash(buffer, members, count, name):
     """FNV-1a hash of member ``name``'s value text, as int64 (0 when absent): for interning
     names in Python once per distinct value."""

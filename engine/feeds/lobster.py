@@ -152,10 +152,32 @@ def _block_rows(path, block, first, width, scales, names, skip_malformed):
 
     Returns ``(rows, line numbers, indices among the parsed lines, skipped lines, FeedError or None)``.
     """
-    starts, stops, numbers = block.starts[first:], block.stops[first:], block.numbers[first:]
+    # Rows are parsed in batches whose matrix is no larger than the block's text (times 4): a
+    # first row with very many fields cannot make the matrix explode.
+    batch = max(1, 4 * len(block.buffer) // (8 * width))
+    parts, skipped = [], []
+    for batch_start in range(first, len(block), batch):
+        batch_stop = min(batch_start + batch, len(block))
+        rows, numbers, indices, problem = _batch_rows(path, block, batch_start, batch_stop, width, scales,
+                                                      names, skip_malformed, skipped)
+        parts.append((rows, numbers, indices + batch_start - first))
+        if problem is not None:
+            break
+    else:
+        problem = None
+    if not parts:
+        return np.zeros((0, width), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), skipped, problem
+    if len(parts) == 1:
+        return (*parts[0], skipped, problem)
+    return (*(np.concatenate([part[index] for part in parts]) for index in range(3)), skipped, problem)
+
+
+def _batch_rows(path, block, batch_start, batch_stop, width, scales, names, skip_malformed, skipped):
+    """Lines ``batch_start:batch_stop`` of a block as rows; malformed ones appended to ``skipped``."""
+    starts, stops = block.starts[batch_start:batch_stop], block.stops[batch_start:batch_stop]
+    numbers = block.numbers[batch_start:batch_stop]
     rows = np.zeros((len(starts), width), np.int64)
     good = np.ones(len(starts), bool)
-    skipped = []
     at = 0
     while True:
         stopped_at, code, column = parse_csv_rows(block.buffer, starts, stops, at, scales, rows)
@@ -163,16 +185,16 @@ def _block_rows(path, block, first, width, scales, names, skip_malformed):
             break
         line = int(numbers[stopped_at])
         if code == FIELD_COUNT:
-            field, reason = None, f"{_field_count(block, first + stopped_at)} fields, expected {width}"
+            field, reason = None, f"{_field_count(block, batch_start + stopped_at)} fields, expected {width}"
         else:
             field, reason = names(int(column)), reason_of(code)
         if not skip_malformed:
-            return (rows[:stopped_at], numbers[:stopped_at], np.arange(stopped_at), skipped,
+            return (rows[:stopped_at], numbers[:stopped_at], np.arange(stopped_at),
                     FeedError(path, line, reason, field))
         skipped.append(line)
         good[stopped_at] = False
         at = stopped_at + 1
-    return rows[good], numbers[good], np.flatnonzero(good), skipped, None
+    return rows[good], numbers[good], np.flatnonzero(good), None
 
 
 def _iter_rows(path, width_of, names, scales_of, skip_malformed, memory_limit):

@@ -317,7 +317,7 @@ def iter_blocks(path, memory_limit=None):
     longest_line = limit // 4
     lines_before = 0
     with _open_input(path) as file:
-        raw = _raw_chunks(path, file, min(block_size, _READ_SIZE))
+        raw = _raw_chunks(path, file, block_size)  # a small file: one read, no copy
         first = next(raw, b"")
         while len(first) < 2 and first:
             more = next(raw, b"")
@@ -349,7 +349,9 @@ def iter_blocks(path, memory_limit=None):
             carried.append(text[:cut + 1])
             carried_bytes += cut + 1
             if carried_bytes >= block_size:
-                block, newlines = _block(b"".join(carried), lines_before)
+                joined, carried = b"".join(carried), None  # the pieces go before the block is parsed
+                block, newlines = _block(joined, lines_before)
+                del joined
                 lines_before += newlines
                 if len(block):
                     yield block
@@ -359,7 +361,9 @@ def iter_blocks(path, memory_limit=None):
                 carried.append(rest)
                 carried_bytes += len(rest)
         if carried_bytes:
-            block, _ = _block(b"".join(carried), lines_before)
+            joined, carried = b"".join(carried), None
+            block, _ = _block(joined, lines_before)
+            del joined
             if len(block):
                 yield block
 
