@@ -163,12 +163,14 @@ class JournalSource:
         self.ticks = run.ticks
         self.order_capacity = run.order_capacity
         self.speed = speed
-        packets = run.data_packets
-        self.offsets = np.zeros(len(packets) + 1, np.int64)
-        np.cumsum([len(p) for p in packets], out=self.offsets[1:])
-        self.buffer = np.frombuffer(b"".join(packets), np.uint8).copy() if packets else np.zeros(0, np.uint8)
-        self.counts = ((np.diff(self.offsets) - packet.HEADER_BYTES) // packet.EVENT_BYTES).astype(np.int64)
-        self.times = np.asarray(run.data_receive_ns, np.int64)
+        keep = np.flatnonzero(run.kinds == 0)  # data records: the feed's own markers are not replayed
+        lengths = np.diff(run.offsets)[keep]
+        self.offsets = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        self.buffer = np.concatenate([run.buffer[run.offsets[i]:run.offsets[i + 1]] for i in keep]) \
+            if len(keep) else np.zeros(0, np.uint8)
+        self.counts = ((lengths - packet.HEADER_BYTES) // packet.EVENT_BYTES).astype(np.int64)
+        self.times = run.receive_ns[keep]
         self.total_events = int(self.counts.sum())
         self.description = f"journal {root}" + (f" at {speed:g}x recorded speed" if speed else "")
 
