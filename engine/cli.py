@@ -16,6 +16,7 @@ COMMANDS = {
     "replay": ("ringbook.engine.replay", "verify a run's journal, rebuild its book, check every checkpoint"),
     "stat": ("ringbook.engine.stat", "a running engine's live counters, from another process"),
     "send": ("ringbook.engine.send", "send the engine's packets over UDP (synthetic or a file)"),
+    "journal": ("ringbook.engine.journal_cli", "journals: info, verify, cat, export, import"),
 }
 
 
