@@ -29,7 +29,7 @@ from ringbook.engine import pipeline
 from ringbook.engine.feeds import packet
 from ringbook.engine.feeds.live import FeedContext, open_source
 from ringbook.engine.ring import Ring
-from ringbook.engine.scheduler import Scheduler, Worker, locked_bytes, lock_all_memory, prefault
+from ringbook.engine.scheduler import ObservedThread, Scheduler, Worker, locked_bytes, lock_all_memory, prefault
 from ringbook.kernels import book as books
 from ringbook.kernels import hist as khist
 from ringbook.kernels import window as kwindow
@@ -202,7 +202,8 @@ class Engine:
         own = JournalWriter(self.out, "engine", payload="raw", instruments=self.instruments,
                             calibration=self.calibration, durability=durability)
         self.writers = [raw, own]
-        self.flusher = Flusher([(self.raw_ring, 1, raw), (self.engine_ring, 0, own)])
+        self.flusher = Flusher([(self.raw_ring, 1, raw), (self.engine_ring, 0, own)],
+                               calibration=self.calibration)
         self._write_run_file()
 
     def _write_run_file(self):
@@ -299,6 +300,7 @@ class Engine:
         plan.append(("flusher", None) if self.flusher is None else ("journal", self._stop_flusher))
         if self.flusher is not None:
             self.flusher.start()
+            workers.insert(0, ObservedThread("journal", self.flusher._thread))
         self.scheduler = Scheduler(workers, plan, cpus=self.config.cpus, on_tick=self._tick,
                                    finished=self._finished)
         self.region.set_state(C.RUNNING)
@@ -331,6 +333,23 @@ class Engine:
         else:
             pipeline.consume_with_callback(*arguments, self.config.callback, self.config.callback_state)
         pipeline.discard(ring.slab, ring.consumer(1))
+        if self.flusher is not None:
+            self._warm_up_journal()
+
+    def _warm_up_journal(self):
+        """One record through a throwaway flusher and journal: its kernels compile here."""
+        import tempfile
+        from ringbook.engine.flusher import Flusher
+        from ringbook.engine.journal import JournalWriter
+        with tempfile.TemporaryDirectory(prefix="ringbook-warm-") as directory:
+            ring = Ring.create(4, packet.SLOT_SIZE, consumers=1)
+            writer = JournalWriter(directory, "raw", payload="raw", calibration=self.calibration)
+            flusher = Flusher([(ring, 0, writer)], calibration=self.calibration)
+            flusher.start()
+            ring.write(np.zeros(packet.HEADER_BYTES, np.uint8))
+            flusher.stop(drain=True)
+            writer.close()
+            ring.close()
 
     def _tell_feed_stop(self):
         self.control[pipeline.STOP] = 1
@@ -365,7 +384,7 @@ class Engine:
         if self.flusher is not None:
             words[C.JOURNAL_RECORDS] = self.flusher.records
             words[C.JOURNAL_BYTES] = self.flusher.bytes
-            durable = self.flusher.last_durable_sequence
+            durable = self.flusher.last_durable_sequence[0]  # the raw stream's
             words[C.LAST_DURABLE_SEQUENCE] = -1 if durable is None else durable
         words[C.VMLCK_BYTES] = locked_bytes() or 0
         values = self.histogram.percentiles(PERCENTILES)
@@ -487,7 +506,9 @@ class Engine:
                             "bytes": sum((self.out / f).stat().st_size for f in files)})
             if self.flusher is not None:
                 journal["records"] = int(self.flusher.records)
-                journal["last_durable_sequence"] = self.flusher.last_durable_sequence
+                journal["last_durable_sequence"] = self.flusher.last_durable_sequence[0]
+                journal["streams"] = {"raw": {"last_durable_sequence": self.flusher.last_durable_sequence[0]},
+                                      "engine": {"last_durable_sequence": self.flusher.last_durable_sequence[1]}}
             else:
                 journal["note"] = self.journal_note
         threads = self.scheduler.thread_map()

@@ -261,6 +261,20 @@ class Worker:
         return self.thread.is_alive()
 
 
+class ObservedThread(Worker):
+    """A thread that another object started (the journal's flusher): the scheduler
+    samples its costs and joins it in the stop plan, but does not start or pin it.
+    It never spins."""
+
+    def __init__(self, name, thread):
+        super().__init__(name, None, spins=False)
+        self.thread = thread
+        self.tid = thread.native_id
+        self.start_costs = thread_costs(self.tid) if self.tid else None
+        self.last_costs = self.start_costs
+        self.started.set()
+
+
 def assign_cores(workers, cpus=None):
     """Give each spinning worker a core of its own; everyone else may use every core.
 
@@ -285,7 +299,7 @@ def assign_cores(workers, cpus=None):
             worker.cores = list(cores)
             worker.spins = False
     for worker in workers:
-        if not worker.spins:
+        if not worker.spins and not isinstance(worker, ObservedThread):
             worker.cores = list(cores)
             worker.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
     return notes
@@ -334,8 +348,9 @@ class Scheduler(threading.Thread):
         self.started_ns = time.monotonic_ns()
         try:
             for worker in self.workers.values():
-                worker.thread.start()
-                worker.started.wait(5)
+                if not isinstance(worker, ObservedThread):
+                    worker.thread.start()
+                    worker.started.wait(5)
             while not self._stop_requested.wait(self.interval):
                 self._sample()
                 failed = self._failed()
