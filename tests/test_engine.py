@@ -191,6 +191,7 @@ def test_counters_reader_refuses_what_is_not_a_region(tmp_path):
         os.unlink(path)
 
 
+@pytest.mark.slow
 def test_binance_capture_ends_with_checks_book(shared_data, tmp_path):
     from ringbook.engine.check import price_ticks
     from ringbook.engine.feeds import binance
