@@ -507,6 +507,9 @@ class Engine:
             if self.flusher is not None:
                 journal["records"] = int(self.flusher.records)
                 journal["last_durable_sequence"] = self.flusher.last_durable_sequence[0]
+                errors = [writer.last_error for writer in self.writers if getattr(writer, "last_error", None)]
+                journal["disk_errors"] = sum(getattr(writer, "errors", 0) for writer in self.writers)
+                journal["last_disk_error"] = str(errors[-1]) if errors else None
                 journal["streams"] = {"raw": {"last_durable_sequence": self.flusher.last_durable_sequence[0]},
                                       "engine": {"last_durable_sequence": self.flusher.last_durable_sequence[1]}}
             else:

@@ -276,3 +276,42 @@ def test_mlock_enomem_names_the_limit():
     assert not result["locked"] and result["errno"] == 12
     assert "65536 bytes" in result["error"]
     assert result["locked_bytes"] == 0
+
+
+def test_journal_feed_replays_a_run(tmp_path):
+    first, report = run_engine(tmp_path, events=8000, seed=5, out=str(tmp_path / "first"))
+    again, second = run_engine(tmp_path, feed=f"journal:{tmp_path / 'first'}", out=str(tmp_path / "second"))
+    assert second["events"] == report["events"] and second["messages"] == report["messages"]
+    levels = np.zeros(20, np.int64), np.zeros(20, np.int64)
+    assert pipeline.book_hash(first.book, *levels) == pipeline.book_hash(again.book, *levels)
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_run_loses_nothing(tmp_path):
+    """A real 16 MiB tmpfs, filled during the run and freed a moment later."""
+    import threading
+    import time
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        filler = disk / "filler"
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        filler.write_bytes(b"\0" * (free - 1_000_000))  # room for about 1 MB of journal
+        freed = threading.Timer(2.0, filler.unlink)
+        freed.start()
+        engine, report = run_engine(tmp_path, events=60_000, rate=100_000, out=str(disk / "j"))
+        freed.join()
+        assert report["journal"]["disk_errors"] > 0 and "No space left" in report["journal"]["last_disk_error"]
+        assert report["dropped"] == 0
+        from ringbook.engine.replay import replay
+        result, _, _ = replay(disk / "j")
+        assert result["verify"]["ok"]
+        assert result["events"] == report["events"] >= 60_000
+        assert result["checkpoints"]["mismatched"] == 0
+        assert result["checkpoints"]["matched"] == report["checkpoints"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
