@@ -78,6 +78,20 @@ def _pace(start, done_events, rate):
             time.sleep(delay)
 
 
+def _feed(to_book, events, rate):
+    """Put ``(send ns, packet)`` pairs until ``events`` events, then ``None``; the start time."""
+    start = time.perf_counter()
+    done = 0
+    for payload in PACKETS:
+        _pace(start, done, rate)
+        to_book.put((time.perf_counter_ns(), payload))
+        done += (len(payload) - packet.HEADER_BYTES) // packet.EVENT_BYTES
+        if done >= events:
+            break
+    to_book.put(None)
+    return start
+
+
 def _journal_writer(path, source):
     with open(path, "wb") as file:
         while True:
@@ -89,7 +103,6 @@ def _journal_writer(path, source):
 
 def threads_pipeline(events, rate=None):
     """Feed, book and journal threads over ``queue.Queue``: ``(seconds, histogram)``."""
-    data = PACKETS
     to_book, to_journal = queue.Queue(maxsize=8192), queue.Queue(maxsize=8192)
     histogram, book = Histogram(1, 60_000_000_000, 3), _book()
     with tempfile.TemporaryDirectory() as directory:
@@ -108,15 +121,7 @@ def threads_pipeline(events, rate=None):
         book_thread = threading.Thread(target=consume)
         journal.start()
         book_thread.start()
-        start = time.perf_counter()
-        done = 0
-        for payload in data:
-            _pace(start, done, rate)
-            to_book.put((time.perf_counter_ns(), payload))
-            done += (len(payload) - packet.HEADER_BYTES) // packet.EVENT_BYTES
-            if done >= events:
-                break
-        to_book.put(None)
+        start = _feed(to_book, events, rate)
         book_thread.join()
         journal.join()
         return time.perf_counter() - start, histogram
@@ -147,15 +152,7 @@ def processes_pipeline(events, rate=None):
         child = context.Process(target=_process_book, args=(to_book, results, os.path.join(directory, "j")))
         child.start()
         time.sleep(0.5)  # the child is up (perf_counter is CLOCK_MONOTONIC: shared by both)
-        start = time.perf_counter()
-        done = 0
-        for payload in PACKETS:
-            _pace(start, done, rate)
-            to_book.put((time.perf_counter_ns(), payload))
-            done += (len(payload) - packet.HEADER_BYTES) // packet.EVENT_BYTES
-            if done >= events:
-                break
-        to_book.put(None)
+        start = _feed(to_book, events, rate)
         end, encoded = results.get()
         child.join()
         return end - start, Histogram.decode(encoded)

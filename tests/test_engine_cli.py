@@ -72,17 +72,22 @@ def test_run_with_no_options_writes_a_journal_here(tmp_path):
     assert {"events", "gaps", "checkpoints"} <= set(result)
 
 
-def test_sigint_drains_and_exits_zero(tmp_path):
-    name = f"sigint{os.getpid()}"
-    process = start("run", "--duration", 120, "--rate", 300_000, "--out", tmp_path / "j", "--no-mlock",
-                    "--name", name, "--json")
+def run_then_signal(number, name, events, *args):
+    """Start ``ringbook run ARGS``, send signal ``number`` once it has applied ``events``; its output."""
+    process = start("run", "--duration", 120, "--no-mlock", "--name", name, *args)
     try:
-        wait_running(name, events=50_000)
-        process.send_signal(signal.SIGINT)
+        wait_running(name, events=events)
+        process.send_signal(number)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 0, stderr
+    return stdout
+
+
+def test_sigint_drains_and_exits_zero(tmp_path):
+    name = f"sigint{os.getpid()}"
+    stdout = run_then_signal(signal.SIGINT, name, 50_000, "--rate", 300_000, "--out", tmp_path / "j", "--json")
     report = json.loads(stdout)
     assert report["stopped_by"] == "SIGINT" and report["error"] is None
     assert report["duration_s"] < 100
@@ -95,15 +100,7 @@ def test_sigint_drains_and_exits_zero(tmp_path):
 
 
 def test_sigterm_too(tmp_path):
-    name = f"sigterm{os.getpid()}"
-    process = start("run", "--duration", 120, "--out", "", "--no-mlock", "--name", name)
-    try:
-        wait_running(name, events=10_000)
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr
+    stdout = run_then_signal(signal.SIGTERM, f"sigterm{os.getpid()}", 10_000, "--out", "")
     assert "stopped by      SIGTERM" in stdout
 
 

@@ -117,7 +117,20 @@ class SyntheticSource:
                 return
 
 
-class EventFileSource:
+class PacketArraySource:
+    """Packets held in memory (``buffer``, ``offsets``, ``counts``, receive ``times``),
+    written as fast as possible or at recorded speed times ``speed``."""
+
+    bounded = True
+
+    def run(self, context):
+        due = np.zeros(0, np.int64)
+        if self.speed and len(self.times):
+            due = ((self.times - self.times[0]) / self.speed).astype(np.int64)
+        publish_arrays(context, self.buffer, self.offsets, self.counts, due)
+
+
+class EventFileSource(PacketArraySource):
     """A file read by a feed reader, replayed as packets."""
 
     bounded = True
@@ -143,14 +156,9 @@ class EventFileSource:
         self.events = events
         self.description = f"{kind} {path}" + (f" at {speed:g}x recorded speed" if speed else "")
 
-    def run(self, context):
-        due = np.zeros(0, np.int64)
-        if self.speed and len(self.times):
-            due = ((self.times - self.times[0]) / self.speed).astype(np.int64)
-        publish_arrays(context, self.buffer, self.offsets, self.counts, due)
 
 
-class JournalSource:
+class JournalSource(PacketArraySource):
     """The ``raw`` stream of an engine journal: its data packets, again."""
 
     bounded = True
@@ -174,11 +182,6 @@ class JournalSource:
         self.total_events = int(self.counts.sum())
         self.description = f"journal {root}" + (f" at {speed:g}x recorded speed" if speed else "")
 
-    def run(self, context):
-        due = np.zeros(0, np.int64)
-        if self.speed and len(self.times):
-            due = ((self.times - self.times[0]) / self.speed).astype(np.int64)
-        publish_arrays(context, self.buffer, self.offsets, self.counts, due)
 
 
 def open_source(spec, *, seed=0, rate=None, speed=None, symbols=16, ring_slot_size=packet.SLOT_SIZE):
