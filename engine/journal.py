@@ -376,12 +376,14 @@ def _index_capacity(size, every):
     return size // (jk.RECORD_HEADER_BYTES * every) + 2
 
 
-def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY):
+def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY, resume=None):
     """Check every record of a segment (``buffer``: its bytes as uint8) and index it.
 
     A bad record followed, later in the segment, by a good record of a later
     sequence is recorded as a :class:`CorruptRegion`; a bad record with
-    nothing good after it is the segment's torn tail.
+    nothing good after it is the segment's torn tail. With ``resume`` (an
+    earlier scan of the same segment, which has grown since), only the bytes
+    after its good records are scanned.
     """
     size = buffer.size
     segment = jk.new_segment_state(header.first_sequence, 0, index_every)
@@ -392,6 +394,17 @@ def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY):
     records = data_records = 0
     first_ns = None
     corrupt = []
+    if resume is not None and not resume.corrupt:
+        count = len(resume.index)
+        index[:count] = resume.index
+        segment[jk.SEGMENT_INDEX_COUNT] = count
+        if count:
+            segment[jk.SEGMENT_NEXT_ENTRY] = resume.index[-1, jk.INDEX_SEQUENCE] + index_every
+        segment[jk.SEGMENT_MAX_NS] = resume.max_ns
+        segment[jk.SEGMENT_LAST_NS] = resume.last_ns
+        offset, sequence = resume.valid_end, resume.next_sequence
+        records, data_records = resume.records, max(resume.data_records, 0)
+        first_ns = resume.first_ns if resume.records else None
     torn_offset, torn_status = -1, OK
     while True:
         status = jk.scan_records(buffer, offset, size, sequence, segment, index, summary)
@@ -589,7 +602,10 @@ class JournalWriter:
         self._buffer = np.zeros(max(int(batch_bytes), 4096), np.uint8)
         self._fd = None
         self._path = None
-        self._file_size = 0
+        self._file_size = 0      # bytes written to the segment
+        self._planned_size = 0   # bytes framed for it (written, or in a write under way)
+        self._spare = None       # a second framing buffer: one is framed while the other is written
+        self._executor = None
         self._segment_day_end = 0
         self._segment = None
         self._index = None
@@ -667,6 +683,11 @@ class JournalWriter:
                     os.fsync(file.fileno())
                 scan.size = scan.valid_end
                 scan.torn_offset = -1
+            if scan.records == 0 and not scan.corrupt:
+                # a segment with a header and nothing else: the next one takes its name again
+                path.unlink()
+                index_path(path).unlink(missing_ok=True)
+                return scan.first_sequence
             mapped = _Mapped(path)
             write_index(scan, mapped.buffer, self.index_every)
         finally:
@@ -704,7 +725,7 @@ class JournalWriter:
         self._path = path
         self._header_crc = int.from_bytes(header[36:40], "little")
         self._header = header
-        self._file_size = len(header)
+        self._file_size = self._planned_size = len(header)
         self._segment_day_end = _day_start_ns(day_ns) + _NS_PER_DAY
         self._segment = jk.new_segment_state(sequence, len(header), self.index_every)
         capacity = _index_capacity(self.segment_bytes + self._buffer.size + 2 * jk.MAX_PAYLOAD // 1024,
@@ -740,18 +761,21 @@ class JournalWriter:
 
     def _room(self, first_record_bytes):
         """The framing buffer, cut to what the segment has room for (at least one record)."""
-        room = max(self.segment_bytes - self._file_size, first_record_bytes)
+        room = max(self.segment_bytes - self._planned_size, first_record_bytes)
         return self._buffer[:room] if room < self._buffer.size else self._buffer
+
+    def _rotation_due(self, first_ns):
+        return self._segment is not None and (self._planned_size >= self.segment_bytes
+                                              or (first_ns is not None and first_ns >= self._segment_day_end))
 
     def _prepare(self, first_ns):
         """Rotate before a batch whose first record has receive time ``first_ns`` if due."""
-        if self._segment is not None and (self._file_size >= self.segment_bytes
-                                          or (first_ns is not None and first_ns >= self._segment_day_end)):
+        if self._rotation_due(first_ns):
             self._finish_segment()
         if self._segment is None:
             self._open_segment(first_ns)
             self._first_ns = first_ns
-        self._segment[jk.SEGMENT_BASE] = self._file_size
+        self._segment[jk.SEGMENT_BASE] = self._planned_size
 
     # -- writing
 
@@ -810,13 +834,19 @@ class JournalWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
-    def _commit(self, end):
-        """Write the framed bytes ``buffer[:end]`` and apply the durability."""
+    def _commit(self, end, buffer=None, last_sequence=None):
+        """Write the framed bytes ``buffer[:end]`` (ending with record ``last_sequence``) and
+        apply the durability."""
         if end == 0:
             return
-        self._write_all(memoryview(self._buffer)[:end])
+        if buffer is None:
+            buffer = self._buffer
+            self._planned_size += end
+        if last_sequence is None:
+            last_sequence = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
+        self._write_all(memoryview(buffer)[:end])
         self._file_size += end
-        self._last_written = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
+        self._last_written = last_sequence
         if self.durability == "none":
             self._last_durable = self._last_written
         elif self.durability == "batch":
@@ -891,42 +921,65 @@ class JournalWriter:
             if self.dtype is not None and rows.shape[1] != self.dtype.itemsize:
                 raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; "
                                 f"got rows of {rows.shape[1]}")
-        count = rows.shape[0]
-
-        def per_record(value, default=0):
-            if value is None:
-                value = default
-            return np.broadcast_to(np.asarray(value, np.int64), (count,)).astype(np.int64, copy=False)
-
-        lengths = per_record(lengths, rows.shape[1]) if lengths is not None else np.full(count, rows.shape[1],
-                                                                                           np.int64)
-        tscs = np.ascontiguousarray(per_record(receive_tsc))
-        stamps = np.ascontiguousarray(per_record(receive_ns, time.time_ns()))
-        kinds = np.ascontiguousarray(per_record(kind))
-        flag_values = np.ascontiguousarray(per_record(flags))
-        lengths = np.ascontiguousarray(lengths)
-        if count and (lengths.min() < 0 or lengths.max() > rows.shape[1]):
+        width = rows.shape[1]
+        if lengths is None:
+            lengths = np.full(rows.shape[0], width, np.int64)
+        lengths = np.ascontiguousarray(np.broadcast_to(np.asarray(lengths, np.int64), (rows.shape[0],)))
+        if rows.shape[0] and (lengths.min() < 0 or lengths.max() > width):
             raise ValueError("lengths must be between 0 and the row width")
-        if count and int(jk.record_size(rows.shape[1])) > self._buffer.size:
-            self._buffer = np.zeros(int(jk.record_size(rows.shape[1])), np.uint8)
-        first = self.next_sequence
-        row = 0
-        while row < count:
-            self._prepare(int(stamps[row]))
-            first_day_end = self._segment_day_end
-            # A batch ends at midnight: the records after it go to the next day's segment.
-            stop = row + int(np.searchsorted(stamps[row:], first_day_end, side="left")) \
-                if stamps[-1] >= first_day_end and np.all(np.diff(stamps[row:]) >= 0) else count
-            stop = max(stop, row + 1)
-            framed, end = jk.frame_rows(self._room(int(jk.record_size(rows.shape[1]))), 0, rows[:stop], lengths,
-                                        row, tscs, stamps, kinds, flag_values, self._segment, self._index)
-            if framed < 0:
-                raise JournalError(f"cannot frame records: {status_name(framed)}", self._path)
-            if row == 0 and self._first_ns is None:
-                self._first_ns = int(stamps[0])
-            self._commit(end)
-            row += framed
-        return first if count else self.next_sequence
+        starts = np.arange(rows.shape[0], dtype=np.int64) * width
+        return self.append_slices(rows.reshape(-1), starts, starts + lengths, receive_tsc=receive_tsc,
+                                  receive_ns=receive_ns, kind=kind, flags=flags)
+
+    def _frame_loop(self, count, stamps, first_record_bytes, frame_chunk):
+        """Frame records ``0 .. count`` in buffer-sized chunks and write each chunk once.
+
+        Chunks stop at midnight UTC (``stamps`` are the receive times) and at
+        the segment's size limit. With more than one chunk, the next chunk is
+        framed while a second thread writes the previous one (the framing
+        kernel and ``write`` both run without the GIL), so framing costs
+        little more than the write itself.
+        """
+        if count == 0:
+            return
+        pipelined = count * first_record_bytes(0) > 2 * self._buffer.size
+        if pipelined and self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ringbook-journal-write")
+        if pipelined and (self._spare is None or self._spare.size != self._buffer.size):
+            self._spare = np.zeros_like(self._buffer)
+        pending = None
+        item = 0
+        try:
+            while item < count:
+                first_ns = int(stamps[item])
+                if pending is not None and self._rotation_due(first_ns):
+                    pending.result()
+                    pending = None
+                self._prepare(first_ns)
+                if self._first_ns is None:
+                    self._first_ns = first_ns
+                stop = count
+                if stamps[count - 1] >= self._segment_day_end:  # a chunk ends at midnight
+                    later = np.flatnonzero(stamps[item:] >= self._segment_day_end)
+                    stop = item + max(int(later[0]), 1) if len(later) else count
+                buffer = self._buffer
+                framed, end = frame_chunk(self._room(first_record_bytes(item)), item, stop)
+                if framed < 0:
+                    raise JournalError(f"cannot frame records: {status_name(framed)}", self._path)
+                last = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
+                self._planned_size += end
+                if pipelined:
+                    if pending is not None:
+                        pending.result()
+                    pending = self._executor.submit(self._commit, end, buffer, last)
+                    self._buffer, self._spare = self._spare, self._buffer
+                else:
+                    self._commit(end, buffer, last)
+                item += framed
+        finally:
+            if pending is not None:
+                pending.result()
 
     def append_slices(self, data, starts, stops, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
         """Append records whose payloads are ``data[starts[i]:stops[i]]`` (``data``: flat uint8,
@@ -950,26 +1003,21 @@ class JournalWriter:
 
         tscs, stamps = per_record(receive_tsc), per_record(receive_ns, time.time_ns())
         kinds, flag_values = per_record(kind), per_record(flags)
+        if self.dtype is not None and count:
+            wrong = (kinds == RECORD_DATA) & (stops - starts != self.dtype.itemsize)
+            if wrong.any():
+                raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; record "
+                                f"{int(np.flatnonzero(wrong)[0])} has {int((stops - starts)[wrong][0])} bytes")
         if count:
             longest = int(jk.record_size(int((stops - starts).max())))
             self.ensure_batch_bytes(longest)
         first = self.next_sequence
-        item = 0
-        while item < count:
-            self._prepare(int(stamps[item]))
-            if self._first_ns is None:
-                self._first_ns = int(stamps[item])
-            stop = count
-            if stamps[-1] >= self._segment_day_end:  # a batch ends at midnight
-                later = np.flatnonzero(stamps[item:] >= self._segment_day_end)
-                stop = item + max(int(later[0]), 1) if len(later) else count
-            framed, end = jk.frame_slices(self._room(int(jk.record_size(stops[item] - starts[item]))), 0, data,
-                                          starts[:stop], stops[:stop], item, tscs, stamps, kinds, flag_values,
-                                          self._segment, self._index)
-            if framed < 0:
-                raise JournalError(f"cannot frame records: {status_name(framed)}", self._path)
-            self._commit(end)
-            item += framed
+
+        def frame_chunk(out, item, stop):
+            return jk.frame_slices(out, 0, data, starts[:stop], stops[:stop], item, tscs, stamps, kinds,
+                                   flag_values, self._segment, self._index)
+
+        self._frame_loop(count, stamps, lambda item: int(jk.record_size(stops[item] - starts[item])), frame_chunk)
         return first if count else self.next_sequence
 
     def drain(self, slab, consumer, max_records, tsc, wall_ns, ns_per_tick):
@@ -1016,6 +1064,8 @@ class JournalWriter:
                 self._finish_segment()
         finally:
             self.closed = True
+            if self._executor is not None:
+                self._executor.shutdown()
             self._lock.close()
 
     def __enter__(self):
@@ -1086,7 +1136,7 @@ class _Stream:
             if self.maps[last].refresh() != self.scans[last].size:
                 mapped = self.maps[last]
                 self.scans[last] = scan_segment(mapped.buffer, self.scans[last].header, self.paths[last],
-                                                self.index_every)
+                                                self.index_every, resume=self.scans[last])
                 changed = True
         for first, path in listed:
             if path not in self.paths:

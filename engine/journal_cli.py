@@ -335,6 +335,13 @@ def _print_verify(report):
     print("  OK" if report["ok"] else "  PROBLEMS")
 
 
+def _show(result, as_json, printer):
+    if as_json:
+        print(json.dumps(result))
+    else:
+        printer(result)
+
+
 def run(args):
     action = args.journal_command
     try:
@@ -346,18 +353,11 @@ def run(args):
         if not Path(args.dir).is_dir():
             raise JournalError("no such journal directory", args.dir)
         if action == "info":
-            result = info(args.dir)
-            if args.json:
-                print(json.dumps(result))
-            else:
-                _print_info(result)
+            _show(info(args.dir), args.json, _print_info)
             return 0
         if action == "verify":
             report = verify(args.dir)
-            if args.json:
-                print(json.dumps(report))
-            else:
-                _print_verify(report)
+            _show(report, args.json, _print_verify)
             if report["errors"] and not report["records"]:
                 return 2
             return 0 if report["ok"] else 1

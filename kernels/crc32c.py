@@ -23,7 +23,7 @@ from numba.np.arrayobj import make_array
 
 from ringbook.kernels.atomics import X86
 from ringbook.kernels.clock import CPU_FLAGS
-from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 
 #: The reflected Castagnoli polynomial.
 POLYNOMIAL = 0x82F63B78
@@ -92,10 +92,15 @@ TABLE = _byte_table()
 SHIFT_TABLE = _shift_table(BLOCK_BYTES)
 
 
+def pointer_at(context, builder, array_type, array_value, offset_type, offset_value):
+    """Codegen: the pointer to byte ``offset`` of a 1-D uint8 array, unchecked."""
+    array = make_array(array_type)(context, builder, array_value)
+    offset = context.cast(builder, offset_value, offset_type, types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, array, [offset], wraparound=False)
+
+
 def _byte_pointer(context, builder, sig, args):
-    array = make_array(sig.args[0])(context, builder, args[0])
-    offset = context.cast(builder, args[1], sig.args[1], types.intp)
-    return cgutils.get_item_pointer(context, builder, sig.args[0], array, [offset], wraparound=False)
+    return pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
 
 
 @intrinsic
@@ -118,32 +123,41 @@ def load_u32(typingctx, buffer, offset):
     return types.int64(buffer, offset), codegen
 
 
+def _crc32_step(name, width):
+    """Codegen of one ``crc32`` instruction over a ``width``-bit value (LLVM intrinsic ``name``)."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        state_type = ir.IntType(64) if width == 64 else i32
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(state_type, [state_type, ir.IntType(width)]), name)
+        state = context.cast(builder, args[0], sig.args[0], types.uint32)
+        value = context.cast(builder, args[1], sig.args[1], types.uint64)
+        if width == 64:
+            state = builder.zext(state, state_type)
+        else:
+            value = builder.trunc(value, ir.IntType(width))
+        result = builder.call(function, [state, value])
+        return builder.trunc(result, i32) if width == 64 else result
+
+    return codegen
+
+
 @intrinsic
 def _crc32_u64(typingctx, state, word):
     """One ``crc32 r64, r/m64`` step: the 32-bit state advanced over 8 bytes."""
-    def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(i64, [i64, i64]), "llvm.x86.sse42.crc32.64.64")
-        state64 = builder.zext(context.cast(builder, args[0], sig.args[0], types.uint32), i64)
-        result = builder.call(function, [state64, context.cast(builder, args[1], sig.args[1], types.uint64)])
-        return builder.trunc(result, ir.IntType(32))
+    return types.uint32(state, word), _crc32_step("llvm.x86.sse42.crc32.64.64", 64)
 
-    return types.uint32(state, word), codegen
+
+@intrinsic
+def _crc32_u32(typingctx, state, word):
+    """One ``crc32 r32, r/m32`` step: the state advanced over 4 bytes."""
+    return types.uint32(state, word), _crc32_step("llvm.x86.sse42.crc32.32.32", 32)
 
 
 @intrinsic
 def _crc32_u8(typingctx, state, byte):
     """One ``crc32 r32, r/m8`` step: the state advanced over one byte."""
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        i8 = ir.IntType(8)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(i32, [i32, i8]), "llvm.x86.sse42.crc32.32.8")
-        value = builder.trunc(context.cast(builder, args[1], sig.args[1], types.uint64), i8)
-        return builder.call(function, [context.cast(builder, args[0], sig.args[0], types.uint32), value])
-
-    return types.uint32(state, byte), codegen
+    return types.uint32(state, byte), _crc32_step("llvm.x86.sse42.crc32.32.8", 8)
 
 
 @inline_kernel
@@ -152,7 +166,7 @@ def _shift_block(state, shift_table):
             ^ shift_table[2, (state >> 16) & 0xFF] ^ shift_table[3, state >> 24])
 
 
-@kernel
+@llvm_inline_kernel
 def _update_hardware(state, buffer, start, stop, shift_table):
     state = np.uint32(state)
     position = start
@@ -171,6 +185,9 @@ def _update_hardware(state, buffer, start, stop, shift_table):
     while stop - position >= 8:
         state = _crc32_u64(state, load_u64(buffer, position))
         position += 8
+    if stop - position >= 4:
+        state = _crc32_u32(state, load_u32(buffer, position))
+        position += 4
     while position < stop:
         state = _crc32_u8(state, buffer[position])
         position += 1

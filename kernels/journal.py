@@ -8,9 +8,9 @@ Record layout (version 1)
 ======  =====  ===============================================================
 offset  type   field
 ======  =====  ===============================================================
-0       u32    payload length ``L`` in bytes (at most :data:`MAX_PAYLOAD`)
-4       u32    CRC32C over bytes ``[0, 4)`` and ``[8, 40 + pad8(L))``: the
-               rest of the header, the payload and its zero padding
+0       u32    CRC32C over bytes ``[4, 40 + pad8(L))``: the rest of the
+               header, the payload and its zero padding
+4       u32    payload length ``L`` in bytes (at most :data:`MAX_PAYLOAD`)
 8       i64    sequence: gapless within a stream, from 0
 16      i64    receive TSC ticks (the ring slot's stamp), or 0
 24      i64    receive wall clock, ns since the Unix epoch (UTC)
@@ -42,10 +42,14 @@ time even when wall clock steps back.
 """
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ringbook.kernels import ring as ring_kernels
-from ringbook.kernels.crc32c import crc32c, load_u32, load_u64
-from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.crc32c import crc32c, load_u32, load_u64, pointer_at
+from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.status import (BAD_ARGUMENT, CORRUPT_CHECKSUM, CORRUPT_LENGTH, CORRUPT_SEQUENCE, EMPTY,
                                      OK, TOO_LARGE)
 
@@ -65,8 +69,8 @@ RECORD_KIND_NAMES = {
 }
 
 # Record header: byte offsets.
-LENGTH_OFFSET = 0
-CRC_OFFSET = 4
+CRC_OFFSET = 0
+LENGTH_OFFSET = 4
 SEQUENCE_OFFSET = 8
 TSC_OFFSET = 16
 WALL_OFFSET = 24
@@ -87,7 +91,8 @@ SEGMENT_INDEX_EVERY = 4     # records between index entries
 SEGMENT_INDEX_COUNT = 5     # index entries filled
 SEGMENT_RECORDS = 6         # records framed in the segment
 SEGMENT_LAST_NS = 7         # receive ns of the last record framed
-SEGMENT_STATE_SIZE = 8
+SEGMENT_NEXT_ENTRY = 8      # the sequence from which the next record gets an index entry
+SEGMENT_STATE_SIZE = 9
 
 # Sparse index entries: columns of an (n, 3) int64 array.
 INDEX_SEQUENCE = 0
@@ -117,16 +122,42 @@ def _i64(buffer, offset):
     return np.int64(load_u64(buffer, offset))
 
 
-@inline_kernel
-def _put_u32(buffer, offset, value):
-    for k in range(4):
-        buffer[offset + k] = (value >> (8 * k)) & 0xFF
+def _store_codegen(width):
+    def codegen(context, builder, sig, args):
+        pointer = builder.bitcast(pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1]),
+                                  ir.IntType(width).as_pointer())
+        value = context.cast(builder, args[2], sig.args[2], types.int64)
+        if width < 64:
+            value = builder.trunc(value, ir.IntType(width))
+        builder.store(value, pointer, align=1)
+        return context.get_dummy_value()
+
+    return codegen
 
 
-@inline_kernel
-def _put_i64(buffer, offset, value):
-    for k in range(8):
-        buffer[offset + k] = (value >> (8 * k)) & 0xFF
+@intrinsic
+def _put_u32(typingctx, buffer, offset, value):
+    """Store the low 32 bits of ``value`` at byte ``offset`` of a uint8 array, unaligned, unchecked."""
+    return types.void(buffer, offset, value), _store_codegen(32)
+
+
+@intrinsic
+def _put_i64(typingctx, buffer, offset, value):
+    """Store ``value`` as 8 little-endian bytes at byte ``offset``, unaligned, unchecked."""
+    return types.void(buffer, offset, value), _store_codegen(64)
+
+
+@intrinsic
+def _copy_bytes(typingctx, source, source_offset, target, target_offset, length):
+    """``memcpy`` of ``length`` bytes between uint8 arrays at byte offsets, unchecked, not overlapping."""
+    def codegen(context, builder, sig, args):
+        source_pointer = pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        target_pointer = pointer_at(context, builder, sig.args[2], args[2], sig.args[3], args[3])
+        count = context.cast(builder, args[4], sig.args[4], types.intp)
+        cgutils.raw_memcpy(builder, target_pointer, source_pointer, count, 1)
+        return context.get_dummy_value()
+
+    return types.void(source, source_offset, target, target_offset, length), codegen
 
 
 @kernel
@@ -137,9 +168,8 @@ def record_size(length):
 
 @kernel
 def record_checksum(buffer, offset, size):
-    """CRC32C of the record of ``size`` bytes at ``offset`` (its CRC field excluded)."""
-    return crc32c(buffer, offset + SEQUENCE_OFFSET, offset + size,
-                  crc32c(buffer, offset, offset + CRC_OFFSET, 0))
+    """CRC32C of the record of ``size`` bytes at ``offset`` (all of it but its CRC field)."""
+    return crc32c(buffer, offset + LENGTH_OFFSET, offset + size, 0)
 
 
 @kernel
@@ -152,19 +182,13 @@ def new_segment_state(first_sequence, file_offset, index_every):
     segment[SEGMENT_MAX_NS] = INT64_MIN
     segment[SEGMENT_INDEX_EVERY] = max(index_every, 1)
     segment[SEGMENT_LAST_NS] = INT64_MIN
+    segment[SEGMENT_NEXT_ENTRY] = first_sequence
     return segment
 
 
-@kernel
-def frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flags, segment, index):
-    """Frame one record into ``out`` at ``offset`` from ``payload[start:stop]``.
-
-    The record gets sequence ``segment[SEGMENT_NEXT_SEQUENCE]``, which then
-    advances; an index entry is added to ``index`` when the record is due one
-    (silently not when ``index`` is full). Returns the offset after the record,
-    or :data:`TOO_LARGE` when it does not fit in ``out`` (nothing changed), or
-    :data:`BAD_ARGUMENT` for an impossible range or offset.
-    """
+@llvm_inline_kernel
+def _frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flags, segment, index):
+    """:func:`frame`, inlined into the loops that frame many records."""
     length = stop - start
     if length < 0 or start < 0 or stop > payload.size or length > MAX_PAYLOAD or offset < 0 or offset & 7:
         return BAD_ARGUMENT
@@ -176,20 +200,16 @@ def frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flag
     _put_i64(out, offset + SEQUENCE_OFFSET, sequence)
     _put_i64(out, offset + TSC_OFFSET, receive_tsc)
     _put_i64(out, offset + WALL_OFFSET, receive_ns)
-    out[offset + KIND_OFFSET] = kind & 0xFF
-    out[offset + KIND_OFFSET + 1] = (kind >> 8) & 0xFF
-    out[offset + KIND_OFFSET + 2] = 0
-    out[offset + KIND_OFFSET + 3] = 0
+    _put_u32(out, offset + KIND_OFFSET, kind & 0xFFFF)
     _put_u32(out, offset + FLAGS_OFFSET, flags)
     body = offset + RECORD_HEADER_BYTES
-    for k in range(length):
-        out[body + k] = payload[start + k]
-    for k in range(body + length, offset + size):
-        out[k] = 0
+    if size > RECORD_HEADER_BYTES:
+        _put_i64(out, offset + size - 8, 0)  # the padding (the copy below overwrites the rest)
+    _copy_bytes(payload, start, out, body, length)
     _put_u32(out, offset + CRC_OFFSET, np.int64(record_checksum(out, offset, size)))
     # the sparse index
-    every = segment[SEGMENT_INDEX_EVERY]
-    if (sequence - segment[SEGMENT_FIRST_SEQUENCE]) % every == 0:
+    if sequence >= segment[SEGMENT_NEXT_ENTRY]:
+        segment[SEGMENT_NEXT_ENTRY] = sequence + segment[SEGMENT_INDEX_EVERY]
         count = segment[SEGMENT_INDEX_COUNT]
         if count < index.shape[0]:
             index[count, INDEX_SEQUENCE] = sequence
@@ -205,32 +225,16 @@ def frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flag
 
 
 @kernel
-def frame_rows(out, offset, rows, lengths, first_row, receive_tsc, receive_ns, kinds, flags, segment, index):
-    """Frame rows ``first_row ..`` of ``rows`` (2-D uint8; ``lengths[i]`` bytes of row ``i``)
-    into ``out`` from ``offset`` until ``out`` is full.
+def frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flags, segment, index):
+    """Frame one record into ``out`` at ``offset`` from ``payload[start:stop]``.
 
-    ``receive_tsc``, ``receive_ns``, ``kinds`` and ``flags`` are per-row
-    int64 arrays. Returns ``(rows framed, offset after them)``; a negative
-    count is a status (:data:`BAD_ARGUMENT`).
+    The record gets sequence ``segment[SEGMENT_NEXT_SEQUENCE]``, which then
+    advances; an index entry is added to ``index`` when the record is due one
+    (silently not when ``index`` is full). Returns the offset after the record,
+    or :data:`TOO_LARGE` when it does not fit in ``out`` (nothing changed), or
+    :data:`BAD_ARGUMENT` for an impossible range or offset.
     """
-    count = 0
-    flat = rows.reshape(-1) if rows.shape[0] > 0 else rows.reshape(-1)
-    width = rows.shape[1]
-    row = first_row
-    while row < rows.shape[0]:
-        length = lengths[row]
-        if length < 0 or length > width:
-            return BAD_ARGUMENT, offset
-        end = frame(out, offset, flat, row * width, row * width + length, receive_tsc[row], receive_ns[row],
-                    kinds[row], flags[row], segment, index)
-        if end == TOO_LARGE:
-            break
-        if end < 0:
-            return end, offset
-        offset = end
-        count += 1
-        row += 1
-    return count, offset
+    return _frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flags, segment, index)
 
 
 @kernel
@@ -238,13 +242,14 @@ def frame_slices(out, offset, data, starts, stops, first, receive_tsc, receive_n
     """Frame records ``first ..`` whose payloads are ``data[starts[i]:stops[i]]`` (a flat uint8
     array: the lines of a file, say) into ``out`` from ``offset`` until ``out`` is full.
 
-    Per-record int64 arrays as in :func:`frame_rows`. Returns ``(records framed
-    or a negative status, offset after them)``.
+    ``receive_tsc``, ``receive_ns``, ``kinds`` and ``flags`` are per-record
+    int64 arrays. Returns ``(records framed or a negative status, offset after
+    them)``.
     """
     count = 0
     item = first
     while item < starts.shape[0]:
-        end = frame(out, offset, data, starts[item], stops[item], receive_tsc[item], receive_ns[item],
+        end = _frame(out, offset, data, starts[item], stops[item], receive_tsc[item], receive_ns[item],
                     kinds[item], flags[item], segment, index)
         if end == TOO_LARGE:
             break
@@ -286,7 +291,7 @@ def drain_ring(slab, consumer, out, offset, max_records, tsc_now, wall_ns, ns_pe
         receive_ns = wall_ns
         if stamp != 0 and ns_per_tick > 0.0:
             receive_ns = wall_ns - np.int64(round((tsc_now - stamp) * ns_per_tick))
-        offset = frame(out, offset, payload, 0, length, stamp, receive_ns, slot_flags & 0xFF,
+        offset = _frame(out, offset, payload, 0, length, stamp, receive_ns, slot_flags & 0xFF,
                        slot_flags >> 8, segment, index)
         ring_kernels.release(slab, consumer)
         count += 1
@@ -344,7 +349,6 @@ def scan_records(buffer, start, stop, expected_sequence, segment, index, summary
     sequence = expected_sequence
     first_ns = INT64_MIN
     status = EMPTY
-    every = segment[SEGMENT_INDEX_EVERY]
     while True:
         size = check_record(buffer, offset, stop, sequence)
         if size < 0:
@@ -353,7 +357,8 @@ def scan_records(buffer, start, stop, expected_sequence, segment, index, summary
         if sequence < 0:
             sequence = _i64(buffer, offset + SEQUENCE_OFFSET)
         receive_ns = _i64(buffer, offset + WALL_OFFSET)
-        if (sequence - segment[SEGMENT_FIRST_SEQUENCE]) % every == 0:
+        if sequence >= segment[SEGMENT_NEXT_ENTRY]:
+            segment[SEGMENT_NEXT_ENTRY] = sequence + segment[SEGMENT_INDEX_EVERY]
             count = segment[SEGMENT_INDEX_COUNT]
             if count < index.shape[0]:
                 index[count, INDEX_SEQUENCE] = sequence
@@ -454,10 +459,7 @@ def read_records(buffer, offset, stop, sequence, max_records, itemsize, out, seq
             if length != itemsize:
                 status = BAD_ARGUMENT
                 break
-            body = offset + RECORD_HEADER_BYTES
-            target = rows * itemsize
-            for k in range(itemsize):
-                out[target + k] = buffer[body + k]
+            _copy_bytes(buffer, offset + RECORD_HEADER_BYTES, out, rows * itemsize, itemsize)
             sequences[rows] = sequence
             receive_ns[rows] = _i64(buffer, offset + WALL_OFFSET)
             kinds[rows] = kind

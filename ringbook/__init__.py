@@ -39,6 +39,9 @@ _EXPORTS = {
     "read_kalshi": ("ringbook.engine.feeds.kalshi", "read_messages"),
     "check_lobster": ("ringbook.engine.check", "check_lobster"),
     "check_binance": ("ringbook.engine.check", "check_binance"),
+    "JournalWriter": ("ringbook.engine.journal", "JournalWriter"),
+    "JournalReader": ("ringbook.engine.journal", "JournalReader"),
+    "Flusher": ("ringbook.engine.flusher", "Flusher"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -649,9 +649,8 @@ def naive_record(payload, sequence, receive_tsc, receive_ns, kind, flags):
     payload = bytes(payload)
     padding = b"\0" * (-len(payload) % 8)
     rest = _struct.pack("<qqqHHI", sequence, receive_tsc, receive_ns, kind, 0, flags) + payload + padding
-    length = _struct.pack("<I", len(payload))
-    crc = naive_crc32c(rest, naive_crc32c(length))
-    return length + _struct.pack("<I", crc) + rest
+    checked = _struct.pack("<I", len(payload)) + rest
+    return _struct.pack("<I", naive_crc32c(checked)) + checked
 
 
 def naive_seek(records, sequence=None, time=None):

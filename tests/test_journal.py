@@ -393,3 +393,25 @@ def test_every_flipped_byte_of_a_record_is_caught(tmp_path, with_index):
         assert report["bad_records"] == 1 and not report["ok"]
         assert report["corrupt"][0]["offset"] == offsets[victim]
         shutil.rmtree(root)
+
+
+def test_seek_beginning_and_end(tmp_path):
+    write_journal(tmp_path, 40, segment_bytes=4096)
+    with JournalReader(tmp_path) as reader:
+        assert reader.seek_end() == 40 and next(iter(reader), None) is None
+        assert reader.seek() == 0 and next(iter(reader)).sequence == 0
+        assert reader.seek(10**9) == 40
+        assert reader.tell() == 40
+
+
+def test_a_segment_left_with_a_header_only_is_taken_over(tmp_path):
+    write_journal(tmp_path, 3)
+    with JournalWriter(tmp_path, "feed", segment_bytes=4096) as writer:
+        writer._prepare(BASE_NS)  # a new segment, killed before its first record
+        path = writer.path
+        writer._finish_segment()
+    with JournalWriter(tmp_path, "feed") as writer:
+        assert writer.next_sequence == 3
+        writer.append(b"x", receive_ns=BASE_NS)
+    assert [p.name for _, p in list_segments(tmp_path)["feed"]] == ["feed.0.rbj", path.name]
+    assert verify(tmp_path)["ok"]

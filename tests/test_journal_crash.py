@@ -56,3 +56,26 @@ def test_sigkill_twenty_times(tmp_path):
             read_before = sequences
     assert acknowledged > 0
     assert not list(root.rglob("*.tmp"))  # headers interrupted mid-write are cleared away
+
+
+@pytest.mark.slow
+def test_tail_follows_a_writer_process(tmp_path):
+    root = tmp_path / "journal"
+    child, first = start_writer(root)
+    try:
+        deadline = time.monotonic() + 60
+        while not list_segments(root) if root.exists() else True:
+            assert time.monotonic() < deadline, "the writer made no segment"
+            time.sleep(0.01)
+        seen = 0
+        with JournalReader(root, "s") as reader:
+            for record in reader.tail(timeout=10):
+                assert record.sequence == seen
+                assert bytes(record.payload) == expected_payload(record.sequence)
+                seen += 1
+                if seen == 50_000:  # more than one segment of 2 MiB: the tail crossed a rotation
+                    break
+        assert seen == 50_000
+    finally:
+        child.kill()
+        child.communicate()
