@@ -145,18 +145,6 @@ def publish(slab, producer, buffer, offsets, counts, due_ns, origin_ticks, ticks
     return i, DONE
 
 
-@kernel
-def publish_marker(slab, producer, payload, kind, strategy, control):
-    """Write a non-data record (a feed's gap, disconnect, reconnect) of ``kind`` into the raw ring, waiting."""
-    attempt = 0
-    while load_relaxed(control, ABORT) == 0:
-        status = kring.try_write(slab, producer, payload, kind, stamp())
-        if status != kring.FULL:
-            return status
-        attempt = backoff(strategy, attempt)
-    return STOPPED
-
-
 # ---------------------------------------------------------------- book consumer
 
 

@@ -170,7 +170,7 @@ def run(args):
     try:
         report = engine.run(on_progress=progress)
     except WorkerError as error:
-        report = engine._report
+        report = engine.report()
         status = 1
         print(f"ringbook run: {error}", file=sys.stderr)
     finally:

@@ -184,7 +184,7 @@ class JournalSource(PacketArraySource):
 
 
 
-def open_source(spec, *, seed=0, rate=None, speed=None, symbols=16, ring_slot_size=packet.SLOT_SIZE):
+def open_source(spec, *, seed=0, rate=None, speed=None, symbols=16):
     """The source ``--feed`` names (see the module docstring).
 
     Raises
