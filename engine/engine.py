@@ -15,11 +15,10 @@ SIGTERM drain the rings, flush the journal and end it with its report.
 
 import itertools
 import os
-import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,6 @@ from ringbook.engine.feeds.live import FeedContext, open_source
 from ringbook.engine.ring import Ring
 from ringbook.engine.scheduler import ObservedThread, Scheduler, Worker, locked_bytes, lock_all_memory, prefault
 from ringbook.kernels import book as books
-from ringbook.kernels import hist as khist
 from ringbook.kernels import window as kwindow
 from ringbook.kernels.clock import calibrate, stamp
 from ringbook.kernels.events import EVENT_DTYPE

@@ -44,7 +44,7 @@ from ringbook.engine.feeds import packet
 from ringbook.kernels import book as books
 from ringbook.kernels import hist, summary, window
 from ringbook.kernels import ring as kring
-from ringbook.kernels.atomics import load_acquire, load_relaxed, spin_pause, store_release
+from ringbook.kernels.atomics import load_acquire, load_relaxed, spin_pause
 from ringbook.kernels.book import top_levels
 from ringbook.kernels.clock import monotonic_ns, stamp
 from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_CLEAR, KIND_SNAPSHOT_BEGIN)

@@ -15,7 +15,6 @@ live status otherwise; both on stderr, and only when stderr is a terminal.
 
 import json
 import sys
-import time
 import warnings
 
 from ringbook.engine.engine import DEFAULT_DURATION_S, DEFAULT_RATE_EPS, Engine, EngineConfig

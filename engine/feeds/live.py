@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ringbook.engine.feeds import packet
-from ringbook.kernels.events import EVENT_DTYPE, Instruments
 
 CHUNK = 4096
 
