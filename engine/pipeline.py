@@ -187,6 +187,19 @@ def _engine_record(engine_slab, engine_producer, record, record_bytes, kind, str
 
 
 @inline_kernel
+def _report_drops(engine_slab, engine_producer, record, record_bytes, strategy, control, counters):
+    """A RECORD_DROPS record when the feed dropped messages since the last one."""
+    dropped = load_relaxed(counters, C.DROPPED_MESSAGES)
+    if dropped != counters[C.DROPS_REPORTED]:
+        record[0] = counters[C.RAW_POSITION]
+        _fill_record(record, dropped, load_relaxed(counters, C.DROPPED_EVENTS),
+                     dropped - counters[C.DROPS_REPORTED], 0, 0)
+        counters[C.DROPS_REPORTED] = dropped
+        _engine_record(engine_slab, engine_producer, record, record_bytes, RECORD_DROPS,
+                       strategy, control, counters)
+
+
+@inline_kernel
 def _fill_record(record, a, b, c, d, e):
     record[1] = a
     record[2] = b
@@ -212,9 +225,13 @@ def _consume(slab, consumer, events, event_bytes, book, hist_counts, hist_meta, 
         if length == kring.EMPTY:
             if load_acquire(control, FEED_DONE) != 0:
                 if kring.pending(slab, consumer) == 0:
+                    # drops after the last message have no message to follow: report them now
+                    _report_drops(engine_slab, engine_producer, record, record_bytes, strategy, control,
+                                  counters)
                     return DONE
                 continue
             if monotonic_ns() >= deadline:
+                _report_drops(engine_slab, engine_producer, record, record_bytes, strategy, control, counters)
                 return SLICE
             attempt = backoff(strategy, attempt)
             continue
@@ -266,14 +283,7 @@ def _consume(slab, consumer, events, event_bytes, book, hist_counts, hist_meta, 
         kring.release(slab, consumer)
         counters[C.RAW_POSITION] = position
         counters[C.BOOK_MESSAGES] += 1
-        dropped = load_relaxed(counters, C.DROPPED_MESSAGES)
-        if dropped != counters[C.DROPS_REPORTED]:
-            record[0] = position
-            _fill_record(record, dropped, load_relaxed(counters, C.DROPPED_EVENTS),
-                         dropped - counters[C.DROPS_REPORTED], 0, 0)
-            counters[C.DROPS_REPORTED] = dropped
-            _engine_record(engine_slab, engine_producer, record, record_bytes, RECORD_DROPS,
-                           strategy, control, counters)
+        _report_drops(engine_slab, engine_producer, record, record_bytes, strategy, control, counters)
         since_checkpoint += 1
         if checkpoint_every > 0 and since_checkpoint >= checkpoint_every and batch_end:
             since_checkpoint = 0
