@@ -117,14 +117,6 @@ class EngineConfig:
                 raise ValueError(f"{name} must be positive, got {value!r}")
 
 
-def _journal_available():
-    try:
-        from ringbook.engine import flusher, journal  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class Engine:
     """The engine (see the module docstring).
 
@@ -184,11 +176,7 @@ class Engine:
         self.writers = []
         if config.out != "":
             self.out = Path(config.out) if config.out else Path(f"ringbook-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-            if _journal_available():
-                self._open_journal()
-            else:
-                self.out.mkdir(parents=True, exist_ok=True)
-                self.journal_note = "the journal module is not installed: nothing was written"
+            self._open_journal()
 
     def _open_journal(self):
         from ringbook.engine.flusher import Flusher
@@ -502,16 +490,13 @@ class Engine:
             files = sorted(str(path.relative_to(self.out)) for path in self.out.rglob("*") if path.is_file())
             journal.update({"dir": str(self.out.resolve()), "files": files,
                             "bytes": sum((self.out / f).stat().st_size for f in files)})
-            if self.flusher is not None:
-                journal["records"] = int(self.flusher.records)
-                journal["last_durable_sequence"] = self.flusher.last_durable_sequence[0]
-                errors = [writer.last_error for writer in self.writers if getattr(writer, "last_error", None)]
-                journal["disk_errors"] = sum(getattr(writer, "errors", 0) for writer in self.writers)
-                journal["last_disk_error"] = str(errors[-1]) if errors else None
-                journal["streams"] = {"raw": {"last_durable_sequence": self.flusher.last_durable_sequence[0]},
-                                      "engine": {"last_durable_sequence": self.flusher.last_durable_sequence[1]}}
-            else:
-                journal["note"] = self.journal_note
+            journal["records"] = int(self.flusher.records)
+            journal["last_durable_sequence"] = self.flusher.last_durable_sequence[0]
+            errors = [writer.last_error for writer in self.writers if getattr(writer, "last_error", None)]
+            journal["disk_errors"] = sum(getattr(writer, "errors", 0) for writer in self.writers)
+            journal["last_disk_error"] = str(errors[-1]) if errors else None
+            journal["streams"] = {"raw": {"last_durable_sequence": self.flusher.last_durable_sequence[0]},
+                                  "engine": {"last_durable_sequence": self.flusher.last_durable_sequence[1]}}
         threads = self.scheduler.thread_map()
         report = {
             "feed": self.source.description,

@@ -53,12 +53,7 @@ from ringbook.kernels.replay import apply_event
 from ringbook.kernels.wait import backoff, sleep_ns, yield_now
 from ringbook.engine import counters as C
 
-try:
-    from ringbook.kernels.journal import (RECORD_BOOK_RESET, RECORD_CHECKPOINT, RECORD_DATA,
-                                          RECORD_DROPS, RECORD_GAP)
-except ImportError:  # the journal's kinds, as its interface numbers them
-    RECORD_DATA, RECORD_GAP, RECORD_DISCONNECT, RECORD_RECONNECT, RECORD_BOOK_RESET, RECORD_DROPS, \
-        RECORD_CHECKPOINT = range(7)
+from ringbook.kernels.journal import RECORD_BOOK_RESET, RECORD_CHECKPOINT, RECORD_DATA, RECORD_DROPS, RECORD_GAP
 
 RECORD_KIND_MASK = 0xFF
 ENGINE_RECORD_WORDS = 8

@@ -131,7 +131,7 @@ def text_report(report):
     if journal["dir"]:
         lines.append(f"  journal         {journal['dir']}: {len(journal['files'])} files, "
                      f"{journal['records']:,} records, {journal['bytes']:,} bytes, last durable sequence "
-                     f"{journal['last_durable_sequence']}" + (f" ({journal['note']})" if journal.get("note") else ""))
+                     f"{journal['last_durable_sequence']}")
     if report.get("udp"):
         udp = report["udp"]
         lines.append(f"  udp             {udp['address']}: {udp['packets_received']} packets, SO_RCVBUF "

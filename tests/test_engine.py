@@ -17,7 +17,7 @@ from ringbook.engine.engine import Engine
 from ringbook.engine.scheduler import WorkerError, assign_cores, Worker, parse_cpu_list, thread_costs
 from ringbook.kernels import book as books
 
-journal = pytest.importorskip("ringbook.engine.journal")
+from ringbook.engine import journal
 
 REPORT_KEYS = {"events", "throughput_eps", "latency_ns", "dropped", "gaps", "journal", "threads", "mlock"}
 

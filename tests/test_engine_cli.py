@@ -12,7 +12,6 @@ import pytest
 
 from ringbook.engine import counters as C
 
-pytest.importorskip("ringbook.engine.journal")
 
 RINGBOOK = [sys.executable, "-m", "ringbook.engine.cli"]
 pytestmark = pytest.mark.slow

@@ -54,7 +54,6 @@ def test_book_replay():
 @pytest.mark.slow
 def test_engine_tour():
     """Runs the engine for a few seconds, reads its counters, plots latency and throughput, replays."""
-    pytest.importorskip("ringbook.engine.journal")
     notebook = execute(NOTEBOOKS / "engine_tour.ipynb")
     text = printed(notebook)
     assert figures(notebook) == 1  # one figure, two panels
