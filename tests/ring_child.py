@@ -19,12 +19,17 @@ Message ``i`` is :func:`pattern` ``(i)``: 32 bytes, the little-endian int64
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.ring import Ring
-from ringbook.kernels import ring
-from ringbook.kernels.jit_options import kernel
+# Run as a script, this module shares its kernels' disk cache with the copy the
+# tests import as ``tests.<name>``; loading that cache imports ``tests``.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringbook.engine.ring import Ring  # noqa: E402
+from ringbook.kernels import ring  # noqa: E402
+from ringbook.kernels.jit_options import kernel  # noqa: E402
 
 MESSAGE_BYTES = 32
 

@@ -11,11 +11,16 @@ the guards untouched.
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.ring import new_state
-from ringbook.kernels import ring
+# Run as a script, this module shares its kernels' disk cache with the copy the
+# tests import as ``tests.<name>``; loading that cache imports ``tests``.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringbook.engine.ring import new_state  # noqa: E402
+from ringbook.kernels import ring  # noqa: E402
 
 SLOT_SIZE, SLOT_COUNT, CONSUMERS = 64, 4, 2
 CAPACITY = SLOT_SIZE - ring.SLOT_HEADER_BYTES

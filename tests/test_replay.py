@@ -223,7 +223,7 @@ def test_replay_kernels_allocate_nothing():
 def function_body(ir, name):
     """The IR of the kernel ``ringbook.kernels.replay.<name>`` itself (not its CPython wrappers)."""
     bodies = [body for body in ir.split("\ndefine ")[1:]
-              if re.match(rf"[^@]*@_ZN7kernels6replay{len(name)}{name}B", body)]
+              if re.match(rf"[^@]*@_ZN8ringbook7kernels6replay{len(name)}{name}B", body)]
     assert len(bodies) == 1
     return bodies[0]
 
