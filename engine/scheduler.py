@@ -275,6 +275,11 @@ class ObservedThread(Worker):
         self.started.set()
 
 
+#: A worker with a core of its own: the default brief spin, then sleeps capped at 50 us
+#: (not 1 ms), since a message that arrives while it sleeps waits for it.
+SPINNER_STRATEGY = wait.wait_strategy(max_sleep_ns=50_000)
+
+
 def assign_cores(workers, cpus=None):
     """Give each spinning worker a core of its own; everyone else may use every core.
 
@@ -289,7 +294,7 @@ def assign_cores(workers, cpus=None):
     if len(cores) >= len(spinners) and len(cores) >= 2:
         for worker, core in zip(spinners, cores):
             worker.cores = [core]
-            worker.strategy = wait.wait_strategy()
+            worker.strategy = SPINNER_STRATEGY.copy()
     else:
         if spinners:
             notes.append(f"{len(spinners)} spinning workers ({', '.join(w.name for w in spinners)}) "
