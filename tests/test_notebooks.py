@@ -64,3 +64,13 @@ def test_research_at_scale():
     assert ("33 files done, 0 failed" if real else "30 files done, 0 failed") in text
     assert "already done, 0 redone" in text
     assert "equal to the shards' own counts: True" in text
+
+
+@pytest.mark.slow
+def test_engine_tour():
+    """Runs the engine for a few seconds, reads its counters, plots latency and throughput, replays."""
+    notebook = execute(NOTEBOOKS / "engine_tour.ipynb")
+    text = printed(notebook)
+    assert figures(notebook) == 1  # one figure, two panels
+    assert "mismatched" in text and " 0 mismatched" in text
+    assert "messages seen by the callback:" in text

@@ -1,0 +1,217 @@
+"""The whole pipeline (feed -> book with latency stats -> journal) against the same pipeline built
+the usual Python ways, in the same run:
+
+- ``ringbook``: :class:`ringbook.Engine` on the synthetic feed, journal on (durability ``none``);
+- ``threads+queue.Queue``: a feed thread, a book thread and a journal thread joined by
+  ``queue.Queue``; the book thread decodes each packet with numpy and applies it with the
+  same njit book kernel, and records latency in the same histogram;
+- ``processes+multiprocessing.Queue``: the feed in one process, the book and the journal
+  in another.
+
+Every peer moves the same packets (the synthetic stream, seed 0) and writes each one to a
+journal file. Throughput is timed by pyperf (time per event, unpaced); tick-to-book latency
+is measured paced at 100,000 events/s for all three, and for ringbook alone at 1,000,000
+events/s, and printed with the ratios at the end of the run (main process only).
+
+Run: ``flock /work/wt/bench.lock python perf/bm_pipeline.py -o pipeline.json``
+(``--fast`` for a quick look).
+"""
+
+import multiprocessing
+import os
+import queue
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from harness import make_runner, report_ratios
+
+from ringbook.engine.engine import Engine
+from ringbook.engine.feeds import packet
+from ringbook.engine.feeds.synthetic_stream import SyntheticStream
+from ringbook.kernels import book as books
+from ringbook.kernels.events import EVENT_DTYPE
+from ringbook.kernels.hist import Histogram
+from ringbook.kernels.replay import apply_events
+
+THROUGHPUT_EVENTS = 200_000
+LATENCY_EVENTS = 200_000
+PACED_RATE = 100_000
+FAST_RATE = 1_000_000
+N_SYMBOLS = 16
+
+
+def packets(events):
+    """The synthetic stream's first packets holding ``events`` events, as bytes."""
+    stream = SyntheticStream(N_SYMBOLS, seed=0)
+    out, total = [], 0
+    while total < events:
+        buffer, offsets, counts = stream.next_chunk()
+        for i in range(len(counts)):
+            out.append(buffer[offsets[i]:offsets[i + 1]].tobytes())
+            total += int(counts[i])
+            if total >= events:
+                break
+    return out
+
+
+PACKETS = packets(max(THROUGHPUT_EVENTS, LATENCY_EVENTS))
+
+
+def _book():
+    return books.new_book(n_symbols=N_SYMBOLS, depth=2048, order_capacity=16)
+
+
+def _apply(book, data, histogram, sent_ns):
+    events = np.frombuffer(data, EVENT_DTYPE, offset=packet.HEADER_BYTES)
+    apply_events(book, events, 0, len(events))
+    histogram.record(time.perf_counter_ns() - sent_ns)
+    return len(events)
+
+
+def _pace(start, done_events, rate):
+    if rate:
+        delay = start + done_events / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _feed(to_book, events, rate):
+    """Put ``(send ns, packet)`` pairs until ``events`` events, then ``None``; the start time."""
+    start = time.perf_counter()
+    done = 0
+    for payload in PACKETS:
+        _pace(start, done, rate)
+        to_book.put((time.perf_counter_ns(), payload))
+        done += (len(payload) - packet.HEADER_BYTES) // packet.EVENT_BYTES
+        if done >= events:
+            break
+    to_book.put(None)
+    return start
+
+
+def _journal_writer(path, source):
+    with open(path, "wb") as file:
+        while True:
+            item = source.get()
+            if item is None:
+                return
+            file.write(len(item).to_bytes(4, "little") + item)
+
+
+def threads_pipeline(events, rate=None):
+    """Feed, book and journal threads over ``queue.Queue``: ``(seconds, histogram)``."""
+    to_book, to_journal = queue.Queue(maxsize=8192), queue.Queue(maxsize=8192)
+    histogram, book = Histogram(1, 60_000_000_000, 3), _book()
+    with tempfile.TemporaryDirectory() as directory:
+        journal = threading.Thread(target=_journal_writer, args=(os.path.join(directory, "j"), to_journal))
+
+        def consume():
+            while True:
+                item = to_book.get()
+                if item is None:
+                    to_journal.put(None)
+                    return
+                sent_ns, payload = item
+                _apply(book, payload, histogram, sent_ns)
+                to_journal.put(payload)
+
+        book_thread = threading.Thread(target=consume)
+        journal.start()
+        book_thread.start()
+        start = _feed(to_book, events, rate)
+        book_thread.join()
+        journal.join()
+        return time.perf_counter() - start, histogram
+
+
+def _process_book(source, results, path):
+    histogram, book = Histogram(1, 60_000_000_000, 3), _book()
+    to_journal = queue.Queue(maxsize=8192)
+    journal = threading.Thread(target=_journal_writer, args=(path, to_journal))
+    journal.start()
+    while True:
+        item = source.get()
+        if item is None:
+            break
+        sent_ns, payload = item
+        _apply(book, payload, histogram, sent_ns)
+        to_journal.put(payload)
+    to_journal.put(None)
+    journal.join()
+    results.put((time.perf_counter(), histogram.encode()))
+
+
+def processes_pipeline(events, rate=None):
+    """The feed in this process, book and journal in another, over ``multiprocessing.Queue``."""
+    context = multiprocessing.get_context("fork")
+    to_book, results = context.Queue(maxsize=8192), context.Queue()
+    with tempfile.TemporaryDirectory() as directory:
+        child = context.Process(target=_process_book, args=(to_book, results, os.path.join(directory, "j")))
+        child.start()
+        time.sleep(0.5)  # the child is up (perf_counter is CLOCK_MONOTONIC: shared by both)
+        start = _feed(to_book, events, rate)
+        end, encoded = results.get()
+        child.join()
+        return end - start, Histogram.decode(encoded)
+
+
+def ringbook_pipeline(events, rate=None):
+    """:class:`ringbook.Engine`, journal on: ``(seconds, histogram)`` from its own report and counters."""
+    with tempfile.TemporaryDirectory() as directory:
+        with Engine(feed="synthetic", events=events, rate=rate, out=os.path.join(directory, "j"),
+                    mlock=False, checkpoint_every=10_000) as engine:
+            engine.start()
+            report = engine.wait()
+            return report["duration_s"], engine.stats()["histogram"]
+
+
+def timer(pipeline, events):
+    def run(loops):
+        total = 0.0
+        for _ in range(loops):
+            seconds, _ = pipeline(events)
+            total += seconds
+        return total / events  # seconds per event
+    return run
+
+
+def latency_table():
+    print()
+    print(f"Tick-to-book latency, paced at {PACED_RATE:,} events/s ({LATENCY_EVENTS:,} events), journal on:")
+    p99 = {}
+    for name, pipeline in (("ringbook", ringbook_pipeline), ("threads+queue.Queue", threads_pipeline),
+                           ("processes+multiprocessing.Queue", processes_pipeline)):
+        _, histogram = pipeline(LATENCY_EVENTS, PACED_RATE)
+        values = histogram.percentiles((50.0, 99.0, 99.9))
+        p99[name] = values[99.0]
+        print(f"  {name:<34} p50 {values[50.0] / 1e3:9.1f} us  p99 {values[99.0] / 1e3:9.1f} us  "
+              f"p99.9 {values[99.9] / 1e3:9.1f} us")
+    for peer in ("threads+queue.Queue", "processes+multiprocessing.Queue"):
+        print(f"  p99 ratio {peer} / ringbook: {p99[peer] / max(p99['ringbook'], 1):.1f}x")
+    _, histogram = ringbook_pipeline(1_000_000, FAST_RATE)
+    values = histogram.percentiles((50.0, 99.0, 99.9))
+    print(f"ringbook paced at {FAST_RATE:,} events/s (1,000,000 events), journal on: p50 "
+          f"{values[50.0] / 1e3:.1f} us  p99 {values[99.0] / 1e3:.1f} us  p99.9 {values[99.9] / 1e3:.1f} us")
+
+
+# compile everything before the runner times anything
+ringbook_pipeline(5_000)
+_apply(_book(), PACKETS[0], Histogram(1, 10**9, 2), time.perf_counter_ns())
+
+if __name__ == "__main__":
+    runner = make_runner()
+    runner.metadata["description"] = "feed -> book with latency stats -> journal, per event"
+    benchmarks = {
+        "pipeline ringbook": runner.bench_time_func("pipeline ringbook", timer(ringbook_pipeline, THROUGHPUT_EVENTS)),
+        "pipeline threads+queue.Queue": runner.bench_time_func(
+            "pipeline threads+queue.Queue", timer(threads_pipeline, THROUGHPUT_EVENTS)),
+        "pipeline processes+multiprocessing.Queue": runner.bench_time_func(
+            "pipeline processes+multiprocessing.Queue", timer(processes_pipeline, THROUGHPUT_EVENTS)),
+    }
+    report_ratios(benchmarks, [("pipeline ringbook", "pipeline threads+queue.Queue"),
+                               ("pipeline ringbook", "pipeline processes+multiprocessing.Queue")])
+    if not runner.args.worker:
+        latency_table()

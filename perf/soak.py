@@ -1,0 +1,78 @@
+"""A long run of the engine (not in CI): memory flat, no drops, the journal verifies, replay matches.
+
+1. Measures the maximum rate: the synthetic feed unpaced for ``--probe`` seconds, journal on.
+2. Runs ``--minutes`` (default 10) paced at half that rate with ``--on-full drop``, sampling
+   this process's resident memory (``VmRSS``) every second.
+3. Checks: resident memory grows less than 1 MiB after the warm-up (``--warm-up`` seconds),
+   no message dropped, ``verify`` clean, every checkpoint of the replay matched.
+
+Run: ``flock /work/wt/bench.lock python perf/soak.py [--minutes 10] [--out DIR]``.
+Exit status 0 when every check holds, 1 otherwise; prints one JSON summary.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ringbook.engine.engine import Engine
+from ringbook.engine.journal import verify
+from ringbook.engine.replay import replay
+from ringbook.engine.scheduler import read_status
+
+MIB = 1 << 20
+
+
+def resident_bytes():
+    number, _, _ = read_status("/proc/self/status")["VmRSS"].partition(" ")
+    return int(number) * 1024
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--probe", type=float, default=5.0)
+    parser.add_argument("--warm-up", type=float, default=60.0)
+    parser.add_argument("--out", help="journal directory (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    scratch = None if args.out else tempfile.mkdtemp(prefix="ringbook-soak-")
+    out = Path(args.out or scratch)
+    try:
+        with Engine(feed="synthetic", duration=args.probe, out=str(out / "probe"), mlock=False) as engine:
+            engine.start()
+            maximum = engine.wait()["throughput_eps"]
+        rate = maximum / 2
+        samples = []
+        with Engine(feed="synthetic", duration=args.minutes * 60, rate=rate, on_full="drop",
+                    out=str(out / "soak")) as engine:
+            engine.start()
+            started = time.monotonic()
+            while not engine.scheduler.done.wait(1.0):
+                samples.append((time.monotonic() - started, resident_bytes()))
+            report = engine.wait()
+        after_warm_up = [rss for seconds, rss in samples if seconds >= args.warm_up]
+        growth = (max(after_warm_up) - after_warm_up[0]) if after_warm_up else None
+        verified = verify(out / "soak")
+        replayed, _, _ = replay(out / "soak")
+        summary = {
+            "max_rate_eps": maximum, "rate_eps": rate, "minutes": args.minutes,
+            "events": report["events"], "dropped": report["dropped"],
+            "latency_ns": report["latency_ns"], "rss_first_bytes": samples[0][1] if samples else None,
+            "rss_growth_after_warm_up_bytes": growth, "verify_ok": verified["ok"],
+            "checkpoints": replayed["checkpoints"], "mlock": report["mlock"],
+        }
+        summary["ok"] = (growth is not None and growth < MIB and report["dropped"] == 0 and verified["ok"]
+                         and replayed["checkpoints"]["mismatched"] == 0
+                         and replayed["checkpoints"]["matched"] == report["checkpoints"])
+        print(json.dumps(summary, indent=1))
+        return 0 if summary["ok"] else 1
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
