@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "info": ("ringbook.engine.info", "versions, CPU, TSC calibration, mlock and affinity"),
     "check": ("ringbook.engine.check", "replay a LOBSTER or Binance file, verify the book against the exchange"),
+    "ipc": ("ringbook.engine.ipc_cli", "serve shared-memory connections; the many-client scale test"),
 }
 
 

@@ -18,6 +18,7 @@ costs only its own connection: detected, counted by reason, closed.
 """
 
 import fcntl
+import json
 import mmap
 import os
 import selectors
@@ -452,6 +453,12 @@ class Server:
             return
         except OSError:
             data = b""
+        if data.startswith(b"S"):  # a stats query
+            try:
+                sock.sendall(json.dumps(self.stats()).encode() + b"\n")
+            except OSError:
+                pass
+            return
         if not data or data.startswith(b"C"):
             reason = conn.CLOSED_CLIENT_CLOSED if data else conn.CLOSED_CLIENT_GONE
             connection.group.close(connection, reason)
@@ -585,6 +592,21 @@ class Client:
                 raise TimeoutError(f"request ring of {self.name!r} stayed full for {timeout} s")
             time.sleep(0.0001)
         return self.receive(timeout)
+
+    def server_stats(self, timeout=5.0):
+        """The server's :meth:`Server.stats`, asked over this connection's socket."""
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.sendall(b"S")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise IpcError(f"server {self.name!r} closed the connection")
+                reply += chunk
+        finally:
+            self.sock.settimeout(None)
+        return json.loads(reply)
 
     def close(self):
         """Tell the server, and drop the region."""
