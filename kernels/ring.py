@@ -62,32 +62,42 @@ ring's slots hold sequence -1. A producer killed mid-message leaves a slot
 whose sequence is not yet stored: invisible, and every message before it
 intact.
 
-Safety: the geometry a kernel uses to index the slab comes from the state,
-validated once against the slab's size when the state was opened; every slot
-index is masked. Numbers read from the shared region afterwards (positions,
-lengths, sequences) are checked before use: nonsense becomes a ``CORRUPT_*``
-status, never an access outside the slab.
+Safety: a peer that shares the region may rewrite any of it at any moment,
+so every kernel reads each shared number once, validates that copy and uses
+only the copy. The geometry a kernel indexes the slab with comes from its
+side's private state, validated once against the slab's size when the state
+was opened (:func:`check_header`); every slot index is masked. Positions,
+lengths and sequences read afterwards are checked before use: nonsense
+becomes a ``CORRUPT_*`` status, never an access outside the slab.
 
-Return values: counts, lengths and :data:`OK` are ``>= 0``; the statuses below
-are negative. :data:`EMPTY`, :data:`FULL` and :data:`TIMEOUT` are ordinary
-outcomes; ``CORRUPT_*`` mean the shared region holds something impossible.
+The one limit: a kernel cannot tell that the file behind the slab shrank
+under it. A peer that truncates a file or ``/dev/shm`` backing makes the
+next access to the lost pages fault (``SIGBUS``), in njit code as in any
+other. The engine's Python paths check the backing's size before each use
+and raise ``RingCorruptError``, but njit code that calls these kernels
+directly cannot; the answer is the engine's default backing for rings shared
+between processes, a ``memfd`` sealed against shrinking and growing
+(:class:`ringbook.engine.ring.Ring`), which no peer can truncate.
+
+Return values: counts, lengths and :data:`OK` are ``>= 0``; statuses are
+negative codes of :mod:`ringbook.kernels.status` (re-exported here, see
+:data:`STATUSES`; :func:`status_name` names them). :data:`EMPTY`,
+:data:`FULL` and :data:`TIMEOUT` are ordinary outcomes; ``CORRUPT_*`` mean
+the shared region holds something impossible.
 """
 
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
-from numba.np.arrayobj import make_array
-from numba.core import cgutils
-from numba.core.errors import TypingError
-
-from ringbook.kernels.atomics import X86, load_acquire_at, store_release_at
+from ringbook.kernels.atomics import load_acquire_at, store_release_at
 from ringbook.kernels.clock import monotonic_ns
 from ringbook.kernels.jit_options import inline_kernel, llvm_inline_kernel, kernel
+from ringbook.kernels.slab import (CACHE_LINE, copy_bytes, evict_lines, load_i64, load_u32, store_i64,
+                                   store_u32)
+from ringbook.kernels.status import (BAD_ARGUMENT, BAD_STATE, CORRUPT_GEOMETRY, CORRUPT_LENGTH,  # noqa: F401
+                                     CORRUPT_MAGIC, CORRUPT_POSITION, CORRUPT_SEQUENCE, CORRUPT_SIZE,
+                                     CORRUPT_VERSION, EMPTY, FULL, OK, TIMEOUT, TOO_LARGE, status_name)
 from ringbook.kernels.wait import SPINS, backoff
 
 MAGIC = int.from_bytes(b"RINGBOOK", "little")
 VERSION = 1
-CACHE_LINE = 64
 MAX_CONSUMERS = 32
 MIN_SLOT_SIZE = 32
 MAX_SLOT_SIZE = 1 << 24
@@ -113,29 +123,11 @@ SEQUENCE_OFFSET = 8
 STAMP_OFFSET = 16
 SLOT_HEADER_BYTES = 24
 
-# Statuses.
-OK = 0
-EMPTY = -1             # nothing to read
-FULL = -2              # no free slot: the slowest consumer is a ring behind
-TIMEOUT = -3           # a blocking call waited as long as it was allowed
-TOO_LARGE = -4         # message longer than a slot's payload, or than the reader's buffer
-BAD_STATE = -5         # state not opened on this slab, or opened for the other side
-BAD_ARGUMENT = -6      # geometry or index out of range, inconsistent batch arrays
-CORRUPT_MAGIC = -10
-CORRUPT_VERSION = -11
-CORRUPT_GEOMETRY = -12
-CORRUPT_SIZE = -13     # the region's size is not what its header says
-CORRUPT_POSITION = -14
-CORRUPT_LENGTH = -15
-CORRUPT_SEQUENCE = -16
-
-STATUS_NAMES = {
-    OK: "OK", EMPTY: "EMPTY", FULL: "FULL", TIMEOUT: "TIMEOUT", TOO_LARGE: "TOO_LARGE",
-    BAD_STATE: "BAD_STATE", BAD_ARGUMENT: "BAD_ARGUMENT", CORRUPT_MAGIC: "CORRUPT_MAGIC",
-    CORRUPT_VERSION: "CORRUPT_VERSION", CORRUPT_GEOMETRY: "CORRUPT_GEOMETRY",
-    CORRUPT_SIZE: "CORRUPT_SIZE", CORRUPT_POSITION: "CORRUPT_POSITION",
-    CORRUPT_LENGTH: "CORRUPT_LENGTH", CORRUPT_SEQUENCE: "CORRUPT_SEQUENCE",
-}
+#: Every status a ring kernel returns (codes of :mod:`ringbook.kernels.status`).
+STATUSES = (OK, EMPTY, FULL, TIMEOUT, TOO_LARGE, BAD_STATE, BAD_ARGUMENT, CORRUPT_MAGIC, CORRUPT_VERSION,
+            CORRUPT_GEOMETRY, CORRUPT_SIZE, CORRUPT_POSITION, CORRUPT_LENGTH, CORRUPT_SEQUENCE)
+_CORRUPT = (CORRUPT_MAGIC, CORRUPT_VERSION, CORRUPT_GEOMETRY, CORRUPT_SIZE, CORRUPT_POSITION, CORRUPT_LENGTH,
+            CORRUPT_SEQUENCE)
 
 # State: a private int64 array per producer or consumer (indices).
 ROLE = 0               # PRODUCER or CONSUMER once opened
@@ -159,125 +151,7 @@ CONSUMER = 2
 
 def is_corrupt(status):
     """Whether ``status`` says the shared region holds something impossible."""
-    return status <= CORRUPT_MAGIC
-
-
-# Plain (non-atomic) loads and stores at a byte offset: slot headers and
-# geometry, ordered by the acquire/release of the positions.
-
-def _pointer_at(context, builder, sig, args, width):
-    array = make_array(sig.args[0])(context, builder, args[0])
-    offset = context.cast(builder, args[1], sig.args[1], types.intp)
-    byte_pointer = cgutils.get_item_pointer(context, builder, sig.args[0], array, [offset],
-                                            wraparound=False)
-    return builder.bitcast(byte_pointer, ir.IntType(width).as_pointer())
-
-
-@intrinsic
-def _load_u32(typingctx, slab, offset):
-    def codegen(context, builder, sig, args):
-        value = builder.load(_pointer_at(context, builder, sig, args, 32), align=1)
-        return builder.zext(value, ir.IntType(64))
-
-    return types.int64(slab, offset), codegen
-
-
-@intrinsic
-def _load_i64(typingctx, slab, offset):
-    def codegen(context, builder, sig, args):
-        return builder.load(_pointer_at(context, builder, sig, args, 64), align=1)
-
-    return types.int64(slab, offset), codegen
-
-
-@intrinsic
-def _store_u32(typingctx, slab, offset, value):
-    def codegen(context, builder, sig, args):
-        stored = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), ir.IntType(32))
-        builder.store(stored, _pointer_at(context, builder, sig, args, 32), align=1)
-        return context.get_dummy_value()
-
-    return types.void(slab, offset, value), codegen
-
-
-@intrinsic
-def _store_i64(typingctx, slab, offset, value):
-    def codegen(context, builder, sig, args):
-        stored = context.cast(builder, args[2], sig.args[2], types.int64)
-        builder.store(stored, _pointer_at(context, builder, sig, args, 64), align=1)
-        return context.get_dummy_value()
-
-    return types.void(slab, offset, value), codegen
-
-
-@intrinsic
-def _evict_lines(typingctx, slab, offset, length):
-    """Write the cache lines of ``length`` bytes from ``offset`` back to memory
-    and drop them from every cache (x86 ``clflush``; nothing elsewhere). The
-    data is unchanged: a hint. Unchecked: the caller keeps the range inside
-    the slab (a flush outside the mapping faults). Why: :func:`set_evict`.
-
-    The loop over lines is here, not in the kernels: a loop around a call
-    there cost them their reference-count pruning.
-    """
-    def codegen(context, builder, sig, args):
-        if X86:
-            pointer = _pointer_at(context, builder, sig, args[:2], 8)
-            count = context.cast(builder, args[2], sig.args[2], types.intp)
-            lines = builder.udiv(builder.add(count, count.type(CACHE_LINE - 1)), count.type(CACHE_LINE))
-            function = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [pointer.type]), "llvm.x86.sse2.clflush")
-            with cgutils.for_range(builder, lines) as loop:
-                line = builder.gep(pointer, [builder.mul(loop.index, count.type(CACHE_LINE))])
-                builder.call(function, [line])
-        return context.get_dummy_value()
-
-    return types.void(slab, offset, length), codegen
-
-
-#: Messages up to this many bytes are copied by an inline loop of 8-byte words;
-#: longer ones by ``memmove``, whose call costs more than it saves on small ones.
-_INLINE_COPY_BYTES = 128
-
-
-@intrinsic
-def _copy_bytes(typingctx, source, source_offset, target, target_offset, length):
-    """Copy ``length`` bytes between C-contiguous uint8 arrays at flat offsets, unchecked.
-
-    The two ranges must not overlap (the ring copies between the slab and a
-    caller's buffer).
-    """
-    for array in (source, target):
-        if not (isinstance(array, types.Array) and array.dtype == types.uint8 and array.layout == "C"):
-            raise TypingError(f"ring messages are C-contiguous uint8 arrays, got {array}")
-
-    def codegen(context, builder, sig, args):
-        def byte_pointer(array_type, array_value, offset_type, offset_value):
-            data = make_array(array_type)(context, builder, array_value).data
-            return builder.gep(data, [context.cast(builder, offset_value, offset_type, types.intp)])
-
-        source_pointer = byte_pointer(sig.args[0], args[0], sig.args[1], args[1])
-        target_pointer = byte_pointer(sig.args[2], args[2], sig.args[3], args[3])
-        count = context.cast(builder, args[4], sig.args[4], types.intp)
-        word_type = ir.IntType(64).as_pointer()
-        is_small = builder.icmp_signed("<=", count, count.type(_INLINE_COPY_BYTES))
-        with builder.if_else(is_small) as (small, large):
-            with small:
-                words = builder.lshr(count, count.type(3))
-                with cgutils.for_range(builder, words) as loop:
-                    offset = builder.shl(loop.index, count.type(3))
-                    word = builder.load(builder.bitcast(builder.gep(source_pointer, [offset]), word_type), align=1)
-                    builder.store(word, builder.bitcast(builder.gep(target_pointer, [offset]), word_type), align=1)
-                done = builder.shl(words, count.type(3))
-                with cgutils.for_range(builder, builder.sub(count, done)) as loop:
-                    offset = builder.add(done, loop.index)
-                    builder.store(builder.load(builder.gep(source_pointer, [offset])),
-                                  builder.gep(target_pointer, [offset]))
-            with large:
-                cgutils.raw_memmove(builder, target_pointer, source_pointer, count, 1)
-        return context.get_dummy_value()
-
-    return types.void(source, source_offset, target, target_offset, length), codegen
+    return status in _CORRUPT
 
 
 @kernel
@@ -323,66 +197,88 @@ def format_slab(slab, slot_size, slot_count, consumers):
         return BAD_ARGUMENT
     for i in range(control_bytes(consumers)):
         slab[i] = 0
-    _store_u32(slab, VERSION_OFFSET, VERSION)
-    _store_u32(slab, SLOT_SIZE_OFFSET, slot_size)
-    _store_u32(slab, SLOT_COUNT_OFFSET, slot_count)
-    _store_u32(slab, CONSUMER_COUNT_OFFSET, consumers)
-    _store_u32(slab, SLOT_HEADER_SIZE_OFFSET, SLOT_HEADER_BYTES)
-    _store_i64(slab, CONTROL_BYTES_OFFSET, control_bytes(consumers))
-    _store_i64(slab, REGION_BYTES_OFFSET, slab.size)
+    store_u32(slab, VERSION_OFFSET, VERSION)
+    store_u32(slab, SLOT_SIZE_OFFSET, slot_size)
+    store_u32(slab, SLOT_COUNT_OFFSET, slot_count)
+    store_u32(slab, CONSUMER_COUNT_OFFSET, consumers)
+    store_u32(slab, SLOT_HEADER_SIZE_OFFSET, SLOT_HEADER_BYTES)
+    store_i64(slab, CONTROL_BYTES_OFFSET, control_bytes(consumers))
+    store_i64(slab, REGION_BYTES_OFFSET, slab.size)
     for slot in range(control_bytes(consumers), slab.size, slot_size):
-        _store_i64(slab, slot + SEQUENCE_OFFSET, -1)  # no message has this position
+        store_i64(slab, slot + SEQUENCE_OFFSET, -1)  # no message has this position
     store_release_at(slab, MAGIC_OFFSET, MAGIC)
     return OK
+
+
+@kernel
+def check_header(header, region_size):
+    """Validate a ring header against the size of its region, reading each field once.
+
+    ``header`` is the region itself or a private copy of its first
+    :data:`CACHE_LINE` bytes; ``region_size`` is the region's size in bytes.
+    A peer may rewrite the header at any moment: each field is read once, and
+    only those copies are checked and returned.
+
+    Returns
+    -------
+    tuple of int
+        ``(status, slot_size, slot_count, consumers)``: :data:`OK` and the
+        geometry, or the ``CORRUPT_*`` status of the first bad field (in
+        order: room for a header, magic, version, geometry and the sizes it
+        implies, the region's size) and zeros.
+    """
+    if header.size < CACHE_LINE or region_size < control_bytes(1):
+        return CORRUPT_SIZE, 0, 0, 0
+    magic = load_acquire_at(header, MAGIC_OFFSET)  # stored last: the rest is complete
+    version = load_u32(header, VERSION_OFFSET)
+    slot_size = load_u32(header, SLOT_SIZE_OFFSET)
+    slot_count = load_u32(header, SLOT_COUNT_OFFSET)
+    consumers = load_u32(header, CONSUMER_COUNT_OFFSET)
+    slot_header_bytes = load_u32(header, SLOT_HEADER_SIZE_OFFSET)
+    recorded_control = load_i64(header, CONTROL_BYTES_OFFSET)
+    recorded_region = load_i64(header, REGION_BYTES_OFFSET)
+    status = OK
+    if magic != MAGIC:
+        status = CORRUPT_MAGIC
+    elif version != VERSION:
+        status = CORRUPT_VERSION
+    elif (check_geometry(slot_size, slot_count, consumers) != OK or slot_header_bytes != SLOT_HEADER_BYTES
+          or recorded_control != control_bytes(consumers)
+          or recorded_region != region_bytes(slot_size, slot_count, consumers)):
+        status = CORRUPT_GEOMETRY
+    elif region_size != recorded_region:
+        status = CORRUPT_SIZE
+    if status != OK:
+        return status, 0, 0, 0
+    return OK, slot_size, slot_count, consumers
 
 
 @kernel
 def check_layout(slab):
     """Validate a slab's header: :data:`OK` or the ``CORRUPT_*`` status of the first bad field.
 
-    Checks, in order: that the slab can hold a header, the magic, the version,
-    the geometry (and the sizes it implies), and that the slab's size is the
-    region size the header records.
+    See :func:`check_header`; the slab's size must be the region size the
+    header records.
     """
-    if slab.size < control_bytes(1):
-        return CORRUPT_SIZE
-    if load_acquire_at(slab, MAGIC_OFFSET) != MAGIC:
-        return CORRUPT_MAGIC
-    if _load_u32(slab, VERSION_OFFSET) != VERSION:
-        return CORRUPT_VERSION
-    slot_size = _load_u32(slab, SLOT_SIZE_OFFSET)
-    slot_count = _load_u32(slab, SLOT_COUNT_OFFSET)
-    consumers = _load_u32(slab, CONSUMER_COUNT_OFFSET)
-    if check_geometry(slot_size, slot_count, consumers) != OK:
-        return CORRUPT_GEOMETRY
-    if _load_u32(slab, SLOT_HEADER_SIZE_OFFSET) != SLOT_HEADER_BYTES:
-        return CORRUPT_GEOMETRY
-    if _load_i64(slab, CONTROL_BYTES_OFFSET) != control_bytes(consumers):
-        return CORRUPT_GEOMETRY
-    expected = region_bytes(slot_size, slot_count, consumers)
-    if _load_i64(slab, REGION_BYTES_OFFSET) != expected:
-        return CORRUPT_GEOMETRY
-    if slab.size != expected:
-        return CORRUPT_SIZE
-    return OK
+    return check_header(slab, slab.size)[0]
 
 
 @kernel
 def _open_state(slab, state, role):
-    status = check_layout(slab)
-    if status != OK:
-        return status
+    """Validate the header and keep the geometry it held in ``state``: the only copy used afterwards."""
     if state.size < STATE_SIZE:
         return BAD_ARGUMENT
     for i in range(STATE_SIZE):
         state[i] = 0
-    consumers = _load_u32(slab, CONSUMER_COUNT_OFFSET)
-    state[STATE_SLOT_SIZE] = _load_u32(slab, SLOT_SIZE_OFFSET)
-    state[STATE_SLOT_MASK] = _load_u32(slab, SLOT_COUNT_OFFSET) - 1
+    status, slot_size, slot_count, consumers = check_header(slab, slab.size)
+    if status != OK:
+        return status
+    state[STATE_SLOT_SIZE] = slot_size
+    state[STATE_SLOT_MASK] = slot_count - 1
     state[STATE_SLOTS_OFFSET] = control_bytes(consumers)
     state[STATE_REGION_BYTES] = slab.size
     state[STATE_CONSUMERS] = consumers
-    state[STATE_CAPACITY] = state[STATE_SLOT_SIZE] - SLOT_HEADER_BYTES
+    state[STATE_CAPACITY] = slot_size - SLOT_HEADER_BYTES
     state[ROLE] = role
     return OK
 
@@ -400,21 +296,54 @@ def _last_use(status, slab, state, buffer):
     return status
 
 
-@kernel
-def _refresh_limit(slab, producer):
-    """Read every consumer's position; set the first position the producer may not write."""
-    position = producer[STATE_POSITION]
+@inline_kernel
+def _is_open(slab, state, role):
+    """Whether ``state`` was opened for ``role`` on a slab of this size (the state check of every kernel)."""
+    return _last_use(state.size >= STATE_SIZE and state[ROLE] == role and state[STATE_REGION_BYTES] == slab.size,
+                     slab, state, state)
+
+
+@inline_kernel
+def _slot_at(state, position):
+    """Byte offset of the slot of message ``position``, from the state's validated geometry (masked)."""
+    return state[STATE_SLOTS_OFFSET] + (position & state[STATE_SLOT_MASK]) * state[STATE_SLOT_SIZE]
+
+
+@inline_kernel
+def _write_limit(slab, producer, position):
+    """Read every consumer's position once: ``(status, first position the producer may not write)``.
+
+    A consumer is never ahead of the producer, nor more than a ring behind:
+    anything else is :data:`CORRUPT_POSITION`.
+    """
     slot_count = producer[STATE_SLOT_MASK] + 1
     slowest = position
     status = OK
     for i in range(producer[STATE_CONSUMERS]):
         consumer_position = load_acquire_at(slab, CONSUMER_POSITIONS_OFFSET + CACHE_LINE * i)
-        # A consumer is never ahead of the producer, nor more than a ring behind.
         if consumer_position < 0 or consumer_position > position or position - consumer_position > slot_count:
             status = CORRUPT_POSITION
         slowest = min(slowest, consumer_position)
+    return _last_use(status, slab, producer, producer), slowest + slot_count
+
+
+@inline_kernel
+def _slot_status(length, sequence, capacity, position):
+    """OK, or the CORRUPT_* status of a published slot whose header copies are impossible (scalars only)."""
+    status = OK
+    if length > capacity:
+        status = CORRUPT_LENGTH
+    elif sequence != position:
+        status = CORRUPT_SEQUENCE
+    return status
+
+
+@kernel
+def _refresh_limit(slab, producer):
+    """Read every consumer's position; set the first position the producer may not write."""
+    status, limit = _write_limit(slab, producer, producer[STATE_POSITION])
     if status == OK:
-        producer[STATE_SEEN] = slowest + slot_count
+        producer[STATE_SEEN] = limit
     return _last_use(status, slab, producer, producer)
 
 
@@ -457,8 +386,8 @@ def open_producer(slab, producer):
     # position left complete messages behind the position: resume after them.
     published = position
     for _ in range(producer[STATE_SLOT_MASK] + 1):
-        slot = producer[STATE_SLOTS_OFFSET] + (position & producer[STATE_SLOT_MASK]) * producer[STATE_SLOT_SIZE]
-        if _load_i64(slab, slot + SEQUENCE_OFFSET) != position:
+        slot = _slot_at(producer, position)
+        if load_i64(slab, slot + SEQUENCE_OFFSET) != position:
             break
         position += 1
     producer[STATE_POSITION] = position
@@ -531,33 +460,24 @@ def try_write(slab, producer, payload, flags=0, stamp=0):
         :data:`BAD_STATE`.
     """
     status = BAD_STATE
-    if producer.size >= STATE_SIZE and producer[ROLE] == PRODUCER and producer[STATE_REGION_BYTES] == slab.size:
+    if _is_open(slab, producer, PRODUCER):
         position = producer[STATE_POSITION]
         length = payload.size
         status = OK
         if length > producer[STATE_CAPACITY]:
             status = TOO_LARGE
         elif position >= producer[STATE_SEEN]:
-            # Looks full: read the consumers' positions (inline: a call here
-            # would cost the fast path its reference-count pruning).
-            slot_count = producer[STATE_SLOT_MASK] + 1
-            slowest = position
-            for i in range(producer[STATE_CONSUMERS]):
-                consumer_position = load_acquire_at(slab, CONSUMER_POSITIONS_OFFSET + CACHE_LINE * i)
-                # A consumer is never ahead of the producer, nor more than a ring behind.
-                if consumer_position < 0 or consumer_position > position or position - consumer_position > slot_count:
-                    status = CORRUPT_POSITION
-                slowest = min(slowest, consumer_position)
+            status, limit = _write_limit(slab, producer, position)
             if status == OK:
-                producer[STATE_SEEN] = slowest + slot_count
-                if position >= producer[STATE_SEEN]:
+                producer[STATE_SEEN] = limit
+                if position >= limit:
                     status = FULL
         if status == OK:
-            slot = producer[STATE_SLOTS_OFFSET] + (position & producer[STATE_SLOT_MASK]) * producer[STATE_SLOT_SIZE]
-            _store_u32(slab, slot + LENGTH_OFFSET, length)
-            _store_u32(slab, slot + FLAGS_OFFSET, flags)
-            _store_i64(slab, slot + STAMP_OFFSET, stamp)
-            _copy_bytes(payload, 0, slab, slot + SLOT_HEADER_BYTES, length)
+            slot = _slot_at(producer, position)
+            store_u32(slab, slot + LENGTH_OFFSET, length)
+            store_u32(slab, slot + FLAGS_OFFSET, flags)
+            store_i64(slab, slot + STAMP_OFFSET, stamp)
+            copy_bytes(payload, 0, slab, slot + SLOT_HEADER_BYTES, length)
             store_release_at(slab, slot + SEQUENCE_OFFSET, position)  # the slot is complete
             producer[STATE_POSITION] = position + 1
             store_release_at(slab, PRODUCER_POSITION_OFFSET, position + 1)
@@ -574,7 +494,7 @@ def write_batch(slab, producer, payloads, lengths, flags=0, stamp=0):
     written when a length is out of range.
     """
     result = BAD_STATE
-    if producer.size >= STATE_SIZE and producer[ROLE] == PRODUCER and producer[STATE_REGION_BYTES] == slab.size:
+    if _is_open(slab, producer, PRODUCER):
         count = payloads.shape[0]
         width = payloads.shape[1]
         result = OK
@@ -587,41 +507,22 @@ def write_batch(slab, producer, payloads, lengths, flags=0, stamp=0):
                 result = TOO_LARGE
         position = producer[STATE_POSITION]
         if result == OK and position + count > producer[STATE_SEEN]:
-            # As in try_write, inline.
-            slot_count = producer[STATE_SLOT_MASK] + 1
-            slowest = position
-            for i in range(producer[STATE_CONSUMERS]):
-                consumer_position = load_acquire_at(slab, CONSUMER_POSITIONS_OFFSET + CACHE_LINE * i)
-                if consumer_position < 0 or consumer_position > position or position - consumer_position > slot_count:
-                    result = CORRUPT_POSITION
-                slowest = min(slowest, consumer_position)
+            result, limit = _write_limit(slab, producer, position)
             if result == OK:
-                producer[STATE_SEEN] = slowest + slot_count
+                producer[STATE_SEEN] = limit
         if result == OK:
             result = min(count, producer[STATE_SEEN] - position)
-            slot_size = producer[STATE_SLOT_SIZE]
             for i in range(result):
-                slot = producer[STATE_SLOTS_OFFSET] + ((position + i) & producer[STATE_SLOT_MASK]) * slot_size
-                _store_u32(slab, slot + LENGTH_OFFSET, lengths[i])
-                _store_u32(slab, slot + FLAGS_OFFSET, flags)
-                _store_i64(slab, slot + STAMP_OFFSET, stamp)
-                _copy_bytes(payloads, i * width, slab, slot + SLOT_HEADER_BYTES, lengths[i])
+                slot = _slot_at(producer, position + i)
+                store_u32(slab, slot + LENGTH_OFFSET, lengths[i])
+                store_u32(slab, slot + FLAGS_OFFSET, flags)
+                store_i64(slab, slot + STAMP_OFFSET, stamp)
+                copy_bytes(payloads, i * width, slab, slot + SLOT_HEADER_BYTES, lengths[i])
                 store_release_at(slab, slot + SEQUENCE_OFFSET, position + i)
             if result > 0:
                 producer[STATE_POSITION] = position + result
                 store_release_at(slab, PRODUCER_POSITION_OFFSET, position + result)
     return _last_use(_last_use(result, slab, producer, payloads), lengths, lengths, lengths)
-
-
-@inline_kernel
-def _check_slot(slab, consumer, slot, position):
-    """OK, or the CORRUPT_* status of a published slot whose header is impossible."""
-    status = OK
-    if _load_u32(slab, slot + LENGTH_OFFSET) > consumer[STATE_CAPACITY]:
-        status = CORRUPT_LENGTH
-    elif _load_i64(slab, slot + SEQUENCE_OFFSET) != position:
-        status = CORRUPT_SEQUENCE
-    return _last_use(status, slab, consumer, consumer)
 
 
 #: A consumer that keeps finding its next slot not yet written looks at the
@@ -673,19 +574,17 @@ def set_evict(consumer, enabled):
 
     A consumer that is behind evicts: otherwise the line stays in its cache
     for a lap, and the producer's next write to it must first take it back
-    from that core, a cross-core round trip per message (across the two cores
-    of an EPYC VM, 256 KiB of slots: 43 M/s single messages without eviction,
-    91 M/s with it). A consumer that has caught up keeps the line: a lap later
-    it waits on that slot again, and a line in its own cache is the fastest to
-    wait on. Fetched from memory instead, the first poll raced the producer's
-    write, and one-way latency went from 1.4x a bare ping-pong to 4.4x.
+    from that core, a cross-core round trip per message. A consumer that has
+    caught up keeps the line: a lap later it waits on that slot again, and a
+    line in its own cache is the fastest to wait on (one fetched from memory
+    races the producer's write).
 
     It pays only while a lap of slots fits in the consumer's L2 cache, and
     with one consumer (one's eviction sends the others to memory): the
     engine's ``Ring.consumer`` turns it off otherwise
-    (:func:`ringbook.engine.ring.evicts_by_default`). Turn it off too when one thread
-    writes and reads: single messages are unaffected there, but batches of 64
-    lose a quarter (159 to 119 M/s).
+    (:func:`ringbook.engine.ring.evicts_by_default`). Turn it off too when one
+    thread writes and reads: its batches gain nothing from it and lose the
+    flushes' cost. ``perf/bm_ring.py`` measures each case.
     """
     if consumer.size < STATE_SIZE or consumer[ROLE] != CONSUMER:
         return BAD_STATE
@@ -705,26 +604,26 @@ def try_read(slab, consumer, out):
         :data:`BAD_STATE`.
     """
     result = BAD_STATE
-    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+    if _is_open(slab, consumer, CONSUMER):
         position = consumer[STATE_POSITION]
-        slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
+        slot = _slot_at(consumer, position)
         result = OK
         if position >= consumer[STATE_SEEN]:
             result = _poll_slot(slab, consumer, slot, position)
         if result == OK:
-            length = _load_u32(slab, slot + LENGTH_OFFSET)
-            if length > consumer[STATE_CAPACITY] or _load_i64(slab, slot + SEQUENCE_OFFSET) != position:
-                result = _check_slot(slab, consumer, slot, position)
+            length = load_u32(slab, slot + LENGTH_OFFSET)
+            sequence = load_i64(slab, slot + SEQUENCE_OFFSET)
+            if length > consumer[STATE_CAPACITY] or sequence != position:
+                result = _slot_status(length, sequence, consumer[STATE_CAPACITY], position)
             elif length > out.size:
                 result = TOO_LARGE
             else:
-                _copy_bytes(slab, slot + SLOT_HEADER_BYTES, out, 0, length)
+                copy_bytes(slab, slot + SLOT_HEADER_BYTES, out, 0, length)
                 consumer[STATE_POSITION] = position + 1
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
-                following = (consumer[STATE_SLOTS_OFFSET]
-                             + ((position + 1) & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE])
-                next_written = _load_i64(slab, following + SEQUENCE_OFFSET) == position + 1
-                _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length, next_written))
+                following = _slot_at(consumer, position + 1)
+                next_written = load_i64(slab, following + SEQUENCE_OFFSET) == position + 1
+                evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length, next_written))
                 result = length
     return _last_use(result, slab, consumer, out)
 
@@ -739,7 +638,7 @@ def read_batch(slab, consumer, payloads, lengths):
     returns the status (:data:`TOO_LARGE`, ``CORRUPT_*``).
     """
     result = BAD_STATE
-    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+    if _is_open(slab, consumer, CONSUMER):
         count = payloads.shape[0]
         width = payloads.shape[1]
         position = consumer[STATE_POSITION]
@@ -750,18 +649,18 @@ def read_batch(slab, consumer, payloads, lengths):
             result = _refresh_available(slab, consumer)
         if result == OK:
             available = min(count, consumer[STATE_SEEN] - position)
-            slot_size = consumer[STATE_SLOT_SIZE]
             read = 0
             while read < available:
-                slot = consumer[STATE_SLOTS_OFFSET] + ((position + read) & consumer[STATE_SLOT_MASK]) * slot_size
-                length = _load_u32(slab, slot + LENGTH_OFFSET)
-                if length > consumer[STATE_CAPACITY] or _load_i64(slab, slot + SEQUENCE_OFFSET) != position + read:
-                    result = _check_slot(slab, consumer, slot, position + read)
+                slot = _slot_at(consumer, position + read)
+                length = load_u32(slab, slot + LENGTH_OFFSET)
+                sequence = load_i64(slab, slot + SEQUENCE_OFFSET)
+                if length > consumer[STATE_CAPACITY] or sequence != position + read:
+                    result = _slot_status(length, sequence, consumer[STATE_CAPACITY], position + read)
                     break
                 if length > width:
                     result = TOO_LARGE
                     break
-                _copy_bytes(slab, slot + SLOT_HEADER_BYTES, payloads, read * width, length)
+                copy_bytes(slab, slot + SLOT_HEADER_BYTES, payloads, read * width, length)
                 lengths[read] = length
                 read += 1
             if read > 0:
@@ -769,12 +668,11 @@ def read_batch(slab, consumer, payloads, lengths):
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + read)
                 if consumer[STATE_EVICT] != 0:
                     # Every slot read but the last has its next message written (see set_evict).
-                    following = (consumer[STATE_SLOTS_OFFSET]
-                                 + ((position + read) & consumer[STATE_SLOT_MASK]) * slot_size)
-                    last_evicted = _load_i64(slab, following + SEQUENCE_OFFSET) == position + read
+                    following = _slot_at(consumer, position + read)
+                    last_evicted = load_i64(slab, following + SEQUENCE_OFFSET) == position + read
                     for i in range(read - 1 + last_evicted):
-                        slot = consumer[STATE_SLOTS_OFFSET] + ((position + i) & consumer[STATE_SLOT_MASK]) * slot_size
-                        _evict_lines(slab, slot, SLOT_HEADER_BYTES + lengths[i])
+                        slot = _slot_at(consumer, position + i)
+                        evict_lines(slab, slot, SLOT_HEADER_BYTES + min(lengths[i], consumer[STATE_CAPACITY]))
                 result = read
     return _last_use(_last_use(result, slab, consumer, payloads), lengths, lengths, lengths)
 
@@ -786,19 +684,22 @@ def _peek_slot(slab, consumer):
     start = 0
     flags = 0
     stamp = 0
-    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+    if _is_open(slab, consumer, CONSUMER):
         position = consumer[STATE_POSITION]
-        slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
+        slot = _slot_at(consumer, position)
         result = OK
         if position >= consumer[STATE_SEEN]:
             result = _poll_slot(slab, consumer, slot, position)
         if result == OK:
-            result = _check_slot(slab, consumer, slot, position)
+            # Each field read once: the length checked is the length returned.
+            length = load_u32(slab, slot + LENGTH_OFFSET)
+            result = _slot_status(length, load_i64(slab, slot + SEQUENCE_OFFSET), consumer[STATE_CAPACITY],
+                                  position)
             if result == OK:
-                result = _load_u32(slab, slot + LENGTH_OFFSET)
+                result = length
                 start = slot + SLOT_HEADER_BYTES
-                flags = _load_u32(slab, slot + FLAGS_OFFSET)
-                stamp = _load_i64(slab, slot + STAMP_OFFSET)
+                flags = load_u32(slab, slot + FLAGS_OFFSET)
+                stamp = load_i64(slab, slot + STAMP_OFFSET)
     return (_last_use(result, slab, consumer, consumer), start, flags, stamp)
 
 
@@ -831,19 +732,18 @@ def peek_header(slab, consumer):
 def release(slab, consumer):
     """Consume the message :func:`peek` returned, freeing its slot: :data:`OK` or :data:`EMPTY`."""
     result = BAD_STATE
-    if consumer.size >= STATE_SIZE and consumer[ROLE] == CONSUMER and consumer[STATE_REGION_BYTES] == slab.size:
+    if _is_open(slab, consumer, CONSUMER):
         position = consumer[STATE_POSITION]
         result = EMPTY
         if position < consumer[STATE_SEEN]:
             consumer[STATE_POSITION] = position + 1
             store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
             # The length is read again and may have changed: clamped to a slot.
-            slot = consumer[STATE_SLOTS_OFFSET] + (position & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE]
-            length = min(_load_u32(slab, slot + LENGTH_OFFSET), consumer[STATE_CAPACITY])
-            following = (consumer[STATE_SLOTS_OFFSET]
-                         + ((position + 1) & consumer[STATE_SLOT_MASK]) * consumer[STATE_SLOT_SIZE])
-            next_written = _load_i64(slab, following + SEQUENCE_OFFSET) == position + 1
-            _evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length, next_written))
+            slot = _slot_at(consumer, position)
+            length = min(load_u32(slab, slot + LENGTH_OFFSET), consumer[STATE_CAPACITY])
+            following = _slot_at(consumer, position + 1)
+            next_written = load_i64(slab, following + SEQUENCE_OFFSET) == position + 1
+            evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length, next_written))
             result = OK
     return _last_use(result, slab, consumer, consumer)
 
@@ -889,7 +789,7 @@ def read_wait(slab, consumer, out, strategy, timeout_ns):
 @kernel
 def pending(slab, consumer):
     """How many messages ``consumer`` has yet to read, or a negative status."""
-    if consumer.size < STATE_SIZE or consumer[ROLE] != CONSUMER or consumer[STATE_REGION_BYTES] != slab.size:
+    if not _is_open(slab, consumer, CONSUMER):
         return BAD_STATE
     status = _refresh_available(slab, consumer)
     if status != OK:
@@ -900,7 +800,7 @@ def pending(slab, consumer):
 @kernel
 def free_slots(slab, producer):
     """How many messages the producer can write now, or a negative status."""
-    if producer.size < STATE_SIZE or producer[ROLE] != PRODUCER or producer[STATE_REGION_BYTES] != slab.size:
+    if not _is_open(slab, producer, PRODUCER):
         return BAD_STATE
     status = _refresh_limit(slab, producer)
     if status != OK:

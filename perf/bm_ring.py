@@ -405,9 +405,17 @@ def print_latency(latency):
     print(f"  (target: ring <= {TARGET_RATIO:g}x ping-pong at p50 and p99, in the median alternation)")
 
 
+def _pass_ring_only(command, args):
+    if args.ring_only:
+        command.append("--ring-only")
+
+
 def main():
     benchmarks = Benchmarks()
-    runner = make_runner()
+    runner = make_runner(add_cmdline_args=_pass_ring_only)
+    runner.argparser.add_argument("--ring-only", action="store_true",
+                                  help="measure the ring alone: no peer queues, no latency")
+    args = runner.parse_args()
     runner.metadata["ring_message_bytes"] = workers.MESSAGE_BYTES
     runner.metadata["ring_slots"] = f"{SLOT_COUNT} x {SLOT_SIZE} B"
     runner.metadata["ring_large_slots"] = f"{LARGE_SLOT_COUNT} x {SLOT_SIZE} B"
@@ -429,11 +437,15 @@ def main():
         "ring_processes": runner.bench_time_func("ring_processes", benchmarks.processes),
         f"ring_processes_batch{batch}": runner.bench_time_func(
             f"ring_processes_batch{batch}", benchmarks.processes_batch),
+    }
+    if args.ring_only:
+        return
+    results.update({
         "multiprocessing_queue": runner.bench_time_func("multiprocessing_queue",
                                                         benchmarks.multiprocessing_queue),
         "faster_fifo_queue": runner.bench_time_func("faster_fifo_queue", benchmarks.faster_fifo_queue),
         "posix_ipc_queue": runner.bench_time_func("posix_ipc_queue", benchmarks.posix_ipc_queue),
-    }
+    })
     report_ratios(results, [
         (f"ring_single_thread_batch{batch}", "ring_single_thread"),
         (f"ring_threads_batch{batch}", "ring_threads"),

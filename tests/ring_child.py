@@ -19,8 +19,13 @@ Message ``i`` is :func:`pattern` ``(i)``: 32 bytes, the little-endian int64
 
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
+# Kernels cached by the test run, which imports this module as tests.<name>,
+# name that module: the repository must be importable to load them here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from ringbook.engine.ring import Ring
 from ringbook.kernels import ring

@@ -1,27 +1,41 @@
-"""Corrupt a ring's bytes, then read and write it: nothing may touch memory outside the slab.
+"""Corrupt a ring's bytes or its file, then attach, read and write it: nothing may touch memory
+outside the slab, and only ``Ring*Error`` may come out of the Python API.
 
-:func:`exercise` is shared by the hypothesis test in ``test_ring.py`` and by the
-coverage-guided fuzzer this script runs with atheris::
+Two targets, each shared by a test in ``test_ring.py`` and by the coverage-guided
+fuzzer this script runs with atheris:
 
-    python tests/ring_fuzz.py -runs=100000      # or -max_total_time=60
+- ``kernels`` (:func:`exercise`): corrupt bytes of a formatted slab, then run
+  every kernel on it. The slab and the reader's buffer sit between guard
+  bytes; every status must be a known one, every length within a slot, every
+  view inside the slab, and the guards untouched.
+- ``attach`` (:func:`exercise_attach`): write a ring file (or a memfd registry
+  entry) whose header, slots and size are corrupted, attach to it with
+  ``Ring.attach`` and use every Python path: only ``RingError`` and its
+  subclasses may come out, and every message returned fits a slot.
 
-The slab and the reader's buffer sit between guard bytes; every status must
-be a known one, every length within a slot, every view inside the slab, and
-the guards untouched.
+The longer runs (one target per command)::
+
+    python tests/ring_fuzz.py --target=kernels -max_total_time=600
+    python tests/ring_fuzz.py --target=attach -max_total_time=600
+
+Other arguments go to libFuzzer (``-runs=N``, ``-seed=N``, a corpus folder).
 """
 
+import os
 import sys
+import tempfile
 
 import numpy as np
 
-from ringbook.engine.ring import new_state
+from ringbook.engine import ring as engine_ring
+from ringbook.engine.ring import REGISTRY_MAGIC, Ring, RingError, new_state
 from ringbook.kernels import ring
 
 SLOT_SIZE, SLOT_COUNT, CONSUMERS = 64, 4, 2
 CAPACITY = SLOT_SIZE - ring.SLOT_HEADER_BYTES
 REGION = ring.region_bytes(SLOT_SIZE, SLOT_COUNT, CONSUMERS)
 GUARD = 256
-KNOWN = set(ring.STATUS_NAMES) - {ring.TIMEOUT}
+KNOWN = set(ring.STATUSES) - {ring.TIMEOUT}
 
 
 def exercise(corruptions, messages_before):
@@ -67,7 +81,56 @@ def exercise(corruptions, messages_before):
     assert (out_memory[:GUARD] == 0x5A).all() and (out_memory[GUARD + CAPACITY:] == 0x5A).all()
 
 
-def _one_input(data):
+#: Sizes a fuzzed ring file may take, beside its header's own: short, long, enormous and sparse.
+_SIZES = (0, 100, ring.CACHE_LINE, REGION - 1, REGION + 1, 1 << 40)
+
+
+def exercise_attach(directory, corruptions, size_choice, registry):
+    """Attach to a corrupted ring file in ``directory`` and use it; only Ring*Error may come out.
+
+    ``corruptions`` are ``(offset, byte)`` pairs applied to a valid ring with
+    messages in it; ``size_choice`` indexes :data:`_SIZES` (or keeps the
+    size); ``registry`` (bytes or ``None``) replaces the file by a memfd
+    registry entry with that text after its first line.
+    """
+    path = os.path.join(directory, "ring.buf")
+    if os.path.exists(path):
+        os.unlink(path)
+    if registry is not None:
+        with open(path, "wb") as entry:
+            entry.write(REGISTRY_MAGIC + b"\n" + registry)
+    else:
+        with Ring.create(SLOT_COUNT, SLOT_SIZE, CONSUMERS, path=path) as shared:
+            for index in range(3):
+                shared.write(bytes(range(index * 9)))
+        with open(path, "r+b") as region:
+            for offset, value in corruptions:
+                region.seek(offset % REGION)
+                region.write(bytes([value]))
+        if size_choice < len(_SIZES):
+            os.truncate(path, _SIZES[size_choice])
+    try:
+        attached = Ring.attach(path=path)
+    except RingError:
+        return
+    with attached:
+        for call in (lambda: attached.try_write(b"fuzz"), lambda: attached.free_slots(),
+                     lambda: attached.producer_position, lambda: attached.write(b"z", timeout=0)):
+            try:
+                call()
+            except (RingError, TimeoutError):
+                pass
+        for index in range(attached.consumers):
+            for call in (attached.try_read, attached.pending, attached.consumer_position,
+                         lambda i: attached.read(i, timeout=0)):
+                try:
+                    got = call(index)
+                except (RingError, TimeoutError):
+                    continue
+                assert not isinstance(got, bytes) or len(got) <= attached.payload_capacity
+
+
+def _kernels_input(data):
     import atheris
 
     provider = atheris.FuzzedDataProvider(data)
@@ -77,11 +140,43 @@ def _one_input(data):
     exercise(corruptions, messages_before)
 
 
+_DIRECTORY = None
+
+
+def _attach_input(data):
+    import atheris
+
+    provider = atheris.FuzzedDataProvider(data)
+    registry = provider.ConsumeBytes(provider.ConsumeIntInRange(0, 40)) if provider.ConsumeBool() else None
+    size_choice = provider.ConsumeIntInRange(0, 2 * len(_SIZES))
+    corruptions = [(provider.ConsumeIntInRange(0, REGION - 1), provider.ConsumeIntInRange(0, 255))
+                   for _ in range(provider.ConsumeIntInRange(0, 8))]
+    exercise_attach(_DIRECTORY, corruptions, size_choice, registry)
+
+
 def main(argv):
     import atheris
 
-    exercise([(0, 0x52)], 3)  # compile (or load) every kernel before fuzzing starts
-    atheris.Setup(argv, _one_input)
+    global _DIRECTORY
+    targets = [argument for argument in argv[1:] if argument.startswith("--target=")]
+    target = targets[-1].split("=", 1)[1] if targets else "kernels"
+    argv = [argument for argument in argv if not argument.startswith("--target=")]
+    if target == "kernels":
+        exercise([(0, 0x52)], 3)  # compile (or load) every kernel before fuzzing starts
+        one_input = _kernels_input
+    elif target == "attach":
+        # Coverage of the Python attach path guides this target (njit code has none to give).
+        for function in (engine_ring._open_file, engine_ring._open_registered, engine_ring._open_region,
+                         engine_ring.describe_layout_error, engine_ring.Ring.__init__, engine_ring.Ring._check,
+                         engine_ring.Ring._describe_corruption, engine_ring.Ring._check_geometry):
+            atheris.instrument_func(function)
+        _DIRECTORY = tempfile.mkdtemp(prefix="ringbook-fuzz-")
+        exercise_attach(_DIRECTORY, [(0, 0x52)], 99, None)
+        exercise_attach(_DIRECTORY, [], 99, None)
+        one_input = _attach_input
+    else:
+        raise SystemExit(f"unknown target {target!r}: kernels or attach")
+    atheris.Setup(argv, one_input)
     atheris.Fuzz()
 
 

@@ -394,13 +394,21 @@ def test_corrupted_bytes_never_lead_outside_the_slab(corruptions, messages_befor
     ring_fuzz.exercise(corruptions, messages_before)
 
 
-def test_coverage_guided_fuzzing_finds_nothing_in_a_short_run(tmp_path):
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, ring_fuzz.REGION - 1), st.integers(0, 255)), max_size=8),
+       st.integers(0, 2 * len(ring_fuzz._SIZES)), st.one_of(st.none(), st.binary(max_size=40)))
+def test_attaching_a_corrupted_file_raises_only_ring_errors(tmp_path_factory, corruptions, size_choice, registry):
+    ring_fuzz.exercise_attach(str(tmp_path_factory.mktemp("attach")), corruptions, size_choice, registry)
+
+
+@pytest.mark.parametrize("target, runs", [("kernels", 3000), ("attach", 1000)])
+def test_coverage_guided_fuzzing_finds_nothing_in_a_short_run(tmp_path, target, runs):
     pytest.importorskip("atheris")
-    fuzz = subprocess.run([sys.executable, str(Path(ring_fuzz.__file__)), "-runs=3000", "-seed=1",
-                           f"-artifact_prefix={tmp_path}/"],
+    fuzz = subprocess.run([sys.executable, str(Path(ring_fuzz.__file__)), f"--target={target}", f"-runs={runs}",
+                           "-seed=1", f"-artifact_prefix={tmp_path}/"],
                           capture_output=True, text=True, timeout=300)
     assert fuzz.returncode == 0, fuzz.stderr[-2000:]
-    assert "Done 3000 runs" in fuzz.stderr
+    assert f"Done {runs} runs" in fuzz.stderr
 
 
 # Threads
