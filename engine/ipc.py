@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from numba import types
 
-from ringbook.engine.ring import new_state
+from ringbook.engine.ring import new_state, sealed_memfd
 from ringbook.engine.system import usable_cores
 from ringbook.kernels import connection as conn
 from ringbook.kernels import futex, ring
@@ -74,12 +74,9 @@ def socket_path(name):
 
 def sealed_region(size, label):
     """A zeroed memfd of ``size`` bytes, mode 0600, sealed against shrinking and growing
-    (and against further seals): ``(fd, mapping, slab)``."""
-    fd = os.memfd_create(f"ringbook-{label}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    (:func:`ringbook.engine.ring.sealed_memfd`), mapped: ``(fd, mapping, slab)``."""
+    fd = sealed_memfd(f"ipc-{label}", size)
     try:
-        os.fchmod(fd, 0o600)
-        os.ftruncate(fd, size)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)
         mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         return fd, mapping, np.frombuffer(mapping, dtype=np.uint8)
     except BaseException:

@@ -186,8 +186,9 @@ def _create_file(path, size):
         raise
 
 
-def _create_memfd(path, name, size):
-    """A sealed memfd of ``size`` bytes and its registry entry ``path``: ``(file, mapping, slab)``."""
+def sealed_memfd(name, size):
+    """A zeroed memfd of ``size`` bytes, mode 0600, sealed against shrinking, growing and new seals:
+    its descriptor (close-on-exec)."""
     fd = os.memfd_create(_MEMFD_PREFIX + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.fchmod(fd, 0o600)
@@ -195,6 +196,16 @@ def _create_memfd(path, name, size):
         # SEAL_SEAL too: no peer may add a seal later (a write seal would lock
         # out the producer, a future-write seal every later attacher).
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _create_memfd(path, name, size):
+    """A sealed memfd of ``size`` bytes and its registry entry ``path``: ``(file, mapping, slab)``."""
+    fd = sealed_memfd(name, size)
+    try:
         mapping, slab = _map(fd, size, path)
         entry = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
