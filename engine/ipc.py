@@ -320,10 +320,13 @@ class Server:
         Idle passes a worker spins before it parks.
     allowed_uids : iterable of int, optional
         Peers allowed in; this process's effective uid by default.
+    asymmetric : bool
+        Doorbells in asymmetric mode (:mod:`ringbook.kernels.futex`): writers skip the fence,
+        and every park costs a ``membarrier``; worth it only where writers ring per message.
     """
 
     def __init__(self, name, handler=None, *, workers=1, slot_count=256, slot_size=128, stall_timeout=1.0,
-                 spins=futex.DEFAULT_SPINS, allowed_uids=None, pin=True):
+                 spins=futex.DEFAULT_SPINS, allowed_uids=None, pin=True, asymmetric=False):
         self.name = name
         self.path = socket_path(name)
         self.handler = conn.echo if handler is None else handler
@@ -336,7 +339,9 @@ class Server:
         self.stall_timeout = stall_timeout
         self.spins = spins
         self.allowed_uids = {os.geteuid()} if allowed_uids is None else set(allowed_uids)
-        self.asymmetric = futex.register_asymmetric()
+        # Fenced doorbells by default: a connection rings once per batch, so a fence there costs
+        # less than the membarrier every park would cost in asymmetric mode.
+        self.asymmetric = asymmetric and futex.register_asymmetric()
         cores = usable_cores() if pin else []
         self.groups = [_Group(self, i, cores[i % len(cores)] if cores else None) for i in range(workers)]
         self.refused = Counter()

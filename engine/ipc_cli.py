@@ -231,9 +231,17 @@ def _run_processes(target, first_argument, clients, processes, messages, window,
             "server": next((part["server"] for part in parts if part["server"]), None), "started": started}
 
 
-def _bench(args):
+def build_bench_args(name, clients, messages, window=16, processes=None, workers=1, baseline_messages=None):
+    """The arguments of ``ringbook ipc bench``, for :func:`bench_report` from Python."""
+    import argparse
+    return argparse.Namespace(name=name, clients=clients, messages=messages, window=window, processes=processes,
+                              workers=workers, baseline_messages=baseline_messages, json=False)
+
+
+def bench_report(args):
+    """Run the scale test ``args`` describe (and its Unix socket baseline): the report as a dict."""
     if args.clients < 1 or args.messages < 1 or args.window < 1:
-        raise SystemExit("ringbook ipc bench: --clients, --messages and --window must be at least 1")
+        raise ValueError("ringbook ipc bench: --clients, --messages and --window must be at least 1")
     processes = args.processes or min(MAX_CLIENT_PROCESSES, args.clients)
     server = None
     try:
@@ -259,6 +267,14 @@ def _bench(args):
         report["uds"] = _uds_baseline(args.clients, processes, baseline_messages, args.window)
         report["ratio_vs_uds"] = (report["throughput_msgs"] / report["uds"]["throughput_msgs"]
                                   if report["uds"]["throughput_msgs"] else None)
+    return report
+
+
+def _bench(args):
+    try:
+        report = bench_report(args)
+    except ValueError as error:
+        raise SystemExit(str(error))
     if args.json:
         print(json.dumps(report))
     else:
