@@ -46,7 +46,7 @@ import numpy as np
 
 from ringbook.engine.system import l2_cache_bytes, usable_cores
 from ringbook.kernels import ring as kernels_ring
-from ringbook.kernels import wait
+from ringbook.kernels import futex, wait
 from ringbook.kernels.status import status_name
 
 #: Where Linux keeps POSIX shared-memory objects (``shm_open`` names), and
@@ -360,6 +360,10 @@ class Ring:
         self.slot_count = int(slot_count)
         self.consumers = int(consumers)
         self.payload_capacity = self.slot_size - kernels_ring.SLOT_HEADER_BYTES
+        if not futex.register_asymmetric():
+            # Asymmetric doorbells need every writing process registered: this one fences instead.
+            for bell in (kernels_ring.DATA_BELL_OFFSET, kernels_ring.SPACE_BELL_OFFSET):
+                futex.set_asymmetric(slab, bell, False)
 
     # Creating and attaching
 
@@ -414,6 +418,9 @@ class Ring:
             mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             slab = np.frombuffer(mapping, dtype=np.uint8)
         kernels_ring.format_slab(slab, slot_size, slot_count, consumers)
+        if futex.register_asymmetric():  # writers skip the fence; a consumer about to park pays
+            for bell in (kernels_ring.DATA_BELL_OFFSET, kernels_ring.SPACE_BELL_OFFSET):
+                futex.set_asymmetric(slab, bell, True)
         return cls(slab, mapping=mapping, file=file, path=None if path is None else Path(path),
                    owner=name is not None, strategy=strategy, sealed=sealed)
 

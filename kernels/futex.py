@@ -59,7 +59,7 @@ from numba.np.arrayobj import make_array
 
 from ringbook.kernels.atomics import spin_pause
 from ringbook.kernels.clock import monotonic_ns
-from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.status import OK, TIMEOUT
 
 _MACHINE = platform.machine().lower()
@@ -248,19 +248,27 @@ def doorbell_sleep(slab, offset, ticket, timeout_ns):
     return status
 
 
-@inline_kernel
-def doorbell_waiters(slab, offset):
-    """How many announced they sleep, read after a store-load barrier (see the module docstring).
+def _waiters_codegen(context, builder, sig, args):
+    """IR of :func:`doorbell_waiters`: the waiter count after a store-load barrier."""
+    i32 = ir.IntType(32)
+    bell = context.cast(builder, args[1], sig.args[1], types.int64)
+    waiters_pointer = _u32_pointer(context, builder, sig.args[0], args[0], types.int64,
+                                   builder.add(bell, bell.type(WAITERS_OFFSET)))
+    builder.fence("seq_cst", "singlethread")  # the caller's publishing stores stay before the load
+    word = cgutils.alloca_once_value(builder, builder.load_atomic(waiters_pointer, "acquire", 4))
+    fenced = builder.icmp_unsigned("==", builder.and_(builder.load(word), i32(ASYMMETRIC)), i32(0))
+    with builder.if_then(fenced, likely=False):
+        builder.fence("seq_cst")
+        builder.store(builder.load_atomic(waiters_pointer, "acquire", 4), word)
+    return builder.zext(builder.and_(builder.load(word), i32(WAITER_MASK)), ir.IntType(64))
 
-    Call it after publishing; it costs a compiler barrier and a load in
-    asymmetric mode, a fence more in fenced mode.
-    """
-    _compiler_barrier()
-    word = load_u32_at(slab, offset + WAITERS_OFFSET)
-    if word & ASYMMETRIC == 0:
-        full_fence()
-        word = load_u32_at(slab, offset + WAITERS_OFFSET)
-    return word & WAITER_MASK
+
+@intrinsic
+def doorbell_waiters(typingctx, slab, offset):
+    """How many announced they sleep on the doorbell at ``offset``, read after a store-load
+    barrier (see the module docstring). Call it after publishing: a compiler barrier and a load
+    in asymmetric mode, a fence more in fenced mode. Unchecked offset."""
+    return types.int64(slab, offset), _waiters_codegen
 
 
 @kernel
@@ -270,16 +278,28 @@ def doorbell_wake(slab, offset):
     return futex_wake(slab, offset + SEQUENCE_OFFSET, WAKE_ALL)
 
 
-@inline_kernel
-def doorbell_ring(slab, offset):
-    """After publishing: wake whoever sleeps on the doorbell, and only if someone announced.
+@intrinsic
+def doorbell_ring(typingctx, slab, offset):
+    """After publishing: wake whoever sleeps on the doorbell at ``offset``, only if someone announced.
 
-    Returns how many woke (0 without a system call when nobody announced).
+    Returns how many woke (0, with no system call, when nobody announced). One
+    intrinsic with no call on its common path, so that the ring's hot kernels
+    keep their reference-count pruning. Unchecked offset (a multiple of 4).
     """
-    woken = 0
-    if doorbell_waiters(slab, offset) != 0:
-        woken = doorbell_wake(slab, offset)
-    return woken
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        woken = cgutils.alloca_once_value(builder, i64(0))
+        waiters = _waiters_codegen(context, builder, sig, args)
+        with builder.if_then(builder.icmp_unsigned("!=", waiters, i64(0)), likely=False):
+            bell = context.cast(builder, args[1], sig.args[1], types.int64)
+            sequence = _u32_pointer(context, builder, sig.args[0], args[0], types.int64,
+                                    builder.add(bell, i64(SEQUENCE_OFFSET)))
+            builder.atomic_rmw("add", sequence, ir.IntType(32)(1), "seq_cst")
+            builder.store(_syscall_checked(builder, SYS_FUTEX, [builder.ptrtoint(sequence, i64), i64(FUTEX_WAKE),
+                                                                i64(WAKE_ALL), i64(0), i64(0), i64(0)]), woken)
+        return builder.load(woken)
+
+    return types.int64(slab, offset), codegen
 
 
 @kernel

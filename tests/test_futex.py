@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import pytest
 
-from ringbook.kernels import futex
+from ringbook.kernels import futex, ring
 from ringbook.kernels.status import OK, TIMEOUT
 
 COUNTER = 16   # byte offset of the producer's counter in the test slab
@@ -56,6 +56,12 @@ def pong(slab, rounds, spins, timeout_ns):
     return 0
 
 
+@numba.njit
+def ring_bell(slab, offset):
+    """:func:`futex.doorbell_ring` (an intrinsic) from Python."""
+    return futex.doorbell_ring(slab, offset)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compiled():
     """Both sides compiled before any test races them (a compile would look like a lost wake-up)."""
@@ -91,7 +97,7 @@ def test_a_sleeper_is_woken_by_another_thread_and_counted():
         time.sleep(0.001)  # until it announced
     time.sleep(0.01)
     slab[COUNTER] = 3
-    assert futex.doorbell_ring(slab, 0) in (0, 1)  # 0 only if it had not entered the kernel yet
+    assert ring_bell(slab, 0) in (0, 1)  # 0 only if it had not entered the kernel yet
     sleeper.join(5)
     assert result == [3]
     assert slab[futex.WAITERS_OFFSET] == 0  # the announce was withdrawn
@@ -100,7 +106,7 @@ def test_a_sleeper_is_woken_by_another_thread_and_counted():
 def test_ringing_with_nobody_waiting_makes_no_system_call_and_leaves_the_sequence():
     slab = shared_slab()
     for _ in range(1000):
-        assert futex.doorbell_ring(slab, 0) == 0
+        assert ring_bell(slab, 0) == 0
     assert slab[:4].view(np.uint32)[0] == 0
 
 
@@ -175,3 +181,58 @@ def test_membarrier_query_names_the_expedited_command_where_linux_has_it():
     if supported < 0:
         pytest.skip(f"membarrier unavailable (errno {-supported})")
     assert supported & futex.MEMBARRIER_CMD_GLOBAL_EXPEDITED
+
+
+@numba.njit(nogil=True)
+def ring_consume(slab, consumer, out, strategy, count):
+    """Read ``count`` messages with read_wait (2 s each); the messages read before a timeout."""
+    for i in range(count):
+        length = ring.read_wait(slab, consumer, out, strategy, 2_000_000_000)
+        if length < 0 or out[0] != i % 251:
+            return i
+    return count
+
+
+@numba.njit(nogil=True)
+def ring_produce(slab, producer, payload, strategy, count):
+    for i in range(count):
+        payload[0] = i % 251
+        if ring.write_wait(slab, producer, payload, 0, 0, strategy, 2_000_000_000) != ring.OK:
+            return i
+    return count
+
+
+def test_the_ring_parks_both_sides_and_loses_no_wake_up():
+    """A 2-slot ring with no spinning: the consumer parks on the data doorbell whenever it is
+    empty, the producer on the space doorbell whenever it is full."""
+    from ringbook.engine.ring import Ring
+    from ringbook.kernels.wait import wait_strategy
+
+    never_spin = wait_strategy(spins=0)
+    count = 20_000
+    with Ring.create(2, 64) as shared:
+        producer, consumer = shared.producer, shared.consumer(0)
+        out = np.zeros(64, np.uint8)
+        payload = np.zeros(8, np.uint8)
+        ring_consume(shared.slab, consumer, out, never_spin, 0)
+        ring_produce(shared.slab, producer, payload, never_spin, 0)
+        result = []
+        reader = threading.Thread(target=lambda: result.append(ring_consume(shared.slab, consumer, out,
+                                                                            never_spin, count)))
+        reader.start()
+        written = ring_produce(shared.slab, producer, payload, never_spin, count)
+        reader.join(30)
+        assert (written, result) == (count, [count])
+
+
+def test_a_ring_reader_waiting_on_an_idle_ring_uses_no_cpu():
+    from ringbook.engine.ring import Ring
+
+    with Ring.create(8, 64) as shared:
+        shared.consumer(0)
+        with pytest.raises(TimeoutError):
+            shared.read(timeout=0.01)  # compiled
+        before = time.thread_time()
+        with pytest.raises(TimeoutError):
+            shared.read(timeout=0.3)
+        assert time.thread_time() - before < 0.02
