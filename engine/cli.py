@@ -13,6 +13,7 @@ COMMANDS = {
     "info": ("ringbook.engine.info", "versions, CPU, TSC calibration, mlock and affinity"),
     "check": ("ringbook.engine.check", "replay a LOBSTER or Binance file, verify the book against the exchange"),
     "ipc": ("ringbook.engine.ipc_cli", "serve shared-memory connections; the many-client scale test"),
+    "subscribe": ("ringbook.engine.subscribe", "print or count the events a running engine publishes"),
 }
 
 

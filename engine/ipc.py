@@ -96,6 +96,32 @@ def map_sealed(fd, what, minimum):
     return mapping, np.frombuffer(mapping, dtype=np.uint8)
 
 
+def listen(path):
+    """A non-blocking Unix stream socket listening on ``path`` (mode 0600). A socket left there
+    by a process that died is replaced; one with a live listener raises :class:`IpcError`."""
+    path = Path(path)
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+        else:
+            raise IpcError(f"a server already listens on {path}")
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    listener.listen(512)
+    listener.setblocking(False)
+    return listener
+
+
 def connection_bytes(slot_count, slot_size):
     """Bytes of a connection's region with two rings of ``slot_count`` x ``slot_size``."""
     return conn.HEADER_BYTES + 2 * ring.region_bytes(slot_size, slot_count, 1)
@@ -355,25 +381,7 @@ class Server:
     def start(self):
         """Compile the worker loop, bind the socket (mode 0600) and start the threads."""
         self._compile()
-        if self.path.is_socket():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(self.path))
-            except (ConnectionRefusedError, FileNotFoundError):
-                self.path.unlink(missing_ok=True)  # left by a server that died
-            else:
-                raise IpcError(f"a server already listens on {self.path}")
-            finally:
-                probe.close()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            listener.bind(str(self.path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        listener.listen(512)
-        listener.setblocking(False)
+        listener = listen(self.path)
         self._listener = listener
         for group in self.groups:
             group.thread.start()

@@ -42,3 +42,22 @@ def as_other_uid(name, uid, directory):
         print(repr(error), file=sys.stderr)
         os._exit(14)
     os._exit(12)
+
+
+def subscribe(name, policy, count, pause, ready):
+    """Subscribe, say so, then read ``count`` events (or until the end), sleeping ``pause`` s
+    after each batch; put the summary and whether the sequences only grew."""
+    from ringbook.engine import fanout
+    subscriber = fanout.Subscriber(name, policy)
+    ready.put("subscribed")
+    rising = True
+    last = -1
+    while subscriber.received < count:
+        events = subscriber.receive(max_events=256, timeout=20)
+        if len(events) == 0:
+            break
+        rising = rising and bool((events["sequence"][1:] > events["sequence"][:-1]).all()) and events["sequence"][0] > last
+        last = int(events["sequence"][-1])
+        if pause:
+            time.sleep(pause)
+    ready.put({**subscriber.summary(), "rising": rising, "last": last})
