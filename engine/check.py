@@ -47,6 +47,7 @@ import numpy as np
 
 from ringbook.engine.feeds import binance, lobster
 from ringbook.engine.feeds.source import FeedError
+from ringbook.engine.journal import JournalError
 from ringbook.kernels import book as books
 from ringbook.kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS
 from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_CANCEL, KIND_L3_DELETE,
@@ -56,7 +57,7 @@ from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.orders import ORDER_QUANTITY, find_order
 from ringbook.kernels.replay import apply_event
 
-FORMATS = ("lobster", "binance")
+FORMATS = ("lobster", "binance", "journal")
 
 # Columns of the counters array the check kernels fill.
 CHECKED = 0
@@ -401,6 +402,31 @@ def check_binance(capture_path, *, skip_malformed=False, depth=2048):
     return result
 
 
+def check_journal(root, orderbook_path=None, *, stream=None, skip_malformed=False):
+    """Run the check that fits a journal stream imported from a capture (``ringbook journal import``).
+
+    The capture is written back to a temporary file and checked as the
+    original would be; the result names the journal. Line numbers are those of
+    the capture without its blank lines (line ``n``: record ``n - 1``, after a
+    LOBSTER header row if the file had one).
+    """
+    import tempfile
+
+    from ringbook.engine.feeds import journal as feeds_journal
+
+    with tempfile.TemporaryDirectory(prefix="ringbook-check-") as directory:
+        format, path = feeds_journal.materialize(root, directory, stream)
+        if format == "lobster":
+            result = check_lobster(path, orderbook_path, skip_malformed=skip_malformed)
+        elif format == "binance" and orderbook_path is None:
+            result = check_binance(path, skip_malformed=skip_malformed)
+        else:
+            raise FeedError(root, 0, f"no check for a {format} journal" +
+                            (" with --orderbook" if orderbook_path else ""))
+    result.file = str(root)
+    return result
+
+
 def _fill(result, counters, book, feed, price_scale, size_scale):
     result.checked = int(counters[CHECKED])
     result.mismatches = int(counters[MISMATCHES])
@@ -443,8 +469,10 @@ def summary(result):
 
 def add_arguments(parser):
     parser.add_argument("--format", required=True, choices=FORMATS, help="the file's format")
-    parser.add_argument("file", help="LOBSTER message file, or Binance capture (.gz is fine)")
+    parser.add_argument("file", help="LOBSTER message file, Binance capture (.gz is fine), or a journal "
+                                     "directory (--format journal) imported from either")
     parser.add_argument("--orderbook", help="LOBSTER orderbook file to verify against")
+    parser.add_argument("--stream", help="--format journal: the stream to check (when the journal has several)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--skip-malformed", action="store_true",
                         help="skip and count malformed lines instead of stopping at the first")
@@ -452,14 +480,17 @@ def add_arguments(parser):
 
 def run(args):
     try:
-        if args.format == "lobster":
+        if args.format == "journal":
+            result = check_journal(args.file, args.orderbook, stream=args.stream,
+                                   skip_malformed=args.skip_malformed)
+        elif args.format == "lobster":
             result = check_lobster(args.file, args.orderbook, skip_malformed=args.skip_malformed)
         else:
             if args.orderbook:
                 print("ringbook check: --orderbook is for --format lobster", file=sys.stderr)
                 return 2
             result = check_binance(args.file, skip_malformed=args.skip_malformed)
-    except (FeedError, books.BookError, OSError) as error:
+    except (FeedError, books.BookError, OSError, JournalError) as error:
         if args.json:
             problem = {"format": args.format, "file": args.file, "error": str(error)}
             if isinstance(error, FeedError):

@@ -12,6 +12,11 @@ import sys
 COMMANDS = {
     "info": ("ringbook.engine.info", "versions, CPU, TSC calibration, mlock and affinity"),
     "check": ("ringbook.engine.check", "replay a LOBSTER or Binance file, verify the book against the exchange"),
+    "run": ("ringbook.engine.run", "run the engine: feed -> ring -> book -> journal, with its report"),
+    "replay": ("ringbook.engine.replay", "verify a run's journal, rebuild its book, check every checkpoint"),
+    "stat": ("ringbook.engine.stat", "a running engine's live counters, from another process"),
+    "send": ("ringbook.engine.send", "send the engine's packets over UDP (synthetic or a file)"),
+    "journal": ("ringbook.engine.journal_cli", "journals: info, verify, cat, export, import"),
     "ipc": ("ringbook.engine.ipc_cli", "serve shared-memory connections; the many-client scale test"),
     "subscribe": ("ringbook.engine.subscribe", "print or count the events a running engine publishes"),
 }

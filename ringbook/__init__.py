@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 #: public name -> (module, attribute in it)
 _EXPORTS = {
     "Ring": ("ringbook.engine.ring", "Ring"),
+    "Engine": ("ringbook.engine.engine", "Engine"),
     "Book": ("ringbook.kernels.book", "Book"),
     "new_book": ("ringbook.kernels.book", "new_book"),
     "Histogram": ("ringbook.kernels.hist", "Histogram"),

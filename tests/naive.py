@@ -627,3 +627,37 @@ def binance_events(path):
         if event["kind"] == 1 and event["price"] == 2**63 - 1:
             event.update(kind=13, price=0, side=0)
     return events
+
+
+# ---------------------------------------------------------------- journal (kernels/crc32c.py, kernels/journal.py)
+
+import struct as _struct  # noqa: E402
+
+
+def naive_crc32c(data, seed=0):
+    """CRC32C bit by bit: reflected polynomial 0x82F63B78, initial and final value inverted."""
+    state = seed ^ 0xFFFFFFFF
+    for byte in bytes(data):
+        state ^= byte
+        for _ in range(8):
+            state = (state >> 1) ^ (0x82F63B78 if state & 1 else 0)
+    return state ^ 0xFFFFFFFF
+
+
+def naive_record(payload, sequence, receive_tsc, receive_ns, kind, flags):
+    """The bytes of one journal record, by ``struct`` (see kernels/journal.py's layout)."""
+    payload = bytes(payload)
+    padding = b"\0" * (-len(payload) % 8)
+    rest = _struct.pack("<qqqHHI", sequence, receive_tsc, receive_ns, kind, 0, flags) + payload + padding
+    length = _struct.pack("<I", len(payload))
+    crc = naive_crc32c(rest, naive_crc32c(length))
+    return length + _struct.pack("<I", crc) + rest
+
+
+def naive_seek(records, sequence=None, time=None):
+    """Sequence of the first record with sequence >= ``sequence`` or receive ns >= ``time``,
+    by a linear scan of ``(sequence, receive_ns)`` pairs; one past the last when none."""
+    for found, receive_ns in records:
+        if (sequence is not None and found >= sequence) or (time is not None and receive_ns >= time):
+            return found
+    return records[-1][0] + 1 if records else 0

@@ -49,3 +49,14 @@ def test_book_replay():
     assert text.count("mismatches      0") == 2 and text.count("  OK") == 2
     if real:
         assert "checked         564 bookTickers" in text and "checked         999 orderbook rows" in text
+
+
+@pytest.mark.slow
+def test_engine_tour():
+    """Runs the engine for a few seconds, reads its counters, plots latency and throughput, replays."""
+    pytest.importorskip("ringbook.engine.journal")
+    notebook = execute(NOTEBOOKS / "engine_tour.ipynb")
+    text = printed(notebook)
+    assert figures(notebook) == 1  # one figure, two panels
+    assert "mismatched" in text and " 0 mismatched" in text
+    assert "messages seen by the callback:" in text

@@ -1,0 +1,1526 @@
+"""The journal: crash-safe, checksummed, seekable files of what the engine received.
+
+A journal is a directory. Each stream (a feed, a channel) is a series of
+segment files ``<root>/<YYYY-MM-DD>/<stream>.<first sequence>.rbj``: the UTC
+day of its first record, the stream's name, the sequence of its first record.
+A segment ends at midnight UTC (by receive time) or when it reaches
+``segment_bytes`` (256 MiB by default). A new segment is written under a
+temporary name and renamed once its header is complete, so a segment under
+its final name always has a whole header.
+
+Segment header (version 1), little-endian
+-----------------------------------------
+======  =====  ===============================================================
+offset  type   field
+======  =====  ===============================================================
+0       8 B    magic ``b"RINGBJNL"``
+8       u32    format version (1)
+12      u32    header size ``H`` in bytes (a multiple of 8): records start at ``H``
+16      i64    sequence of the segment's first record
+24      i64    creation time, wall clock ns since the Unix epoch
+32      u32    metadata length ``M``
+36      u32    CRC32C over bytes ``[0, 36)`` and ``[40, 40 + M)``
+40      M B    metadata, UTF-8 JSON (below); then zeros up to ``H``
+======  =====  ===============================================================
+
+The metadata object: ``stream``; ``payload``: ``"raw"`` (bytes as received)
+or ``{"dtype": <numpy descr>, "itemsize": n}`` (records of that dtype);
+``instruments``: a list of ``{"symbol", "name", "price_scale", "size_scale",
+"tick"}``; ``calibration``: ``{"ticks_per_ns", "wall_ns", "tsc"}`` (the TSC
+rate, and a wall clock / TSC pair read when the segment was opened);
+``source``: free-form facts about where the data came from (an import names
+its format and file). Records follow, laid out as
+:mod:`ringbook.kernels.journal` documents.
+
+Sparse index
+------------
+Beside each segment, ``<stream>.<first sequence>.rbi`` holds every
+``index_every``-th record's ``(sequence, offset, greatest receive ns before
+it)`` and what a scan of the segment found (its size then, the end of its good
+records, the next sequence, receive-time bounds). A reader trusts an index
+whose segment size, first sequence and header checksum still match and whose
+own checksum is right; otherwise it scans the segment again (checking every
+record) and rewrites the index. The writer writes the index when it closes or
+rotates a segment.
+
+Recovery
+--------
+A process that dies mid-write leaves a last record cut short (or zeros, or
+garbage, depending on the filesystem). A reader stops at the last good record
+and reports the torn tail (where, how many bytes); a writer opening the stream
+cuts it off and continues at the next sequence. A bad record *followed by
+good ones* is corruption, never a torn tail: the reader raises
+:class:`JournalCorruptError` naming the segment and offset, or with
+``skip_corrupt=True`` counts it and resumes at the next good record.
+
+Durability
+----------
+``none``: records are handed to the operating system (one ``write`` per
+batch); they survive a crash of the process, not of the machine.
+``interval``: also ``fdatasync`` at most every ``interval_ms`` (default 10).
+``batch``: ``fdatasync`` after every batch. :attr:`JournalWriter.last_durable_sequence`
+is the last record that has reached that level.
+"""
+
+import ast
+import calendar
+import datetime as _datetime
+import errno
+import fcntl
+import heapq
+import json
+import logging
+import mmap
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ringbook.kernels import journal as jk
+from ringbook.kernels.clock import tsc_now
+from ringbook.kernels.crc32c import checksum
+from ringbook.kernels.events import Instruments
+from ringbook.kernels.journal import (RECORD_BOOK_RESET, RECORD_CHECKPOINT, RECORD_DATA, RECORD_DISCONNECT,
+                                      RECORD_DROPS, RECORD_GAP, RECORD_KIND_NAMES, RECORD_RECONNECT)
+from ringbook.kernels.status import EMPTY, OK, status_name
+
+__all__ = ["JournalWriter", "JournalReader", "JournalError", "JournalCorruptError", "Record", "verify",
+           "RECORD_DATA", "RECORD_GAP", "RECORD_DISCONNECT", "RECORD_RECONNECT", "RECORD_BOOK_RESET",
+           "RECORD_DROPS", "RECORD_CHECKPOINT", "RECORD_KIND_NAMES"]
+
+log = logging.getLogger("ringbook.journal")
+
+MAGIC = b"RINGBJNL"
+INDEX_MAGIC = b"RINGBIDX"
+FORMAT_VERSION = 1
+INDEX_VERSION = 1
+HEADER_FIXED_BYTES = 40
+SEGMENT_SUFFIX = ".rbj"
+INDEX_SUFFIX = ".rbi"
+DEFAULT_SEGMENT_BYTES = 256 << 20
+DEFAULT_INDEX_EVERY = 1024
+DURABILITY = ("none", "interval", "batch")
+#: Errors a writer retries (with back-off) rather than gives up on.
+RETRYABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EINTR, errno.EAGAIN})
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_SEGMENT_NAME = re.compile(r"(?P<stream>[A-Za-z0-9_\-]{1,128})\.(?P<first>[0-9]{1,19})\.rbj")
+_DAY_NAME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_NS_PER_DAY = 86_400 * 1_000_000_000
+
+# Index file: fixed header, then (sequence, offset, max ns before) int64 triples.
+_INDEX_HEADER = np.dtype([
+    ("magic", "S8"), ("version", "<u4"), ("every", "<u4"), ("first_sequence", "<i8"),
+    ("segment_size", "<i8"), ("valid_end", "<i8"), ("records", "<i8"), ("data_records", "<i8"),
+    ("next_sequence", "<i8"), ("first_ns", "<i8"), ("last_ns", "<i8"), ("max_ns", "<i8"),
+    ("entries", "<i8"), ("header_crc", "<u4"), ("tail_crc", "<u4"), ("reserved", "<u4"), ("crc", "<u4"),
+])
+#: An index is trusted only if the checksum of this many last bytes of its segment still matches.
+_TAIL_CHECK_BYTES = 4096
+
+
+def _tail_crc(buffer, header_bytes):
+    start = max(header_bytes, buffer.size - _TAIL_CHECK_BYTES)
+    return int(jk.crc32c(buffer, start, buffer.size, 0)) if buffer.size > start else 0
+
+
+class JournalError(RuntimeError):
+    """A journal cannot be read or written as asked; names the file (and offset) concerned."""
+
+    def __init__(self, message, path=None, offset=None):
+        self.path = None if path is None else str(path)
+        self.offset = offset
+        where = self.path or ""
+        if offset is not None:
+            where += f", offset {offset}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class JournalCorruptError(JournalError):
+    """A record with a bad checksum, length or sequence, followed by good ones."""
+
+    def __init__(self, message, path=None, offset=None, status=None):
+        super().__init__(message, path, offset)
+        self.status = status
+
+
+@dataclass
+class Record:
+    """One journal record as read back.
+
+    ``payload`` is a read-only memoryview into the segment's mapping, valid
+    while the reader is open (copy it with ``bytes()`` to keep it).
+    """
+
+    stream: str
+    sequence: int
+    receive_tsc: int
+    receive_ns: int
+    kind: int
+    flags: int
+    payload: memoryview
+
+    @property
+    def kind_name(self):
+        return RECORD_KIND_NAMES.get(self.kind, f"kind {self.kind}")
+
+
+# ------------------------------------------------------------------ names, headers
+
+
+def check_stream_name(stream):
+    if not isinstance(stream, str) or not _STREAM_NAME.fullmatch(stream):
+        raise ValueError(f"stream name {stream!r}: use 1-128 letters, digits, '_' or '-'")
+    return stream
+
+
+def utc_day(ns):
+    """``YYYY-MM-DD`` of a wall-clock time in ns (UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ns // 1_000_000_000))
+
+
+def _day_start_ns(ns):
+    return ns - ns % _NS_PER_DAY
+
+
+def segment_path(root, stream, first_sequence, day):
+    return Path(root) / day / f"{stream}.{first_sequence}{SEGMENT_SUFFIX}"
+
+
+def index_path(segment):
+    return Path(segment).with_suffix(INDEX_SUFFIX)
+
+
+def _describe_payload(payload):
+    if isinstance(payload, str) and payload == "raw":
+        return "raw", None
+    dtype = np.dtype(payload)
+    return {"dtype": repr(np.lib.format.dtype_to_descr(dtype)), "itemsize": dtype.itemsize}, dtype
+
+
+def _payload_dtype(description):
+    if description == "raw" or description is None:
+        return None
+    return np.lib.format.descr_to_dtype(ast.literal_eval(description["dtype"]))
+
+
+def _describe_instruments(instruments):
+    if instruments is None:
+        return []
+    if isinstance(instruments, Instruments):
+        rows = instruments.table[:len(instruments)]
+        return [{"symbol": int(row["symbol"]), "name": row["name"].decode(),
+                 "price_scale": int(row["price_scale"]), "size_scale": int(row["size_scale"]),
+                 "tick": int(row["tick"])} for row in rows]
+    return [dict(item) for item in instruments]
+
+
+def _describe_calibration(calibration):
+    facts = {"wall_ns": time.time_ns(), "tsc": int(tsc_now()), "ticks_per_ns": None}
+    if calibration is not None:
+        facts["ticks_per_ns"] = float(calibration.ticks_per_ns)
+        facts["source"] = getattr(calibration, "source", None)
+    return facts
+
+
+def encode_header(metadata, first_sequence, created_ns):
+    """The bytes of a segment header (see the module docstring)."""
+    text = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()
+    size = (HEADER_FIXED_BYTES + len(text) + 7) & ~7
+    header = bytearray(size)
+    header[0:8] = MAGIC
+    header[8:12] = FORMAT_VERSION.to_bytes(4, "little")
+    header[12:16] = size.to_bytes(4, "little")
+    header[16:24] = int(first_sequence).to_bytes(8, "little", signed=True)
+    header[24:32] = int(created_ns).to_bytes(8, "little", signed=True)
+    header[32:36] = len(text).to_bytes(4, "little")
+    header[40:40 + len(text)] = text
+    crc = checksum(bytes(header[40:40 + len(text)]), checksum(bytes(header[0:36])))
+    header[36:40] = crc.to_bytes(4, "little")
+    return bytes(header)
+
+
+@dataclass
+class SegmentHeader:
+    """A decoded segment header."""
+
+    path: str
+    first_sequence: int
+    created_ns: int
+    header_bytes: int
+    metadata: dict
+    crc: int
+
+    @property
+    def stream(self):
+        return self.metadata.get("stream")
+
+    @property
+    def dtype(self):
+        return _payload_dtype(self.metadata.get("payload"))
+
+
+def decode_header(data, path):
+    """Decode and check the header at the start of ``data``; raise :class:`JournalError` when bad."""
+    data = memoryview(data)
+    if len(data) < HEADER_FIXED_BYTES:
+        raise JournalError(f"{len(data)} bytes: shorter than a segment header ({HEADER_FIXED_BYTES})", path, 0)
+    if bytes(data[0:8]) != MAGIC:
+        raise JournalError(f"not a journal segment (magic {bytes(data[0:8])!r}, expected {MAGIC!r})", path, 0)
+    version = int.from_bytes(data[8:12], "little")
+    if version != FORMAT_VERSION:
+        raise JournalError(f"unknown segment format version {version} (this reads {FORMAT_VERSION})", path, 8)
+    size = int.from_bytes(data[12:16], "little")
+    length = int.from_bytes(data[32:36], "little")
+    if size % 8 or length > size - HEADER_FIXED_BYTES or size > len(data):
+        raise JournalError(f"impossible header size {size} (metadata {length} bytes, file {len(data)})", path, 12)
+    crc = int.from_bytes(data[36:40], "little")
+    found = checksum(bytes(data[40:40 + length]), checksum(bytes(data[0:36])))
+    if found != crc:
+        raise JournalError(f"header checksum mismatch (stored {crc:#010x}, computed {found:#010x})", path, 36)
+    try:
+        metadata = json.loads(bytes(data[40:40 + length]).decode())
+    except ValueError as error:
+        raise JournalError(f"header metadata is not JSON: {error}", path, 40) from None
+    return SegmentHeader(str(path), int.from_bytes(data[16:24], "little", signed=True),
+                         int.from_bytes(data[24:32], "little", signed=True), size, metadata, crc)
+
+
+def list_segments(root, stream=None):
+    """``{stream: [(first sequence, path), ...]}`` sorted by first sequence, for the segments under ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise JournalError("no such journal directory", root)
+    found = {}
+    for day in sorted(root.iterdir()):
+        if not day.is_dir() or not _DAY_NAME.fullmatch(day.name):
+            continue
+        for path in day.iterdir():
+            match = _SEGMENT_NAME.fullmatch(path.name)
+            if match is None or (stream is not None and match["stream"] != stream):
+                continue
+            found.setdefault(match["stream"], []).append((int(match["first"]), path))
+    for segments in found.values():
+        segments.sort()
+    return found
+
+
+def _fsync_directory(path):
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_atomically(path, data):
+    temporary = Path(f"{path}.tmp{os.getpid()}")
+    with open(temporary, "wb") as file:
+        file.write(data)
+    os.replace(temporary, path)
+
+
+# ------------------------------------------------------------------ scanning a segment
+
+
+@dataclass
+class CorruptRegion:
+    """A stretch of bad bytes inside a segment, with good records after it."""
+
+    offset: int
+    status: int
+    resume_offset: int     # -1: nothing good after it in this segment
+    resume_sequence: int
+    lost_records: int      # sequences missing between the last good record and the resumption
+
+    def describe(self, path):
+        return (f"{path}, offset {self.offset}: {status_name(self.status)}; "
+                f"{self.lost_records} record(s) lost, next good record at offset {self.resume_offset}")
+
+
+@dataclass
+class SegmentScan:
+    """What is in one segment: its good records, its index, its torn tail or damage."""
+
+    path: Path
+    header: SegmentHeader
+    size: int
+    valid_end: int
+    records: int
+    data_records: int
+    next_sequence: int
+    first_ns: int
+    last_ns: int
+    max_ns: int
+    index: np.ndarray
+    corrupt: list = field(default_factory=list)
+    torn_offset: int = -1     # where the bad tail starts (-1: none)
+    torn_status: int = OK
+
+    @property
+    def first_sequence(self):
+        return self.header.first_sequence
+
+    @property
+    def torn_bytes(self):
+        return 0 if self.torn_offset < 0 else self.size - self.torn_offset
+
+    @property
+    def last_sequence(self):
+        return self.next_sequence - 1
+
+
+def _index_capacity(size, every):
+    return size // (jk.RECORD_HEADER_BYTES * every) + 2
+
+
+def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY):
+    """Check every record of a segment (``buffer``: its bytes as uint8) and index it.
+
+    A bad record followed, later in the segment, by a good record of a later
+    sequence is recorded as a :class:`CorruptRegion`; a bad record with
+    nothing good after it is the segment's torn tail.
+    """
+    size = buffer.size
+    segment = jk.new_segment_state(header.first_sequence, 0, index_every)
+    index = np.zeros((_index_capacity(size, index_every), jk.INDEX_COLUMNS), np.int64)
+    summary = np.zeros(jk.SCAN_SIZE, np.int64)
+    offset = header.header_bytes
+    sequence = header.first_sequence
+    records = data_records = 0
+    first_ns = None
+    corrupt = []
+    torn_offset, torn_status = -1, OK
+    while True:
+        status = jk.scan_records(buffer, offset, size, sequence, segment, index, summary)
+        records += int(summary[jk.SCAN_RECORDS])
+        data_records += int(summary[jk.SCAN_DATA_RECORDS])
+        if first_ns is None and summary[jk.SCAN_RECORDS]:
+            first_ns = int(summary[jk.SCAN_FIRST_NS])
+        offset = int(summary[jk.SCAN_END])
+        sequence = int(summary[jk.SCAN_NEXT_SEQUENCE])
+        if status == EMPTY:
+            break
+        resume = int(jk.find_next_record(buffer, offset + 8, size, sequence))
+        if resume < 0:
+            torn_offset, torn_status = offset, int(status)
+            break
+        resumed_sequence = int(jk.record_header(buffer, resume)[1])
+        corrupt.append(CorruptRegion(offset, int(status), resume, resumed_sequence, resumed_sequence - sequence))
+        offset, sequence = resume, resumed_sequence
+    valid_end = offset if torn_offset < 0 else torn_offset
+    count = int(segment[jk.SEGMENT_INDEX_COUNT])
+    none = jk.INT64_MIN
+    return SegmentScan(Path(path), header, size, valid_end, records, data_records, sequence,
+                       none if first_ns is None else first_ns,
+                       int(segment[jk.SEGMENT_LAST_NS]), int(segment[jk.SEGMENT_MAX_NS]),
+                       index[:count].copy(), corrupt, torn_offset, torn_status)
+
+
+def write_index(scan, buffer, every=DEFAULT_INDEX_EVERY):
+    """Write ``scan``'s index beside its segment (atomically), ``buffer`` holding the segment's bytes
+    (only its last few KiB are read). Segments with damage get none."""
+    if scan.corrupt:
+        return
+    header = np.zeros(1, _INDEX_HEADER)
+    header["magic"] = INDEX_MAGIC
+    header["version"] = INDEX_VERSION
+    header["every"] = every
+    header["first_sequence"] = scan.first_sequence
+    header["segment_size"] = scan.size
+    header["valid_end"] = scan.valid_end
+    header["records"] = scan.records
+    header["data_records"] = scan.data_records
+    header["next_sequence"] = scan.next_sequence
+    header["first_ns"] = scan.first_ns
+    header["last_ns"] = scan.last_ns
+    header["max_ns"] = scan.max_ns
+    header["entries"] = len(scan.index)
+    header["header_crc"] = scan.header.crc
+    header["tail_crc"] = _tail_crc(buffer[:scan.size], scan.header.header_bytes)
+    entries = np.ascontiguousarray(scan.index, dtype="<i8").tobytes()
+    header["crc"] = checksum(entries, checksum(header.tobytes()[:-4]))
+    try:
+        _write_atomically(index_path(scan.path), header.tobytes() + entries)
+    except OSError as error:  # a read-only journal is still readable
+        log.debug("cannot write index %s: %s", index_path(scan.path), error)
+
+
+def read_index(path, header, buffer):
+    """The :class:`SegmentScan` an index file stores, or None when missing, damaged or stale
+    (``buffer``: the segment's bytes)."""
+    size = buffer.size
+    try:
+        data = Path(index_path(path)).read_bytes()
+    except OSError:
+        return None
+    if len(data) < _INDEX_HEADER.itemsize:
+        return None
+    fixed = np.frombuffer(data[:_INDEX_HEADER.itemsize], _INDEX_HEADER)[0]
+    entries = int(fixed["entries"])
+    if (fixed["magic"] != INDEX_MAGIC or fixed["version"] != INDEX_VERSION or entries < 0
+            or len(data) != _INDEX_HEADER.itemsize + 24 * entries
+            or int(fixed["first_sequence"]) != header.first_sequence or int(fixed["header_crc"]) != header.crc
+            or int(fixed["segment_size"]) != size
+            or int(fixed["tail_crc"]) != _tail_crc(buffer, header.header_bytes)):
+        return None
+    body = data[_INDEX_HEADER.itemsize:]
+    if checksum(body, checksum(data[:_INDEX_HEADER.itemsize - 4])) != int(fixed["crc"]):
+        return None
+    valid_end = int(fixed["valid_end"])
+    if not header.header_bytes <= valid_end <= size:
+        return None
+    index = np.frombuffer(body, "<i8").reshape(entries, jk.INDEX_COLUMNS).astype(np.int64)
+    return SegmentScan(Path(path), header, size, valid_end, int(fixed["records"]), int(fixed["data_records"]),
+                       int(fixed["next_sequence"]), int(fixed["first_ns"]), int(fixed["last_ns"]),
+                       int(fixed["max_ns"]), index, [], valid_end if valid_end < size else -1,
+                       OK if valid_end == size else jk.CORRUPT_LENGTH)
+
+
+class _Mapped:
+    """A segment file mapped read-only (remapped when it grows)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.size = 0
+        self.buffer = np.zeros(0, np.uint8)
+        self._mapping = None
+        self.refresh()
+
+    def refresh(self):
+        size = os.path.getsize(self.path)
+        if size != self.size:
+            with open(self.path, "rb") as file:
+                mapping = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ) if size else None
+            self._mapping = mapping
+            self.buffer = np.frombuffer(mapping, np.uint8) if mapping is not None else np.zeros(0, np.uint8)
+            self.size = size
+        return self.size
+
+    def close(self):
+        self.buffer = None
+        self._mapping = None  # views handed out keep the mapping alive until they go
+
+
+def open_segment(path, index_every=DEFAULT_INDEX_EVERY, use_index=True, save_index=True):
+    """Map a segment and return ``(mapping, scan)``, trusting a fresh index or rescanning."""
+    mapped = _Mapped(path)
+    header = decode_header(mapped.buffer[:max(HEADER_FIXED_BYTES, min(mapped.size, 1 << 20))], path)
+    if header.header_bytes > mapped.size:
+        raise JournalError("segment shorter than its header", path)
+    scan = read_index(path, header, mapped.buffer) if use_index else None
+    if scan is None:
+        scan = scan_segment(mapped.buffer, header, path, index_every)
+        if save_index:
+            write_index(scan, mapped.buffer, index_every)
+    return mapped, scan
+
+
+# ------------------------------------------------------------------ writer
+
+
+class JournalWriter:
+    """Appends records to one stream of a journal.
+
+    Parameters
+    ----------
+    root : path-like
+        The journal directory (created if missing).
+    stream : str
+        The stream's name: letters, digits, ``_``, ``-``.
+    payload : "raw" or numpy dtype
+        Raw bytes as received, or records of this dtype (stored in the header).
+    instruments : ringbook.kernels.events.Instruments or list of dict, optional
+        The instrument table, stored in every segment header.
+    calibration : ringbook.kernels.clock.Calibration, optional
+        The TSC calibration, stored in every header.
+    durability : {"none", "interval", "batch"}
+        See the module docstring.
+    interval_ms : float
+        At most this long between ``fdatasync`` calls under ``interval``.
+    segment_bytes : int
+        A segment is closed once it holds this many bytes.
+    index_every : int
+        Records between sparse index entries.
+    batch_bytes : int
+        Size of the framing buffer: the largest single ``write``.
+    on_error : callable, optional
+        ``on_error(path, error)`` for each disk error that will be retried;
+        by default a warning is logged naming the path.
+    retry_max_s : float
+        Longest wait between retries of a failed write (the first waits 1 ms).
+    source : dict, optional
+        Facts about the data's origin, stored in the headers.
+
+    Opening a stream that already has segments continues it: a torn tail
+    of its last segment is cut (:attr:`recovery` says where and how many
+    bytes) and the next record gets the next sequence. One writer per stream:
+    a second one gets :class:`JournalError`.
+    """
+
+    def __init__(self, root, stream, *, payload="raw", instruments=None, calibration=None,
+                 durability="none", interval_ms=10, segment_bytes=DEFAULT_SEGMENT_BYTES,
+                 index_every=DEFAULT_INDEX_EVERY, batch_bytes=1 << 20, on_error=None, retry_max_s=1.0,
+                 source=None):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {DURABILITY}, got {durability!r}")
+        if segment_bytes < 4096:
+            raise ValueError(f"segment_bytes must be at least 4096, got {segment_bytes}")
+        if index_every < 1:
+            raise ValueError(f"index_every must be positive, got {index_every}")
+        self.root = Path(root)
+        self.stream = check_stream_name(stream)
+        self.durability = durability
+        self.interval_ns = int(interval_ms * 1e6)
+        self.segment_bytes = int(segment_bytes)
+        self.index_every = int(index_every)
+        self.on_error = on_error
+        self.retry_max_s = retry_max_s
+        payload_description, self.dtype = _describe_payload(payload)
+        self._metadata = {"stream": stream, "payload": payload_description,
+                          "instruments": _describe_instruments(instruments), "source": source or {}}
+        self._calibration = calibration
+        #: The function that writes bytes to a descriptor (``os.write``); a seam for fault injection.
+        self.write_function = os.write
+        #: The function that makes a descriptor's data durable (``os.fdatasync``).
+        self.sync_function = os.fdatasync
+        self._buffer = np.zeros(max(int(batch_bytes), 4096), np.uint8)
+        self._fd = None
+        self._path = None
+        self._file_size = 0
+        self._segment_day_end = 0
+        self._segment = None
+        self._index = None
+        self._scratch = np.zeros(1, np.int64)
+        self._last_sync_ns = 0
+        self._unsynced = False
+        self.errors = 0
+        self.last_error = None
+        self.recovery = None
+        self.closed = False
+        self.segments_written = 0
+        self._last_written = -1
+        self._last_durable = -1
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / f".{stream}.lock", "a+b")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise JournalError(f"stream {stream!r} has a writer already (another process holds its lock)",
+                               self.root) from None
+        try:
+            self._next_sequence = self._recover()
+        except BaseException:
+            self._lock.close()
+            raise
+        self._last_written = self._last_durable = self._next_sequence - 1
+
+    # -- state
+
+    @property
+    def next_sequence(self):
+        """The sequence the next record gets."""
+        return self._next_sequence if self._segment is None else int(self._segment[jk.SEGMENT_NEXT_SEQUENCE])
+
+    @property
+    def last_written_sequence(self):
+        """The last record handed to the operating system (-1: none)."""
+        return self._last_written
+
+    @property
+    def last_durable_sequence(self):
+        """The last record that has reached the journal's durability (-1: none).
+
+        Under ``none`` that is the last record handed to the operating system;
+        under ``interval`` and ``batch`` the last one ``fdatasync`` covered.
+        """
+        return self._last_durable
+
+    @property
+    def path(self):
+        """The segment being written (None before the first record)."""
+        return self._path
+
+    def _recover(self):
+        # a segment whose header was being written when the process died never got its name
+        for leftover in self.root.glob(f"*/.{self.stream}.*{SEGMENT_SUFFIX}.tmp"):
+            leftover.unlink()
+        segments = list_segments(self.root, self.stream).get(self.stream, [])
+        if not segments:
+            return 0
+        first, path = segments[-1]
+        mapped, scan = open_segment(path, self.index_every, use_index=True, save_index=False)
+        try:
+            if scan.torn_offset >= 0:
+                cut = scan.torn_bytes
+                self.recovery = {"path": str(path), "offset": scan.torn_offset, "bytes": cut,
+                                 "status": status_name(scan.torn_status), "next_sequence": scan.next_sequence}
+                log.warning("journal %s: torn tail cut at offset %d (%d bytes, %s); continuing at sequence %d",
+                            path, scan.torn_offset, cut, status_name(scan.torn_status), scan.next_sequence)
+            mapped.close()
+            if scan.torn_offset >= 0:
+                os.truncate(path, scan.valid_end)
+                with open(path, "rb") as file:
+                    os.fsync(file.fileno())
+                scan.size = scan.valid_end
+                scan.torn_offset = -1
+            mapped = _Mapped(path)
+            write_index(scan, mapped.buffer, self.index_every)
+        finally:
+            mapped.close()
+        return scan.next_sequence
+
+    # -- segments
+
+    def _open_segment(self, first_ns):
+        now = time.time_ns()
+        day_ns = first_ns if first_ns is not None else now
+        day = utc_day(day_ns)
+        sequence = self.next_sequence
+        directory = self.root / day
+        directory.mkdir(parents=True, exist_ok=True)
+        path = segment_path(self.root, self.stream, sequence, day)
+        if path.exists():
+            raise JournalError("segment already exists (two writers, or a sequence reused)", path)
+        metadata = dict(self._metadata, calibration=_describe_calibration(self._calibration), day=day)
+        header = encode_header(metadata, sequence, now)
+        temporary = directory / f".{path.name}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._fd, self._path = fd, temporary
+            self._write_all(memoryview(header))
+            if self.durability != "none":
+                self._sync_retrying()
+            os.rename(temporary, path)
+            if self.durability != "none":
+                _fsync_directory(directory)
+        except BaseException:
+            os.close(fd)
+            self._fd = None
+            raise
+        self._path = path
+        self._header_crc = int.from_bytes(header[36:40], "little")
+        self._header = header
+        self._file_size = len(header)
+        self._segment_day_end = _day_start_ns(day_ns) + _NS_PER_DAY
+        self._segment = jk.new_segment_state(sequence, len(header), self.index_every)
+        capacity = _index_capacity(self.segment_bytes + self._buffer.size + 2 * jk.MAX_PAYLOAD // 1024,
+                                   self.index_every) + 16
+        self._index = np.zeros((capacity, jk.INDEX_COLUMNS), np.int64)
+        self.segments_written += 1
+
+    def _finish_segment(self):
+        if self._fd is None:
+            return
+        if self.durability != "none" and self._unsynced:
+            self._sync()
+        os.close(self._fd)
+        self._fd = None
+        self._write_own_index()
+        self._next_sequence = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE])
+        self._segment = None
+
+    def _write_own_index(self):
+        segment = self._segment
+        count = int(segment[jk.SEGMENT_INDEX_COUNT])
+        header = decode_header(self._header, self._path)
+        records = int(segment[jk.SEGMENT_RECORDS])
+        scan = SegmentScan(self._path, header, self._file_size, self._file_size, records, -1,
+                           int(segment[jk.SEGMENT_NEXT_SEQUENCE]),
+                           self._first_ns if records else jk.INT64_MIN, int(segment[jk.SEGMENT_LAST_NS]),
+                           int(segment[jk.SEGMENT_MAX_NS]), self._index[:count])
+        mapped = _Mapped(self._path)
+        try:
+            write_index(scan, mapped.buffer, self.index_every)
+        finally:
+            mapped.close()
+
+    def _room(self, first_record_bytes):
+        """The framing buffer, cut to what the segment has room for (at least one record)."""
+        room = max(self.segment_bytes - self._file_size, first_record_bytes)
+        return self._buffer[:room] if room < self._buffer.size else self._buffer
+
+    def _prepare(self, first_ns):
+        """Rotate before a batch whose first record has receive time ``first_ns`` if due."""
+        if self._segment is not None and (self._file_size >= self.segment_bytes
+                                          or (first_ns is not None and first_ns >= self._segment_day_end)):
+            self._finish_segment()
+        if self._segment is None:
+            self._open_segment(first_ns)
+            self._first_ns = first_ns
+        self._segment[jk.SEGMENT_BASE] = self._file_size
+
+    # -- writing
+
+    def _report(self, error, attempt):
+        self.errors += 1
+        self.last_error = error
+        if self.on_error is not None:
+            self.on_error(str(self._path), error)
+        elif attempt == 0 or attempt % 100 == 0:
+            log.warning("journal %s: %s; retrying", self._path, error)
+
+    def _write_all(self, view):
+        """Write every byte of ``view`` at the end of the segment, retrying disk errors."""
+        done = 0
+        attempt = 0
+        delay = 0.001
+        total = len(view)
+        while done < total:
+            try:
+                written = self.write_function(self._fd, view[done:])
+            except OSError as error:
+                if error.errno not in RETRYABLE_ERRNOS:
+                    raise JournalError(f"write failed: {error}", self._path, self._file_size + done) from error
+                self._report(error, attempt)
+                attempt += 1
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            if written <= 0:
+                self._report(OSError(errno.ENOSPC, "no progress writing"), attempt)
+                attempt += 1
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            done += written
+        return total
+
+    def _sync(self):
+        self._sync_retrying()
+        self._last_durable = self._last_written
+        self._last_sync_ns = time.monotonic_ns()
+        self._unsynced = False
+
+    def _sync_retrying(self):
+        delay = 0.001
+        attempt = 0
+        while True:
+            try:
+                self.sync_function(self._fd)
+                return
+            except OSError as error:
+                if error.errno not in RETRYABLE_ERRNOS:
+                    raise JournalError(f"fdatasync failed: {error}", self._path) from error
+                self._report(error, attempt)
+                attempt += 1
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    def _commit(self, end):
+        """Write the framed bytes ``buffer[:end]`` and apply the durability."""
+        if end == 0:
+            return
+        self._write_all(memoryview(self._buffer)[:end])
+        self._file_size += end
+        self._last_written = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
+        if self.durability == "none":
+            self._last_durable = self._last_written
+        elif self.durability == "batch":
+            self._sync()
+        else:
+            self._unsynced = True
+            if time.monotonic_ns() - self._last_sync_ns >= self.interval_ns:
+                self._sync()
+
+    def poll(self):
+        """Under ``interval``, sync if records wait and the interval has passed (an idle flusher calls this)."""
+        if self._unsynced and self._fd is not None and time.monotonic_ns() - self._last_sync_ns >= self.interval_ns:
+            self._sync()
+
+    def _check_open(self):
+        if self.closed:
+            raise JournalError("writer is closed", self.root)
+
+    def _as_payload(self, payload, kind=RECORD_DATA):
+        if self.dtype is not None and kind == RECORD_DATA:
+            array = np.asarray(payload)
+            if array.dtype != self.dtype:
+                if isinstance(payload, (bytes, bytearray, memoryview)) and len(payload) == self.dtype.itemsize:
+                    return np.frombuffer(payload, np.uint8)
+                raise TypeError(f"stream {self.stream!r} stores {self.dtype}; got {array.dtype}")
+            return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        if isinstance(payload, np.ndarray):
+            return np.ascontiguousarray(payload).reshape(-1).view(np.uint8)
+        return np.frombuffer(payload, np.uint8) if len(payload) else np.zeros(0, np.uint8)
+
+    def append(self, payload, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
+        """Append one record and hand it to the operating system (one ``write``); return its sequence.
+
+        ``payload`` is bytes-like (``raw``) or one record of the stream's dtype
+        (records of the engine's own kinds take any bytes).
+        ``receive_ns`` defaults to the wall clock now. For many records at a
+        time use :meth:`append_many` or a :class:`ringbook.engine.flusher.Flusher`.
+        """
+        self._check_open()
+        data = self._as_payload(payload, kind)
+        if receive_ns is None:
+            receive_ns = time.time_ns()
+        if data.size > jk.MAX_PAYLOAD:
+            raise ValueError(f"payload of {data.size} bytes is longer than {jk.MAX_PAYLOAD}")
+        size = int(jk.record_size(data.size))
+        if size > self._buffer.size:
+            self._buffer = np.zeros(size, np.uint8)
+        self._prepare(receive_ns)
+        sequence = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE])
+        end = jk.frame(self._buffer, 0, data, 0, data.size, int(receive_tsc), int(receive_ns), int(kind),
+                       int(flags), self._segment, self._index)
+        if end < 0:
+            raise JournalError(f"cannot frame record: {status_name(end)}", self._path)
+        self._commit(end)
+        return sequence
+
+    def append_many(self, payloads, lengths=None, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
+        """Append many records, framed in batches of up to ``batch_bytes`` (one ``write`` each).
+
+        ``payloads`` is an array of the stream's dtype, or a 2-D uint8 array
+        whose row ``i`` holds ``lengths[i]`` bytes (all of it by default).
+        ``receive_tsc``, ``receive_ns``, ``kind`` and ``flags`` are scalars or
+        per-record arrays. Returns the first record's sequence.
+        """
+        self._check_open()
+        if self.dtype is not None and getattr(payloads, "dtype", None) == self.dtype:
+            rows = np.ascontiguousarray(payloads).reshape(-1).view(np.uint8).reshape(len(payloads), -1)
+        else:
+            rows = np.ascontiguousarray(payloads, dtype=np.uint8)
+            if rows.ndim != 2:
+                raise ValueError("payloads must be a 2-D uint8 array or an array of the stream's dtype")
+            if self.dtype is not None and rows.shape[1] != self.dtype.itemsize:
+                raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; "
+                                f"got rows of {rows.shape[1]}")
+        count = rows.shape[0]
+
+        def per_record(value, default=0):
+            if value is None:
+                value = default
+            return np.broadcast_to(np.asarray(value, np.int64), (count,)).astype(np.int64, copy=False)
+
+        lengths = per_record(lengths, rows.shape[1]) if lengths is not None else np.full(count, rows.shape[1],
+                                                                                           np.int64)
+        tscs = np.ascontiguousarray(per_record(receive_tsc))
+        stamps = np.ascontiguousarray(per_record(receive_ns, time.time_ns()))
+        kinds = np.ascontiguousarray(per_record(kind))
+        flag_values = np.ascontiguousarray(per_record(flags))
+        lengths = np.ascontiguousarray(lengths)
+        if count and (lengths.min() < 0 or lengths.max() > rows.shape[1]):
+            raise ValueError("lengths must be between 0 and the row width")
+        if count and int(jk.record_size(rows.shape[1])) > self._buffer.size:
+            self._buffer = np.zeros(int(jk.record_size(rows.shape[1])), np.uint8)
+        first = self.next_sequence
+        row = 0
+        while row < count:
+            self._prepare(int(stamps[row]))
+            first_day_end = self._segment_day_end
+            # A batch ends at midnight: the records after it go to the next day's segment.
+            stop = row + int(np.searchsorted(stamps[row:], first_day_end, side="left")) \
+                if stamps[-1] >= first_day_end and np.all(np.diff(stamps[row:]) >= 0) else count
+            stop = max(stop, row + 1)
+            framed, end = jk.frame_rows(self._room(int(jk.record_size(rows.shape[1]))), 0, rows[:stop], lengths,
+                                        row, tscs, stamps, kinds, flag_values, self._segment, self._index)
+            if framed < 0:
+                raise JournalError(f"cannot frame records: {status_name(framed)}", self._path)
+            if row == 0 and self._first_ns is None:
+                self._first_ns = int(stamps[0])
+            self._commit(end)
+            row += framed
+        return first if count else self.next_sequence
+
+    def append_slices(self, data, starts, stops, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
+        """Append records whose payloads are ``data[starts[i]:stops[i]]`` (``data``: flat uint8,
+        e.g. a file's bytes and its lines), framed in batches as :meth:`append_many`.
+
+        Returns the first record's sequence.
+        """
+        self._check_open()
+        data = np.ascontiguousarray(data, np.uint8).reshape(-1)
+        starts = np.ascontiguousarray(starts, np.int64)
+        stops = np.ascontiguousarray(stops, np.int64)
+        count = starts.shape[0]
+        if stops.shape != starts.shape:
+            raise ValueError("starts and stops must have the same length")
+        if count and (starts.min() < 0 or stops.max() > data.size or (stops < starts).any()):
+            raise ValueError("every slice must lie inside data, with start <= stop")
+
+        def per_record(value, default=0):
+            value = default if value is None else value
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(value, np.int64), (count,)), np.int64)
+
+        tscs, stamps = per_record(receive_tsc), per_record(receive_ns, time.time_ns())
+        kinds, flag_values = per_record(kind), per_record(flags)
+        if count:
+            longest = int(jk.record_size(int((stops - starts).max())))
+            self.ensure_batch_bytes(longest)
+        first = self.next_sequence
+        item = 0
+        while item < count:
+            self._prepare(int(stamps[item]))
+            if self._first_ns is None:
+                self._first_ns = int(stamps[item])
+            stop = count
+            if stamps[-1] >= self._segment_day_end:  # a batch ends at midnight
+                later = np.flatnonzero(stamps[item:] >= self._segment_day_end)
+                stop = item + max(int(later[0]), 1) if len(later) else count
+            framed, end = jk.frame_slices(self._room(int(jk.record_size(stops[item] - starts[item]))), 0, data,
+                                          starts[:stop], stops[:stop], item, tscs, stamps, kinds, flag_values,
+                                          self._segment, self._index)
+            if framed < 0:
+                raise JournalError(f"cannot frame records: {status_name(framed)}", self._path)
+            self._commit(end)
+            item += framed
+        return first if count else self.next_sequence
+
+    def drain(self, slab, consumer, max_records, tsc, wall_ns, ns_per_tick):
+        """Frame up to ``max_records`` messages of a ring consumer and write them (one ``write``).
+
+        Used by :class:`ringbook.engine.flusher.Flusher`; returns how many
+        records were written, or a negative ring status.
+        """
+        self._check_open()
+        self._prepare(wall_ns)
+        if self._first_ns is None:
+            self._first_ns = wall_ns
+        count, end = jk.drain_ring(slab, consumer, self._buffer, 0, max_records, tsc, wall_ns, ns_per_tick,
+                                   self._segment, self._index)
+        if count > 0:
+            self._commit(end)
+        return count, end
+
+    def ensure_batch_bytes(self, nbytes):
+        """Grow the framing buffer to at least ``nbytes``."""
+        if self._buffer.size < nbytes:
+            self._buffer = np.zeros(int(nbytes), np.uint8)
+
+    def flush(self):
+        """Make every record written so far durable as the journal's durability says (``interval``
+        and ``batch``: ``fdatasync`` now). Records are written as they are appended."""
+        self._check_open()
+        if self._fd is not None and self.durability != "none" and self._unsynced:
+            self._sync()
+
+    def sync(self):
+        """``fdatasync`` the current segment now, whatever the durability."""
+        if self._fd is not None:
+            self._sync()
+
+    def close(self):
+        """Flush, close the segment, write its index, release the stream."""
+        if self.closed:
+            return
+        try:
+            if self._fd is not None:
+                if self.durability != "none":
+                    self._sync()
+                self._finish_segment()
+        finally:
+            self.closed = True
+            self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return (f"JournalWriter({str(self.root)!r}, {self.stream!r}, next_sequence={self.next_sequence}, "
+                f"durability={self.durability!r})")
+
+
+# ------------------------------------------------------------------ reader
+
+
+class _Stream:
+    """One stream's segments, open for reading."""
+
+    def __init__(self, name, segments, index_every, use_index, save_index):
+        self.name = name
+        self.paths = [path for _, path in segments]
+        self.index_every = index_every
+        self.use_index = use_index
+        self.save_index = save_index
+        self.maps = []
+        self.scans = []
+        for path in self.paths:
+            mapped, scan = open_segment(path, index_every, use_index, save_index)
+            self.maps.append(mapped)
+            self.scans.append(scan)
+        self._build_lookup()
+
+    def _build_lookup(self):
+        """Stream-wide arrays over the index entries: sequence, segment, offset, max ns before."""
+        sequences, segments, offsets, max_before = [], [], [], []
+        running = jk.INT64_MIN
+        for number, scan in enumerate(self.scans):
+            entries = scan.index
+            if len(entries):
+                sequences.append(entries[:, jk.INDEX_SEQUENCE])
+                segments.append(np.full(len(entries), number, np.int64))
+                offsets.append(entries[:, jk.INDEX_OFFSET])
+                max_before.append(np.maximum(entries[:, jk.INDEX_MAX_NS_BEFORE], running))
+            if scan.records:
+                running = max(running, scan.max_ns)
+        def joined(parts):
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        self.index_sequences = joined(sequences)
+        self.index_segments = joined(segments)
+        self.index_offsets = joined(offsets)
+        self.index_max_before = joined(max_before)
+
+    @property
+    def first_sequence(self):
+        return self.scans[0].first_sequence if self.scans else 0
+
+    @property
+    def next_sequence(self):
+        return self.scans[-1].next_sequence if self.scans else 0
+
+    def refresh(self):
+        """Pick up what a writer added since: a grown last segment, new segments."""
+        listed = list_segments(self.paths[0].parent.parent if self.paths else None, self.name).get(self.name, [])
+        changed = False
+        if self.scans:
+            last = len(self.scans) - 1
+            if self.maps[last].refresh() != self.scans[last].size:
+                mapped = self.maps[last]
+                self.scans[last] = scan_segment(mapped.buffer, self.scans[last].header, self.paths[last],
+                                                self.index_every)
+                changed = True
+        for first, path in listed:
+            if path not in self.paths:
+                try:
+                    mapped, scan = open_segment(path, self.index_every, self.use_index, False)
+                except JournalError:
+                    continue  # a segment being created
+                self.paths.append(path)
+                self.maps.append(mapped)
+                self.scans.append(scan)
+                changed = True
+        if changed:
+            self._build_lookup()
+        return changed
+
+    def locate_sequence(self, sequence):
+        """(segment number, offset, sequence) of the index entry at or before ``sequence``."""
+        where = int(np.searchsorted(self.index_sequences, sequence, side="right")) - 1
+        if where < 0:
+            return 0, self.scans[0].header.header_bytes, self.scans[0].first_sequence
+        number = int(self.index_segments[where])
+        # the sequence may lie in a later segment whose first record has no entry yet
+        for later in range(len(self.scans) - 1, number, -1):
+            if self.scans[later].first_sequence <= sequence:
+                return later, self.scans[later].header.header_bytes, self.scans[later].first_sequence
+        return number, int(self.index_offsets[where]), int(self.index_sequences[where])
+
+    def locate_time(self, ns):
+        """(segment number, offset, sequence) of the index entry from which the first record with
+        receive ns ``>= ns`` is at most one index interval away."""
+        where = int(np.searchsorted(self.index_max_before, ns, side="left")) - 1
+        if where < 0:
+            return 0, self.scans[0].header.header_bytes, self.scans[0].first_sequence
+        return int(self.index_segments[where]), int(self.index_offsets[where]), int(self.index_sequences[where])
+
+
+def _as_ns(moment):
+    if moment is None:
+        return None
+    if isinstance(moment, _datetime.datetime):
+        if moment.tzinfo is None:
+            raise ValueError(f"{moment!r}: give an aware datetime (UTC is assumed nowhere)")
+        delta = moment - _datetime.datetime(1970, 1, 1, tzinfo=_datetime.timezone.utc)
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return int(moment)
+
+
+class JournalReader:
+    """Reads a journal: iterate, seek by sequence or time, read event spans, follow a writer.
+
+    Parameters
+    ----------
+    root : path-like
+        The journal directory.
+    stream : str, optional
+        One stream; all of them (iterated merged by receive time) when omitted.
+    skip_corrupt : bool
+        Count corrupt records (:attr:`corrupt_records`, :attr:`corrupt`) and
+        go on at the next good one, instead of raising :class:`JournalCorruptError`.
+    use_index, save_index : bool
+        Trust fresh index files; write the ones rebuilt.
+
+    Opening checks the index of every segment (rebuilding what is missing or
+    stale) and finds torn tails (:attr:`torn`); nothing is changed in the
+    segments. Iteration starts at the beginning; :meth:`seek` moves it.
+    """
+
+    def __init__(self, root, stream=None, *, skip_corrupt=False, use_index=True, save_index=True,
+                 index_every=DEFAULT_INDEX_EVERY):
+        self.root = Path(root)
+        listed = list_segments(self.root, stream)
+        if stream is not None and stream not in listed:
+            raise JournalError(f"no segments of stream {stream!r}", self.root)
+        self.skip_corrupt = skip_corrupt
+        self.streams = {name: _Stream(name, segments, index_every, use_index, save_index)
+                        for name, segments in sorted(listed.items())}
+        self.corrupt = []          # (path, CorruptRegion) met while reading
+        self.corrupt_records = 0   # records lost to them
+        self._cursors = {name: self._start_of(name) for name in self.streams}
+
+    # -- facts
+
+    @property
+    def stream(self):
+        if len(self.streams) != 1:
+            raise JournalError(f"{len(self.streams)} streams: name one", self.root)
+        return next(iter(self.streams))
+
+    @property
+    def torn(self):
+        """Torn tails found: a list of ``{"path", "offset", "bytes", "status"}``."""
+        return [{"path": str(scan.path), "offset": scan.torn_offset, "bytes": scan.torn_bytes,
+                 "status": status_name(scan.torn_status)}
+                for stream in self.streams.values() for scan in stream.scans if scan.torn_offset >= 0]
+
+    def segments(self, stream=None):
+        """The :class:`SegmentScan` of each segment of ``stream``."""
+        return list(self.streams[stream or self.stream].scans)
+
+    def first_sequence(self, stream=None):
+        return self.streams[stream or self.stream].first_sequence
+
+    def next_sequence(self, stream=None):
+        """One past the last good record of ``stream``."""
+        return self.streams[stream or self.stream].next_sequence
+
+    def header(self, stream=None):
+        """The first segment's :class:`SegmentHeader` of ``stream``."""
+        return self.streams[stream or self.stream].scans[0].header
+
+    # -- positions
+
+    def _start_of(self, name):
+        scans = self.streams[name].scans
+        return [0, scans[0].header.header_bytes, scans[0].first_sequence] if scans else [0, 0, 0]
+
+    def _walk(self, name, cursor, target_sequence, after_ns):
+        """Move ``cursor`` forward to the first record with sequence >= target and receive ns >= after_ns."""
+        stream = self.streams[name]
+        while cursor[0] < len(stream.scans):
+            number, offset, sequence = cursor
+            scan = stream.scans[number]
+            buffer = stream.maps[number].buffer
+            offset, sequence = jk.skip_records(buffer, offset, scan.valid_end, sequence, target_sequence,
+                                               after_ns, True)
+            cursor[1], cursor[2] = int(offset), int(sequence)
+            if offset < scan.valid_end:
+                if jk.check_record(buffer, offset, scan.valid_end, sequence) > 0:
+                    return cursor
+                self._damaged(name, cursor)  # resumes or raises
+                continue
+            if not self._next_segment(name, cursor):
+                return cursor
+        return cursor
+
+    def _next_segment(self, name, cursor):
+        stream = self.streams[name]
+        if cursor[0] + 1 >= len(stream.scans):
+            return False
+        following = stream.scans[cursor[0] + 1]
+        if following.first_sequence > cursor[2]:
+            self._note_corrupt(name, stream.scans[cursor[0]].path,
+                               CorruptRegion(cursor[1], jk.CORRUPT_SEQUENCE, following.header.header_bytes,
+                                             following.first_sequence, following.first_sequence - cursor[2]),
+                               raise_always=False)
+        cursor[0] += 1
+        cursor[1] = following.header.header_bytes
+        cursor[2] = following.first_sequence
+        return True
+
+    def _note_corrupt(self, name, path, region, raise_always=True):
+        if not self.skip_corrupt and raise_always:
+            raise JournalCorruptError(region.describe(path), path, region.offset, region.status)
+        self.corrupt.append((str(path), region))
+        self.corrupt_records += max(region.lost_records, 1) if raise_always else 0
+
+    def _damaged(self, name, cursor):
+        """A bad record at the cursor, before the segment's good end: raise, or skip to the next good one."""
+        stream = self.streams[name]
+        number, offset, sequence = cursor
+        scan = stream.scans[number]
+        buffer = stream.maps[number].buffer
+        status = int(jk.check_record(buffer, offset, scan.size, sequence))
+        resume = int(jk.find_next_record(buffer, offset + 8, scan.size, sequence))
+        if resume < 0:
+            # bad bytes up to where the good records were thought to end: the tail is torn there
+            region = CorruptRegion(offset, status, -1, sequence, 0)
+            self._note_corrupt(name, scan.path, region)
+            scan.valid_end = offset
+            return
+        resumed = int(jk.record_header(buffer, resume)[1])
+        self._note_corrupt(name, scan.path, CorruptRegion(offset, status, resume, resumed, resumed - sequence))
+        cursor[1], cursor[2] = resume, resumed
+
+    def seek(self, sequence=None, *, time=None, stream=None):
+        """Move to the first record with sequence ``>= sequence`` (or receive time ``>= time``:
+        ns since the epoch or an aware ``datetime``), in O(log n) through the sparse index.
+
+        With neither, move to the beginning. Applies to every stream unless
+        ``stream`` is given. Returns the sequence the cursor stands at (of the
+        first stream concerned); at the end that is :meth:`next_sequence`.
+        """
+        names = [stream] if stream is not None else list(self.streams)
+        after_ns = _as_ns(time)
+        result = None
+        for name in names:
+            state = self.streams[name]
+            if not state.scans:
+                continue
+            if after_ns is not None:
+                cursor = list(state.locate_time(after_ns))
+                target = -1
+            elif sequence is not None:
+                cursor = list(state.locate_sequence(int(sequence)))
+                target = int(sequence)
+            else:
+                cursor = self._start_of(name)
+                target = -1
+            self._cursors[name] = self._walk(name, cursor, target, jk.INT64_MIN if after_ns is None else after_ns)
+            if result is None:
+                result = self._cursors[name][2]
+        return result
+
+    def seek_end(self, stream=None):
+        """Move past the last good record; returns the next sequence."""
+        result = None
+        for name in ([stream] if stream else list(self.streams)):
+            state = self.streams[name]
+            if state.scans:
+                last = len(state.scans) - 1
+                self._cursors[name] = [last, state.scans[last].valid_end, state.scans[last].next_sequence]
+                result = result if result is not None else state.next_sequence
+        return result
+
+    def tell(self, stream=None):
+        """The sequence of the next record the cursor reads."""
+        return self._cursors[stream or self.stream][2]
+
+    # -- records
+
+    def _read_one(self, name):
+        """The record at ``name``'s cursor (advancing it), or None at the end."""
+        stream = self.streams[name]
+        cursor = self._cursors[name]
+        while cursor[0] < len(stream.scans):
+            number, offset, sequence = cursor
+            scan = stream.scans[number]
+            buffer = stream.maps[number].buffer
+            if offset < scan.valid_end:
+                size = int(jk.check_record(buffer, offset, scan.valid_end, sequence))
+                if size > 0:
+                    length, found, tsc, receive_ns, kind, flags = jk.record_header(buffer, offset)
+                    body = offset + jk.RECORD_HEADER_BYTES
+                    payload = memoryview(buffer[body:body + int(length)]).toreadonly()
+                    cursor[1] = offset + size
+                    cursor[2] = sequence + 1
+                    return Record(name, int(found), int(tsc), int(receive_ns), int(kind), int(flags), payload)
+                self._damaged(name, cursor)
+                continue
+            if not self._next_segment(name, cursor):
+                return None
+        return None
+
+    def __iter__(self):
+        """Records from the cursor to the end: one stream in order, several merged by receive time."""
+        names = list(self.streams)
+        if len(names) == 1:
+            name = names[0]
+            while True:
+                record = self._read_one(name)
+                if record is None:
+                    return
+                yield record
+        heap = []
+        for order, name in enumerate(names):
+            record = self._read_one(name)
+            if record is not None:
+                heap.append((record.receive_ns, order, record.sequence, record))
+        heapq.heapify(heap)
+        while heap:
+            _, order, _, record = heapq.heappop(heap)
+            yield record
+            following = self._read_one(names[order])
+            if following is not None:
+                heapq.heappush(heap, (following.receive_ns, order, following.sequence, following))
+
+    def records(self, start=None, stop=None, *, stream=None):
+        """Records with ``start <= sequence < stop`` (``start``/``stop``: sequences, or times when
+        given as ``datetime``) of one stream."""
+        name = stream or self.stream
+        if isinstance(start, _datetime.datetime):
+            self.seek(time=start, stream=name)
+        else:
+            self.seek(start, stream=name)
+        stop_ns = _as_ns(stop) if isinstance(stop, _datetime.datetime) else None
+        while True:
+            record = self._read_one(name)
+            if record is None:
+                return
+            if stop_ns is not None and record.receive_ns >= stop_ns:
+                return
+            if stop_ns is None and stop is not None and record.sequence >= stop:
+                return
+            yield record
+
+    def read_span(self, count, *, dtype=None, stream=None):
+        """Read up to ``count`` data records from the cursor into an array of the stream's dtype.
+
+        Checksums are verified. Returns ``(records, sequences, receive_ns)``;
+        records of other kinds are passed over. Stops early at the end.
+        """
+        name = stream or self.stream
+        state = self.streams[name]
+        if dtype is None:
+            dtype = state.scans[0].header.dtype if state.scans else None
+        if dtype is None:
+            raise JournalError(f"stream {name!r} holds raw payloads: give dtype", self.root)
+        dtype = np.dtype(dtype)
+        out = np.empty(count, dtype)
+        flat = out.view(np.uint8).reshape(-1)
+        sequences = np.empty(count, np.int64)
+        receive_ns = np.empty(count, np.int64)
+        kinds = np.empty(count, np.int64)
+        cursor = self._cursors[name]
+        filled = 0
+        while filled < count and cursor[0] < len(state.scans):
+            number, offset, sequence = cursor
+            scan = state.scans[number]
+            buffer = state.maps[number].buffer
+            rows, offset, sequence, status = jk.read_records(
+                buffer, offset, scan.valid_end, sequence, count - filled, dtype.itemsize,
+                flat[filled * dtype.itemsize:], sequences[filled:], receive_ns[filled:], kinds[filled:])
+            filled += int(rows)
+            cursor[1], cursor[2] = int(offset), int(sequence)
+            if status == OK:
+                break
+            if status == jk.BAD_ARGUMENT:
+                raise JournalError(f"record {sequence} is not a {dtype.itemsize}-byte {dtype}",
+                                   scan.path, int(offset))
+            if int(offset) < scan.valid_end:
+                self._damaged(name, cursor)
+                continue
+            if not self._next_segment(name, cursor):
+                break
+        return out[:filled], sequences[:filled], receive_ns[:filled]
+
+    def events(self, start=None, stop=None, *, stream=None):
+        """Data records with ``start <= sequence < stop`` as one array of the stream's dtype."""
+        name = stream or self.stream
+        self.seek(start, stream=name)
+        end = self.next_sequence(name) if stop is None else min(stop, self.next_sequence(name))
+        records, sequences, _ = self.read_span(max(end - self.tell(name), 0), stream=name)
+        keep = sequences < end
+        return records[keep]
+
+    def tail(self, *, timeout=None, poll_s=0.001, idle_s=0.05, stream=None):
+        """Records from the cursor, then new ones as a writer appends them (thread or process).
+
+        Waits ``poll_s`` doubling up to ``idle_s`` between looks; stops after
+        ``timeout`` seconds without a new record (``None``: never).
+        """
+        name = stream or self.stream
+        delay = poll_s
+        last_seen = time.monotonic()
+        while True:
+            record = self._read_one(name)
+            if record is not None:
+                delay = poll_s
+                last_seen = time.monotonic()
+                yield record
+                continue
+            if timeout is not None and time.monotonic() - last_seen >= timeout:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, idle_s)
+            stream_state = self.streams[name]
+            if stream_state.refresh():
+                # the cursor may stand at a torn end that is now a complete record
+                pass
+
+    def close(self):
+        for stream in self.streams.values():
+            for mapped in stream.maps:
+                mapped.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+# ------------------------------------------------------------------ verify
+
+
+def verify(root):
+    """Check every record of every segment of a journal.
+
+    Returns
+    -------
+    dict
+        ``ok``, ``streams`` (per stream: ``segments``, ``records``,
+        ``first_sequence``, ``last_sequence``, ``first_ns``, ``last_ns``,
+        ``bytes``), ``records``, ``segments``, ``bytes``, ``bad_records``
+        (records lost to corruption), ``corrupt`` (where), ``torn_bytes``,
+        ``torn`` (where), ``gaps`` (sequence gaps between segments),
+        ``errors`` (unreadable segments).
+    """
+    root = Path(root)
+    report = {"root": str(root), "ok": True, "streams": {}, "records": 0, "segments": 0, "bytes": 0,
+              "bad_records": 0, "corrupt": [], "torn_bytes": 0, "torn": [], "gaps": 0, "gap_list": [],
+              "errors": []}
+    for name, segments in sorted(list_segments(root).items()):
+        summary = {"segments": 0, "records": 0, "data_records": 0, "first_sequence": None,
+                   "last_sequence": None, "first_ns": None, "last_ns": None, "bytes": 0}
+        expected = None
+        for number, (first, path) in enumerate(segments):
+            try:
+                mapped, scan = open_segment(path, use_index=False, save_index=False)
+            except (JournalError, OSError) as error:
+                report["errors"].append(str(error))
+                continue
+            mapped.close()
+            summary["segments"] += 1
+            summary["records"] += scan.records
+            summary["data_records"] += scan.data_records
+            summary["bytes"] += scan.size
+            if scan.header.first_sequence != first:
+                report["errors"].append(f"{path}: header says first sequence {scan.header.first_sequence}")
+            if expected is not None and scan.first_sequence != expected:
+                report["gaps"] += 1
+                report["gap_list"].append({"stream": name, "path": str(path), "expected": expected,
+                                           "found": scan.first_sequence})
+            expected = scan.next_sequence
+            if scan.records:
+                if summary["first_sequence"] is None:
+                    summary["first_sequence"] = scan.first_sequence
+                    summary["first_ns"] = scan.first_ns
+                summary["last_sequence"] = scan.last_sequence
+                summary["last_ns"] = scan.last_ns
+            for region in scan.corrupt:
+                report["bad_records"] += max(region.lost_records, 1)
+                report["corrupt"].append({"path": str(path), "offset": region.offset,
+                                          "status": status_name(region.status),
+                                          "lost_records": region.lost_records,
+                                          "resume_offset": region.resume_offset})
+            if scan.torn_offset >= 0:
+                report["torn_bytes"] += scan.torn_bytes
+                report["torn"].append({"path": str(path), "offset": scan.torn_offset, "bytes": scan.torn_bytes,
+                                       "status": status_name(scan.torn_status),
+                                       "last_segment": number == len(segments) - 1})
+        report["streams"][name] = summary
+        report["records"] += summary["records"]
+        report["segments"] += summary["segments"]
+        report["bytes"] += summary["bytes"]
+    report["ok"] = not (report["bad_records"] or report["torn_bytes"] or report["gaps"] or report["errors"])
+    return report

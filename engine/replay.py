@@ -1,0 +1,230 @@
+"""``ringbook replay DIR``: verify an engine's journal, rebuild its book and check every checkpoint.
+
+The ``raw`` stream holds the packets exactly as the book consumer took them
+from the ring (and the feed's gap markers); the ``engine`` stream holds the
+book consumer's own records (:mod:`ringbook.engine.pipeline`). A replay decodes
+the packets with the same kernels and applies them with the same
+:func:`ringbook.kernels.replay.apply_event`, and at each checkpoint's raw
+position compares :func:`ringbook.engine.pipeline.book_hash` with the hash
+the live run wrote. ``run.json`` beside the journal gives the book's shape
+(symbols, ticks, depth, order table).
+
+A checkpoint whose raw position lies beyond the last raw record on disk (the
+process died between the two streams' writes) cannot be checked: it is
+counted as ``beyond_end``, never as a match.
+"""
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ringbook.engine import pipeline
+from ringbook.engine.feeds import packet
+from ringbook.kernels import book as books
+from ringbook.kernels.events import EVENT_DTYPE, Instruments
+from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.replay import apply_event
+
+
+@dataclass
+class RunJournal:
+    """What :func:`read_run` finds in an engine's journal."""
+
+    root: Path
+    instruments: Instruments
+    n_symbols: int
+    ticks: np.ndarray
+    order_capacity: int
+    depth: int
+    checkpoint_levels: int
+    buffer: np.ndarray          # raw payloads back to back
+    offsets: np.ndarray         # int64, len(records) + 1
+    kinds: np.ndarray           # int64 record kinds of the raw stream
+    receive_ns: np.ndarray      # int64
+    engine_records: np.ndarray  # int64 (n, 9): kind, then the record's 8 words
+
+    @property
+    def data_packets(self):
+        keep = np.flatnonzero(self.kinds == pipeline.RECORD_DATA)
+        return [self.buffer[self.offsets[i]:self.offsets[i + 1]].tobytes() for i in keep]
+
+    @property
+    def data_receive_ns(self):
+        return self.receive_ns[self.kinds == pipeline.RECORD_DATA]
+
+
+def read_run(root):
+    """Read an engine journal (``run.json``, the ``raw`` and ``engine`` streams).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``run.json``: not a journal ``ringbook run`` wrote.
+    """
+    from ringbook.engine.journal import JournalReader
+    root = Path(root)
+    description = json.loads((root / "run.json").read_text())
+    instruments = Instruments(capacity=max(len(description["instruments"]), 1))
+    for row in description["instruments"]:
+        instruments.intern(row["name"], row["price_scale"], row["size_scale"], row["tick"])
+    chunks, lengths, kinds, times = [], [], [], []
+    with JournalReader(root, "raw", skip_corrupt=True) as reader:
+        for record in reader:
+            chunks.append(bytes(record.payload))
+            lengths.append(len(record.payload))
+            kinds.append(record.kind)
+            times.append(record.receive_ns)
+    own = []
+    try:
+        with JournalReader(root, "engine", skip_corrupt=True) as reader:
+            for record in reader:
+                words = np.frombuffer(bytes(record.payload), np.int64)
+                row = np.zeros(pipeline.ENGINE_RECORD_WORDS + 1, np.int64)
+                row[0] = record.kind
+                row[1:1 + min(len(words), pipeline.ENGINE_RECORD_WORDS)] = words[:pipeline.ENGINE_RECORD_WORDS]
+                own.append(row)
+    except Exception as error:  # a run killed before its first engine record has no such stream
+        if "no segments" not in str(error):
+            raise
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return RunJournal(
+        root=root, instruments=instruments, n_symbols=int(description["n_symbols"]),
+        ticks=np.asarray(description["ticks"], np.int64), order_capacity=int(description["order_capacity"]),
+        depth=int(description["depth"]), checkpoint_levels=int(description["checkpoint_levels"]),
+        buffer=np.frombuffer(b"".join(chunks), np.uint8).copy() if chunks else np.zeros(0, np.uint8),
+        offsets=offsets, kinds=np.asarray(kinds, np.int64), receive_ns=np.asarray(times, np.int64),
+        engine_records=np.array(own, np.int64).reshape(-1, pipeline.ENGINE_RECORD_WORDS + 1))
+
+
+# result words
+EVENTS, PACKETS, BAD_PACKETS, BOOK_ERRORS, MATCHED, MISMATCHED, BEYOND_END, FIRST_MISMATCH = range(8)
+
+
+@kernel
+def replay_packets(book, buffer, offsets, kinds, checkpoint_positions, checkpoint_hashes, scratch,
+                   scratch_bytes, top_prices, top_quantities, found_hashes, result):
+    """Apply every data packet; at each checkpoint's raw position compare the book's hash."""
+    next_checkpoint = 0
+    n_checkpoints = checkpoint_positions.shape[0]
+    records = kinds.shape[0]
+    for k in range(records):
+        if kinds[k] == pipeline.RECORD_DATA:
+            payload = buffer[offsets[k]:offsets[k + 1]]
+            count, _, _ = packet.decode_header(payload, offsets[k + 1] - offsets[k])
+            if count < 0:
+                result[BAD_PACKETS] += 1
+            else:
+                packet.copy_events(payload, count, scratch_bytes)
+                for i in range(count):
+                    if apply_event(book, scratch, i) < 0:
+                        result[BOOK_ERRORS] += 1
+                result[EVENTS] += count
+                result[PACKETS] += 1
+        position = k + 1
+        while next_checkpoint < n_checkpoints and checkpoint_positions[next_checkpoint] <= position:
+            if checkpoint_positions[next_checkpoint] == position:
+                found = pipeline.book_hash(book, top_prices, top_quantities)
+                found_hashes[next_checkpoint] = found
+                if found == checkpoint_hashes[next_checkpoint]:
+                    result[MATCHED] += 1
+                else:
+                    if result[MISMATCHED] == 0:
+                        result[FIRST_MISMATCH] = next_checkpoint
+                    result[MISMATCHED] += 1
+            next_checkpoint += 1
+    result[BEYOND_END] += n_checkpoints - next_checkpoint
+
+
+def replay(root):
+    """Verify, rebuild and check a journal ``ringbook run`` wrote; a report dict.
+
+    Returns
+    -------
+    dict
+        ``verify`` (the journal's :func:`~ringbook.engine.journal.verify`),
+        ``events``, ``packets``, ``gaps`` {``book``, ``feed``}, ``drops``,
+        ``resets``, ``checkpoints`` {``matched``, ``mismatched``,
+        ``beyond_end``, ``first_mismatch``}, ``errors``, ``ok``.
+    """
+    from ringbook.engine.journal import verify
+    verified = verify(root)
+    run = read_run(root)
+    book = books.new_book(n_symbols=run.n_symbols, depth=run.depth, order_capacity=run.order_capacity,
+                          ticks=run.ticks)
+    own = run.engine_records
+    checkpoints = own[own[:, 0] == pipeline.RECORD_CHECKPOINT]
+    positions = np.ascontiguousarray(checkpoints[:, 1])
+    hashes = np.ascontiguousarray(checkpoints[:, 4])
+    levels = max(run.checkpoint_levels, 1)
+    if len(checkpoints):
+        levels = int(checkpoints[0, 3])
+    scratch = np.zeros(packet.MAX_EVENTS, EVENT_DTYPE)
+    found = np.zeros(len(checkpoints), np.int64)
+    result = np.zeros(8, np.int64)
+    result[FIRST_MISMATCH] = -1
+    replay_packets(book, run.buffer, run.offsets, run.kinds, positions, hashes, scratch,
+                   scratch.view(np.uint8), np.zeros(levels, np.int64), np.zeros(levels, np.int64), found,
+                   result)
+    first = None
+    if result[FIRST_MISMATCH] >= 0:
+        index = int(result[FIRST_MISMATCH])
+        first = {"checkpoint": index, "raw_position": int(positions[index]),
+                 "expected_hash": int(hashes[index]), "found_hash": int(found[index])}
+    drops = own[own[:, 0] == pipeline.RECORD_DROPS]
+    report = {
+        "dir": str(Path(root).resolve()),
+        "verify": verified,
+        "records": int(len(run.kinds)),
+        "packets": int(result[PACKETS]),
+        "events": int(result[EVENTS]),
+        "gaps": int((own[:, 0] == pipeline.RECORD_GAP).sum() + (run.kinds == pipeline.RECORD_GAP).sum()),
+        "gap_detail": {"book": int((own[:, 0] == pipeline.RECORD_GAP).sum()),
+                       "feed": int((run.kinds == pipeline.RECORD_GAP).sum())},
+        "drops": int(drops[-1, 2]) if len(drops) else 0,
+        "resets": int((own[:, 0] == pipeline.RECORD_BOOK_RESET).sum()),
+        "checkpoints": {"total": int(len(checkpoints)), "matched": int(result[MATCHED]),
+                        "mismatched": int(result[MISMATCHED]), "beyond_end": int(result[BEYOND_END]),
+                        "first_mismatch": first},
+        "errors": int(result[BOOK_ERRORS] + result[BAD_PACKETS]),
+    }
+    report["ok"] = bool(verified.get("ok", True)) and report["checkpoints"]["mismatched"] == 0
+    return report, book, run
+
+
+def summary(report):
+    checkpoints = report["checkpoints"]
+    lines = [f"replay {report['dir']}",
+             f"  journal         {'verified' if report['verify'].get('ok') else 'NOT clean'}: "
+             f"{report['verify'].get('records')} records in {report['verify'].get('segments')} segments, "
+             f"torn bytes {report['verify'].get('torn_bytes')}, bad records {report['verify'].get('bad_records')}",
+             f"  events          {report['events']} in {report['packets']} packets",
+             f"  gaps            {report['gaps']} (book {report['gap_detail']['book']}, "
+             f"feed {report['gap_detail']['feed']})",
+             f"  drops           {report['drops']}",
+             f"  checkpoints     {checkpoints['matched']} matched, {checkpoints['mismatched']} mismatched"
+             + (f", {checkpoints['beyond_end']} beyond the raw journal's end" if checkpoints['beyond_end'] else ""),
+             "  OK" if report["ok"] else "  MISMATCH"]
+    return "\n".join(lines)
+
+
+def add_arguments(parser):
+    parser.add_argument("dir", help="a journal directory written by `ringbook run`")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args):
+    try:
+        report, _, _ = replay(args.dir)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"ringbook replay: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(report, sys.stdout, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(summary(report))
+    return 0 if report["ok"] else 1

@@ -1,0 +1,419 @@
+"""The scheduler: a Python thread that starts, watches and stops the engine's workers.
+
+Each worker (the feed, the book consumer, the flusher) is a thread whose hot
+loop is a nogil njit function; the scheduler only coordinates. It owns:
+
+- **CPU affinity.** A worker pins itself from inside its own thread (Linux
+  affinity is per thread); the scheduler reads every thread's allowed CPUs
+  back from ``/proc/self/task/<tid>/status`` and reports the thread -> core
+  map. Spinning workers get distinct cores. With fewer cores than spinners it
+  says so (:attr:`Scheduler.notes`) and gives those workers a wait strategy
+  that never spins: never two spinners on one core.
+- **Memory locking** (:func:`lock_all_memory`): ``mlockall(MCL_CURRENT |
+  MCL_FUTURE)`` through ctypes, verified from ``VmLck``; and prefaulting
+  (:func:`prefault`) of what the hot path touches.
+- **Lifecycle.** :meth:`Scheduler.stop` (a signal, ``Engine.stop()``, the end of a
+  bounded feed) runs the stop plan: each step tells a worker to finish and
+  joins it before the next, so rings drain into the journal before it closes.
+  A worker that raises stops the engine the same way, and the error, with the
+  worker's name, is what :meth:`Scheduler.join_result` raises.
+- **Per-thread costs.** Minor and major page faults and voluntary and
+  involuntary context switches of each worker, from ``/proc/self/task/<tid>/stat``
+  and ``status``, at its start and at its end.
+
+The scheduler thread itself never spins: it wakes every ``interval`` seconds.
+"""
+
+import ctypes
+import ctypes.util
+import errno as errno_codes
+import mmap
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ringbook.engine.system import memlock_limit, usable_cores
+from ringbook.kernels import wait
+
+MCL_CURRENT = 1
+MCL_FUTURE = 2
+
+
+class MemoryLockWarning(RuntimeWarning):
+    """Memory could not be locked: the hot path may take page faults."""
+
+
+class WorkerError(RuntimeError):
+    """A worker raised; ``worker`` names it and ``__cause__`` is its exception."""
+
+    def __init__(self, worker, error):
+        super().__init__(f"worker {worker!r} failed: {type(error).__name__}: {error}")
+        self.worker = worker
+        self.error = error
+
+
+# ---------------------------------------------------------------- /proc
+
+
+def read_status(path):
+    """``/proc/.../status`` as a dict of its ``Key: value`` lines (``{}`` when unreadable)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def parse_cpu_list(text):
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
+    cores = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cores.extend(range(int(low), int(high or low) + 1))
+    return cores
+
+
+def thread_costs(tid):
+    """Faults, switches and allowed cores of thread ``tid`` of this process.
+
+    Returns
+    -------
+    dict
+        ``minor_faults``, ``major_faults`` (``/proc/self/task/<tid>/stat``
+        fields 10 and 12), ``voluntary_switches``, ``involuntary_switches``,
+        ``cores`` (``Cpus_allowed_list``); ``None`` when the thread is gone.
+    """
+    base = Path(f"/proc/self/task/{tid}")
+    try:
+        text = (base / "stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+    status = read_status(base / "status")
+    return {"minor_faults": int(fields[7]), "major_faults": int(fields[9]),
+            "voluntary_switches": int(status.get("voluntary_ctxt_switches", 0)),
+            "involuntary_switches": int(status.get("nonvoluntary_ctxt_switches", 0)),
+            "cores": parse_cpu_list(status.get("Cpus_allowed_list", ""))}
+
+
+def locked_bytes():
+    """``VmLck`` of this process in bytes (``None`` off Linux)."""
+    value = read_status("/proc/self/status").get("VmLck")
+    if value is None:
+        return None
+    number, _, unit = value.partition(" ")
+    return int(number) * (1024 if unit.strip().lower() == "kb" else 1)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def lock_all_memory(flags=MCL_CURRENT | MCL_FUTURE):
+    """``mlockall(flags)``; never raises.
+
+    Returns
+    -------
+    dict
+        ``locked`` (bool), ``locked_bytes`` (``VmLck`` afterwards, verified),
+        ``error`` (``None``, or what went wrong and how to allow it),
+        ``errno``, ``limit_bytes`` (RLIMIT_MEMLOCK, ``None`` when unlimited).
+
+    Warns
+    -----
+    MemoryLockWarning
+        On EPERM (how to allow it), ENOMEM (with the limit), or a system
+        without ``mlockall``.
+    """
+    result = {"locked": False, "locked_bytes": None, "error": None, "errno": 0, "limit_bytes": None}
+    if not sys.platform.startswith("linux"):
+        result["error"] = f"mlockall is not available on {sys.platform}: memory is not locked"
+        warnings.warn(result["error"], MemoryLockWarning, stacklevel=2)
+        return result
+    result["limit_bytes"] = memlock_limit()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.mlockall(ctypes.c_int(flags)) == 0:
+        result["locked"] = True
+    else:
+        code = ctypes.get_errno()
+        result["errno"] = code
+        limit = result["limit_bytes"]
+        limit_text = "unlimited" if limit is None else f"{limit} bytes"
+        if code == errno_codes.EPERM:
+            result["error"] = ("mlockall: permission denied (EPERM); allow it with the CAP_IPC_LOCK "
+                               "capability (e.g. `setcap cap_ipc_lock+ep` on the interpreter) or a "
+                               f"higher `ulimit -l` (RLIMIT_MEMLOCK is {limit_text}), or run with --no-mlock")
+        elif code == errno_codes.ENOMEM:
+            result["error"] = (f"mlockall: the process needs more than RLIMIT_MEMLOCK ({limit_text}) "
+                               f"(ENOMEM); raise `ulimit -l` or grant CAP_IPC_LOCK, or run with --no-mlock")
+        else:
+            result["error"] = f"mlockall failed: {os.strerror(code)} (errno {code})"
+        warnings.warn(result["error"], MemoryLockWarning, stacklevel=2)
+    result["locked_bytes"] = locked_bytes()
+    if result["locked"] and not result["locked_bytes"]:
+        result["error"] = "mlockall returned 0 but VmLck is 0: memory is not locked"
+    return result
+
+
+def unlock_all_memory():
+    """``munlockall()`` (no-op off Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").munlockall()
+
+
+def prefault(*arrays):
+    """Touch every page of each array (read and write back one byte a page), so
+    the hot path takes no first-touch page fault. Contents are unchanged; call
+    it before the threads that use the arrays start."""
+    for array in arrays:
+        if array is None or array.nbytes == 0:
+            continue
+        raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        if not raw.flags.writeable:
+            continue
+        touched = raw[::mmap.PAGESIZE]
+        raw[::mmap.PAGESIZE] = touched.copy()
+
+
+# ---------------------------------------------------------------- workers
+
+
+class Worker:
+    """One worker thread: ``body(worker)`` runs in it, after it pins itself.
+
+    Parameters
+    ----------
+    name : str
+    body : callable
+        ``body(worker)``; its hot loop should be a nogil njit function that
+        waits with :attr:`strategy`.
+    spins : bool
+        Whether it spins while waiting (needs a core of its own).
+
+    Attributes
+    ----------
+    strategy : numpy.ndarray
+        The wait strategy it must use (spins only when it has a core of its own).
+    cores : list of int
+        The cores it pins itself to (set by the scheduler).
+    tid : int
+    start_costs, end_costs : dict
+        :func:`thread_costs` at its start and its end.
+    error : BaseException or None
+    """
+
+    def __init__(self, name, body, *, spins=False):
+        self.name = name
+        self.body = body
+        self.spins = spins
+        self.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
+        self.cores = []
+        self.tid = None
+        self.start_costs = None
+        self.end_costs = None
+        self.last_costs = None
+        self.error = None
+        self.thread = threading.Thread(target=self._run, name=f"ringbook-{name}", daemon=True)
+        self.started = threading.Event()
+
+    def _run(self):
+        self.tid = threading.get_native_id()
+        try:
+            if self.cores:
+                os.sched_setaffinity(0, set(self.cores))  # this thread only
+        except OSError as error:
+            self.error = error
+        self.start_costs = thread_costs(self.tid)
+        self.last_costs = self.start_costs
+        self.started.set()
+        try:
+            if self.error is None:
+                self.body(self)
+        except BaseException as error:  # reported by the scheduler, with the worker's name
+            self.error = error
+        finally:
+            self.end_costs = thread_costs(self.tid)
+            self.last_costs = self.end_costs or self.last_costs
+
+    def costs(self):
+        """Costs since the worker started (end minus start), and its allowed cores."""
+        start, end = self.start_costs, self.end_costs or self.last_costs
+        if not start or not end:
+            return None
+        result = {key: end[key] - start[key] for key in
+                  ("minor_faults", "major_faults", "voluntary_switches", "involuntary_switches")}
+        result["cores"] = end["cores"]
+        return result
+
+    @property
+    def alive(self):
+        return self.thread.is_alive()
+
+
+class ObservedThread(Worker):
+    """A thread that another object started (the journal's flusher): the scheduler
+    samples its costs and joins it in the stop plan, but does not start or pin it.
+    It never spins."""
+
+    def __init__(self, name, thread):
+        super().__init__(name, None, spins=False)
+        self.thread = thread
+        self.tid = thread.native_id
+        self.start_costs = thread_costs(self.tid) if self.tid else None
+        self.last_costs = self.start_costs
+        self.started.set()
+
+
+def assign_cores(workers, cpus=None):
+    """Give each spinning worker a core of its own; everyone else may use every core.
+
+    Returns
+    -------
+    notes : list of str
+        What was decided when cores are fewer than spinners.
+    """
+    cores = sorted(cpus) if cpus else usable_cores()
+    spinners = [worker for worker in workers if worker.spins]
+    notes = []
+    if len(cores) >= len(spinners) and len(cores) >= 2:
+        for worker, core in zip(spinners, cores):
+            worker.cores = [core]
+            worker.strategy = wait.wait_strategy()
+    else:
+        if spinners:
+            notes.append(f"{len(spinners)} spinning workers ({', '.join(w.name for w in spinners)}) "
+                         f"and {len(cores)} core(s) {cores}: they wait with backoff (no spinning), "
+                         f"sharing the cores")
+        for worker in spinners:
+            worker.cores = list(cores)
+            worker.spins = False
+    for worker in workers:
+        if not worker.spins and not isinstance(worker, ObservedThread):
+            worker.cores = list(cores)
+            worker.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
+    return notes
+
+
+class Scheduler(threading.Thread):
+    """Starts the workers, watches them and runs the stop plan.
+
+    Parameters
+    ----------
+    workers : list of Worker
+        Started in this order.
+    stop_plan : list of (name, callable or None)
+        What :meth:`stop` does, in order: call the callable (tell that worker
+        to finish), then join the worker of that name.
+    cpus : list of int, optional
+        The cores to use (default: every usable core).
+    on_tick : callable, optional
+        Called every ``interval`` seconds on the scheduler thread (counters).
+    finished : callable, optional
+        ``finished() -> bool``: the engine has nothing more to do (a bounded
+        feed ended); the scheduler then runs the stop plan.
+    interval : float
+    """
+
+    def __init__(self, workers, stop_plan, *, cpus=None, on_tick=None, finished=None, interval=0.1):
+        super().__init__(name="ringbook-scheduler", daemon=True)
+        self.workers = {worker.name: worker for worker in workers}
+        self.stop_plan = stop_plan
+        self.on_tick = on_tick
+        self.finished = finished
+        self.interval = interval
+        self.notes = assign_cores(workers, cpus)
+        self.error = None
+        self.stopping = threading.Event()
+        self.done = threading.Event()
+        self._stop_requested = threading.Event()
+        self.started_ns = None
+        self.stopped_ns = None
+
+    def request_stop(self):
+        """Ask for the stop plan (safe from a signal handler: sets a flag only)."""
+        self._stop_requested.set()
+
+    def run(self):
+        self.started_ns = time.monotonic_ns()
+        try:
+            for worker in self.workers.values():
+                if not isinstance(worker, ObservedThread):
+                    worker.thread.start()
+                    worker.started.wait(5)
+            while not self._stop_requested.wait(self.interval):
+                self._sample()
+                failed = self._failed()
+                if failed is not None or (self.finished is not None and self.finished()):
+                    break
+                if not any(worker.alive for worker in self.workers.values()):
+                    break
+            self.stopping.set()
+            self._run_stop_plan()
+            self._sample()
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.stopped_ns = time.monotonic_ns()
+            failed = self._failed()
+            if failed is not None and self.error is None:
+                self.error = WorkerError(failed.name, failed.error)
+                self.error.__cause__ = failed.error
+            self.done.set()
+
+    def _failed(self):
+        for worker in self.workers.values():
+            if worker.error is not None:
+                return worker
+        return None
+
+    def _sample(self):
+        for worker in self.workers.values():
+            if worker.tid is not None and worker.alive:
+                costs = thread_costs(worker.tid)
+                if costs is not None:
+                    worker.last_costs = costs
+        if self.on_tick is not None:
+            self.on_tick()
+
+    def _run_stop_plan(self):
+        for name, tell in self.stop_plan:
+            if tell is not None:
+                try:
+                    tell()
+                except BaseException as error:  # keep stopping the others
+                    worker = self.workers.get(name)
+                    if worker is not None and worker.error is None:
+                        worker.error = error
+            worker = self.workers.get(name)
+            if worker is not None and worker.thread.ident is not None:
+                while worker.thread.is_alive():
+                    worker.thread.join(self.interval)
+                    self._sample()
+
+    def thread_map(self):
+        """``{worker name: {core, cores, tid, minor_faults, ...}}`` as read back from /proc."""
+        threads = {}
+        for name, worker in self.workers.items():
+            costs = worker.costs() or {"minor_faults": 0, "major_faults": 0, "voluntary_switches": 0,
+                                       "involuntary_switches": 0, "cores": []}
+            cores = costs.pop("cores")
+            threads[name] = {"core": cores[0] if len(cores) == 1 else None, "cores": cores,
+                             "tid": worker.tid, "spins": worker.spins, **costs}
+        return threads
+
+    def join_result(self, timeout=None):
+        """Wait for the scheduler; raise the first worker's error (:class:`WorkerError`), if any."""
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error

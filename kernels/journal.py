@@ -1,0 +1,467 @@
+"""Journal records: framing, checking and scanning kernels over uint8 buffers.
+
+A journal segment (see :mod:`ringbook.engine.journal` for files and headers) is a
+header followed by records, each 8-byte aligned. All integers little-endian.
+
+Record layout (version 1)
+-------------------------
+======  =====  ===============================================================
+offset  type   field
+======  =====  ===============================================================
+0       u32    payload length ``L`` in bytes (at most :data:`MAX_PAYLOAD`)
+4       u32    CRC32C over bytes ``[0, 4)`` and ``[8, 40 + pad8(L))``: the
+               rest of the header, the payload and its zero padding
+8       i64    sequence: gapless within a stream, from 0
+16      i64    receive TSC ticks (the ring slot's stamp), or 0
+24      i64    receive wall clock, ns since the Unix epoch (UTC)
+32      u16    record kind (``RECORD_*``)
+34      u16    reserved, 0
+36      u32    flags, the producer's to define
+40      bytes  payload, then zeros up to the next multiple of 8
+======  =====  ===============================================================
+
+A record therefore takes ``40 + pad8(L)`` bytes (a 64-byte event: 104).
+Kinds other than :data:`RECORD_DATA` are the engine's own events, so that a
+replay sees what the live run saw; their payload is up to the engine
+(:data:`RECORD_DROPS` conventionally carries an int64 count).
+
+Checking a record (:func:`check_record`) distinguishes a record that runs past
+the end of the data (:data:`CORRUPT_LENGTH`: a torn write when it is the last
+thing in a file), a checksum mismatch and a sequence out of order. A run of
+zeros never checks: the CRC32C of a zero header is not zero.
+
+Segment state
+-------------
+Framing kernels keep their place in a small int64 array (``SEGMENT_*``
+indices): the next sequence, the file offset of the caller's buffer, the
+running maximum receive time and the sparse index they fill: every
+``SEGMENT_INDEX_EVERY``-th record of a segment gets an entry ``(sequence,
+file offset, maximum receive ns of the records before it)``. That maximum
+only grows, so a binary search over it finds the first record at or after a
+time even when wall clock steps back.
+"""
+
+import numpy as np
+
+from ringbook.kernels import ring as ring_kernels
+from ringbook.kernels.crc32c import crc32c, load_u32, load_u64
+from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.status import (BAD_ARGUMENT, CORRUPT_CHECKSUM, CORRUPT_LENGTH, CORRUPT_SEQUENCE, EMPTY,
+                                     OK, TOO_LARGE)
+
+# Record kinds. Values are part of the format: append, never renumber.
+RECORD_DATA = 0          # a message or event as received
+RECORD_GAP = 1           # the engine saw a sequence gap in the feed
+RECORD_DISCONNECT = 2    # the feed's connection was lost
+RECORD_RECONNECT = 3     # the feed's connection is back
+RECORD_BOOK_RESET = 4    # the book was cleared and resynchronised
+RECORD_DROPS = 5         # messages dropped before the journal (payload: int64 count)
+RECORD_CHECKPOINT = 6    # a marker the engine placed (payload: its own)
+
+RECORD_KIND_NAMES = {
+    RECORD_DATA: "data", RECORD_GAP: "gap", RECORD_DISCONNECT: "disconnect",
+    RECORD_RECONNECT: "reconnect", RECORD_BOOK_RESET: "book_reset", RECORD_DROPS: "drops",
+    RECORD_CHECKPOINT: "checkpoint",
+}
+
+# Record header: byte offsets.
+LENGTH_OFFSET = 0
+CRC_OFFSET = 4
+SEQUENCE_OFFSET = 8
+TSC_OFFSET = 16
+WALL_OFFSET = 24
+KIND_OFFSET = 32
+FLAGS_OFFSET = 36
+RECORD_HEADER_BYTES = 40
+ALIGNMENT = 8
+#: The longest payload a record may claim; longer is corruption.
+MAX_PAYLOAD = 1 << 30
+INT64_MIN = -(1 << 63)
+
+# Segment state: indices into its int64 array.
+SEGMENT_NEXT_SEQUENCE = 0   # the sequence the next framed record gets
+SEGMENT_FIRST_SEQUENCE = 1  # the segment's first sequence (the index counts from it)
+SEGMENT_BASE = 2            # file offset of byte 0 of the buffer being framed into
+SEGMENT_MAX_NS = 3          # greatest receive ns framed so far in the segment
+SEGMENT_INDEX_EVERY = 4     # records between index entries
+SEGMENT_INDEX_COUNT = 5     # index entries filled
+SEGMENT_RECORDS = 6         # records framed in the segment
+SEGMENT_LAST_NS = 7         # receive ns of the last record framed
+SEGMENT_STATE_SIZE = 8
+
+# Sparse index entries: columns of an (n, 3) int64 array.
+INDEX_SEQUENCE = 0
+INDEX_OFFSET = 1
+INDEX_MAX_NS_BEFORE = 2
+INDEX_COLUMNS = 3
+
+# Scan summary: indices into the int64 array :func:`scan_records` fills.
+SCAN_END = 0            # offset after the last good record
+SCAN_RECORDS = 1        # good records
+SCAN_NEXT_SEQUENCE = 2  # sequence after the last good record
+SCAN_STATUS = 3         # why the scan stopped: EMPTY at the end, else the bad record's status
+SCAN_MAX_NS = 4
+SCAN_FIRST_NS = 5
+SCAN_LAST_NS = 6
+SCAN_DATA_RECORDS = 7
+SCAN_SIZE = 8
+
+
+@inline_kernel
+def _u32(buffer, offset):
+    return load_u32(buffer, offset)
+
+
+@inline_kernel
+def _i64(buffer, offset):
+    return np.int64(load_u64(buffer, offset))
+
+
+@inline_kernel
+def _put_u32(buffer, offset, value):
+    for k in range(4):
+        buffer[offset + k] = (value >> (8 * k)) & 0xFF
+
+
+@inline_kernel
+def _put_i64(buffer, offset, value):
+    for k in range(8):
+        buffer[offset + k] = (value >> (8 * k)) & 0xFF
+
+
+@kernel
+def record_size(length):
+    """Bytes a record with a ``length``-byte payload takes: header, payload, padding."""
+    return RECORD_HEADER_BYTES + ((length + ALIGNMENT - 1) & ~(ALIGNMENT - 1))
+
+
+@kernel
+def record_checksum(buffer, offset, size):
+    """CRC32C of the record of ``size`` bytes at ``offset`` (its CRC field excluded)."""
+    return crc32c(buffer, offset + SEQUENCE_OFFSET, offset + size,
+                  crc32c(buffer, offset, offset + CRC_OFFSET, 0))
+
+
+@kernel
+def new_segment_state(first_sequence, file_offset, index_every):
+    """A segment state for framing records from ``first_sequence`` at ``file_offset``."""
+    segment = np.zeros(SEGMENT_STATE_SIZE, np.int64)
+    segment[SEGMENT_NEXT_SEQUENCE] = first_sequence
+    segment[SEGMENT_FIRST_SEQUENCE] = first_sequence
+    segment[SEGMENT_BASE] = file_offset
+    segment[SEGMENT_MAX_NS] = INT64_MIN
+    segment[SEGMENT_INDEX_EVERY] = max(index_every, 1)
+    segment[SEGMENT_LAST_NS] = INT64_MIN
+    return segment
+
+
+@kernel
+def frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flags, segment, index):
+    """Frame one record into ``out`` at ``offset`` from ``payload[start:stop]``.
+
+    The record gets sequence ``segment[SEGMENT_NEXT_SEQUENCE]``, which then
+    advances; an index entry is added to ``index`` when the record is due one
+    (silently not when ``index`` is full). Returns the offset after the record,
+    or :data:`TOO_LARGE` when it does not fit in ``out`` (nothing changed), or
+    :data:`BAD_ARGUMENT` for an impossible range or offset.
+    """
+    length = stop - start
+    if length < 0 or start < 0 or stop > payload.size or length > MAX_PAYLOAD or offset < 0 or offset & 7:
+        return BAD_ARGUMENT
+    size = record_size(length)
+    if offset + size > out.size:
+        return TOO_LARGE
+    sequence = segment[SEGMENT_NEXT_SEQUENCE]
+    _put_u32(out, offset + LENGTH_OFFSET, length)
+    _put_i64(out, offset + SEQUENCE_OFFSET, sequence)
+    _put_i64(out, offset + TSC_OFFSET, receive_tsc)
+    _put_i64(out, offset + WALL_OFFSET, receive_ns)
+    out[offset + KIND_OFFSET] = kind & 0xFF
+    out[offset + KIND_OFFSET + 1] = (kind >> 8) & 0xFF
+    out[offset + KIND_OFFSET + 2] = 0
+    out[offset + KIND_OFFSET + 3] = 0
+    _put_u32(out, offset + FLAGS_OFFSET, flags)
+    body = offset + RECORD_HEADER_BYTES
+    for k in range(length):
+        out[body + k] = payload[start + k]
+    for k in range(body + length, offset + size):
+        out[k] = 0
+    _put_u32(out, offset + CRC_OFFSET, np.int64(record_checksum(out, offset, size)))
+    # the sparse index
+    every = segment[SEGMENT_INDEX_EVERY]
+    if (sequence - segment[SEGMENT_FIRST_SEQUENCE]) % every == 0:
+        count = segment[SEGMENT_INDEX_COUNT]
+        if count < index.shape[0]:
+            index[count, INDEX_SEQUENCE] = sequence
+            index[count, INDEX_OFFSET] = segment[SEGMENT_BASE] + offset
+            index[count, INDEX_MAX_NS_BEFORE] = segment[SEGMENT_MAX_NS]
+            segment[SEGMENT_INDEX_COUNT] = count + 1
+    if receive_ns > segment[SEGMENT_MAX_NS]:
+        segment[SEGMENT_MAX_NS] = receive_ns
+    segment[SEGMENT_LAST_NS] = receive_ns
+    segment[SEGMENT_NEXT_SEQUENCE] = sequence + 1
+    segment[SEGMENT_RECORDS] += 1
+    return offset + size
+
+
+@kernel
+def frame_rows(out, offset, rows, lengths, first_row, receive_tsc, receive_ns, kinds, flags, segment, index):
+    """Frame rows ``first_row ..`` of ``rows`` (2-D uint8; ``lengths[i]`` bytes of row ``i``)
+    into ``out`` from ``offset`` until ``out`` is full.
+
+    ``receive_tsc``, ``receive_ns``, ``kinds`` and ``flags`` are per-row
+    int64 arrays. Returns ``(rows framed, offset after them)``; a negative
+    count is a status (:data:`BAD_ARGUMENT`).
+    """
+    count = 0
+    flat = rows.reshape(-1) if rows.shape[0] > 0 else rows.reshape(-1)
+    width = rows.shape[1]
+    row = first_row
+    while row < rows.shape[0]:
+        length = lengths[row]
+        if length < 0 or length > width:
+            return BAD_ARGUMENT, offset
+        end = frame(out, offset, flat, row * width, row * width + length, receive_tsc[row], receive_ns[row],
+                    kinds[row], flags[row], segment, index)
+        if end == TOO_LARGE:
+            break
+        if end < 0:
+            return end, offset
+        offset = end
+        count += 1
+        row += 1
+    return count, offset
+
+
+@kernel
+def frame_slices(out, offset, data, starts, stops, first, receive_tsc, receive_ns, kinds, flags, segment, index):
+    """Frame records ``first ..`` whose payloads are ``data[starts[i]:stops[i]]`` (a flat uint8
+    array: the lines of a file, say) into ``out`` from ``offset`` until ``out`` is full.
+
+    Per-record int64 arrays as in :func:`frame_rows`. Returns ``(records framed
+    or a negative status, offset after them)``.
+    """
+    count = 0
+    item = first
+    while item < starts.shape[0]:
+        end = frame(out, offset, data, starts[item], stops[item], receive_tsc[item], receive_ns[item],
+                    kinds[item], flags[item], segment, index)
+        if end == TOO_LARGE:
+            break
+        if end < 0:
+            return end, offset
+        offset = end
+        count += 1
+        item += 1
+    return count, offset
+
+
+@kernel
+def drain_ring(slab, consumer, out, offset, max_records, tsc_now, wall_ns, ns_per_tick, segment, index):
+    """Move up to ``max_records`` messages from a ring consumer into framed records in ``out``.
+
+    A slot's flags carry the record kind in their low 8 bits and the record's
+    flags above them; its stamp is the receive TSC, and the receive wall clock
+    is ``wall_ns`` less the ticks since the stamp (``tsc_now``, ``wall_ns``:
+    one pair read by the caller per batch). Each slot is released once its
+    record is framed. Stops early when ``out`` has no room for the next one.
+
+    Returns
+    -------
+    (int, int)
+        Records framed (``>= 0``) or a negative ring status (``CORRUPT_*``),
+        and the offset after the last record.
+    """
+    count = 0
+    while count < max_records:
+        length, payload, slot_flags, stamp = ring_kernels.peek(slab, consumer)
+        if length < 0:
+            if length == ring_kernels.EMPTY:
+                break
+            if count == 0:
+                return length, offset
+            break
+        if offset + record_size(length) > out.size:
+            break
+        receive_ns = wall_ns
+        if stamp != 0 and ns_per_tick > 0.0:
+            receive_ns = wall_ns - np.int64(round((tsc_now - stamp) * ns_per_tick))
+        offset = frame(out, offset, payload, 0, length, stamp, receive_ns, slot_flags & 0xFF,
+                       slot_flags >> 8, segment, index)
+        ring_kernels.release(slab, consumer)
+        count += 1
+    return count, offset
+
+
+@kernel
+def check_record(buffer, offset, stop, expected_sequence):
+    """Check the record at ``offset`` of ``buffer[:stop]``.
+
+    Returns its size in bytes (``> 0``) when its header is sane, its checksum
+    right and its sequence ``expected_sequence`` (any when negative);
+    otherwise :data:`EMPTY` at ``offset == stop``, :data:`CORRUPT_LENGTH` when
+    the record (or its header) runs past ``stop`` or claims an impossible
+    length, :data:`CORRUPT_CHECKSUM`, or :data:`CORRUPT_SEQUENCE`.
+    """
+    if offset >= stop:
+        return EMPTY
+    if offset + RECORD_HEADER_BYTES > stop:
+        return CORRUPT_LENGTH
+    length = _u32(buffer, offset + LENGTH_OFFSET)
+    if length > MAX_PAYLOAD:
+        return CORRUPT_LENGTH
+    size = record_size(length)
+    if offset + size > stop:
+        return CORRUPT_LENGTH
+    if np.int64(record_checksum(buffer, offset, size)) != _u32(buffer, offset + CRC_OFFSET):
+        return CORRUPT_CHECKSUM
+    if expected_sequence >= 0 and _i64(buffer, offset + SEQUENCE_OFFSET) != expected_sequence:
+        return CORRUPT_SEQUENCE
+    return size
+
+
+@kernel
+def record_header(buffer, offset):
+    """``(length, sequence, receive_tsc, receive_ns, kind, flags)`` of the record at ``offset``, unchecked."""
+    return (_u32(buffer, offset + LENGTH_OFFSET), _i64(buffer, offset + SEQUENCE_OFFSET),
+            _i64(buffer, offset + TSC_OFFSET), _i64(buffer, offset + WALL_OFFSET),
+            np.int64(buffer[offset + KIND_OFFSET]) | (np.int64(buffer[offset + KIND_OFFSET + 1]) << 8),
+            _u32(buffer, offset + FLAGS_OFFSET))
+
+
+@kernel
+def scan_records(buffer, start, stop, expected_sequence, segment, index, summary):
+    """Check records from ``start`` until the end or the first bad one; index them.
+
+    ``segment`` (see :func:`new_segment_state`) receives the index entries
+    as :func:`frame` would have made them, ``summary`` the ``SCAN_*`` figures.
+    Returns the status that stopped the scan: :data:`EMPTY` at a clean end,
+    else the bad record's (see :func:`check_record`).
+    """
+    offset = start
+    records = 0
+    data_records = 0
+    sequence = expected_sequence
+    first_ns = INT64_MIN
+    status = EMPTY
+    every = segment[SEGMENT_INDEX_EVERY]
+    while True:
+        size = check_record(buffer, offset, stop, sequence)
+        if size < 0:
+            status = size
+            break
+        if sequence < 0:
+            sequence = _i64(buffer, offset + SEQUENCE_OFFSET)
+        receive_ns = _i64(buffer, offset + WALL_OFFSET)
+        if (sequence - segment[SEGMENT_FIRST_SEQUENCE]) % every == 0:
+            count = segment[SEGMENT_INDEX_COUNT]
+            if count < index.shape[0]:
+                index[count, INDEX_SEQUENCE] = sequence
+                index[count, INDEX_OFFSET] = offset
+                index[count, INDEX_MAX_NS_BEFORE] = segment[SEGMENT_MAX_NS]
+                segment[SEGMENT_INDEX_COUNT] = count + 1
+        if receive_ns > segment[SEGMENT_MAX_NS]:
+            segment[SEGMENT_MAX_NS] = receive_ns
+        if records == 0:
+            first_ns = receive_ns
+        if buffer[offset + KIND_OFFSET] == RECORD_DATA and buffer[offset + KIND_OFFSET + 1] == 0:
+            data_records += 1
+        segment[SEGMENT_LAST_NS] = receive_ns
+        records += 1
+        sequence += 1
+        offset += size
+    segment[SEGMENT_NEXT_SEQUENCE] = sequence
+    segment[SEGMENT_RECORDS] += records
+    summary[SCAN_END] = offset
+    summary[SCAN_RECORDS] = records
+    summary[SCAN_NEXT_SEQUENCE] = sequence
+    summary[SCAN_STATUS] = status
+    summary[SCAN_MAX_NS] = segment[SEGMENT_MAX_NS]
+    summary[SCAN_FIRST_NS] = first_ns
+    summary[SCAN_LAST_NS] = segment[SEGMENT_LAST_NS]
+    summary[SCAN_DATA_RECORDS] = data_records
+    return status
+
+
+@kernel
+def find_next_record(buffer, start, stop, min_sequence):
+    """The first 8-aligned offset at or after ``start`` where a record with a right
+    checksum and a sequence ``>= min_sequence`` begins, or -1.
+
+    How a reader finds its footing again after a corrupt record: if such a
+    record exists, the damage is in the middle; if not, it is a torn tail.
+    """
+    offset = (start + ALIGNMENT - 1) & ~(ALIGNMENT - 1)
+    while offset + RECORD_HEADER_BYTES <= stop:
+        size = check_record(buffer, offset, stop, -1)
+        if size > 0 and _i64(buffer, offset + SEQUENCE_OFFSET) >= min_sequence:
+            return offset
+        offset += ALIGNMENT
+    return -1
+
+
+@kernel
+def skip_records(buffer, offset, stop, sequence, target_sequence, after_ns, verify):
+    """Walk from the record at ``offset`` (whose sequence is ``sequence``) to the first
+    record whose sequence is ``>= target_sequence`` and whose receive ns is ``>= after_ns``.
+
+    Returns ``(offset, sequence)`` of that record, or of the end of the good
+    records (``offset`` then holds no good record). With ``verify`` each record
+    passed is checked; without it only its length is trusted.
+    """
+    while offset < stop:
+        if verify:
+            size = check_record(buffer, offset, stop, sequence)
+            if size < 0:
+                break
+        else:
+            if offset + RECORD_HEADER_BYTES > stop:
+                break
+            size = record_size(_u32(buffer, offset + LENGTH_OFFSET))
+            if offset + size > stop:
+                break
+        if sequence >= target_sequence and _i64(buffer, offset + WALL_OFFSET) >= after_ns:
+            break
+        offset += size
+        sequence += 1
+    return offset, sequence
+
+
+@kernel
+def read_records(buffer, offset, stop, sequence, max_records, itemsize, out, sequences, receive_ns, kinds):
+    """Copy the payloads of up to ``max_records`` checked data records into the rows of ``out``.
+
+    ``out`` is a flat uint8 array of ``max_records * itemsize`` bytes; records
+    of other kinds are passed over (their sequences counted). Each copied
+    record's sequence and receive ns go into ``sequences`` and ``receive_ns``,
+    and ``kinds`` gets the kind of every record passed (only the copied rows
+    are meaningful). Returns ``(rows, offset after the last record read,
+    next sequence, status)`` where status is :data:`OK` when stopped by
+    ``max_records``, :data:`EMPTY` at the end of the good data, else the bad
+    record's status (a data record whose length is not ``itemsize``:
+    :data:`BAD_ARGUMENT`).
+    """
+    rows = 0
+    status = OK
+    while rows < max_records:
+        size = check_record(buffer, offset, stop, sequence)
+        if size < 0:
+            status = size
+            break
+        kind = np.int64(buffer[offset + KIND_OFFSET]) | (np.int64(buffer[offset + KIND_OFFSET + 1]) << 8)
+        if kind == RECORD_DATA:
+            length = _u32(buffer, offset + LENGTH_OFFSET)
+            if length != itemsize:
+                status = BAD_ARGUMENT
+                break
+            body = offset + RECORD_HEADER_BYTES
+            target = rows * itemsize
+            for k in range(itemsize):
+                out[target + k] = buffer[body + k]
+            sequences[rows] = sequence
+            receive_ns[rows] = _i64(buffer, offset + WALL_OFFSET)
+            kinds[rows] = kind
+            rows += 1
+        offset += size
+        sequence += 1
+    return rows, offset, sequence, status

@@ -1,0 +1,278 @@
+"""The engine in this process: synthetic feed end to end, a user's callback, a failing worker,
+backpressure, counters, a real exchange file against `ringbook check`'s book, memory locking."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import njit
+
+import ringbook
+from ringbook.engine import counters as C
+from ringbook.engine import pipeline
+from ringbook.engine.engine import Engine
+from ringbook.engine.scheduler import WorkerError, assign_cores, Worker, parse_cpu_list, thread_costs
+from ringbook.kernels import book as books
+
+journal = pytest.importorskip("ringbook.engine.journal")
+
+REPORT_KEYS = {"events", "throughput_eps", "latency_ns", "dropped", "gaps", "journal", "threads", "mlock"}
+
+
+def run_engine(tmp_path, **options):
+    options.setdefault("mlock", False)
+    options.setdefault("out", str(tmp_path / "journal"))
+    with Engine(**options) as engine:
+        engine.start()
+        report = engine.wait(timeout=120)
+        return engine, report
+
+
+def test_synthetic_end_to_end_and_replay(tmp_path):
+    engine, report = run_engine(tmp_path, events=30_000, checkpoint_every=500, seed=3)
+    assert REPORT_KEYS <= set(report)
+    assert set(report["latency_ns"]) >= {"p50", "p90", "p99", "p999", "max"}
+    assert set(report["journal"]) >= {"dir", "files", "records", "bytes", "last_durable_sequence"}
+    assert set(report["mlock"]) >= {"locked_bytes", "error"}
+    # a bounded job: every packet published reached the book, and its last packet may overshoot by a message
+    assert 30_000 <= report["events"] < 30_000 + 15
+    assert report["latency_ns"]["count"] == report["messages"]
+    assert 0 < report["latency_ns"]["p50"] <= report["latency_ns"]["p99"] <= report["latency_ns"]["max"]
+    assert report["dropped"] == 0 and report["errors"] == 0
+    for name in ("feed", "book"):
+        thread = report["threads"][name]
+        assert {"core", "minor_faults", "major_faults", "voluntary_switches", "involuntary_switches"} <= set(thread)
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert report["threads"]["feed"]["core"] != report["threads"]["book"]["core"]
+        assert report["threads"]["feed"]["core"] is not None
+    # the journal holds every raw message, and a replay reproduces every checkpoint
+    from ringbook.engine.replay import replay
+    result, book, _ = replay(report["journal"]["dir"])
+    assert result["verify"]["ok"]
+    assert result["events"] == report["events"]
+    assert result["packets"] == report["messages"]
+    assert result["checkpoints"]["matched"] == report["checkpoints"] >= report["messages"] // 500 - 1 > 20
+    assert result["checkpoints"]["mismatched"] == 0
+    assert result["gap_detail"]["book"] == report["book_gaps"]
+    levels = np.zeros(50, np.int64), np.zeros(50, np.int64)
+    assert pipeline.book_hash(book, *levels) == pipeline.book_hash(engine.book, *levels)
+
+
+def test_same_seed_same_book(tmp_path):
+    first, _ = run_engine(tmp_path / "a", events=5000, seed=11, out="")
+    second, _ = run_engine(tmp_path / "b", events=5000, seed=11, out="")
+    third, _ = run_engine(tmp_path / "c", events=5000, seed=12, out="")
+    assert first.book_snapshot("SYN0001") == second.book_snapshot("SYN0001")
+    levels = np.zeros(20, np.int64), np.zeros(20, np.int64)
+    assert pipeline.book_hash(first.book, *levels) == pipeline.book_hash(second.book, *levels)
+    assert pipeline.book_hash(first.book, *levels) != pipeline.book_hash(third.book, *levels)
+
+
+@njit
+def count_messages(book, events, i, state):
+    state[0] += 1
+    state[1] = max(state[1], books.level_count(book, events[i].symbol, 1))
+
+
+def test_user_callback_runs_in_the_loop(tmp_path):
+    state = np.zeros(2, np.int64)
+    _, report = run_engine(tmp_path, events=5000, out="", callback=count_messages, callback_state=state)
+    assert state[0] == report["messages"]  # every synthetic message ends with FLAG_BATCH_END
+    assert state[1] > 0
+
+
+@njit
+def fail_after(book, events, i, state):
+    state[0] += 1
+    if state[0] == state[1]:
+        raise ValueError("strategy failed on purpose")
+
+
+def test_raising_worker_stops_the_engine_after_flushing(tmp_path):
+    state = np.array([0, 2000], np.int64)
+    with Engine(feed="synthetic", events=10**9, rate=200_000, mlock=False, out=str(tmp_path / "j"),
+                callback=fail_after, callback_state=state) as engine:
+        engine.start()
+        with pytest.raises(WorkerError, match="worker 'book' failed: ValueError: strategy failed on purpose"):
+            engine.wait(timeout=60)
+        report = engine.report()
+    assert report["error"] and "book" in report["error"]
+    # everything the feed put into the ring reached the journal
+    verified = journal.verify(tmp_path / "j")
+    assert verified["ok"]
+    assert verified["streams"]["raw"]["records"] == engine.raw_ring.producer_position
+
+
+@njit
+def slow_callback(book, events, i, state):
+    total = 0
+    for k in range(state[0]):
+        total += k ^ state[1]
+    state[1] = total & 7
+
+
+def test_drop_policy_counts_and_journals_drops(tmp_path):
+    state = np.array([20_000, 0], np.int64)
+    engine, report = run_engine(tmp_path, events=40_000, on_full="drop", ring_slots=64,
+                                callback=slow_callback, callback_state=state)
+    assert report["dropped"] > 0
+    assert report["events"] + report["dropped_events"] >= 40_000
+    from ringbook.engine.replay import replay
+    result, _, _ = replay(report["journal"]["dir"])
+    assert result["drops"] == report["dropped"]
+    assert result["events"] == report["events"]
+    assert result["checkpoints"]["mismatched"] == 0
+
+
+def test_on_full_wait_loses_nothing(tmp_path):
+    state = np.array([5_000, 0], np.int64)
+    _, report = run_engine(tmp_path, events=20_000, on_full="wait", ring_slots=64, out="",
+                           callback=slow_callback, callback_state=state)
+    assert report["dropped"] == 0 and report["full_waits"] > 0
+    assert 20_000 <= report["events"] < 20_015
+
+
+def test_counters_from_another_process(tmp_path):
+    with Engine(feed="synthetic", duration=30, rate=100_000, mlock=False, out="", name=f"t{os.getpid()}") as engine:
+        engine.start()
+        import time
+        deadline = time.monotonic() + 20
+        while engine.stats()["book_events"] < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        listed = subprocess.run([sys.executable, "-m", "ringbook.engine.cli", "stat", engine.name, "--json"],
+                                capture_output=True, text=True, timeout=60)
+        stats = engine.stats()
+        engine.stop()
+    assert listed.returncode == 0, listed.stderr
+    seen = json.loads(listed.stdout)
+    assert seen["state"] == "running" and seen["alive"] and seen["pid"] == os.getpid()
+    assert 0 < seen["book_events"] <= stats["book_events"]
+    assert {"feed", "book"} <= set(seen["threads"])
+    assert stats["histogram"].count > 0
+    assert not C.region_path(engine.name).exists()  # removed at close
+
+
+def test_a_dead_engines_counters_are_recognised(tmp_path):
+    name = f"dead{os.getpid()}"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from ringbook.engine.counters import CounterRegion, RUNNING\n"
+        f"r = CounterRegion({name!r}); r.set_state(RUNNING); print('up', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        assert C.read(name)["state"] == "running"
+        child.kill()
+        child.wait()
+        snapshot = C.read(name)
+        assert snapshot["state"] == "dead" and not snapshot["alive"]
+    finally:
+        child.kill()
+        try:
+            os.unlink(C.region_path(name))
+        except FileNotFoundError:
+            pass
+
+
+def test_counters_reader_refuses_what_is_not_a_region(tmp_path):
+    name = f"junk{os.getpid()}"
+    path = C.region_path(name)
+    path.write_bytes(b"\x00" * (C.WORDS * 8))
+    try:
+        with pytest.raises(C.CountersError, match="magic"):
+            C.read(name)
+        path.write_bytes(b"\x00" * 10)
+        with pytest.raises(C.CountersError, match="expected 1024 bytes, found 10"):
+            C.read(name)
+    finally:
+        os.unlink(path)
+
+
+@pytest.mark.slow
+def test_binance_capture_ends_with_checks_book(shared_data, tmp_path):
+    from ringbook.engine.check import price_ticks
+    from ringbook.engine.feeds import binance
+    from ringbook.kernels.replay import replay_events
+    path = shared_data / "binance" / "spot_btcusdt_20240808.gz"
+    engine, report = run_engine(tmp_path, feed=f"binance:{path}", out="")
+    feed = binance.read_capture(path)
+    n_symbols = max(len(feed.instruments), 1)
+    expected = books.new_book(n_symbols=n_symbols, depth=2048, order_capacity=16,
+                              ticks=price_ticks(feed.events, n_symbols))
+    replay_events(expected, feed.events)
+    assert report["events"] == len(feed.events)
+    for symbol in range(n_symbols):
+        for side in (1, -1):
+            want = np.zeros(2048, np.int64), np.zeros(2048, np.int64)
+            got = np.zeros(2048, np.int64), np.zeros(2048, np.int64)
+            n_want = books.top_levels(expected, symbol, side, *want)
+            n_got = books.top_levels(engine.book, symbol, side, *got)
+            assert n_want == n_got > 0
+            assert (want[0][:n_want] == got[0][:n_got]).all() and (want[1][:n_want] == got[1][:n_got]).all()
+
+
+def test_engine_is_exported():
+    assert ringbook.Engine is Engine
+
+
+def test_cores_fewer_than_spinners_means_no_spinning():
+    workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True), Worker("flusher", None)]
+    notes = assign_cores(workers, cpus=[0])
+    assert notes and "no spinning" in notes[0]
+    assert all(not worker.spins and worker.strategy[0] == 0 for worker in workers)
+    workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True)]
+    assert assign_cores(workers, cpus=[0, 1]) == []
+    assert [worker.cores for worker in workers] == [[0], [1]]
+    assert all(worker.strategy[0] > 0 for worker in workers)
+
+
+def test_thread_costs_read_back_this_thread():
+    import threading
+    costs = thread_costs(threading.get_native_id())
+    assert costs["cores"] == sorted(os.sched_getaffinity(0))
+    assert parse_cpu_list("0-2,5") == [0, 1, 2, 5]
+
+
+MLOCK_CHILD = (
+    "import json, resource, sys, warnings\n"
+    "resource.setrlimit(resource.RLIMIT_MEMLOCK, (int(sys.argv[1]), int(sys.argv[1])))\n"
+    "from ringbook.engine.scheduler import lock_all_memory, MemoryLockWarning\n"
+    "with warnings.catch_warnings(record=True) as caught:\n"
+    "    warnings.simplefilter('always')\n"
+    "    result = lock_all_memory()\n"
+    "result['warned'] = [str(w.message) for w in caught if w.category is MemoryLockWarning]\n"
+    "print(json.dumps(result))\n")
+
+
+def _child_without_ipc_lock(limit):
+    command = [sys.executable, "-c", MLOCK_CHILD, str(limit)]
+    if os.geteuid() == 0:
+        setpriv = "/usr/bin/setpriv"
+        if not os.path.exists(setpriv):
+            pytest.skip("root without setpriv: cannot drop CAP_IPC_LOCK for the child")
+        command = [setpriv, "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"] + command
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "setpriv" in done.stderr:
+        pytest.skip(f"setpriv refused: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_mlock_eperm_says_how_to_allow_it():
+    result = _child_without_ipc_lock(0)
+    assert not result["locked"] and result["errno"] == 1
+    assert "CAP_IPC_LOCK" in result["error"] and "ulimit -l" in result["error"]
+    assert result["warned"] == [result["error"]]
+    assert result["locked_bytes"] == 0
+
+
+@pytest.mark.slow
+def test_mlock_enomem_names_the_limit():
+    result = _child_without_ipc_lock(64 * 1024)
+    assert not result["locked"] and result["errno"] == 12
+    assert "65536 bytes" in result["error"]
+    assert result["locked_bytes"] == 0

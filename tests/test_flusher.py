@@ -1,0 +1,202 @@
+"""The flusher: rings drained into journals by one thread, through disk errors and a full disk."""
+
+import errno
+import os
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ringbook.engine.flusher import Flusher, idle_strategy
+from ringbook.engine.journal import JournalError, JournalReader, JournalWriter, verify
+from ringbook.engine.ring import Ring
+from ringbook.kernels import journal as jk
+from ringbook.kernels.clock import stamp
+from ringbook.kernels.wait import wait_strategy
+
+
+def message(stream, i, width=40):
+    return (f"{stream}:{i}:".encode() + bytes([i % 256]) * width)[:width]
+
+
+def produce(ring, stream, count, kinds=False):
+    stamps = []
+    for i in range(count):
+        kind = i % 7 if kinds else 0
+        value = int(stamp())
+        ring.write(message(stream, i), flags=kind | (i << 8) & 0xFFFFFF00, stamp=value, timeout=30)
+        stamps.append(value)
+    return stamps
+
+
+def read_back(root, stream):
+    with JournalReader(root, stream) as reader:
+        return [(r.sequence, r.kind, r.flags, r.receive_tsc, r.receive_ns, bytes(r.payload)) for r in reader]
+
+
+def test_drains_two_rings_into_two_journals(tmp_path):
+    rings = [Ring.create(256, 128), Ring.create(64, 64)]
+    writers = [JournalWriter(tmp_path, "a"), JournalWriter(tmp_path, "b")]
+    flusher = Flusher([(rings[0], 0, writers[0]), (rings[1], 0, writers[1])]).start()
+    before = time.time_ns()
+    stamps = [None, None]
+    threads = [threading.Thread(target=lambda k=k: stamps.__setitem__(k, produce(rings[k], "ab"[k], 3000, True)))
+               for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    flusher.stop()
+    after = time.time_ns()
+    assert flusher.error is None and flusher.lag() == [0, 0]
+    assert flusher.records == 6000 and flusher.last_durable_sequence == [2999, 2999]
+    for k, writer in enumerate(writers):
+        writer.close()
+        records = read_back(tmp_path, "ab"[k])
+        assert [r[0] for r in records] == list(range(3000))
+        for i, (sequence, kind, flags, tsc, receive_ns, payload) in enumerate(records):
+            assert payload == message("ab"[k], i)
+            assert kind == i % 7 and flags == (i << 8 & 0xFFFFFF00) >> 8
+            assert tsc == stamps[k][i]
+            assert before - 10**9 <= receive_ns <= after + 10**9
+    assert verify(tmp_path)["ok"]
+
+
+def test_stop_without_drain_leaves_the_rest_in_the_ring(tmp_path):
+    ring = Ring.create(1024, 64)
+    writer = JournalWriter(tmp_path, "s")
+    flusher = Flusher([(ring, 0, writer)])
+    for i in range(500):
+        ring.write(message("s", i, 30))
+    flusher.start()
+    flusher.stop(drain=False)
+    assert flusher.records + flusher.lag()[0] == 500
+    flusher = Flusher([(ring, 0, writer)]).start()
+    flusher.stop()
+    writer.close()
+    assert [r[5] for r in read_back(tmp_path, "s")] == [message("s", i, 30) for i in range(500)]
+
+
+def test_refuses_a_spinning_wait(tmp_path):
+    ring = Ring.create(64, 64)
+    with JournalWriter(tmp_path, "s") as writer:
+        with pytest.raises(ValueError, match="never spins"):
+            Flusher([(ring, 0, writer)], wait=wait_strategy(spins=10))
+        assert idle_strategy()[0] == 0
+
+
+def test_an_error_stops_the_thread_and_is_kept(tmp_path):
+    ring = Ring.create(64, 64)
+    writer = JournalWriter(tmp_path, "s")
+    writer.close()
+    flusher = Flusher([(ring, 0, writer)]).start()
+    ring.write(b"x")
+    deadline = time.monotonic() + 10
+    while flusher.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isinstance(flusher.error, JournalError)
+    with pytest.raises(JournalError, match="closed"):
+        flusher.stop()
+
+
+def test_injected_eio_at_every_batch_loses_and_repeats_nothing(tmp_path):
+    ring = Ring.create(128, 64)
+    errors = []
+    writer = JournalWriter(tmp_path, "s", on_error=lambda path, error: errors.append((path, error.errno)),
+                           segment_bytes=8192, retry_max_s=0.002)
+    calls = {"n": 0}
+
+    def failing_write(fd, data):
+        calls["n"] += 1
+        if calls["n"] % 3 == 1:
+            raise OSError(errno.EIO, "injected I/O error")
+        if calls["n"] % 3 == 2 and len(data) > 8:
+            return os.write(fd, bytes(data)[:len(data) // 2])  # a short write, then an error again
+        return os.write(fd, data)
+
+    writer.write_function = failing_write
+    flusher = Flusher([(ring, 0, writer)]).start()
+    produce(ring, "s", 2000)
+    flusher.stop()
+    writer.close()
+    assert flusher.batches > 10 and len(errors) >= flusher.batches
+    assert {error for _, error in errors} == {errno.EIO}
+    assert all(path.endswith(".rbj") or ".tmp" in path for path, _ in errors)
+    records = read_back(tmp_path, "s")
+    assert [r[0] for r in records] == list(range(2000))
+    assert [r[5] for r in records] == [message("s", i) for i in range(2000)]
+    assert verify(tmp_path)["ok"]
+
+
+def test_injected_fdatasync_errors_are_retried(tmp_path):
+    errors = []
+    writer = JournalWriter(tmp_path, "s", durability="batch", on_error=lambda p, e: errors.append(p))
+    failures = iter([True, False, True, False] * 10)
+
+    def flaky_sync(fd):
+        if next(failures):
+            raise OSError(errno.EIO, "injected fdatasync error")
+        os.fdatasync(fd)
+
+    writer.sync_function = flaky_sync
+    for i in range(5):
+        writer.append(b"r", receive_ns=i)
+        assert writer.last_durable_sequence == i
+    writer.close()
+    assert len(errors) >= 5
+
+
+def _mount_tmpfs(path, size):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not allowed here: {result.stderr.strip()}")
+
+
+def test_a_full_filesystem_during_a_write(tmp_path):
+    mount = tmp_path / "small"
+    _mount_tmpfs(mount, "1m")
+    try:
+        root = mount / "journal"
+        errors = []
+        writer = JournalWriter(root, "s", on_error=lambda path, error: errors.append((path, error.errno)),
+                               segment_bytes=64 << 10, retry_max_s=0.01)
+        ring = Ring.create(256, 128)
+        flusher = Flusher([(ring, 0, writer)]).start()
+        count = 6000  # 6000 records of 80 bytes: 480 KB, about half the filesystem
+        producer = threading.Thread(target=produce, args=(ring, "s", count))
+        producer.start()
+        # fill what is left while the flusher writes
+        filler = mount / "filler"
+        descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(descriptor, bytes(4096))
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+        finally:
+            os.close(descriptor)
+        deadline = time.monotonic() + 20
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert errors, "the writer never met the full filesystem"
+        assert {code for _, code in errors} == {errno.ENOSPC}
+        assert all(path.startswith(str(root)) for path, _ in errors)
+        stuck_at = flusher.records
+        time.sleep(0.1)
+        assert flusher.lag()[0] > 0 or flusher.records == stuck_at  # nothing moves while the disk is full
+        filler.unlink()  # space returns
+        producer.join(timeout=60)
+        flusher.stop()
+        writer.close()
+        records = read_back(root, "s")
+        assert [r[0] for r in records] == list(range(count))
+        assert [r[5] for r in records] == [message("s", i) for i in range(count)]
+        assert verify(root)["ok"]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

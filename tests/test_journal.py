@@ -1,0 +1,395 @@
+"""The journal: framing against a struct reference, files, seeks, recovery, corruption."""
+
+import datetime
+import os
+import shutil
+import threading
+import time
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ringbook.engine.journal import (JournalCorruptError, JournalError, JournalReader, JournalWriter, decode_header,
+                                     index_path, list_segments, verify)
+from ringbook.kernels import journal as jk
+from ringbook.kernels.events import EVENT_DTYPE, Instruments
+from tests.llvm_ir import allocation_calls
+from tests.naive import naive_record, naive_seek
+
+DAY_NS = 86_400 * 10**9
+BASE_NS = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z
+
+
+def payload_of(sequence):
+    return bytes([sequence % 251]) * (sequence % 29) + sequence.to_bytes(8, "little")
+
+
+def write_journal(root, count, *, stream="feed", times=None, **options):
+    times = [BASE_NS + 1000 * i for i in range(count)] if times is None else times
+    with JournalWriter(root, stream, **options) as writer:
+        for sequence in range(count):
+            writer.append(payload_of(sequence), receive_tsc=sequence * 3, receive_ns=times[sequence],
+                          kind=sequence % 7, flags=sequence)
+    return [(sequence, times[sequence]) for sequence in range(count)]
+
+
+def only_segment(root):
+    (segments,) = list_segments(root).values()
+    return [path for _, path in segments]
+
+
+# ---------------------------------------------------------------- kernels
+
+@pytest.mark.parametrize("length", list(range(20)) + [63, 64, 65, 1000])
+@pytest.mark.parametrize("kind", [jk.RECORD_DATA, jk.RECORD_DROPS])
+def test_frame_equals_struct_reference(length, kind):
+    payload = np.arange(length, dtype=np.uint8)
+    out = np.full(2048, 0xAB, np.uint8)
+    segment = jk.new_segment_state(41, 0, 1024)
+    index = np.zeros((4, 3), np.int64)
+    end = jk.frame(out, 8, payload, 0, length, 123, -5, kind, 0xFEDCBA98, segment, index)
+    expected = naive_record(payload.tobytes(), 41, 123, -5, kind, 0xFEDCBA98)
+    assert end == 8 + len(expected) and end % 8 == 0
+    assert out[8:end].tobytes() == expected
+    assert jk.check_record(out, 8, end, 41) == len(expected)
+    assert jk.check_record(out, 8, end, 42) == jk.CORRUPT_SEQUENCE
+    assert jk.check_record(out, 8, end - 1, 41) == jk.CORRUPT_LENGTH
+    assert segment[jk.SEGMENT_NEXT_SEQUENCE] == 42
+
+
+def test_frame_refuses_what_does_not_fit():
+    out = np.zeros(64, np.uint8)
+    segment = jk.new_segment_state(0, 0, 1)
+    index = np.zeros((1, 3), np.int64)
+    assert jk.frame(out, 0, np.zeros(25, np.uint8), 0, 25, 0, 0, 0, 0, segment, index) == jk.TOO_LARGE
+    assert jk.frame(out, 3, np.zeros(1, np.uint8), 0, 1, 0, 0, 0, 0, segment, index) == jk.BAD_ARGUMENT
+    assert segment[jk.SEGMENT_NEXT_SEQUENCE] == 0
+
+
+def test_record_kinds_are_fixed():
+    assert (jk.RECORD_DATA, jk.RECORD_GAP, jk.RECORD_DISCONNECT, jk.RECORD_RECONNECT, jk.RECORD_BOOK_RESET,
+            jk.RECORD_DROPS, jk.RECORD_CHECKPOINT) == (0, 1, 2, 3, 4, 5, 6)
+
+
+def test_zeros_never_check():
+    assert jk.check_record(np.zeros(64, np.uint8), 0, 64, -1) == jk.CORRUPT_CHECKSUM
+
+
+@pytest.mark.parametrize("kernel, signature", [
+    (jk.frame, (numba.types.uint8[::1], numba.types.int64, numba.types.uint8[::1], numba.types.int64,
+                numba.types.int64, numba.types.int64, numba.types.int64, numba.types.int64, numba.types.int64,
+                numba.types.int64[::1], numba.types.int64[:, ::1])),
+    (jk.check_record, (numba.types.uint8[::1], numba.types.int64, numba.types.int64, numba.types.int64)),
+    (jk.drain_ring, (numba.types.uint8[::1], numba.types.int64[::1], numba.types.uint8[::1], numba.types.int64,
+                     numba.types.int64, numba.types.int64, numba.types.int64, numba.types.float64,
+                     numba.types.int64[::1], numba.types.int64[:, ::1])),
+])
+def test_hot_kernels_allocate_nothing(kernel, signature):
+    assert allocation_calls(kernel, signature) == []
+
+
+# ---------------------------------------------------------------- files
+
+def test_round_trip_raw(tmp_path):
+    records = write_journal(tmp_path, 300)
+    with JournalReader(tmp_path) as reader:
+        read = list(reader)
+    assert [r.sequence for r in read] == [s for s, _ in records]
+    for record in read:
+        assert bytes(record.payload) == payload_of(record.sequence)
+        assert record.receive_tsc == record.sequence * 3
+        assert record.kind == record.sequence % 7 and record.flags == record.sequence
+        assert record.payload.readonly
+    assert verify(tmp_path)["ok"]
+
+
+def test_segment_names_header_and_rotation(tmp_path):
+    instruments = Instruments()
+    instruments.intern("BTCUSDT", price_scale=2, size_scale=5, tick=1)
+    with JournalWriter(tmp_path, "btc", instruments=instruments, segment_bytes=4096, index_every=8,
+                       source={"format": "test"}) as writer:
+        for sequence in range(400):
+            writer.append(b"y" * 40, receive_ns=BASE_NS + sequence)
+    segments = list_segments(tmp_path)["btc"]
+    assert len(segments) > 5
+    assert not list(tmp_path.rglob("*.tmp"))
+    expected_first = 0
+    for first, path in segments:
+        assert path.parent.name == "2023-11-14" and path.name == f"btc.{first}.rbj"
+        assert first == expected_first
+        data = path.read_bytes()
+        header = decode_header(data, path)
+        assert header.first_sequence == first and header.stream == "btc"
+        assert header.metadata["instruments"][0] == {"symbol": 0, "name": "BTCUSDT", "price_scale": 2,
+                                                     "size_scale": 5, "tick": 1}
+        assert header.metadata["payload"] == "raw" and header.metadata["source"] == {"format": "test"}
+        assert {"wall_ns", "tsc", "ticks_per_ns"} <= set(header.metadata["calibration"])
+        assert len(data) < 4096 + 200
+        assert index_path(path).exists()
+        expected_first += (len(data) - header.header_bytes) // 80
+    assert expected_first == 400
+
+
+def test_rotation_at_midnight_utc(tmp_path):
+    midnight = (BASE_NS // DAY_NS + 1) * DAY_NS
+    times = [midnight - 3 + i for i in range(6)]
+    write_journal(tmp_path, 6, times=times)
+    segments = list_segments(tmp_path)["feed"]
+    assert [(first, path.parent.name) for first, path in segments] == [(0, "2023-11-14"), (3, "2023-11-15")]
+
+
+def test_rotation_at_midnight_in_append_many(tmp_path):
+    midnight = (BASE_NS // DAY_NS + 1) * DAY_NS
+    with JournalWriter(tmp_path, "ev", payload=EVENT_DTYPE) as writer:
+        writer.append_many(np.zeros(10, EVENT_DTYPE), receive_ns=midnight - 5 + np.arange(10))
+    segments = list_segments(tmp_path)["ev"]
+    assert [(first, path.parent.name) for first, path in segments] == [(0, "2023-11-14"), (5, "2023-11-15")]
+
+
+def test_events_round_trip_and_span(tmp_path):
+    events = np.zeros(5000, EVENT_DTYPE)
+    events["price"] = np.arange(5000) * 7
+    events["kind"] = 1
+    with JournalWriter(tmp_path, "ev", payload=EVENT_DTYPE, segment_bytes=64 << 10) as writer:
+        writer.append_many(events[:2500], receive_ns=BASE_NS + np.arange(2500))
+        writer.append(b"\x05" + bytes(7), kind=jk.RECORD_DROPS, receive_ns=BASE_NS + 2500)
+        writer.append_many(events[2500:], receive_ns=BASE_NS + 2501 + np.arange(2500))
+    with JournalReader(tmp_path) as reader:
+        assert reader.header().dtype == EVENT_DTYPE
+        records, sequences, receive_ns = reader.read_span(10_000)
+        assert (records == events).all()
+        assert sequences[2499] == 2499 and sequences[2500] == 2501
+        assert (reader.events(100, 200) == events[100:200]).all()
+        assert (reader.events(2400, 2600)["price"] == events[2400:2599]["price"]).all()
+
+
+def test_writer_continues_and_is_alone(tmp_path):
+    write_journal(tmp_path, 10)
+    with JournalWriter(tmp_path, "feed") as writer:
+        assert writer.next_sequence == 10
+        with pytest.raises(JournalError, match="has a writer"):
+            JournalWriter(tmp_path, "feed")
+        assert writer.append(b"more", receive_ns=BASE_NS) == 10
+    with JournalReader(tmp_path) as reader:
+        assert [r.sequence for r in reader] == list(range(11))
+    assert verify(tmp_path)["ok"]
+
+
+def test_durability_levels_publish_last_durable(tmp_path):
+    for durability in ("none", "interval", "batch"):
+        with JournalWriter(tmp_path / durability, "s", durability=durability, interval_ms=10_000) as writer:
+            writer.append(b"a", receive_ns=BASE_NS)
+            writer.append(b"b", receive_ns=BASE_NS)
+            if durability == "interval":
+                # the first write synced (nothing synced for 10 s before it); the second waits
+                assert writer.last_durable_sequence == 0
+                writer.flush()
+            assert writer.last_durable_sequence == 1
+            assert writer.last_written_sequence == 1
+
+
+def test_merged_streams_by_receive_time(tmp_path):
+    write_journal(tmp_path, 50, stream="a", times=[BASE_NS + 2 * i for i in range(50)])
+    write_journal(tmp_path, 50, stream="b", times=[BASE_NS + 2 * i + 1 for i in range(50)])
+    with JournalReader(tmp_path) as reader:
+        merged = [(r.stream, r.receive_ns) for r in reader]
+    assert [ns for _, ns in merged] == sorted(ns for _, ns in merged)
+    assert len(merged) == 100 and merged[0][0] == "a" and merged[1][0] == "b"
+
+
+def test_seek_by_datetime(tmp_path):
+    write_journal(tmp_path, 100, times=[BASE_NS + 10**9 * i for i in range(100)])
+    moment = datetime.datetime.fromtimestamp(BASE_NS // 10**9 + 42, datetime.timezone.utc)
+    with JournalReader(tmp_path) as reader:
+        assert reader.seek(time=moment) == 42
+        with pytest.raises(ValueError, match="aware"):
+            reader.seek(time=moment.replace(tzinfo=None))
+
+
+def test_tail_follows_a_writer_thread(tmp_path):
+    write_journal(tmp_path, 5)
+    reader = JournalReader(tmp_path)
+
+    def write_more():
+        with JournalWriter(tmp_path, "feed", segment_bytes=4096) as writer:
+            for i in range(200):
+                writer.append(payload_of(5 + i), receive_ns=BASE_NS)
+                if i % 20 == 0:
+                    time.sleep(0.01)
+
+    thread = threading.Thread(target=write_more)
+    thread.start()
+    seen = [record.sequence for record in reader.tail(timeout=1.0)]
+    thread.join()
+    assert seen == list(range(205))
+    reader.close()
+
+
+# ---------------------------------------------------------------- seek against a linear scan
+
+def _seek_cases(data):
+    count = data.draw(st.integers(0, 120), label="count")
+    steps = data.draw(st.lists(st.integers(-50, 200), min_size=count, max_size=count), label="steps")
+    times = list(BASE_NS + np.cumsum(np.array(steps, np.int64))) if count else []
+    targets = data.draw(st.lists(st.tuples(st.sampled_from(["sequence", "time"]),
+                                           st.integers(-5, 130), st.integers(-200, 12_000)),
+                                 min_size=1, max_size=12), label="targets")
+    return count, [int(t) for t in times], targets
+
+
+def _check_seeks(root, records, targets):
+    with JournalReader(root) as reader:
+        for what, sequence, offset_ns in targets:
+            if what == "sequence":
+                expected = naive_seek(records, sequence=sequence)
+                found = reader.seek(sequence)
+            else:
+                expected = naive_seek(records, time=BASE_NS + offset_ns)
+                found = reader.seek(time=BASE_NS + offset_ns)
+            assert found == expected, (what, sequence, offset_ns)
+            following = next(iter(reader), None)
+            if expected < len(records):
+                assert following.sequence == expected
+            else:
+                assert following is None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@pytest.mark.parametrize("index_state", ["present", "deleted", "stale"])
+def test_seek_equals_linear_scan(tmp_path_factory, index_state, data):
+    root = tmp_path_factory.mktemp("seek")
+    count, times, targets = _seek_cases(data)
+    if count == 0:
+        return
+    half = count // 2
+    options = dict(segment_bytes=4096, index_every=4)
+    records = write_journal(root, half, times=times[:half], **options) if half else []
+    stale = {path: index_path(path).read_bytes() for path in only_segment(root)} if half else {}
+    with JournalWriter(root, "feed", **options) as writer:
+        for sequence in range(half, count):
+            writer.append(payload_of(sequence), receive_ns=times[sequence])
+    records = [(s, times[s]) for s in range(count)]
+    if index_state == "deleted":
+        for path in only_segment(root):
+            index_path(path).unlink()
+    elif index_state == "stale":
+        # the last segment of the first session grew in the second? restore the old index;
+        # and flip a byte of every other index so that its checksum fails
+        for path, old in stale.items():
+            index_path(path).write_bytes(old)
+        for path in only_segment(root)[1::2]:
+            data_bytes = bytearray(index_path(path).read_bytes())
+            data_bytes[-1] ^= 0xFF
+            index_path(path).write_bytes(bytes(data_bytes))
+    _check_seeks(root, records, targets)
+
+
+def test_stale_index_is_rebuilt(tmp_path):
+    write_journal(tmp_path, 50, index_every=4)
+    (path,) = only_segment(tmp_path)
+    old = index_path(path).read_bytes()
+    with open(path, "ab") as segment:  # a segment that changed size under its index
+        segment.write(bytes(16))
+    with JournalReader(tmp_path, index_every=4) as reader:
+        assert reader.seek(33) == 33
+        assert reader.torn == [{"path": str(path), "offset": os.path.getsize(path) - 16, "bytes": 16,
+                                "status": "corrupt: impossible length"}]
+    assert index_path(path).read_bytes() != old
+
+
+# ---------------------------------------------------------------- torn tails
+
+def _layout(path):
+    """Offsets of the records of a segment."""
+    data = np.frombuffer(path.read_bytes(), np.uint8)
+    header = decode_header(data, path)
+    offsets = [header.header_bytes]
+    while offsets[-1] < data.size:
+        offsets.append(offsets[-1] + int(jk.check_record(data, offsets[-1], data.size, -1)))
+    return offsets
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+@pytest.mark.parametrize("filler", ["none", "zeros", "garbage"])
+def test_torn_tail_at_every_offset_of_last_three_records(tmp_path, with_index, filler):
+    original = tmp_path / "original"
+    count = 12
+    write_journal(original, count)
+    (segment,) = only_segment(original)
+    offsets = _layout(segment)
+    full = segment.read_bytes()
+    garbage = np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    for cut in range(offsets[count - 3], offsets[count]):
+        root = tmp_path / f"cut{cut}"
+        shutil.copytree(original, root)
+        path = root / segment.parent.name / segment.name
+        tail = {"none": b"", "zeros": bytes(100), "garbage": garbage}[filler]
+        damaged = full[:cut] + tail
+        path.write_bytes(damaged)
+        if not with_index:
+            index_path(path).unlink()
+        # a record is whole when its bytes survived (a cut in trailing zeros, refilled by zeros, is no cut)
+        complete = 0
+        while complete < count and damaged[offsets[complete]:offsets[complete + 1]] == \
+                full[offsets[complete]:offsets[complete + 1]]:
+            complete += 1
+        torn = len(damaged) - offsets[complete]
+        with JournalReader(root) as reader:
+            assert [r.sequence for r in reader] == list(range(complete))
+            if torn:
+                assert reader.torn == [{"path": str(path), "offset": offsets[complete], "bytes": torn,
+                                        "status": reader.torn[0]["status"]}]
+            else:
+                assert reader.torn == []
+        report = verify(root)
+        assert report["torn_bytes"] == torn and report["bad_records"] == 0
+        with JournalWriter(root, "feed") as writer:
+            assert writer.next_sequence == complete
+            assert (writer.recovery is not None) == (torn > 0)
+            if torn:
+                assert writer.recovery["bytes"] == torn and writer.recovery["offset"] == offsets[complete]
+            writer.append(b"after", receive_ns=BASE_NS)
+        assert verify(root)["ok"]
+        with JournalReader(root) as reader:
+            assert [r.sequence for r in reader] == list(range(complete + 1))
+        shutil.rmtree(root)
+
+
+# ---------------------------------------------------------------- corruption in the middle
+
+@pytest.mark.parametrize("with_index", [True, False])
+def test_every_flipped_byte_of_a_record_is_caught(tmp_path, with_index):
+    original = tmp_path / "original"
+    count = 9
+    write_journal(original, count, index_every=2)
+    (segment,) = only_segment(original)
+    offsets = _layout(segment)
+    full = segment.read_bytes()
+    victim = 4
+    for position in range(offsets[victim], offsets[victim + 1]):
+        root = tmp_path / f"flip{position}"
+        shutil.copytree(original, root)
+        path = root / segment.parent.name / segment.name
+        damaged = bytearray(full)
+        damaged[position] ^= 0x40
+        path.write_bytes(bytes(damaged))
+        if not with_index:
+            index_path(path).unlink()
+        with JournalReader(root) as reader:
+            with pytest.raises(JournalCorruptError) as caught:
+                list(reader)
+            assert caught.value.path == str(path) and caught.value.offset == offsets[victim]
+            assert str(path) in str(caught.value) and f"offset {offsets[victim]}" in str(caught.value)
+        with JournalReader(root, skip_corrupt=True) as reader:
+            assert [r.sequence for r in reader] == [s for s in range(count) if s != victim]
+            assert reader.corrupt_records == 1
+        with JournalReader(root, skip_corrupt=True) as reader:
+            assert reader.seek(victim) == victim + 1  # seeking into the damage skips it, and says so
+            assert reader.corrupt_records == 1
+        report = verify(root)
+        assert report["bad_records"] == 1 and not report["ok"]
+        assert report["corrupt"][0]["offset"] == offsets[victim]
+        shutil.rmtree(root)
