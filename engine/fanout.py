@@ -33,8 +33,11 @@ RECORD_BYTES = EVENT_DTYPE.itemsize
 SLOT_SIZE = 1 << (RECORD_BYTES + ring.SLOT_HEADER_BYTES - 1).bit_length()
 
 
-def _slab_list():
-    return numba.typed.List.empty_list(types.uint8[::1])
+def _slab_list(items):
+    listing = numba.typed.List.empty_list(types.uint8[::1])
+    for item in items:
+        listing.append(item)
+    return listing
 
 
 class Publisher:
@@ -48,9 +51,18 @@ class Publisher:
         Events each subscriber's ring holds (a power of two).
     wait_timeout : float
         Seconds a ``wait`` subscriber may stay full before it is closed.
+    max_subscribers : int
+        Subscribers served at once; more are refused.
+
+    One thread publishes (:meth:`publish`, or the engine's book consumer
+    through :meth:`engine_state`); the acceptor thread adds a subscriber by
+    filling a free row and then marking it active, and lets one go by marking
+    it leaving: the publishing thread retires it, and only then is the row
+    reused.
     """
 
-    def __init__(self, name, *, slot_count=4096, wait_timeout=5.0, spins=futex.DEFAULT_SPINS, allowed_uids=None):
+    def __init__(self, name, *, slot_count=4096, wait_timeout=5.0, spins=futex.DEFAULT_SPINS, allowed_uids=None,
+                 max_subscribers=64):
         self.name = name
         self.path = ipc.socket_path(name)
         self.slot_count = slot_count
@@ -60,16 +72,16 @@ class Publisher:
         self.strategy = wait_strategy(spins=spins)
         self.allowed_uids = {os.geteuid()} if allowed_uids is None else set(allowed_uids)
         self.asymmetric = futex.register_asymmetric()
-        self.sequence = 0
+        self.counters = np.array([0, self.wait_timeout_ns], np.int64)  # next sequence, wait limit
         self.closed = Counter()
         self.refused = Counter()
-        self._lock = threading.Lock()
-        self._joining, self._leaving = [], []
-        self._subscribers = []  # row -> dict or None
-        self._regions, self._rings = _slab_list(), _slab_list()
-        self._states = np.zeros((0, ring.STATE_SIZE), np.int64)
-        self._table = np.zeros((0, kfan.TABLE_COLUMNS), np.int64)
-        self._dummy = np.zeros(kfan.HEADER_BYTES, np.uint8)
+        # Fixed capacity: the publishing thread reads these while the acceptor fills free rows.
+        self._subscribers = [None] * max_subscribers  # row -> dict or None
+        self._dummy = np.zeros(ring.region_bytes(SLOT_SIZE, 2, 1), np.uint8)
+        self._regions = _slab_list([self._dummy] * max_subscribers)
+        self._rings = _slab_list([self._dummy] * max_subscribers)
+        self._states = np.zeros((max_subscribers, ring.STATE_SIZE), np.int64)
+        self._table = np.zeros((max_subscribers, kfan.TABLE_COLUMNS), np.int64)
         self._stopping = threading.Event()
         self._listener = None
         self._thread = None
@@ -81,6 +93,16 @@ class Publisher:
         empty = np.zeros((0, RECORD_BYTES), np.uint8)
         kfan.offer(self._regions, self._rings, self._states, self._table, empty, 0, self.strategy, 0)  # compiled
         return self
+
+    def engine_state(self):
+        """``(callback, state)`` for the engine's book consumer: every event it applies is offered."""
+        return kfan.publish_event, (self._regions, self._rings, self._states, self._table, self.strategy,
+                                    self.counters)
+
+    @property
+    def sequence(self):
+        """Events offered so far."""
+        return int(self.counters[0])
 
     # The acceptor thread.
 
@@ -99,8 +121,10 @@ class Publisher:
                 if not data:
                     selector.unregister(key.fileobj)
                     key.fileobj.close()
-                    with self._lock:
-                        self._leaving.append(key.data)
+                    row = key.data["row"]
+                    if self._subscribers[row] is key.data:
+                        self._table[row, kfan.LEAVING] = 1
+            self._reap()
         for key in list(selector.get_map().values()):
             key.fileobj.close()
         selector.close()
@@ -126,6 +150,13 @@ class Publisher:
                 sock.sendall(ipc.GREETING_REFUSED + b"expected 'SUBSCRIBE wait' or 'SUBSCRIBE drop'\n")
                 sock.close()
                 return
+            row = next((r for r, taken in enumerate(self._subscribers) if taken is None), None)
+            if row is None:
+                self.refused["full"] += 1
+                sock.sendall(ipc.GREETING_REFUSED + f"{self.name} serves {len(self._subscribers)} subscribers "
+                             f"already\n".encode())
+                sock.close()
+                return
             subscriber = self._new_subscriber(policy)
             socket.send_fds(sock, [GREETING_OK], [subscriber["fd"]])
             os.close(subscriber["fd"])
@@ -133,9 +164,15 @@ class Publisher:
             sock.close()
             return
         sock.setblocking(False)
+        subscriber["row"] = row
+        self._subscribers[row] = subscriber
+        self._regions[row], self._rings[row] = subscriber["header"], subscriber["ring"]
+        self._states[row] = subscriber["state"]
+        table = self._table[row]
+        table[:] = 0
+        table[kfan.POLICY] = subscriber["policy"]
+        table[kfan.ACTIVE] = 1  # last: the publishing thread may take it from here
         selector.register(sock, selectors.EVENT_READ, subscriber)
-        with self._lock:
-            self._joining.append(subscriber)
 
     def _new_subscriber(self, policy):
         ring_bytes = ring.region_bytes(SLOT_SIZE, self.slot_count, 1)
@@ -153,42 +190,8 @@ class Publisher:
         return {"fd": fd, "mapping": mapping, "header": header, "ring": ring_slab, "state": state,
                 "policy": policy, "row": -1}
 
-    # The publishing thread.
-
-    def _apply_changes(self):
-        with self._lock:
-            joining, self._joining = self._joining, []
-            leaving, self._leaving = self._leaving, []
-        for subscriber in leaving:
-            row = subscriber["row"]
-            if row >= 0 and self._table[row, kfan.ACTIVE] == 1:
-                self._table[row, kfan.ACTIVE] = 0
-                self._table[row, kfan.REASON] = 0
-        for subscriber in joining:
-            if None not in self._subscribers:
-                self._grow(max(4, 2 * len(self._subscribers)))
-            row = self._subscribers.index(None)
-            self._subscribers[row] = subscriber
-            subscriber["row"] = row
-            self._regions[row], self._rings[row] = subscriber["header"], subscriber["ring"]
-            self._states[row] = subscriber["state"]
-            self._table[row] = 0
-            self._table[row, kfan.POLICY] = subscriber["policy"]
-            self._table[row, kfan.ACTIVE] = 1
-        self._reap()
-
-    def _grow(self, capacity):
-        old = len(self._subscribers)
-        self._subscribers += [None] * (capacity - old)
-        for listing in (self._regions, self._rings):
-            for _ in range(capacity - old):
-                listing.append(self._dummy)
-        states = np.zeros((capacity, ring.STATE_SIZE), np.int64)
-        table = np.zeros((capacity, kfan.TABLE_COLUMNS), np.int64)
-        states[:old], table[:old] = self._states, self._table
-        self._states, self._table = states, table
-
     def _reap(self):
+        """Free the rows the publishing thread retired (closed, or let go after leaving)."""
         for row, subscriber in enumerate(self._subscribers):
             if subscriber is not None and self._table[row, kfan.ACTIVE] == 0:
                 reason = int(self._table[row, kfan.REASON])
@@ -203,22 +206,19 @@ class Publisher:
     @property
     def subscribers(self):
         """Subscribers being served."""
-        return sum(s is not None for s in self._subscribers)
+        return int(np.count_nonzero(self._table[:, kfan.ACTIVE] == 1))
 
     def publish(self, events):
         """Offer ``events`` (records of ``EVENT_DTYPE``) to every subscriber; how many were closed."""
         events = np.ascontiguousarray(events, dtype=EVENT_DTYPE)
-        self._apply_changes()
         records = events.view(np.uint8).reshape(len(events), RECORD_BYTES)
-        closed = kfan.offer(self._regions, self._rings, self._states, self._table, records, self.sequence,
+        closed = kfan.offer(self._regions, self._rings, self._states, self._table, records, self.counters[0],
                             self.strategy, self.wait_timeout_ns)
-        self.sequence += len(events)
-        if closed:
-            self._reap()
+        self.counters[0] += len(events)
         return closed
 
     def stats(self):
-        rows = [(row, s) for row, s in enumerate(self._subscribers) if s is not None]
+        rows = [(row, s) for row, s in enumerate(self._subscribers) if s is not None and self._table[row, kfan.ACTIVE]]
         return {"name": self.name, "published": self.sequence, "closed": dict(self.closed),
                 "refused": dict(self.refused),
                 "subscribers": [{"policy": "wait" if s["policy"] == kfan.WAIT else "drop",
@@ -227,7 +227,6 @@ class Publisher:
 
     def close(self):
         """End the stream: every subscriber reads what is left, then sees the end."""
-        self._apply_changes()
         for row, subscriber in enumerate(self._subscribers):
             if subscriber is not None:
                 subscriber["header"][kfan.STATE_OFFSET:kfan.STATE_OFFSET + 4].view(np.uint32)[0] = kfan.ENDED
@@ -256,7 +255,7 @@ class Subscriber:
     and everything before was read.
     """
 
-    def __init__(self, name, policy="drop", *, timeout=5.0, spins=futex.DEFAULT_SPINS):
+    def __init__(self, name, policy="drop", *, timeout=30.0, spins=futex.DEFAULT_SPINS):
         if policy not in kfan.POLICIES:
             raise ValueError(f"policy must be 'wait' or 'drop', got {policy!r}")
         self.name, self.policy, self.spins = name, policy, spins
@@ -287,8 +286,10 @@ class Subscriber:
             raise ipc.IpcError(f"subscription ring did not open: {ring.STATUS_NAMES.get(status, status)}")
         if not futex.register_asymmetric():
             futex.set_asymmetric(self.ring, ring.SPACE_BELL_OFFSET, False)  # this side fences instead
-        self.counters = np.zeros(3, np.int64)  # received, gaps, next sequence
+        self.counters = np.array([0, 0, -1], np.int64)  # received, gaps, next sequence
         self.ended = False
+        #: The stream sequences of the events the last :meth:`receive` returned.
+        self.sequences = np.zeros(0, np.int64)
 
     @property
     def received(self):
@@ -316,6 +317,7 @@ class Subscriber:
             raise TimeoutError(f"no event from {self.name!r} within {timeout} s")
         if count < 0:
             raise ipc.IpcError(f"subscription ring: {ring.STATUS_NAMES.get(count, count)}")
+        self.sequences = sequences[:count]
         return out[:count].copy().view(EVENT_DTYPE).reshape(count)
 
     def summary(self):

@@ -23,7 +23,7 @@ count and from the gap in the sequence.
 import numpy as np
 
 from ringbook.kernels import futex, ring
-from ringbook.kernels.atomics import spin_pause
+from ringbook.kernels.atomics import load_acquire, spin_pause, store_release
 from ringbook.kernels.clock import monotonic_ns
 from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.status import OK, TIMEOUT
@@ -45,10 +45,32 @@ POLICY = 1
 DROPPED = 2
 SENT = 3
 REASON = 4           # why the publisher closed it: a ring status, or TIMEOUT for a stalled WAIT subscriber
+LEAVING = 5          # set by the engine when the subscriber's socket ended
 TABLE_COLUMNS = 8
 
 #: A subscriber's receive found the stream ended (and its ring empty).
 STREAM_ENDED = -61
+
+
+@kernel
+def _serving(regions, rings, table, s):
+    """Whether subscriber row ``s`` is served. A row the engine marked as leaving is let go
+    here, by the publishing thread, so that the engine never replaces a row in use."""
+    row = table[s]
+    if load_acquire(row, ACTIVE) != 1:
+        return False
+    if load_acquire(row, LEAVING) != 0:
+        store_release(row, ACTIVE, 0)
+        return False
+    return True
+
+
+@kernel
+def _close(regions, rings, table, s, status):
+    table[s, REASON] = status
+    regions[s][STATE_OFFSET:STATE_OFFSET + 4].view(np.uint32)[0] = CLOSED
+    futex.doorbell_wake(rings[s], ring.DATA_BELL_OFFSET)
+    store_release(table[s], ACTIVE, 0)
 
 
 @kernel
@@ -63,25 +85,21 @@ def offer(regions, rings, states, table, records, first_sequence, strategy, wait
     """
     closed = 0
     for s in range(table.shape[0]):
-        if table[s, ACTIVE] != 1:
+        if not _serving(regions, rings, table, s):
             continue
         slab = rings[s]
         state = states[s]
         dropped = 0
         for i in range(records.shape[0]):
-            payload = records[i]
             if table[s, POLICY] == WAIT:
-                status = ring.write_wait(slab, state, payload, 0, first_sequence + i, strategy, wait_timeout_ns)
+                status = ring.write_wait(slab, state, records[i], 0, first_sequence + i, strategy, wait_timeout_ns)
             else:
-                status = ring.try_write(slab, state, payload, 0, first_sequence + i)
+                status = ring.try_write(slab, state, records[i], 0, first_sequence + i)
                 if status == ring.FULL:
                     dropped += 1
                     continue
             if status != ring.OK:
-                table[s, ACTIVE] = 0
-                table[s, REASON] = status
-                regions[s][STATE_OFFSET:STATE_OFFSET + 4].view(np.uint32)[0] = CLOSED
-                futex.doorbell_wake(slab, ring.DATA_BELL_OFFSET)
+                _close(regions, rings, table, s, status)
                 closed += 1
                 break
             table[s, SENT] += 1
@@ -92,12 +110,23 @@ def offer(regions, rings, states, table, records, first_sequence, strategy, wait
 
 
 @kernel
+def publish_event(book, events, i, state):
+    """The engine's book-consumer callback (``callback(book, events, i, state)``): offer event
+    ``i`` to every subscriber. ``state`` is :meth:`ringbook.engine.fanout.Publisher.engine_state`'s
+    tuple; its ``counters[0]`` is the stream's next sequence."""
+    regions, rings, states, table, strategy, counters = state
+    offer(regions, rings, states, table, events[i:i + 1].view(np.uint8).reshape(1, -1), counters[0], strategy,
+          counters[1])
+    counters[0] += 1
+
+
+@kernel
 def take(region, slab, state, out, sequences, spins, timeout_ns, counters):
     """Read up to ``out.shape[0]`` events into the rows of ``out`` (their sequences into
     ``sequences``), waiting for the first: spin, then park on the ring's data doorbell.
 
     ``counters`` (int64[3]): received so far, gaps (events missing between sequences), the next
-    sequence expected. Returns how many were read, :data:`TIMEOUT`, :data:`STREAM_ENDED` (the
+    sequence expected (-1 before the first: a subscriber may join a stream in its middle). Returns how many were read, :data:`TIMEOUT`, :data:`STREAM_ENDED` (the
     publisher finished or closed this subscriber, nothing left) or a ring status.
     """
     deadline = monotonic_ns() + timeout_ns if timeout_ns >= 0 else 0
@@ -133,7 +162,7 @@ def take(region, slab, state, out, sequences, spins, timeout_ns, counters):
         for b in range(min(length, row.size)):
             row[b] = payload[b]
         ring.release(slab, state)
-        if sequence > counters[2]:
+        if counters[2] >= 0 and sequence > counters[2]:  # none expected before the first
             counters[1] += sequence - counters[2]
         counters[2] = sequence + 1
         sequences[count] = sequence

@@ -56,8 +56,9 @@ def subscribe(name, policy, count, pause, ready):
         events = subscriber.receive(max_events=256, timeout=20)
         if len(events) == 0:
             break
-        rising = rising and bool((events["sequence"][1:] > events["sequence"][:-1]).all()) and events["sequence"][0] > last
-        last = int(events["sequence"][-1])
+        sequences = subscriber.sequences  # the stream's, not the exchange's
+        rising = rising and bool((sequences[1:] > sequences[:-1]).all()) and sequences[0] > last
+        last = int(sequences[-1])
         if pause:
             time.sleep(pause)
     ready.put({**subscriber.summary(), "rising": rising, "last": last})

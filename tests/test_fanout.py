@@ -106,6 +106,9 @@ def test_a_killed_subscriber_costs_the_publisher_nothing(ipc_dir):
             publisher.publish(numbered_events(start, 100))
         assert time.monotonic() - started < 5  # far less than the 30 s it would wait for a live one
         assert publisher.subscribers == 0
+        deadline = time.monotonic() + 5
+        while publisher.closed["gone"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the acceptor frees the row the publisher retired
         assert publisher.closed["gone"] == 1
 
 
@@ -129,3 +132,46 @@ def test_ringbook_subscribe_counts_what_a_publisher_sends(ipc_dir):
     assert command.returncode == 0
     summary = json.loads(output)
     assert (summary["received"], summary["dropped"], summary["gaps"]) == (3000, 0, 0)
+
+
+@pytest.mark.slow
+def test_ringbook_run_publishes_to_three_subscribers_one_of_them_slow(ipc_dir, tmp_path):
+    """The engine's book consumer offers every event it applies: a lossless subscriber gets a
+    gapless stream up to the engine's end, a slow one with the drop policy loses events and is
+    told how many, and the engine is not held back by it."""
+    import json
+    import subprocess
+
+    name = f"run-{uuid.uuid4().hex[:6]}"
+    engine = subprocess.Popen([sys.executable, "-m", "ringbook.engine.cli", "run", "--duration", "6",
+                               "--rate", "40000", "--publish", name, "--out", str(tmp_path / "journal"),
+                               "--no-mlock", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        socket = ipc_dir / f"{name}.sock"
+        deadline = time.monotonic() + 120
+        while not socket.exists() and time.monotonic() < deadline and engine.poll() is None:
+            time.sleep(0.05)
+        assert socket.exists(), engine.stderr.read() if engine.poll() is not None else "no socket"
+        context = multiprocessing.get_context("spawn")
+        children = []
+        for policy, pause in (("wait", 0), ("drop", 0), ("drop", 0.2)):
+            ready = context.Queue()
+            child = context.Process(target=ipc_child.subscribe, args=(name, policy, 10**9, pause, ready), daemon=True)
+            child.start()
+            children.append((child, ready))
+        for _, ready in children:
+            assert ready.get(timeout=120) == "subscribed"
+        output, errors = engine.communicate(timeout=180)
+        summaries = [ready.get(timeout=120) for _, ready in children]
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert engine.returncode == 0, errors
+    report = json.loads(output)
+    lossless, fast, slow = summaries
+    assert lossless["ended"] and lossless["gaps"] == 0 and lossless["dropped"] == 0 and lossless["rising"]
+    assert lossless["received"] > 10_000
+    assert lossless["last"] == report["published"]["published"] - 1  # everything since it joined
+    assert slow["ended"] and slow["dropped"] > 0 and slow["rising"]
+    assert slow["received"] < lossless["received"]
+    assert fast["ended"] and fast["rising"]
