@@ -281,13 +281,8 @@ def receive_wait(response_slab, consumer, out, control, spins, timeout_ns):
         if ring.pending(response_slab, consumer) != 0 or connection_state(control) != OPEN:
             futex.doorbell_cancel(control, CLIENT_BELL)
             continue
-        remaining = -1
-        if timeout_ns >= 0:
-            remaining = deadline - monotonic_ns()
-            if remaining <= 0:
-                futex.doorbell_cancel(control, CLIENT_BELL)
-                return TIMEOUT
-        futex.doorbell_sleep(control, CLIENT_BELL, ticket, remaining)
+        if futex.doorbell_park(control, CLIENT_BELL, ticket, deadline, timeout_ns) == TIMEOUT:
+            return TIMEOUT
 
 
 @kernel

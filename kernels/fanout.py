@@ -144,13 +144,8 @@ def take(region, slab, state, out, sequences, spins, timeout_ns, counters):
         if ring.pending(slab, state) != 0 or futex.load_u32_at(region, STATE_OFFSET) != OPEN:
             futex.doorbell_cancel(slab, ring.DATA_BELL_OFFSET)
             continue
-        remaining = -1
-        if timeout_ns >= 0:
-            remaining = deadline - monotonic_ns()
-            if remaining <= 0:
-                futex.doorbell_cancel(slab, ring.DATA_BELL_OFFSET)
-                return TIMEOUT
-        futex.doorbell_sleep(slab, ring.DATA_BELL_OFFSET, ticket, remaining)
+        if futex.doorbell_park(slab, ring.DATA_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
+            return TIMEOUT
     count = 0
     while count < out.shape[0]:
         length, payload, flags, sequence = ring.peek(slab, state)

@@ -313,6 +313,21 @@ def set_asymmetric(slab, offset, enabled):
 
 
 @kernel
+def doorbell_park(slab, offset, ticket, deadline, timeout_ns):
+    """:func:`doorbell_sleep` until the monotonic ``deadline`` (``timeout_ns < 0``: no limit):
+    :data:`OK` (rung, or woken for nothing: check again) or :data:`TIMEOUT`, the announce
+    withdrawn either way."""
+    remaining = -1
+    if timeout_ns >= 0:
+        remaining = deadline - monotonic_ns()
+        if remaining <= 0:
+            doorbell_cancel(slab, offset)
+            return TIMEOUT
+    doorbell_sleep(slab, offset, ticket, remaining)
+    return OK
+
+
+@kernel
 def wait_counter(slab, doorbell_offset, counter_offset, seen, spins, timeout_ns):
     """Wait until the u32 counter at ``counter_offset`` differs from ``seen``; return its value.
 
@@ -334,13 +349,8 @@ def wait_counter(slab, doorbell_offset, counter_offset, seen, spins, timeout_ns)
         if value != seen:
             doorbell_cancel(slab, doorbell_offset)
             return value
-        remaining = -1
-        if timeout_ns >= 0:
-            remaining = deadline - monotonic_ns()
-            if remaining <= 0:
-                doorbell_cancel(slab, doorbell_offset)
-                return TIMEOUT
-        doorbell_sleep(slab, doorbell_offset, ticket, remaining)
+        if doorbell_park(slab, doorbell_offset, ticket, deadline, timeout_ns) == TIMEOUT:
+            return TIMEOUT
 
 
 def register_asymmetric():

@@ -103,7 +103,7 @@ from ringbook.kernels.slab import (CACHE_LINE, copy_bytes, evict_lines, load_i64
 from ringbook.kernels.status import (BAD_ARGUMENT, BAD_STATE, CORRUPT_GEOMETRY, CORRUPT_LENGTH,  # noqa: F401
                                      CORRUPT_MAGIC, CORRUPT_POSITION, CORRUPT_SEQUENCE, CORRUPT_SIZE,
                                      CORRUPT_VERSION, EMPTY, FULL, OK, TIMEOUT, TOO_LARGE, status_name)
-from ringbook.kernels.futex import doorbell_cancel, doorbell_prepare, doorbell_ring, doorbell_sleep
+from ringbook.kernels.futex import doorbell_cancel, doorbell_park, doorbell_prepare, doorbell_ring
 from ringbook.kernels.wait import SPINS
 
 MAGIC = int.from_bytes(b"RINGBOOK", "little")
@@ -788,22 +788,8 @@ def write_wait(slab, producer, payload, flags, stamp, strategy, timeout_ns):
         if status != FULL:
             doorbell_cancel(slab, SPACE_BELL_OFFSET)
             return status
-        if _park(slab, SPACE_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
+        if doorbell_park(slab, SPACE_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
             return TIMEOUT
-
-
-@kernel
-def _park(slab, bell, ticket, deadline, timeout_ns):
-    """Sleep on the doorbell at ``bell`` after a ticket, until ``deadline`` (``timeout_ns < 0``:
-    no limit): :data:`OK` (woken, or spuriously) or :data:`TIMEOUT` (the announce withdrawn)."""
-    remaining = -1
-    if timeout_ns >= 0:
-        remaining = deadline - monotonic_ns()
-        if remaining <= 0:
-            doorbell_cancel(slab, bell)
-            return TIMEOUT
-    doorbell_sleep(slab, bell, ticket, remaining)
-    return OK
 
 
 @kernel
@@ -829,7 +815,7 @@ def read_wait(slab, consumer, out, strategy, timeout_ns):
         if result != EMPTY:
             doorbell_cancel(slab, DATA_BELL_OFFSET)
             return result
-        if _park(slab, DATA_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
+        if doorbell_park(slab, DATA_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
             return TIMEOUT
 
 

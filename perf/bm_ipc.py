@@ -19,6 +19,7 @@ Figures from a machine shared with other work are provisional.
 
 import multiprocessing
 import os
+import socket
 import time
 import uuid
 
@@ -52,7 +53,6 @@ class Peers:
         self.ring_loop(1, 1)  # compiled or loaded
         self.uds_path = str(ipc.socket_directory() / f"{self.name}-uds.sock")
         self._start("uds", self.uds_path)
-        import socket
         self.uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.uds.connect(self.uds_path)
         ours, theirs = self.context.Pipe()
@@ -82,10 +82,13 @@ class Peers:
             raise RuntimeError(f"ringbook round trips failed with status {status}")
         return elapsed
 
-    def timed(self, function, *args):
-        started = time.perf_counter()
-        function(*args)
-        return time.perf_counter() - started
+    def timed_case(self, loop, ends, in_flight):
+        """A pyperf time function: ``loop(*ends, loops, in_flight)``, timed."""
+        def case(loops):
+            started = time.perf_counter()
+            loop(*ends, loops, in_flight)
+            return time.perf_counter() - started
+        return case
 
     def close(self):
         self.client.close()
@@ -126,18 +129,15 @@ def main():
     runner = make_runner()
     runner.metadata["ipc_message_bytes"] = str(workers.MESSAGE_BYTES)
     window = workers.WINDOW
-    cases = {
-        "ringbook_round_trip": lambda loops: peers.ring_loop(loops, 1),
-        f"ringbook_window{window}": lambda loops: peers.ring_loop(loops, window),
-        "uds_round_trip": lambda loops: peers.timed(workers.socket_round_trips, peers.uds, loops, 1),
-        f"uds_window{window}": lambda loops: peers.timed(workers.socket_round_trips, peers.uds, loops, window),
-        "pipe_round_trip": lambda loops: peers.timed(workers.pipe_round_trips, peers.pipe, loops, 1),
-        f"pipe_window{window}": lambda loops: peers.timed(workers.pipe_round_trips, peers.pipe, loops, window),
-    }
+    transports = {"uds": (workers.socket_round_trips, (peers.uds,)),
+                  "pipe": (workers.message_round_trips, (peers.pipe.send_bytes, peers.pipe.recv_bytes))}
     if peers.zmq is not None:
-        cases["zmq_round_trip"] = lambda loops: peers.timed(workers.zmq_round_trips, peers.zmq, loops, 1)
-        cases[f"zmq_window{window}"] = lambda loops: peers.timed(workers.zmq_round_trips, peers.zmq, loops,
-                                                                   window)
+        transports["zmq"] = (workers.message_round_trips, (peers.zmq.send, peers.zmq.recv))
+    cases = {"ringbook_round_trip": lambda loops: peers.ring_loop(loops, 1),
+             f"ringbook_window{window}": lambda loops: peers.ring_loop(loops, window)}
+    for peer, (loop, ends) in transports.items():
+        for kind, in_flight in (("round_trip", 1), (f"window{window}", window)):
+            cases[f"{peer}_{kind}"] = peers.timed_case(loop, ends, in_flight)
     try:
         results = {name: runner.bench_time_func(name, case) for name, case in cases.items()}
         pairs = [(f"ringbook_{kind}", f"{peer}_{kind}") for peer in ("uds", "pipe", "zmq")

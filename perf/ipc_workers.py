@@ -94,25 +94,15 @@ def socket_round_trips(sock, loops, window):
         pending %= MESSAGE_BYTES
 
 
-def pipe_round_trips(pipe, loops, window):
+def message_round_trips(send, receive, loops, window):
+    """The same through a message transport (``multiprocessing.Pipe``, a ZeroMQ PAIR socket)."""
     message = bytes(MESSAGE_BYTES)
     sent = received = 0
     while received < loops:
         while sent < loops and sent - received < window:
-            pipe.send_bytes(message)
+            send(message)
             sent += 1
-        pipe.recv_bytes()
-        received += 1
-
-
-def zmq_round_trips(pair, loops, window):
-    message = bytes(MESSAGE_BYTES)
-    sent = received = 0
-    while received < loops:
-        while sent < loops and sent - received < window:
-            pair.send(message)
-            sent += 1
-        pair.recv()
+        receive()
         received += 1
 
 
