@@ -39,6 +39,10 @@ _EXPORTS = {
     "read_kalshi": ("ringbook.engine.feeds.kalshi", "read_messages"),
     "check_lobster": ("ringbook.engine.check", "check_lobster"),
     "check_binance": ("ringbook.engine.check", "check_binance"),
+    "Server": ("ringbook.engine.ipc", "Server"),
+    "Client": ("ringbook.engine.ipc", "Client"),
+    "Publisher": ("ringbook.engine.fanout", "Publisher"),
+    "Subscriber": ("ringbook.engine.fanout", "Subscriber"),
 }
 
 __all__ = sorted(_EXPORTS)
