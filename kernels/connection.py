@@ -224,7 +224,9 @@ def _park(requests, controls, states, table, group, control, timeout_ns):
     ticket = futex.load_u32_at(group, GROUP_BELL + futex.SEQUENCE_OFFSET)
     work = load_acquire(control, STOP) != 0 or load_acquire(control, GENERATION) != control[SEEN_GENERATION]
     for i in range(table.shape[0]):
-        if not work and table[i, ACTIVE] == 1:
+        # A stalled connection's requests wait for room it does not give: no reason to stay up
+        # (the park's time limit brings the worker back to check the stall's age).
+        if not work and table[i, ACTIVE] == 1 and table[i, STALL_SINCE] == 0:
             work = ring.pending(requests[i], states[i, :ring.STATE_SIZE]) != 0
     if not work:
         control[PARKS] += 1
