@@ -288,6 +288,14 @@ def receive_wait(response_slab, consumer, out, control, spins, timeout_ns):
 
 
 @kernel
+def _failed(result, failed, i):
+    """Count an error and give up connection ``i``; 1 (it is finished)."""
+    result[1] += 1
+    failed[i] = True
+    return 1
+
+
+@kernel
 def drive_echo(requests, responses, controls, groups, states, messages, window, payload, out, rtt_counts,
                rtt_meta, spins, timeout_ns, result):
     """A load generator: every connection sends ``messages`` requests, at most ``window`` in flight,
@@ -322,9 +330,7 @@ def drive_echo(requests, responses, controls, groups, states, messages, window, 
                 if length == ring.EMPTY:
                     break
                 if length != payload.size:
-                    result[1] += 1
-                    failed[i] = True
-                    finished += 1
+                    finished += _failed(result, failed, i)
                     break
                 record(rtt_counts, rtt_meta, monotonic_ns() - echoed[0])
                 received[i] += 1
@@ -337,9 +343,7 @@ def drive_echo(requests, responses, controls, groups, states, messages, window, 
             if failed[i] or received[i] == messages:
                 continue
             if connection_state(controls[i]) != OPEN:
-                result[1] += 1
-                failed[i] = True
-                finished += 1
+                finished += _failed(result, failed, i)
                 continue
             wrote = 0
             while sent[i] < messages and sent[i] - received[i] < window:
@@ -348,9 +352,7 @@ def drive_echo(requests, responses, controls, groups, states, messages, window, 
                 if status == ring.FULL:
                     break
                 if status != ring.OK:
-                    result[1] += 1
-                    failed[i] = True
-                    finished += 1
+                    finished += _failed(result, failed, i)
                     break
                 sent[i] += 1
                 wrote += 1
