@@ -45,6 +45,11 @@ Asymmetric mode requires every producer process to have registered
 (:func:`register_asymmetric`, done by the engine); a producer that did not
 could lose a wake-up.
 
+A waiter killed while it had announced leaves its count behind: nothing is
+lost, but every ring from then on bumps the sequence and makes a
+``FUTEX_WAKE`` call that wakes nobody (about a microsecond), until the
+region is made anew.
+
 Statuses follow :mod:`ringbook.kernels.status`: :data:`OK`, :data:`TIMEOUT`,
 and a negative ``errno`` for a failed system call.
 """
