@@ -207,13 +207,16 @@ def serve(requests, responses, controls, states, table, group, control, handler,
             idle += 1
             spin_pause()
             continue
-        idle = 0
-        _park(requests, controls, states, table, group, control, min(PARK_NS, deadline - now))
+        # After a park that timed out, one quiet pass is enough before the next: spinning over
+        # every connection again is what an idle server would spend its CPU on.
+        timed_out = _park(requests, controls, states, table, group, control, min(PARK_NS, deadline - now))
+        idle = spins if timed_out == TIMEOUT else 0
 
 
 @kernel
 def _park(requests, controls, states, table, group, control, timeout_ns):
-    """Announce in every active connection, look again, and sleep on the group doorbell."""
+    """Announce in every active connection, look again, and sleep on the group doorbell:
+    :data:`TIMEOUT` when the sleep ran out, else :data:`OK`."""
     asymmetric = False
     for i in range(table.shape[0]):
         if table[i, ACTIVE] == 1:
@@ -228,12 +231,14 @@ def _park(requests, controls, states, table, group, control, timeout_ns):
         # (the park's time limit brings the worker back to check the stall's age).
         if not work and table[i, ACTIVE] == 1 and table[i, STALL_SINCE] == 0:
             work = ring.pending(requests[i], states[i, :ring.STATE_SIZE]) != 0
+    status = OK
     if not work:
         control[PARKS] += 1
-        futex.futex_wait(group, GROUP_BELL + futex.SEQUENCE_OFFSET, ticket, timeout_ns)
+        status = futex.futex_wait(group, GROUP_BELL + futex.SEQUENCE_OFFSET, ticket, timeout_ns)
     for i in range(table.shape[0]):
         if table[i, ACTIVE] == 1:
             futex.fetch_add_u32_at(controls[i], SERVER_BELL + futex.WAITERS_OFFSET, -1)
+    return status
 
 
 # The client's side.
