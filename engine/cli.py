@@ -18,6 +18,8 @@ COMMANDS = {
     "send": ("ringbook.engine.send", "send the engine's packets over UDP (synthetic or a file)"),
     "journal": ("ringbook.engine.journal_cli", "journals: info, verify, cat, export, import"),
     "snapshots": ("ringbook.engine.snapshots", "book snapshots at interval boundaries of many files, locally or on Dask"),
+    "ipc": ("ringbook.engine.ipc_cli", "serve shared-memory connections; the many-client scale test"),
+    "subscribe": ("ringbook.engine.subscribe", "print or count the events a running engine publishes"),
 }
 
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from ringbook.engine.system import l2_cache_bytes, usable_cores
 from ringbook.kernels import ring as kernels_ring
-from ringbook.kernels import wait
+from ringbook.kernels import futex, wait
 from ringbook.kernels.status import status_name
 
 #: Where Linux keeps POSIX shared-memory objects (``shm_open`` names), and
@@ -186,8 +186,9 @@ def _create_file(path, size):
         raise
 
 
-def _create_memfd(path, name, size):
-    """A sealed memfd of ``size`` bytes and its registry entry ``path``: ``(file, mapping, slab)``."""
+def sealed_memfd(name, size):
+    """A zeroed memfd of ``size`` bytes, mode 0600, sealed against shrinking, growing and new seals:
+    its descriptor (close-on-exec)."""
     fd = os.memfd_create(_MEMFD_PREFIX + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.fchmod(fd, 0o600)
@@ -195,6 +196,16 @@ def _create_memfd(path, name, size):
         # SEAL_SEAL too: no peer may add a seal later (a write seal would lock
         # out the producer, a future-write seal every later attacher).
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _create_memfd(path, name, size):
+    """A sealed memfd of ``size`` bytes and its registry entry ``path``: ``(file, mapping, slab)``."""
+    fd = sealed_memfd(name, size)
+    try:
         mapping, slab = _map(fd, size, path)
         entry = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -349,6 +360,10 @@ class Ring:
         self.slot_count = int(slot_count)
         self.consumers = int(consumers)
         self.payload_capacity = self.slot_size - kernels_ring.SLOT_HEADER_BYTES
+        if not futex.register_asymmetric():
+            # Asymmetric doorbells need every writing process registered: this one fences instead.
+            for bell in (kernels_ring.DATA_BELL_OFFSET, kernels_ring.SPACE_BELL_OFFSET):
+                futex.set_asymmetric(slab, bell, False)
 
     # Creating and attaching
 
@@ -403,6 +418,9 @@ class Ring:
             mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             slab = np.frombuffer(mapping, dtype=np.uint8)
         kernels_ring.format_slab(slab, slot_size, slot_count, consumers)
+        if futex.register_asymmetric():  # writers skip the fence; a consumer about to park pays
+            for bell in (kernels_ring.DATA_BELL_OFFSET, kernels_ring.SPACE_BELL_OFFSET):
+                futex.set_asymmetric(slab, bell, True)
         return cls(slab, mapping=mapping, file=file, path=None if path is None else Path(path),
                    owner=name is not None, strategy=strategy, sealed=sealed)
 

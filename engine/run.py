@@ -47,6 +47,9 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint-every", type=int, default=10_000,
                         help="raw messages between book checkpoints in the journal (0: none)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--publish", metavar="NAME",
+                        help="offer every event the book applies to the subscribers of NAME "
+                             "(`ringbook subscribe NAME`)")
 
 
 def config_from(args):
@@ -143,11 +146,26 @@ def text_report(report):
     return "\n".join(lines)
 
 
+def _publisher(args, config):
+    """With ``--publish NAME``: a started :class:`ringbook.engine.fanout.Publisher`, made the book
+    consumer's callback; else ``None``."""
+    if not getattr(args, "publish", None):
+        return None
+    from ringbook.engine.fanout import Publisher
+
+    if config.callback is not None:
+        raise ValueError("--publish takes the book consumer's callback, which is already set")
+    publisher = Publisher(args.publish)  # listens once the engine has compiled its callback
+    config.callback, config.callback_state = publisher.engine_state()
+    return publisher
+
+
 def run(args):
     try:
         config = config_from(args)
+        publisher = _publisher(args, config)
         engine = Engine(config)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OSError) as error:
         print(f"ringbook run: {error}", file=sys.stderr)
         return 2
     with warnings.catch_warnings(record=True) as caught:
@@ -156,10 +174,16 @@ def run(args):
             engine.start()
         except (OSError, ValueError) as error:
             engine.close()
+            if publisher is not None:
+                publisher.close()
             print(f"ringbook run: {error}", file=sys.stderr)
             return 2
     for warning in caught:
         print(f"ringbook run: warning: {warning.message}", file=sys.stderr)
+    if publisher is not None:
+        publisher.start()
+        print(f"ringbook run: publishing to subscribers of {args.publish} "
+              f"(`ringbook subscribe {args.publish}`)", file=sys.stderr)
     if engine.out is not None:
         print(f"ringbook run: journal {engine.out}", file=sys.stderr)
     print(f"ringbook run: counters {engine.name} (`ringbook stat {engine.name}`)", file=sys.stderr)
@@ -175,6 +199,9 @@ def run(args):
     finally:
         progress.close()
         engine.close()
+        if publisher is not None:
+            report["published"] = publisher.stats()
+            publisher.close()  # subscribers read what is left, then see the end
     if args.json:
         json.dump(report, sys.stdout, default=str)
         sys.stdout.write("\n")

@@ -27,7 +27,9 @@ offset    type   field
 28        u32    reserved, 0
 32        u64    control block size: ``64 * (2 + C)``; the first slot starts here
 40        u64    region size: ``64 * (2 + C) + S * N``
-48        -      reserved, 0, up to 64
+48        8 B    data doorbell: consumers park on it waiting for a message
+                 (:mod:`ringbook.kernels.futex`); zeros in a new ring
+56        8 B    space doorbell: the producer parks on it waiting for a free slot
 64        i64    producer position: messages published so far (its own line)
 128+64i   i64    consumer ``i``'s position: messages it has read (its own line)
 ========  =====  ==============================================================
@@ -79,6 +81,13 @@ directly cannot; the answer is the engine's default backing for rings shared
 between processes, a ``memfd`` sealed against shrinking and growing
 (:class:`ringbook.engine.ring.Ring`), which no peer can truncate.
 
+Waiting: a side that finds nothing to do spins, then parks on a doorbell
+(:mod:`ringbook.kernels.futex`) until the other side rings it: every write
+rings the data doorbell and every read the space doorbell, which costs a
+load of the header line while nobody sleeps (asymmetric doorbells, which
+:class:`ringbook.engine.ring.Ring` sets where Linux offers ``membarrier``;
+a fence more otherwise).
+
 Return values: counts, lengths and :data:`OK` are ``>= 0``; statuses are
 negative codes of :mod:`ringbook.kernels.status` (re-exported here, see
 :data:`STATUSES`; :func:`status_name` names them). :data:`EMPTY`,
@@ -86,7 +95,7 @@ negative codes of :mod:`ringbook.kernels.status` (re-exported here, see
 the shared region holds something impossible.
 """
 
-from ringbook.kernels.atomics import load_acquire_at, store_release_at
+from ringbook.kernels.atomics import load_acquire_at, spin_pause, store_release_at
 from ringbook.kernels.clock import monotonic_ns
 from ringbook.kernels.jit_options import inline_kernel, llvm_inline_kernel, kernel
 from ringbook.kernels.slab import (CACHE_LINE, copy_bytes, evict_lines, load_i64, load_u32, store_i64,
@@ -94,7 +103,8 @@ from ringbook.kernels.slab import (CACHE_LINE, copy_bytes, evict_lines, load_i64
 from ringbook.kernels.status import (BAD_ARGUMENT, BAD_STATE, CORRUPT_GEOMETRY, CORRUPT_LENGTH,  # noqa: F401
                                      CORRUPT_MAGIC, CORRUPT_POSITION, CORRUPT_SEQUENCE, CORRUPT_SIZE,
                                      CORRUPT_VERSION, EMPTY, FULL, OK, TIMEOUT, TOO_LARGE, status_name)
-from ringbook.kernels.wait import SPINS, backoff
+from ringbook.kernels.futex import doorbell_cancel, doorbell_park, doorbell_prepare, doorbell_ring
+from ringbook.kernels.wait import SPINS
 
 MAGIC = int.from_bytes(b"RINGBOOK", "little")
 VERSION = 1
@@ -113,6 +123,8 @@ CONSUMER_COUNT_OFFSET = 20
 SLOT_HEADER_SIZE_OFFSET = 24
 CONTROL_BYTES_OFFSET = 32
 REGION_BYTES_OFFSET = 40
+DATA_BELL_OFFSET = 48
+SPACE_BELL_OFFSET = 56
 PRODUCER_POSITION_OFFSET = 64
 CONSUMER_POSITIONS_OFFSET = 128
 
@@ -481,6 +493,7 @@ def try_write(slab, producer, payload, flags=0, stamp=0):
             store_release_at(slab, slot + SEQUENCE_OFFSET, position)  # the slot is complete
             producer[STATE_POSITION] = position + 1
             store_release_at(slab, PRODUCER_POSITION_OFFSET, position + 1)
+            doorbell_ring(slab, DATA_BELL_OFFSET)
     return _last_use(status, slab, producer, payload)
 
 
@@ -522,6 +535,7 @@ def write_batch(slab, producer, payloads, lengths, flags=0, stamp=0):
             if result > 0:
                 producer[STATE_POSITION] = position + result
                 store_release_at(slab, PRODUCER_POSITION_OFFSET, position + result)
+                doorbell_ring(slab, DATA_BELL_OFFSET)
     return _last_use(_last_use(result, slab, producer, payloads), lengths, lengths, lengths)
 
 
@@ -621,6 +635,7 @@ def try_read(slab, consumer, out):
                 copy_bytes(slab, slot + SLOT_HEADER_BYTES, out, 0, length)
                 consumer[STATE_POSITION] = position + 1
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
+                doorbell_ring(slab, SPACE_BELL_OFFSET)
                 following = _slot_at(consumer, position + 1)
                 next_written = load_i64(slab, following + SEQUENCE_OFFSET) == position + 1
                 evict_lines(slab, slot, _evicted_bytes(consumer[STATE_EVICT], length, next_written))
@@ -666,6 +681,7 @@ def read_batch(slab, consumer, payloads, lengths):
             if read > 0:
                 consumer[STATE_POSITION] = position + read
                 store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + read)
+                doorbell_ring(slab, SPACE_BELL_OFFSET)
                 if consumer[STATE_EVICT] != 0:
                     # Every slot read but the last has its next message written (see set_evict).
                     following = _slot_at(consumer, position + read)
@@ -738,6 +754,7 @@ def release(slab, consumer):
         if position < consumer[STATE_SEEN]:
             consumer[STATE_POSITION] = position + 1
             store_release_at(slab, consumer[STATE_POSITION_OFFSET], position + 1)
+            doorbell_ring(slab, SPACE_BELL_OFFSET)
             # The length is read again and may have changed: clamped to a slot.
             slot = _slot_at(consumer, position)
             length = min(load_u32(slab, slot + LENGTH_OFFSET), consumer[STATE_CAPACITY])
@@ -750,7 +767,8 @@ def release(slab, consumer):
 
 @kernel
 def write_wait(slab, producer, payload, flags, stamp, strategy, timeout_ns):
-    """:func:`try_write`, waiting with ``strategy`` (see :mod:`ringbook.kernels.wait`) while the ring is full.
+    """:func:`try_write`, waiting while the ring is full: ``strategy[SPINS]`` pause rounds
+    (see :mod:`ringbook.kernels.wait`), then parked on the space doorbell until a consumer reads.
 
     ``timeout_ns < 0`` waits for ever. Returns :func:`try_write`'s status, or
     :data:`TIMEOUT`.
@@ -761,15 +779,23 @@ def write_wait(slab, producer, payload, flags, stamp, strategy, timeout_ns):
         status = try_write(slab, producer, payload, flags, stamp)
         if status != FULL:
             return status
-        if timeout_ns >= 0 and (attempt >= strategy[SPINS] or attempt & 63 == 0):
-            if monotonic_ns() >= deadline:
-                return TIMEOUT
-        attempt = backoff(strategy, attempt)
+        if attempt < strategy[SPINS]:
+            attempt += 1
+            spin_pause()
+            continue
+        ticket = doorbell_prepare(slab, SPACE_BELL_OFFSET)
+        status = try_write(slab, producer, payload, flags, stamp)
+        if status != FULL:
+            doorbell_cancel(slab, SPACE_BELL_OFFSET)
+            return status
+        if doorbell_park(slab, SPACE_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
+            return TIMEOUT
 
 
 @kernel
 def read_wait(slab, consumer, out, strategy, timeout_ns):
-    """:func:`try_read`, waiting with ``strategy`` while the ring is empty.
+    """:func:`try_read`, waiting while the ring is empty: ``strategy[SPINS]`` pause rounds,
+    then parked on the data doorbell until the producer writes.
 
     ``timeout_ns < 0`` waits for ever. Returns :func:`try_read`'s result, or
     :data:`TIMEOUT`.
@@ -780,10 +806,17 @@ def read_wait(slab, consumer, out, strategy, timeout_ns):
         result = try_read(slab, consumer, out)
         if result != EMPTY:
             return result
-        if timeout_ns >= 0 and (attempt >= strategy[SPINS] or attempt & 63 == 0):
-            if monotonic_ns() >= deadline:
-                return TIMEOUT
-        attempt = backoff(strategy, attempt)
+        if attempt < strategy[SPINS]:
+            attempt += 1
+            spin_pause()
+            continue
+        ticket = doorbell_prepare(slab, DATA_BELL_OFFSET)
+        result = try_read(slab, consumer, out)
+        if result != EMPTY:
+            doorbell_cancel(slab, DATA_BELL_OFFSET)
+            return result
+        if doorbell_park(slab, DATA_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
+            return TIMEOUT
 
 
 @kernel

@@ -43,6 +43,10 @@ _EXPORTS = {
     "JournalReader": ("ringbook.engine.journal", "JournalReader"),
     "Flusher": ("ringbook.engine.flusher", "Flusher"),
     "replay_files": ("ringbook.engine.batch", "replay_files"),
+    "Server": ("ringbook.engine.ipc", "Server"),
+    "Client": ("ringbook.engine.ipc", "Client"),
+    "Publisher": ("ringbook.engine.fanout", "Publisher"),
+    "Subscriber": ("ringbook.engine.fanout", "Subscriber"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,387 @@
+"""A connection between two processes: two rings and two doorbells in one region, and the njit
+loops on each side of it (a server's I/O worker, a client's request and a load generator).
+
+Region layout (version 1), little-endian; the engine (:mod:`ringbook.engine.ipc`)
+makes it in a sealed memfd that no peer can shrink or grow:
+
+========  =====  ==============================================================
+offset    type   field
+========  =====  ==============================================================
+0         u64    magic ``b"RBCONNEC"`` (:data:`MAGIC`)
+8         u32    layout version (:data:`VERSION`)
+12        u32    state: :data:`OPEN`, :data:`CLIENT_CLOSED`, :data:`SERVER_CLOSED`
+16        i64    request ring offset (client -> server)
+24        i64    request ring bytes
+32        i64    response ring offset (server -> client)
+40        i64    response ring bytes
+48        i64    why the server closed it (:data:`CLOSED_STALLED`, ...)
+64        8 B    server doorbell: only its waiters word is used (the worker announces there
+                 before it parks on its group's doorbell)
+72        8 B    client doorbell: the client parks on it waiting for responses
+128       ...    request ring, then response ring (each a ring of :mod:`ringbook.kernels.ring`)
+========  =====  ==============================================================
+
+A server's I/O worker serves a *group* of connections and parks on one futex
+word, the group doorbell, in a page it shares with its group's clients. Before
+it parks it announces in every connection's server doorbell (a region only
+that client shares); a client, after writing a request, reads its own server
+doorbell and, if the worker announced, rings the group doorbell. So a client
+can neither hide another client's requests from the worker nor see its rings;
+the worst a hostile one can do to the shared page is wake the worker for
+nothing.
+
+The server never trusts the region after it handed it over: the ring
+geometry comes from the states it opened before the client had the region,
+and every number read from the rings afterwards is checked (``CORRUPT_*``).
+"""
+
+import numpy as np
+
+from ringbook.kernels import futex, ring
+from ringbook.kernels.atomics import load_acquire, spin_pause
+from ringbook.kernels.clock import monotonic_ns
+from ringbook.kernels.hist import record
+from ringbook.kernels.jit_options import kernel, kernel_with_callback
+from ringbook.kernels.status import OK, TIMEOUT
+
+MAGIC = int.from_bytes(b"RBCONNEC", "little")
+VERSION = 1
+MAGIC_OFFSET = 0
+VERSION_OFFSET = 8
+STATE_OFFSET = 12
+REQUEST_OFFSET = 16
+REQUEST_BYTES_OFFSET = 24
+RESPONSE_OFFSET = 32
+RESPONSE_BYTES_OFFSET = 40
+CLOSE_REASON_OFFSET = 48
+SERVER_BELL = 64
+CLIENT_BELL = 72
+#: Bytes before the request ring.
+HEADER_BYTES = 128
+#: The group doorbell's offset in its page.
+GROUP_BELL = 0
+
+# Connection states (u32 at STATE_OFFSET).
+OPEN = 0
+CLIENT_CLOSED = 1
+SERVER_CLOSED = 2
+
+# Why the server closed a connection (the worker's table and the region's close reason).
+CLOSED_NOT = 0
+CLOSED_CLIENT_GONE = 1     # the client's socket ended (it exited or was killed)
+CLOSED_STALLED = 2         # its response ring stayed full longer than the stall limit
+CLOSED_CORRUPT = 3         # a ring returned a CORRUPT_* status, or a request too large
+CLOSED_CLIENT_CLOSED = 4   # the client said it closed
+CLOSED_SERVER_STOPPED = 5
+CLOSE_REASONS = {CLOSED_CLIENT_GONE: "client gone", CLOSED_STALLED: "stalled", CLOSED_CORRUPT: "corrupt",
+                 CLOSED_CLIENT_CLOSED: "client closed", CLOSED_SERVER_STOPPED: "server stopped"}
+
+#: A client-side wait that found the connection closed.
+CLOSED = -60
+
+# A worker's table: one int64 row per connection.
+ACTIVE = 0          # 1 while served
+REASON = 1          # CLOSED_* once the worker closed it
+DETAIL = 2          # the ring status that closed it
+MESSAGES = 3        # requests served
+STALL_SINCE = 4     # monotonic ns since the response ring was found full, or 0
+TABLE_COLUMNS = 8
+
+# A worker's control array (int64).
+STOP = 0            # 1: return at once
+GENERATION = 1      # bumped by the engine when the group's membership changes
+SEEN_GENERATION = 2
+PARKS = 3           # times the worker parked
+WAKES_FOR_NOTHING = 4
+CONTROL_WORDS = 8
+
+# What serve returns.
+SERVE_SLICE = 0     # the time slice ended
+SERVE_STOP = 1
+SERVE_CHANGED = 2   # membership changed, or the worker closed a connection
+
+#: Requests a worker reads from one connection before it looks at the next.
+BATCH = 32
+#: Longest a worker parks before it returns to its Python loop.
+PARK_NS = 50_000_000
+
+
+@kernel
+def echo(request, length, response):
+    """The echo handler: the response is the request. A handler takes the request buffer,
+    its length and a response buffer, and returns the response's length (negative: none)."""
+    for i in range(length):
+        response[i] = request[i]
+    return length
+
+
+@kernel
+def _close(table, controls, i, reason, detail):
+    table[i, ACTIVE] = 0
+    table[i, REASON] = reason
+    table[i, DETAIL] = detail
+    control = controls[i]
+    control[CLOSE_REASON_OFFSET:CLOSE_REASON_OFFSET + 8].view(np.int64)[0] = reason
+    control[STATE_OFFSET:STATE_OFFSET + 4].view(np.uint32)[0] = SERVER_CLOSED
+    futex.doorbell_wake(control, CLIENT_BELL)  # a client parked for a response learns now
+
+
+@kernel_with_callback
+def _serve_connection(requests, responses, controls, states, table, i, handler, inbox, outbox, stall_ns, now):
+    """Serve up to :data:`BATCH` requests of connection ``i``; how many (-1: it was closed)."""
+    request_slab = requests[i]
+    response_slab = responses[i]
+    reader = states[i, :ring.STATE_SIZE]
+    writer = states[i, ring.STATE_SIZE:]
+    served = 0
+    while served < BATCH:
+        if writer[ring.STATE_POSITION] >= writer[ring.STATE_SEEN]:
+            free = ring.free_slots(response_slab, writer)
+            if free < 0:
+                _close(table, controls, i, CLOSED_CORRUPT, free)
+                return -1
+            if free == 0:  # the client does not read its responses: stall it alone
+                if table[i, STALL_SINCE] == 0:
+                    table[i, STALL_SINCE] = now
+                elif now - table[i, STALL_SINCE] > stall_ns:
+                    _close(table, controls, i, CLOSED_STALLED, ring.FULL)
+                    return -1
+                break
+        table[i, STALL_SINCE] = 0
+        length = ring.try_read(request_slab, reader, inbox)
+        if length == ring.EMPTY:
+            break
+        if length < 0:
+            _close(table, controls, i, CLOSED_CORRUPT, length)
+            return -1
+        answer = handler(inbox, length, outbox)
+        if answer >= 0:
+            status = ring.try_write(response_slab, writer, outbox[:answer], 0, 0)
+            if status != ring.OK:
+                _close(table, controls, i, CLOSED_CORRUPT, status)
+                return -1
+        served += 1
+    if served > 0:
+        table[i, MESSAGES] += served
+        futex.doorbell_ring(controls[i], CLIENT_BELL)
+    return served
+
+
+@kernel_with_callback
+def serve(requests, responses, controls, states, table, group, control, handler, inbox, outbox,
+          stall_ns, slice_ns, spins):
+    """An I/O worker's loop over its group of connections, for about ``slice_ns``.
+
+    Serves every active connection in turn; when a whole pass finds nothing,
+    spins ``spins`` rounds, then announces in every connection's server
+    doorbell, looks once more and parks on the group doorbell. Returns
+    :data:`SERVE_SLICE`, :data:`SERVE_STOP` or :data:`SERVE_CHANGED` (the
+    engine then updates the group and calls again).
+    """
+    deadline = monotonic_ns() + slice_ns
+    idle = 0
+    while True:
+        if load_acquire(control, STOP) != 0:
+            return SERVE_STOP
+        if load_acquire(control, GENERATION) != control[SEEN_GENERATION]:
+            return SERVE_CHANGED
+        now = monotonic_ns()
+        served = 0
+        closed = False
+        for i in range(table.shape[0]):
+            if table[i, ACTIVE] == 1:
+                count = _serve_connection(requests, responses, controls, states, table, i, handler,
+                                          inbox, outbox, stall_ns, now)
+                if count < 0:
+                    closed = True
+                else:
+                    served += count
+        if closed:
+            return SERVE_CHANGED
+        if served > 0:
+            idle = 0
+            continue
+        if now >= deadline:
+            return SERVE_SLICE
+        if idle < spins:
+            idle += 1
+            spin_pause()
+            continue
+        # After a park that timed out, one quiet pass is enough before the next: spinning over
+        # every connection again is what an idle server would spend its CPU on.
+        timed_out = _park(requests, controls, states, table, group, control, min(PARK_NS, deadline - now))
+        idle = spins if timed_out == TIMEOUT else 0
+
+
+@kernel
+def _park(requests, controls, states, table, group, control, timeout_ns):
+    """Announce in every active connection, look again, and sleep on the group doorbell:
+    :data:`TIMEOUT` when the sleep ran out, else :data:`OK`."""
+    asymmetric = False
+    for i in range(table.shape[0]):
+        if table[i, ACTIVE] == 1:
+            word = futex.fetch_add_u32_at(controls[i], SERVER_BELL + futex.WAITERS_OFFSET, 1)
+            asymmetric = asymmetric or word & futex.ASYMMETRIC != 0
+    if asymmetric:
+        futex.membarrier(futex.MEMBARRIER_CMD_GLOBAL_EXPEDITED)
+    ticket = futex.load_u32_at(group, GROUP_BELL + futex.SEQUENCE_OFFSET)
+    work = load_acquire(control, STOP) != 0 or load_acquire(control, GENERATION) != control[SEEN_GENERATION]
+    for i in range(table.shape[0]):
+        # A stalled connection's requests wait for room it does not give: no reason to stay up
+        # (the park's time limit brings the worker back to check the stall's age).
+        if not work and table[i, ACTIVE] == 1 and table[i, STALL_SINCE] == 0:
+            work = ring.pending(requests[i], states[i, :ring.STATE_SIZE]) != 0
+    status = OK
+    if not work:
+        control[PARKS] += 1
+        status = futex.futex_wait(group, GROUP_BELL + futex.SEQUENCE_OFFSET, ticket, timeout_ns)
+    for i in range(table.shape[0]):
+        if table[i, ACTIVE] == 1:
+            futex.fetch_add_u32_at(controls[i], SERVER_BELL + futex.WAITERS_OFFSET, -1)
+    return status
+
+
+# The client's side.
+
+@kernel
+def connection_state(control):
+    """:data:`OPEN`, :data:`CLIENT_CLOSED` or :data:`SERVER_CLOSED`."""
+    return futex.load_u32_at(control, STATE_OFFSET)
+
+
+@kernel
+def notify_server(control, group):
+    """After writing requests: wake the worker if it announced it parks (costs a load otherwise)."""
+    if futex.doorbell_waiters(control, SERVER_BELL) != 0:
+        futex.doorbell_wake(group, GROUP_BELL)
+
+
+@kernel
+def send(request_slab, producer, payload, control, group):
+    """Write one request and wake the worker if it parks: :data:`OK`, ring.FULL or another status."""
+    status = ring.try_write(request_slab, producer, payload, 0, 0)
+    if status == ring.OK:
+        notify_server(control, group)
+    return status
+
+
+@kernel
+def receive_wait(response_slab, consumer, out, control, spins, timeout_ns):
+    """The next response into ``out``: its length, :data:`TIMEOUT`, :data:`CLOSED` or a ring status.
+
+    Spins ``spins`` rounds, then parks on the client doorbell; ``timeout_ns``
+    negative waits for ever.
+    """
+    deadline = monotonic_ns() + timeout_ns if timeout_ns >= 0 else 0
+    attempt = 0
+    while True:
+        length = ring.try_read(response_slab, consumer, out)
+        if length != ring.EMPTY:
+            return length
+        if connection_state(control) != OPEN:
+            return CLOSED
+        if attempt < spins:
+            attempt += 1
+            spin_pause()
+            continue
+        ticket = futex.doorbell_prepare(control, CLIENT_BELL)
+        if ring.pending(response_slab, consumer) != 0 or connection_state(control) != OPEN:
+            futex.doorbell_cancel(control, CLIENT_BELL)
+            continue
+        if futex.doorbell_park(control, CLIENT_BELL, ticket, deadline, timeout_ns) == TIMEOUT:
+            return TIMEOUT
+
+
+@kernel
+def _failed(result, failed, i):
+    """Count an error and give up connection ``i``; 1 (it is finished)."""
+    result[1] += 1
+    failed[i] = True
+    return 1
+
+
+@kernel
+def drive_echo(requests, responses, controls, groups, states, messages, window, payload, out, rtt_counts,
+               rtt_meta, spins, timeout_ns, result):
+    """A load generator: every connection sends ``messages`` requests, at most ``window`` in flight,
+    and checks each echo. Round trips (ns, from the monotonic stamp in the payload's first 8 bytes)
+    go into a histogram (``rtt_counts``/``rtt_meta``, :mod:`ringbook.kernels.hist`).
+
+    ``result`` (int64[4]) receives messages echoed, errors (a wrong echo, a closed or corrupt
+    connection), and connections that finished. Waits: spins, then parks briefly on the first
+    unfinished connection's client doorbell (a process with many connections has no single word
+    to park on). Returns :data:`OK` or :data:`TIMEOUT` (nothing moved for ``timeout_ns``).
+    """
+    if messages <= 0:
+        return OK
+    count = len(requests)
+    sent = np.zeros(count, np.int64)
+    received = np.zeros(count, np.int64)
+    failed = np.zeros(count, np.bool_)
+    stamps = payload[:8].view(np.int64)
+    echoed = out[:8].view(np.int64)
+    finished = 0
+    idle = 0
+    last_progress = monotonic_ns()
+    while finished < count:
+        progress = 0
+        for i in range(count):
+            if failed[i] or received[i] == messages:
+                continue
+            reader = states[i, :ring.STATE_SIZE]
+            writer = states[i, ring.STATE_SIZE:]
+            while True:
+                length = ring.try_read(responses[i], reader, out)
+                if length == ring.EMPTY:
+                    break
+                if length != payload.size:
+                    finished += _failed(result, failed, i)
+                    break
+                record(rtt_counts, rtt_meta, monotonic_ns() - echoed[0])
+                received[i] += 1
+                result[0] += 1
+                progress += 1
+                if received[i] == messages:
+                    finished += 1
+                    result[2] += 1
+                    break
+            if failed[i] or received[i] == messages:
+                continue
+            if connection_state(controls[i]) != OPEN:
+                finished += _failed(result, failed, i)
+                continue
+            wrote = 0
+            while sent[i] < messages and sent[i] - received[i] < window:
+                stamps[0] = monotonic_ns()
+                status = ring.try_write(requests[i], writer, payload, 0, 0)
+                if status == ring.FULL:
+                    break
+                if status != ring.OK:
+                    finished += _failed(result, failed, i)
+                    break
+                sent[i] += 1
+                wrote += 1
+            if wrote > 0:
+                progress += wrote
+                notify_server(controls[i], groups[i])
+        now = monotonic_ns()
+        if progress > 0:
+            idle = 0
+            last_progress = now
+            continue
+        if timeout_ns >= 0 and now - last_progress > timeout_ns:
+            return TIMEOUT
+        idle += 1
+        if idle < spins:
+            spin_pause()
+            continue
+        for i in range(count):
+            if not failed[i] and received[i] < messages:
+                ticket = futex.doorbell_prepare(controls[i], CLIENT_BELL)
+                if ring.pending(responses[i], states[i, :ring.STATE_SIZE]) != 0:
+                    futex.doorbell_cancel(controls[i], CLIENT_BELL)
+                else:
+                    futex.doorbell_sleep(controls[i], CLIENT_BELL, ticket, 200_000)
+                break
+        idle = 0
+    return OK
