@@ -450,7 +450,7 @@ def _parse_block(path, block, scales, skip_malformed):
     # Real levels take some 30 bytes: the first guess is bounded by the block's size whatever its
     # brackets, and a block that holds more events grows the array (and the levels' scratch).
     capacity = min(int(np.count_nonzero(block.buffer == _OPEN_BRACKET)) + 2 * lines,
-                   len(block.buffer) // 48) + 16
+                   len(block.buffer) // 24) + 16
     events = np.zeros(capacity, EVENT_DTYPE)
     scratch = np.zeros(2 * capacity + 4, np.int64)
     messages = np.zeros((lines, MESSAGE_COLUMNS), np.int64)
