@@ -1,6 +1,6 @@
 """Research at scale: many files on local processes or Dask, and what the batch layer costs.
 
-Benchmarks (each value is one whole run; compile time is never measured: the
+Benchmarks (each value is one whole run unless said; compile time is never measured: the
 kernels are compiled at import and each worker warms up before timing):
 
 - ``batch_1_worker`` / ``batch_2_workers``: ``snapshot_files`` over 32 files of
@@ -8,7 +8,7 @@ kernels are compiled at import and each worker warms up before timing):
   warmed pool of 1 and of 2 local processes. The ratio is the scaling.
 - ``task_overhead_pool`` / ``task_overhead_dask``: 32 tasks that do nothing,
   on a warmed local pool (2 processes) and a local Dask cluster (2 worker
-  processes): the time per task is each shard's scheduling and result transfer.
+  processes), per task: each shard's scheduling and result transfer.
 - ``snapshots_lobster`` / ``replay_lobster`` and ``snapshots_binance`` /
   ``replay_binance``: one worker's snapshot kernel (every boundary, 10 levels,
   1 s) against a plain ``apply_events`` of the same events in one process.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import make_runner, report_ratios
+from harness import Comparison, Limit, bench, make_runner, run_subject
 
 from ringbook.engine import batch, snapshots
 from ringbook.engine.check import price_ticks
@@ -133,11 +133,53 @@ def time_file_replay(loops, path):
     return time.perf_counter() - started
 
 
-def time_batch(loops, runner, paths, out):
+class Pools:
+    """The local pools and the Dask cluster, each started on first use and stopped on ``close``.
+
+    pyperf runs each benchmark in worker processes of its own: only a worker that
+    runs a batch or overhead benchmark starts what it needs (warmed, before its
+    timer starts); the main process only spawns the workers.
+    """
+
+    def __init__(self):
+        self.stack = contextlib.ExitStack()
+        self.started = {}
+        self.out = SCRATCH / "out"
+        self._paths = None
+
+    def paths(self):
+        """The :data:`FILES` copies, made once."""
+        if self._paths is None:
+            self._paths = copies(FILES)
+            self.out.mkdir(exist_ok=True)
+        return self._paths
+
+    def get(self, kind):
+        """``"one"``, ``"two"`` (local processes) or ``"dask"`` (2 worker processes), started."""
+        if kind not in self.started:
+            if kind == "dask":
+                from distributed import Client, LocalCluster
+
+                cluster = self.stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1,
+                                                                dashboard_address=None))
+                pool = self.stack.enter_context(batch.executor(cluster=self.stack.enter_context(Client(cluster))))
+            else:
+                workers = 1 if kind == "one" else 2
+                pool = self.stack.enter_context(batch.executor(workers=workers))
+                batch.run_tasks(pool, batch.prepare_worker, [()] * 2 * workers)  # start and warm the processes
+            self.started[kind] = pool
+        return self.started[kind]
+
+    def close(self):
+        self.stack.close()
+
+
+def time_batch(loops, pools, kind):
+    runner, paths = pools.get(kind), pools.paths()
     started = time.perf_counter()
     for _ in range(loops):
         batch.run_tasks(runner, batch.snapshot_task,
-                        [(source, str(out), LEVELS, SECOND, "1s", "csv") for source in batch.sources(paths)])
+                        [(source, str(pools.out), LEVELS, SECOND, "1s", "csv") for source in batch.sources(paths)])
     return time.perf_counter() - started
 
 
@@ -145,66 +187,52 @@ def nothing():
     return 0
 
 
-def time_overhead(loops, runner, tasks):
+def time_overhead(loops, pools, kind):
+    runner = pools.get(kind)
     started = time.perf_counter()
     for _ in range(loops):
-        batch.run_tasks(runner, nothing, [()] * tasks)
+        batch.run_tasks(runner, nothing, [()] * FILES)
     return time.perf_counter() - started
 
 
-def main():
-    runner = make_runner(loops=1)
-    runner.metadata["batch_data_origin"] = ORIGIN
-    args = runner.parse_args()
-    lobster_feed, _, _ = source_feed(MESSAGES)
-    binance_feed, _, _ = source_feed(CAPTURE)
-    batch.prepare_worker()
-    time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
-    time_shard(1, MESSAGES), time_shard(1, CAPTURE)
-    results = {}
-    results["snapshots_lobster"] = runner.bench_time_func("snapshots_lobster", time_snapshots, lobster_feed)
-    results["replay_lobster"] = runner.bench_time_func("replay_lobster", time_replay, lobster_feed)
-    results["snapshots_binance"] = runner.bench_time_func("snapshots_binance", time_snapshots, binance_feed)
-    results["replay_binance"] = runner.bench_time_func("replay_binance", time_replay, binance_feed)
-    results["shard_lobster"] = runner.bench_time_func("shard_lobster", time_shard, MESSAGES)
-    results["shard_binance"] = runner.bench_time_func("shard_binance", time_shard, CAPTURE)
-    results["file_replay_lobster"] = runner.bench_time_func("file_replay_lobster", time_file_replay, MESSAGES)
-    results["file_replay_binance"] = runner.bench_time_func("file_replay_binance", time_file_replay, CAPTURE)
+def benchmark_table(lobster_feed, binance_feed, pools):
+    """Every pyperf benchmark of the subject, by name: one whole run each, per task for the overheads."""
+    return {
+        "snapshots_lobster": bench(time_snapshots, lobster_feed),
+        "replay_lobster": bench(time_replay, lobster_feed),
+        "snapshots_binance": bench(time_snapshots, binance_feed),
+        "replay_binance": bench(time_replay, binance_feed),
+        "shard_lobster": bench(time_shard, MESSAGES),
+        "shard_binance": bench(time_shard, CAPTURE),
+        "file_replay_lobster": bench(time_file_replay, MESSAGES),
+        "file_replay_binance": bench(time_file_replay, CAPTURE),
+        "batch_1_worker": bench(time_batch, pools, "one"),
+        "batch_2_workers": bench(time_batch, pools, "two"),
+        "task_overhead_pool": bench(time_overhead, pools, "two", inner_loops=FILES),
+        "task_overhead_dask": bench(time_overhead, pools, "dask", inner_loops=FILES),
+    }
 
-    out = SCRATCH / "out"
-    out.mkdir(exist_ok=True)
-    # pyperf runs each benchmark in worker processes of its own (the 7th to 10th here):
-    # only those start the pools and the cluster; the main process only spawns them.
-    order = ["batch_1_worker", "batch_2_workers", "task_overhead_pool", "task_overhead_dask"]
-    first = len(results)
 
-    def wanted(*names):
-        return args.worker and args.worker_task in [first + order.index(name) for name in names]
+#: A shard's overhead is judged against a shard of one second's work, as the target is set.
+SHARD_SECONDS = 1.0
+COMPARISONS = [
+    Comparison("batch_2_workers", "batch_1_worker", at_least=1.7,
+               means=f"2 local workers vs one, {FILES} files of about a second's work each"),
+    Limit("task_overhead_pool", at_most=0.05 * SHARD_SECONDS,
+          means="a shard's scheduling and result transfer, local pool: under 5% of a 1 s shard (time per task)"),
+    Limit("task_overhead_dask", at_most=0.05 * SHARD_SECONDS,
+          means="the same on a local Dask cluster of 2 workers (time per task)"),
+    Comparison("shard_lobster", "file_replay_lobster", at_least=0.8,
+               means="a worker's whole LOBSTER shard vs a plain replay of the file in one process"),
+    Comparison("shard_binance", "file_replay_binance", at_least=0.8,
+               means="a worker's whole Binance shard vs a plain replay of the file in one process"),
+    Comparison("snapshots_lobster", "replay_lobster", means="snapshot kernel vs plain apply_events, LOBSTER"),
+    Comparison("snapshots_binance", "replay_binance", means="snapshot kernel vs plain apply_events, Binance"),
+]
 
-    paths = copies(FILES) if wanted("batch_1_worker", "batch_2_workers") else []
-    with contextlib.ExitStack() as stack:
-        one = two = dask_runner = None
-        if wanted("batch_1_worker"):
-            one = stack.enter_context(batch.executor(workers=1))
-            batch.run_tasks(one, batch.prepare_worker, [()] * 2)  # start and warm the process
-        if wanted("batch_2_workers", "task_overhead_pool"):
-            two = stack.enter_context(batch.executor(workers=2))
-            batch.run_tasks(two, batch.prepare_worker, [()] * 4)
-        if wanted("task_overhead_dask"):
-            from distributed import Client, LocalCluster
 
-            cluster = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None))
-            dask_runner = stack.enter_context(batch.executor(cluster=stack.enter_context(Client(cluster))))
-        results["batch_1_worker"] = runner.bench_time_func("batch_1_worker", time_batch, one, paths, out)
-        results["batch_2_workers"] = runner.bench_time_func("batch_2_workers", time_batch, two, paths, out)
-        results["task_overhead_pool"] = runner.bench_time_func("task_overhead_pool", time_overhead, two, FILES)
-        results["task_overhead_dask"] = runner.bench_time_func("task_overhead_dask", time_overhead, dask_runner,
-                                                               FILES)
-    if any(value is None for value in results.values()):
-        return
-    report_ratios(results, [("snapshots_lobster", "replay_lobster"), ("snapshots_binance", "replay_binance"),
-                            ("shard_lobster", "file_replay_lobster"), ("shard_binance", "file_replay_binance"),
-                            ("batch_2_workers", "batch_1_worker")])
+def print_rates(results, lobster_feed, binance_feed):
+    """Events per second per worker, and each task's overhead as a share of the measured shard."""
     print()
     print(f"Data: {ORIGIN}; {FILES} files of {len(lobster_feed)} LOBSTER messages each")
     for name, feed in (("lobster", lobster_feed), ("binance", binance_feed)):
@@ -214,8 +242,26 @@ def main():
               f" events/s, plain replay {len(feed) / results[f'replay_{name}'].median():,.0f} events/s")
     shard = results["batch_1_worker"].median() / FILES
     for name in ("task_overhead_pool", "task_overhead_dask"):
-        per_task = results[name].median() / FILES
+        per_task = results[name].median()
         print(f"  {name}: {per_task * 1e3:.2f} ms a task, {per_task / shard:.1%} of a {shard:.2f} s shard")
+
+
+def main():
+    runner = make_runner(loops=1)
+    runner.parse_args()
+    lobster_feed, _, _ = source_feed(MESSAGES)
+    binance_feed, _, _ = source_feed(CAPTURE)
+    batch.prepare_worker()
+    time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
+    time_shard(1, MESSAGES), time_shard(1, CAPTURE)
+    pools = Pools()
+    try:
+        _, results = run_subject("Batch research", benchmark_table(lobster_feed, binance_feed, pools), COMPARISONS,
+                                 runner=runner, metadata={"batch_data_origin": ORIGIN, "batch_files": str(FILES)})
+    finally:
+        pools.close()
+    if all(value is not None for value in results.values()):
+        print_rates(results, lobster_feed, binance_feed)
 
 
 if __name__ == "__main__":

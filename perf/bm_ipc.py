@@ -13,7 +13,8 @@ pyzmq is installed).
 
 After the pyperf runs the main process prints the scale test (``ringbook ipc
 bench``'s, with its Unix socket baseline) at 32, 128 and 512 clients, and the
-CPU a server's worker uses with 512 connected, quiet clients.
+CPU a server's worker uses with 512 connected, quiet clients, and adds them to the
+``-o`` file, where the report judges their targets.
 Figures from a machine shared with other work are provisional.
 """
 
@@ -23,7 +24,7 @@ import socket
 import time
 import uuid
 
-from harness import make_runner, report_ratios
+from harness import Comparison, Limit, add_values, bench, make_runner, report_ratios, run_subject
 
 import ipc_workers as workers
 from ringbook.engine import ipc, ipc_cli
@@ -100,13 +101,15 @@ class Peers:
 
 
 def scale_figures():
-    """``ringbook ipc bench`` at each of :data:`SCALE_CLIENTS`, in this process."""
+    """``ringbook ipc bench`` at each of :data:`SCALE_CLIENTS`, in this process: ``{clients: report}``."""
+    reports = {}
     for clients in SCALE_CLIENTS:
         name = f"bm-scale-{uuid.uuid4().hex[:8]}"
         messages = max(100, SCALE_MESSAGES_IN_ALL // clients)
         args = ipc_cli.build_bench_args(name, clients, messages)
-        report = ipc_cli.bench_report(args)
-        ipc_cli._print_report(report)
+        reports[clients] = ipc_cli.bench_report(args)
+        ipc_cli._print_report(reports[clients])
+    return reports
 
 
 def quiet_server_cpu():
@@ -120,35 +123,87 @@ def quiet_server_cpu():
         after = server.stats()["workers"][0]["cpu_seconds"]
         for client in clients:
             client.close()
-    print(f"\nIdle server: one worker, {QUIET_CLIENTS} quiet connections: "
-          f"{(after - before) / QUIET_SECONDS:.1%} of a core")
+    share = (after - before) / QUIET_SECONDS
+    print(f"\nIdle server: one worker, {QUIET_CLIENTS} quiet connections: {share:.1%} of a core")
+    return share
+
+
+WINDOW = workers.WINDOW
+KINDS = {"round_trip": 1, f"window{WINDOW}": WINDOW}
+#: Peer transports and the distribution each comes from (None: the standard library).
+TRANSPORTS = {"uds": None, "pipe": None, "zmq": "pyzmq"}
+
+
+def benchmark_table(peers):
+    """Every pyperf benchmark of the subject, by name (the zmq rows only where pyzmq is installed)."""
+    ends = {"uds": (workers.socket_round_trips, (peers.uds,)),
+            "pipe": (workers.message_round_trips, (peers.pipe.send_bytes, peers.pipe.recv_bytes))}
+    if peers.zmq is not None:
+        ends["zmq"] = (workers.message_round_trips, (peers.zmq.send, peers.zmq.recv))
+    table = {f"ringbook_{kind}": bench(peers.ring_loop, in_flight) for kind, in_flight in KINDS.items()}
+    for peer, (loop, peer_ends) in ends.items():
+        for kind, in_flight in KINDS.items():
+            table[f"{peer}_{kind}"] = bench(peers.timed_case(loop, peer_ends, in_flight))
+    return table
+
+
+#: ``ringbook ipc bench``'s aggregate targets on this 2-core machine, messages per second.
+SCALE_TARGETS = {32: 1.5e6, 128: 1.2e6, 512: 1.0e6}
+SCALE_OVER_UDS = 10
+#: The most of a core a server's idle worker may use (the idle-consumer target: about 0%).
+IDLE_CPU_TARGET = 0.01
+
+
+def scale_name(clients, transport="shm"):
+    """The stored name of the scale test at ``clients`` over ``transport`` (``shm`` or ``uds``)."""
+    return f"ipc_scale_{clients}_clients_{transport}"
+
+
+COMPARISONS = [
+    Comparison(f"ringbook_{kind}", f"{peer}_{kind}", peer_package=package,
+               means=("round trip, one message in flight" if in_flight == 1 else
+                      f"one connection's throughput, {in_flight} in flight") + f", vs {peer}")
+    for peer, package in TRANSPORTS.items() for kind, in_flight in KINDS.items()
+]
+# Measured after the pyperf runs (scale_figures, quiet_server_cpu); the scale figures in seconds per message.
+for _clients, _rate in SCALE_TARGETS.items():
+    COMPARISONS += [
+        Limit(scale_name(_clients), at_most=1 / _rate,
+              means=f"ringbook ipc bench, {_clients} clients: at least {_rate / 1e6:g} M msg/s in all "
+                    "(time per message)"),
+        Comparison(scale_name(_clients), scale_name(_clients, "uds"), at_least=SCALE_OVER_UDS,
+                   means=f"ringbook ipc bench, {_clients} clients: throughput vs the same test over Unix sockets"),
+    ]
+COMPARISONS.append(Limit(f"ipc_idle_cpu_{QUIET_CLIENTS}_quiet", at_most=IDLE_CPU_TARGET, unit="x",
+                         means=f"share of a core a server worker uses with {QUIET_CLIENTS} quiet connections: "
+                               "about 0 (at most 1%)"))
+
+
+def store_scale(runner, reports):
+    """Each scale test's aggregate throughput (and its Unix socket baseline's), as seconds per message."""
+    for clients, report in reports.items():
+        if report["throughput_msgs"]:
+            add_values(runner, scale_name(clients), [1 / report["throughput_msgs"]])
+        if report.get("uds", {}).get("throughput_msgs"):
+            add_values(runner, scale_name(clients, "uds"), [1 / report["uds"]["throughput_msgs"]])
 
 
 def main():
-    peers = Peers()
     runner = make_runner()
-    runner.metadata["ipc_message_bytes"] = str(workers.MESSAGE_BYTES)
-    window = workers.WINDOW
-    transports = {"uds": (workers.socket_round_trips, (peers.uds,)),
-                  "pipe": (workers.message_round_trips, (peers.pipe.send_bytes, peers.pipe.recv_bytes))}
-    if peers.zmq is not None:
-        transports["zmq"] = (workers.message_round_trips, (peers.zmq.send, peers.zmq.recv))
-    cases = {"ringbook_round_trip": lambda loops: peers.ring_loop(loops, 1),
-             f"ringbook_window{window}": lambda loops: peers.ring_loop(loops, window)}
-    for peer, (loop, ends) in transports.items():
-        for kind, in_flight in (("round_trip", 1), (f"window{window}", window)):
-            cases[f"{peer}_{kind}"] = peers.timed_case(loop, ends, in_flight)
+    runner.parse_args()  # --help exits here, before any server starts
+    peers = Peers()
     try:
-        results = {name: runner.bench_time_func(name, case) for name, case in cases.items()}
-        pairs = [(f"ringbook_{kind}", f"{peer}_{kind}") for peer in ("uds", "pipe", "zmq")
-                 for kind in ("round_trip", f"window{window}") if f"{peer}_{kind}" in cases]
-        report_ratios(results, pairs)
+        runner, results = run_subject("Shared-memory connections", benchmark_table(peers), COMPARISONS,
+                                      runner=runner, metadata={"ipc_message_bytes": str(workers.MESSAGE_BYTES)})
     finally:
         peers.close()
     if runner.args.worker or any(value is None for value in results.values()):
         return
-    scale_figures()
-    quiet_server_cpu()
+    # run_subject prints no ratio while a comparison names a figure added after the runs: these are pyperf's.
+    report_ratios(results, [(c.ours, c.peer) for c in COMPARISONS
+                            if c.kind == "ratio" and c.ours in results and c.peer in results])
+    store_scale(runner, scale_figures())
+    add_values(runner, f"ipc_idle_cpu_{QUIET_CLIENTS}_quiet", [quiet_server_cpu()], unit="integer")
 
 
 if __name__ == "__main__":

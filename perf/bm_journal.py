@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import make_runner, report_ratios
+from harness import Comparison, Limit, bench, make_runner, run_subject
 
 from ringbook.engine.journal import JournalReader, JournalWriter, list_segments
 from ringbook.kernels import journal as jk
@@ -306,6 +306,47 @@ def check_and_compile():
 
 check_and_compile()
 
+RECORD_BYTES = int(jk.record_size(EVENT_DTYPE.itemsize))
+
+
+def benchmark_table(reader, targets, large, torn):
+    """Every pyperf benchmark of the subject, by name; times are per record unless said."""
+    return {
+        "journal_append": bench(time_journal_append, inner_loops=RECORDS),
+        "os_write_peer": bench(time_os_write, inner_loops=RECORDS),
+        "jsonl_peer": bench(time_jsonl, inner_loops=PEER_RECORDS),
+        "savez_compressed_peer": bench(time_savez, inner_loops=PEER_RECORDS),
+        "arrow_ipc_peer": bench(time_arrow_ipc, inner_loops=PEER_RECORDS),
+        "crc32c_1mib": bench(time_crc_mib),
+        "crc32c_package_1mib": bench(time_crc_package_mib),
+        "crc32c_records": bench(time_crc_records, inner_loops=PEER_RECORDS),
+        "crc32c_package_records": bench(time_crc_package_records, inner_loops=PEER_RECORDS),
+        "seek_time": bench(time_seek, reader, targets),
+        "open_torn": bench(time_open_torn, torn),
+        "read_events": bench(time_read_events, large, inner_loops=RECORDS),
+    }
+
+
+COMPARISONS = [
+    Comparison("journal_append", "os_write_peer", at_least=0.7,
+               means="append 64-byte events, durability none: share of plain 1 MiB os.write's bytes/s"),
+    Comparison("journal_append", "jsonl_peer", at_least=20, means="faster than JSON lines (json.dumps)"),
+    Comparison("journal_append", "savez_compressed_peer", at_least=10,
+               means="faster than numpy.savez_compressed", peer_package="numpy"),
+    Comparison("journal_append", "arrow_ipc_peer", at_least=1,
+               means="faster than pyarrow's IPC stream writer, batches of 64", peer_package="pyarrow"),
+    Comparison("crc32c_1mib", "crc32c_package_1mib", at_least=0.5,
+               means="CRC32C of 1 MiB: within 2x of the crc32c package", peer_package="crc32c"),
+    Comparison("crc32c_records", "crc32c_package_records", at_least=3,
+               means="CRC32C of 64-byte records: faster than the crc32c package", peer_package="crc32c"),
+    Limit("seek_time", at_most=100e-6, means="seek by time on the large journal, reader open: under 100 µs"),
+    Limit("open_torn", at_most=1.0, means="open the large journal with a torn tail: under 1 s"),
+    Limit("read_events", at_most=RECORD_BYTES / 1e9,
+          means=f"read events back, checksums verified: at least 1 GB/s of journal "
+                f"(time per {RECORD_BYTES}-byte record)"),
+]
+
+
 def pass_options(command, args):
     """Give pyperf's worker processes this script's own options."""
     command.extend(("--records", str(args.records)))
@@ -313,47 +354,39 @@ def pass_options(command, args):
         command.extend(("--workdir", args.workdir))
 
 
-if __name__ == "__main__":
+def print_throughput(results):
+    """Records/s and bytes/s of the medians (main process, all benchmarks done)."""
+    append = results["journal_append"].median()
+    read = results["read_events"].median()
+    print()
+    print(f"journal_append: {1 / append / 1e6:.2f} M records/s, {RECORD_BYTES / append / 1e6:.0f} MB/s "
+          f"on disk ({EVENT_DTYPE.itemsize / append / 1e6:.0f} MB/s of events)")
+    print(f"os_write_peer: {RECORD_BYTES / results['os_write_peer'].median() / 1e6:.0f} MB/s")
+    print(f"seek_time: {results['seek_time'].median() * 1e6:.1f} us per seek; "
+          f"open_torn: {results['open_torn'].median() * 1e3:.0f} ms per open")
+    print(f"read_events: {RECORD_BYTES / read / 1e9:.2f} GB/s of journal, {1 / read / 1e6:.1f} M events/s")
+    print(f"crc32c_1mib: {(1 << 20) / results['crc32c_1mib'].median() / 1e9:.1f} GB/s, package "
+          f"{(1 << 20) / results['crc32c_package_1mib'].median() / 1e9:.1f} GB/s")
+
+
+def main():
     runner = make_runner(add_cmdline_args=pass_options)
     runner.argparser.add_argument("--records", type=int, default=10_000_000)
     runner.argparser.add_argument("--workdir")
-    runner.metadata["journal_records"] = str(RECORDS)
+    runner.parse_args()  # --help exits here, before the large journal is built
     large = ensure_large_journal()
     torn = torn_copy()
     reader = JournalReader(large)
     targets = np.random.default_rng(3).integers(BASE_NS, BASE_NS + RECORDS * 100, 4096)
-    per_record = RECORDS
-    benchmarks = {
-        "journal_append": runner.bench_time_func("journal_append", time_journal_append, inner_loops=per_record),
-        "os_write_peer": runner.bench_time_func("os_write_peer", time_os_write, inner_loops=per_record),
-        "jsonl_peer": runner.bench_time_func("jsonl_peer", time_jsonl, inner_loops=PEER_RECORDS),
-        "savez_compressed_peer": runner.bench_time_func("savez_compressed_peer", time_savez,
-                                                        inner_loops=PEER_RECORDS),
-        "arrow_ipc_peer": runner.bench_time_func("arrow_ipc_peer", time_arrow_ipc, inner_loops=PEER_RECORDS),
-        "crc32c_1mib": runner.bench_time_func("crc32c_1mib", time_crc_mib),
-        "crc32c_package_1mib": runner.bench_time_func("crc32c_package_1mib", time_crc_package_mib),
-        "crc32c_records": runner.bench_time_func("crc32c_records", time_crc_records, inner_loops=PEER_RECORDS),
-        "crc32c_package_records": runner.bench_time_func("crc32c_package_records", time_crc_package_records,
-                                                         inner_loops=PEER_RECORDS),
-        "seek_time": runner.bench_time_func("seek_time", time_seek, reader, targets),
-        "open_torn": runner.bench_time_func("open_torn", time_open_torn, torn),
-        "read_events": runner.bench_time_func("read_events", time_read_events, large, inner_loops=per_record),
-    }
-    report_ratios(benchmarks, [("journal_append", "os_write_peer"), ("journal_append", "jsonl_peer"),
-                               ("journal_append", "savez_compressed_peer"), ("journal_append", "arrow_ipc_peer"),
-                               ("crc32c_1mib", "crc32c_package_1mib"),
-                               ("crc32c_records", "crc32c_package_records")])
-    if all(benchmark is not None for benchmark in benchmarks.values()):
-        record_bytes = int(jk.record_size(EVENT_DTYPE.itemsize))
-        append = benchmarks["journal_append"].median()
-        read = benchmarks["read_events"].median()
-        print()
-        print(f"journal_append: {1 / append / 1e6:.2f} M records/s, {record_bytes / append / 1e6:.0f} MB/s "
-              f"on disk ({EVENT_DTYPE.itemsize / append / 1e6:.0f} MB/s of events)")
-        print(f"os_write_peer: {record_bytes / benchmarks['os_write_peer'].median() / 1e6:.0f} MB/s")
-        print(f"seek_time: {benchmarks['seek_time'].median() * 1e6:.1f} us per seek; "
-              f"open_torn: {benchmarks['open_torn'].median() * 1e3:.0f} ms per open")
-        print(f"read_events: {record_bytes / read / 1e9:.2f} GB/s of journal, {1 / read / 1e6:.1f} M events/s")
-        print(f"crc32c_1mib: {(1 << 20) / benchmarks['crc32c_1mib'].median() / 1e9:.1f} GB/s, package "
-              f"{(1 << 20) / benchmarks['crc32c_package_1mib'].median() / 1e9:.1f} GB/s")
-    reader.close()
+    try:
+        _, results = run_subject("Journal", benchmark_table(reader, targets, large, torn), COMPARISONS,
+                                 runner=runner, metadata={"journal_records": str(RECORDS),
+                                                          "journal_record_bytes": str(RECORD_BYTES)})
+        if all(result is not None for result in results.values()):
+            print_throughput(results)
+    finally:
+        reader.close()
+
+
+if __name__ == "__main__":
+    main()

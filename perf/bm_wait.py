@@ -10,7 +10,8 @@ After the pyperf runs, the main process measures, for a spinning, a backing-off
 and a futex-parked consumer thread: wake latency (from the producer's
 ``CLOCK_MONOTONIC`` stamp to the consumer running again, with the consumer idle
 for :data:`IDLE_GAP_NS` before each message) at p50/p99, and the CPU an idle
-consumer uses (its thread CPU time over wall time while nothing arrives).
+consumer uses (its thread CPU time over wall time while nothing arrives); both go
+into the ``-o`` file beside pyperf's figures, where the report judges the idle target.
 
 Cross-thread figures need both cores; on a shared machine they are provisional.
 """
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from harness import make_runner, report_ratios
+from harness import Comparison, Limit, add_values, bench, make_runner, report_ratios, run_subject
 
 from ringbook.engine.ring import Ring
 from ringbook.kernels import futex, ring
@@ -220,20 +221,36 @@ def compile_all():
     latency_producer(signal, 0, 0)
 
 
+BENCHMARKS = {
+    "burst_futex": bench(lambda loops: burst_run(FUTEX, loops), inner_loops=BURST),
+    "burst_backoff": bench(lambda loops: burst_run(BACKOFF, loops), inner_loops=BURST),
+}
+#: The most of a core an idle futex-parked consumer may use: "about 0%".
+IDLE_CPU_TARGET = 0.01
+COMPARISONS = [
+    Comparison("burst_futex", "burst_backoff",
+               means="messages/s with a consumer that parks between bursts: futex vs the back-off"),
+    # Measured after the pyperf runs (see measure_latency and idle_cpu).
+    Limit("wait_idle_cpu_futex", at_most=IDLE_CPU_TARGET, unit="x",
+          means="share of a core an idle futex-parked consumer uses: about 0 (at most 1%)"),
+    Comparison("wait_latency_p50_futex", "wait_latency_p50_backoff", means="wake latency p50: futex vs the back-off"),
+    Comparison("wait_latency_p99_futex", "wait_latency_p99_backoff", means="wake latency p99: futex vs the back-off"),
+    Comparison("wait_latency_p50_futex", "wait_latency_p50_spin", means="wake latency p50: futex vs a bare spin"),
+    Comparison("wait_latency_p99_futex", "wait_latency_p99_spin", means="wake latency p99: futex vs a bare spin"),
+]
+
+
 def main():
-    compile_all()
     runner = make_runner()
-    runner.metadata["wait_burst"] = str(BURST)
-    runner.metadata["wait_idle_gap_ns"] = str(IDLE_GAP_NS)
-    results = {
-        "burst_futex": runner.bench_time_func("burst_futex", lambda loops: burst_run(FUTEX, loops),
-                                              inner_loops=BURST),
-        "burst_backoff": runner.bench_time_func("burst_backoff", lambda loops: burst_run(BACKOFF, loops),
-                                                inner_loops=BURST),
-    }
-    report_ratios(results, [("burst_futex", "burst_backoff")])
+    runner.parse_args()  # --help exits here, before anything compiles
+    compile_all()
+    runner, results = run_subject("Waiting", BENCHMARKS, COMPARISONS, runner=runner, metadata={
+        "wait_burst": str(BURST), "wait_idle_gap_ns": str(IDLE_GAP_NS)})
     if runner.args.worker or any(value is None for value in results.values()):
         return
+    # run_subject prints no ratio while a comparison names a figure added after the runs: these are pyperf's.
+    report_ratios(results, [(c.ours, c.peer) for c in COMPARISONS
+                            if c.kind == "ratio" and c.ours in results and c.peer in results])
     print()
     print(f"Wake latency, consumer idle {IDLE_GAP_NS / 1000:g} us before each of {LATENCY_SAMPLES} messages "
           f"(ns), and the CPU an idle consumer uses:")
@@ -243,6 +260,11 @@ def main():
         share = idle_cpu(method, 0.3 if method == "spin" else IDLE_SECONDS)
         p50, p99, p999 = (histogram.value_at_percentile(p) for p in (50.0, 99.0, 99.9))
         print(f"  {method:>8}  {p50:>8}  {p99:>8}  {p999:>8}  {share:>8.1%}")
+        for label, nanoseconds in (("p50", p50), ("p99", p99), ("p99.9", p999)):
+            # Below the histogram's 1 ns step counts as 1 ns: a ratio needs it above zero.
+            add_values(runner, f"wait_latency_{label}_{method}", [max(nanoseconds, 1) * 1e-9])
+        add_values(runner, f"wait_idle_cpu_{method}", [share], unit="integer")
+    print(f"  (target: futex idle CPU at most {IDLE_CPU_TARGET:.0%})")
 
 
 if __name__ == "__main__":
