@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 
-from harness import Comparison, Limit, add_values, bench, make_runner, report_ratios, run_subject
+from harness import Comparison, Limit, add_values, bench, make_runner, run_subject
 
 import ipc_workers as workers
 from ringbook.engine import ipc, ipc_cli
@@ -199,9 +199,6 @@ def main():
         peers.close()
     if runner.args.worker or any(value is None for value in results.values()):
         return
-    # run_subject prints no ratio while a comparison names a figure added after the runs: these are pyperf's.
-    report_ratios(results, [(c.ours, c.peer) for c in COMPARISONS
-                            if c.kind == "ratio" and c.ours in results and c.peer in results])
     store_scale(runner, scale_figures())
     add_values(runner, f"ipc_idle_cpu_{QUIET_CLIENTS}_quiet", [quiet_server_cpu()], unit="integer")
 

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from harness import Comparison, add_values, bench, make_runner, report_ratios, run_subject
+from harness import Comparison, add_values, bench, make_runner, run_subject
 
 from ringbook.engine.engine import Engine
 from ringbook.engine.feeds import packet
@@ -255,8 +255,6 @@ def main():
     })
     if runner.args.worker:
         return
-    # run_subject prints no ratio while a comparison names a figure added after the runs: these are pyperf's.
-    report_ratios(results, [(c.ours, c.peer) for c in COMPARISONS if c.ours in results and c.peer in results])
     store_latency(runner, measure_latency())
 
 

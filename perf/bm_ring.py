@@ -42,7 +42,7 @@ import uuid
 import numba
 import numpy as np
 
-from harness import Comparison, Limit, add_values, bench, make_runner, run_subject
+from harness import Comparison, Limit, add_values, bench, run_subject
 
 import ring_workers as workers
 from ringbook.engine.ring import Ring, new_state

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from harness import Comparison, Limit, add_values, bench, make_runner, report_ratios, run_subject
+from harness import Comparison, Limit, add_values, bench, make_runner, run_subject
 
 from ringbook.engine.ring import Ring
 from ringbook.kernels import futex, ring
@@ -248,9 +248,6 @@ def main():
         "wait_burst": str(BURST), "wait_idle_gap_ns": str(IDLE_GAP_NS)})
     if runner.args.worker or any(value is None for value in results.values()):
         return
-    # run_subject prints no ratio while a comparison names a figure added after the runs: these are pyperf's.
-    report_ratios(results, [(c.ours, c.peer) for c in COMPARISONS
-                            if c.kind == "ratio" and c.ours in results and c.peer in results])
     print()
     print(f"Wake latency, consumer idle {IDLE_GAP_NS / 1000:g} us before each of {LATENCY_SAMPLES} messages "
           f"(ns), and the CPU an idle consumer uses:")

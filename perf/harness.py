@@ -186,7 +186,9 @@ def run_subject(subject, benchmarks, comparisons, runner=None, metadata=None):
                for name, row in benchmarks.items()}
     if runner.args.worker:
         return runner, results
-    pairs = [(c.ours, c.peer) for c in comparisons if c.kind == "ratio"]
+    # Figures added later with add_values are not pyperf results: their ratios are the report's.
+    pairs = [(c.ours, c.peer) for c in comparisons
+             if c.kind == "ratio" and c.ours in results and c.peer in results]
     if pairs:
         report_ratios(results, pairs)
     for limit in (c for c in comparisons if c.kind == "limit" and results.get(c.ours) is not None):

@@ -522,7 +522,7 @@ class _Symbols:
                 self.id_of_hash[value] = None if name is None else self._intern(name, line)
         if self.symbol is None and self.snapshot_line is not None and len(self.names) > 1:
             raise FeedError(self.path, max(new_name_line or 0, self.snapshot_line),
-                            f"snapshots with several symbols ({sorted(self.names)}): pass symbol=")
+                            f"snapshots with several symbols ({sorted(map(str, self.names))}): pass symbol=")
         ids = np.zeros(len(hashes), np.int32)
         for index, value in enumerate(hashes.tolist()):
             known = self.id_of_hash.get(value)
