@@ -2,6 +2,7 @@
 benchmark script's declaration names benchmarks it really has."""
 
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -72,12 +73,20 @@ def test_each_script_declares_its_benchmarks_once_and_they_run(stem):
         pytest.skip(f"{stem}: {error}")
     if not hasattr(module, "COMPARISONS"):
         pytest.skip(f"{stem} does not declare its benchmarks with harness.run_subject yet")
-    table = module.BENCHMARKS if hasattr(module, "BENCHMARKS") else module.benchmark_table(
-        module.Benchmarks())
+    assert module.COMPARISONS and all(comparison.means for comparison in module.COMPARISONS)
+    if hasattr(module, "BENCHMARKS"):
+        table = module.BENCHMARKS
+    elif hasattr(module, "Benchmarks"):
+        table = module.benchmark_table(module.Benchmarks())
+    else:
+        pytest.skip(f"{stem} builds its benchmarks from inputs it makes in main(); its run checks them")
     names = set(table)
-    for comparison in module.COMPARISONS:
-        assert comparison.ours in names or getattr(comparison, "unit", "s") == "x"  # ratios are added after the runs
-        assert getattr(comparison, "peer", None) in (None, *names)
+    # Figures measured outside pyperf (add_values) have names made at run time; only a
+    # script that adds none must name pyperf benchmarks in every comparison.
+    if "add_values" not in inspect.getsource(module):
+        for comparison in module.COMPARISONS:
+            assert comparison.ours in names or getattr(comparison, "unit", "s") == "x"
+            assert getattr(comparison, "peer", None) in (None, *names)
     if stem in ("bm_ring", "first_event"):
         return  # cross-core threads and fresh processes: the benchmark run exercises them
     for row in table.values():
