@@ -243,6 +243,7 @@ def test_malformed_file_fails_alone(inputs, reference, tmp_path, capsys):
     assert len(written) == 3 + 1
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_force_redoes(tmp_path):
     inputs = make_inputs(tmp_path / "in", lobster_files=2)
     out = tmp_path / "out"
@@ -294,6 +295,7 @@ def test_parse_interval_rejects(text):
         batch.parse_interval(text)
 
 
+@pytest.mark.slow
 def test_check_many_files_lines_and_totals(tmp_path, capsys):
     inputs = make_inputs(tmp_path, lobster_files=2)[:3]
     status = cli.main(["check", *map(str, inputs), "--workers", "0", "--json"])

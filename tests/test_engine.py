@@ -31,6 +31,7 @@ def run_engine(tmp_path, **options):
         return engine, report
 
 
+@pytest.mark.slow
 def test_synthetic_end_to_end_and_replay(tmp_path):
     engine, report = run_engine(tmp_path, events=30_000, checkpoint_every=500, seed=3)
     assert REPORT_KEYS <= set(report)

@@ -41,6 +41,7 @@ def shm_name():
 
 # 1. A peer that rewrites the control block or a slot header while the ring runs
 
+@pytest.mark.slow
 def test_the_reported_races_do_not_reproduce():
     """A peer flipping the consumer count made open_producer walk four billion consumer lines;
     the slot count, read and write far outside the mapping; a slot's length, peek return a
