@@ -30,7 +30,7 @@ and the script prints throughput and ratios at the end.
 - ``read_events``: :meth:`JournalReader.read_span` of all its events into an
   EVENT_DTYPE array, checksums verified (target: at least 1 GB/s of journal).
 
-Run under the bench lock: ``flock /work/wt/bench.lock python perf/bm_journal.py -o journal.json``
+Run under the bench lock: ``flock /tmp/ringbook-bench.lock python perf/bm_journal.py -o journal.json``
 (``--fast --records 1000000`` for a quick look). The journals live in
 ``--workdir`` (default: a folder in the temporary directory), built once.
 """

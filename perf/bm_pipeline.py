@@ -14,7 +14,7 @@ is measured paced at 100,000 events/s for all three, and for ringbook alone at 1
 events/s, printed with the ratios at the end of the run (main process only) and added to the
 ``-o`` file, where the report judges the p99 target.
 
-Run: ``flock /work/wt/bench.lock python perf/bm_pipeline.py -o pipeline.json``
+Run: ``flock /tmp/ringbook-bench.lock python perf/bm_pipeline.py -o pipeline.json``
 (``--fast`` for a quick look).
 """
 

@@ -11,7 +11,7 @@ The rows with a target also go into README.md's Benchmarks section, between
 Run a full set (each script under the shared lock, one after the other), then
 write the report::
 
-    python perf/report.py run --lock /work/wt/bench.lock
+    python perf/report.py run --lock /tmp/ringbook-bench.lock
     python perf/report.py write
 
 ``run`` deletes the folder's old files first (pyperf will not overwrite one)

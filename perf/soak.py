@@ -6,7 +6,7 @@
 3. Checks: resident memory grows less than 1 MiB after the warm-up (``--warm-up`` seconds),
    no message dropped, ``verify`` clean, every checkpoint of the replay matched.
 
-Run: ``flock /work/wt/bench.lock python perf/soak.py [--minutes 10] [--out DIR]``.
+Run: ``flock /tmp/ringbook-bench.lock python perf/soak.py [--minutes 10] [--out DIR]``.
 Exit status 0 when every check holds, 1 otherwise; prints one JSON summary.
 """
 
