@@ -13,7 +13,6 @@ from the next batch on. :meth:`Subscriber.receive` gives numpy record arrays.
 import os
 import selectors
 import socket
-import struct
 import threading
 from collections import Counter
 
@@ -26,6 +25,7 @@ from ringbook.engine.ring import new_state
 from ringbook.kernels import fanout as kfan
 from ringbook.kernels import futex, ring
 from ringbook.kernels.events import EVENT_DTYPE
+from ringbook.kernels.status import status_name
 from ringbook.kernels.wait import wait_strategy
 
 GREETING_OK = b"RBFAN 1 OK\n"
@@ -137,8 +137,7 @@ class Publisher:
         sock.setblocking(True)
         sock.settimeout(5)
         try:
-            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                struct.calcsize("3i")))
+            pid, uid, _ = ipc.peer_credentials(sock)
             if uid not in self.allowed_uids:
                 self.refused[f"uid {uid}"] += 1
                 sock.sendall(ipc.GREETING_REFUSED + f"uid {uid} (pid {pid}) is not allowed on {self.name}\n".encode())
@@ -283,7 +282,7 @@ class Subscriber:
         self.state = new_state()
         status = ring.open_consumer(self.ring, 0, self.state)
         if status != ring.OK:
-            raise ipc.IpcError(f"subscription ring did not open: {ring.STATUS_NAMES.get(status, status)}")
+            raise ipc.IpcError(f"subscription ring did not open: {status_name(status)}")
         if not futex.register_asymmetric():
             futex.set_asymmetric(self.ring, ring.SPACE_BELL_OFFSET, False)  # this side fences instead
         self.counters = np.array([0, 0, -1], np.int64)  # received, gaps, next sequence
@@ -316,7 +315,7 @@ class Subscriber:
         if count == ring.TIMEOUT:
             raise TimeoutError(f"no event from {self.name!r} within {timeout} s")
         if count < 0:
-            raise ipc.IpcError(f"subscription ring: {ring.STATUS_NAMES.get(count, count)}")
+            raise ipc.IpcError(f"subscription ring: {status_name(count)}")
         self.sequences = sequences[:count]
         return out[:count].copy().view(EVENT_DTYPE).reshape(count)
 

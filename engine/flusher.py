@@ -28,8 +28,8 @@ import threading
 import time
 
 from ringbook.kernels import journal as jk
-from ringbook.kernels import ring as ring_kernels
 from ringbook.kernels.clock import TSC_INVARIANT, calibrate, tsc_now
+from ringbook.kernels.status import status_name
 from ringbook.kernels.wait import backoff, wait_strategy
 
 #: Slots taken from one ring per batch.
@@ -98,7 +98,7 @@ class Flusher:
             count, nbytes = writer.drain(ring.slab, consumer, BATCH_RECORDS, tsc, wall, self._ns_per_tick)
             if count < 0:
                 raise RuntimeError(f"ring {ring.path or '(private)'}, consumer {index}: "
-                                   f"{ring_kernels.STATUS_NAMES.get(count, count)}")
+                                   f"{status_name(count)}")
             if count:
                 total += count
                 self.records += count

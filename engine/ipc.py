@@ -37,6 +37,7 @@ from ringbook.engine.ring import new_state, sealed_memfd
 from ringbook.engine.system import usable_cores
 from ringbook.kernels import connection as conn
 from ringbook.kernels import futex, ring
+from ringbook.kernels.status import status_name
 
 #: Handshake lines (then the descriptors, or the reason of a refusal).
 GREETING_OK = b"RBIPC 1 OK\n"
@@ -94,6 +95,11 @@ def map_sealed(fd, what, minimum):
         raise IpcError(f"the server's {what} is truncated: {size} bytes, expected at least {minimum}")
     mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     return mapping, np.frombuffer(mapping, dtype=np.uint8)
+
+
+def peer_credentials(sock):
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket, from the kernel."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
 
 
 def listen(path):
@@ -190,7 +196,7 @@ class _Connection:
         self.reader, self.writer = new_state(), new_state()
         for status in (ring.open_consumer(self.requests, 0, self.reader), ring.open_producer(self.responses, self.writer)):
             if status != ring.OK:
-                raise IpcError(f"a new connection's ring did not open: {ring.STATUS_NAMES.get(status, status)}")
+                raise IpcError(f"a new connection's ring did not open: {status_name(status)}")
         self.group = None
         self.row = -1
 
@@ -422,7 +428,7 @@ class Server:
         except (BlockingIOError, InterruptedError):
             return
         sock.setblocking(True)
-        peer = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        peer = peer_credentials(sock)
         pid, uid, _ = peer
         if uid not in self.allowed_uids:
             self.refused[f"uid {uid}"] += 1
@@ -556,7 +562,7 @@ class Client:
         for status in (ring.open_producer(self.requests, self.writer), ring.open_consumer(self.responses, 0, self.reader)):
             if status != ring.OK:
                 self.close()
-                raise IpcError(f"connection ring did not open: {ring.STATUS_NAMES.get(status, status)}")
+                raise IpcError(f"connection ring did not open: {status_name(status)}")
         if not futex.register_asymmetric():
             futex.set_asymmetric(self.control, conn.SERVER_BELL, False)  # this side fences instead
         self.capacity = int(self.reader[ring.STATE_CAPACITY])
@@ -579,7 +585,7 @@ class Client:
         if status == ring.FULL:
             return False
         if status != ring.OK:
-            raise IpcError(f"request ring: {ring.STATUS_NAMES.get(status, status)}")
+            raise IpcError(f"request ring: {status_name(status)}")
         return True
 
     def receive(self, timeout=5.0):
@@ -591,7 +597,7 @@ class Client:
         if length == conn.TIMEOUT:
             raise TimeoutError(f"no response from {self.name!r} within {timeout} s")
         if length < 0:
-            raise IpcError(f"response ring: {ring.STATUS_NAMES.get(length, length)}")
+            raise IpcError(f"response ring: {status_name(length)}")
         return self._out[:length].tobytes()
 
     def request(self, payload, timeout=5.0):
