@@ -220,6 +220,7 @@ class Engine:
             self.source.run(context)
         finally:
             self.control[pipeline.FEED_DONE] = 1
+            self.raw_ring.wake()  # the book consumer may be parked on an empty ring
 
     def _book_body(self, worker):
         ring, own = self.raw_ring, self.engine_ring
@@ -279,7 +280,7 @@ class Engine:
                  self.histogram.counts, self.window.values, self.raw_ring.slab, self.engine_ring.slab)
         # compile before the clock starts
         self._warm_up()
-        workers = [Worker("book", self._book_body, spins=True), Worker("feed", self._feed_body, spins=True)]
+        workers = [Worker("book", self._book_body, spins=True, isolated=True), Worker("feed", self._feed_body, spins=True)]
         if self.flusher is None:
             workers.insert(0, Worker("flusher", self._discard_body, spins=False))
         plan = [("feed", self._tell_feed_stop), ("book", None)]

@@ -50,7 +50,7 @@ from ringbook.kernels.clock import monotonic_ns, stamp
 from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_CLEAR, KIND_SNAPSHOT_BEGIN)
 from ringbook.kernels.jit_options import inline_kernel, kernel, kernel_with_callback
 from ringbook.kernels.replay import apply_event
-from ringbook.kernels.wait import backoff, sleep_ns, yield_now
+from ringbook.kernels.wait import SPINS, backoff, sleep_ns, yield_now
 from ringbook.engine import counters as C
 
 from ringbook.kernels.journal import RECORD_BOOK_RESET, RECORD_CHECKPOINT, RECORD_DATA, RECORD_DROPS, RECORD_GAP
@@ -211,7 +211,6 @@ def _consume(slab, consumer, events, event_bytes, book, hist_counts, hist_meta, 
              checkpoint_every, top_prices, top_quantities, strategy, control, counters, slice_ns,
              callback, state):
     deadline = monotonic_ns() + slice_ns
-    attempt = 0
     since_checkpoint = 0
     while True:
         if load_relaxed(control, ABORT) != 0:
@@ -228,11 +227,11 @@ def _consume(slab, consumer, events, event_bytes, book, hist_counts, hist_meta, 
             if monotonic_ns() >= deadline:
                 _report_drops(engine_slab, engine_producer, record, record_bytes, strategy, control, counters)
                 return SLICE
-            attempt = backoff(strategy, attempt)
+            # spin, then park until the feed writes (or rings the doorbell when done or stopped)
+            kring.wait_readable(slab, consumer, strategy[SPINS], deadline, slice_ns)
             continue
         if length < 0:
             return length
-        attempt = 0
         position = counters[C.RAW_POSITION] + 1  # raw messages consumed once this one is
         batch_end = False
         if (flags & RECORD_KIND_MASK) == RECORD_DATA:

@@ -595,6 +595,12 @@ class Ring:
         self._check_whole()
         return self._check(kernels_ring.free_slots(self.slab, producer), producer)
 
+    def wake(self):
+        """Wake every thread parked on this ring (both doorbells), so that it looks again at
+        what it waits for: after setting a stop or done flag that a parked reader must see."""
+        for bell in (kernels_ring.DATA_BELL_OFFSET, kernels_ring.SPACE_BELL_OFFSET):
+            futex.doorbell_wake(self._whole_slab(), bell)
+
     def is_empty(self, consumer=0):
         return self.pending(consumer) == 0
 

@@ -6,9 +6,12 @@ loop is a nogil njit function; the scheduler only coordinates. It owns:
 - **CPU affinity.** A worker pins itself from inside its own thread (Linux
   affinity is per thread); the scheduler reads every thread's allowed CPUs
   back from ``/proc/self/task/<tid>/status`` and reports the thread -> core
-  map. Spinning workers get distinct cores. With fewer cores than spinners it
-  says so (:attr:`Scheduler.notes`) and gives those workers a wait strategy
-  that never spins: never two spinners on one core.
+  map. Spinning workers get distinct cores. An *isolated* worker (the book
+  consumer, whose wake-ups are the latency the engine reports) keeps its core
+  to itself: the other threads, the flusher's and the scheduler's included,
+  share the remaining cores. With fewer cores than spinners it says so
+  (:attr:`Scheduler.notes`) and gives those workers a wait strategy that never
+  spins: never two spinners on one core.
 - **Memory locking** (:func:`lock_all_memory`): ``mlockall(MCL_CURRENT |
   MCL_FUTURE)`` through ctypes, verified from ``VmLck``; and prefaulting
   (:func:`prefault`) of what the hot path touches.
@@ -200,6 +203,9 @@ class Worker:
         waits with :attr:`strategy`.
     spins : bool
         Whether it spins while waiting (needs a core of its own).
+    isolated : bool
+        Whether its core is its own alone (only for a spinning worker, and only
+        while another core remains for everyone else).
 
     Attributes
     ----------
@@ -213,10 +219,11 @@ class Worker:
     error : BaseException or None
     """
 
-    def __init__(self, name, body, *, spins=False):
+    def __init__(self, name, body, *, spins=False, isolated=False):
         self.name = name
         self.body = body
         self.spins = spins
+        self.isolated = isolated
         self.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
         self.cores = []
         self.tid = None
@@ -275,26 +282,33 @@ class ObservedThread(Worker):
         self.started.set()
 
 
-#: A worker with a core of its own: the default brief spin, then sleeps capped at 50 us
-#: (not 1 ms), since a message that arrives while it sleeps waits for it.
-SPINNER_STRATEGY = wait.wait_strategy(max_sleep_ns=50_000)
+#: A worker with a core of its own: spins about 50 us before it parks on a doorbell (or
+#: sleeps, capped at 50 us rather than 1 ms), since a message that arrives while it sleeps
+#: waits for it.
+SPINNER_STRATEGY = wait.wait_strategy(spins=2_000, max_sleep_ns=50_000)
 
 
 def assign_cores(workers, cpus=None):
-    """Give each spinning worker a core of its own; everyone else may use every core.
+    """Give each spinning worker a core of its own (isolated ones first); everyone else
+    shares the cores that no isolated worker holds.
 
     Returns
     -------
     notes : list of str
         What was decided when cores are fewer than spinners.
+    shared : list of int
+        The cores of every thread that is not a spinner (the flusher's, the scheduler's).
     """
     cores = sorted(cpus) if cpus else usable_cores()
-    spinners = [worker for worker in workers if worker.spins]
+    spinners = sorted((worker for worker in workers if worker.spins), key=lambda worker: not worker.isolated)
     notes = []
+    shared = list(cores)
     if len(cores) >= len(spinners) and len(cores) >= 2:
         for worker, core in zip(spinners, cores):
             worker.cores = [core]
             worker.strategy = SPINNER_STRATEGY.copy()
+        isolated = {worker.cores[0] for worker in spinners if worker.isolated}
+        shared = [core for core in cores if core not in isolated] or list(cores)
     else:
         if spinners:
             notes.append(f"{len(spinners)} spinning workers ({', '.join(w.name for w in spinners)}) "
@@ -304,10 +318,21 @@ def assign_cores(workers, cpus=None):
             worker.cores = list(cores)
             worker.spins = False
     for worker in workers:
-        if not worker.spins and not isinstance(worker, ObservedThread):
-            worker.cores = list(cores)
-            worker.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
-    return notes
+        if not worker.spins:
+            worker.cores = list(shared)
+            if not isinstance(worker, ObservedThread):
+                worker.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
+    return notes, shared
+
+
+def _pin(tid, cores):
+    """Restrict thread ``tid`` (0: the calling thread) to ``cores``; a failure leaves it as it was
+    (the thread -> core map read back from /proc shows what holds)."""
+    if cores and tid is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(tid, set(cores))
+        except OSError:
+            pass
 
 
 class Scheduler(threading.Thread):
@@ -337,7 +362,7 @@ class Scheduler(threading.Thread):
         self.on_tick = on_tick
         self.finished = finished
         self.interval = interval
-        self.notes = assign_cores(workers, cpus)
+        self.notes, self.shared_cores = assign_cores(workers, cpus)
         self.error = None
         self.stopping = threading.Event()
         self.done = threading.Event()
@@ -352,8 +377,11 @@ class Scheduler(threading.Thread):
     def run(self):
         self.started_ns = time.monotonic_ns()
         try:
+            _pin(0, self.shared_cores)
             for worker in self.workers.values():
-                if not isinstance(worker, ObservedThread):
+                if isinstance(worker, ObservedThread):
+                    _pin(worker.tid, worker.cores)  # started by its owner: pinned from here
+                else:
                     worker.thread.start()
                     worker.started.wait(5)
             while not self._stop_requested.wait(self.interval):

@@ -793,30 +793,46 @@ def write_wait(slab, producer, payload, flags, stamp, strategy, timeout_ns):
 
 
 @kernel
+def wait_readable(slab, consumer, spins, deadline, timeout_ns):
+    """Wait until ``consumer`` has a message to read, without reading it: ``spins`` pause
+    rounds, then parked on the data doorbell until the producer writes.
+
+    ``deadline`` is a :func:`~ringbook.kernels.clock.monotonic_ns` time, used only when
+    ``timeout_ns >= 0`` (negative: no limit). Returns :data:`OK`, :data:`TIMEOUT`, or the
+    negative status :func:`peek_header` found. Wakes early when the doorbell is rung for
+    another reason (:func:`ringbook.kernels.futex.doorbell_wake`): check what you wait for again.
+    """
+    for _ in range(spins):
+        length, _, _ = peek_header(slab, consumer)
+        if length != EMPTY:
+            return OK if length >= 0 else length
+        spin_pause()
+    ticket = doorbell_prepare(slab, DATA_BELL_OFFSET)
+    length, _, _ = peek_header(slab, consumer)
+    if length != EMPTY:
+        doorbell_cancel(slab, DATA_BELL_OFFSET)
+        return OK if length >= 0 else length
+    return doorbell_park(slab, DATA_BELL_OFFSET, ticket, deadline, timeout_ns)
+
+
+@kernel
 def read_wait(slab, consumer, out, strategy, timeout_ns):
     """:func:`try_read`, waiting while the ring is empty: ``strategy[SPINS]`` pause rounds,
-    then parked on the data doorbell until the producer writes.
+    then parked on the data doorbell until the producer writes (:func:`wait_readable`).
 
     ``timeout_ns < 0`` waits for ever. Returns :func:`try_read`'s result, or
     :data:`TIMEOUT`.
     """
     deadline = monotonic_ns() + timeout_ns if timeout_ns >= 0 else 0
-    attempt = 0
+    spins = strategy[SPINS]
     while True:
         result = try_read(slab, consumer, out)
         if result != EMPTY:
             return result
-        if attempt < strategy[SPINS]:
-            attempt += 1
-            spin_pause()
-            continue
-        ticket = doorbell_prepare(slab, DATA_BELL_OFFSET)
-        result = try_read(slab, consumer, out)
-        if result != EMPTY:
-            doorbell_cancel(slab, DATA_BELL_OFFSET)
-            return result
-        if doorbell_park(slab, DATA_BELL_OFFSET, ticket, deadline, timeout_ns) == TIMEOUT:
-            return TIMEOUT
+        status = wait_readable(slab, consumer, spins, deadline, timeout_ns)
+        if status < 0:
+            return status  # TIMEOUT, or what the wait found wrong with the ring
+        spins = 0  # spun once already: a spurious wake parks again at once
 
 
 @kernel

@@ -221,13 +221,25 @@ def test_engine_is_exported():
 
 def test_cores_fewer_than_spinners_means_no_spinning():
     workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True), Worker("flusher", None)]
-    notes = assign_cores(workers, cpus=[0])
+    notes, shared = assign_cores(workers, cpus=[0])
     assert notes and "no spinning" in notes[0]
+    assert shared == [0]
     assert all(not worker.spins and worker.strategy[0] == 0 for worker in workers)
     workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True)]
-    assert assign_cores(workers, cpus=[0, 1]) == []
+    assert assign_cores(workers, cpus=[0, 1]) == ([], [0, 1])
     assert [worker.cores for worker in workers] == [[0], [1]]
     assert all(worker.strategy[0] > 0 for worker in workers)
+
+
+@pytest.mark.parametrize("cpus, book, feed, others", [([0, 1], [0], [1], [1]),
+                                                       ([0, 1, 2, 3], [0], [1], [1, 2, 3]),
+                                                       ([0], [0], [0], [0])])
+def test_an_isolated_worker_keeps_its_core(cpus, book, feed, others):
+    workers = [Worker("flusher", None), Worker("feed", None, spins=True),
+               Worker("book", None, spins=True, isolated=True)]
+    _, shared = assign_cores(workers, cpus=cpus)
+    assert [worker.cores for worker in workers] == [others, feed, book]
+    assert shared == others
 
 
 def test_thread_costs_read_back_this_thread():

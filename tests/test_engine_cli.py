@@ -146,6 +146,7 @@ def test_udp_loopback_with_ringbook_send(tmp_path):
     port = free_udp_port()
     sent, report = _udp_run(tmp_path, port, f"udp{os.getpid()}", ["--events", 20_000])
     assert report["udp"]["rcvbuf_requested"] == 4 << 20 and report["udp"]["rcvbuf_granted"] > 0
+    assert report["udp"]["receive"] == ("recvmmsg" if sys.platform.startswith("linux") else "recv_into")
     assert report["udp"]["packets_received"] == sent["packets"]
     assert report["events"] == sent["events"] and report["messages"] == sent["packets"]
     assert report["packet_gaps"] == 0 and report["reorders"] == 0

@@ -3,10 +3,11 @@
 Receiving (``--feed udp:HOST:PORT``): the socket asks for a 4 MiB
 ``SO_RCVBUF`` and reports what the kernel granted (Linux doubles the request
 for its own bookkeeping and caps it at ``net.core.rmem_max``). Packets are
-received in batches of up to :data:`BATCH` into one preallocated array
-(``recv_into``: no Python object per packet), then one njit call per batch
-checks each packet's sequence and writes it into the raw ring, stamped with
-the TSC. A sequence above the next expected one counts its missing packets as
+received in batches of up to :data:`BATCH` into one preallocated array, by
+one ``recvmmsg`` call a batch where the system has it (:class:`BatchReceiver`;
+``recv_into`` a packet otherwise: no Python object per packet either way),
+then one njit call per batch checks each packet's sequence and writes it into
+the raw ring, stamped with the TSC. A sequence above the next expected one counts its missing packets as
 gaps and puts a ``RECORD_GAP`` marker into the ring (so the journal and a
 replay see it); one below it is a reorder (late or duplicate), counted and
 dropped. The first packet received sets the expectation.
@@ -16,8 +17,12 @@ at a rate in events/s; ``skip_every`` leaves out every k-th packet on purpose
 (the receiver must count the gaps).
 """
 
+import ctypes
+import ctypes.util
+import errno
 import select
 import socket
+import sys
 import time
 
 import numpy as np
@@ -33,6 +38,7 @@ from ringbook.kernels.wait import backoff
 
 REQUESTED_RCVBUF = 4 << 20
 BATCH = 64
+PACKET_CAPACITY = 2048
 # njit state words
 EXPECTED = 0
 
@@ -102,6 +108,77 @@ def ingest(rows, lengths, count, slab, producer, state, marker, drop, strategy, 
     return 0
 
 
+class BatchReceiver:
+    """Receive up to ``len(rows)`` datagrams into the rows of ``rows`` with one ``recvmmsg``
+    call (Linux), their lengths into ``lengths``; ``recv_into`` one at a time elsewhere.
+
+    The message headers and I/O vectors are built once, in numpy arrays that point into
+    ``rows``: a call allocates nothing. Non-blocking: :meth:`receive` returns 0 when
+    nothing is waiting.
+    """
+
+    # struct iovec {void *base; size_t len}; struct mmsghdr {struct msghdr; unsigned msg_len}
+    IOVEC = np.dtype([("base", np.uint64), ("length", np.uint64)])
+    MMSGHDR = np.dtype([("name", np.uint64), ("name_length", np.uint32), ("pad0", np.uint32),
+                        ("iov", np.uint64), ("iov_length", np.uint64), ("control", np.uint64),
+                        ("control_length", np.uint64), ("flags", np.int32), ("pad1", np.int32),
+                        ("received", np.uint32), ("pad2", np.uint32)])
+    MSG_DONTWAIT = 0x40
+
+    def __init__(self, sock, rows, lengths):
+        self.socket, self.rows, self.lengths = sock, rows, lengths
+        self._recvmmsg = _libc_recvmmsg()
+        self.method = "recvmmsg" if self._recvmmsg is not None else "recv_into"
+        if self._recvmmsg is not None:
+            count = len(rows)
+            self.vectors = np.zeros(count, self.IOVEC)
+            self.vectors["base"] = rows.ctypes.data + np.arange(count, dtype=np.uint64) * rows.strides[0]
+            self.vectors["length"] = rows.shape[1]
+            self.headers = np.zeros(count, self.MMSGHDR)
+            self.headers["iov"] = self.vectors.ctypes.data + np.arange(count, dtype=np.uint64) * self.IOVEC.itemsize
+            self.headers["iov_length"] = 1
+            self._arguments = (self.socket.fileno(), ctypes.c_void_p(self.headers.ctypes.data),
+                               ctypes.c_uint(count), ctypes.c_int(self.MSG_DONTWAIT), None)
+        else:
+            self._views = [memoryview(row) for row in rows]
+
+    def receive(self):
+        """Datagrams received now (0 when none waits); ``OSError`` naming the socket on failure."""
+        if self._recvmmsg is None:
+            return self._receive_one_by_one()
+        count = self._recvmmsg(*self._arguments)
+        if count < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                return 0
+            raise OSError(code, f"recvmmsg on {self.socket.getsockname()}: {errno.errorcode.get(code, code)}")
+        self.lengths[:count] = self.headers["received"][:count]
+        return count
+
+    def _receive_one_by_one(self):
+        count = 0
+        while count < len(self._views):
+            try:
+                self.lengths[count] = self.socket.recv_into(self._views[count])
+            except BlockingIOError:
+                break
+            count += 1
+        return count
+
+
+def _libc_recvmmsg():
+    """libc's ``recvmmsg`` as a ctypes function on Linux x86-64/arm64, else ``None``."""
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).recvmmsg
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    return function
+
+
 class UdpSource:
     """``--feed udp:HOST:PORT`` (see the module docstring)."""
 
@@ -122,32 +199,26 @@ class UdpSource:
         self.socket.setblocking(False)
         self.description = f"udp {host}:{self.socket.getsockname()[1]}"
         self.received = 0
+        self.method = None
 
     def report(self):
         return {"udp": {"address": f"{self.host}:{self.socket.getsockname()[1]}",
                         "rcvbuf_requested": REQUESTED_RCVBUF, "rcvbuf_granted": self.rcvbuf,
-                        "packets_received": self.received}}
+                        "packets_received": self.received, "receive": self.method}}
 
     def run(self, context):
-        rows = np.zeros((BATCH, 2048), np.uint8)
-        views = [memoryview(rows[i]) for i in range(BATCH)]
+        rows = np.zeros((BATCH, PACKET_CAPACITY), np.uint8)
         lengths = np.zeros(BATCH, np.int64)
+        receiver = BatchReceiver(self.socket, rows, lengths)
+        self.method = receiver.method
         state = np.zeros(2, np.int64)
         marker = np.zeros(2, np.int64)
         context.counters[C.RCVBUF_BYTES] = self.rcvbuf
-        receive = self.socket.recv_into
-        events = 0
         while not context.control[0]:
-            ready, _, _ = select.select([self.socket], [], [], 0.05)
-            if not ready:
+            count = receiver.receive()
+            if count == 0:
+                select.select([self.socket], [], [], 0.05)
                 continue
-            count = 0
-            while count < BATCH:
-                try:
-                    lengths[count] = receive(views[count])
-                except BlockingIOError:
-                    break
-                count += 1
             self.received += count
             status = ingest(rows, lengths, count, context.slab, context.producer, state, marker,
                             context.drop, context.strategy, context.control, context.counters)
