@@ -1173,6 +1173,22 @@ class _Stream:
         return int(self.index_segments[where]), int(self.index_offsets[where]), int(self.index_sequences[where])
 
 
+@dataclass
+class PayloadSpan:
+    """Records read by :meth:`JournalReader.read_payloads`: payload ``r`` is
+    ``data[offsets[r]:offsets[r + 1]]``; ``first_sequence`` is the sequence the read started at
+    (a corrupt record skipped on the way leaves a gap after it)."""
+
+    data: np.ndarray
+    offsets: np.ndarray
+    kinds: np.ndarray
+    receive_ns: np.ndarray
+    first_sequence: int
+
+    def __len__(self):
+        return len(self.kinds)
+
+
 def _as_ns(moment):
     if moment is None:
         return None
@@ -1462,6 +1478,48 @@ class JournalReader:
             if not self._next_segment(name, cursor):
                 break
         return out[:filled], sequences[:filled], receive_ns[:filled]
+
+    def read_payloads(self, count, *, max_bytes=32 << 20, stream=None):
+        """Read up to ``count`` records of any kind from the cursor, their payloads back to back.
+
+        Checksums are verified; memory is bounded by ``max_bytes`` (or one record, if larger).
+        Returns a :class:`PayloadSpan`; an empty one at the end.
+        """
+        name = stream or self.stream
+        state = self.streams[name]
+        data = np.empty(max_bytes, np.uint8)
+        offsets = np.zeros(count + 1, np.int64)
+        kinds = np.empty(count, np.int64)
+        receive_ns = np.empty(count, np.int64)
+        cursor = self._cursors[name]
+        first_sequence = cursor[2]
+        filled = 0
+        while filled < count and cursor[0] < len(state.scans):
+            number, offset, sequence = cursor
+            scan = state.scans[number]
+            buffer = state.maps[number].buffer
+            used = int(offsets[filled])
+            rows, offset, sequence, status = jk.read_payloads(
+                buffer, offset, scan.valid_end, sequence, count - filled, data[used:], offsets[filled:],
+                kinds[filled:], receive_ns[filled:])
+            offsets[filled:filled + int(rows) + 1] += used
+            filled += int(rows)
+            cursor[1], cursor[2] = int(offset), int(sequence)
+            if status == OK:
+                break
+            if status == jk.FULL:
+                if filled:
+                    break
+                length, _, _, _, _, _ = jk.record_header(buffer, int(offset))
+                data = np.empty(int(length), np.uint8)  # one record larger than max_bytes
+                continue
+            if int(offset) < scan.valid_end:
+                self._damaged(name, cursor)
+                continue
+            if not self._next_segment(name, cursor):
+                break
+        return PayloadSpan(data[:int(offsets[filled])], offsets[:filled + 1], kinds[:filled],
+                           receive_ns[:filled], first_sequence)
 
     def events(self, start=None, stop=None, *, stream=None):
         """Data records with ``start <= sequence < stop`` as one array of the stream's dtype."""

@@ -30,8 +30,8 @@ from ringbook.kernels.replay import apply_event
 
 
 @dataclass
-class RunJournal:
-    """What :func:`read_run` finds in an engine's journal."""
+class RunDescription:
+    """``run.json``: the shape of the book an engine's run kept."""
 
     root: Path
     instruments: Instruments
@@ -40,6 +40,16 @@ class RunJournal:
     order_capacity: int
     depth: int
     checkpoint_levels: int
+
+    def new_book(self):
+        return books.new_book(n_symbols=self.n_symbols, depth=self.depth, order_capacity=self.order_capacity,
+                              ticks=self.ticks)
+
+
+@dataclass
+class RunJournal(RunDescription):
+    """What :func:`read_run` finds in an engine's journal: the description and every raw record."""
+
     buffer: np.ndarray          # raw payloads back to back
     offsets: np.ndarray         # int64, len(records) + 1
     kinds: np.ndarray           # int64 record kinds of the raw stream
@@ -56,27 +66,44 @@ class RunJournal:
         return self.receive_ns[self.kinds == pipeline.RECORD_DATA]
 
 
-def read_run(root):
-    """Read an engine journal (``run.json``, the ``raw`` and ``engine`` streams).
+#: Raw records a replay reads at a time: its memory is bounded by this, not by the journal.
+SPAN_RECORDS = 65_536
+
+
+def read_description(root):
+    """``run.json`` of an engine journal.
 
     Raises
     ------
     FileNotFoundError
         No ``run.json``: not a journal ``ringbook run`` wrote.
     """
-    from ringbook.engine.journal import JournalReader
     root = Path(root)
     description = json.loads((root / "run.json").read_text())
     instruments = Instruments(capacity=max(len(description["instruments"]), 1))
     for row in description["instruments"]:
         instruments.intern(row["name"], row["price_scale"], row["size_scale"], row["tick"])
-    chunks, lengths, kinds, times = [], [], [], []
+    return RunDescription(
+        root=root, instruments=instruments, n_symbols=int(description["n_symbols"]),
+        ticks=np.asarray(description["ticks"], np.int64), order_capacity=int(description["order_capacity"]),
+        depth=int(description["depth"]), checkpoint_levels=int(description["checkpoint_levels"]))
+
+
+def raw_spans(root):
+    """The ``raw`` stream, :data:`SPAN_RECORDS` records at a time (corrupt records skipped):
+    :class:`~ringbook.engine.journal.PayloadSpan` objects."""
+    from ringbook.engine.journal import JournalReader
     with JournalReader(root, "raw", skip_corrupt=True) as reader:
-        for record in reader:
-            chunks.append(bytes(record.payload))
-            lengths.append(len(record.payload))
-            kinds.append(record.kind)
-            times.append(record.receive_ns)
+        while True:
+            span = reader.read_payloads(SPAN_RECORDS)
+            if not len(span):
+                return
+            yield span
+
+
+def engine_records(root):
+    """The ``engine`` stream's records as int64 rows: kind, then the record's 8 words."""
+    from ringbook.engine.journal import JournalReader
     own = []
     try:
         with JournalReader(root, "engine", skip_corrupt=True) as reader:
@@ -89,29 +116,46 @@ def read_run(root):
     except Exception as error:  # a run killed before its first engine record has no such stream
         if "no segments" not in str(error):
             raise
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    return np.array(own, np.int64).reshape(-1, pipeline.ENGINE_RECORD_WORDS + 1)
+
+
+def read_run(root):
+    """Read a whole engine journal into memory (``run.json``, the ``raw`` and ``engine`` streams);
+    :func:`replay` reads it span by span instead.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``run.json``: not a journal ``ringbook run`` wrote.
+    """
+    description = read_description(root)
+    spans = list(raw_spans(root))
+    offsets = [np.zeros(1, np.int64)]
+    base = 0
+    for span in spans:
+        offsets.append(span.offsets[1:] + base)
+        base += int(span.offsets[-1])
     return RunJournal(
-        root=root, instruments=instruments, n_symbols=int(description["n_symbols"]),
-        ticks=np.asarray(description["ticks"], np.int64), order_capacity=int(description["order_capacity"]),
-        depth=int(description["depth"]), checkpoint_levels=int(description["checkpoint_levels"]),
-        buffer=np.frombuffer(b"".join(chunks), np.uint8).copy() if chunks else np.zeros(0, np.uint8),
-        offsets=offsets, kinds=np.asarray(kinds, np.int64), receive_ns=np.asarray(times, np.int64),
-        engine_records=np.array(own, np.int64).reshape(-1, pipeline.ENGINE_RECORD_WORDS + 1))
+        **vars(description),
+        buffer=np.concatenate([span.data for span in spans]) if spans else np.zeros(0, np.uint8),
+        offsets=np.concatenate(offsets), kinds=np.concatenate([span.kinds for span in spans] + [np.zeros(0, np.int64)]),
+        receive_ns=np.concatenate([span.receive_ns for span in spans] + [np.zeros(0, np.int64)]),
+        engine_records=engine_records(root))
 
 
 # result words
-EVENTS, PACKETS, BAD_PACKETS, BOOK_ERRORS, MATCHED, MISMATCHED, BEYOND_END, FIRST_MISMATCH = range(8)
+EVENTS, PACKETS, BAD_PACKETS, BOOK_ERRORS, MATCHED, MISMATCHED, FIRST_MISMATCH, NEXT_CHECKPOINT, RECORDS = range(9)
 
 
 @kernel
 def replay_packets(book, buffer, offsets, kinds, checkpoint_positions, checkpoint_hashes, scratch,
                    scratch_bytes, top_prices, top_quantities, found_hashes, result):
-    """Apply every data packet; at each checkpoint's raw position compare the book's hash."""
-    next_checkpoint = 0
+    """Apply every data packet of a span of raw records; at each checkpoint's raw position
+    compare the book's hash. ``result`` carries the position (:data:`RECORDS`) and the next
+    checkpoint from one span to the next."""
+    next_checkpoint = result[NEXT_CHECKPOINT]
     n_checkpoints = checkpoint_positions.shape[0]
-    records = kinds.shape[0]
-    for k in range(records):
+    for k in range(kinds.shape[0]):
         if kinds[k] == pipeline.RECORD_DATA:
             payload = buffer[offsets[k]:offsets[k + 1]]
             count, _, _ = packet.decode_header(payload, offsets[k + 1] - offsets[k])
@@ -124,7 +168,8 @@ def replay_packets(book, buffer, offsets, kinds, checkpoint_positions, checkpoin
                         result[BOOK_ERRORS] += 1
                 result[EVENTS] += count
                 result[PACKETS] += 1
-        position = k + 1
+        result[RECORDS] += 1
+        position = result[RECORDS]
         while next_checkpoint < n_checkpoints and checkpoint_positions[next_checkpoint] <= position:
             if checkpoint_positions[next_checkpoint] == position:
                 found = pipeline.book_hash(book, top_prices, top_quantities)
@@ -136,26 +181,30 @@ def replay_packets(book, buffer, offsets, kinds, checkpoint_positions, checkpoin
                         result[FIRST_MISMATCH] = next_checkpoint
                     result[MISMATCHED] += 1
             next_checkpoint += 1
-    result[BEYOND_END] += n_checkpoints - next_checkpoint
+    result[NEXT_CHECKPOINT] = next_checkpoint
 
 
 def replay(root):
     """Verify, rebuild and check a journal ``ringbook run`` wrote; a report dict.
 
+    The raw stream is read :data:`SPAN_RECORDS` records at a time: memory stays bounded
+    whatever the journal's size.
+
     Returns
     -------
-    dict
+    report : dict
         ``verify`` (the journal's :func:`~ringbook.engine.journal.verify`),
         ``events``, ``packets``, ``gaps`` {``book``, ``feed``}, ``drops``,
         ``resets``, ``checkpoints`` {``matched``, ``mismatched``,
         ``beyond_end``, ``first_mismatch``}, ``errors``, ``ok``.
+    book : the rebuilt book
+    description : RunDescription
     """
     from ringbook.engine.journal import verify
     verified = verify(root)
-    run = read_run(root)
-    book = books.new_book(n_symbols=run.n_symbols, depth=run.depth, order_capacity=run.order_capacity,
-                          ticks=run.ticks)
-    own = run.engine_records
+    run = read_description(root)
+    book = run.new_book()
+    own = engine_records(root)
     checkpoints = own[own[:, 0] == pipeline.RECORD_CHECKPOINT]
     positions = np.ascontiguousarray(checkpoints[:, 1])
     hashes = np.ascontiguousarray(checkpoints[:, 4])
@@ -164,30 +213,34 @@ def replay(root):
         levels = int(checkpoints[0, 3])
     scratch = np.zeros(packet.MAX_EVENTS, EVENT_DTYPE)
     found = np.zeros(len(checkpoints), np.int64)
-    result = np.zeros(8, np.int64)
+    top_prices, top_quantities = np.zeros(levels, np.int64), np.zeros(levels, np.int64)
+    result = np.zeros(9, np.int64)
     result[FIRST_MISMATCH] = -1
-    replay_packets(book, run.buffer, run.offsets, run.kinds, positions, hashes, scratch,
-                   scratch.view(np.uint8), np.zeros(levels, np.int64), np.zeros(levels, np.int64), found,
-                   result)
+    feed_gaps = 0
+    for span in raw_spans(root):
+        replay_packets(book, span.data, span.offsets, span.kinds, positions, hashes, scratch,
+                       scratch.view(np.uint8), top_prices, top_quantities, found, result)
+        feed_gaps += int((span.kinds == pipeline.RECORD_GAP).sum())
     first = None
     if result[FIRST_MISMATCH] >= 0:
         index = int(result[FIRST_MISMATCH])
         first = {"checkpoint": index, "raw_position": int(positions[index]),
                  "expected_hash": int(hashes[index]), "found_hash": int(found[index])}
     drops = own[own[:, 0] == pipeline.RECORD_DROPS]
+    book_gaps = int((own[:, 0] == pipeline.RECORD_GAP).sum())
     report = {
         "dir": str(Path(root).resolve()),
         "verify": verified,
-        "records": int(len(run.kinds)),
+        "records": int(result[RECORDS]),
         "packets": int(result[PACKETS]),
         "events": int(result[EVENTS]),
-        "gaps": int((own[:, 0] == pipeline.RECORD_GAP).sum() + (run.kinds == pipeline.RECORD_GAP).sum()),
-        "gap_detail": {"book": int((own[:, 0] == pipeline.RECORD_GAP).sum()),
-                       "feed": int((run.kinds == pipeline.RECORD_GAP).sum())},
+        "gaps": book_gaps + feed_gaps,
+        "gap_detail": {"book": book_gaps, "feed": feed_gaps},
         "drops": int(drops[-1, 2]) if len(drops) else 0,
         "resets": int((own[:, 0] == pipeline.RECORD_BOOK_RESET).sum()),
         "checkpoints": {"total": int(len(checkpoints)), "matched": int(result[MATCHED]),
-                        "mismatched": int(result[MISMATCHED]), "beyond_end": int(result[BEYOND_END]),
+                        "mismatched": int(result[MISMATCHED]),
+                        "beyond_end": int(len(checkpoints) - result[NEXT_CHECKPOINT]),
                         "first_mismatch": first},
         "errors": int(result[BOOK_ERRORS] + result[BAD_PACKETS]),
     }

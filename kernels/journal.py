@@ -51,7 +51,7 @@ from ringbook.kernels import ring as ring_kernels
 from ringbook.kernels.crc32c import crc32c, load_u32, load_u64, pointer_at
 from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.status import (BAD_ARGUMENT, CORRUPT_CHECKSUM, CORRUPT_LENGTH, CORRUPT_SEQUENCE, EMPTY,
-                                     OK, TOO_LARGE)
+                                     FULL, OK, TOO_LARGE)
 
 # Record kinds. Values are part of the format: append, never renumber.
 RECORD_DATA = 0          # a message or event as received
@@ -464,6 +464,41 @@ def read_records(buffer, offset, stop, sequence, max_records, itemsize, out, seq
             receive_ns[rows] = _i64(buffer, offset + WALL_OFFSET)
             kinds[rows] = kind
             rows += 1
+        offset += size
+        sequence += 1
+    return rows, offset, sequence, status
+
+
+@kernel
+def read_payloads(buffer, offset, stop, sequence, max_records, out, out_offsets, kinds, receive_ns):
+    """Copy the payloads of up to ``max_records`` checked records of any kind back to back into ``out``.
+
+    Record ``r`` read lands in ``out[out_offsets[r]:out_offsets[r + 1]]`` (``out_offsets`` has
+    ``max_records + 1`` entries, the first set to 0 here), its kind in ``kinds[r]`` and its
+    receive ns in ``receive_ns[r]``. Returns ``(records, offset after the last record read, next
+    sequence, status)``: :data:`OK` when stopped by ``max_records``, :data:`FULL` when the next
+    payload does not fit in ``out`` (that record is left unread), :data:`EMPTY` at the end of the
+    good data, else the bad record's status.
+    """
+    rows = 0
+    used = 0
+    out_offsets[0] = 0
+    status = OK
+    while rows < max_records:
+        size = check_record(buffer, offset, stop, sequence)
+        if size < 0:
+            status = size
+            break
+        length = _u32(buffer, offset + LENGTH_OFFSET)
+        if used + length > out.shape[0]:
+            status = FULL
+            break
+        _copy_bytes(buffer, offset + RECORD_HEADER_BYTES, out, used, length)
+        used += length
+        kinds[rows] = np.int64(buffer[offset + KIND_OFFSET]) | (np.int64(buffer[offset + KIND_OFFSET + 1]) << 8)
+        receive_ns[rows] = _i64(buffer, offset + WALL_OFFSET)
+        rows += 1
+        out_offsets[rows] = used
         offset += size
         sequence += 1
     return rows, offset, sequence, status

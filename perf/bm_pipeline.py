@@ -12,7 +12,9 @@ Every peer moves the same packets (the synthetic stream, seed 0) and writes each
 journal file. Throughput is timed by pyperf (time per event, unpaced); tick-to-book latency
 is measured paced at 100,000 events/s for all three, and for ringbook alone at 1,000,000
 events/s, printed with the ratios at the end of the run (main process only) and added to the
-``-o`` file, where the report judges the p99 target.
+``-o`` file, where the report judges the p99 target. The floor beside them is the ring alone in
+the same run: one-way latency of one message in flight between two spinning threads
+(``bm_ring``'s measurement), what tick-to-book would be with no parsing, book or waking.
 
 Run: ``flock /tmp/ringbook-bench.lock python perf/bm_pipeline.py -o pipeline.json``
 (``--fast`` for a quick look).
@@ -36,6 +38,8 @@ from ringbook.kernels import book as books
 from ringbook.kernels.events import EVENT_DTYPE
 from ringbook.kernels.hist import Histogram
 from ringbook.kernels.replay import apply_events
+
+import bm_ring
 
 THROUGHPUT_EVENTS = 200_000
 LATENCY_EVENTS = 200_000
@@ -183,6 +187,8 @@ PEERS = {"ringbook": ringbook_pipeline, "threads+queue.Queue": threads_pipeline,
          "processes+multiprocessing.Queue": processes_pipeline}
 BENCHMARKS = {f"pipeline {name}": bench(timer(pipeline, THROUGHPUT_EVENTS)) for name, pipeline in PEERS.items()}
 LATENCY_PERCENTILES = (50.0, 99.0, 99.9)
+FLOOR = "ring one-way"
+FLOOR_SAMPLES = 50_000
 
 
 def latency_name(percentile, name, rate):
@@ -209,6 +215,8 @@ COMPARISONS = [
     # No target at 1 M events/s: the row shows the figure, against ringbook's own at the paced rate.
     Comparison(_p99("ringbook", FAST_RATE), _p99("ringbook"),
                means=f"ringbook tick-to-book p99 at {FAST_RATE:,} events/s, against its own at {PACED_RATE:,}"),
+    Comparison(_p99("ringbook"), latency_name(99.0, FLOOR, PACED_RATE),
+               means="ringbook tick-to-book p99 at the paced rate, against the ring's one-way p99 (the floor)"),
 ]
 
 
@@ -229,6 +237,13 @@ def measure_latency():
     values = figures["ringbook", FAST_RATE] = histogram.percentiles(LATENCY_PERCENTILES)
     print(f"ringbook paced at {FAST_RATE:,} events/s (1,000,000 events), journal on: p50 "
           f"{values[50.0] / 1e3:.1f} us  p99 {values[99.0] / 1e3:.1f} us  p99.9 {values[99.9] / 1e3:.1f} us")
+    floor = bm_ring.measure_latency(samples=FLOOR_SAMPLES, budget_s=2.0, rounds=10, spacing_s=0.05)
+    # stored under the paced rate's name: the row that compares with it
+    values = figures[FLOOR, PACED_RATE] = {
+        percentile: floor.calibration.to_ns(floor.ring.value_at_percentile(percentile))
+        for percentile in LATENCY_PERCENTILES}
+    print(f"the floor, the ring alone ({floor.ring.count:,} messages one at a time, spinning): p50 "
+          f"{values[50.0] / 1e3:.2f} us  p99 {values[99.0] / 1e3:.2f} us  p99.9 {values[99.9] / 1e3:.2f} us")
     return figures
 
 

@@ -32,7 +32,7 @@ def run_engine(tmp_path, **options):
 
 
 @pytest.mark.slow
-def test_synthetic_end_to_end_and_replay(tmp_path):
+def test_synthetic_end_to_end_and_replay(tmp_path, monkeypatch):
     engine, report = run_engine(tmp_path, events=30_000, checkpoint_every=500, seed=3)
     assert REPORT_KEYS <= set(report)
     assert set(report["latency_ns"]) >= {"p50", "p90", "p99", "p999", "max"}
@@ -49,6 +49,8 @@ def test_synthetic_end_to_end_and_replay(tmp_path):
     if len(os.sched_getaffinity(0)) >= 2:
         assert report["threads"]["feed"]["core"] != report["threads"]["book"]["core"]
         assert report["threads"]["feed"]["core"] is not None
+        # the book consumer's core is its own: the journal's flusher runs elsewhere
+        assert report["threads"]["book"]["core"] not in report["threads"]["journal"]["cores"]
     # the journal holds every raw message, and a replay reproduces every checkpoint
     from ringbook.engine.replay import replay
     result, book, _ = replay(report["journal"]["dir"])
@@ -60,6 +62,13 @@ def test_synthetic_end_to_end_and_replay(tmp_path):
     assert result["gap_detail"]["book"] == report["book_gaps"]
     levels = np.zeros(50, np.int64), np.zeros(50, np.int64)
     assert pipeline.book_hash(book, *levels) == pipeline.book_hash(engine.book, *levels)
+    # read in many small spans (as a long run's journal is), the replay is the same
+    from ringbook.engine import replay as replay_module
+    monkeypatch.setattr(replay_module, "SPAN_RECORDS", 97)
+    again, book_again, _ = replay(report["journal"]["dir"])
+    assert {key: again[key] for key in ("events", "packets", "records", "gaps", "checkpoints")} == \
+        {key: result[key] for key in ("events", "packets", "records", "gaps", "checkpoints")}
+    assert pipeline.book_hash(book_again, *levels) == pipeline.book_hash(book, *levels)
 
 
 def test_same_seed_same_book(tmp_path):

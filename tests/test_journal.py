@@ -438,3 +438,40 @@ def test_a_segment_left_with_a_header_only_is_taken_over(tmp_path):
         writer.append(b"x", receive_ns=BASE_NS)
     assert [p.name for _, p in list_segments(tmp_path)["feed"]] == ["feed.0.rbj", path.name]
     assert verify(tmp_path)["ok"]
+
+
+def _read_all_payloads(reader, count, max_bytes):
+    got = []
+    while True:
+        span = reader.read_payloads(count, max_bytes=max_bytes)
+        if not len(span):
+            return got
+        assert span.offsets[0] == 0 and len(span.offsets) == len(span) + 1
+        got += [(span.data[span.offsets[r]:span.offsets[r + 1]].tobytes(), int(span.kinds[r]),
+                 int(span.receive_ns[r])) for r in range(len(span))]
+
+
+@pytest.mark.parametrize("count, max_bytes", [(1, 1 << 20), (7, 64), (1000, 1 << 20), (5, 3)])
+def test_read_payloads_equals_iteration(tmp_path, count, max_bytes):
+    """Spans of every size, a byte limit below one payload included, across segments."""
+    write_journal(tmp_path, 300, segment_bytes=4096)
+    assert len(list_segments(tmp_path)["feed"]) > 1
+    with JournalReader(tmp_path) as reader:
+        want = [(bytes(r.payload), r.kind, r.receive_ns) for r in reader]
+    with JournalReader(tmp_path) as reader:
+        assert _read_all_payloads(reader, count, max_bytes) == want
+
+
+def test_read_payloads_passes_a_corrupt_record_when_told(tmp_path):
+    write_journal(tmp_path, 9, index_every=2)
+    (segment,) = only_segment(tmp_path)
+    offsets = _layout(segment)
+    damaged = bytearray(segment.read_bytes())
+    damaged[offsets[4] + 41] ^= 0x40
+    segment.write_bytes(bytes(damaged))
+    with JournalReader(tmp_path) as reader:
+        with pytest.raises(JournalCorruptError):
+            _read_all_payloads(reader, 100, 1 << 20)
+    with JournalReader(tmp_path, skip_corrupt=True) as reader:
+        got = _read_all_payloads(reader, 100, 1 << 20)
+    assert [payload for payload, _, _ in got] == [payload_of(s) for s in range(9) if s != 4]
