@@ -320,6 +320,9 @@ class Engine:
         else:
             pipeline.consume_with_callback(*arguments, self.config.callback, self.config.callback_state)
         pipeline.discard(ring.slab, ring.consumer(1))
+        # the scheduler's derived counters too: a first call would load their kernels mid-run
+        self.started_ns = time.monotonic_ns()
+        self._tick()
         if self.flusher is not None:
             self._warm_up_journal()
 

@@ -231,6 +231,7 @@ class Worker:
         self.end_costs = None
         self.last_costs = None
         self.error = None
+        self.on_exit = None  # called in its thread when its body ends (the scheduler looks at once)
         self.thread = threading.Thread(target=self._run, name=f"ringbook-{name}", daemon=True)
         self.started = threading.Event()
 
@@ -252,6 +253,8 @@ class Worker:
         finally:
             self.end_costs = thread_costs(self.tid)
             self.last_costs = self.end_costs or self.last_costs
+            if self.on_exit is not None:
+                self.on_exit()
 
     def costs(self):
         """Costs since the worker started (end minus start), and its allowed cores."""
@@ -367,12 +370,16 @@ class Scheduler(threading.Thread):
         self.stopping = threading.Event()
         self.done = threading.Event()
         self._stop_requested = threading.Event()
+        self._look = threading.Event()  # set when a worker ends: look now, not at the next tick
+        for worker in workers:
+            worker.on_exit = self._look.set
         self.started_ns = None
         self.stopped_ns = None
 
     def request_stop(self):
-        """Ask for the stop plan (safe from a signal handler: sets a flag only)."""
+        """Ask for the stop plan (safe from a signal handler: sets flags only)."""
         self._stop_requested.set()
+        self._look.set()
 
     def run(self):
         self.started_ns = time.monotonic_ns()
@@ -384,7 +391,11 @@ class Scheduler(threading.Thread):
                 else:
                     worker.thread.start()
                     worker.started.wait(5)
-            while not self._stop_requested.wait(self.interval):
+            while not self._stop_requested.is_set():
+                self._look.wait(self.interval)
+                self._look.clear()
+                if self._stop_requested.is_set():
+                    break
                 self._sample()
                 failed = self._failed()
                 if failed is not None or (self.finished is not None and self.finished()):
@@ -393,11 +404,12 @@ class Scheduler(threading.Thread):
                     break
             self.stopping.set()
             self._run_stop_plan()
+            self.stopped_ns = time.monotonic_ns()
             self._sample()
         except BaseException as error:
             self.error = error
         finally:
-            self.stopped_ns = time.monotonic_ns()
+            self.stopped_ns = self.stopped_ns or time.monotonic_ns()
             failed = self._failed()
             if failed is not None and self.error is None:
                 self.error = WorkerError(failed.name, failed.error)
