@@ -903,14 +903,26 @@ def _truncate_side(book, symbol, side_index, keep):
 
 
 # ---------------------------------------------------------------------------
-# Queries. Symbols are assumed valid (callers validate once at the boundary:
-# :func:`levels` does); a side that is neither BID nor ASK returns
-# INVALID_SIDE rather than reading either side.
+# Queries. A symbol outside the book returns BAD_SYMBOL (an empty book's
+# answer where the result is a price or a ratio), a side that is neither BID
+# nor ASK INVALID_SIDE, rather than reading outside the book's arrays: a
+# user's njit code calls these with whatever it holds.
+
+@inline_kernel
+def _query_side(book, symbol, side):
+    """The side index (0 bids, 1 asks) a query reads, or BAD_SYMBOL / INVALID_SIDE."""
+    if symbol < 0 or symbol >= book.counts.shape[0]:
+        return BAD_SYMBOL
+    side_index = _side_index(side)
+    return side_index if side_index >= 0 else INVALID_SIDE
+
 
 @kernel
 def _best(book, symbol, side_index):
     # The ladder's best; an empty ladder has every slot at 0, including the
     # one its top points at, so a positive quantity means a level.
+    if symbol < 0 or symbol >= book.counts.shape[0]:
+        return NO_PRICE, np.int64(0)
     steps = book.ladder_tops[symbol, side_index]
     ladder_price = _ladder_price(book, symbol, side_index, steps)
     ladder_quantity = book.ladders[symbol, side_index, _ladder_slot(book.ladders, steps)]
@@ -956,13 +968,13 @@ def _walk_next(book, symbol, side_index, steps, rank):
 
 @kernel
 def best_bid(book, symbol):
-    """``(price, quantity)`` of the best bid; ``(NO_PRICE, 0)`` when there is none."""
+    """``(price, quantity)`` of the best bid; ``(NO_PRICE, 0)`` when there is none (or no such symbol)."""
     return _best(book, symbol, 0)
 
 
 @kernel
 def best_ask(book, symbol):
-    """``(price, quantity)`` of the best ask; ``(NO_PRICE, 0)`` when there is none."""
+    """``(price, quantity)`` of the best ask; ``(NO_PRICE, 0)`` when there is none (or no such symbol)."""
     return _best(book, symbol, 1)
 
 
@@ -997,9 +1009,9 @@ def is_crossed(book, symbol):
 @kernel
 def level_count(book, symbol, side):
     """Levels held on ``side``; ``INVALID_SIDE`` for a side neither BID nor ASK."""
-    side_index = _side_index(side)
+    side_index = _query_side(book, symbol, side)
     if side_index < 0:
-        return INVALID_SIDE
+        return side_index
     return book.counts[symbol, side_index] + book.ladder_counts[symbol, side_index]
 
 
@@ -1007,9 +1019,9 @@ def level_count(book, symbol, side):
 def level_quantity(book, symbol, side, price):
     """Quantity at ``price`` on ``side``; 0 when there is no level there, ``INVALID_SIDE``
     for a side neither BID nor ASK."""
-    side_index = _side_index(side)
+    side_index = _query_side(book, symbol, side)
     if side_index < 0:
-        return INVALID_SIDE
+        return side_index
     steps, on_tick = _steps(book.ticks[symbol], side_index, price)
     offset = steps - book.ladder_lows[symbol, side_index]
     if on_tick and offset >= 0 and offset < book.ladders.shape[2]:
@@ -1030,9 +1042,9 @@ def top_levels(book, symbol, side, prices_out, quantities_out):
         Levels written: ``min(len(prices_out), len(quantities_out), levels held)``;
         ``INVALID_SIDE`` (nothing written) for a side neither BID nor ASK.
     """
-    side_index = _side_index(side)
+    side_index = _query_side(book, symbol, side)
     if side_index < 0:
-        return INVALID_SIDE
+        return side_index
     steps, rank = _walk_start(book, symbol, side_index)
     n = 0
     while n < min(prices_out.shape[0], quantities_out.shape[0]):
@@ -1049,9 +1061,9 @@ def top_levels(book, symbol, side, prices_out, quantities_out):
 def depth_to_price(book, symbol, side, price):
     """Total quantity on ``side`` at prices as good as ``price`` or better
     (``INVALID_SIDE`` for a side neither BID nor ASK)."""
-    side_index = _side_index(side)
+    side_index = _query_side(book, symbol, side)
     if side_index < 0:
-        return INVALID_SIDE
+        return side_index
     key = _key(side_index, price)
     total = 0
     steps, rank = _walk_start(book, symbol, side_index)
@@ -1068,9 +1080,9 @@ def depth_to_price(book, symbol, side, price):
 def quantity_to_depth(book, symbol, side, n_levels):
     """Total quantity in the best ``n_levels`` levels of ``side`` (``INVALID_SIDE`` for
     a side neither BID nor ASK)."""
-    side_index = _side_index(side)
+    side_index = _query_side(book, symbol, side)
     if side_index < 0:
-        return INVALID_SIDE
+        return side_index
     total = 0
     steps, rank = _walk_start(book, symbol, side_index)
     for _ in range(n_levels):
@@ -1089,7 +1101,7 @@ def imbalance(book, symbol, n_levels):
     """
     bid = quantity_to_depth(book, symbol, BID, n_levels)
     ask = quantity_to_depth(book, symbol, ASK, n_levels)
-    if bid + ask == 0:
+    if bid < 0 or ask < 0 or bid + ask == 0:
         return np.nan
     return (bid - ask) / (bid + ask)
 
@@ -1106,9 +1118,9 @@ def fill_cost(book, symbol, side, quantity):
     cost : float
         Sum of ``price * quantity`` taken per level, in fixed-point units.
     """
-    side_index = _side_index(side)
+    side_index = _query_side(book, symbol, side)
     if side_index < 0:
-        return np.int64(INVALID_SIDE), np.nan
+        return np.int64(side_index), np.nan
     remaining = quantity
     cost = 0.0
     steps, rank = _walk_start(book, symbol, side_index)
@@ -1137,9 +1149,9 @@ def vwap_to_fill(book, symbol, side, quantity):
 def horizon(book, symbol, side):
     """Best price dropped for capacity on ``side`` (exact strictly better); ``NO_PRICE`` if
     none; ``INVALID_SIDE`` for a side neither BID nor ASK."""
-    side_index = _side_index(side)
+    side_index = _query_side(book, symbol, side)
     if side_index < 0:
-        return INVALID_SIDE
+        return side_index
     key = book.horizon_keys[symbol, side_index]
     if key == _NO_HORIZON_KEY:
         return NO_PRICE

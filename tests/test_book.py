@@ -304,27 +304,48 @@ def test_truncate_keeps_lobsters_best_levels(shared_data):
 
 
 QUERIES_WITH_A_SIDE = [
-    ("level_count", lambda book, side: kb.level_count(book, 0, side)),
-    ("level_quantity", lambda book, side: kb.level_quantity(book, 0, side, 100)),
-    ("top_levels", lambda book, side: kb.top_levels(book, 0, side, np.zeros(4, np.int64),
-                                                    np.zeros(4, np.int64))),
-    ("depth_to_price", lambda book, side: kb.depth_to_price(book, 0, side, 100)),
-    ("quantity_to_depth", lambda book, side: kb.quantity_to_depth(book, 0, side, 3)),
-    ("horizon", lambda book, side: kb.horizon(book, 0, side)),
-    ("fill_cost", lambda book, side: kb.fill_cost(book, 0, side, 3)[0]),
+    ("level_count", lambda book, side, symbol=0: kb.level_count(book, symbol, side)),
+    ("level_quantity", lambda book, side, symbol=0: kb.level_quantity(book, symbol, side, 100)),
+    ("top_levels", lambda book, side, symbol=0: kb.top_levels(book, symbol, side, np.zeros(4, np.int64),
+                                                              np.zeros(4, np.int64))),
+    ("depth_to_price", lambda book, side, symbol=0: kb.depth_to_price(book, symbol, side, 100)),
+    ("quantity_to_depth", lambda book, side, symbol=0: kb.quantity_to_depth(book, symbol, side, 3)),
+    ("horizon", lambda book, side, symbol=0: kb.horizon(book, symbol, side)),
+    ("fill_cost", lambda book, side, symbol=0: kb.fill_cost(book, symbol, side, 3)[0]),
 ]
+
+
+def _two_sided_book(n_symbols=1):
+    book = new_book(n_symbols=n_symbols, depth=4, order_capacity=16)
+    for symbol in range(n_symbols):
+        set_level(book, symbol, BID, 100, 5)
+        set_level(book, symbol, ASK, 101, 5)
+    return book
 
 
 @pytest.mark.parametrize("name, query", QUERIES_WITH_A_SIDE)
 @pytest.mark.parametrize("side", [0, 2, -2, 127])
 def test_queries_reject_a_side_that_is_neither_bid_nor_ask(name, query, side):
-    book = new_book(n_symbols=1, depth=4, order_capacity=16)
-    set_level(book, 0, BID, 100, 5)
-    set_level(book, 0, ASK, 101, 5)
+    book = _two_sided_book()
     assert query(book, side) == kb.INVALID_SIDE
     assert query(book, BID) != kb.INVALID_SIDE and query(book, ASK) != kb.INVALID_SIDE
     assert math.isnan(fill_cost(book, 0, side, 3)[1])
     assert math.isnan(vwap_to_fill(book, 0, side, 3))
+
+
+@pytest.mark.parametrize("name, query", QUERIES_WITH_A_SIDE)
+@pytest.mark.parametrize("symbol", [-1, -3, 3, 1 << 40])
+def test_queries_reject_a_symbol_outside_the_book(name, query, symbol):
+    """Never a read outside the book's arrays, even for a negative symbol numpy would wrap."""
+    book = _two_sided_book(n_symbols=3)
+    for side in (BID, ASK):
+        assert query(book, side, symbol) == kb.BAD_SYMBOL
+        assert query(book, side, 2) != kb.BAD_SYMBOL
+    assert best_bid(book, symbol) == (NO_PRICE, 0) and best_ask(book, symbol) == (NO_PRICE, 0)
+    assert math.isnan(kb.mid_price(book, symbol)) and kb.spread(book, symbol) == NO_PRICE
+    assert not kb.is_crossed(book, symbol) and math.isnan(kb.imbalance(book, symbol, 3))
+    assert math.isnan(vwap_to_fill(book, symbol, BID, 3))
+    assert best_bid(book, 2) == (100, 5) and kb.spread(book, 2) == 1
 
 
 def test_levels_returns_the_best_levels_and_raises_on_bad_input():
