@@ -80,6 +80,10 @@ class EngineConfig:
         Raw messages between book checkpoints (0: none).
     checkpoint_levels : int
         Levels a side each checkpoint hashes.
+    realtime : bool
+        Run the book consumer under ``SCHED_FIFO`` on its own core (see
+        :class:`~ringbook.engine.scheduler.Worker`): nothing else on the host
+        preempts it. Needs root or ``CAP_SYS_NICE``; refused, it says so in the notes.
     name : str or None
         The counters region's name (default ``run-<pid>-<n>``).
     callback, callback_state
@@ -102,6 +106,7 @@ class EngineConfig:
     ring_slots: int = 8192
     checkpoint_every: int = 10_000
     checkpoint_levels: int = 10
+    realtime: bool = False
     name: str = None
     callback: object = None
     callback_state: object = None
@@ -280,7 +285,8 @@ class Engine:
                  self.histogram.counts, self.window.values, self.raw_ring.slab, self.engine_ring.slab)
         # compile before the clock starts
         self._warm_up()
-        workers = [Worker("book", self._book_body, spins=True, isolated=True), Worker("feed", self._feed_body, spins=True)]
+        workers = [Worker("book", self._book_body, spins=True, isolated=True,
+                          realtime=self.config.realtime), Worker("feed", self._feed_body, spins=True)]
         if self.flusher is None:
             workers.insert(0, Worker("flusher", self._discard_body, spins=False))
         plan = [("feed", self._tell_feed_stop), ("book", None)]

@@ -32,6 +32,8 @@ def add_arguments(parser):
                                       "directory, printed at start); --out '' writes none")
     parser.add_argument("--cpus", help="cores to use, e.g. 0,1 (default: every usable core)")
     parser.add_argument("--no-mlock", action="store_true", help="do not lock memory (mlockall)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="run the book consumer under SCHED_FIFO on a core of its own (root or CAP_SYS_NICE)")
     parser.add_argument("--durability", choices=("none", "interval", "batch"), default="none",
                         help="journal durability (default none: the page cache)")
     parser.add_argument("--on-full", choices=("wait", "drop"), default="wait",
@@ -56,7 +58,7 @@ def config_from(args):
     """The :class:`EngineConfig` of parsed arguments; the defaults of a bare ``ringbook run``."""
     config = EngineConfig(
         feed=args.feed, events=args.events, duration=args.duration, out=args.out,
-        cpus=[int(c) for c in args.cpus.split(",")] if args.cpus else None, mlock=not args.no_mlock,
+        cpus=[int(c) for c in args.cpus.split(",")] if args.cpus else None, mlock=not args.no_mlock, realtime=args.realtime,
         durability=args.durability, on_full=args.on_full, rate=args.rate, speed=args.speed,
         seed=args.seed, symbols=args.symbols, name=args.name, checkpoint_every=args.checkpoint_every)
     unbounded = config.feed.split(":", 1)[0] in ("synthetic", "udp")
@@ -126,7 +128,8 @@ def text_report(report):
              + (f" ({report['mlock']['error']})" if report["mlock"]["error"] else "")]
     for name, thread in report["threads"].items():
         where = f"core {thread['core']}" if thread["core"] is not None else f"cores {thread['cores']}"
-        lines.append(f"  thread {name:<8} {where}{' (spins)' if thread.get('spins') else ''}, "
+        lines.append(f"  thread {name:<8} {where}{' (spins)' if thread.get('spins') else ''}"
+                     f"{' (SCHED_FIFO)' if thread.get('policy') == 'fifo' else ''}, "
                      f"faults {thread['minor_faults']}/{thread['major_faults']}, "
                      f"switches {thread['voluntary_switches']}/{thread['involuntary_switches']}")
     for note in report["notes"]:

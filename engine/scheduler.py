@@ -88,6 +88,13 @@ def parse_cpu_list(text):
     return cores
 
 
+#: ``/proc/<pid>/task/<tid>/stat`` field 41 (policy) by value.
+SCHEDULING_POLICIES = {0: "other", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
+
+#: SCHED_FIFO priority of a realtime worker: the lowest, above every ordinary thread.
+REALTIME_PRIORITY = 1
+
+
 def thread_costs(tid):
     """Faults, switches and allowed cores of thread ``tid`` of this process.
 
@@ -106,6 +113,7 @@ def thread_costs(tid):
     fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
     status = read_status(base / "status")
     return {"minor_faults": int(fields[7]), "major_faults": int(fields[9]),
+            "policy": SCHEDULING_POLICIES.get(int(fields[38]), fields[38]),
             "voluntary_switches": int(status.get("voluntary_ctxt_switches", 0)),
             "involuntary_switches": int(status.get("nonvoluntary_ctxt_switches", 0)),
             "cores": parse_cpu_list(status.get("Cpus_allowed_list", ""))}
@@ -206,6 +214,11 @@ class Worker:
     isolated : bool
         Whether its core is its own alone (only for a spinning worker, and only
         while another core remains for everyone else).
+    realtime : bool
+        Run it under ``SCHED_FIFO`` (priority 1), so that no ordinary thread of any
+        process preempts it; granted only to an isolated worker with a core of its
+        own (it then never stalls a thread of the engine), and only where the
+        system allows it (root or ``CAP_SYS_NICE``; refusals go to :attr:`note`).
 
     Attributes
     ----------
@@ -219,11 +232,13 @@ class Worker:
     error : BaseException or None
     """
 
-    def __init__(self, name, body, *, spins=False, isolated=False):
+    def __init__(self, name, body, *, spins=False, isolated=False, realtime=False):
         self.name = name
         self.body = body
         self.spins = spins
         self.isolated = isolated
+        self.realtime = realtime
+        self.note = None
         self.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
         self.cores = []
         self.tid = None
@@ -242,6 +257,13 @@ class Worker:
                 os.sched_setaffinity(0, set(self.cores))  # this thread only
         except OSError as error:
             self.error = error
+        if self.realtime:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+            except (OSError, AttributeError) as error:
+                self.realtime = False
+                self.note = (f"{self.name}: SCHED_FIFO refused ({error}); it runs as an ordinary "
+                             f"thread (allow it with CAP_SYS_NICE, e.g. run as root)")
         self.start_costs = thread_costs(self.tid)
         self.last_costs = self.start_costs
         self.started.set()
@@ -264,6 +286,7 @@ class Worker:
         result = {key: end[key] - start[key] for key in
                   ("minor_faults", "major_faults", "voluntary_switches", "involuntary_switches")}
         result["cores"] = end["cores"]
+        result["policy"] = end.get("policy")
         return result
 
     @property
@@ -320,6 +343,12 @@ def assign_cores(workers, cpus=None):
         for worker in spinners:
             worker.cores = list(cores)
             worker.spins = False
+    for worker in workers:
+        if worker.realtime and not (worker.isolated and worker.spins and worker.cores
+                                    and worker.cores[0] not in shared):
+            worker.realtime = False
+            notes.append(f"{worker.name}: no SCHED_FIFO without a core of its own "
+                         f"({len(cores)} core(s) {cores})")
     for worker in workers:
         if not worker.spins:
             worker.cores = list(shared)
@@ -391,6 +420,8 @@ class Scheduler(threading.Thread):
                 else:
                     worker.thread.start()
                     worker.started.wait(5)
+                    if worker.note:
+                        self.notes.append(worker.note)
             while not self._stop_requested.is_set():
                 self._look.wait(self.interval)
                 self._look.clear()

@@ -173,6 +173,17 @@ def ringbook_pipeline(events, rate=None):
             return report["duration_s"], engine.stats()["histogram"]
 
 
+def ringbook_realtime_pipeline(events, rate=None):
+    """:func:`ringbook_pipeline` with the book consumer under SCHED_FIFO (``realtime=True``), where allowed."""
+    with tempfile.TemporaryDirectory() as directory:
+        with Engine(feed="synthetic", events=events, rate=rate, out=os.path.join(directory, "j"),
+                    mlock=False, checkpoint_every=10_000, realtime=True) as engine:
+            engine.start()
+            report = engine.wait()
+            granted = report["threads"]["book"].get("policy") == "fifo"
+            return report["duration_s"], engine.stats()["histogram"] if granted else None
+
+
 def timer(pipeline, events):
     def run(loops):
         total = 0.0
@@ -188,6 +199,7 @@ PEERS = {"ringbook": ringbook_pipeline, "threads+queue.Queue": threads_pipeline,
 BENCHMARKS = {f"pipeline {name}": bench(timer(pipeline, THROUGHPUT_EVENTS)) for name, pipeline in PEERS.items()}
 LATENCY_PERCENTILES = (50.0, 99.0, 99.9)
 FLOOR = "ring one-way"
+REALTIME = "ringbook --realtime"
 FLOOR_SAMPLES = 50_000
 
 
@@ -215,6 +227,9 @@ COMPARISONS = [
     # No target at 1 M events/s: the row shows the figure, against ringbook's own at the paced rate.
     Comparison(_p99("ringbook", FAST_RATE), _p99("ringbook"),
                means=f"ringbook tick-to-book p99 at {FAST_RATE:,} events/s, against its own at {PACED_RATE:,}"),
+    Comparison(_p99(REALTIME), _p99("threads+queue.Queue"),
+               means=f"tick-to-book p99 paced at {PACED_RATE:,} events/s, the book consumer under SCHED_FIFO: "
+                     "lower than threads and queue.Queue"),
     Comparison(_p99("ringbook"), latency_name(99.0, FLOOR, PACED_RATE),
                means="ringbook tick-to-book p99 at the paced rate, against the ring's one-way p99 (the floor)"),
 ]
@@ -233,6 +248,13 @@ def measure_latency():
     p99 = {name: values[99.0] for (name, _), values in figures.items()}
     for peer in ("threads+queue.Queue", "processes+multiprocessing.Queue"):
         print(f"  p99 ratio {peer} / ringbook: {p99[peer] / max(p99['ringbook'], 1):.1f}x")
+    _, histogram = ringbook_realtime_pipeline(LATENCY_EVENTS, PACED_RATE)
+    if histogram is None:
+        print(f"  {REALTIME:<34} not measured: SCHED_FIFO is not allowed here")
+    else:
+        values = figures[REALTIME, PACED_RATE] = histogram.percentiles(LATENCY_PERCENTILES)
+        print(f"  {REALTIME:<34} p50 {values[50.0] / 1e3:9.1f} us  p99 {values[99.0] / 1e3:9.1f} us  "
+              f"p99.9 {values[99.9] / 1e3:9.1f} us")
     _, histogram = ringbook_pipeline(1_000_000, FAST_RATE)
     values = figures["ringbook", FAST_RATE] = histogram.percentiles(LATENCY_PERCENTILES)
     print(f"ringbook paced at {FAST_RATE:,} events/s (1,000,000 events), journal on: p50 "

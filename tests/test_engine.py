@@ -337,3 +337,44 @@ def test_full_disk_during_a_run_loses_nothing(tmp_path):
         assert result["checkpoints"]["matched"] == report["checkpoints"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fifo_allowed():
+    """Whether this process may run a thread under SCHED_FIFO (tried in a throwaway thread)."""
+    import threading
+    allowed = []
+
+    def attempt():
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            allowed.append(True)
+        except (OSError, AttributeError):
+            pass
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    return bool(allowed)
+
+
+def test_realtime_book_consumer(tmp_path):
+    _, report = run_engine(tmp_path, events=5000, out="", realtime=True)
+    book, feed = report["threads"]["book"], report["threads"]["feed"]
+    assert feed["policy"] == "other"  # only the book consumer asks
+    if len(os.sched_getaffinity(0)) < 2:
+        assert book["policy"] == "other" and any("no SCHED_FIFO" in note for note in report["notes"])
+    elif _fifo_allowed():
+        assert book["policy"] == "fifo"
+        assert not report["notes"]
+    else:
+        assert book["policy"] == "other" and any("SCHED_FIFO refused" in note for note in report["notes"])
+
+
+def test_realtime_needs_a_core_of_its_own():
+    workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True, isolated=True, realtime=True)]
+    notes, _ = assign_cores(workers, cpus=[0])
+    assert not workers[1].realtime and any("no SCHED_FIFO" in note for note in notes)
+    workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True, isolated=True, realtime=True)]
+    notes, _ = assign_cores(workers, cpus=[0, 1])
+    assert workers[1].realtime and not notes
