@@ -326,6 +326,9 @@ class Engine:
         else:
             pipeline.consume_with_callback(*arguments, self.config.callback, self.config.callback_state)
         pipeline.discard(ring.slab, ring.consumer(1))
+        warm_up_source = getattr(self.source, "warm_up", None)
+        if warm_up_source is not None:
+            warm_up_source()
         # the scheduler's derived counters too: a first call would load their kernels mid-run
         self.started_ns = time.monotonic_ns()
         self._tick()

@@ -87,13 +87,18 @@ class SyntheticSource:
         self.description = f"synthetic (seed {seed}, {n_symbols} symbols" + (
             f", {rate:g} events/s)" if rate else ", as fast as possible)")
 
+    def warm_up(self):
+        """Make the first chunk now (loading the generator's kernel), before the engine's clock starts."""
+        self._first = self.stream.next_chunk()
+
     def run(self, context):
         from ringbook.engine.pipeline import DONE, publish
         done_events = 0
         empty = np.zeros(0, np.int64)
         ns_per_event = 1e9 / self.rate if self.rate else 0.0
         while True:
-            buffer, offsets, counts = self.stream.next_chunk()
+            first, self._first = getattr(self, "_first", None), None
+            buffer, offsets, counts = first if first is not None else self.stream.next_chunk()
             if context.max_events:
                 left = context.max_events - done_events
                 if left <= 0:
