@@ -300,12 +300,18 @@ def test_mlock_enomem_names_the_limit():
     assert result["locked_bytes"] == 0
 
 
-def test_journal_feed_replays_a_run(tmp_path):
+@pytest.mark.parametrize("span_records", [65_536, 333])
+def test_journal_feed_replays_a_run(tmp_path, monkeypatch, span_records):
+    """Read in one span or in many (as a long journal is), the run is the same again."""
+    from ringbook.engine import replay as replay_module
+    monkeypatch.setattr(replay_module, "SPAN_RECORDS", span_records)
     first, report = run_engine(tmp_path, events=8000, seed=5, out=str(tmp_path / "first"))
     again, second = run_engine(tmp_path, feed=f"journal:{tmp_path / 'first'}", out=str(tmp_path / "second"))
     assert second["events"] == report["events"] and second["messages"] == report["messages"]
     levels = np.zeros(20, np.int64), np.zeros(20, np.int64)
     assert pipeline.book_hash(first.book, *levels) == pipeline.book_hash(again.book, *levels)
+    _, bounded = run_engine(tmp_path, feed=f"journal:{tmp_path / 'first'}", out="", events=3000)
+    assert 3000 <= bounded["events"] < 3000 + 15
 
 
 @pytest.mark.slow

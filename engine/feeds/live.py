@@ -45,17 +45,19 @@ class FeedContext:
     extra: dict = field(default_factory=dict)
 
 
-def publish_arrays(context, buffer, offsets, counts, due_ns):
-    """Publish packets in chunks, stopping at ``context.max_events``; returns events written or dropped.
+def publish_arrays(context, buffer, offsets, counts, due_ns, max_events=None):
+    """Publish packets in chunks, stopping at ``max_events`` (default ``context.max_events``).
 
-    Raises ``RuntimeError`` on a ring error status.
+    Returns ``(events written or dropped, stopped)``: ``stopped`` when told to stop
+    before the end. Raises ``RuntimeError`` on a ring error status.
     """
     from ringbook.engine.pipeline import DONE, publish
     handled_events = 0
     total = len(counts)
-    if context.max_events:
+    limit = context.max_events if max_events is None else max_events
+    if limit:
         cumulative = np.cumsum(counts)
-        total = int(np.searchsorted(cumulative, context.max_events) + 1) if len(cumulative) else 0
+        total = int(np.searchsorted(cumulative, limit) + 1) if len(cumulative) else 0
         total = min(total, len(counts))
     empty = np.zeros(0, np.int64)
     for start in range(0, total, CHUNK):
@@ -68,8 +70,8 @@ def publish_arrays(context, buffer, offsets, counts, due_ns):
         if status < 0:
             raise RuntimeError(f"raw ring write failed with status {status}")
         if status != DONE:
-            break
-    return handled_events
+            return handled_events, True
+    return handled_events, False
 
 
 class SyntheticSource:
@@ -162,30 +164,47 @@ class EventFileSource(PacketArraySource):
 
 
 
-class JournalSource(PacketArraySource):
-    """The ``raw`` stream of an engine journal: its data packets, again."""
+class JournalSource:
+    """The ``raw`` stream of an engine journal: its data packets again, read span by span
+    (memory bounded whatever the journal's size), as fast as possible or at recorded speed
+    times ``speed``."""
 
     bounded = True
 
     def __init__(self, root, speed=None):
-        from ringbook.engine.replay import read_run
-        run = read_run(root)
+        from ringbook.engine.replay import read_description
+        run = read_description(root)
+        self.root = root
         self.instruments = run.instruments
         self.n_symbols = run.n_symbols
         self.ticks = run.ticks
         self.order_capacity = run.order_capacity
         self.speed = speed
-        keep = np.flatnonzero(run.kinds == 0)  # data records: the feed's own markers are not replayed
-        lengths = np.diff(run.offsets)[keep]
-        self.offsets = np.zeros(len(keep) + 1, np.int64)
-        np.cumsum(lengths, out=self.offsets[1:])
-        self.buffer = np.concatenate([run.buffer[run.offsets[i]:run.offsets[i + 1]] for i in keep]) \
-            if len(keep) else np.zeros(0, np.uint8)
-        self.counts = ((lengths - packet.HEADER_BYTES) // packet.EVENT_BYTES).astype(np.int64)
-        self.times = run.receive_ns[keep]
-        self.total_events = int(self.counts.sum())
+        self.total_events = None  # known only once read
         self.description = f"journal {root}" + (f" at {speed:g}x recorded speed" if speed else "")
 
+    def run(self, context):
+        from ringbook.engine.pipeline import RECORD_DATA
+        from ringbook.engine.replay import raw_spans
+        first_ns = None
+        left = context.max_events or None
+        for span in raw_spans(self.root):
+            lengths = np.diff(span.offsets)
+            keep = span.kinds == RECORD_DATA  # the feed's own markers are not replayed
+            buffer = span.data[np.repeat(keep, lengths)]
+            offsets = np.zeros(int(keep.sum()) + 1, np.int64)
+            np.cumsum(lengths[keep], out=offsets[1:])
+            counts = ((lengths[keep] - packet.HEADER_BYTES) // packet.EVENT_BYTES).astype(np.int64)
+            times = span.receive_ns[keep]
+            due = np.zeros(0, np.int64)
+            if self.speed and len(times):
+                first_ns = times[0] if first_ns is None else first_ns
+                due = ((times - first_ns) / self.speed).astype(np.int64)
+            handled, finished = publish_arrays(context, buffer, offsets, counts, due, max_events=left)
+            if left is not None:
+                left -= handled
+            if finished or (left is not None and left <= 0):
+                return
 
 
 def open_source(spec, *, seed=0, rate=None, speed=None, symbols=16):
