@@ -46,26 +46,6 @@ class RunDescription:
                               ticks=self.ticks)
 
 
-@dataclass
-class RunJournal(RunDescription):
-    """What :func:`read_run` finds in an engine's journal: the description and every raw record."""
-
-    buffer: np.ndarray          # raw payloads back to back
-    offsets: np.ndarray         # int64, len(records) + 1
-    kinds: np.ndarray           # int64 record kinds of the raw stream
-    receive_ns: np.ndarray      # int64
-    engine_records: np.ndarray  # int64 (n, 9): kind, then the record's 8 words
-
-    @property
-    def data_packets(self):
-        keep = np.flatnonzero(self.kinds == pipeline.RECORD_DATA)
-        return [self.buffer[self.offsets[i]:self.offsets[i + 1]].tobytes() for i in keep]
-
-    @property
-    def data_receive_ns(self):
-        return self.receive_ns[self.kinds == pipeline.RECORD_DATA]
-
-
 #: Raw records a replay reads at a time: its memory is bounded by this, not by the journal.
 SPAN_RECORDS = 65_536
 
@@ -117,30 +97,6 @@ def engine_records(root):
         if "no segments" not in str(error):
             raise
     return np.array(own, np.int64).reshape(-1, pipeline.ENGINE_RECORD_WORDS + 1)
-
-
-def read_run(root):
-    """Read a whole engine journal into memory (``run.json``, the ``raw`` and ``engine`` streams);
-    :func:`replay` reads it span by span instead.
-
-    Raises
-    ------
-    FileNotFoundError
-        No ``run.json``: not a journal ``ringbook run`` wrote.
-    """
-    description = read_description(root)
-    spans = list(raw_spans(root))
-    offsets = [np.zeros(1, np.int64)]
-    base = 0
-    for span in spans:
-        offsets.append(span.offsets[1:] + base)
-        base += int(span.offsets[-1])
-    return RunJournal(
-        **vars(description),
-        buffer=np.concatenate([span.data for span in spans]) if spans else np.zeros(0, np.uint8),
-        offsets=np.concatenate(offsets), kinds=np.concatenate([span.kinds for span in spans] + [np.zeros(0, np.int64)]),
-        receive_ns=np.concatenate([span.receive_ns for span in spans] + [np.zeros(0, np.int64)]),
-        engine_records=engine_records(root))
 
 
 # result words
