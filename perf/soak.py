@@ -1,12 +1,13 @@
 """A long run of the engine (not in CI): memory flat, no drops, the journal verifies, replay matches.
 
 1. Measures the maximum rate: the synthetic feed unpaced for ``--probe`` seconds, journal on.
-2. Runs ``--minutes`` (default 10) paced at half that rate with ``--on-full drop``, sampling
-   this process's resident memory (``VmRSS``) every second.
+2. Runs ``--minutes`` (default 10) paced at half that rate with ``--on-full drop`` (less when
+   the journal would not fit on the disk: it says so), sampling this process's resident
+   memory (``VmRSS``) every second.
 3. Checks: resident memory grows less than 1 MiB after the warm-up (``--warm-up`` seconds),
    no message dropped, ``verify`` clean, every checkpoint of the replay matched.
 
-Run: ``flock /tmp/ringbook-bench.lock python perf/soak.py [--minutes 10] [--out DIR]``.
+Run: ``flock /tmp/ringbook-bench.lock python perf/soak.py [--minutes 10] [--out DIR] [--realtime]``.
 Exit status 0 when every check holds, 1 otherwise; prints one JSON summary.
 """
 
@@ -37,17 +38,28 @@ def main(argv=None):
     parser.add_argument("--probe", type=float, default=5.0)
     parser.add_argument("--warm-up", type=float, default=60.0)
     parser.add_argument("--out", help="journal directory (default: a temporary one, removed)")
+    parser.add_argument("--realtime", action="store_true", help="the book consumer under SCHED_FIFO")
     args = parser.parse_args(argv)
     scratch = None if args.out else tempfile.mkdtemp(prefix="ringbook-soak-")
     out = Path(args.out or scratch)
     try:
         with Engine(feed="synthetic", duration=args.probe, out=str(out / "probe"), mlock=False) as engine:
             engine.start()
-            maximum = engine.wait()["throughput_eps"]
+            probe = engine.wait()
+        maximum = probe["throughput_eps"]
+        shutil.rmtree(out / "probe", ignore_errors=True)
         rate = maximum / 2
+        # the journal must fit: at half a fast machine's rate, ten minutes are over 100 GB
+        bytes_per_event = probe["journal"]["bytes"] / max(probe["events"], 1)
+        needed = rate * args.minutes * 60 * bytes_per_event * 1.1
+        free = shutil.disk_usage(out).free
+        if needed > free:
+            rate = free / (args.minutes * 60 * bytes_per_event * 1.1)
+            print(f"soak: half the maximum rate ({maximum / 2:,.0f} events/s) would write {needed / 1e9:.0f} GB "
+                  f"and {out} has {free / 1e9:.0f} GB free: running at {rate:,.0f} events/s", file=sys.stderr)
         samples = []
         with Engine(feed="synthetic", duration=args.minutes * 60, rate=rate, on_full="drop",
-                    out=str(out / "soak")) as engine:
+                    out=str(out / "soak"), realtime=args.realtime) as engine:
             engine.start()
             started = time.monotonic()
             while not engine.scheduler.done.wait(1.0):
@@ -58,11 +70,13 @@ def main(argv=None):
         verified = verify(out / "soak")
         replayed, _, _ = replay(out / "soak")
         summary = {
-            "max_rate_eps": maximum, "rate_eps": rate, "minutes": args.minutes,
+            "max_rate_eps": maximum, "rate_eps": rate, "rate_share": rate / maximum, "minutes": args.minutes,
+            "journal_bytes": report["journal"]["bytes"],
             "events": report["events"], "dropped": report["dropped"],
             "latency_ns": report["latency_ns"], "rss_first_bytes": samples[0][1] if samples else None,
             "rss_growth_after_warm_up_bytes": growth, "verify_ok": verified["ok"],
             "checkpoints": replayed["checkpoints"], "mlock": report["mlock"],
+            "threads": report["threads"], "notes": report["notes"],
         }
         summary["ok"] = (growth is not None and growth < MIB and report["dropped"] == 0 and verified["ok"]
                          and replayed["checkpoints"]["mismatched"] == 0
