@@ -942,15 +942,22 @@ def _best(book, symbol, side_index):
 
 @inline_kernel
 def _walk_start(book, symbol, side_index):
-    """A walk over a side's levels, best first: ``(steps, rank)`` of its next
-    ladder level and next sorted level."""
+    """A walk over a side's levels, best first: ``(steps, rank)``, where its next ladder
+    level is looked for (at or below ``steps``) and the rank of its next sorted level."""
     return book.ladder_tops[symbol, side_index], book.counts[symbol, side_index] - 1
 
 
 @inline_kernel
 def _walk_next(book, symbol, side_index, steps, rank):
-    """The walk's next level: ``(found, price, quantity, steps, rank)``."""
-    in_ladder = steps >= book.ladder_lows[symbol, side_index]
+    """The walk's next level: ``(found, price, quantity, steps, rank)``.
+
+    The ladder is scanned for its next level when that level is asked for, not
+    after handing out the previous one: a walk that stops after ``n`` levels
+    never scans the empty slots below the ``n``-th.
+    """
+    low = book.ladder_lows[symbol, side_index]
+    steps = _ladder_scan_down(book.ladders, low, symbol, side_index, steps)
+    in_ladder = steps >= low
     in_sorted = rank >= 0
     slot = _level_slot(book, symbol, side_index, max(rank, 0))
     sorted_price = book.prices[symbol, side_index, slot]
@@ -958,9 +965,7 @@ def _walk_next(book, symbol, side_index, steps, rank):
     if in_ladder and (not in_sorted
                       or _key(side_index, ladder_price) > _key(side_index, sorted_price)):
         quantity = book.ladders[symbol, side_index, _ladder_slot(book.ladders, steps)]
-        return (True, ladder_price, quantity,
-                _ladder_scan_down(book.ladders, book.ladder_lows[symbol, side_index], symbol,
-                                  side_index, steps - 1), rank)
+        return True, ladder_price, quantity, steps - 1, rank
     if in_sorted:
         return True, sorted_price, book.quantities[symbol, side_index, slot], steps, rank - 1
     return False, NO_PRICE, 0, steps, rank
