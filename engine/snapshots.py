@@ -393,12 +393,13 @@ def output_name(input_path, symbol, levels, interval_text, format):
 
 def add_arguments(parser):
     parser.add_argument("files", nargs="+", help="input files: LOBSTER message files (their orderbook "
-                        "files are found by name), Binance captures, tardis incremental_book_L2 CSV")
+                        "files are found by name), Binance captures, tardis incremental_book_L2 CSV, "
+                        "journal directories (each stream imported from a capture)")
     parser.add_argument("--levels", type=int, default=25, help="levels of each side (default 25)")
     parser.add_argument("--interval", default="1s", help="boundary interval: 1s, 100ms, 1m ... (default 1s)")
     parser.add_argument("--out", default=".", help="output folder (default: the current one)")
     parser.add_argument("--format", default="csv", choices=FORMATS, help="output format (default csv)")
-    parser.add_argument("--input-format", choices=("lobster", "binance", "tardis", "kalshi"),
+    parser.add_argument("--input-format", choices=("lobster", "binance", "tardis", "kalshi", "journal"),
                         help="the inputs' format (default: told from each file's name and first line)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="local worker processes (default: the usable cores; "
