@@ -40,8 +40,10 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Formats a file can be read in, and how :func:`detect_format` tells them apart.
-FORMATS = ("lobster", "binance", "tardis", "kalshi")
+#: Formats a file can be read in, and how :func:`detect_format` tells them apart. A
+#: ``journal`` is a directory written by :class:`ringbook.engine.journal.JournalWriter`:
+#: each of its streams imported from a capture (``ringbook journal import``) is an input.
+FORMATS = ("lobster", "binance", "tardis", "kalshi", "journal")
 _LOBSTER_NAME = re.compile(r"_(message|orderbook)_\d+\.csv(\.gz)?$")
 _TARDIS_HEADER = b"exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount"
 #: The exchange column of the snapshot files, per format (tardis files name their own).
@@ -52,15 +54,21 @@ EXCHANGES = {"lobster": "nasdaq", "binance": "binance", "kalshi": "kalshi"}
 
 @dataclass(frozen=True)
 class Source:
-    """One input file and what it is read with."""
+    """One input file (or journal stream) and what it is read with."""
 
     path: str
     format: str
     orderbook: str = None   # LOBSTER: the orderbook file beside the message file
+    stream: str = None      # a journal's stream
 
     @property
     def name(self):
-        return Path(self.path).name
+        return Path(self.path).name if self.stream is None else f"{Path(self.path).name}.{self.stream}"
+
+    @property
+    def key(self):
+        """What names the input in the manifest and in results: the path, ``#stream`` for a journal's."""
+        return self.path if self.stream is None else f"{self.path}#{self.stream}"
 
 
 def _first_line(path):
@@ -74,7 +82,8 @@ def _first_line(path):
 
 
 def detect_format(path):
-    """``lobster``, ``binance``, ``tardis`` or ``kalshi``, from the name and first line.
+    """``lobster``, ``binance``, ``tardis``, ``kalshi`` (from the name and first line) or
+    ``journal`` (a directory of journal segments).
 
     Raises
     ------
@@ -83,6 +92,12 @@ def detect_format(path):
     """
     if _LOBSTER_NAME.search(Path(path).name):
         return "lobster"
+    if Path(path).is_dir():
+        from ringbook.engine.journal import list_segments
+
+        if list_segments(path):
+            return "journal"
+        raise ValueError(f"{path}: a directory without journal segments")
     line = _first_line(path).strip()
     if line.startswith(_TARDIS_HEADER):
         return "tardis"
@@ -99,17 +114,25 @@ def sources(paths, format=None):
     A LOBSTER orderbook file among the inputs is taken as its message file's
     companion, not as an input; a message file's orderbook file is found by
     name (``_message_`` -> ``_orderbook_``) among the inputs or beside it.
+    A journal directory gives one input per stream, in name order; a stream
+    imported from a LOBSTER message file finds its orderbook file by the
+    original file's name, among the inputs, in the journal or beside it.
     Unreadable or unknown inputs raise ``ValueError`` (or ``OSError``).
     """
     found = []
     paths = [str(Path(path).resolve()) for path in paths]
     given = set(paths)
+    kinds = {path: format or detect_format(path) for path in paths}
+    journals = {path: _journal_sources(path, given) for path, kind in kinds.items() if kind == "journal"}
+    claimed = {source.orderbook for streams in journals.values() for source in streams}
     for path in paths:
-        kind = format or detect_format(path)
-        if kind == "lobster":
+        kind = kinds[path]
+        if kind == "journal":
+            found.extend(journals[path])
+        elif kind == "lobster":
             name = Path(path).name
             if "_orderbook_" in name:
-                if str(Path(path).with_name(name.replace("_orderbook_", "_message_"))) in given:
+                if str(Path(path).with_name(name.replace("_orderbook_", "_message_"))) in given or path in claimed:
                     continue  # its message file's companion
                 raise ValueError(f"{path}: a LOBSTER orderbook file without its message file")
             companion = Path(path).with_name(name.replace("_message_", "_orderbook_"))
@@ -119,10 +142,40 @@ def sources(paths, format=None):
     return found
 
 
+def _journal_sources(root, given):
+    """A :class:`Source` per stream of the journal at ``root``.
+
+    A stream that was not imported from a capture is still listed: its task
+    fails with the journal's error, naming it.
+    """
+    from ringbook.engine.feeds import journal as feeds_journal
+    from ringbook.engine.journal import JournalError, list_segments
+
+    found = []
+    for stream in sorted(list_segments(root)):
+        try:
+            _, facts = feeds_journal.source_of(root, stream)
+        except JournalError:
+            found.append(Source(root, "journal", stream=stream))
+            continue
+        orderbook = None
+        original = str(facts.get("file", ""))
+        if facts["format"] == "lobster" and "_message_" in original:
+            name = original.replace("_message_", "_orderbook_")
+            places = [Path(path) for path in given if Path(path).name in (name, name + ".gz")]
+            places += [Path(root) / name, Path(root) / (name + ".gz"), Path(root).parent / name,
+                       Path(root).parent / (name + ".gz")]
+            orderbook = next((str(place) for place in places if place.is_file()), None)
+        found.append(Source(root, "journal", orderbook, stream))
+    return found
+
+
 def read_source(source):
     """``(feed, orderbook or None, exchange)`` for a :class:`Source`."""
     from ringbook.engine.feeds import binance, kalshi, lobster, tardis
 
+    if source.format == "journal":
+        return _read_journal(source)
     if source.format == "lobster":
         orderbook = lobster.read_orderbook(source.orderbook) if source.orderbook else None
         return lobster.read_messages(source.path), orderbook, EXCHANGES["lobster"]
@@ -133,6 +186,44 @@ def read_source(source):
     if source.format == "kalshi":
         return kalshi.read_messages(source.path), None, EXCHANGES["kalshi"]
     raise ValueError(f"unknown format {source.format!r}")
+
+
+def _read_journal(source):
+    """A journal stream read as the capture it was imported from (written back to a temporary
+    file, then read by that format's reader); errors name the journal and stream."""
+    from ringbook.engine.feeds import journal as feeds_journal
+    from ringbook.engine.feeds.source import FeedError
+
+    with tempfile.TemporaryDirectory(prefix="ringbook-batch-") as directory:
+        format, path = feeds_journal.materialize(source.path, directory, source.stream)
+        try:
+            feed, orderbook, exchange = read_source(Source(str(path), format, source.orderbook))
+        except FeedError as error:
+            raise FeedError(f"{source.path} (stream {source.stream}, a {format} capture)", error.line,
+                            error.reason, error.field, error.partial) from None
+    feed.path = source.key
+    return feed, orderbook, exchange
+
+
+def source_facts(source, hash=True):
+    """:func:`file_facts` of an input; for a journal stream, of its segments together
+    (bytes added, the latest mtime, one hash over them in order)."""
+    if source.stream is None:
+        return file_facts(source.path, hash)
+    from ringbook.engine.journal import list_segments
+
+    segments = [path for _, path in list_segments(source.path, source.stream).get(source.stream, [])]
+    stats = [os.stat(path) for path in segments]
+    facts = {"size": sum(stat.st_size for stat in stats), "mtime_ns": max((stat.st_mtime_ns for stat in stats),
+                                                                          default=0)}
+    if hash:
+        digest = hashlib.sha256()
+        for path in segments:
+            with open(path, "rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+        facts["sha256"] = digest.hexdigest()
+    return facts
 
 
 def file_facts(path, hash=True):
@@ -399,10 +490,12 @@ MANIFEST = "manifest.json"
 class Manifest:
     """``manifest.json`` in the output folder: every input and its shards.
 
-    ``{"version": 1, "options": {...}, "files": {input path: {"size", "mtime_ns",
-    "sha256", "format", "orderbook", "status", "error", "shards": [{"symbol",
+    ``{"version": 1, "options": {...}, "files": {input: {"size", "mtime_ns",
+    "sha256", "format", "orderbook", "stream", "status", "error", "shards": [{"symbol",
     "output", "rows", "first_boundary_ns", "last_boundary_ns", "first_event_ns",
-    "last_event_ns", "events"}]}}}``. Written atomically after each file.
+    "last_event_ns", "events"}]}}}``, an input named by its path (``path#stream`` for
+    a journal's stream, whose facts are those of its segments). Written atomically
+    after each file.
     """
 
     def __init__(self, directory, options):
@@ -416,16 +509,16 @@ class Manifest:
 
     def is_done(self, source, directory):
         """True when the input is unchanged (size, mtime) and every one of its outputs exists."""
-        entry = self.files.get(source.path)
+        entry = self.files.get(source.key)
         if entry is None or entry.get("status") != "done":
             return False
-        facts = file_facts(source.path, hash=False)
+        facts = source_facts(source, hash=False)
         if (entry["size"], entry["mtime_ns"]) != (facts["size"], facts["mtime_ns"]):
             return False
         return all((Path(directory) / shard["output"]).exists() for shard in entry["shards"])
 
     def record(self, source, entry):
-        self.files[source.path] = entry
+        self.files[source.key] = entry
         self.save()
 
     def save(self):
@@ -464,13 +557,13 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
 
     from ringbook.engine import snapshots
 
-    facts = file_facts(source.path)
+    facts = source_facts(source)
     feed, orderbook, exchange = read_source(source)
     shards = []
     for symbol in np.unique(feed.events["symbol"]).tolist():
         table = snapshots.snapshot_feed(feed, symbol, interval_ns, levels, exchange=exchange,
                                         orderbook=orderbook)
-        name = snapshots.output_name(source.path, table.symbol, levels, interval_text, format)
+        name = snapshots.output_name(source.name, table.symbol, levels, interval_text, format)
         snapshots.write_snapshots(table, Path(out_dir) / name, format)
         times = feed.events["exchange_ns"][feed.events["symbol"] == symbol]
         times = times[times > 0]
@@ -480,8 +573,8 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
                        "last_boundary_ns": int(table.times[-1]) if len(table) else None,
                        "first_event_ns": int(times.min()) if len(times) else None,
                        "last_event_ns": int(times.max()) if len(times) else None})
-    return {**facts, "format": source.format, "orderbook": source.orderbook, "status": "done",
-            "error": None, "shards": shards}
+    return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
+            "status": "done", "error": None, "shards": shards}
 
 
 @dataclass
@@ -526,22 +619,25 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
     todo = []
     for source in inputs:
         if not force and manifest.is_done(source, out_dir):
-            report.skipped.append(source.path)
-            report.entries[source.path] = manifest.files[source.path]
+            report.skipped.append(source.key)
+            report.entries[source.key] = manifest.files[source.key]
         else:
             todo.append(source)
 
     def finished(k, result):
         source = todo[k]
         if isinstance(result, TaskFailure):
-            facts = file_facts(source.path, hash=False) if os.path.exists(source.path) else {}
-            entry = {**facts, "format": source.format, "orderbook": source.orderbook,
+            try:
+                facts = source_facts(source, hash=False)
+            except OSError:
+                facts = {}
+            entry = {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
                      "status": "failed", "error": result.__dict__, "shards": []}
-            report.failed.append((source.path, result))
+            report.failed.append((source.key, result))
         else:
             entry = result
-            report.done.append(source.path)
-        report.entries[source.path] = entry
+            report.done.append(source.key)
+        report.entries[source.key] = entry
         manifest.record(source, entry)
 
     if todo:
@@ -550,7 +646,7 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
                       [(source, str(out_dir.resolve()), levels, interval_ns, interval, format)
                        for source in todo],
                       attempts=attempts, progress=progress, description="snapshots", on_result=finished)
-    order = {source.path: k for k, source in enumerate(inputs)}
+    order = {source.key: k for k, source in enumerate(inputs)}
     report.done.sort(key=order.get)
     report.failed.sort(key=lambda failure: order[failure[0]])
     return report
@@ -638,7 +734,8 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     Returns
     -------
     dict or object
-        ``{(input path, symbol): state}`` in input order, or the fold of the states.
+        ``{(input, symbol): state}`` in input order (the input's path; ``path#stream`` for a
+        journal's stream), or the fold of the states.
 
     Raises
     ------
@@ -650,10 +747,18 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     from ringbook.kernels.replay import EVERY_EVENT
 
     every = EVERY_EVENT if every is None else every
-    inputs = [item if isinstance(item, Source) else None for item in sources_or_paths]
+    # Paths are resolved together (a LOBSTER orderbook file among them is its message file's
+    # companion); a journal gives a source per stream. Sources given as such stay in place.
     paths = [str(item) for item in sources_or_paths if not isinstance(item, Source)]
-    found = iter(sources(paths, input_format))
-    inputs = [item if item is not None else next(found) for item in inputs]
+    found = {}
+    for source in sources(paths, input_format):
+        found.setdefault(source.path, []).append(source)
+    inputs = []
+    for item in sources_or_paths:
+        if isinstance(item, Source):
+            inputs.append(item)
+        else:
+            inputs.extend(found.pop(str(Path(item).resolve()), []))
     payload = cloudpickle.dumps((callback, make_state))
     with executor(workers, cluster) as runner:
         outcomes = run_tasks(runner, replay_task, [(source, payload, every) for source in inputs],
@@ -661,10 +766,10 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     results, failures = {}, []
     for source, outcome in zip(inputs, outcomes):
         if isinstance(outcome, TaskFailure):
-            failures.append((source.path, outcome))
+            failures.append((source.key, outcome))
             continue
         for symbol, state in outcome:
-            results[(source.path, symbol)] = state
+            results[(source.key, symbol)] = state
     if failures:
         raise ReplayError(failures, results)
     if reduce is None:
@@ -687,6 +792,9 @@ def check_task(source):
         return check.check_lobster(source.path, source.orderbook).to_dict()
     if source.format == "binance":
         return check.check_binance(source.path).to_dict()
+    if source.format == "journal":
+        result = check.check_journal(source.path, source.orderbook, stream=source.stream).to_dict()
+        return {**result, "stream": source.stream}
     raise ValueError(f"{source.path}: no exchange truth to check a {source.format} file against")
 
 
@@ -712,6 +820,8 @@ def check_files(paths, *, workers=None, cluster=None, progress=False, input_form
     for source, outcome in zip(inputs, outcomes):
         if isinstance(outcome, TaskFailure):
             problem = {"format": source.format, "file": source.path, "error": outcome.error}
+            if source.stream is not None:
+                problem["stream"] = source.stream
             if outcome.line is not None:
                 problem.update({"error_file": outcome.file, "line": outcome.line, "field": outcome.field})
             files.append(problem)
@@ -734,10 +844,11 @@ def run_check(args):
         sys.stdout.write("\n")
     else:
         for entry in files:
+            name = entry["file"] + (f" (stream {entry['stream']})" if entry.get("stream") else "")
             if "error" in entry:
-                print(f"ERROR    {entry['file']}: {entry['error']}")
+                print(f"ERROR    {name}: {entry['error']}")
             else:
-                print(f"{'OK' if entry['mismatches'] == 0 else 'MISMATCH':8} {entry['file']}: "
+                print(f"{'OK' if entry['mismatches'] == 0 else 'MISMATCH':8} {name}: "
                       + ", ".join(f"{name} {entry[name]}" for name in TOTALS))
         print(f"TOTAL    {len(files)} files: " + ", ".join(f"{name} {totals[name]}" for name in TOTALS))
     if any("error" in entry for entry in files):

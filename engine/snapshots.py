@@ -3,8 +3,8 @@
 :func:`snapshot_feed` replays a :class:`~ringbook.engine.feeds.source.Feed` into a book and
 takes one snapshot per interval boundary with :mod:`ringbook.kernels.snapshots` (see
 there for what a boundary and its snapshot are). A LOBSTER message file with its
-orderbook file is seeded from it and reconciled with it after every message,
-as ``ringbook check`` does (levels that come into view from beyond those
+orderbook file is seeded from it and reconciled with it after every message
+(:func:`ringbook.kernels.snapshots.reconcile_side`), with the effect on the book that ``ringbook check`` has (levels that come into view from beyond those
 LOBSTER shows are taken from the row): each snapshot then equals the
 orderbook row of the last message at or before its boundary.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.check import _reconcile_order, _verify_side, price_ticks
+from ringbook.engine.check import _reconcile_order, price_ticks
 from ringbook.engine.feeds import lobster
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
@@ -92,13 +92,15 @@ def _outputs(rows, levels):
 
 @kernel
 def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes, bid_prices,
-                      bid_sizes, found_prices, found_quantities, counters, interval, cursor,
-                      times, last_ns, last_local_ns, sequences, out_bid_prices,
+                      bid_sizes, found_prices, found_quantities, all_prices, all_quantities, counters,
+                      interval, cursor, times, last_ns, last_local_ns, sequences, out_bid_prices,
                       out_bid_quantities, out_ask_prices, out_ask_quantities):
     """Snapshots of a LOBSTER replay reconciled with its orderbook rows after every message.
 
     The loop of :func:`ringbook.engine.check.check_lobster_kernel` with the
-    snapshot steps around each event. Returns ``(next_index, status)``.
+    snapshot steps around each event; each side is reconciled with
+    :func:`ringbook.kernels.snapshots.reconcile_side`, which changes only the
+    levels that differ from the row. Returns ``(next_index, status)``.
     """
     previous = -1
     for i in range(events.shape[0]):
@@ -115,12 +117,12 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
         if row >= 0 and row < ask_prices.shape[0]:
             has_previous = previous >= 0
             reference = previous if has_previous else row
-            _verify_side(book, symbol, 1, bid_prices[row], bid_sizes[row], bid_prices[reference],
-                         bid_sizes[reference], has_previous, found_prices, found_quantities, i,
-                         counters)
-            _verify_side(book, symbol, -1, ask_prices[row], ask_sizes[row], ask_prices[reference],
-                         ask_sizes[reference], has_previous, found_prices, found_quantities, i,
-                         counters)
+            kernels.reconcile_side(book, symbol, 1, bid_prices[row], bid_sizes[row], bid_prices[reference],
+                                   bid_sizes[reference], has_previous, found_prices, found_quantities,
+                                   all_prices, all_quantities)
+            kernels.reconcile_side(book, symbol, -1, ask_prices[row], ask_sizes[row], ask_prices[reference],
+                                   ask_sizes[reference], has_previous, found_prices, found_quantities,
+                                   all_prices, all_quantities)
             previous = row
         kernels.note_applied(book, symbol, events, i, interval, cursor)
     return events.shape[0], OK
@@ -177,9 +179,11 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
                            "seeding the book")
         counters = np.zeros(13, np.int64)
         found = np.zeros(orderbook.levels, np.int64), np.zeros(orderbook.levels, np.int64)
+        capacity = book.prices.shape[2] + book.ladders.shape[2]
+        every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
         next_index, status = lobster_snapshots(
             book, symbol, events, _lobster_rows(feed, orderbook), orderbook.ask_price, orderbook.ask_size,
-            orderbook.bid_price, orderbook.bid_size, *found, counters, interval_ns, cursor, *out)
+            orderbook.bid_price, orderbook.bid_size, *found, *every_level, counters, interval_ns, cursor, *out)
     else:
         next_index, status = kernels.take_snapshots(book, symbol, events, 0, len(events), interval_ns,
                                                     cursor, *out)
@@ -393,12 +397,13 @@ def output_name(input_path, symbol, levels, interval_text, format):
 
 def add_arguments(parser):
     parser.add_argument("files", nargs="+", help="input files: LOBSTER message files (their orderbook "
-                        "files are found by name), Binance captures, tardis incremental_book_L2 CSV")
+                        "files are found by name), Binance captures, tardis incremental_book_L2 CSV, "
+                        "journal directories (each stream imported from a capture)")
     parser.add_argument("--levels", type=int, default=25, help="levels of each side (default 25)")
     parser.add_argument("--interval", default="1s", help="boundary interval: 1s, 100ms, 1m ... (default 1s)")
     parser.add_argument("--out", default=".", help="output folder (default: the current one)")
     parser.add_argument("--format", default="csv", choices=FORMATS, help="output format (default csv)")
-    parser.add_argument("--input-format", choices=("lobster", "binance", "tardis", "kalshi"),
+    parser.add_argument("--input-format", choices=("lobster", "binance", "tardis", "kalshi", "journal"),
                         help="the inputs' format (default: told from each file's name and first line)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="local worker processes (default: the usable cores; "

@@ -48,6 +48,7 @@ written between calls, so a file can be replayed in pieces. Statuses: ``OK``;
 
 import numpy as np
 
+from ringbook.kernels import book as books
 from ringbook.kernels.book import ASK, BID, NO_PRICE, borrow, top_levels
 from ringbook.kernels.events import FLAG_BATCH_END
 from ringbook.kernels.jit_options import inline_kernel, kernel
@@ -227,3 +228,96 @@ def boundary_count(events, interval):
     first = -(-int(times[0]) // interval) * interval
     last = int(times.max()) // interval * interval
     return max(0, (last - first) // interval + 1)
+
+
+# ---------------------------------------------------------------- reconciling with published rows
+
+@inline_kernel
+def _at_or_better(side, price, limit):
+    return price >= limit if side == books.BID else price <= limit
+
+
+@kernel
+def reconcile_side(book, symbol, side, row_prices, row_sizes, previous_prices, previous_sizes,
+                   has_previous, found_prices, found_quantities, all_prices, all_quantities):
+    """Make one side of the book agree with an exchange's published row of its best levels.
+
+    The effect on the book of :func:`ringbook.engine.check._verify_side` (what
+    ``ringbook check`` does after each LOBSTER message): within the window of
+    the previous row (levels at least as good as its worst, when it shows them
+    all) the book must equal the row; beyond it, levels changed unseen and are
+    taken from the row. On a mismatch the whole side is taken from the row.
+    Only the levels that differ are set, so the cost follows the levels held,
+    not the book's price range.
+
+    Parameters
+    ----------
+    row_prices, row_sizes, previous_prices, previous_sizes : int64[levels]
+        The row (after this message) and the previous one (``has_previous``).
+    found_prices, found_quantities : int64[levels]
+        Scratch for the book's best levels.
+    all_prices, all_quantities : int64[capacity]
+        Scratch for every level of the side (the book's depth plus its ladder).
+
+    Returns
+    -------
+    matched : bool
+        The window agreed with the row (True: what ``ringbook check`` counts as a match).
+    """
+    levels = row_prices.shape[0]
+    shown = 0
+    while shown < levels and row_sizes[shown] > 0:
+        shown += 1
+    windowed = has_previous and previous_sizes[levels - 1] > 0
+    limit = previous_prices[levels - 1]
+    if shown == 1 and books.level_count(book, symbol, side) == 1:
+        # One level held and shown (a one-level file): the best price says whether they agree,
+        # without a walk (which scans the ladder below the level it finds).
+        price, quantity = books.best_bid(book, symbol) if side == books.BID else books.best_ask(book, symbol)
+        if price == row_prices[0] and quantity == row_sizes[0]:
+            return True
+    held = books.top_levels(book, symbol, side, found_prices, found_quantities)
+    matched = True
+    for level in range(levels):
+        book_known = level < held and (not windowed or _at_or_better(side, found_prices[level], limit))
+        row_known = level < shown and (not windowed or _at_or_better(side, row_prices[level], limit))
+        if not book_known and not row_known:
+            break
+        if (book_known != row_known or found_prices[level] != row_prices[level]
+                or found_quantities[level] != row_sizes[level]):
+            matched = False
+            break
+    if matched and not windowed:
+        return True
+    if matched and held == shown and books.level_count(book, symbol, side) == shown:
+        # The book holds the row's levels and nothing beyond: the usual case, nothing to set.
+        same = True
+        for level in range(shown):
+            if found_prices[level] != row_prices[level] or found_quantities[level] != row_sizes[level]:
+                same = False
+                break
+        if same:
+            return True
+    # Levels strictly worse than ``after`` (all of them on a mismatch) become the row's.
+    everything = not matched
+    # Exactly the levels held: a walk asked for more would scan the empty ladder below the last.
+    held_all = min(books.level_count(book, symbol, side), all_prices.shape[0])
+    count = books.top_levels(book, symbol, side, all_prices[:held_all], all_quantities[:held_all])
+    for k in range(count):
+        price = all_prices[k]
+        if not everything and _at_or_better(side, price, limit):
+            continue
+        wanted = 0
+        for level in range(shown):
+            if row_prices[level] == price:
+                wanted = row_sizes[level]
+                break
+        if wanted != all_quantities[k]:
+            books.set_level(book, symbol, side, price, wanted)
+    for level in range(shown):
+        price = row_prices[level]
+        if not everything and _at_or_better(side, price, limit):
+            continue
+        if books.level_quantity(book, symbol, side, price) != row_sizes[level]:
+            books.set_level(book, symbol, side, price, row_sizes[level])
+    return matched

@@ -738,3 +738,29 @@ def tardis_events(path):
         if ends_run:
             events.append(dict(base, kind=10, side=0, price=0, quantity=0, flags=3))
     return events, price_scale, size_scale
+
+
+# ---------------------------------------------------------------------------
+# Reconciling a side with a published row of its best levels
+# (kernels/snapshots.py reconcile_side): a dict of price -> quantity.
+
+def reconcile_side(levels, side, row_prices, row_sizes, previous_prices, previous_sizes, has_previous):
+    """The side's new ``{price: quantity}`` and whether the previous row's window agreed."""
+    def at_or_better(price, limit):
+        return price >= limit if side == 1 else price <= limit
+
+    depth = len(row_prices)
+    shown = next((k for k in range(depth) if row_sizes[k] <= 0), depth)
+    row = {int(row_prices[k]): int(row_sizes[k]) for k in range(shown)}
+    windowed = has_previous and previous_sizes[depth - 1] > 0
+    limit = int(previous_prices[depth - 1])
+    best = sorted(levels.items(), reverse=side == 1)[:depth]
+    in_window = [(price, quantity) for price, quantity in best if not windowed or at_or_better(price, limit)]
+    shown_in_window = [(int(row_prices[k]), int(row_sizes[k])) for k in range(shown)
+                       if not windowed or at_or_better(row_prices[k], limit)]
+    matched = in_window == shown_in_window
+    if matched and not windowed:
+        return dict(levels), True
+    kept = {price: quantity for price, quantity in levels.items() if matched and at_or_better(price, limit)}
+    kept.update({price: quantity for price, quantity in row.items() if not matched or not at_or_better(price, limit)})
+    return kept, matched

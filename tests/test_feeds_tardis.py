@@ -108,3 +108,120 @@ def test_not_a_tardis_file(tmp_path):
     path.write_text("a,b,c\n1,2,3\n")
     with pytest.raises(FeedError, match="line 1"):
         tardis.read_incremental(path)
+
+
+# ---------------------------------------------------------------- streaming in bounded memory
+
+#: The smallest memory limit: 4 KiB blocks, so a file of a few hundred rows spans many.
+SMALL = 2**16
+
+
+def many_rows(count, seed=7):
+    """Rows of three interleaved symbols: messages of several rows, snapshot runs (some long
+    enough to cross blocks) after incremental rows, a symbol that is rare."""
+    rng = np.random.default_rng(seed)
+    rows, time = [], 1_600_000_000_000_000
+    while len(rows) < count:
+        time += int(rng.integers(0, 3))
+        symbol = rng.choice(["BTC-PERPETUAL", "ETH-PERPETUAL", "SOL-PERPETUAL"], p=[0.6, 0.38, 0.02])
+        snapshot = rng.random() < 0.03
+        for level in range(int(rng.integers(50, 200)) if snapshot else int(rng.integers(1, 4))):
+            side = "bid" if rng.random() < 0.5 else "ask"
+            price = f"{int(rng.integers(6000, 7000))}.{int(rng.integers(0, 100)):02d}".rstrip("0").rstrip(".")
+            rows.append(f"deribit,{symbol},{time},{time + 7},{str(snapshot).lower()},{side},{price},"
+                        f"{int(rng.integers(0, 500))}")
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_file_larger_than_a_block_reads_as_the_whole_file(tmp_path, compress):
+    path = write(tmp_path, many_rows(3000), compress=compress)
+    assert path.stat().st_size > 4 * SMALL // 16
+    whole = tardis.read_incremental(path)
+    chunks = list(tardis.iter_incremental(path, memory_limit=SMALL))
+    assert len(chunks) > 10
+    streamed = tardis.read_incremental(path, memory_limit=SMALL)
+    np.testing.assert_array_equal(streamed.events, whole.events)
+    np.testing.assert_array_equal(streamed.lines, whole.lines)
+    expected, _, _ = naive.tardis_events(path)
+    assert_events_equal(streamed, expected)
+
+
+def test_given_scales_read_a_large_file_once_and_the_same(tmp_path):
+    path = write(tmp_path, many_rows(2000))
+    found = tardis.read_incremental(path)
+    scale = found.instruments.table[0]
+    given = tardis.read_incremental(path, memory_limit=SMALL, price_scale=int(scale["price_scale"]),
+                                    size_scale=int(scale["size_scale"]))
+    np.testing.assert_array_equal(given.events, found.events)
+
+
+@pytest.mark.parametrize("line", [5, 2500])
+def test_malformed_line_in_a_later_block(tmp_path, line):
+    lines = (HEADER + many_rows(3000)).splitlines()
+    lines[line - 1] = lines[line - 1].replace(",bid,", ",buy,").replace(",ask,", ",sell,")
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FeedError) as caught:
+        tardis.read_incremental(path, memory_limit=SMALL)
+    error = caught.value
+    assert (error.path, error.line, error.field) == (str(path), line, "side")
+    with pytest.raises(FeedError) as whole:
+        tardis.read_incremental(path)
+    np.testing.assert_array_equal(error.partial.events, whole.value.partial.events)
+    skipped = tardis.read_incremental(path, skip_malformed=True, memory_limit=SMALL)
+    assert skipped.skipped_lines == [line]
+    np.testing.assert_array_equal(skipped.events, tardis.read_incremental(path, skip_malformed=True).events)
+
+
+def test_memory_stays_bounded_whatever_the_file_size(tmp_path):
+    """Files of 5 and 20 times the memory limit, read chunk by chunk: the reader's peak
+    allocation (numpy's included, as tracemalloc sees it) is the same for both, and about the
+    limit (the whole text would be many times it)."""
+    import tracemalloc
+
+    limit = 2**19
+    rows = many_rows(12_500) * 2
+    list(tardis.iter_incremental(write(tmp_path, many_rows(100), name="warm.csv")))  # compiled beforehand
+    peaks = []
+    for repeats in (2, 8):
+        path = write(tmp_path, rows * repeats, name=f"x{repeats}.csv", compress=True)
+        assert len(gzip.decompress(path.read_bytes())) > 2.5 * repeats * limit
+        events = 0
+        tracemalloc.start()
+        try:
+            for chunk in tardis.iter_incremental(path, memory_limit=limit):
+                events += len(chunk)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert events > 25_000 * repeats
+    assert peaks[1] < 1.2 * peaks[0], f"peaks {peaks}"
+    assert peaks[1] < 2 * limit, f"peak {peaks[1] / 2**20:.1f} MiB"
+
+
+def test_a_pipe_larger_than_a_block_needs_its_scales(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    data = (HEADER + many_rows(2000)).encode()
+
+    def feed_the_pipe():
+        try:
+            fifo.write_bytes(data)
+        except BrokenPipeError:  # the reader stopped early, as it should
+            pass
+
+    writer = threading.Thread(target=feed_the_pipe)
+    writer.start()
+    with pytest.raises(FeedError, match="price_scale and size_scale"):
+        tardis.read_incremental(fifo, memory_limit=SMALL)
+    writer.join()
+    writer = threading.Thread(target=feed_the_pipe)
+    writer.start()
+    feed = tardis.read_incremental(fifo, memory_limit=SMALL, price_scale=2, size_scale=0)
+    writer.join()
+    path = write(tmp_path, many_rows(2000))
+    np.testing.assert_array_equal(feed.events, tardis.read_incremental(path).events)

@@ -203,3 +203,39 @@ def test_npz_round_trip_and_same_bytes(tmp_path):
         assert np.array_equal(getattr(again, name), getattr(table, name))
     assert (again.symbol, again.exchange, again.price_scale) == ("BTCUSDT", "binance", 8)
     assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]  # no temporary file left behind
+
+
+# ---------------------------------------------------------------- reconciling with published rows
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([1, -1]), st.integers(1, 4),
+       st.dictionaries(st.integers(1, 40), st.integers(1, 9), max_size=12),
+       st.lists(st.tuples(st.integers(1, 40), st.integers(0, 9)), min_size=4, max_size=4),
+       st.lists(st.tuples(st.integers(1, 40), st.integers(0, 9)), min_size=4, max_size=4), st.booleans())
+def test_reconcile_side_matches_reference(side, depth, held, row, previous, has_previous):
+    """Random sides against random rows (and previous rows) of ``depth`` levels, as LOBSTER lays
+    them out: best first, distinct prices, empty levels at the end."""
+    from ringbook.kernels import book as books
+    from ringbook.kernels.snapshots import reconcile_side
+
+    def laid_out(pairs):
+        pairs = sorted({price * 100: size for price, size in pairs}.items(), reverse=side == 1)[:depth]
+        shown = [(price, size) for price, size in pairs if size > 0]
+        prices = np.array([p for p, _ in shown] + [NO_PRICE] * (depth - len(shown)), np.int64)
+        sizes = np.array([s for _, s in shown] + [0] * (depth - len(shown)), np.int64)
+        return prices, sizes
+
+    row_prices, row_sizes = laid_out(row)
+    previous_prices, previous_sizes = laid_out(previous)
+    levels = {price * 100: quantity for price, quantity in held.items()}
+    book = books.new_book(n_symbols=1, depth=64, order_capacity=16, ladder=16, ticks=np.array([100]))
+    for price, quantity in levels.items():
+        books.set_level(book, 0, side, price, quantity)
+    scratch = [np.zeros(depth, np.int64) for _ in range(2)] + [np.zeros(128, np.int64) for _ in range(2)]
+    matched = reconcile_side(book, 0, side, row_prices, row_sizes, previous_prices, previous_sizes, has_previous,
+                             *scratch)
+    expected, expected_matched = naive.reconcile_side(levels, side, row_prices, row_sizes, previous_prices,
+                                                      previous_sizes, has_previous)
+    found = books.levels(book, 0, side, 128)
+    assert sorted((int(p), int(q)) for p, q in zip(*found) if q > 0) == sorted(expected.items())
+    assert matched == expected_matched

@@ -21,15 +21,21 @@ Scales: a file does not say its instruments' precision, so prices and amounts
 are read at the most decimals any row of the file has (each exactly, never
 through float), unless ``price_scale``/``size_scale`` are given.
 
-The parse is two njit passes over the lines (decimals, then values); symbols
-are interned by comparing bytes with the few already seen, with no Python
-loop per line.
+The file is read as a stream of blocks (:func:`ringbook.engine.feeds.source.iter_blocks`),
+plain or gzip, so memory stays bounded whatever its size. The parse is two njit
+passes over the lines (decimals, then values; a file larger than a block is read
+twice unless the scales are given); symbols are interned by comparing bytes with
+the few already seen, with no Python loop per line.
 """
+
+import os
+import stat
 
 import numpy as np
 
 from ringbook.engine.feeds.json_index import equals
-from ringbook.engine.feeds.source import Feed, FeedError, line_bounds, read_buffer
+from ringbook.engine.feeds.source import (MIN_MEMORY_LIMIT, Feed, FeedError, check_memory_limit, iter_blocks,
+                                          read_whole)
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                                      KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, Instruments)
@@ -42,6 +48,8 @@ N_FIELDS = len(FIELDS)
 F_EXCHANGE, F_SYMBOL, F_TIMESTAMP, F_LOCAL, F_SNAPSHOT, F_SIDE, F_PRICE, F_AMOUNT = range(N_FIELDS)
 #: Most distinct symbols one file may hold.
 MAX_SYMBOLS = 4096
+#: :func:`parse_rows` status (an ordinary outcome): no room for a new symbol's name; grow and resume.
+NAMES_FULL = 1
 
 _COMMA = 44
 _DOT = 46
@@ -93,65 +101,75 @@ def scan_decimals(buffer, starts, stops):
 
 
 @kernel
-def _same_bytes(buffer, start, stop, other_start, other_stop):
-    if stop - start != other_stop - other_start:
+def _same_name(buffer, start, stop, names, name_start, name_stop):
+    if stop - start != name_stop - name_start:
         return False
     for k in range(stop - start):
-        if buffer[start + k] != buffer[other_start + k]:
+        if buffer[start + k] != names[name_start + k]:
             return False
     return True
 
 
 @kernel
-def parse_rows(buffer, starts, stops, first, price_scale, size_scale, symbol_starts, symbol_stops,
-               n_symbols, times, local_times, snapshot, sides, prices, amounts, symbols):
+def parse_rows(buffer, starts, stops, first, price_scale, size_scale, names, name_starts, name_stops,
+               n_symbols, names_used, times, local_times, snapshot, sides, prices, amounts, symbols):
     """Parse lines ``first..`` into the value arrays (row ``i`` from line ``i``).
 
-    Symbols are interned as byte ranges in ``symbol_starts``/``symbol_stops``
-    (``n_symbols`` known so far).
+    Symbols are interned as byte strings copied into ``names``: symbol ``k`` is
+    ``names[name_starts[k]:name_stops[k]]`` (``n_symbols`` known so far, the
+    first ``names_used`` bytes taken), so they outlive the block.
 
     Returns
     -------
-    stopped_at, status, field, n_symbols : int64
-        The index of the first bad line (the line count when all are good), its
-        status (``OK``, ``FIELD_COUNT``, a :mod:`ringbook.kernels.fixed` status,
-        ``INVALID`` or ``OUT_OF_RANGE``), the bad field (-1: none) and the
-        symbols interned.
+    stopped_at, status, field, n_symbols, names_used : int64
+        The index of the first line not parsed (the line count when all are),
+        its status (``OK``; :data:`NAMES_FULL` when ``names`` has no room for a
+        new symbol: grow it and resume there; else ``FIELD_COUNT``, a
+        :mod:`ringbook.kernels.fixed` status, ``INVALID`` or ``OUT_OF_RANGE``),
+        the bad field (-1: none) and the symbols and name bytes taken.
     """
     field_starts = np.zeros(N_FIELDS, np.int64)
     field_stops = np.zeros(N_FIELDS, np.int64)
     last_symbol = -1
     for line in range(first, starts.shape[0]):
         if _split(buffer, starts[line], stops[line], field_starts, field_stops) != N_FIELDS:
-            return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1), np.int64(n_symbols)
+            return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1), np.int64(n_symbols), np.int64(names_used)
         # The symbol: most rows repeat the previous row's.
         start, stop = field_starts[F_SYMBOL], field_stops[F_SYMBOL]
         if stop == start:
-            return np.int64(line), np.int64(INVALID), np.int64(F_SYMBOL), np.int64(n_symbols)
+            return np.int64(line), np.int64(INVALID), np.int64(F_SYMBOL), np.int64(n_symbols), np.int64(names_used)
         symbol = -1
-        if last_symbol >= 0 and _same_bytes(buffer, start, stop, symbol_starts[last_symbol],
-                                            symbol_stops[last_symbol]):
+        if last_symbol >= 0 and _same_name(buffer, start, stop, names, name_starts[last_symbol],
+                                           name_stops[last_symbol]):
             symbol = last_symbol
         else:
             for known in range(n_symbols):
-                if _same_bytes(buffer, start, stop, symbol_starts[known], symbol_stops[known]):
+                if _same_name(buffer, start, stop, names, name_starts[known], name_stops[known]):
                     symbol = known
                     break
             if symbol < 0:
-                if n_symbols >= symbol_starts.shape[0]:
-                    return np.int64(line), np.int64(OUT_OF_RANGE), np.int64(F_SYMBOL), np.int64(n_symbols)
+                if n_symbols >= name_starts.shape[0]:
+                    return (np.int64(line), np.int64(OUT_OF_RANGE), np.int64(F_SYMBOL), np.int64(n_symbols),
+                            np.int64(names_used))
+                if names_used + stop - start > names.shape[0]:
+                    return (np.int64(line), np.int64(NAMES_FULL), np.int64(F_SYMBOL), np.int64(n_symbols),
+                            np.int64(names_used))
                 symbol = n_symbols
-                symbol_starts[symbol] = start
-                symbol_stops[symbol] = stop
+                name_starts[symbol] = names_used
+                for k in range(stop - start):
+                    names[names_used + k] = buffer[start + k]
+                names_used += stop - start
+                name_stops[symbol] = names_used
                 n_symbols += 1
         last_symbol = symbol
         symbols[line] = symbol
         for column in (F_TIMESTAMP, F_LOCAL):
             value, status = fixed.parse_decimal_bytes(buffer, field_starts[column], field_stops[column], 0)
             if status != OK:
-                return np.int64(line), status, np.int64(column), np.int64(n_symbols)
+                return np.int64(line), status, np.int64(column), np.int64(n_symbols), np.int64(names_used)
             if value < 0 or value > _US_MAX:
-                return np.int64(line), np.int64(OUT_OF_RANGE), np.int64(column), np.int64(n_symbols)
+                return (np.int64(line), np.int64(OUT_OF_RANGE), np.int64(column), np.int64(n_symbols),
+                        np.int64(names_used))
             if column == F_TIMESTAMP:
                 times[line] = value * 1000
             else:
@@ -162,27 +180,29 @@ def parse_rows(buffer, starts, stops, first, price_scale, size_scale, symbol_sta
         elif equals(buffer, start, stop, _FALSE):
             snapshot[line] = False
         else:
-            return np.int64(line), np.int64(INVALID), np.int64(F_SNAPSHOT), np.int64(n_symbols)
+            return (np.int64(line), np.int64(INVALID), np.int64(F_SNAPSHOT), np.int64(n_symbols),
+                    np.int64(names_used))
         start, stop = field_starts[F_SIDE], field_stops[F_SIDE]
         if equals(buffer, start, stop, _BID):
             sides[line] = BID
         elif equals(buffer, start, stop, _ASK):
             sides[line] = ASK
         else:
-            return np.int64(line), np.int64(INVALID), np.int64(F_SIDE), np.int64(n_symbols)
+            return np.int64(line), np.int64(INVALID), np.int64(F_SIDE), np.int64(n_symbols), np.int64(names_used)
         value, status = fixed.parse_decimal_bytes(buffer, field_starts[F_PRICE], field_stops[F_PRICE],
                                                   price_scale)
         if status != OK:
-            return np.int64(line), status, np.int64(F_PRICE), np.int64(n_symbols)
+            return np.int64(line), status, np.int64(F_PRICE), np.int64(n_symbols), np.int64(names_used)
         prices[line] = value
         value, status = fixed.parse_decimal_bytes(buffer, field_starts[F_AMOUNT], field_stops[F_AMOUNT],
                                                   size_scale)
         if status != OK:
-            return np.int64(line), status, np.int64(F_AMOUNT), np.int64(n_symbols)
+            return np.int64(line), status, np.int64(F_AMOUNT), np.int64(n_symbols), np.int64(names_used)
         if value < 0:
-            return np.int64(line), np.int64(OUT_OF_RANGE), np.int64(F_AMOUNT), np.int64(n_symbols)
+            return (np.int64(line), np.int64(OUT_OF_RANGE), np.int64(F_AMOUNT), np.int64(n_symbols),
+                    np.int64(names_used))
         amounts[line] = value
-    return np.int64(starts.shape[0]), np.int64(OK), np.int64(-1), np.int64(n_symbols)
+    return np.int64(starts.shape[0]), np.int64(OK), np.int64(-1), np.int64(n_symbols), np.int64(names_used)
 
 
 _REASONS = {fixed.INVALID: "not a decimal number", fixed.TOO_PRECISE: "too many decimals",
@@ -202,30 +222,67 @@ def _reason(status, field):
     return _REASONS.get(int(status), f"status {int(status)}")
 
 
-def _events(rows, symbol_ids):
-    """Events from parsed rows (a dict of equal-length arrays); ``(events, lines)``."""
+_ROW_COLUMNS = (("times", np.int64), ("local_times", np.int64), ("snapshot", bool), ("sides", np.int8),
+                ("prices", np.int64), ("amounts", np.int64), ("symbols", np.int64), ("lines", np.int64))
+
+
+class _Messages:
+    """Rows into events, a block at a time, with the result of parsing the whole file at once.
+
+    A row's flags depend on the *next* row of its symbol (same message? does
+    the snapshot run go on?), so the rows from the earliest row whose symbol has
+    no later row yet are held back until one comes. To bound memory, at most
+    ``max(hold, rows of the newest block)`` rows are held: a symbol silent for
+    longer than that has its message (and snapshot run) taken as ended.
+    """
+
+    def __init__(self, hold):
+        self.hold = hold
+        self.held = {name: np.zeros(0, dtype) for name, dtype in _ROW_COLUMNS}
+        # Whether the last emitted row of each symbol continues a snapshot run.
+        self.in_snapshot = np.zeros(MAX_SYMBOLS, bool)
+
+    def push(self, rows, symbol_ids, final):
+        """Events and lines of the rows that can be decided (all of them when ``final``)."""
+        if len(self.held["times"]):
+            rows = {name: np.concatenate((self.held[name], rows[name])) for name, _ in _ROW_COLUMNS}
+        count = len(rows["times"])
+        local = rows["symbols"]
+        order = np.lexsort((np.arange(count), local))
+        same = local[order[1:]] == local[order[:-1]]
+        next_row = np.full(count, -1, np.int64)
+        previous_row = np.full(count, -1, np.int64)
+        next_row[order[:-1][same]] = order[1:][same]
+        previous_row[order[1:][same]] = order[:-1][same]
+        has_next = next_row >= 0
+        if final or count == 0:
+            cut = count
+        else:
+            cut = int(np.flatnonzero(~has_next).min())
+            cut = max(cut, count - max(self.hold, count - len(self.held["times"])))
+        self.held = {name: values[cut:] for name, values in rows.items()}
+        times, local_times, snapshot = rows["times"], rows["local_times"], rows["snapshot"]
+        index = np.arange(cut)
+        follower = np.where(has_next[:cut], next_row[:cut], 0)
+        ahead = has_next[:cut]
+        previous_snapshot = np.where(previous_row[:cut] >= 0, snapshot[np.maximum(previous_row[:cut], 0)],
+                                     self.in_snapshot[local[:cut]])
+        next_snapshot = ahead & snapshot[follower]
+        next_same = (ahead & (times[follower] == times[:cut]) & (local_times[follower] == local_times[:cut])
+                     & (snapshot[follower] == snapshot[:cut]))
+        # The last emitted row of each symbol: does its run go on into the held rows?
+        last = index[(next_row[:cut] >= cut) | ~ahead]
+        self.in_snapshot[local[last]] = snapshot[last] & ahead[last]
+        kept = {name: values[:cut] for name, values in rows.items()}
+        kept["symbols"] = symbol_ids[local[:cut]] if cut else np.zeros(0, np.int32)
+        return _events(kept, snapshot[:cut] & ~previous_snapshot, snapshot[:cut] & ~next_snapshot, ~next_same)
+
+
+def _events(rows, run_starts, run_ends, batch_end):
+    """Events from decided rows (a dict of equal-length arrays); ``(events, lines)``."""
     count = len(rows["times"])
-    symbols = symbol_ids[rows["symbols"]] if count else np.zeros(0, np.int32)
+    symbols = rows["symbols"]
     snapshot = rows["snapshot"]
-    # Per symbol, whether the previous/next row of the same symbol is a snapshot row.
-    previous_snapshot = np.zeros(count, bool)
-    next_snapshot = np.zeros(count, bool)
-    previous_same = np.zeros(count, bool)  # previous row of the symbol is the same message
-    for symbol in np.unique(symbols):
-        index = np.flatnonzero(symbols == symbol)
-        previous_snapshot[index[1:]] = snapshot[index[:-1]]
-        next_snapshot[index[:-1]] = snapshot[index[1:]]
-        same = ((rows["times"][index[1:]] == rows["times"][index[:-1]])
-                & (rows["local_times"][index[1:]] == rows["local_times"][index[:-1]])
-                & (snapshot[index[1:]] == snapshot[index[:-1]]))
-        previous_same[index[1:]] = same
-    run_starts = snapshot & ~previous_snapshot
-    run_ends = snapshot & ~next_snapshot
-    # A message ends where the symbol's next row starts another one.
-    batch_end = np.ones(count, bool)
-    for symbol in np.unique(symbols):
-        index = np.flatnonzero(symbols == symbol)
-        batch_end[index[:-1]] = ~previous_same[index[1:]]
     # Room for a BEGIN before each run and an END after it.
     position = np.arange(count) + np.cumsum(run_starts) + np.cumsum(run_ends) - run_ends
     events = np.zeros(count + int(run_starts.sum()) + int(run_ends.sum()), EVENT_DTYPE)
@@ -254,14 +311,121 @@ def _events(rows, symbol_ids):
 
 def exchange_of(path):
     """The ``exchange`` field of the file's first data row ("" when it has none)."""
-    buffer = read_buffer(path)
-    starts, stops, _ = line_bounds(buffer)
-    if len(starts) < 2:
-        return ""
-    return bytes(buffer[starts[1]:stops[1]]).split(b",", 1)[0].decode(errors="replace")
+    for block in iter_blocks(path, MIN_MEMORY_LIMIT):
+        for index in range(len(block)):
+            if block.numbers[index] > 1 or block.text(index) != HEADER.encode():
+                return block.text(index).split(b",", 1)[0].decode(errors="replace")
+    return ""
 
 
-def read_incremental(path, *, instruments=None, price_scale=None, size_scale=None, skip_malformed=False):
+def _check_header(path, block):
+    if block is None or len(block) == 0 or block.text(0).decode(errors="replace") != HEADER:
+        line = int(block.numbers[0]) if block is not None and len(block) else 1
+        raise FeedError(path, line, f"not a tardis incremental_book_L2 header (expected {HEADER!r})")
+
+
+def _scales(path, blocks, memory_limit):
+    """The most decimals of prices and amounts: over ``blocks`` when they are the whole file,
+    else in a first pass over the file (a pipe cannot be read twice)."""
+    if blocks[-1] is None:
+        chosen = blocks[:-1]
+    elif stat.S_ISREG(os.stat(path).st_mode):
+        chosen = iter_blocks(path, memory_limit)
+    else:
+        raise FeedError(path, None, "a pipe is read once: give price_scale and size_scale to read one "
+                        "larger than a block")
+    price_decimals, amount_decimals = 0, 0
+    for block in chosen:
+        found_price, found_size = scan_decimals(block.buffer, block.starts, block.stops)
+        price_decimals, amount_decimals = max(price_decimals, found_price), max(amount_decimals, found_size)
+    return min(int(price_decimals), fixed.MAX_SCALE), min(int(amount_decimals), fixed.MAX_SCALE)
+
+
+def iter_incremental(path, *, instruments=None, price_scale=None, size_scale=None, skip_malformed=False,
+                     memory_limit=None):
+    """Read a tardis.dev ``incremental_book_L2`` file as a stream of :class:`Feed` chunks.
+
+    Takes the arguments of :func:`read_incremental`, and ``memory_limit``
+    (bytes, see :func:`ringbook.engine.feeds.source.iter_blocks`). Without
+    ``price_scale`` and ``size_scale``, a file larger than a block is read
+    twice: once for the scales, once for the rows.
+
+    Yields
+    ------
+    Feed
+        The events of a run of blocks, in file order; all chunks share the
+        instrument table. A malformed line (``skip_malformed=False``) ends the
+        stream with the events before it, then raises :class:`FeedError`.
+    """
+    memory_limit = check_memory_limit(memory_limit)
+    instruments = instruments if instruments is not None else Instruments()
+    stream = iter_blocks(path, memory_limit)
+    # The first two blocks: one without a second is the whole file, read once.
+    blocks = [next(stream, None)]
+    _check_header(path, blocks[0])
+    blocks.append(next(stream, None))
+    if price_scale is None or size_scale is None:
+        found_price, found_size = _scales(path, blocks, memory_limit)
+        price_scale = found_price if price_scale is None else price_scale
+        size_scale = found_size if size_scale is None else size_scale
+
+    def all_blocks():
+        yield from (block for block in blocks if block is not None)
+        blocks.clear()  # so the first two go once they are parsed
+        yield from stream
+
+    names = np.zeros(1024, np.uint8)
+    name_starts = np.zeros(MAX_SYMBOLS, np.int64)
+    name_stops = np.zeros(MAX_SYMBOLS, np.int64)
+    n_symbols, names_used, interned = 0, 0, 0
+    symbol_ids = np.zeros(0, np.int32)
+    messages = _Messages(hold=1024)
+    for block_index, block in enumerate(all_blocks()):
+        first_row = 1 if block_index == 0 else 0  # the header
+        starts, stops, numbers = block.starts[first_row:], block.stops[first_row:], block.numbers[first_row:]
+        count = len(starts)
+        rows = {name: np.zeros(count, dtype) for name, dtype in _ROW_COLUMNS}
+        good = np.ones(count, bool)
+        skipped, problem, first = [], None, 0
+        while True:
+            stopped_at, status, column, n_symbols, names_used = parse_rows(
+                block.buffer, starts, stops, first, price_scale, size_scale, names, name_starts, name_stops,
+                n_symbols, names_used, rows["times"], rows["local_times"], rows["snapshot"], rows["sides"],
+                rows["prices"], rows["amounts"], rows["symbols"])
+            if status == OK:
+                break
+            if status == NAMES_FULL:
+                names = np.concatenate((names, np.zeros(len(names), np.uint8)))
+                first = stopped_at
+                continue
+            field = FIELDS[column] if column >= 0 else None
+            problem = FeedError(path, int(numbers[stopped_at]), _reason(status, int(column)), field)
+            if not skip_malformed:
+                good[stopped_at:] = False
+                break
+            skipped.append(int(numbers[stopped_at]))
+            good[stopped_at] = False
+            problem = None
+            first = stopped_at + 1
+        if n_symbols > interned:
+            symbol_ids = np.concatenate((symbol_ids, np.array(
+                [instruments.intern(bytes(names[name_starts[k]:name_stops[k]]).decode(), price_scale, size_scale)
+                 for k in range(interned, n_symbols)], np.int32)))
+            interned = n_symbols
+        rows["lines"][:] = numbers
+        kept = rows if good.all() else {name: values[good] for name, values in rows.items()}
+        del rows, block, starts, stops, numbers
+        events, lines = messages.push(kept, symbol_ids, final=problem is not None)
+        yield Feed(events, lines, instruments, str(path), skipped)
+        if problem is not None:
+            raise problem
+    events, lines = messages.push({name: np.zeros(0, dtype) for name, dtype in _ROW_COLUMNS}, symbol_ids,
+                                  final=True)
+    yield Feed(events, lines, instruments, str(path))
+
+
+def read_incremental(path, *, instruments=None, price_scale=None, size_scale=None, skip_malformed=False,
+                     memory_limit=None):
     """Read a tardis.dev ``incremental_book_L2`` CSV file (gzip is fine) into events.
 
     Parameters
@@ -273,6 +437,9 @@ def read_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
         Decimals of prices and amounts; by default the most any row has.
     skip_malformed : bool
         Skip malformed lines and list them in ``skipped_lines`` instead of raising.
+    memory_limit : int, optional
+        Bound on what the reader holds besides the events it returns (bytes;
+        see :func:`ringbook.engine.feeds.source.iter_blocks`).
 
     Returns
     -------
@@ -284,50 +451,7 @@ def read_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
         A header other than tardis's, or a malformed line, naming the file, the
         line and the field; ``partial`` holds the events of the lines before it.
     """
-    buffer = read_buffer(path)
-    starts, stops, numbers = line_bounds(buffer)
-    if len(starts) == 0 or bytes(buffer[starts[0]:stops[0]]).decode(errors="replace") != HEADER:
-        raise FeedError(path, int(numbers[0]) if len(numbers) else 1,
-                        f"not a tardis incremental_book_L2 header (expected {HEADER!r})")
-    starts, stops, numbers = starts[1:], stops[1:], numbers[1:]
-    found_price, found_size = scan_decimals(buffer, starts, stops)
-    price_scale = min(int(found_price), fixed.MAX_SCALE) if price_scale is None else price_scale
-    size_scale = min(int(found_size), fixed.MAX_SCALE) if size_scale is None else size_scale
-    count = len(starts)
-    rows = {"times": np.zeros(count, np.int64), "local_times": np.zeros(count, np.int64),
-            "snapshot": np.zeros(count, bool), "sides": np.zeros(count, np.int8),
-            "prices": np.zeros(count, np.int64), "amounts": np.zeros(count, np.int64),
-            "symbols": np.zeros(count, np.int64)}
-    symbol_starts = np.zeros(MAX_SYMBOLS, np.int64)
-    symbol_stops = np.zeros(MAX_SYMBOLS, np.int64)
-    good = np.ones(count, bool)
-    skipped, problem = [], None
-    first, n_symbols = 0, 0
-    while True:
-        stopped_at, status, column, n_symbols = parse_rows(
-            buffer, starts, stops, first, price_scale, size_scale, symbol_starts, symbol_stops, n_symbols,
-            rows["times"], rows["local_times"], rows["snapshot"], rows["sides"], rows["prices"],
-            rows["amounts"], rows["symbols"])
-        if status == OK:
-            break
-        field = FIELDS[column] if column >= 0 else None
-        problem = FeedError(path, int(numbers[stopped_at]), _reason(status, int(column)), field)
-        if not skip_malformed:
-            good[stopped_at:] = False
-            break
-        skipped.append(int(numbers[stopped_at]))
-        good[stopped_at] = False
-        problem = None
-        first = stopped_at + 1
     instruments = instruments if instruments is not None else Instruments()
-    symbol_ids = np.array([instruments.intern(bytes(buffer[symbol_starts[k]:symbol_stops[k]]).decode(),
-                                              price_scale, size_scale) for k in range(n_symbols)] or [0],
-                          np.int32)
-    kept = {name: values[good] for name, values in rows.items()}
-    kept["lines"] = numbers[good].astype(np.int64)
-    events, lines = _events(kept, symbol_ids)
-    feed = Feed(events, lines, instruments, str(path), skipped)
-    if problem is not None:
-        problem.partial = feed
-        raise problem
-    return feed
+    return read_whole(path, iter_incremental(path, instruments=instruments, price_scale=price_scale,
+                                             size_scale=size_scale, skip_malformed=skip_malformed,
+                                             memory_limit=memory_limit), instruments)
