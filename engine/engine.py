@@ -28,7 +28,8 @@ from ringbook.engine import pipeline
 from ringbook.engine.feeds import packet
 from ringbook.engine.feeds.live import FeedContext, open_source
 from ringbook.engine.ring import Ring
-from ringbook.engine.scheduler import ObservedThread, Scheduler, Worker, locked_bytes, lock_all_memory, prefault
+from ringbook.engine.scheduler import (ObservedThread, Scheduler, Worker, locked_bytes, lock_all_memory, prefault,
+                                       unlock_all_memory)
 from ringbook.kernels import book as books
 from ringbook.kernels import window as kwindow
 from ringbook.kernels.clock import calibrate, stamp
@@ -458,6 +459,10 @@ class Engine:
         self._tick()
         self.region.set_state(C.FAILED if self.error is not None else C.STOPPED)
         self._report = self._build_report()
+        if self.mlock.get("locked"):
+            # MCL_FUTURE would lock every later mapping of this process too (a journal
+            # read in the same notebook, tens of GB): the lock ends with the run.
+            unlock_all_memory()
 
     # ------------------------------------------------------------ reading
 

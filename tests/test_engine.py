@@ -384,3 +384,13 @@ def test_realtime_needs_a_core_of_its_own():
     workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True, isolated=True, realtime=True)]
     notes, _ = assign_cores(workers, cpus=[0, 1])
     assert workers[1].realtime and not notes
+
+
+def test_memory_lock_ends_with_the_run(tmp_path):
+    """mlockall(MCL_FUTURE) would lock every later mapping of the process (a journal read
+    afterwards): the engine releases it when the run ends."""
+    from ringbook.engine.scheduler import locked_bytes
+    _, report = run_engine(tmp_path, events=3000, out="", mlock=True)
+    if report["mlock"]["error"] is None:
+        assert report["mlock"]["locked_bytes"] > 0
+    assert locked_bytes() in (0, None)
