@@ -121,6 +121,22 @@ _INDEX_HEADER = np.dtype([
 _TAIL_CHECK_BYTES = 4096
 
 
+def _record_bytes(length):
+    """:func:`ringbook.kernels.journal.record_size` in Python (no kernel call per batch)."""
+    return jk.RECORD_HEADER_BYTES + ((length + jk.ALIGNMENT - 1) & ~(jk.ALIGNMENT - 1))
+
+
+def _per_record(value, count, name):
+    """``value`` as an int64 array of ``count`` values (one per record), or of one value for every
+    record when it is a scalar: nothing is copied out to ``count`` values."""
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return np.full(1, int(array), np.int64)
+    if array.shape != (count,) and array.shape != (1,):
+        raise ValueError(f"{name}: {array.shape[0] if array.ndim == 1 else array.shape} values for {count} records")
+    return np.ascontiguousarray(array, np.int64)
+
+
 def _tail_crc(buffer, header_bytes):
     start = max(header_bytes, buffer.size - _TAIL_CHECK_BYTES)
     return int(jk.crc32c(buffer, start, buffer.size, 0)) if buffer.size > start else 0
@@ -921,24 +937,55 @@ class JournalWriter:
             if self.dtype is not None and rows.shape[1] != self.dtype.itemsize:
                 raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; "
                                 f"got rows of {rows.shape[1]}")
-        width = rows.shape[1]
-        if lengths is None:
-            lengths = np.full(rows.shape[0], width, np.int64)
-        lengths = np.ascontiguousarray(np.broadcast_to(np.asarray(lengths, np.int64), (rows.shape[0],)))
-        if rows.shape[0] and (lengths.min() < 0 or lengths.max() > width):
+        count, width = rows.shape
+        lengths = _per_record(width if lengths is None else lengths, count, "lengths")
+        if count and (lengths.min() < 0 or lengths.max() > width):
             raise ValueError("lengths must be between 0 and the row width")
-        starts = np.arange(rows.shape[0], dtype=np.int64) * width
-        return self.append_slices(rows.reshape(-1), starts, starts + lengths, receive_tsc=receive_tsc,
-                                  receive_ns=receive_ns, kind=kind, flags=flags)
+        values = self._per_record_values(count, receive_tsc, receive_ns, kind, flags)
+        if self.dtype is not None and count:
+            self._check_data_lengths(lengths, values[2], count)
+        data = rows.reshape(-1)
+        if width == 0:
+            # rows of no bytes: every record is a header alone (the kernel wants a positive width)
+            data, width = np.zeros(max(count, 1), np.uint8), 1
+        longest = _record_bytes(int(lengths.max())) if count else 0
+        return self._append_batches(count, longest, values, lambda item: _record_bytes(
+            int(lengths[item if lengths.shape[0] > 1 else 0])), lambda out, item, stop: jk.frame_rows(
+            out, 0, data, width, lengths, item, stop, values[0], values[1], values[2], values[3],
+            self._segment, self._index))
+
+    def _per_record_values(self, count, receive_tsc, receive_ns, kind, flags):
+        """``(tscs, stamps, kinds, flags)``: int64 arrays of ``count`` values, or of one for every record."""
+        return (_per_record(receive_tsc, count, "receive_tsc"),
+                _per_record(time.time_ns() if receive_ns is None else receive_ns, count, "receive_ns"),
+                _per_record(kind, count, "kind"), _per_record(flags, count, "flags"))
+
+    def _check_data_lengths(self, lengths, kinds, count):
+        """Raise TypeError when a data record's payload is not one item of the stream's dtype."""
+        if lengths.min() == lengths.max() == self.dtype.itemsize:
+            return
+        lengths = np.broadcast_to(lengths, (count,))
+        wrong = (np.broadcast_to(kinds, (count,)) == RECORD_DATA) & (lengths != self.dtype.itemsize)
+        if wrong.any():
+            first = int(np.flatnonzero(wrong)[0])
+            raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; record "
+                            f"{first} has {int(lengths[first])} bytes")
+
+    def _append_batches(self, count, longest, values, first_record_bytes, frame_chunk):
+        if count:
+            self.ensure_batch_bytes(longest)
+        first = self.next_sequence
+        self._frame_loop(count, values[1], first_record_bytes, frame_chunk)
+        return first if count else self.next_sequence
 
     def _frame_loop(self, count, stamps, first_record_bytes, frame_chunk):
         """Frame records ``0 .. count`` in buffer-sized chunks and write each chunk once.
 
-        Chunks stop at midnight UTC (``stamps`` are the receive times) and at
-        the segment's size limit. With more than one chunk, the next chunk is
-        framed while a second thread writes the previous one (the framing
-        kernel and ``write`` both run without the GIL), so framing costs
-        little more than the write itself.
+        Chunks stop at midnight UTC (``stamps`` are the receive times, one per
+        record or one for all) and at the segment's size limit. With more than
+        one chunk, the next chunk is framed while a second thread writes the
+        previous one (the framing kernel and ``write`` both run without the
+        GIL), so framing costs little more than the write itself.
         """
         if count == 0:
             return
@@ -948,11 +995,12 @@ class JournalWriter:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ringbook-journal-write")
         if pipelined and (self._spare is None or self._spare.size != self._buffer.size):
             self._spare = np.zeros_like(self._buffer)
+        one_stamp = stamps.shape[0] == 1
         pending = None
         item = 0
         try:
             while item < count:
-                first_ns = int(stamps[item])
+                first_ns = int(stamps[0 if one_stamp else item])
                 if pending is not None and self._rotation_due(first_ns):
                     pending.result()
                     pending = None
@@ -960,7 +1008,7 @@ class JournalWriter:
                 if self._first_ns is None:
                     self._first_ns = first_ns
                 stop = count
-                if stamps[count - 1] >= self._segment_day_end:  # a chunk ends at midnight
+                if not one_stamp and stamps[count - 1] >= self._segment_day_end:  # a chunk ends at midnight
                     later = np.flatnonzero(stamps[item:] >= self._segment_day_end)
                     stop = item + max(int(later[0]), 1) if len(later) else count
                 buffer = self._buffer
@@ -989,36 +1037,24 @@ class JournalWriter:
         """
         self._check_open()
         data = np.ascontiguousarray(data, np.uint8).reshape(-1)
-        starts = np.ascontiguousarray(starts, np.int64)
-        stops = np.ascontiguousarray(stops, np.int64)
+        starts = np.ascontiguousarray(starts, np.int64).reshape(-1)
+        stops = np.ascontiguousarray(stops, np.int64).reshape(-1)
         count = starts.shape[0]
         if stops.shape != starts.shape:
             raise ValueError("starts and stops must have the same length")
         if count and (starts.min() < 0 or stops.max() > data.size or (stops < starts).any()):
             raise ValueError("every slice must lie inside data, with start <= stop")
-
-        def per_record(value, default=0):
-            value = default if value is None else value
-            return np.ascontiguousarray(np.broadcast_to(np.asarray(value, np.int64), (count,)), np.int64)
-
-        tscs, stamps = per_record(receive_tsc), per_record(receive_ns, time.time_ns())
-        kinds, flag_values = per_record(kind), per_record(flags)
+        values = self._per_record_values(count, receive_tsc, receive_ns, kind, flags)
         if self.dtype is not None and count:
-            wrong = (kinds == RECORD_DATA) & (stops - starts != self.dtype.itemsize)
-            if wrong.any():
-                raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; record "
-                                f"{int(np.flatnonzero(wrong)[0])} has {int((stops - starts)[wrong][0])} bytes")
-        if count:
-            longest = int(jk.record_size(int((stops - starts).max())))
-            self.ensure_batch_bytes(longest)
-        first = self.next_sequence
-
-        def frame_chunk(out, item, stop):
-            return jk.frame_slices(out, 0, data, starts[:stop], stops[:stop], item, tscs, stamps, kinds,
-                                   flag_values, self._segment, self._index)
-
-        self._frame_loop(count, stamps, lambda item: int(jk.record_size(stops[item] - starts[item])), frame_chunk)
-        return first if count else self.next_sequence
+            self._check_data_lengths(stops - starts, values[2], count)
+        if data.size == 0:
+            data = np.zeros(1, np.uint8)  # slices of no bytes: the kernel still takes an address
+        longest = _record_bytes(int((stops - starts).max())) if count else 0
+        return self._append_batches(count, longest, values,
+                                    lambda item: _record_bytes(int(stops[item] - starts[item])),
+                                    lambda out, item, stop: jk.frame_slices(
+                                        out, 0, data, starts[:stop], stops[:stop], item, values[0], values[1],
+                                        values[2], values[3], self._segment, self._index))
 
     def drain(self, slab, consumer, max_records, tsc, wall_ns, ns_per_tick):
         """Frame up to ``max_records`` messages of a ring consumer and write them (one ``write``).

@@ -255,15 +255,14 @@ def _tail_word(address, count):
 
 
 @inline_kernel
-def _write_record(target, source, length, sequence, receive_tsc, receive_ns, kind, flags):
-    """Store a whole record at address ``target`` from the ``length`` payload bytes at
-    address ``source`` (unchecked: the caller validated both) and return its size.
+def _start_record(target, length, sequence, receive_tsc, receive_ns, kind, flags):
+    """Store the header of a record at address ``target`` (all but its CRC) and return the raw
+    checksum state over it.
 
     The checksum is taken over the values as they are stored, from registers:
     reading the record back would load 8 bytes across two smaller stores, which
     the CPU cannot forward, and each such load would wait for the stores to
-    reach the cache. The payload is copied 8 bytes at a time, its last word
-    carrying the zero padding, so every byte of the record is written once.
+    reach the cache.
     """
     kind_and_flags = (kind & 0xFFFF) | ((flags & 0xFFFFFFFF) << 32)
     _store_u32_at(target + LENGTH_OFFSET, length)
@@ -275,13 +274,27 @@ def _write_record(target, source, length, sequence, receive_tsc, receive_ns, kin
     state = update_word(state, sequence)
     state = update_word(state, receive_tsc)
     state = update_word(state, receive_ns)
-    state = update_word(state, kind_and_flags)
-    body = target + RECORD_HEADER_BYTES
+    return update_word(state, kind_and_flags)
+
+
+@inline_kernel
+def _copy_word(target, source, word_index, state):
+    """Copy payload word ``word_index`` from ``source`` into the record at ``target``; the state after it."""
+    word = _load_i64_at(source + 8 * word_index)
+    _store_i64_at(target + RECORD_HEADER_BYTES + 8 * word_index, word)
+    return update_word(state, word)
+
+
+@inline_kernel
+def _finish_record(target, source, length, words_done, state):
+    """Copy the payload after its first ``words_done`` words, pad it, store the CRC; the record's size.
+
+    The payload goes 8 bytes at a time, its last word carrying the zero
+    padding, so every byte of the record is written once.
+    """
     words = length >> 3
-    for word_index in range(words):
-        word = _load_i64_at(source + 8 * word_index)
-        _store_i64_at(body + 8 * word_index, word)
-        state = update_word(state, word)
+    for word_index in range(words_done, words):
+        state = _copy_word(target, source, word_index, state)
     size = RECORD_HEADER_BYTES + 8 * words
     if length & 7:
         word = _tail_word(source + 8 * words, length & 7)
@@ -290,6 +303,27 @@ def _write_record(target, source, length, sequence, receive_tsc, receive_ns, kin
         size += 8
     _store_u32_at(target + CRC_OFFSET, state ^ np.uint32(0xFFFFFFFF))
     return size
+
+
+@inline_kernel
+def _write_record(target, source, length, sequence, receive_tsc, receive_ns, kind, flags):
+    """Store a whole record at address ``target`` from the ``length`` payload bytes at
+    address ``source`` (unchecked: the caller validated both) and return its size."""
+    state = _start_record(target, length, sequence, receive_tsc, receive_ns, kind, flags)
+    return _finish_record(target, source, length, 0, state)
+
+
+@inline_kernel
+def _payload_fits(start, stop, available, row_width):
+    """Whether ``[start, stop)`` is a payload inside ``available`` bytes (and one row of ``row_width``)."""
+    length = stop - start
+    return (start >= 0 and length >= 0 and stop <= available and length <= MAX_PAYLOAD
+            and (row_width == 0 or length <= row_width))
+
+
+@inline_kernel
+def _padded(length):
+    return RECORD_HEADER_BYTES + ((length + ALIGNMENT - 1) & ~(ALIGNMENT - 1))
 
 
 @kernel
@@ -403,19 +437,21 @@ def _frame_run(out, offset, data, starts, stops, row_width, first, stop_item, re
     status = OK
     item = first
     while item < stop_item:
-        start = starts[item * start_step] + item * row_width
-        stop = stops[item * stop_step] + item * row_width
-        length = stop - start
-        if (start < 0 or length < 0 or stop > available or length > MAX_PAYLOAD
-                or (row_width > 0 and length > row_width)):
+        # unsigned indices: no code for negative indices on each read
+        start = starts[np.uint64(item * start_step)] + item * row_width
+        stop = stops[np.uint64(item * stop_step)] + item * row_width
+        if not _payload_fits(start, stop, available, row_width):
             status = BAD_ARGUMENT
             break
-        size = RECORD_HEADER_BYTES + ((length + ALIGNMENT - 1) & ~(ALIGNMENT - 1))
+        length = stop - start
+        size = _padded(length)
         if offset + size > room:
             break
-        receive = receive_ns[item * ns_step]
-        _write_record(out_address + offset, data_address + start, length, sequence, receive_tsc[item * tsc_step],
-                      receive, kinds[item * kind_step], flags[item * flag_step])
+        receive = receive_ns[np.uint64(item * ns_step)]
+        tsc = receive_tsc[np.uint64(item * tsc_step)]
+        kind = kinds[np.uint64(item * kind_step)]
+        flag = flags[np.uint64(item * flag_step)]
+        _write_record(out_address + offset, data_address + start, length, sequence, tsc, receive, kind, flag)
         if sequence >= next_entry:
             next_entry = sequence + every
             if entries < capacity:
