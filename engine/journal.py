@@ -59,7 +59,9 @@ Durability
 batch); they survive a crash of the process, not of the machine.
 ``interval``: also ``fdatasync`` at most every ``interval_ms`` (default 10).
 ``batch``: ``fdatasync`` after every batch. :attr:`JournalWriter.last_durable_sequence`
-is the last record that has reached that level.
+is the last record that has reached that level. A failed ``fdatasync`` is
+retried after the bytes it may have dropped are written again (see
+:class:`JournalWriter`).
 """
 
 import ast
@@ -582,6 +584,20 @@ class JournalWriter:
         Longest wait between retries of a failed write (the first waits 1 ms).
     source : dict, optional
         Facts about the data's origin, stored in the headers.
+    retain_bytes : int
+        Under ``interval``, how many bytes written since the last successful
+        ``fdatasync`` the writer keeps a copy of (see below).
+
+    A failed ``fdatasync`` (``EIO``, ``ENOSPC``, ...) may have dropped the
+    pages it was writing: the kernel marks them clean, and a later
+    ``fdatasync`` that succeeds does not write them. So after each failure the
+    writer writes again, at their offsets, every byte since the last
+    successful ``fdatasync`` before it retries. Under ``batch`` those bytes are
+    the batch it still holds; under ``interval`` it keeps a copy of up to
+    ``retain_bytes`` of them. Records it could not write again are reported
+    through ``on_error`` (a :class:`JournalError` naming their sequences) and
+    listed in :attr:`not_durable`; :attr:`last_durable_sequence` then stays
+    below the first of them.
 
     Opening a stream that already has segments continues it: a torn tail
     of its last segment is cut (:attr:`recovery` says where and how many
@@ -589,10 +605,13 @@ class JournalWriter:
     a second one gets :class:`JournalError`.
     """
 
+    #: Whether a batch of many chunks writes one chunk while it frames the next (on a second thread).
+    _pipeline_writes = True
+
     def __init__(self, root, stream, *, payload="raw", instruments=None, calibration=None,
                  durability="none", interval_ms=10, segment_bytes=DEFAULT_SEGMENT_BYTES,
                  index_every=DEFAULT_INDEX_EVERY, batch_bytes=1 << 20, on_error=None, retry_max_s=1.0,
-                 source=None):
+                 source=None, retain_bytes=64 << 20):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {DURABILITY}, got {durability!r}")
         if segment_bytes < 4096:
@@ -615,6 +634,16 @@ class JournalWriter:
         self.write_function = os.write
         #: The function that makes a descriptor's data durable (``os.fdatasync``).
         self.sync_function = os.fdatasync
+        #: The function that writes bytes again at an offset after a failed sync (``os.pwrite``).
+        self.rewrite_function = os.pwrite
+        self.retain_bytes = int(retain_bytes)
+        # what was written since the last successful fdatasync of the segment:
+        # [file offset, bytes (None: not kept), first sequence, last sequence, size]
+        self._since_sync = []
+        self._kept_bytes = 0
+        #: Records that may not be durable: a sync failed and the writer no longer held
+        #: their bytes (dicts: ``path``, ``first_sequence``, ``last_sequence``, ``offset``, ``bytes``).
+        self.not_durable = []
         self._buffer = np.zeros(max(int(batch_bytes), 4096), np.uint8)
         self._fd = None
         self._path = None
@@ -667,8 +696,11 @@ class JournalWriter:
         """The last record that has reached the journal's durability (-1: none).
 
         Under ``none`` that is the last record handed to the operating system;
-        under ``interval`` and ``batch`` the last one ``fdatasync`` covered.
+        under ``interval`` and ``batch`` the last one ``fdatasync`` covered,
+        and never past a record listed in :attr:`not_durable`.
         """
+        if self.not_durable:
+            return min(self._last_durable, self.not_durable[0]["first_sequence"] - 1)
         return self._last_durable
 
     @property
@@ -730,7 +762,10 @@ class JournalWriter:
             self._fd, self._path = fd, temporary
             self._write_all(memoryview(header))
             if self.durability != "none":
+                self._since_sync = [[0, header, None, None, len(header)]]
+                self._kept_bytes = 0
                 self._sync_retrying()
+                self._since_sync = []
             os.rename(temporary, path)
             if self.durability != "none":
                 _fsync_directory(directory)
@@ -831,11 +866,14 @@ class JournalWriter:
 
     def _sync(self):
         self._sync_retrying()
+        self._since_sync = []
+        self._kept_bytes = 0
         self._last_durable = self._last_written
         self._last_sync_ns = time.monotonic_ns()
         self._unsynced = False
 
     def _sync_retrying(self):
+        """``fdatasync`` until it succeeds; after each failure, write again what it may have dropped."""
         delay = 0.001
         attempt = 0
         while True:
@@ -849,6 +887,69 @@ class JournalWriter:
                 attempt += 1
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+                self._rewrite_since_sync()
+
+    def _keep_for_sync(self, offset, view, first_sequence, last_sequence, copy):
+        """Note bytes just written at ``offset`` as not yet synced (with a copy if ``copy`` and
+        within ``retain_bytes``; else with ``view`` itself, valid until the next sync)."""
+        size = len(view)
+        if copy:
+            if self._kept_bytes + size <= self.retain_bytes:
+                data = bytes(view)
+                self._kept_bytes += size
+            else:
+                data = None
+        else:
+            data = view
+        self._since_sync.append([offset, data, first_sequence, last_sequence, size])
+
+    def _rewrite_since_sync(self):
+        """Write every byte since the last successful sync again, at its offset; report what
+        the writer no longer holds."""
+        for entry in self._since_sync:
+            offset, data, first_sequence, last_sequence, size = entry
+            if data is None:
+                if first_sequence is not None and not any(
+                        item["first_sequence"] == first_sequence for item in self.not_durable):
+                    self._lost(offset, size, first_sequence, last_sequence)
+                continue
+            view = memoryview(data)
+            done = 0
+            attempt = 0
+            delay = 0.001
+            while done < size:
+                try:
+                    written = self.rewrite_function(self._fd, view[done:], offset + done)
+                except OSError as error:
+                    if error.errno not in RETRYABLE_ERRNOS:
+                        raise JournalError(f"write failed: {error}", self._path, offset + done) from error
+                    self._report(error, attempt)
+                    attempt += 1
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                if written <= 0:
+                    self._report(OSError(errno.ENOSPC, "no progress writing"), attempt)
+                    attempt += 1
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                done += written
+
+    def _lost(self, offset, size, first_sequence, last_sequence):
+        facts = {"path": str(self._path), "first_sequence": first_sequence, "last_sequence": last_sequence,
+                 "offset": offset, "bytes": size}
+        self.not_durable.append(facts)
+        self.not_durable.sort(key=lambda item: item["first_sequence"])
+        error = JournalError(f"records {first_sequence} to {last_sequence} may not be durable: fdatasync failed "
+                             f"and the writer no longer holds their {size} bytes (retain_bytes "
+                             f"{self.retain_bytes})", self._path, offset)
+        self.errors += 1
+        self.last_error = error
+        if self.on_error is not None:
+            self.on_error(str(self._path), error)
+        else:
+            log.error("%s", error)
 
     def _commit(self, end, buffer=None, last_sequence=None):
         """Write the framed bytes ``buffer[:end]`` (ending with record ``last_sequence``) and
@@ -860,8 +961,14 @@ class JournalWriter:
             self._planned_size += end
         if last_sequence is None:
             last_sequence = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
-        self._write_all(memoryview(buffer)[:end])
+        view = memoryview(buffer)[:end]
+        offset = self._file_size
+        self._write_all(view)
         self._file_size += end
+        if self.durability != "none":
+            # under batch the sync below comes before the buffer is framed into again
+            self._keep_for_sync(offset, view, self._last_written + 1, last_sequence,
+                                copy=self.durability == "interval")
         self._last_written = last_sequence
         if self.durability == "none":
             self._last_durable = self._last_written
@@ -989,7 +1096,7 @@ class JournalWriter:
         """
         if count == 0:
             return
-        pipelined = count * first_record_bytes(0) > 2 * self._buffer.size
+        pipelined = self._pipeline_writes and count * first_record_bytes(0) > 2 * self._buffer.size
         if pipelined and self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ringbook-journal-write")
