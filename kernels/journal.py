@@ -438,8 +438,8 @@ def _frame_run(out, offset, data, starts, stops, row_width, first, stop_item, re
     item = first
     while item < stop_item:
         # unsigned indices: no code for negative indices on each read
-        start = starts[np.uint64(item * start_step)] + item * row_width
-        stop = stops[np.uint64(item * stop_step)] + item * row_width
+        start = (starts[np.uint64(item)] if start_step else starts[0]) + item * row_width
+        stop = (stops[np.uint64(item)] if stop_step else stops[0]) + item * row_width
         if not _payload_fits(start, stop, available, row_width):
             status = BAD_ARGUMENT
             break
@@ -447,10 +447,10 @@ def _frame_run(out, offset, data, starts, stops, row_width, first, stop_item, re
         size = _padded(length)
         if offset + size > room:
             break
-        receive = receive_ns[np.uint64(item * ns_step)]
-        tsc = receive_tsc[np.uint64(item * tsc_step)]
-        kind = kinds[np.uint64(item * kind_step)]
-        flag = flags[np.uint64(item * flag_step)]
+        receive = receive_ns[np.uint64(item)] if ns_step else receive_ns[0]
+        tsc = receive_tsc[np.uint64(item)] if tsc_step else receive_tsc[0]
+        kind = kinds[np.uint64(item)] if kind_step else kinds[0]
+        flag = flags[np.uint64(item)] if flag_step else flags[0]
         _write_record(out_address + offset, data_address + start, length, sequence, tsc, receive, kind, flag)
         if sequence >= next_entry:
             next_entry = sequence + every
