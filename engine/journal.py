@@ -65,6 +65,7 @@ retried after the bytes it may have dropped are written again (see
 """
 
 import ast
+import collections
 import datetime as _datetime
 import errno
 import fcntl
@@ -105,6 +106,8 @@ INDEX_SUFFIX = ".rbi"
 DEFAULT_SEGMENT_BYTES = 256 << 20
 DEFAULT_INDEX_EVERY = 1024
 DURABILITY = ("none", "interval", "batch")
+#: Chunks of one append framed and waiting for (or being written by) the writing thread, at most.
+WRITES_IN_FLIGHT = 3
 #: Errors a writer retries (with back-off) rather than gives up on.
 RETRYABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EINTR, errno.EAGAIN})
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,128}")
@@ -649,8 +652,9 @@ class JournalWriter:
         self._path = None
         self._file_size = 0      # bytes written to the segment
         self._planned_size = 0   # bytes framed for it (written, or in a write under way)
-        self._spare = None       # a second framing buffer: one is framed while the other is written
+        self._spares = []        # framing buffers not in use: some are framed while others are written
         self._executor = None
+        self._write_failed = None
         self._segment_day_end = 0
         self._segment = None
         self._index = None
@@ -1090,9 +1094,12 @@ class JournalWriter:
 
         Chunks stop at midnight UTC (``stamps`` are the receive times, one per
         record or one for all) and at the segment's size limit. With more than
-        one chunk, the next chunk is framed while a second thread writes the
-        previous one (the framing kernel and ``write`` both run without the
-        GIL), so framing costs little more than the write itself.
+        a few chunks, chunks are framed while a second thread writes the ones
+        before them, in order (the framing kernel and ``write`` both run
+        without the GIL). Up to :data:`WRITES_IN_FLIGHT` framed chunks wait
+        while that thread writes another, so it goes from one ``write`` to the
+        next without waiting to be woken, and framing, the faster of the two,
+        waits only when all are taken.
         """
         if count == 0:
             return
@@ -1100,17 +1107,19 @@ class JournalWriter:
         if pipelined and self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ringbook-journal-write")
-        if pipelined and (self._spare is None or self._spare.size != self._buffer.size):
-            self._spare = np.zeros_like(self._buffer)
+        if pipelined:
+            self._spares = [spare for spare in self._spares if spare.size == self._buffer.size]
+            while len(self._spares) < WRITES_IN_FLIGHT:
+                self._spares.append(np.zeros_like(self._buffer))
         one_stamp = stamps.shape[0] == 1
-        pending = None
+        pending = collections.deque()  # (future, buffer) of chunks handed to the writing thread, oldest first
         item = 0
         try:
             while item < count:
                 first_ns = int(stamps[0 if one_stamp else item])
-                if pending is not None and self._rotation_due(first_ns):
-                    pending.result()
-                    pending = None
+                if pending and self._rotation_due(first_ns):
+                    while pending:
+                        self._reclaim(pending)
                 self._prepare(first_ns)
                 if self._first_ns is None:
                     self._first_ns = first_ns
@@ -1125,16 +1134,41 @@ class JournalWriter:
                 last = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
                 self._planned_size += end
                 if pipelined:
-                    if pending is not None:
-                        pending.result()
-                    pending = self._executor.submit(self._commit, end, buffer, last)
-                    self._buffer, self._spare = self._spare, self._buffer
+                    pending.append((self._executor.submit(self._commit_in_turn, end, buffer, last), buffer))
+                    if not self._spares:
+                        self._reclaim(pending)
+                    self._buffer = self._spares.pop()
                 else:
                     self._commit(end, buffer, last)
                 item += framed
         finally:
-            if pending is not None:
-                pending.result()
+            # every chunk handed over is waited for, even when something failed: the caller
+            # gets control back with no write still under way
+            failure = None
+            while pending:
+                try:
+                    self._reclaim(pending)
+                except BaseException as error:
+                    failure = failure or error
+            if failure is not None:
+                raise failure
+
+    def _reclaim(self, pending):
+        """Wait for the oldest chunk in ``pending`` to be written; its buffer is free again."""
+        future, buffer = pending.popleft()
+        self._spares.append(buffer)
+        future.result()
+
+    def _commit_in_turn(self, end, buffer, last_sequence):
+        """:meth:`_commit` on the writing thread; refused once a write before it failed (a
+        chunk never goes to the file after one that did not)."""
+        if self._write_failed is not None:
+            raise JournalError(f"not written: an earlier write failed ({self._write_failed})", self._path)
+        try:
+            self._commit(end, buffer, last_sequence)
+        except BaseException as error:
+            self._write_failed = error
+            raise
 
     def append_slices(self, data, starts, stops, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
         """Append records whose payloads are ``data[starts[i]:stops[i]]`` (``data``: flat uint8,

@@ -320,6 +320,31 @@ def test_append_many_with_per_record_values_and_lengths(tmp_path, batch_bytes):
     assert verify(tmp_path)["ok"]
 
 
+def test_chunks_written_on_a_second_thread_make_the_same_files(tmp_path, monkeypatch):
+    events = np.zeros(20_000, EVENT_DTYPE)
+    events["price"] = np.arange(20_000)
+    stamps = BASE_NS + DAY_NS - 10_000 + np.arange(20_000)  # midnight falls inside
+
+    def files(root, pipelined):
+        monkeypatch.setattr(JournalWriter, "_pipeline_writes", pipelined)
+        with JournalWriter(root, "ev", payload=EVENT_DTYPE, batch_bytes=8192, segment_bytes=300_000) as writer:
+            writer.append_many(events, receive_ns=stamps)
+            assert (writer._executor is not None) == pipelined
+        return {path.relative_to(root): path.read_bytes() for path in sorted(root.rglob("*.rb[ji]"))}
+
+    pipelined, serial = files(tmp_path / "a", True), files(tmp_path / "b", False)
+    assert len(serial) > 10
+    assert pipelined.keys() == serial.keys()
+    for name in serial:
+        if name.suffix == ".rbj":  # headers hold the wall clock at creation; the records must match
+            ours, theirs = pipelined[name], serial[name]
+            assert (ours[decode_header(ours, name).header_bytes:]
+                    == theirs[decode_header(theirs, name).header_bytes:])
+    with JournalReader(tmp_path / "a") as reader:
+        records, sequences, receive_ns = reader.read_span(30_000)
+    assert (records == events).all() and (receive_ns == stamps).all()
+
+
 def test_writer_continues_and_is_alone(tmp_path):
     write_journal(tmp_path, 10)
     with JournalWriter(tmp_path, "feed") as writer:
