@@ -123,31 +123,6 @@ def _i64(buffer, offset):
     return np.int64(load_u64(buffer, offset))
 
 
-def _store_codegen(width):
-    def codegen(context, builder, sig, args):
-        pointer = builder.bitcast(pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1]),
-                                  ir.IntType(width).as_pointer())
-        value = context.cast(builder, args[2], sig.args[2], types.int64)
-        if width < 64:
-            value = builder.trunc(value, ir.IntType(width))
-        builder.store(value, pointer, align=1)
-        return context.get_dummy_value()
-
-    return codegen
-
-
-@intrinsic
-def _put_u32(typingctx, buffer, offset, value):
-    """Store the low 32 bits of ``value`` at byte ``offset`` of a uint8 array, unaligned, unchecked."""
-    return types.void(buffer, offset, value), _store_codegen(32)
-
-
-@intrinsic
-def _put_i64(typingctx, buffer, offset, value):
-    """Store ``value`` as 8 little-endian bytes at byte ``offset``, unaligned, unchecked."""
-    return types.void(buffer, offset, value), _store_codegen(64)
-
-
 @intrinsic
 def _copy_bytes(typingctx, source, source_offset, target, target_offset, length):
     """``memcpy`` of ``length`` bytes between uint8 arrays at byte offsets, unchecked, not overlapping."""
@@ -255,14 +230,15 @@ def _tail_word(address, count):
 
 
 @inline_kernel
-def _start_record(target, length, sequence, receive_tsc, receive_ns, kind, flags):
-    """Store the header of a record at address ``target`` (all but its CRC) and return the raw
-    checksum state over it.
+def _write_record(target, source, length, sequence, receive_tsc, receive_ns, kind, flags):
+    """Store a whole record at address ``target`` from the ``length`` payload bytes at
+    address ``source`` (unchecked: the caller validated both) and return its size.
 
     The checksum is taken over the values as they are stored, from registers:
     reading the record back would load 8 bytes across two smaller stores, which
     the CPU cannot forward, and each such load would wait for the stores to
-    reach the cache.
+    reach the cache. The payload goes 8 bytes at a time, its last word
+    carrying the zero padding, so every byte of the record is written once.
     """
     kind_and_flags = (kind & 0xFFFF) | ((flags & 0xFFFFFFFF) << 32)
     _store_u32_at(target + LENGTH_OFFSET, length)
@@ -274,27 +250,13 @@ def _start_record(target, length, sequence, receive_tsc, receive_ns, kind, flags
     state = update_word(state, sequence)
     state = update_word(state, receive_tsc)
     state = update_word(state, receive_ns)
-    return update_word(state, kind_and_flags)
-
-
-@inline_kernel
-def _copy_word(target, source, word_index, state):
-    """Copy payload word ``word_index`` from ``source`` into the record at ``target``; the state after it."""
-    word = _load_i64_at(source + 8 * word_index)
-    _store_i64_at(target + RECORD_HEADER_BYTES + 8 * word_index, word)
-    return update_word(state, word)
-
-
-@inline_kernel
-def _finish_record(target, source, length, words_done, state):
-    """Copy the payload after its first ``words_done`` words, pad it, store the CRC; the record's size.
-
-    The payload goes 8 bytes at a time, its last word carrying the zero
-    padding, so every byte of the record is written once.
-    """
+    state = update_word(state, kind_and_flags)
     words = length >> 3
-    for word_index in range(words_done, words):
-        state = _copy_word(target, source, word_index, state)
+    body = target + RECORD_HEADER_BYTES
+    for word_index in range(words):
+        word = _load_i64_at(source + 8 * word_index)
+        _store_i64_at(body + 8 * word_index, word)
+        state = update_word(state, word)
     size = RECORD_HEADER_BYTES + 8 * words
     if length & 7:
         word = _tail_word(source + 8 * words, length & 7)
@@ -303,14 +265,6 @@ def _finish_record(target, source, length, words_done, state):
         size += 8
     _store_u32_at(target + CRC_OFFSET, state ^ np.uint32(0xFFFFFFFF))
     return size
-
-
-@inline_kernel
-def _write_record(target, source, length, sequence, receive_tsc, receive_ns, kind, flags):
-    """Store a whole record at address ``target`` from the ``length`` payload bytes at
-    address ``source`` (unchecked: the caller validated both) and return its size."""
-    state = _start_record(target, length, sequence, receive_tsc, receive_ns, kind, flags)
-    return _finish_record(target, source, length, 0, state)
 
 
 @inline_kernel
