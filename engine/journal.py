@@ -105,6 +105,9 @@ SEGMENT_SUFFIX = ".rbj"
 INDEX_SUFFIX = ".rbi"
 DEFAULT_SEGMENT_BYTES = 256 << 20
 DEFAULT_INDEX_EVERY = 1024
+#: The framing buffer, and the largest single ``write``: a batch of many records is
+#: written in chunks of this size, each handed once to the writing thread.
+DEFAULT_BATCH_BYTES = 4 << 20
 DURABILITY = ("none", "interval", "batch")
 #: Chunks of one append framed and waiting for (or being written by) the writing thread, at most.
 WRITES_IN_FLIGHT = 3
@@ -579,7 +582,8 @@ class JournalWriter:
     index_every : int
         Records between sparse index entries.
     batch_bytes : int
-        Size of the framing buffer: the largest single ``write``.
+        Size of the framing buffer: the largest single ``write`` (4 MiB by default;
+        fewer, larger chunks cost fewer hand-overs to the writing thread).
     on_error : callable, optional
         ``on_error(path, error)`` for each disk error that will be retried;
         by default a warning is logged naming the path.
@@ -613,8 +617,8 @@ class JournalWriter:
 
     def __init__(self, root, stream, *, payload="raw", instruments=None, calibration=None,
                  durability="none", interval_ms=10, segment_bytes=DEFAULT_SEGMENT_BYTES,
-                 index_every=DEFAULT_INDEX_EVERY, batch_bytes=1 << 20, on_error=None, retry_max_s=1.0,
-                 source=None, retain_bytes=64 << 20):
+                 index_every=DEFAULT_INDEX_EVERY, batch_bytes=DEFAULT_BATCH_BYTES, on_error=None,
+                 retry_max_s=1.0, source=None, retain_bytes=64 << 20):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {DURABILITY}, got {durability!r}")
         if segment_bytes < 4096:

@@ -82,7 +82,8 @@ def test_every_length_and_alignment_checksums_as_the_package():
     out = np.zeros(int(sum(jk.record_size(n) for n in stops - starts)), np.uint8)
     segment = jk.new_segment_state(7, 0, 1024)
     one = np.full(1, -3, np.int64)
-    count, end = jk.frame_slices(out, 0, data, starts, stops, 0, one, one, one, one, segment, np.zeros((8, 3), np.int64))
+    index = np.zeros((8, 3), np.int64)
+    count, end = jk.frame_slices(out, 0, data, starts, stops, 0, one, one, one, one, segment, index)
     assert (count, end) == (len(starts), out.size)
     offset = 0
     for number, (start, stop) in enumerate(zip(starts, stops)):
