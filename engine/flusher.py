@@ -20,8 +20,9 @@ or drop and count). :meth:`Flusher.lag` says how far behind it is, and
 :attr:`Flusher.records` and :attr:`Flusher.bytes` how much it wrote. A disk
 error is retried by the writer (see :class:`ringbook.engine.journal.JournalWriter`):
 the batch it holds is written once space returns, nothing lost, nothing
-written twice. Any other error stops the thread and is kept in
-:attr:`Flusher.error`.
+written twice; after a failed ``fdatasync`` it writes the batch again at its
+offset before it retries (the kernel may have dropped those pages). Any other
+error stops the thread and is kept in :attr:`Flusher.error`.
 """
 
 import threading

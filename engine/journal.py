@@ -59,10 +59,13 @@ Durability
 batch); they survive a crash of the process, not of the machine.
 ``interval``: also ``fdatasync`` at most every ``interval_ms`` (default 10).
 ``batch``: ``fdatasync`` after every batch. :attr:`JournalWriter.last_durable_sequence`
-is the last record that has reached that level.
+is the last record that has reached that level. A failed ``fdatasync`` is
+retried after the bytes it may have dropped are written again (see
+:class:`JournalWriter`).
 """
 
 import ast
+import collections
 import datetime as _datetime
 import errno
 import fcntl
@@ -102,7 +105,12 @@ SEGMENT_SUFFIX = ".rbj"
 INDEX_SUFFIX = ".rbi"
 DEFAULT_SEGMENT_BYTES = 256 << 20
 DEFAULT_INDEX_EVERY = 1024
+#: The framing buffer, and the largest single ``write``: a batch of many records is
+#: written in chunks of this size, each handed once to the writing thread.
+DEFAULT_BATCH_BYTES = 4 << 20
 DURABILITY = ("none", "interval", "batch")
+#: Chunks of one append framed and waiting for (or being written by) the writing thread, at most.
+WRITES_IN_FLIGHT = 3
 #: Errors a writer retries (with back-off) rather than gives up on.
 RETRYABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EINTR, errno.EAGAIN})
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,128}")
@@ -119,6 +127,22 @@ _INDEX_HEADER = np.dtype([
 ])
 #: An index is trusted only if the checksum of this many last bytes of its segment still matches.
 _TAIL_CHECK_BYTES = 4096
+
+
+def _record_bytes(length):
+    """:func:`ringbook.kernels.journal.record_size` in Python (no kernel call per batch)."""
+    return jk.RECORD_HEADER_BYTES + ((length + jk.ALIGNMENT - 1) & ~(jk.ALIGNMENT - 1))
+
+
+def _per_record(value, count, name):
+    """``value`` as an int64 array of ``count`` values (one per record), or of one value for every
+    record when it is a scalar: nothing is copied out to ``count`` values."""
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return np.full(1, int(array), np.int64)
+    if array.shape != (count,) and array.shape != (1,):
+        raise ValueError(f"{name}: {array.shape[0] if array.ndim == 1 else array.shape} values for {count} records")
+    return np.ascontiguousarray(array, np.int64)
 
 
 def _tail_crc(buffer, header_bytes):
@@ -558,7 +582,8 @@ class JournalWriter:
     index_every : int
         Records between sparse index entries.
     batch_bytes : int
-        Size of the framing buffer: the largest single ``write``.
+        Size of the framing buffer: the largest single ``write`` (4 MiB by default;
+        fewer, larger chunks cost fewer hand-overs to the writing thread).
     on_error : callable, optional
         ``on_error(path, error)`` for each disk error that will be retried;
         by default a warning is logged naming the path.
@@ -566,6 +591,20 @@ class JournalWriter:
         Longest wait between retries of a failed write (the first waits 1 ms).
     source : dict, optional
         Facts about the data's origin, stored in the headers.
+    retain_bytes : int
+        Under ``interval``, how many bytes written since the last successful
+        ``fdatasync`` the writer keeps a copy of (see below).
+
+    A failed ``fdatasync`` (``EIO``, ``ENOSPC``, ...) may have dropped the
+    pages it was writing: the kernel marks them clean, and a later
+    ``fdatasync`` that succeeds does not write them. So after each failure the
+    writer writes again, at their offsets, every byte since the last
+    successful ``fdatasync`` before it retries. Under ``batch`` those bytes are
+    the batch it still holds; under ``interval`` it keeps a copy of up to
+    ``retain_bytes`` of them. Records it could not write again are reported
+    through ``on_error`` (a :class:`JournalError` naming their sequences) and
+    listed in :attr:`not_durable`; :attr:`last_durable_sequence` then stays
+    below the first of them.
 
     Opening a stream that already has segments continues it: a torn tail
     of its last segment is cut (:attr:`recovery` says where and how many
@@ -573,10 +612,13 @@ class JournalWriter:
     a second one gets :class:`JournalError`.
     """
 
+    #: Whether a batch of many chunks writes one chunk while it frames the next (on a second thread).
+    _pipeline_writes = True
+
     def __init__(self, root, stream, *, payload="raw", instruments=None, calibration=None,
                  durability="none", interval_ms=10, segment_bytes=DEFAULT_SEGMENT_BYTES,
-                 index_every=DEFAULT_INDEX_EVERY, batch_bytes=1 << 20, on_error=None, retry_max_s=1.0,
-                 source=None):
+                 index_every=DEFAULT_INDEX_EVERY, batch_bytes=DEFAULT_BATCH_BYTES, on_error=None,
+                 retry_max_s=1.0, source=None, retain_bytes=64 << 20):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {DURABILITY}, got {durability!r}")
         if segment_bytes < 4096:
@@ -599,13 +641,24 @@ class JournalWriter:
         self.write_function = os.write
         #: The function that makes a descriptor's data durable (``os.fdatasync``).
         self.sync_function = os.fdatasync
+        #: The function that writes bytes again at an offset after a failed sync (``os.pwrite``).
+        self.rewrite_function = os.pwrite
+        self.retain_bytes = int(retain_bytes)
+        # what was written since the last successful fdatasync of the segment:
+        # [file offset, bytes (None: not kept), first sequence, last sequence, size]
+        self._since_sync = []
+        self._kept_bytes = 0
+        #: Records that may not be durable: a sync failed and the writer no longer held
+        #: their bytes (dicts: ``path``, ``first_sequence``, ``last_sequence``, ``offset``, ``bytes``).
+        self.not_durable = []
         self._buffer = np.zeros(max(int(batch_bytes), 4096), np.uint8)
         self._fd = None
         self._path = None
         self._file_size = 0      # bytes written to the segment
         self._planned_size = 0   # bytes framed for it (written, or in a write under way)
-        self._spare = None       # a second framing buffer: one is framed while the other is written
+        self._spares = []        # framing buffers not in use: some are framed while others are written
         self._executor = None
+        self._write_failed = None
         self._segment_day_end = 0
         self._segment = None
         self._index = None
@@ -651,8 +704,11 @@ class JournalWriter:
         """The last record that has reached the journal's durability (-1: none).
 
         Under ``none`` that is the last record handed to the operating system;
-        under ``interval`` and ``batch`` the last one ``fdatasync`` covered.
+        under ``interval`` and ``batch`` the last one ``fdatasync`` covered,
+        and never past a record listed in :attr:`not_durable`.
         """
+        if self.not_durable:
+            return min(self._last_durable, self.not_durable[0]["first_sequence"] - 1)
         return self._last_durable
 
     @property
@@ -714,7 +770,10 @@ class JournalWriter:
             self._fd, self._path = fd, temporary
             self._write_all(memoryview(header))
             if self.durability != "none":
+                self._since_sync = [[0, header, None, None, len(header)]]
+                self._kept_bytes = 0
                 self._sync_retrying()
+                self._since_sync = []
             os.rename(temporary, path)
             if self.durability != "none":
                 _fsync_directory(directory)
@@ -815,11 +874,14 @@ class JournalWriter:
 
     def _sync(self):
         self._sync_retrying()
+        self._since_sync = []
+        self._kept_bytes = 0
         self._last_durable = self._last_written
         self._last_sync_ns = time.monotonic_ns()
         self._unsynced = False
 
     def _sync_retrying(self):
+        """``fdatasync`` until it succeeds; after each failure, write again what it may have dropped."""
         delay = 0.001
         attempt = 0
         while True:
@@ -833,6 +895,69 @@ class JournalWriter:
                 attempt += 1
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+                self._rewrite_since_sync()
+
+    def _keep_for_sync(self, offset, view, first_sequence, last_sequence, copy):
+        """Note bytes just written at ``offset`` as not yet synced (with a copy if ``copy`` and
+        within ``retain_bytes``; else with ``view`` itself, valid until the next sync)."""
+        size = len(view)
+        if copy:
+            if self._kept_bytes + size <= self.retain_bytes:
+                data = bytes(view)
+                self._kept_bytes += size
+            else:
+                data = None
+        else:
+            data = view
+        self._since_sync.append([offset, data, first_sequence, last_sequence, size])
+
+    def _rewrite_since_sync(self):
+        """Write every byte since the last successful sync again, at its offset; report what
+        the writer no longer holds."""
+        for entry in self._since_sync:
+            offset, data, first_sequence, last_sequence, size = entry
+            if data is None:
+                if first_sequence is not None and not any(
+                        item["first_sequence"] == first_sequence for item in self.not_durable):
+                    self._lost(offset, size, first_sequence, last_sequence)
+                continue
+            view = memoryview(data)
+            done = 0
+            attempt = 0
+            delay = 0.001
+            while done < size:
+                try:
+                    written = self.rewrite_function(self._fd, view[done:], offset + done)
+                except OSError as error:
+                    if error.errno not in RETRYABLE_ERRNOS:
+                        raise JournalError(f"write failed: {error}", self._path, offset + done) from error
+                    self._report(error, attempt)
+                    attempt += 1
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                if written <= 0:
+                    self._report(OSError(errno.ENOSPC, "no progress writing"), attempt)
+                    attempt += 1
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                done += written
+
+    def _lost(self, offset, size, first_sequence, last_sequence):
+        facts = {"path": str(self._path), "first_sequence": first_sequence, "last_sequence": last_sequence,
+                 "offset": offset, "bytes": size}
+        self.not_durable.append(facts)
+        self.not_durable.sort(key=lambda item: item["first_sequence"])
+        error = JournalError(f"records {first_sequence} to {last_sequence} may not be durable: fdatasync failed "
+                             f"and the writer no longer holds their {size} bytes (retain_bytes "
+                             f"{self.retain_bytes})", self._path, offset)
+        self.errors += 1
+        self.last_error = error
+        if self.on_error is not None:
+            self.on_error(str(self._path), error)
+        else:
+            log.error("%s", error)
 
     def _commit(self, end, buffer=None, last_sequence=None):
         """Write the framed bytes ``buffer[:end]`` (ending with record ``last_sequence``) and
@@ -844,8 +969,14 @@ class JournalWriter:
             self._planned_size += end
         if last_sequence is None:
             last_sequence = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
-        self._write_all(memoryview(buffer)[:end])
+        view = memoryview(buffer)[:end]
+        offset = self._file_size
+        self._write_all(view)
         self._file_size += end
+        if self.durability != "none":
+            # under batch the sync below comes before the buffer is framed into again
+            self._keep_for_sync(offset, view, self._last_written + 1, last_sequence,
+                                copy=self.durability == "interval")
         self._last_written = last_sequence
         if self.durability == "none":
             self._last_durable = self._last_written
@@ -921,46 +1052,83 @@ class JournalWriter:
             if self.dtype is not None and rows.shape[1] != self.dtype.itemsize:
                 raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; "
                                 f"got rows of {rows.shape[1]}")
-        width = rows.shape[1]
-        if lengths is None:
-            lengths = np.full(rows.shape[0], width, np.int64)
-        lengths = np.ascontiguousarray(np.broadcast_to(np.asarray(lengths, np.int64), (rows.shape[0],)))
-        if rows.shape[0] and (lengths.min() < 0 or lengths.max() > width):
+        count, width = rows.shape
+        lengths = _per_record(width if lengths is None else lengths, count, "lengths")
+        if count and (lengths.min() < 0 or lengths.max() > width):
             raise ValueError("lengths must be between 0 and the row width")
-        starts = np.arange(rows.shape[0], dtype=np.int64) * width
-        return self.append_slices(rows.reshape(-1), starts, starts + lengths, receive_tsc=receive_tsc,
-                                  receive_ns=receive_ns, kind=kind, flags=flags)
+        values = self._per_record_values(count, receive_tsc, receive_ns, kind, flags)
+        if self.dtype is not None and count:
+            self._check_data_lengths(lengths, values[2], count)
+        data = rows.reshape(-1)
+        if width == 0:
+            # rows of no bytes: every record is a header alone (the kernel wants a positive width)
+            data, width = np.zeros(max(count, 1), np.uint8), 1
+        longest = _record_bytes(int(lengths.max())) if count else 0
+        return self._append_batches(count, longest, values, lambda item: _record_bytes(
+            int(lengths[item if lengths.shape[0] > 1 else 0])), lambda out, item, stop: jk.frame_rows(
+            out, 0, data, width, lengths, item, stop, values[0], values[1], values[2], values[3],
+            self._segment, self._index))
+
+    def _per_record_values(self, count, receive_tsc, receive_ns, kind, flags):
+        """``(tscs, stamps, kinds, flags)``: int64 arrays of ``count`` values, or of one for every record."""
+        return (_per_record(receive_tsc, count, "receive_tsc"),
+                _per_record(time.time_ns() if receive_ns is None else receive_ns, count, "receive_ns"),
+                _per_record(kind, count, "kind"), _per_record(flags, count, "flags"))
+
+    def _check_data_lengths(self, lengths, kinds, count):
+        """Raise TypeError when a data record's payload is not one item of the stream's dtype."""
+        if lengths.min() == lengths.max() == self.dtype.itemsize:
+            return
+        lengths = np.broadcast_to(lengths, (count,))
+        wrong = (np.broadcast_to(kinds, (count,)) == RECORD_DATA) & (lengths != self.dtype.itemsize)
+        if wrong.any():
+            first = int(np.flatnonzero(wrong)[0])
+            raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; record "
+                            f"{first} has {int(lengths[first])} bytes")
+
+    def _append_batches(self, count, longest, values, first_record_bytes, frame_chunk):
+        if count:
+            self.ensure_batch_bytes(longest)
+        first = self.next_sequence
+        self._frame_loop(count, values[1], first_record_bytes, frame_chunk)
+        return first if count else self.next_sequence
 
     def _frame_loop(self, count, stamps, first_record_bytes, frame_chunk):
         """Frame records ``0 .. count`` in buffer-sized chunks and write each chunk once.
 
-        Chunks stop at midnight UTC (``stamps`` are the receive times) and at
-        the segment's size limit. With more than one chunk, the next chunk is
-        framed while a second thread writes the previous one (the framing
-        kernel and ``write`` both run without the GIL), so framing costs
-        little more than the write itself.
+        Chunks stop at midnight UTC (``stamps`` are the receive times, one per
+        record or one for all) and at the segment's size limit. With more than
+        a few chunks, chunks are framed while a second thread writes the ones
+        before them, in order (the framing kernel and ``write`` both run
+        without the GIL). Up to :data:`WRITES_IN_FLIGHT` framed chunks wait
+        while that thread writes another, so it goes from one ``write`` to the
+        next without waiting to be woken, and framing, the faster of the two,
+        waits only when all are taken.
         """
         if count == 0:
             return
-        pipelined = count * first_record_bytes(0) > 2 * self._buffer.size
+        pipelined = self._pipeline_writes and count * first_record_bytes(0) > 2 * self._buffer.size
         if pipelined and self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ringbook-journal-write")
-        if pipelined and (self._spare is None or self._spare.size != self._buffer.size):
-            self._spare = np.zeros_like(self._buffer)
-        pending = None
+        if pipelined:
+            self._spares = [spare for spare in self._spares if spare.size == self._buffer.size]
+            while len(self._spares) < WRITES_IN_FLIGHT:
+                self._spares.append(np.zeros_like(self._buffer))
+        one_stamp = stamps.shape[0] == 1
+        pending = collections.deque()  # (future, buffer) of chunks handed to the writing thread, oldest first
         item = 0
         try:
             while item < count:
-                first_ns = int(stamps[item])
-                if pending is not None and self._rotation_due(first_ns):
-                    pending.result()
-                    pending = None
+                first_ns = int(stamps[0 if one_stamp else item])
+                if pending and self._rotation_due(first_ns):
+                    while pending:
+                        self._reclaim(pending)
                 self._prepare(first_ns)
                 if self._first_ns is None:
                     self._first_ns = first_ns
                 stop = count
-                if stamps[count - 1] >= self._segment_day_end:  # a chunk ends at midnight
+                if not one_stamp and stamps[count - 1] >= self._segment_day_end:  # a chunk ends at midnight
                     later = np.flatnonzero(stamps[item:] >= self._segment_day_end)
                     stop = item + max(int(later[0]), 1) if len(later) else count
                 buffer = self._buffer
@@ -970,16 +1138,41 @@ class JournalWriter:
                 last = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
                 self._planned_size += end
                 if pipelined:
-                    if pending is not None:
-                        pending.result()
-                    pending = self._executor.submit(self._commit, end, buffer, last)
-                    self._buffer, self._spare = self._spare, self._buffer
+                    pending.append((self._executor.submit(self._commit_in_turn, end, buffer, last), buffer))
+                    if not self._spares:
+                        self._reclaim(pending)
+                    self._buffer = self._spares.pop()
                 else:
                     self._commit(end, buffer, last)
                 item += framed
         finally:
-            if pending is not None:
-                pending.result()
+            # every chunk handed over is waited for, even when something failed: the caller
+            # gets control back with no write still under way
+            failure = None
+            while pending:
+                try:
+                    self._reclaim(pending)
+                except BaseException as error:
+                    failure = failure or error
+            if failure is not None:
+                raise failure
+
+    def _reclaim(self, pending):
+        """Wait for the oldest chunk in ``pending`` to be written; its buffer is free again."""
+        future, buffer = pending.popleft()
+        self._spares.append(buffer)
+        future.result()
+
+    def _commit_in_turn(self, end, buffer, last_sequence):
+        """:meth:`_commit` on the writing thread; refused once a write before it failed (a
+        chunk never goes to the file after one that did not)."""
+        if self._write_failed is not None:
+            raise JournalError(f"not written: an earlier write failed ({self._write_failed})", self._path)
+        try:
+            self._commit(end, buffer, last_sequence)
+        except BaseException as error:
+            self._write_failed = error
+            raise
 
     def append_slices(self, data, starts, stops, *, receive_tsc=0, receive_ns=None, kind=RECORD_DATA, flags=0):
         """Append records whose payloads are ``data[starts[i]:stops[i]]`` (``data``: flat uint8,
@@ -989,36 +1182,24 @@ class JournalWriter:
         """
         self._check_open()
         data = np.ascontiguousarray(data, np.uint8).reshape(-1)
-        starts = np.ascontiguousarray(starts, np.int64)
-        stops = np.ascontiguousarray(stops, np.int64)
+        starts = np.ascontiguousarray(starts, np.int64).reshape(-1)
+        stops = np.ascontiguousarray(stops, np.int64).reshape(-1)
         count = starts.shape[0]
         if stops.shape != starts.shape:
             raise ValueError("starts and stops must have the same length")
         if count and (starts.min() < 0 or stops.max() > data.size or (stops < starts).any()):
             raise ValueError("every slice must lie inside data, with start <= stop")
-
-        def per_record(value, default=0):
-            value = default if value is None else value
-            return np.ascontiguousarray(np.broadcast_to(np.asarray(value, np.int64), (count,)), np.int64)
-
-        tscs, stamps = per_record(receive_tsc), per_record(receive_ns, time.time_ns())
-        kinds, flag_values = per_record(kind), per_record(flags)
+        values = self._per_record_values(count, receive_tsc, receive_ns, kind, flags)
         if self.dtype is not None and count:
-            wrong = (kinds == RECORD_DATA) & (stops - starts != self.dtype.itemsize)
-            if wrong.any():
-                raise TypeError(f"stream {self.stream!r} stores {self.dtype.itemsize}-byte records; record "
-                                f"{int(np.flatnonzero(wrong)[0])} has {int((stops - starts)[wrong][0])} bytes")
-        if count:
-            longest = int(jk.record_size(int((stops - starts).max())))
-            self.ensure_batch_bytes(longest)
-        first = self.next_sequence
-
-        def frame_chunk(out, item, stop):
-            return jk.frame_slices(out, 0, data, starts[:stop], stops[:stop], item, tscs, stamps, kinds,
-                                   flag_values, self._segment, self._index)
-
-        self._frame_loop(count, stamps, lambda item: int(jk.record_size(stops[item] - starts[item])), frame_chunk)
-        return first if count else self.next_sequence
+            self._check_data_lengths(stops - starts, values[2], count)
+        if data.size == 0:
+            data = np.zeros(1, np.uint8)  # slices of no bytes: the kernel still takes an address
+        longest = _record_bytes(int((stops - starts).max())) if count else 0
+        return self._append_batches(count, longest, values,
+                                    lambda item: _record_bytes(int(stops[item] - starts[item])),
+                                    lambda out, item, stop: jk.frame_slices(
+                                        out, 0, data, starts[:stop], stops[:stop], item, values[0], values[1],
+                                        values[2], values[3], self._segment, self._index))
 
     def drain(self, slab, consumer, max_records, tsc, wall_ns, ns_per_tick):
         """Frame up to ``max_records`` messages of a ring consumer and write them (one ``write``).

@@ -233,6 +233,50 @@ else:
     crc32c = crc32c_table
 
 
+@llvm_inline_kernel
+def update_word_table(state, word):
+    """:func:`update_word` by the slicing-by-8 tables, on any CPU."""
+    word = np.uint64(word) ^ np.uint64(state)
+    return np.uint32(TABLE[7, word & 0xFF] ^ TABLE[6, (word >> 8) & 0xFF]
+                     ^ TABLE[5, (word >> 16) & 0xFF] ^ TABLE[4, (word >> 24) & 0xFF]
+                     ^ TABLE[3, (word >> 32) & 0xFF] ^ TABLE[2, (word >> 40) & 0xFF]
+                     ^ TABLE[1, (word >> 48) & 0xFF] ^ TABLE[0, word >> 56])
+
+
+@llvm_inline_kernel
+def update_half_word_table(state, word):
+    """:func:`update_half_word` by the tables, on any CPU."""
+    word = (np.uint64(word) & np.uint64(0xFFFFFFFF)) ^ np.uint64(state)
+    return np.uint32(TABLE[3, word & 0xFF] ^ TABLE[2, (word >> 8) & 0xFF]
+                     ^ TABLE[1, (word >> 16) & 0xFF] ^ TABLE[0, (word >> 24) & 0xFF])
+
+
+if HARDWARE:
+    @llvm_inline_kernel
+    def update_word(state, word):
+        """The raw CRC32C state (not inverted) advanced over the 8 little-endian bytes of ``word``.
+
+        For checksumming bytes a kernel holds in registers (a record header
+        it is about to store) without reading them back from memory.
+        """
+        return _crc32_u64(np.uint32(state), np.uint64(word))
+
+    @llvm_inline_kernel
+    def update_half_word(state, word):
+        """The raw CRC32C state advanced over the low 4 little-endian bytes of ``word``."""
+        return _crc32_u32(np.uint32(state), np.uint64(word))
+else:
+    @llvm_inline_kernel
+    def update_word(state, word):
+        """The raw CRC32C state (not inverted) advanced over the 8 little-endian bytes of ``word``."""
+        return update_word_table(np.uint32(state), np.uint64(word))
+
+    @llvm_inline_kernel
+    def update_half_word(state, word):
+        """The raw CRC32C state advanced over the low 4 little-endian bytes of ``word``."""
+        return update_half_word_table(np.uint32(state), np.uint64(word))
+
+
 def checksum(data, seed=0):
     """CRC32C of a bytes-like object (Python convenience around :func:`crc32c`)."""
     array = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)

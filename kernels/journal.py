@@ -46,9 +46,10 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import make_array
 
 from ringbook.kernels import ring as ring_kernels
-from ringbook.kernels.crc32c import crc32c, load_u32, load_u64, pointer_at
+from ringbook.kernels.crc32c import crc32c, load_u32, load_u64, pointer_at, update_half_word, update_word
 from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.status import (BAD_ARGUMENT, CORRUPT_CHECKSUM, CORRUPT_LENGTH, CORRUPT_SEQUENCE, EMPTY,
                                      FULL, OK, TOO_LARGE)
@@ -122,31 +123,6 @@ def _i64(buffer, offset):
     return np.int64(load_u64(buffer, offset))
 
 
-def _store_codegen(width):
-    def codegen(context, builder, sig, args):
-        pointer = builder.bitcast(pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1]),
-                                  ir.IntType(width).as_pointer())
-        value = context.cast(builder, args[2], sig.args[2], types.int64)
-        if width < 64:
-            value = builder.trunc(value, ir.IntType(width))
-        builder.store(value, pointer, align=1)
-        return context.get_dummy_value()
-
-    return codegen
-
-
-@intrinsic
-def _put_u32(typingctx, buffer, offset, value):
-    """Store the low 32 bits of ``value`` at byte ``offset`` of a uint8 array, unaligned, unchecked."""
-    return types.void(buffer, offset, value), _store_codegen(32)
-
-
-@intrinsic
-def _put_i64(typingctx, buffer, offset, value):
-    """Store ``value`` as 8 little-endian bytes at byte ``offset``, unaligned, unchecked."""
-    return types.void(buffer, offset, value), _store_codegen(64)
-
-
 @intrinsic
 def _copy_bytes(typingctx, source, source_offset, target, target_offset, length):
     """``memcpy`` of ``length`` bytes between uint8 arrays at byte offsets, unchecked, not overlapping."""
@@ -158,6 +134,150 @@ def _copy_bytes(typingctx, source, source_offset, target, target_offset, length)
         return context.get_dummy_value()
 
     return types.void(source, source_offset, target, target_offset, length), codegen
+
+
+@intrinsic
+def _address(typingctx, array):
+    """The address of an array's first byte, as an integer; valid while the array is alive.
+
+    The record writer below takes addresses rather than arrays: an array passed
+    to an inlined function is reference counted (two atomic operations a call),
+    an integer is not.
+    """
+    def codegen(context, builder, sig, args):
+        data = make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return types.int64(array), codegen
+
+
+def _load_at_codegen(width):
+    def codegen(context, builder, sig, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(width).as_pointer())
+        value = builder.load(pointer, align=1)
+        return builder.zext(value, ir.IntType(64)) if width < 64 else value
+
+    return codegen
+
+
+def _store_at_codegen(width):
+    def codegen(context, builder, sig, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(width).as_pointer())
+        value = context.cast(builder, args[1], sig.args[1], types.int64)
+        if width < 64:
+            value = builder.trunc(value, ir.IntType(width))
+        builder.store(value, pointer, align=1)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _load_i64_at(typingctx, address):
+    """The little-endian int64 at ``address``, unaligned, unchecked."""
+    return types.int64(address), _load_at_codegen(64)
+
+
+@intrinsic
+def _load_u32_at(typingctx, address):
+    """The little-endian uint32 at ``address`` (as an int64), unaligned, unchecked."""
+    return types.int64(address), _load_at_codegen(32)
+
+
+@intrinsic
+def _load_u16_at(typingctx, address):
+    """The little-endian uint16 at ``address`` (as an int64), unaligned, unchecked."""
+    return types.int64(address), _load_at_codegen(16)
+
+
+@intrinsic
+def _load_u8_at(typingctx, address):
+    """The byte at ``address`` (as an int64), unchecked."""
+    return types.int64(address), _load_at_codegen(8)
+
+
+@intrinsic
+def _store_i64_at(typingctx, address, value):
+    """Store ``value`` as 8 little-endian bytes at ``address``, unaligned, unchecked."""
+    return types.void(address, value), _store_at_codegen(64)
+
+
+@intrinsic
+def _store_u32_at(typingctx, address, value):
+    """Store the low 32 bits of ``value`` at ``address``, unaligned, unchecked."""
+    return types.void(address, value), _store_at_codegen(32)
+
+
+@inline_kernel
+def _tail_word(address, count):
+    """The ``count`` (1 to 7) bytes at ``address`` as a little-endian word, zeros above: a
+    record's final 8 bytes with their padding. Straight-line loads, no loop."""
+    word = np.int64(0)
+    shift = 0
+    if count >= 4:
+        word = _load_u32_at(address)
+        address += 4
+        count -= 4
+        shift = 32
+    if count >= 2:
+        word |= _load_u16_at(address) << shift
+        address += 2
+        count -= 2
+        shift += 16
+    if count >= 1:
+        word |= _load_u8_at(address) << shift
+    return word
+
+
+@inline_kernel
+def _write_record(target, source, length, sequence, receive_tsc, receive_ns, kind, flags):
+    """Store a whole record at address ``target`` from the ``length`` payload bytes at
+    address ``source`` (unchecked: the caller validated both) and return its size.
+
+    The checksum is taken over the values as they are stored, from registers:
+    reading the record back would load 8 bytes across two smaller stores, which
+    the CPU cannot forward, and each such load would wait for the stores to
+    reach the cache. The payload goes 8 bytes at a time, its last word
+    carrying the zero padding, so every byte of the record is written once.
+    """
+    kind_and_flags = (kind & 0xFFFF) | ((flags & 0xFFFFFFFF) << 32)
+    _store_u32_at(target + LENGTH_OFFSET, length)
+    _store_i64_at(target + SEQUENCE_OFFSET, sequence)
+    _store_i64_at(target + TSC_OFFSET, receive_tsc)
+    _store_i64_at(target + WALL_OFFSET, receive_ns)
+    _store_i64_at(target + KIND_OFFSET, kind_and_flags)
+    state = update_half_word(np.uint32(0xFFFFFFFF), length)
+    state = update_word(state, sequence)
+    state = update_word(state, receive_tsc)
+    state = update_word(state, receive_ns)
+    state = update_word(state, kind_and_flags)
+    words = length >> 3
+    body = target + RECORD_HEADER_BYTES
+    for word_index in range(words):
+        word = _load_i64_at(source + 8 * word_index)
+        _store_i64_at(body + 8 * word_index, word)
+        state = update_word(state, word)
+    size = RECORD_HEADER_BYTES + 8 * words
+    if length & 7:
+        word = _tail_word(source + 8 * words, length & 7)
+        _store_i64_at(target + size, word)
+        state = update_word(state, word)
+        size += 8
+    _store_u32_at(target + CRC_OFFSET, state ^ np.uint32(0xFFFFFFFF))
+    return size
+
+
+@inline_kernel
+def _payload_fits(start, stop, available, row_width):
+    """Whether ``[start, stop)`` is a payload inside ``available`` bytes (and one row of ``row_width``)."""
+    length = stop - start
+    return (start >= 0 and length >= 0 and stop <= available and length <= MAX_PAYLOAD
+            and (row_width == 0 or length <= row_width))
+
+
+@inline_kernel
+def _padded(length):
+    return RECORD_HEADER_BYTES + ((length + ALIGNMENT - 1) & ~(ALIGNMENT - 1))
 
 
 @kernel
@@ -196,17 +316,8 @@ def _frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, fla
     if offset + size > out.size:
         return TOO_LARGE
     sequence = segment[SEGMENT_NEXT_SEQUENCE]
-    _put_u32(out, offset + LENGTH_OFFSET, length)
-    _put_i64(out, offset + SEQUENCE_OFFSET, sequence)
-    _put_i64(out, offset + TSC_OFFSET, receive_tsc)
-    _put_i64(out, offset + WALL_OFFSET, receive_ns)
-    _put_u32(out, offset + KIND_OFFSET, kind & 0xFFFF)
-    _put_u32(out, offset + FLAGS_OFFSET, flags)
-    body = offset + RECORD_HEADER_BYTES
-    if size > RECORD_HEADER_BYTES:
-        _put_i64(out, offset + size - 8, 0)  # the padding (the copy below overwrites the rest)
-    _copy_bytes(payload, start, out, body, length)
-    _put_u32(out, offset + CRC_OFFSET, np.int64(record_checksum(out, offset, size)))
+    _write_record(_address(out) + offset, _address(payload) + start, length, sequence, receive_tsc, receive_ns,
+                  kind, flags)
     # the sparse index
     if sequence >= segment[SEGMENT_NEXT_ENTRY]:
         segment[SEGMENT_NEXT_ENTRY] = sequence + segment[SEGMENT_INDEX_EVERY]
@@ -237,28 +348,122 @@ def frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flag
     return _frame(out, offset, payload, start, stop, receive_tsc, receive_ns, kind, flags, segment, index)
 
 
+@inline_kernel
+def _step(values, stop):
+    """How a per-record array is indexed: 0 when it holds one value for every record,
+    1 when it holds one per record (at least ``stop``), -1 when it is too short."""
+    if values.shape[0] == 1:
+        return 0
+    return 1 if values.shape[0] >= stop else -1
+
+
+@inline_kernel
+def _frame_run(out, offset, data, starts, stops, row_width, first, stop_item, receive_tsc, receive_ns, kinds,
+               flags, segment, index):
+    """Frame records ``first .. stop_item`` whose payloads are ``data[starts[i] + i * row_width:
+    stops[i] + i * row_width]`` (see :func:`frame_slices` and :func:`frame_rows`).
+
+    The segment state lives in locals for the whole run and is stored once at
+    the end: a store per record to the state array is a store the next record's
+    load of it must wait for.
+    """
+    start_step = _step(starts, stop_item)
+    stop_step = _step(stops, stop_item)
+    tsc_step = _step(receive_tsc, stop_item)
+    ns_step = _step(receive_ns, stop_item)
+    kind_step = _step(kinds, stop_item)
+    flag_step = _step(flags, stop_item)
+    if (min(start_step, stop_step, tsc_step, ns_step, kind_step, flag_step) < 0 or offset < 0 or offset & 7
+            or first < 0 or row_width < 0):
+        return BAD_ARGUMENT, offset
+    sequence = segment[SEGMENT_NEXT_SEQUENCE]
+    base = segment[SEGMENT_BASE]
+    max_ns = segment[SEGMENT_MAX_NS]
+    last_ns = segment[SEGMENT_LAST_NS]
+    every = segment[SEGMENT_INDEX_EVERY]
+    next_entry = segment[SEGMENT_NEXT_ENTRY]
+    entries = segment[SEGMENT_INDEX_COUNT]
+    capacity = index.shape[0]
+    room = out.size
+    available = data.size
+    out_address = _address(out)
+    data_address = _address(data)
+    status = OK
+    item = first
+    while item < stop_item:
+        # unsigned indices: no code for negative indices on each read
+        start = (starts[np.uint64(item)] if start_step else starts[0]) + item * row_width
+        stop = (stops[np.uint64(item)] if stop_step else stops[0]) + item * row_width
+        if not _payload_fits(start, stop, available, row_width):
+            status = BAD_ARGUMENT
+            break
+        length = stop - start
+        size = _padded(length)
+        if offset + size > room:
+            break
+        receive = receive_ns[np.uint64(item)] if ns_step else receive_ns[0]
+        tsc = receive_tsc[np.uint64(item)] if tsc_step else receive_tsc[0]
+        kind = kinds[np.uint64(item)] if kind_step else kinds[0]
+        flag = flags[np.uint64(item)] if flag_step else flags[0]
+        _write_record(out_address + offset, data_address + start, length, sequence, tsc, receive, kind, flag)
+        if sequence >= next_entry:
+            next_entry = sequence + every
+            if entries < capacity:
+                index[entries, INDEX_SEQUENCE] = sequence
+                index[entries, INDEX_OFFSET] = base + offset
+                index[entries, INDEX_MAX_NS_BEFORE] = max_ns
+                entries += 1
+        if receive > max_ns:
+            max_ns = receive
+        last_ns = receive
+        sequence += 1
+        offset += size
+        item += 1
+    count = item - first
+    segment[SEGMENT_NEXT_SEQUENCE] = sequence
+    segment[SEGMENT_MAX_NS] = max_ns
+    segment[SEGMENT_LAST_NS] = last_ns
+    segment[SEGMENT_NEXT_ENTRY] = next_entry
+    segment[SEGMENT_INDEX_COUNT] = entries
+    segment[SEGMENT_RECORDS] += count
+    if status != OK:
+        return status, offset
+    return count, offset
+
+
 @kernel
 def frame_slices(out, offset, data, starts, stops, first, receive_tsc, receive_ns, kinds, flags, segment, index):
     """Frame records ``first ..`` whose payloads are ``data[starts[i]:stops[i]]`` (a flat uint8
     array: the lines of a file, say) into ``out`` from ``offset`` until ``out`` is full.
 
-    ``receive_tsc``, ``receive_ns``, ``kinds`` and ``flags`` are per-record
-    int64 arrays. Returns ``(records framed or a negative status, offset after
-    them)``.
+    ``receive_tsc``, ``receive_ns``, ``kinds`` and ``flags`` are int64 arrays
+    with one value per record, or one value for every record (length 1).
+    Returns ``(records framed or a negative status, offset after them)``; on
+    :data:`BAD_ARGUMENT` (a slice outside ``data``, a per-record array too
+    short, an offset not 8-aligned) the records before the bad one stay framed.
     """
-    count = 0
-    item = first
-    while item < starts.shape[0]:
-        end = _frame(out, offset, data, starts[item], stops[item], receive_tsc[item], receive_ns[item],
-                    kinds[item], flags[item], segment, index)
-        if end == TOO_LARGE:
-            break
-        if end < 0:
-            return end, offset
-        offset = end
-        count += 1
-        item += 1
-    return count, offset
+    return _frame_run(out, offset, data, starts, stops, 0, first, starts.shape[0], receive_tsc, receive_ns, kinds,
+                      flags, segment, index)
+
+
+_ROW_STARTS = np.zeros(1, np.int64)
+
+
+@kernel
+def frame_rows(out, offset, rows, width, lengths, first, stop, receive_tsc, receive_ns, kinds, flags, segment,
+               index):
+    """Frame records ``first .. stop`` whose payloads are the rows of a table: record ``i`` is
+    ``rows[i * width:i * width + lengths[i]]`` (``rows``: the table's flat uint8 bytes).
+
+    As :func:`frame_slices`, without slice arrays to build: ``lengths`` and the
+    per-record values are int64 arrays of one value per record or one for
+    every record (length 1). A length above ``width`` is :data:`BAD_ARGUMENT`.
+    Returns ``(records framed or a negative status, offset after them)``.
+    """
+    if width <= 0:
+        return BAD_ARGUMENT, offset
+    return _frame_run(out, offset, rows, _ROW_STARTS, lengths, width, first, stop, receive_tsc, receive_ns, kinds,
+                      flags, segment, index)
 
 
 @kernel

@@ -6,7 +6,7 @@ and the script prints throughput and ratios at the end.
 
 - ``journal_append``: :meth:`JournalWriter.append_many` of ``--records``
   events (10 M by default) with durability ``none``: framed, checksummed and
-  written in 1 MiB writes (104 bytes a record on disk).
+  written in the writer's default 4 MiB writes (104 bytes a record on disk).
 - ``os_write_peer``: the same number of bytes (the journal's, 104 per record)
   written with plain 1 MiB ``os.write`` calls: the machine's limit.
   Target: the journal at least 70% of its bytes per second.

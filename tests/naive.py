@@ -764,3 +764,19 @@ def reconcile_side(levels, side, row_prices, row_sizes, previous_prices, previou
     kept = {price: quantity for price, quantity in levels.items() if matched and at_or_better(price, limit)}
     kept.update({price: quantity for price, quantity in row.items() if not matched or not at_or_better(price, limit)})
     return kept, matched
+
+
+def naive_frame_many(payloads, first_sequence, receive_tsc, receive_ns, kinds, flags, index_every, base=0):
+    """Records framed one after another from ``base`` (their bytes) and the sparse index they get:
+    ``(sequence, file offset, greatest receive ns before it)`` for every ``index_every``-th record."""
+    out = bytearray()
+    index = []
+    max_ns = -(1 << 63)
+    for number, payload in enumerate(payloads):
+        sequence = first_sequence + number
+        if number % index_every == 0:
+            index.append((sequence, base + len(out), max_ns))
+        out += naive_record(payload, sequence, receive_tsc[number], receive_ns[number], kinds[number],
+                            flags[number])
+        max_ns = max(max_ns, receive_ns[number])
+    return bytes(out), index

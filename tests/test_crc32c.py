@@ -68,3 +68,21 @@ def test_allocates_nothing():
     import numba
     signature = (numba.types.uint8[::1], numba.types.int64, numba.types.int64, numba.types.int64)
     assert allocation_calls(kc.crc32c, signature) == []
+
+
+@pytest.mark.parametrize("update, update_half", [(kc.update_word, kc.update_half_word),
+                                                 (kc.update_word_table, kc.update_half_word_table)],
+                         ids=["crc32c", "table"])
+def test_word_updates_equal_the_package(update, update_half):
+    # a state fed word by word from registers equals the checksum of those bytes
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        count = int(rng.integers(0, 12))
+        words = rng.integers(0, 2**63, count, dtype=np.int64) * np.int64(rng.choice([-1, 1]))
+        half = int(rng.integers(0, 2**32))
+        state = update_half(np.uint32(0xFFFFFFFF), half)
+        for word in words:
+            state = update(state, word)
+        data = half.to_bytes(4, "little") + words.astype("<i8").tobytes()
+        assert int(state) ^ 0xFFFFFFFF == crc32c_reference.crc32c(data)
+        assert int(state) ^ 0xFFFFFFFF == naive_crc32c(data)

@@ -198,3 +198,113 @@ def test_a_full_filesystem_during_a_write(tmp_path):
         assert verify(root)["ok"]
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class DroppingSync:
+    """An ``fdatasync`` that fails with EIO as a failing disk does: the pages it was writing are
+    dropped (their bytes on disk are zeros here, as a crash would find them), then it raises.
+
+    ``fail_at``: the calls (counted from 1) that fail. The bytes since the last
+    successful call are the ones a failure drops.
+    """
+
+    def __init__(self, fail_at):
+        self.fail_at = set(fail_at)
+        self.calls = 0
+        self.synced = {}   # descriptor -> file size at its last successful sync
+        self.dropped = []  # (offset, size) zeroed
+
+    def __call__(self, fd):
+        self.calls += 1
+        size = os.fstat(fd).st_size
+        if self.calls in self.fail_at:
+            start = self.synced.get(fd, 0)
+            if size > start:
+                os.pwrite(fd, bytes(size - start), start)
+                self.dropped.append((start, size - start))
+            raise OSError(errno.EIO, "injected fdatasync error, pages dropped")
+        os.fdatasync(fd)
+        self.synced[fd] = size
+
+
+@pytest.mark.parametrize("durability", ["batch", "interval"])
+def test_fdatasync_eio_rewrites_what_it_dropped(tmp_path, durability):
+    errors = []
+    writer = JournalWriter(tmp_path, "s", durability=durability, interval_ms=0, segment_bytes=8192,
+                           retry_max_s=0.002, on_error=lambda path, error: errors.append(error))
+    sync = DroppingSync(fail_at=range(1, 400, 3))
+    writer.sync_function = sync
+    for i in range(300):
+        writer.append(message("s", i), receive_ns=i)
+        assert writer.last_durable_sequence == i
+    writer.close()
+    assert len(sync.dropped) > 20 and sync.dropped[0][0] == 0  # the first one took a header too
+    assert all(isinstance(error, OSError) and error.errno == errno.EIO for error in errors)
+    assert writer.not_durable == []
+    records = read_back(tmp_path, "s")
+    assert [r[0] for r in records] == list(range(300))
+    assert [r[5] for r in records] == [message("s", i) for i in range(300)]
+    assert verify(tmp_path)["ok"]
+
+
+def test_fdatasync_eio_while_append_many_writes_on_its_second_thread(tmp_path):
+    import numpy as np
+    writer = JournalWriter(tmp_path, "s", durability="batch", batch_bytes=4096, segment_bytes=64 << 10,
+                           retry_max_s=0.002, on_error=lambda path, error: None)
+    sync = DroppingSync(fail_at=range(1, 10_000, 2))
+    writer.sync_function = sync
+    payloads = np.frombuffer(b"".join(message("s", i) for i in range(5000)), np.uint8).reshape(5000, 40)
+    writer.append_many(payloads, receive_ns=np.arange(5000))  # 400 KB in 4 KiB batches, 7 segments
+    assert writer._executor is not None  # framed on one thread while written on the other
+    writer.close()
+    assert len(sync.dropped) > 50 and writer.last_durable_sequence == 4999
+    records = read_back(tmp_path, "s")
+    assert [r[5] for r in records] == [message("s", i) for i in range(5000)]
+    assert verify(tmp_path)["ok"]
+
+
+def test_fdatasync_eio_in_many_batches_of_a_flusher(tmp_path):
+    ring = Ring.create(256, 64)
+    writer = JournalWriter(tmp_path, "s", durability="batch", segment_bytes=16384, retry_max_s=0.002,
+                           on_error=lambda path, error: None)
+    sync = DroppingSync(fail_at=range(2, 10_000, 2))
+    writer.sync_function = sync
+    flusher = Flusher([(ring, 0, writer)]).start()
+    produce(ring, "s", 3000)
+    flusher.stop()
+    writer.close()
+    assert len(sync.dropped) > 10
+    assert writer.last_durable_sequence == 2999 and writer.not_durable == []
+    records = read_back(tmp_path, "s")
+    assert [r[5] for r in records] == [message("s", i) for i in range(3000)]
+    assert verify(tmp_path)["ok"]
+
+
+def test_fdatasync_eio_beyond_what_is_kept_names_the_records(tmp_path):
+    import numpy as np
+    errors = []
+    writer = JournalWriter(tmp_path, "s", durability="interval", interval_ms=60_000, retain_bytes=250,
+                           retry_max_s=0.002, on_error=lambda path, error: errors.append(error))
+    sync = DroppingSync(fail_at=[3])  # the header's and the first batch's syncs succeed, the flush's fails
+    writer.sync_function = sync
+    payloads = np.frombuffer(b"".join(message("s", i) for i in range(10)), np.uint8).reshape(10, 40)
+    writer.append_many(payloads[:3], receive_ns=1)   # synced at once: the interval started long ago
+    assert writer.last_durable_sequence == 2
+    writer.append_many(payloads[3:7], receive_ns=2)  # 4 x 80 bytes: more than retain_bytes, not kept
+    writer.append_many(payloads[7:], receive_ns=3)   # 3 x 80 bytes: kept
+    assert writer.last_durable_sequence == 2
+    writer.flush()
+    assert sync.dropped[-1][1] == 7 * 80
+    lost = [error for error in errors if isinstance(error, JournalError)]
+    assert len(lost) == 1 and "records 3 to 6 may not be durable" in str(lost[0])
+    assert [(item["first_sequence"], item["last_sequence"], item["bytes"]) for item in writer.not_durable] == [
+        (3, 6, 320)]
+    assert writer.last_durable_sequence == 2
+    writer.append(message("s", 10), receive_ns=4)
+    writer.flush()
+    assert writer.last_durable_sequence == 2  # never past what may be lost
+    writer.close()
+    # records 3 to 6 are zeros on disk; records 7 to 9 were written again
+    with JournalReader(tmp_path, "s", skip_corrupt=True) as reader:
+        found = [(r.sequence, bytes(r.payload)) for r in reader]
+    assert found == [(i, message("s", i)) for i in (0, 1, 2, 7, 8, 9, 10)]

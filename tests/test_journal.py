@@ -16,7 +16,7 @@ from ringbook.engine.journal import (JournalCorruptError, JournalError, JournalR
 from ringbook.kernels import journal as jk
 from ringbook.kernels.events import EVENT_DTYPE, Instruments
 from tests.llvm_ir import allocation_calls
-from tests.naive import naive_record, naive_seek
+from tests.naive import naive_frame_many, naive_record, naive_seek
 
 DAY_NS = 86_400 * 10**9
 BASE_NS = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z
@@ -68,6 +68,126 @@ def test_frame_refuses_what_does_not_fit():
     assert segment[jk.SEGMENT_NEXT_SEQUENCE] == 0
 
 
+def test_every_length_and_alignment_checksums_as_the_package():
+    # the checksum is fed from registers while the record is stored: it must equal the
+    # checksum of the stored bytes for every tail length and every source alignment
+    crc32c_package = pytest.importorskip("crc32c")
+    data = np.random.default_rng(5).integers(0, 256, 4096, dtype=np.uint8)
+    starts, stops = [], []
+    for length in range(0, 200):
+        for alignment in range(8):
+            starts.append(8 * length + alignment)
+            stops.append(8 * length + alignment + length)
+    starts, stops = np.array(starts, np.int64), np.array(stops, np.int64)
+    out = np.zeros(int(sum(jk.record_size(n) for n in stops - starts)), np.uint8)
+    segment = jk.new_segment_state(7, 0, 1024)
+    one = np.full(1, -3, np.int64)
+    index = np.zeros((8, 3), np.int64)
+    count, end = jk.frame_slices(out, 0, data, starts, stops, 0, one, one, one, one, segment, index)
+    assert (count, end) == (len(starts), out.size)
+    offset = 0
+    for number, (start, stop) in enumerate(zip(starts, stops)):
+        size = int(jk.record_size(stop - start))
+        record = out[offset:offset + size].tobytes()
+        assert int.from_bytes(record[:4], "little") == crc32c_package.crc32c(record[4:])
+        assert record == naive_record(data[start:stop].tobytes(), 7 + number, -3, -3, 0xFFFD, 0xFFFFFFFD)
+        offset += size
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_frame_rows_and_slices_equal_records_framed_one_by_one(data):
+    count = data.draw(st.integers(0, 40))
+    width = data.draw(st.integers(1, 70))
+    every = data.draw(st.integers(1, 5))
+    first_sequence = data.draw(st.integers(0, 10**12))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    rows = rng.integers(0, 256, (count, width), dtype=np.uint8)
+
+    def per_record(low, high):
+        if data.draw(st.booleans()):  # one value for every record
+            value = int(rng.integers(low, high))
+            return np.full(1, value, np.int64), [value] * count
+        values = rng.integers(low, high, count, dtype=np.int64)
+        return values, values.tolist()
+
+    lengths, length_list = per_record(0, width + 1)
+    tscs, tsc_list = per_record(-2**62, 2**62)
+    stamps, stamp_list = per_record(-2**62, 2**62)
+    kinds, kind_list = per_record(0, 1 << 16)
+    flags, flag_list = per_record(0, 1 << 32)
+    payloads = [rows[i, :length_list[i]].tobytes() for i in range(count)]
+    base = 8 * data.draw(st.integers(0, 1000))
+    expected, expected_index = naive_frame_many(payloads, first_sequence, tsc_list, stamp_list, kind_list,
+                                                flag_list, every, base)
+    capacity = data.draw(st.integers(jk.RECORD_HEADER_BYTES + 8 * ((width + 7) // 8), 2000))
+    flat = rows.reshape(-1)
+    starts = np.arange(count, dtype=np.int64) * width
+    stops = starts + (np.broadcast_to(lengths, (count,)) if count else starts)
+
+    def frame_all(frame_chunk):
+        segment = jk.new_segment_state(first_sequence, base, every)
+        index = np.zeros((count + 1, 3), np.int64)
+        written = bytearray()
+        item = 0
+        while item < count:
+            segment[jk.SEGMENT_BASE] = base + len(written)
+            out = np.zeros(capacity, np.uint8)
+            framed, end = frame_chunk(out, item, segment, index)
+            assert framed > 0 and end <= capacity
+            written += out[:end].tobytes()
+            item += framed
+        return bytes(written), segment, index
+
+    for frame_chunk in (
+            lambda out, item, segment, index: jk.frame_rows(out, 0, flat, width, lengths, item, count, tscs, stamps,
+                                                            kinds, flags, segment, index),
+            lambda out, item, segment, index: jk.frame_slices(out, 0, flat, starts, stops, item, tscs, stamps,
+                                                              kinds, flags, segment, index)):
+        written, segment, index = frame_all(frame_chunk)
+        assert written == expected
+        entries = int(segment[jk.SEGMENT_INDEX_COUNT])
+        assert [tuple(row) for row in index[:entries].tolist()] == expected_index
+        assert segment[jk.SEGMENT_NEXT_SEQUENCE] == first_sequence + count
+        assert segment[jk.SEGMENT_RECORDS] == count
+        if count:
+            assert segment[jk.SEGMENT_MAX_NS] == max(stamp_list)
+            assert segment[jk.SEGMENT_LAST_NS] == stamp_list[-1]
+
+
+def test_frame_slices_stops_at_a_bad_slice_keeping_the_records_before():
+    data = np.arange(100, dtype=np.uint8)
+    starts = np.array([0, 10, 20, 95, 30], np.int64)
+    stops = np.array([10, 20, 30, 101, 40], np.int64)  # the fourth runs past the data
+    out = np.zeros(4096, np.uint8)
+    segment = jk.new_segment_state(5, 0, 1)
+    index = np.zeros((8, 3), np.int64)
+    one = np.zeros(1, np.int64)
+    status, end = jk.frame_slices(out, 0, data, starts, stops, 0, one, one, one, one, segment, index)
+    assert status == jk.BAD_ARGUMENT and end == 3 * 56
+    assert segment[jk.SEGMENT_NEXT_SEQUENCE] == 8 and segment[jk.SEGMENT_RECORDS] == 3
+    assert segment[jk.SEGMENT_INDEX_COUNT] == 3
+    assert jk.check_record(out, 2 * 56, end, 7) == 56
+
+
+def test_frame_kernels_refuse_short_per_record_arrays_and_long_rows():
+    rows = np.zeros(40, np.uint8)
+    out = np.zeros(4096, np.uint8)
+    segment = jk.new_segment_state(0, 0, 1)
+    index = np.zeros((8, 3), np.int64)
+    one, two = np.zeros(1, np.int64), np.zeros(2, np.int64)
+    assert jk.frame_rows(out, 0, rows, 10, one, 0, 4, two, one, one, one, segment, index)[0] == jk.BAD_ARGUMENT
+    assert jk.frame_rows(out, 0, rows, 10, np.full(1, 11, np.int64), 0, 3, one, one, one, one, segment,
+                         index)[0] == jk.BAD_ARGUMENT
+    assert jk.frame_rows(out, 0, rows, 0, one, 0, 1, one, one, one, one, segment, index)[0] == jk.BAD_ARGUMENT
+    assert jk.frame_slices(out, 4, rows, one, one, 0, one, one, one, one, segment, index)[0] == jk.BAD_ARGUMENT
+    assert segment[jk.SEGMENT_NEXT_SEQUENCE] == 0
+    # four rows of 10 bytes, then a fifth past the end of the table
+    status, end = jk.frame_rows(out, 0, rows, 10, np.full(1, 10, np.int64), 0, 5, one, one, one, one, segment, index)
+    assert (status, end) == (jk.BAD_ARGUMENT, 4 * 56)
+    assert segment[jk.SEGMENT_NEXT_SEQUENCE] == 4
+
+
 def test_record_kinds_are_fixed():
     assert (jk.RECORD_DATA, jk.RECORD_GAP, jk.RECORD_DISCONNECT, jk.RECORD_RECONNECT, jk.RECORD_BOOK_RESET,
             jk.RECORD_DROPS, jk.RECORD_CHECKPOINT) == (0, 1, 2, 3, 4, 5, 6)
@@ -82,6 +202,12 @@ def test_zeros_never_check():
                 numba.types.int64, numba.types.int64, numba.types.int64, numba.types.int64, numba.types.int64,
                 numba.types.int64[::1], numba.types.int64[:, ::1])),
     (jk.check_record, (numba.types.uint8[::1], numba.types.int64, numba.types.int64, numba.types.int64)),
+    (jk.frame_slices, (numba.types.uint8[::1], numba.types.int64, numba.types.uint8[::1], numba.types.int64[::1],
+                       numba.types.int64[::1], numba.types.int64) + (numba.types.int64[::1],) * 5
+     + (numba.types.int64[:, ::1],)),
+    (jk.frame_rows, (numba.types.uint8[::1], numba.types.int64, numba.types.uint8[::1], numba.types.int64,
+                     numba.types.int64[::1], numba.types.int64, numba.types.int64) + (numba.types.int64[::1],) * 5
+     + (numba.types.int64[:, ::1],)),
     (jk.drain_ring, (numba.types.uint8[::1], numba.types.int64[::1], numba.types.uint8[::1], numba.types.int64,
                      numba.types.int64, numba.types.int64, numba.types.int64, numba.types.float64,
                      numba.types.int64[::1], numba.types.int64[:, ::1])),
@@ -163,6 +289,61 @@ def test_events_round_trip_and_span(tmp_path):
         assert sequences[2499] == 2499 and sequences[2500] == 2501
         assert (reader.events(100, 200) == events[100:200]).all()
         assert (reader.events(2400, 2600)["price"] == events[2400:2599]["price"]).all()
+
+
+@pytest.mark.parametrize("batch_bytes", [4096, 1 << 20])
+def test_append_many_with_per_record_values_and_lengths(tmp_path, batch_bytes):
+    rng = np.random.default_rng(12)
+    count = 3000
+    rows = rng.integers(0, 256, (count, 24), dtype=np.uint8)
+    lengths = rng.integers(0, 25, count)
+    tscs = rng.integers(0, 2**40, count)
+    kinds = rng.integers(0, 7, count)
+    with JournalWriter(tmp_path, "rows", batch_bytes=batch_bytes) as writer:
+        assert writer.append_many(rows, lengths, receive_tsc=tscs, receive_ns=BASE_NS + np.arange(count),
+                                  kind=kinds, flags=77) == 0
+        assert writer.append_many(rows[:5], receive_tsc=9, receive_ns=BASE_NS + count, kind=kinds[:5],
+                                  flags=np.arange(5)) == count
+        with pytest.raises(ValueError, match="receive_tsc: 4 values for 5 records"):
+            writer.append_many(rows[:5], receive_tsc=np.arange(4))
+        with pytest.raises(ValueError, match="lengths"):
+            writer.append_many(rows[:5], 25)
+        assert writer.next_sequence == count + 5
+    with JournalReader(tmp_path) as reader:
+        records = list(reader)
+    assert [r.sequence for r in records] == list(range(count + 5))
+    for number, record in enumerate(records[:count]):
+        assert bytes(record.payload) == rows[number, :lengths[number]].tobytes()
+        assert (record.receive_tsc, record.receive_ns, record.kind, record.flags) == (
+            tscs[number], BASE_NS + number, kinds[number], 77)
+    assert [(r.receive_tsc, r.receive_ns, r.kind, r.flags, bytes(r.payload)) for r in records[count:]] == [
+        (9, BASE_NS + count, kinds[i], i, rows[i].tobytes()) for i in range(5)]
+    assert verify(tmp_path)["ok"]
+
+
+def test_chunks_written_on_a_second_thread_make_the_same_files(tmp_path, monkeypatch):
+    events = np.zeros(20_000, EVENT_DTYPE)
+    events["price"] = np.arange(20_000)
+    stamps = BASE_NS + DAY_NS - 10_000 + np.arange(20_000)  # midnight falls inside
+
+    def files(root, pipelined):
+        monkeypatch.setattr(JournalWriter, "_pipeline_writes", pipelined)
+        with JournalWriter(root, "ev", payload=EVENT_DTYPE, batch_bytes=8192, segment_bytes=300_000) as writer:
+            writer.append_many(events, receive_ns=stamps)
+            assert (writer._executor is not None) == pipelined
+        return {path.relative_to(root): path.read_bytes() for path in sorted(root.rglob("*.rb[ji]"))}
+
+    pipelined, serial = files(tmp_path / "a", True), files(tmp_path / "b", False)
+    assert len(serial) > 10
+    assert pipelined.keys() == serial.keys()
+    for name in serial:
+        if name.suffix == ".rbj":  # headers hold the wall clock at creation; the records must match
+            ours, theirs = pipelined[name], serial[name]
+            assert (ours[decode_header(ours, name).header_bytes:]
+                    == theirs[decode_header(theirs, name).header_bytes:])
+    with JournalReader(tmp_path / "a") as reader:
+        records, sequences, receive_ns = reader.read_span(30_000)
+    assert (records == events).all() and (receive_ns == stamps).all()
 
 
 def test_writer_continues_and_is_alone(tmp_path):
