@@ -2,8 +2,8 @@
 
 1. Measures the maximum rate: the synthetic feed unpaced for ``--probe`` seconds, journal on.
 2. Runs ``--minutes`` (default 10) paced at half that rate with ``--on-full drop`` (less when
-   the journal would not fit on the disk: it says so), sampling this process's resident
-   memory (``VmRSS``) every second.
+   the journal, measured in a short paced run, would not fit in 80% of the disk's free
+   space: it says so), sampling this process's resident memory (``VmRSS``) every second.
 3. Checks: resident memory grows less than 1 MiB after the warm-up (``--warm-up`` seconds),
    no message dropped, ``verify`` clean, every checkpoint of the replay matched.
 
@@ -32,6 +32,15 @@ def resident_bytes():
     return int(number) * 1024
 
 
+def _probe(out, seconds, rate=None):
+    """A short run's report (its journal removed)."""
+    with Engine(feed="synthetic", duration=seconds, rate=rate, out=str(out / "probe"), mlock=False) as engine:
+        engine.start()
+        report = engine.wait()
+    shutil.rmtree(out / "probe", ignore_errors=True)
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -43,20 +52,22 @@ def main(argv=None):
     scratch = None if args.out else tempfile.mkdtemp(prefix="ringbook-soak-")
     out = Path(args.out or scratch)
     try:
-        with Engine(feed="synthetic", duration=args.probe, out=str(out / "probe"), mlock=False) as engine:
-            engine.start()
-            probe = engine.wait()
-        maximum = probe["throughput_eps"]
-        shutil.rmtree(out / "probe", ignore_errors=True)
+        maximum = _probe(out, args.probe)["throughput_eps"]
         rate = maximum / 2
-        # the journal must fit: at half a fast machine's rate, ten minutes are over 100 GB
-        bytes_per_event = probe["journal"]["bytes"] / max(probe["events"], 1)
-        needed = rate * args.minutes * 60 * bytes_per_event * 1.1
-        free = shutil.disk_usage(out).free
-        if needed > free:
-            rate = free / (args.minutes * 60 * bytes_per_event * 1.1)
-            print(f"soak: half the maximum rate ({maximum / 2:,.0f} events/s) would write {needed / 1e9:.0f} GB "
-                  f"and {out} has {free / 1e9:.0f} GB free: running at {rate:,.0f} events/s", file=sys.stderr)
+        # The journal must fit: at half a fast machine's rate ten minutes are over 100 GB. Bytes
+        # per event depend on the rate (paced packets are smaller), so they are measured at it.
+        free = shutil.disk_usage(out).free * 0.8
+        for _ in range(2):
+            paced = _probe(out, 3.0, rate=rate)
+            bytes_per_event = paced["journal"]["bytes"] / max(paced["events"], 1)
+            needed = rate * args.minutes * 60 * bytes_per_event
+            if needed <= free:
+                break
+            print(f"soak: {rate:,.0f} events/s would write {needed / 1e9:.0f} GB and {out} has "
+                  f"{free / 0.8 / 1e9:.0f} GB free", file=sys.stderr)
+            rate *= free / needed
+        print(f"soak: {rate:,.0f} events/s ({rate / maximum:.0%} of the maximum, {maximum:,.0f}) "
+              f"for {args.minutes:g} minutes", file=sys.stderr)
         samples = []
         with Engine(feed="synthetic", duration=args.minutes * 60, rate=rate, on_full="drop",
                     out=str(out / "soak"), realtime=args.realtime) as engine:
