@@ -6,13 +6,14 @@ file, byte flips anywhere in it, every reader, the CLI for each format.
 """
 
 import gzip
+import zlib
 import json
 import os
 import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ringbook.engine import check, cli
@@ -93,6 +94,7 @@ def test_bare_header_and_bad_checksum(tmp_path, name):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(READERS)), position=st.integers(0, 10**6), mask=st.integers(1, 255))
+@example(name="binance", position=405, mask=2)  # a padding bit of the last deflate byte: still whole
 def test_a_flipped_byte_in_gzip_data_is_a_named_error(tmp_path, name, position, mask):
     path, data = gzipped(tmp_path, name)
     _, read = READERS[name]
@@ -104,9 +106,24 @@ def test_a_flipped_byte_in_gzip_data_is_a_named_error(tmp_path, name, position, 
     damaged = bytearray(data)
     damaged[position] ^= mask
     path.write_bytes(bytes(damaged))
+    try:
+        intact = gzip.decompress(bytes(damaged)) == gzip.decompress(data)
+    except (OSError, EOFError, zlib.error):
+        intact = False
+    if intact:
+        # The flip hit padding bits after the last deflate block, which nothing reads: the file is whole.
+        assert len(read(path).events) == len(read_original(tmp_path, name).events)
+        return
     with pytest.raises(FeedError) as caught:
         read(path)
     assert_names_file(caught.value, path)
+
+
+def read_original(tmp_path, name):
+    write, read = READERS[name]
+    path = tmp_path / f"original-{name}"
+    write(path)
+    return read(path)
 
 
 @pytest.mark.parametrize("name", READERS)
