@@ -4,7 +4,9 @@ A server listens on a Unix domain socket under a name. A client connects; the
 server checks the peer's uid (``SO_PEERCRED``), makes the connection's region
 (two rings and two doorbells, :mod:`ringbook.kernels.connection`) in a memfd
 sealed against shrinking and growing, mode 0600, and hands it over with
-``SCM_RIGHTS`` together with its worker's group page. From then on every
+``SCM_RIGHTS`` together with its worker's group page and the client page of
+the peer's process (one per client process, by its ``SO_PEERCRED`` pid: the
+doorbell that process parks on for all its connections). From then on every
 message goes through shared memory; the socket stays open only so that the
 server learns at once when the client's process ends.
 
@@ -40,7 +42,7 @@ from ringbook.kernels import futex, ring
 from ringbook.kernels.status import status_name
 
 #: Handshake lines (then the descriptors, or the reason of a refusal).
-GREETING_OK = b"RBIPC 1 OK\n"
+GREETING_OK = b"RBIPC 2 OK\n"
 GREETING_REFUSED = b"RBIPC 1 REFUSED "
 _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
 _PAGE = mmap.PAGESIZE
@@ -144,8 +146,7 @@ def format_connection(slab, slot_count, slot_size, asymmetric):
         status = ring.format_slab(slab[offset:offset + ring_bytes], slot_size, slot_count, 1)
         if status != ring.OK:
             raise ValueError(f"ring geometry out of range: slot_count={slot_count}, slot_size={slot_size}")
-    for bell in (conn.SERVER_BELL, conn.CLIENT_BELL):
-        futex.set_asymmetric(slab, bell, asymmetric)
+    futex.set_asymmetric(slab, conn.SERVER_BELL, asymmetric)
     header[:8].view(np.uint64)[0] = conn.MAGIC
 
 
@@ -182,12 +183,22 @@ def _thread_cpu_seconds(native_id):
         return None
 
 
+def _release(fd, mapping):
+    """Close a region's descriptor and mapping, where nothing still uses them."""
+    for closer in (lambda: os.close(fd), mapping.close):
+        try:
+            closer()
+        except (OSError, BufferError):
+            pass
+
+
 class _Connection:
     """The server's side of one connection."""
 
-    def __init__(self, server, sock, peer):
+    def __init__(self, server, sock, peer, page):
         self.sock = sock
         self.peer_pid, self.peer_uid, _ = peer
+        self.page = page
         size = connection_bytes(server.slot_count, server.slot_size)
         self.fd, self.mapping, self.slab = sealed_region(size, "connection")
         format_connection(self.slab, server.slot_count, server.slot_size, server.asymmetric)
@@ -202,11 +213,21 @@ class _Connection:
 
     def release(self):
         """Drop the mapping and the descriptor (arrays still using them keep the pages alive)."""
-        for closer in (lambda: os.close(self.fd), self.mapping.close):
-            try:
-                closer()
-            except (OSError, BufferError):
-                pass
+        _release(self.fd, self.mapping)
+        self.fd = -1
+
+
+class _ClientPage:
+    """The page whose doorbell one client process parks on, for all its connections to a server."""
+
+    def __init__(self, key, asymmetric):
+        self.key = key
+        self.fd, self.mapping, self.slab = sealed_region(_PAGE, "client")
+        futex.set_asymmetric(self.slab, conn.CLIENT_PAGE_BELL, asymmetric)
+        self.users = 0
+
+    def release(self):
+        _release(self.fd, self.mapping)
         self.fd = -1
 
 
@@ -245,6 +266,7 @@ class _Group:
         self.requests = _slab_list(self._dummy if c is None else c.requests for c in self.rows)
         self.responses = _slab_list(self._dummy if c is None else c.responses for c in self.rows)
         self.controls = _slab_list(self._dummy if c is None else c.control for c in self.rows)
+        self.bells = _slab_list(self._dummy if c is None else c.page.slab for c in self.rows)
 
     def add(self, connection):
         with self.lock:
@@ -286,6 +308,7 @@ class _Group:
             self.states[row, ring.STATE_SIZE:] = connection.writer
             self.requests[row], self.responses[row] = connection.requests, connection.responses
             self.controls[row] = connection.control
+            self.bells[row] = connection.page.slab
             self.table[row, conn.ACTIVE] = 1
         self._reap()
 
@@ -297,8 +320,8 @@ class _Group:
                 self.closed[conn.CLOSE_REASONS.get(reason, str(reason))] += 1
                 self.messages_closed += int(self.table[row, conn.MESSAGES])
                 connection.control[conn.STATE_OFFSET:conn.STATE_OFFSET + 4].view(np.uint32)[0] = conn.SERVER_CLOSED
-                futex.doorbell_wake(connection.control, conn.CLIENT_BELL)
-                self.requests[row] = self.responses[row] = self.controls[row] = self._dummy
+                futex.doorbell_wake(connection.page.slab, conn.CLIENT_PAGE_BELL)
+                self.requests[row] = self.responses[row] = self.controls[row] = self.bells[row] = self._dummy
                 self.rows[row] = None
                 self.server._forget(connection)
                 connection.release()
@@ -313,7 +336,8 @@ class _Group:
         stall_ns = int(server.stall_timeout * 1e9)
         while True:
             self._apply_changes()
-            result = conn.serve(self.requests, self.responses, self.controls, self.states, self.table, self.page,
+            result = conn.serve(self.requests, self.responses, self.controls, self.bells, self.states, self.table,
+                                self.page,
                                 self.control, server.handler, inbox, outbox, stall_ns, 100_000_000,
                                 server.spins)
             if result == conn.SERVE_STOP:
@@ -379,6 +403,7 @@ class Server:
         self.refused = Counter()
         self.accepted = 0
         self._connections = {}  # socket fd -> _Connection
+        self._pages = {}  # (pid, uid) -> _ClientPage
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._listener = None
@@ -400,7 +425,8 @@ class Server:
         control = np.zeros(conn.CONTROL_WORDS, np.int64)
         control[conn.STOP] = 1
         inbox = np.zeros(self.slot_size, np.uint8)
-        conn.serve(group.requests, group.responses, group.controls, group.states, group.table, group.page,
+        conn.serve(group.requests, group.responses, group.controls, group.bells, group.states, group.table,
+                   group.page,
                    control, self.handler, inbox, inbox.copy(), 0, 0, 0)
 
     def _accept_loop(self):
@@ -438,9 +464,13 @@ class Server:
                 pass
             sock.close()
             return
+        page = None
         try:
-            connection = _Connection(self, sock, peer)
+            page = self._client_page(pid, uid)
+            connection = _Connection(self, sock, peer, page)
         except (OSError, IpcError) as error:
+            if page is not None:
+                self._release_page(page)
             self.refused["error"] += 1
             sock.sendall(GREETING_REFUSED + f"{error}\n".encode())
             sock.close()
@@ -448,10 +478,11 @@ class Server:
         group = min(self.groups, key=lambda g: g.active + len(g.adds))
         connection.group = group
         try:
-            socket.send_fds(sock, [GREETING_OK], [connection.fd, group.page_fd])
+            socket.send_fds(sock, [GREETING_OK], [connection.fd, group.page_fd, page.fd])
         except OSError:
             sock.close()
             connection.release()
+            self._release_page(page)
             return
         os.close(connection.fd)  # the client has its own; the mapping keeps the region
         connection.fd = -2
@@ -492,7 +523,28 @@ class Server:
 
     def _forget(self, connection):
         """A worker released ``connection``: the acceptor closes its socket (the client sees the end)."""
+        self._release_page(connection.page)
         connection.fd = -1
+
+    def _client_page(self, pid, uid):
+        """The client page of process ``pid``, made at its first connection; one more user."""
+        with self._lock:
+            page = self._pages.get((pid, uid))
+            if page is None:
+                page = self._pages[(pid, uid)] = _ClientPage((pid, uid), self.asymmetric)
+            page.users += 1
+            return page
+
+    def _release_page(self, page):
+        """One user fewer; the page goes with its process's last connection (a later process with
+        the same pid gets a page of its own)."""
+        with self._lock:
+            page.users -= 1
+            if page.users > 0:
+                return
+            if self._pages.get(page.key) is page:
+                del self._pages[page.key]
+        page.release()
 
     def stats(self):
         """A plain dict: accepted, refused (by reason), and per worker its core, connections,
@@ -537,18 +589,22 @@ class Client:
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(str(socket_path(name)))
-            message, fds, _, _ = socket.recv_fds(self.sock, 256, 2)
+            message, fds, _, _ = socket.recv_fds(self.sock, 256, 3)
         except BaseException:
             self.sock.close()
             raise
         try:
-            if not message.startswith(GREETING_OK) or len(fds) != 2:
+            if not message.startswith(GREETING_OK) or len(fds) != 3:
                 reason = message[len(GREETING_REFUSED):].decode(errors="replace").strip() \
                     if message.startswith(GREETING_REFUSED) else f"unexpected greeting {message[:40]!r}"
                 raise IpcError(f"server {name!r} refused the connection: {reason}", reason)
-            region_fd, page_fd = fds
+            region_fd, page_fd, bell_fd = fds
             self._mapping, self.slab = map_sealed(region_fd, "connection region", conn.HEADER_BYTES)
             self._page_mapping, self.group = map_sealed(page_fd, "group page", 64)
+            self._bell_mapping, self.bell = map_sealed(bell_fd, "client page", 64)
+            bell_stat = os.fstat(bell_fd)
+            #: Which client page this is: the same for every connection of this process to the server.
+            self.bell_id = (bell_stat.st_dev, bell_stat.st_ino)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -591,7 +647,8 @@ class Client:
     def receive(self, timeout=5.0):
         """The next response as bytes; ``TimeoutError`` after ``timeout`` s (``None``: no limit)."""
         timeout_ns = -1 if timeout is None else int(timeout * 1e9)
-        length = conn.receive_wait(self.responses, self.reader, self._out, self.control, self.spins, timeout_ns)
+        length = conn.receive_wait(self.responses, self.reader, self._out, self.control, self.bell, self.spins,
+                                   timeout_ns)
         if length == conn.CLOSED:
             raise IpcError(f"server {self.name!r} closed the connection ({self.closed_reason})", self.closed_reason)
         if length == conn.TIMEOUT:

@@ -5,8 +5,10 @@
 connections over a few client processes; each connection sends M messages
 (at most ``--window`` in flight) and checks each echo. It uses the server
 running under NAME, or starts one in this process when none is. The same
-test then runs over Unix domain sockets (a Python echo server, one socket per
-client) in the same run, and the report gives both and their ratio.
+test then runs over Unix domain sockets (a Python echo server with a selector,
+one socket per client, a send per message; ``--stream-baseline`` adds the
+same over a byte stream) in the same run, and the report gives both and their
+ratio.
 """
 
 import json
@@ -49,6 +51,8 @@ def add_arguments(parser):
     bench.add_argument("--baseline-messages", type=int, default=None,
                        help="messages per client over Unix domain sockets (default: --messages, "
                             "at most 400,000 in all); 0 skips the baseline")
+    bench.add_argument("--stream-baseline", action="store_true",
+                       help="also run the baseline as a byte stream (one send carries many messages)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -89,15 +93,18 @@ def _ipc_clients(name, count, messages, window, ready, start, results):
             listing.append(item)
         states[row, :16] = client.reader
         states[row, 16:] = client.writer
+    if len({client.bell_id for client in clients}) > 1:
+        raise ipc.IpcError(f"the connections of one process to {name!r} got different client pages")
+    bell = clients[0].bell
     payload = np.full(MESSAGE_BYTES, 7, np.uint8)
     out = np.zeros(MESSAGE_BYTES, np.uint8)
     histogram = Histogram(lowest=1, highest=_HIGHEST_NS)
     result = np.zeros(4, np.int64)
-    conn.drive_echo(*lists, states, 0, window, payload, out, histogram.counts, histogram.meta, 0, 0, result)
+    conn.drive_echo(*lists, bell, states, 0, window, payload, out, histogram.counts, histogram.meta, 0, 0, result)
     ready.put(os.getpid())
     start.wait()
     began = time.monotonic()
-    status = conn.drive_echo(*lists, states, messages, window, payload, out, histogram.counts, histogram.meta,
+    status = conn.drive_echo(*lists, bell, states, messages, window, payload, out, histogram.counts, histogram.meta,
                              futex.DEFAULT_SPINS, 10_000_000_000, result)
     ended = time.monotonic()
     for row, client in enumerate(clients):  # what the kernel moved, back in each client's own state
@@ -112,37 +119,63 @@ def _ipc_clients(name, count, messages, window, ready, start, results):
 
 
 # The same test over Unix domain sockets.
+#
+# Two framings. ``message`` (the peer of the ratio): a request/response server
+# like ours, in one thread with a selector: it cuts what it reads into
+# messages and answers each with a send of its own, and the client sends each
+# new request by itself as a reply frees room in its window. ``stream``: the
+# server echoes whatever bytes it read with one send and the client refills its
+# window with one send, so one system call carries many messages (a byte pipe,
+# not a request/response path).
 
-def _uds_echo_server(listener, stop):
-    """Echo every byte back on every connection (one thread, selectors), until ``stop``."""
+BASELINE_FRAMINGS = ("message", "stream")
+
+
+def _uds_echo_server(listener, stop, framing):
+    """Echo on every connection (one thread, a selector) until ``stop``: per message, or the
+    bytes as read (``framing``)."""
     selector = selectors.DefaultSelector()
     listener.setblocking(False)
     selector.register(listener, selectors.EVENT_READ)
+    partial = {}
+    per_message = framing == "message"
     while not stop.is_set():
         for key, _ in selector.select(0.05):
-            if key.fileobj is listener:
+            sock = key.fileobj
+            if sock is listener:
                 try:
                     sock, _ = listener.accept()
                 except BlockingIOError:
                     continue
+                sock.setblocking(True)
+                partial[sock] = b""
                 selector.register(sock, selectors.EVENT_READ)
                 continue
             try:
-                data = key.fileobj.recv(65536)
+                data = sock.recv(65536)
             except OSError:
                 data = b""
-            if data:
-                key.fileobj.sendall(data)
+            if not data:
+                selector.unregister(sock)
+                del partial[sock]
+                sock.close()
+            elif per_message:
+                data = partial[sock] + data
+                whole = len(data) - len(data) % MESSAGE_BYTES
+                for at in range(0, whole, MESSAGE_BYTES):
+                    sock.sendall(data[at:at + MESSAGE_BYTES])
+                partial[sock] = data[whole:]
             else:
-                selector.unregister(key.fileobj)
-                key.fileobj.close()
+                sock.sendall(data)
     for key in list(selector.get_map().values()):
         key.fileobj.close()
     selector.close()
 
 
-def _uds_clients(path, count, messages, window, ready, start, results):
-    """The client side of the baseline: ``count`` sockets, ``window`` messages in flight on each."""
+def _uds_clients(where, count, messages, window, ready, start, results):
+    """The client side of the baseline: ``count`` sockets, ``window`` messages in flight on each;
+    ``where`` is ``(path, framing)``."""
+    path, framing = where
     sockets = []
     for _ in range(count):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -158,8 +191,11 @@ def _uds_clients(path, count, messages, window, ready, start, results):
     began = time.monotonic()
 
     def send(sock, how_many):
-        stamp = time.monotonic_ns().to_bytes(8, "little") + padding
-        sock.sendall(stamp * how_many)
+        if framing == "message":
+            for _ in range(how_many):
+                sock.sendall(time.monotonic_ns().to_bytes(8, "little") + padding)
+        else:
+            sock.sendall((time.monotonic_ns().to_bytes(8, "little") + padding) * how_many)
         sent[sock] += how_many
 
     for sock in sockets:
@@ -231,11 +267,13 @@ def _run_processes(target, first_argument, clients, processes, messages, window,
             "server": next((part["server"] for part in parts if part["server"]), None), "started": started}
 
 
-def build_bench_args(name, clients, messages, window=16, processes=None, workers=1, baseline_messages=None):
+def build_bench_args(name, clients, messages, window=16, processes=None, workers=1, baseline_messages=None,
+                     stream_baseline=False):
     """The arguments of ``ringbook ipc bench``, for :func:`bench_report` from Python."""
     import argparse
     return argparse.Namespace(name=name, clients=clients, messages=messages, window=window, processes=processes,
-                              workers=workers, baseline_messages=baseline_messages, json=False)
+                              workers=workers, baseline_messages=baseline_messages, stream_baseline=stream_baseline,
+                              json=False)
 
 
 def bench_report(args):
@@ -267,6 +305,10 @@ def bench_report(args):
         report["uds"] = _uds_baseline(args.clients, processes, baseline_messages, args.window)
         report["ratio_vs_uds"] = (report["throughput_msgs"] / report["uds"]["throughput_msgs"]
                                   if report["uds"]["throughput_msgs"] else None)
+        if getattr(args, "stream_baseline", False):
+            report["uds_stream"] = _uds_baseline(args.clients, processes, baseline_messages, args.window, "stream")
+            report["ratio_vs_uds_stream"] = (report["throughput_msgs"] / report["uds_stream"]["throughput_msgs"]
+                                             if report["uds_stream"]["throughput_msgs"] else None)
     return report
 
 
@@ -296,17 +338,18 @@ def _server_report(before, after):
     return {"accepted": after["accepted"], "refused": after["refused"], "workers": workers}
 
 
-def _uds_baseline(clients, processes, messages, window):
+def _uds_baseline(clients, processes, messages, window, framing="message"):
+    """The scale test over Unix domain sockets with ``framing`` (:data:`BASELINE_FRAMINGS`)."""
     path = str(ipc.socket_directory() / f"uds-baseline-{os.getpid()}.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(1024)
     stop = threading.Event()
-    thread = threading.Thread(target=_uds_echo_server, args=(listener, stop), daemon=True)
+    thread = threading.Thread(target=_uds_echo_server, args=(listener, stop, framing), daemon=True)
     thread.start()
     try:
-        result = _run_processes(_uds_clients, path, clients, processes, messages, window)
+        result = _run_processes(_uds_clients, (path, framing), clients, processes, messages, window)
     finally:
         stop.set()
         thread.join()
@@ -314,6 +357,7 @@ def _uds_baseline(clients, processes, messages, window):
         os.unlink(path)
     result.pop("server", None)
     result["messages"] = messages
+    result["framing"] = framing
     return result
 
 
@@ -323,12 +367,13 @@ def _print_report(report):
           f"{report['messages']} messages each, {report['window']} in flight")
     print(f"  shared memory: {report['throughput_msgs']:,.0f} msg/s, round trip p50 {rtt['p50']:,} ns, "
           f"p99 {rtt['p99']:,} ns, p99.9 {rtt['p999']:,} ns, errors {report['errors']}")
-    if "uds" in report:
-        uds = report["uds"]
-        print(f"  Unix sockets:  {uds['throughput_msgs']:,.0f} msg/s, round trip p50 {uds['rtt_ns']['p50']:,} ns, "
-              f"p99 {uds['rtt_ns']['p99']:,} ns ({uds['messages']} messages each), errors {uds['errors']}")
-        if report["ratio_vs_uds"]:
-            print(f"  ratio: {report['ratio_vs_uds']:.1f}x the Unix socket throughput")
+    for key, label in (("uds", "Unix sockets, a send per message"), ("uds_stream", "Unix sockets, a byte stream")):
+        if key in report:
+            uds = report[key]
+            print(f"  {label}: {uds['throughput_msgs']:,.0f} msg/s, round trip p50 {uds['rtt_ns']['p50']:,} ns, "
+                  f"p99 {uds['rtt_ns']['p99']:,} ns ({uds['messages']} messages each), errors {uds['errors']}")
+            if report[f"ratio_vs_{key}"]:
+                print(f"    ratio: {report[f'ratio_vs_{key}']:.1f}x its throughput")
     server = report["server"]
     if server:
         for worker in server["workers"]:

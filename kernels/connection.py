@@ -1,7 +1,7 @@
-"""A connection between two processes: two rings and two doorbells in one region, and the njit
+"""A connection between two processes: two rings and a doorbell in one region, and the njit
 loops on each side of it (a server's I/O worker, a client's request and a load generator).
 
-Region layout (version 1), little-endian; the engine (:mod:`ringbook.engine.ipc`)
+Region layout (version 2), little-endian; the engine (:mod:`ringbook.engine.ipc`)
 makes it in a sealed memfd that no peer can shrink or grow:
 
 ========  =====  ==============================================================
@@ -17,7 +17,7 @@ offset    type   field
 48        i64    why the server closed it (:data:`CLOSED_STALLED`, ...)
 64        8 B    server doorbell: only its waiters word is used (the worker announces there
                  before it parks on its group's doorbell)
-72        8 B    client doorbell: the client parks on it waiting for responses
+72        8 B    reserved (zero)
 128       ...    request ring, then response ring (each a ring of :mod:`ringbook.kernels.ring`)
 ========  =====  ==============================================================
 
@@ -29,6 +29,18 @@ doorbell and, if the worker announced, rings the group doorbell. So a client
 can neither hide another client's requests from the worker nor see its rings;
 the worst a hostile one can do to the shared page is wake the worker for
 nothing.
+
+The other way round, a client process parks on one doorbell for all its
+connections to a server: the *client page*, which the server makes for each
+client process (by its ``SO_PEERCRED`` pid) and shares with that process
+only. Its doorbell (at :data:`CLIENT_PAGE_BELL`) is an ordinary
+:mod:`ringbook.kernels.futex` doorbell: the client announces there, checks
+its response rings, and sleeps; a worker that wrote responses to any of that
+process's connections rings it. A process driving many connections thus
+never oversleeps while one of them has a reply, and a waiter killed with its
+announce in place leaves it only in a page that goes away with the process's
+last connection. Threads of one process share the page: a response for one
+may wake the others for nothing (they check and sleep again).
 
 The server never trusts the region after it handed it over: the ring
 geometry comes from the states it opened before the client had the region,
@@ -45,7 +57,7 @@ from ringbook.kernels.jit_options import kernel, kernel_with_callback
 from ringbook.kernels.status import OK, TIMEOUT
 
 MAGIC = int.from_bytes(b"RBCONNEC", "little")
-VERSION = 1
+VERSION = 2
 MAGIC_OFFSET = 0
 VERSION_OFFSET = 8
 STATE_OFFSET = 12
@@ -55,11 +67,12 @@ RESPONSE_OFFSET = 32
 RESPONSE_BYTES_OFFSET = 40
 CLOSE_REASON_OFFSET = 48
 SERVER_BELL = 64
-CLIENT_BELL = 72
 #: Bytes before the request ring.
 HEADER_BYTES = 128
 #: The group doorbell's offset in its page.
 GROUP_BELL = 0
+#: The client doorbell's offset in its client page.
+CLIENT_PAGE_BELL = 0
 
 # Connection states (u32 at STATE_OFFSET).
 OPEN = 0
@@ -116,18 +129,19 @@ def echo(request, length, response):
 
 
 @kernel
-def _close(table, controls, i, reason, detail):
+def _close(table, controls, bells, i, reason, detail):
     table[i, ACTIVE] = 0
     table[i, REASON] = reason
     table[i, DETAIL] = detail
     control = controls[i]
     control[CLOSE_REASON_OFFSET:CLOSE_REASON_OFFSET + 8].view(np.int64)[0] = reason
     control[STATE_OFFSET:STATE_OFFSET + 4].view(np.uint32)[0] = SERVER_CLOSED
-    futex.doorbell_wake(control, CLIENT_BELL)  # a client parked for a response learns now
+    futex.doorbell_wake(bells[i], CLIENT_PAGE_BELL)  # a client parked for a response learns now
 
 
 @kernel_with_callback
-def _serve_connection(requests, responses, controls, states, table, i, handler, inbox, outbox, stall_ns, now):
+def _serve_connection(requests, responses, controls, bells, states, table, i, handler, inbox, outbox, stall_ns,
+                      now):
     """Serve up to :data:`BATCH` requests of connection ``i``; how many (-1: it was closed)."""
     request_slab = requests[i]
     response_slab = responses[i]
@@ -138,13 +152,13 @@ def _serve_connection(requests, responses, controls, states, table, i, handler, 
         if writer[ring.STATE_POSITION] >= writer[ring.STATE_SEEN]:
             free = ring.free_slots(response_slab, writer)
             if free < 0:
-                _close(table, controls, i, CLOSED_CORRUPT, free)
+                _close(table, controls, bells, i, CLOSED_CORRUPT, free)
                 return -1
             if free == 0:  # the client does not read its responses: stall it alone
                 if table[i, STALL_SINCE] == 0:
                     table[i, STALL_SINCE] = now
                 elif now - table[i, STALL_SINCE] > stall_ns:
-                    _close(table, controls, i, CLOSED_STALLED, ring.FULL)
+                    _close(table, controls, bells, i, CLOSED_STALLED, ring.FULL)
                     return -1
                 break
         table[i, STALL_SINCE] = 0
@@ -152,23 +166,23 @@ def _serve_connection(requests, responses, controls, states, table, i, handler, 
         if length == ring.EMPTY:
             break
         if length < 0:
-            _close(table, controls, i, CLOSED_CORRUPT, length)
+            _close(table, controls, bells, i, CLOSED_CORRUPT, length)
             return -1
         answer = handler(inbox, length, outbox)
         if answer >= 0:
             status = ring.try_write(response_slab, writer, outbox[:answer], 0, 0)
             if status != ring.OK:
-                _close(table, controls, i, CLOSED_CORRUPT, status)
+                _close(table, controls, bells, i, CLOSED_CORRUPT, status)
                 return -1
         served += 1
     if served > 0:
         table[i, MESSAGES] += served
-        futex.doorbell_ring(controls[i], CLIENT_BELL)
+        futex.doorbell_ring(bells[i], CLIENT_PAGE_BELL)
     return served
 
 
 @kernel_with_callback
-def serve(requests, responses, controls, states, table, group, control, handler, inbox, outbox,
+def serve(requests, responses, controls, bells, states, table, group, control, handler, inbox, outbox,
           stall_ns, slice_ns, spins):
     """An I/O worker's loop over its group of connections, for about ``slice_ns``.
 
@@ -190,7 +204,7 @@ def serve(requests, responses, controls, states, table, group, control, handler,
         closed = False
         for i in range(table.shape[0]):
             if table[i, ACTIVE] == 1:
-                count = _serve_connection(requests, responses, controls, states, table, i, handler,
+                count = _serve_connection(requests, responses, controls, bells, states, table, i, handler,
                                           inbox, outbox, stall_ns, now)
                 if count < 0:
                     closed = True
@@ -266,11 +280,11 @@ def send(request_slab, producer, payload, control, group):
 
 
 @kernel
-def receive_wait(response_slab, consumer, out, control, spins, timeout_ns):
+def receive_wait(response_slab, consumer, out, control, bell, spins, timeout_ns):
     """The next response into ``out``: its length, :data:`TIMEOUT`, :data:`CLOSED` or a ring status.
 
-    Spins ``spins`` rounds, then parks on the client doorbell; ``timeout_ns``
-    negative waits for ever.
+    Spins ``spins`` rounds, then parks on the doorbell of ``bell``, the client
+    page; ``timeout_ns`` negative waits for ever.
     """
     deadline = monotonic_ns() + timeout_ns if timeout_ns >= 0 else 0
     attempt = 0
@@ -284,11 +298,11 @@ def receive_wait(response_slab, consumer, out, control, spins, timeout_ns):
             attempt += 1
             spin_pause()
             continue
-        ticket = futex.doorbell_prepare(control, CLIENT_BELL)
+        ticket = futex.doorbell_prepare(bell, CLIENT_PAGE_BELL)
         if ring.pending(response_slab, consumer) != 0 or connection_state(control) != OPEN:
-            futex.doorbell_cancel(control, CLIENT_BELL)
+            futex.doorbell_cancel(bell, CLIENT_PAGE_BELL)
             continue
-        if futex.doorbell_park(control, CLIENT_BELL, ticket, deadline, timeout_ns) == TIMEOUT:
+        if futex.doorbell_park(bell, CLIENT_PAGE_BELL, ticket, deadline, timeout_ns) == TIMEOUT:
             return TIMEOUT
 
 
@@ -301,16 +315,18 @@ def _failed(result, failed, i):
 
 
 @kernel
-def drive_echo(requests, responses, controls, groups, states, messages, window, payload, out, rtt_counts,
+def drive_echo(requests, responses, controls, groups, bell, states, messages, window, payload, out, rtt_counts,
                rtt_meta, spins, timeout_ns, result):
     """A load generator: every connection sends ``messages`` requests, at most ``window`` in flight,
     and checks each echo. Round trips (ns, from the monotonic stamp in the payload's first 8 bytes)
     go into a histogram (``rtt_counts``/``rtt_meta``, :mod:`ringbook.kernels.hist`).
 
     ``result`` (int64[4]) receives messages echoed, errors (a wrong echo, a closed or corrupt
-    connection), and connections that finished. Waits: spins, then parks briefly on the first
-    unfinished connection's client doorbell (a process with many connections has no single word
-    to park on). Returns :data:`OK` or :data:`TIMEOUT` (nothing moved for ``timeout_ns``).
+    connection), and connections that finished. Every connection is to one server, whose client
+    page for this process is ``bell``: when a pass moves nothing, the generator spins ``spins``
+    rounds, then announces on that page's doorbell, looks at every unfinished connection once
+    more, and sleeps until the server rings for any of them. Returns :data:`OK` or
+    :data:`TIMEOUT` (nothing moved for ``timeout_ns``).
     """
     if messages <= 0:
         return OK
@@ -375,13 +391,18 @@ def drive_echo(requests, responses, controls, groups, states, messages, window, 
         if idle < spins:
             spin_pause()
             continue
+        ticket = futex.doorbell_prepare(bell, CLIENT_PAGE_BELL)
+        ready = False
         for i in range(count):
             if not failed[i] and received[i] < messages:
-                ticket = futex.doorbell_prepare(controls[i], CLIENT_BELL)
-                if ring.pending(responses[i], states[i, :ring.STATE_SIZE]) != 0:
-                    futex.doorbell_cancel(controls[i], CLIENT_BELL)
-                else:
-                    futex.doorbell_sleep(controls[i], CLIENT_BELL, ticket, 200_000)
-                break
+                if ring.pending(responses[i], states[i, :ring.STATE_SIZE]) != 0 \
+                        or connection_state(controls[i]) != OPEN:
+                    ready = True
+                    break
+        if ready:
+            futex.doorbell_cancel(bell, CLIENT_PAGE_BELL)
+        else:
+            # The limit only brings the timeout check round: a ring for any connection wakes it.
+            futex.doorbell_sleep(bell, CLIENT_PAGE_BELL, ticket, PARK_NS)
         idle = 0
     return OK

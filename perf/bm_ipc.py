@@ -76,7 +76,7 @@ class Peers:
     def ring_loop(self, loops, window):
         c = self.client
         started = time.perf_counter()
-        status = workers.round_trips(c.requests, c.writer, c.responses, c.reader, c.control, c.group,
+        status = workers.round_trips(c.requests, c.writer, c.responses, c.reader, c.control, c.group, c.bell,
                                      self.payload, self.out, loops, window)
         elapsed = time.perf_counter() - started
         if status != 0:

@@ -53,8 +53,8 @@ def subscribe(name, policy, count, pause, ready):
     rising = True
     last = -1
     while subscriber.received < count:
-        events = subscriber.receive(max_events=256, timeout=20)
-        if len(events) == 0:
+        subscriber.receive_batch(max_records=256, timeout=20)
+        if subscriber.ended:
             break
         sequences = subscriber.sequences  # the stream's, not the exchange's
         rising = rising and bool((sequences[1:] > sequences[:-1]).all()) and sequences[0] > last
