@@ -48,6 +48,12 @@ _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
 _PAGE = mmap.PAGESIZE
 
 
+def _file_id(fd):
+    """``(st_dev, st_ino)``: the same for every descriptor of one memfd."""
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
+
+
 class IpcError(RuntimeError):
     """A connection could not be made or was closed by the server (``reason``: what it said)."""
 
@@ -245,6 +251,7 @@ class _Group:
         self.rows = []  # row -> _Connection or None
         self.closed = Counter()
         self.messages_closed = 0
+        self.wakes_closed = 0
         self.native_id = None
         self._dummy = np.zeros(conn.HEADER_BYTES, np.uint8)
         self._allocate(16)
@@ -311,6 +318,11 @@ class _Group:
             self.bells[row] = connection.page.slab
             self.table[row, conn.ACTIVE] = 1
         self._reap()
+        # Each client page is rung through the first of its rows.
+        first_rows = {}
+        for row, connection in enumerate(self.rows):
+            if connection is not None:
+                self.table[row, conn.PAGE_ROW] = first_rows.setdefault(id(connection.page), row)
 
     def _reap(self):
         """Release every connection the worker or the acceptor closed."""
@@ -319,6 +331,7 @@ class _Group:
                 reason = int(self.table[row, conn.REASON]) or conn.CLOSED_SERVER_STOPPED
                 self.closed[conn.CLOSE_REASONS.get(reason, str(reason))] += 1
                 self.messages_closed += int(self.table[row, conn.MESSAGES])
+                self.wakes_closed += int(self.table[row, conn.WAKES])
                 connection.control[conn.STATE_OFFSET:conn.STATE_OFFSET + 4].view(np.uint32)[0] = conn.SERVER_CLOSED
                 futex.doorbell_wake(connection.page.slab, conn.CLIENT_PAGE_BELL)
                 self.requests[row] = self.responses[row] = self.controls[row] = self.bells[row] = self._dummy
@@ -350,10 +363,12 @@ class _Group:
 
     def stats(self):
         active_messages = int(sum(self.table[row, conn.MESSAGES] for row, c in enumerate(self.rows) if c))
+        active_wakes = int(sum(self.table[row, conn.WAKES] for row, c in enumerate(self.rows) if c))
         return {"worker": self.index, "core": self.core, "connections": self.active,
                 "messages": self.messages_closed + active_messages,
                 "cpu_seconds": _thread_cpu_seconds(self.native_id) if self.native_id else None,
-                "parks": int(self.control[conn.PARKS]), "closed": dict(self.closed)}
+                "parks": int(self.control[conn.PARKS]), "client_wakes": self.wakes_closed + active_wakes,
+                "closed": dict(self.closed)}
 
 
 class Server:
@@ -602,9 +617,10 @@ class Client:
             self._mapping, self.slab = map_sealed(region_fd, "connection region", conn.HEADER_BYTES)
             self._page_mapping, self.group = map_sealed(page_fd, "group page", 64)
             self._bell_mapping, self.bell = map_sealed(bell_fd, "client page", 64)
-            bell_stat = os.fstat(bell_fd)
             #: Which client page this is: the same for every connection of this process to the server.
-            self.bell_id = (bell_stat.st_dev, bell_stat.st_ino)
+            self.bell_id = _file_id(bell_fd)
+            #: Which worker group serves this connection (connections of one group share its page).
+            self.group_id = _file_id(page_fd)
         except BaseException:
             for fd in fds:
                 os.close(fd)

@@ -96,26 +96,28 @@ def _ipc_clients(name, count, messages, window, ready, start, results):
     if len({client.bell_id for client in clients}) > 1:
         raise ipc.IpcError(f"the connections of one process to {name!r} got different client pages")
     bell = clients[0].bell
+    group_ids = {}
+    group_of = np.array([group_ids.setdefault(client.group_id, len(group_ids)) for client in clients], np.int64)
     payload = np.full(MESSAGE_BYTES, 7, np.uint8)
     out = np.zeros(MESSAGE_BYTES, np.uint8)
     histogram = Histogram(lowest=1, highest=_HIGHEST_NS)
     result = np.zeros(4, np.int64)
-    conn.drive_echo(*lists, bell, states, 0, window, payload, out, histogram.counts, histogram.meta, 0, 0, result)
+    conn.drive_echo(*lists, group_of, bell, states, 0, window, payload, out, histogram.counts, histogram.meta, 0, 0, result)
     ready.put(os.getpid())
     start.wait()
-    began = time.monotonic()
-    status = conn.drive_echo(*lists, bell, states, messages, window, payload, out, histogram.counts, histogram.meta,
+    began, cpu_began = time.monotonic(), time.process_time()
+    status = conn.drive_echo(*lists, group_of, bell, states, messages, window, payload, out, histogram.counts, histogram.meta,
                              futex.DEFAULT_SPINS, 10_000_000_000, result)
-    ended = time.monotonic()
+    ended, cpu = time.monotonic(), time.process_time() - cpu_began
     for row, client in enumerate(clients):  # what the kernel moved, back in each client's own state
         client.reader[:] = states[row, :16]
         client.writer[:] = states[row, 16:]
     stats = clients[0].server_stats() if clients else None
     for client in clients:
         client.close()
-    results.put({"echoed": int(result[0]), "errors": int(result[1]) + (status != conn.OK),
+    results.put({"echoed": int(result[0]), "errors": int(result[1]) + (status != conn.OK), "parks": int(result[3]),
                  "began": began, "ended": ended, "counts": histogram.counts, "meta": histogram.meta,
-                 "server": stats})
+                 "server": stats, "cpu_seconds": cpu})
 
 
 # The same test over Unix domain sockets.
@@ -188,7 +190,7 @@ def _uds_clients(where, count, messages, window, ready, start, results):
     padding = bytes(MESSAGE_BYTES - 8)
     ready.put(os.getpid())
     start.wait()
-    began = time.monotonic()
+    began, cpu_began = time.monotonic(), time.process_time()
 
     def send(sock, how_many):
         if framing == "message":
@@ -229,12 +231,12 @@ def _uds_clients(where, count, messages, window, ready, start, results):
             if received[sock] >= messages:
                 finished += 1
                 selector.unregister(sock)
-    ended = time.monotonic()
+    ended, cpu = time.monotonic(), time.process_time() - cpu_began
     histogram.record_many(np.array(round_trips, np.int64))
     for sock in sockets:
         sock.close()
     results.put({"echoed": sum(received.values()), "errors": errors, "began": began, "ended": ended,
-                 "counts": histogram.counts, "meta": histogram.meta, "server": None})
+                 "counts": histogram.counts, "meta": histogram.meta, "server": None, "cpu_seconds": cpu})
 
 
 def _run_processes(target, first_argument, clients, processes, messages, window, on_start=None):
@@ -264,6 +266,8 @@ def _run_processes(target, first_argument, clients, processes, messages, window,
             "seconds": seconds, "throughput_msgs": echoed / seconds if seconds > 0 else 0.0,
             "rtt_ns": {"p50": histogram.value_at_percentile(50.0), "p99": histogram.value_at_percentile(99.0),
                        "p999": histogram.value_at_percentile(99.9)},
+            "client_cpu_seconds": sum(part["cpu_seconds"] for part in parts),
+            "client_parks": sum(part.get("parks", 0) for part in parts),
             "server": next((part["server"] for part in parts if part["server"]), None), "started": started}
 
 
@@ -297,7 +301,9 @@ def bench_report(args):
             server.stop()
     report = {"clients": args.clients, "messages": args.messages, "window": args.window,
               "processes": processes, "errors": shared["errors"], "throughput_msgs": shared["throughput_msgs"],
-              "rtt_ns": shared["rtt_ns"], "seconds": shared["seconds"], "server": _server_report(before, after)}
+              "rtt_ns": shared["rtt_ns"], "seconds": shared["seconds"],
+              "client_cpu_seconds": shared["client_cpu_seconds"], "client_parks": shared["client_parks"],
+              "server": _server_report(before, after)}
     baseline_messages = args.baseline_messages
     if baseline_messages is None:
         baseline_messages = max(1, min(args.messages, 400_000 // args.clients))
@@ -334,7 +340,8 @@ def _server_report(before, after):
         if before is not None and cpu is not None and before["workers"][index]["cpu_seconds"] is not None:
             cpu -= before["workers"][index]["cpu_seconds"]
         workers.append({"worker": worker["worker"], "core": worker["core"], "cpu_seconds": cpu,
-                        "messages": worker["messages"], "parks": worker["parks"], "closed": worker["closed"]})
+                        "messages": worker["messages"], "parks": worker["parks"],
+                        "client_wakes": worker["client_wakes"], "closed": worker["closed"]})
     return {"accepted": after["accepted"], "refused": after["refused"], "workers": workers}
 
 
@@ -366,7 +373,9 @@ def _print_report(report):
     print(f"ringbook ipc bench: {report['clients']} clients in {report['processes']} processes, "
           f"{report['messages']} messages each, {report['window']} in flight")
     print(f"  shared memory: {report['throughput_msgs']:,.0f} msg/s, round trip p50 {rtt['p50']:,} ns, "
-          f"p99 {rtt['p99']:,} ns, p99.9 {rtt['p999']:,} ns, errors {report['errors']}")
+          f"p99 {rtt['p99']:,} ns, p99.9 {rtt['p999']:,} ns, errors {report['errors']}, "
+          f"clients' CPU {report['client_cpu_seconds'] / max(report['seconds'], 1e-9):.0%} of a core, "
+          f"parks {report['client_parks']}")
     for key, label in (("uds", "Unix sockets, a send per message"), ("uds_stream", "Unix sockets, a byte stream")):
         if key in report:
             uds = report[key]
@@ -380,4 +389,5 @@ def _print_report(report):
             cpu = worker["cpu_seconds"]
             share = f"{cpu / report['seconds']:.0%} of a core" if cpu is not None and report["seconds"] else "?"
             print(f"  worker {worker['worker']} on core {worker['core']}: {share}, parks {worker['parks']}, "
+                  f"clients woken {worker['client_wakes']}, "
                   f"closed {worker['closed'] or 'none'}")

@@ -98,6 +98,9 @@ REASON = 1          # CLOSED_* once the worker closed it
 DETAIL = 2          # the ring status that closed it
 MESSAGES = 3        # requests served
 STALL_SINCE = 4     # monotonic ns since the response ring was found full, or 0
+WAKES = 5           # rings of its client page that found the client parked (a FUTEX_WAKE each)
+PAGE_ROW = 6        # the row that stands for its client page (the first sharing it; set by the engine)
+RING_PASS = 7       # as a PAGE_ROW: the pass in which its page has responses to ring for
 TABLE_COLUMNS = 8
 
 # A worker's control array (int64).
@@ -106,6 +109,7 @@ GENERATION = 1      # bumped by the engine when the group's membership changes
 SEEN_GENERATION = 2
 PARKS = 3           # times the worker parked
 WAKES_FOR_NOTHING = 4
+PASSES = 5          # passes over the group so far
 CONTROL_WORDS = 8
 
 # What serve returns.
@@ -141,8 +145,9 @@ def _close(table, controls, bells, i, reason, detail):
 
 @kernel_with_callback
 def _serve_connection(requests, responses, controls, bells, states, table, i, handler, inbox, outbox, stall_ns,
-                      now):
-    """Serve up to :data:`BATCH` requests of connection ``i``; how many (-1: it was closed)."""
+                      now, pass_number):
+    """Serve up to :data:`BATCH` requests of connection ``i``; how many (-1: it was closed). Its client
+    page is marked to be rung at the end of the pass (once for all its connections)."""
     request_slab = requests[i]
     response_slab = responses[i]
     reader = states[i, :ring.STATE_SIZE]
@@ -177,8 +182,19 @@ def _serve_connection(requests, responses, controls, bells, states, table, i, ha
         served += 1
     if served > 0:
         table[i, MESSAGES] += served
-        futex.doorbell_ring(bells[i], CLIENT_PAGE_BELL)
+        table[table[i, PAGE_ROW], RING_PASS] = pass_number
     return served
+
+
+@kernel
+def _ring_pages(bells, table, pass_number):
+    """Ring each client page that got responses in this pass and whose process parks: one
+    ``FUTEX_WAKE`` per process, however many of its connections were answered."""
+    for i in range(table.shape[0]):
+        if table[i, RING_PASS] == pass_number:
+            if futex.doorbell_waiters(bells[i], CLIENT_PAGE_BELL) != 0:
+                futex.doorbell_wake(bells[i], CLIENT_PAGE_BELL)
+                table[i, WAKES] += 1
 
 
 @kernel_with_callback
@@ -186,7 +202,8 @@ def serve(requests, responses, controls, bells, states, table, group, control, h
           stall_ns, slice_ns, spins):
     """An I/O worker's loop over its group of connections, for about ``slice_ns``.
 
-    Serves every active connection in turn; when a whole pass finds nothing,
+    Serves every active connection in turn, then rings the client pages that
+    got responses (:func:`_ring_pages`); when a whole pass finds nothing,
     spins ``spins`` rounds, then announces in every connection's server
     doorbell, looks once more and parks on the group doorbell. Returns
     :data:`SERVE_SLICE`, :data:`SERVE_STOP` or :data:`SERVE_CHANGED` (the
@@ -202,14 +219,18 @@ def serve(requests, responses, controls, bells, states, table, group, control, h
         now = monotonic_ns()
         served = 0
         closed = False
+        control[PASSES] += 1
+        pass_number = control[PASSES]
         for i in range(table.shape[0]):
             if table[i, ACTIVE] == 1:
                 count = _serve_connection(requests, responses, controls, bells, states, table, i, handler,
-                                          inbox, outbox, stall_ns, now)
+                                          inbox, outbox, stall_ns, now, pass_number)
                 if count < 0:
                     closed = True
                 else:
                     served += count
+        if served > 0:
+            _ring_pages(bells, table, pass_number)
         if closed:
             return SERVE_CHANGED
         if served > 0:
@@ -315,14 +336,16 @@ def _failed(result, failed, i):
 
 
 @kernel
-def drive_echo(requests, responses, controls, groups, bell, states, messages, window, payload, out, rtt_counts,
-               rtt_meta, spins, timeout_ns, result):
+def drive_echo(requests, responses, controls, groups, group_of, bell, states, messages, window, payload, out,
+               rtt_counts, rtt_meta, spins, timeout_ns, result):
     """A load generator: every connection sends ``messages`` requests, at most ``window`` in flight,
     and checks each echo. Round trips (ns, from the monotonic stamp in the payload's first 8 bytes)
     go into a histogram (``rtt_counts``/``rtt_meta``, :mod:`ringbook.kernels.hist`).
 
     ``result`` (int64[4]) receives messages echoed, errors (a wrong echo, a closed or corrupt
-    connection), and connections that finished. Every connection is to one server, whose client
+    connection), connections that finished, and times it parked. ``group_of[i]`` numbers
+    connection ``i``'s worker group (0, 1, ...): after a pass the generator wakes each parked
+    worker once, however many of its connections got requests. Every connection is to one server, whose client
     page for this process is ``bell``: when a pass moves nothing, the generator spins ``spins``
     rounds, then announces on that page's doorbell, looks at every unfinished connection once
     more, and sleeps until the server rings for any of them. Returns :data:`OK` or
@@ -334,6 +357,9 @@ def drive_echo(requests, responses, controls, groups, bell, states, messages, wi
     sent = np.zeros(count, np.int64)
     received = np.zeros(count, np.int64)
     failed = np.zeros(count, np.bool_)
+    wrote_in = np.zeros(count, np.int64)  # the pass in which a connection last wrote
+    notified_in = np.zeros(count, np.int64)  # by group: the pass in which its worker was notified
+    passes = 0
     stamps = payload[:8].view(np.int64)
     echoed = out[:8].view(np.int64)
     finished = 0
@@ -341,6 +367,7 @@ def drive_echo(requests, responses, controls, groups, bell, states, messages, wi
     last_progress = monotonic_ns()
     while finished < count:
         progress = 0
+        passes += 1
         for i in range(count):
             if failed[i] or received[i] == messages:
                 continue
@@ -379,7 +406,13 @@ def drive_echo(requests, responses, controls, groups, bell, states, messages, wi
                 wrote += 1
             if wrote > 0:
                 progress += wrote
+                wrote_in[i] = passes
+        for i in range(count):
+            group = group_of[i]
+            # Through a connection that is still open: the worker announces only in those.
+            if wrote_in[i] == passes and notified_in[group] != passes and connection_state(controls[i]) == OPEN:
                 notify_server(controls[i], groups[i])
+                notified_in[group] = passes
         now = monotonic_ns()
         if progress > 0:
             idle = 0
@@ -402,6 +435,7 @@ def drive_echo(requests, responses, controls, groups, bell, states, messages, wi
         if ready:
             futex.doorbell_cancel(bell, CLIENT_PAGE_BELL)
         else:
+            result[3] += 1
             # The limit only brings the timeout check round: a ring for any connection wakes it.
             futex.doorbell_sleep(bell, CLIENT_PAGE_BELL, ticket, PARK_NS)
         idle = 0
