@@ -121,6 +121,10 @@ SERVE_CHANGED = 2   # membership changed, or the worker closed a connection
 BATCH = 32
 #: Longest a worker parks before it returns to its Python loop.
 PARK_NS = 50_000_000
+#: What one of ``spins`` rounds is worth where a side spins over many connections: it spins
+#: for ``spins * SPIN_ROUND_NS`` since the last pass that moved something, in passes, then
+#: parks (a pass over hundreds of connections is far longer than a pause).
+SPIN_ROUND_NS = 50
 
 
 @kernel
@@ -204,13 +208,15 @@ def serve(requests, responses, controls, bells, states, table, group, control, h
 
     Serves every active connection in turn, then rings the client pages that
     got responses (:func:`_ring_pages`); when a whole pass finds nothing,
-    spins ``spins`` rounds, then announces in every connection's server
-    doorbell, looks once more and parks on the group doorbell. Returns
+    spins for ``spins`` rounds' time (:data:`SPIN_ROUND_NS`), then announces
+    in every connection's server doorbell, looks once more and parks on the
+    group doorbell. Returns
     :data:`SERVE_SLICE`, :data:`SERVE_STOP` or :data:`SERVE_CHANGED` (the
     engine then updates the group and calls again).
     """
     deadline = monotonic_ns() + slice_ns
-    idle = 0
+    spin_ns = spins * SPIN_ROUND_NS
+    idle_since = -1  # when the passes started to find nothing; -1: they move things
     while True:
         if load_acquire(control, STOP) != 0:
             return SERVE_STOP
@@ -234,18 +240,19 @@ def serve(requests, responses, controls, bells, states, table, group, control, h
         if closed:
             return SERVE_CHANGED
         if served > 0:
-            idle = 0
+            idle_since = -1
             continue
         if now >= deadline:
             return SERVE_SLICE
-        if idle < spins:
-            idle += 1
+        if idle_since < 0:
+            idle_since = now
+        if now - idle_since < spin_ns:
             spin_pause()
             continue
         # After a park that timed out, one quiet pass is enough before the next: spinning over
         # every connection again is what an idle server would spend its CPU on.
         timed_out = _park(requests, controls, states, table, group, control, min(PARK_NS, deadline - now))
-        idle = spins if timed_out == TIMEOUT else 0
+        idle_since = monotonic_ns() - spin_ns if timed_out == TIMEOUT else -1
 
 
 @kernel
@@ -339,7 +346,8 @@ def _failed(result, failed, i):
 def drive_echo(requests, responses, controls, groups, group_of, bell, states, messages, window, payload, out,
                rtt_counts, rtt_meta, spins, timeout_ns, result):
     """A load generator: every connection sends ``messages`` requests, at most ``window`` in flight,
-    and checks each echo. Round trips (ns, from the monotonic stamp in the payload's first 8 bytes)
+    and checks each echo (spinning for ``spins`` rounds' time, :data:`SPIN_ROUND_NS`, before it
+    parks). Round trips (ns, from the monotonic stamp in the payload's first 8 bytes)
     go into a histogram (``rtt_counts``/``rtt_meta``, :mod:`ringbook.kernels.hist`).
 
     ``result`` (int64[4]) receives messages echoed, errors (a wrong echo, a closed or corrupt
@@ -363,7 +371,8 @@ def drive_echo(requests, responses, controls, groups, group_of, bell, states, me
     stamps = payload[:8].view(np.int64)
     echoed = out[:8].view(np.int64)
     finished = 0
-    idle = 0
+    spin_ns = spins * SPIN_ROUND_NS
+    idle_since = -1
     last_progress = monotonic_ns()
     while finished < count:
         progress = 0
@@ -415,13 +424,14 @@ def drive_echo(requests, responses, controls, groups, group_of, bell, states, me
                 notified_in[group] = passes
         now = monotonic_ns()
         if progress > 0:
-            idle = 0
+            idle_since = -1
             last_progress = now
             continue
         if timeout_ns >= 0 and now - last_progress > timeout_ns:
             return TIMEOUT
-        idle += 1
-        if idle < spins:
+        if idle_since < 0:
+            idle_since = now
+        if now - idle_since < spin_ns:
             spin_pause()
             continue
         ticket = futex.doorbell_prepare(bell, CLIENT_PAGE_BELL)
@@ -438,5 +448,5 @@ def drive_echo(requests, responses, controls, groups, group_of, bell, states, me
             result[3] += 1
             # The limit only brings the timeout check round: a ring for any connection wakes it.
             futex.doorbell_sleep(bell, CLIENT_PAGE_BELL, ticket, PARK_NS)
-        idle = 0
+        idle_since = -1
     return OK
