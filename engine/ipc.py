@@ -149,9 +149,14 @@ def format_connection(slab, slot_count, slot_size, asymmetric):
     fields = header[conn.REQUEST_OFFSET:conn.CLOSE_REASON_OFFSET].view(np.int64)
     fields[:] = [conn.HEADER_BYTES, ring_bytes, conn.HEADER_BYTES + ring_bytes, ring_bytes]
     for offset in (conn.HEADER_BYTES, conn.HEADER_BYTES + ring_bytes):
-        status = ring.format_slab(slab[offset:offset + ring_bytes], slot_size, slot_count, 1)
+        ring_slab = slab[offset:offset + ring_bytes]
+        status = ring.format_slab(ring_slab, slot_size, slot_count, 1)
         if status != ring.OK:
             raise ValueError(f"ring geometry out of range: slot_count={slot_count}, slot_size={slot_size}")
+        # Nobody parks on a connection ring's own doorbells (both sides park on their pages'):
+        # in asymmetric mode each write and read checks them with a load and no fence.
+        for bell in (ring.DATA_BELL_OFFSET, ring.SPACE_BELL_OFFSET):
+            futex.set_asymmetric(ring_slab, bell, True)
     futex.set_asymmetric(slab, conn.SERVER_BELL, asymmetric)
     header[:8].view(np.uint64)[0] = conn.MAGIC
 
@@ -214,6 +219,7 @@ class _Connection:
         for status in (ring.open_consumer(self.requests, 0, self.reader), ring.open_producer(self.responses, self.writer)):
             if status != ring.OK:
                 raise IpcError(f"a new connection's ring did not open: {status_name(status)}")
+        ring.set_evict(self.reader, False)  # see Client: a worker reads its requests in batches
         self.group = None
         self.row = -1
 
@@ -635,6 +641,9 @@ class Client:
             if status != ring.OK:
                 self.close()
                 raise IpcError(f"connection ring did not open: {status_name(status)}")
+        # Both sides read in batches, and a slot is written again a lap later by the same
+        # peer: flushing each slot read only sends that peer's next write to memory.
+        ring.set_evict(self.reader, False)
         if not futex.register_asymmetric():
             futex.set_asymmetric(self.control, conn.SERVER_BELL, False)  # this side fences instead
         self.capacity = int(self.reader[ring.STATE_CAPACITY])
