@@ -185,6 +185,14 @@ def _slab_list(items=()):
     return listing
 
 
+def _start_time(pid):
+    """When process ``pid`` started, in clock ticks since boot (``/proc``), or ``None``."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _thread_cpu_seconds(native_id):
     """User plus system CPU seconds of a thread of this process (Linux), or ``None``."""
     try:
@@ -237,6 +245,11 @@ class _ClientPage:
         self.fd, self.mapping, self.slab = sealed_region(_PAGE, "client")
         futex.set_asymmetric(self.slab, conn.CLIENT_PAGE_BELL, asymmetric)
         self.users = 0
+
+    def waiters(self):
+        """Waiters announced on the page's doorbell (what the client process wrote there)."""
+        at = conn.CLIENT_PAGE_BELL + futex.WAITERS_OFFSET
+        return int(self.slab[at:at + 4].view(np.uint32)[0]) & futex.WAITER_MASK
 
     def release(self):
         _release(self.fd, self.mapping)
@@ -548,13 +561,24 @@ class Server:
         connection.fd = -1
 
     def _client_page(self, pid, uid):
-        """The client page of process ``pid``, made at its first connection; one more user."""
+        """The client page of process ``pid``, made at its first connection; one more user.
+
+        Keyed by the process's start time too: a process that reuses the pid of one whose
+        connections are not all reaped yet gets a page of its own, not one where a waiter
+        killed in the old process may have left its announce."""
+        key = (pid, uid, _start_time(pid))
         with self._lock:
-            page = self._pages.get((pid, uid))
+            page = self._pages.get(key)
             if page is None:
-                page = self._pages[(pid, uid)] = _ClientPage((pid, uid), self.asymmetric)
+                page = self._pages[key] = _ClientPage(key, self.asymmetric)
             page.users += 1
             return page
+
+    def client_pages(self):
+        """``{(pid, uid, start time): (connections, waiters announced)}`` of the client pages
+        in use (the waiters are what the process says: for inspection only)."""
+        with self._lock:
+            return {key: (page.users, page.waiters()) for key, page in self._pages.items()}
 
     def _release_page(self, page):
         """One user fewer; the page goes with its process's last connection (a later process with

@@ -62,3 +62,10 @@ def subscribe(name, policy, count, pause, ready):
         if pause:
             time.sleep(pause)
     ready.put({**subscriber.summary(), "rising": rising, "last": last})
+
+
+def park_for_a_reply(name, ready):
+    """Connect, and wait for a reply to a request never sent (parked on the client page) until killed."""
+    client = ipc.Client(name, spins=0)
+    ready.put(os.getpid())
+    client.receive(timeout=None)

@@ -142,6 +142,34 @@ def test_a_client_killed_mid_stream_costs_only_its_connection(server):
             assert survivor.request(b"after %d" % i) == b"after %d" % i
 
 
+def page_of(server, pid):
+    """``(connections, waiters)`` of process ``pid``'s client page, or ``None`` when it has none."""
+    return next((value for key, value in server.client_pages().items() if key[0] == pid), None)
+
+
+@pytest.mark.slow
+def test_a_waiter_killed_while_parked_leaves_nothing_behind(server):
+    """A client killed with SIGKILL while parked for a reply leaves its announce in its process's
+    client page: the page goes with the connection, so no later ring wakes anybody for it."""
+    child, ready = spawn(ipc_child.park_for_a_reply, server.name)
+    pid = ready.get(timeout=60)
+    assert wait_for(lambda: page_of(server, pid) == (1, 1))  # connected, and parked
+    os.kill(pid, signal.SIGKILL)
+    child.join(10)
+    assert wait_for(lambda: page_of(server, pid) is None)
+    with ipc.Client(server.name) as survivor:
+        assert page_of(server, os.getpid()) == (1, 0)
+        wakes_before = sum(worker["client_wakes"] for worker in server.stats()["workers"])
+        # Requests read by polling, never parked for: nothing to wake, so the worker makes no FUTEX_WAKE.
+        out = np.zeros(survivor.capacity, np.uint8)
+        for i in range(200):
+            assert survivor.send(b"poll %d" % i)
+            while (length := ring.try_read(survivor.responses, survivor.reader, out)) == ring.EMPTY:
+                pass
+            assert out[:length].tobytes() == b"poll %d" % i
+        assert sum(worker["client_wakes"] for worker in server.stats()["workers"]) == wakes_before
+
+
 @pytest.mark.slow
 def test_a_client_that_never_reads_is_closed_alone(server):
     stalled_before = closed_count(server, "stalled")
