@@ -46,6 +46,9 @@ GREETING_OK = b"RBIPC 2 OK\n"
 GREETING_REFUSED = b"RBIPC 1 REFUSED "
 _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
 _PAGE = mmap.PAGESIZE
+#: How long a worker's njit loop runs before it returns to its Python loop (membership changes
+#: and stop requests ring it at once; an idle worker sleeps through the slice).
+SLICE_NS = 1_000_000_000
 
 
 def _file_id(fd):
@@ -370,7 +373,7 @@ class _Group:
             self._apply_changes()
             result = conn.serve(self.requests, self.responses, self.controls, self.bells, self.states, self.table,
                                 self.page,
-                                self.control, server.handler, inbox, outbox, stall_ns, 100_000_000,
+                                self.control, server.handler, inbox, outbox, stall_ns, SLICE_NS,
                                 server.spins)
             if result == conn.SERVE_STOP:
                 break

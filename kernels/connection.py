@@ -119,7 +119,8 @@ SERVE_CHANGED = 2   # membership changed, or the worker closed a connection
 
 #: Requests a worker reads from one connection before it looks at the next.
 BATCH = 32
-#: Longest a worker parks before it returns to its Python loop.
+#: Longest a worker parks while a connection stalls (to come back and check the stall's age);
+#: otherwise it parks until rung or its time slice ends.
 PARK_NS = 50_000_000
 #: What one of ``spins`` rounds is worth where a side spins over many connections: it spins
 #: for ``spins * SPIN_ROUND_NS`` since the last pass that moved something, in passes, then
@@ -251,14 +252,15 @@ def serve(requests, responses, controls, bells, states, table, group, control, h
             continue
         # After a park that timed out, one quiet pass is enough before the next: spinning over
         # every connection again is what an idle server would spend its CPU on.
-        timed_out = _park(requests, controls, states, table, group, control, min(PARK_NS, deadline - now))
+        timed_out = _park(requests, controls, states, table, group, control, deadline - now)
         idle_since = monotonic_ns() - spin_ns if timed_out == TIMEOUT else -1
 
 
 @kernel
 def _park(requests, controls, states, table, group, control, timeout_ns):
-    """Announce in every active connection, look again, and sleep on the group doorbell:
-    :data:`TIMEOUT` when the sleep ran out, else :data:`OK`."""
+    """Announce in every active connection, look again, and sleep on the group doorbell for
+    ``timeout_ns`` (:data:`PARK_NS` at most while a connection stalls): :data:`TIMEOUT` when
+    the sleep ran out, else :data:`OK`."""
     asymmetric = False
     for i in range(table.shape[0]):
         if table[i, ACTIVE] == 1:
@@ -271,7 +273,9 @@ def _park(requests, controls, states, table, group, control, timeout_ns):
     for i in range(table.shape[0]):
         # A stalled connection's requests wait for room it does not give: no reason to stay up
         # (the park's time limit brings the worker back to check the stall's age).
-        if not work and table[i, ACTIVE] == 1 and table[i, STALL_SINCE] == 0:
+        if table[i, ACTIVE] == 1 and table[i, STALL_SINCE] != 0:
+            timeout_ns = min(timeout_ns, PARK_NS)
+        elif not work and table[i, ACTIVE] == 1:
             work = ring.pending(requests[i], states[i, :ring.STATE_SIZE]) != 0
     status = OK
     if not work:
