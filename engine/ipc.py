@@ -196,8 +196,15 @@ def _start_time(pid):
         return None
 
 
-def _thread_cpu_seconds(native_id):
-    """User plus system CPU seconds of a thread of this process (Linux), or ``None``."""
+def _thread_cpu_seconds(native_id, ident=None):
+    """User plus system CPU seconds of a thread of this process: from its CPU clock (to the
+    nanosecond) while ``ident``, its ``threading`` identifier, is given and alive, else from
+    ``/proc`` (in clock ticks); ``None`` when neither answers."""
+    if ident is not None:
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except (OSError, AttributeError):
+            pass
     try:
         fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -388,7 +395,8 @@ class _Group:
         active_wakes = int(sum(self.table[row, conn.WAKES] for row, c in enumerate(self.rows) if c))
         return {"worker": self.index, "core": self.core, "connections": self.active,
                 "messages": self.messages_closed + active_messages,
-                "cpu_seconds": _thread_cpu_seconds(self.native_id) if self.native_id else None,
+                "cpu_seconds": _thread_cpu_seconds(self.native_id, self.thread.ident if self.thread.is_alive() else None)
+                if self.native_id else None,
                 "parks": int(self.control[conn.PARKS]), "client_wakes": self.wakes_closed + active_wakes,
                 "closed": dict(self.closed)}
 
