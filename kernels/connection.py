@@ -422,10 +422,14 @@ def drive_echo(requests, responses, controls, groups, group_of, bell, states, me
                 wrote_in[i] = passes
         for i in range(count):
             group = group_of[i]
-            # Through a connection that is still open: the worker announces only in those.
-            if wrote_in[i] == passes and notified_in[group] != passes and connection_state(controls[i]) == OPEN:
+            if wrote_in[i] == passes and notified_in[group] != passes:
                 notify_server(controls[i], groups[i])
-                notified_in[group] = passes
+                # The worker announces only in connections it serves: one the server closed says
+                # nothing, so the group's next connection that wrote asks again. Read after the
+                # notify's barrier, an open state means the worker announces here before it
+                # looks at this pass's requests.
+                if connection_state(controls[i]) == OPEN:
+                    notified_in[group] = passes
         now = monotonic_ns()
         if progress > 0:
             idle_since = -1
