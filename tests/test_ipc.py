@@ -120,6 +120,43 @@ def test_no_lost_wake_up_when_both_sides_park_on_every_message(ipc_dir):
         assert parked.stats()["workers"][0]["parks"] > 100
 
 
+def test_no_lost_wake_up_with_many_connections_parking_on_one_page(ipc_dir):
+    """The load generator over 24 connections in two worker groups, nobody spinning: every pass
+    that moves nothing parks the generator on its process's page and each idle worker on its
+    group's doorbell; a wake-up lost by the once-per-pass rings would stall a worker for its
+    whole 1 s slice, past the generator's 0.5 s limit."""
+    import numba
+    from numba import types
+
+    from ringbook.kernels.hist import Histogram
+
+    with ipc.Server(f"parkmany-{uuid.uuid4().hex[:8]}", workers=2, spins=0, pin=False) as parked:
+        clients = [ipc.Client(parked.name, spins=0) for _ in range(24)]
+        try:
+            lists = [numba.typed.List.empty_list(types.uint8[::1]) for _ in range(4)]
+            states = np.zeros((len(clients), 32), np.int64)
+            for row, client in enumerate(clients):
+                for listing, item in zip(lists, (client.requests, client.responses, client.control, client.group)):
+                    listing.append(item)
+                states[row, :16], states[row, 16:] = client.reader, client.writer
+            group_ids = {}
+            group_of = np.array([group_ids.setdefault(c.group_id, len(group_ids)) for c in clients], np.int64)
+            assert len(group_ids) == 2 and len({c.bell_id for c in clients}) == 1
+            payload, out = np.full(32, 7, np.uint8), np.zeros(32, np.uint8)
+            histogram = Histogram(lowest=1, highest=10**11)
+            result = np.zeros(4, np.int64)
+            status = conn.drive_echo(*lists, group_of, clients[0].bell, states, 300, 3, payload, out,
+                                     histogram.counts, histogram.meta, 0, 500_000_000, result)
+            assert status == conn.OK
+            assert list(result[:3]) == [24 * 300, 0, 24]
+            assert sum(worker["parks"] for worker in parked.stats()["workers"]) > 10  # the workers did park
+            for row, client in enumerate(clients):
+                client.reader[:], client.writer[:] = states[row, :16], states[row, 16:]
+        finally:
+            for client in clients:
+                client.close()
+
+
 @pytest.mark.slow
 def test_many_clients_in_several_processes(server):
     result = ipc_cli._run_processes(ipc_cli._ipc_clients, server.name, 24, 3, 500, 8)
