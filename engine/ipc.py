@@ -2,7 +2,7 @@
 
 A server listens on a Unix domain socket under a name. A client connects; the
 server checks the peer's uid (``SO_PEERCRED``), makes the connection's region
-(two rings and two doorbells, :mod:`ringbook.kernels.connection`) in a memfd
+(two rings and the worker's doorbell, :mod:`ringbook.kernels.connection`) in a memfd
 sealed against shrinking and growing, mode 0600, and hands it over with
 ``SCM_RIGHTS`` together with its worker's group page and the client page of
 the peer's process (one per client process, by its ``SO_PEERCRED`` pid: the

@@ -42,6 +42,13 @@ announce in place leaves it only in a page that goes away with the process's
 last connection. Threads of one process share the page: a response for one
 may wake the others for nothing (they check and sleep again).
 
+Wakes are made once per pass, not per connection: a worker marks the client
+page of each connection it answered and rings each marked page once after
+the pass (:func:`_ring_pages`), and the load generator notifies each worker
+group once after its pass. The rings' own doorbells are left in asymmetric
+mode, unused: nobody parks on them, so a write or a read checks them with a
+load and no fence.
+
 The server never trusts the region after it handed it over: the ring
 geometry comes from the states it opened before the client had the region,
 and every number read from the rings afterwards is checked (``CORRUPT_*``).
