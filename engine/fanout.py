@@ -6,8 +6,12 @@ A subscriber connects, says its policy (``wait`` or ``drop``), and receives
 its own ring in a sealed memfd (``SCM_RIGHTS``). :meth:`Publisher.publish`
 offers each batch of event records (:data:`ringbook.kernels.events.EVENT_DTYPE`)
 to every subscriber (:func:`ringbook.kernels.fanout.offer`), in the caller's
-thread; a subscriber's process ending is seen on its socket and it is dropped
-from the next batch on. :meth:`Subscriber.receive` gives numpy record arrays.
+thread; the engine's callback (:meth:`Publisher.engine_state`) offers each
+message's events and then the top-of-book changes it made
+(:data:`ringbook.kernels.fanout.TOP_DTYPE`). A subscriber's process ending is
+seen on its socket and it is dropped from the next batch on.
+:meth:`Subscriber.receive_batch` gives both kinds as numpy record arrays,
+:meth:`Subscriber.receive` the events.
 """
 
 import os
@@ -24,12 +28,14 @@ from ringbook.engine import ipc
 from ringbook.engine.ring import new_state
 from ringbook.kernels import fanout as kfan
 from ringbook.kernels import futex, ring
+from ringbook.kernels.book import NO_PRICE
 from ringbook.kernels.events import EVENT_DTYPE
 from ringbook.kernels.status import status_name
 from ringbook.kernels.wait import wait_strategy
 
 GREETING_OK = b"RBFAN 1 OK\n"
-RECORD_BYTES = EVENT_DTYPE.itemsize
+RECORD_BYTES = kfan.RECORD_BYTES
+TOP_DTYPE = kfan.TOP_DTYPE
 SLOT_SIZE = 1 << (RECORD_BYTES + ring.SLOT_HEADER_BYTES - 1).bit_length()
 
 
@@ -53,6 +59,9 @@ class Publisher:
         Seconds a ``wait`` subscriber may stay full before it is closed.
     max_subscribers : int
         Subscribers served at once; more are refused.
+    max_symbols : int
+        Symbols whose top of book the engine's callback follows (symbols from 0); events of
+        other symbols are offered, their tops not.
 
     One thread publishes (:meth:`publish`, or the engine's book consumer
     through :meth:`engine_state`); the acceptor thread adds a subscriber by
@@ -62,7 +71,7 @@ class Publisher:
     """
 
     def __init__(self, name, *, slot_count=4096, wait_timeout=5.0, spins=futex.DEFAULT_SPINS, allowed_uids=None,
-                 max_subscribers=64):
+                 max_subscribers=64, max_symbols=1 << 16):
         self.name = name
         self.path = ipc.socket_path(name)
         self.slot_count = slot_count
@@ -73,6 +82,10 @@ class Publisher:
         self.allowed_uids = {os.geteuid()} if allowed_uids is None else set(allowed_uids)
         self.asymmetric = futex.register_asymmetric()
         self.counters = np.array([0, self.wait_timeout_ns], np.int64)  # next sequence, wait limit
+        # The last top published per symbol (best bid price, size, best ask price, size): an empty book.
+        self.tops = np.zeros((max_symbols, 4), np.int64)
+        self.tops[:, [kfan.TOP_BID_PRICE, kfan.TOP_ASK_PRICE]] = NO_PRICE
+        self._top = np.zeros(1, TOP_DTYPE)
         self.closed = Counter()
         self.refused = Counter()
         # Fixed capacity: the publishing thread reads these while the acceptor fills free rows.
@@ -91,13 +104,15 @@ class Publisher:
         self._thread = threading.Thread(target=self._accept_loop, name="ringbook-fanout-acceptor", daemon=True)
         self._thread.start()
         empty = np.zeros((0, RECORD_BYTES), np.uint8)
-        kfan.offer(self._regions, self._rings, self._states, self._table, empty, 0, self.strategy, 0)  # compiled
+        kfan.offer(self._regions, self._rings, self._states, self._table, empty, kfan.RECORD_EVENT, 0, self.strategy,
+                   0)  # compiled
         return self
 
     def engine_state(self):
-        """``(callback, state)`` for the engine's book consumer: every event it applies is offered."""
+        """``(callback, state)`` for the engine's book consumer: every event it applies is offered,
+        then the top-of-book changes of its message (:func:`ringbook.kernels.fanout.publish_event`)."""
         return kfan.publish_event, (self._regions, self._rings, self._states, self._table, self.strategy,
-                                    self.counters)
+                                    self.counters, self.tops, self._top, self._top.view(np.uint8).reshape(1, -1))
 
     @property
     def sequence(self):
@@ -211,8 +226,8 @@ class Publisher:
         """Offer ``events`` (records of ``EVENT_DTYPE``) to every subscriber; how many were closed."""
         events = np.ascontiguousarray(events, dtype=EVENT_DTYPE)
         records = events.view(np.uint8).reshape(len(events), RECORD_BYTES)
-        closed = kfan.offer(self._regions, self._rings, self._states, self._table, records, self.counters[0],
-                            self.strategy, self.wait_timeout_ns)
+        closed = kfan.offer(self._regions, self._rings, self._states, self._table, records, kfan.RECORD_EVENT,
+                            self.counters[0], self.strategy, self.wait_timeout_ns)
         self.counters[0] += len(events)
         return closed
 
@@ -248,10 +263,11 @@ class Publisher:
 class Subscriber:
     """Events from the publisher ``name``, with ``policy`` ``"drop"`` (the default) or ``"wait"``.
 
-    Attributes ``received``, ``dropped`` (what the publisher counted for this
-    subscriber) and ``gaps`` (events missing between the sequences received)
-    describe the stream so far; ``ended`` is set once the publisher finished
-    and everything before was read.
+    Attributes ``received`` (records: events and tops), ``events``, ``tops``,
+    ``dropped`` (what the publisher counted for this subscriber) and ``gaps``
+    (records missing between the sequences received) describe the stream so
+    far; ``ended`` is set once the publisher finished and everything before was
+    read.
     """
 
     def __init__(self, name, policy="drop", *, timeout=30.0, spins=futex.DEFAULT_SPINS):
@@ -287,8 +303,13 @@ class Subscriber:
             futex.set_asymmetric(self.ring, ring.SPACE_BELL_OFFSET, False)  # this side fences instead
         self.counters = np.array([0, 0, -1], np.int64)  # received, gaps, next sequence
         self.ended = False
-        #: The stream sequences of the events the last :meth:`receive` returned.
+        self.events = self.tops = 0
+        #: The stream sequences of the records the last read returned (events and tops, in order).
         self.sequences = np.zeros(0, np.int64)
+        #: Their kinds (:data:`ringbook.kernels.fanout.RECORD_EVENT` or ``RECORD_TOP``).
+        self.kinds = np.zeros(0, np.uint8)
+        #: The top-of-book records that came with the events the last :meth:`receive` returned.
+        self.last_tops = np.zeros(0, TOP_DTYPE)
 
     @property
     def received(self):
@@ -302,25 +323,48 @@ class Subscriber:
     def dropped(self):
         return int(self.header[kfan.DROPPED_OFFSET:kfan.DROPPED_OFFSET + 8].view(np.int64)[0])
 
-    def receive(self, max_events=4096, timeout=5.0):
-        """The next events (a record array of ``EVENT_DTYPE``, at least one), waiting up to
-        ``timeout`` s (``None``: no limit); an empty array once the stream ended; ``TimeoutError``."""
-        out = np.zeros((max_events, RECORD_BYTES), np.uint8)
-        sequences = np.zeros(max_events, np.int64)
+    def receive_batch(self, max_records=4096, timeout=5.0):
+        """The next records as ``(events, tops)``: record arrays of ``EVENT_DTYPE`` and
+        :data:`TOP_DTYPE`, at least one record in all; both empty once the stream ended.
+        Waits up to ``timeout`` s (``None``: no limit), then raises ``TimeoutError``.
+        ``sequences`` and ``kinds`` give the stream's order of the two."""
+        out = np.zeros((max_records, RECORD_BYTES), np.uint8)
+        sequences = np.zeros(max_records, np.int64)
+        kinds = np.zeros(max_records, np.uint8)
         timeout_ns = -1 if timeout is None else int(timeout * 1e9)
-        count = kfan.take(self.header, self.ring, self.state, out, sequences, self.spins, timeout_ns, self.counters)
+        count = kfan.take(self.header, self.ring, self.state, out, sequences, kinds, self.spins, timeout_ns,
+                          self.counters)
         if count == kfan.STREAM_ENDED:
             self.ended = True
-            return np.zeros(0, EVENT_DTYPE)
+            self.sequences, self.kinds = sequences[:0], kinds[:0]
+            return np.zeros(0, EVENT_DTYPE), np.zeros(0, TOP_DTYPE)
         if count == ring.TIMEOUT:
             raise TimeoutError(f"no event from {self.name!r} within {timeout} s")
         if count < 0:
             raise ipc.IpcError(f"subscription ring: {status_name(count)}")
-        self.sequences = sequences[:count]
-        return out[:count].copy().view(EVENT_DTYPE).reshape(count)
+        self.sequences, self.kinds = sequences[:count], kinds[:count]
+        is_top = self.kinds == kfan.RECORD_TOP
+        events = out[:count][~is_top].copy().view(EVENT_DTYPE).reshape(-1)
+        tops = out[:count][is_top][:, :TOP_DTYPE.itemsize].copy().view(TOP_DTYPE).reshape(-1)
+        self.events += len(events)
+        self.tops += len(tops)
+        return events, tops
+
+    def receive(self, max_events=4096, timeout=5.0):
+        """The next events (a record array of ``EVENT_DTYPE``, at least one), waiting up to
+        ``timeout`` s (``None``: no limit); an empty array once the stream ended; ``TimeoutError``.
+        Top-of-book records read on the way are in ``last_tops``."""
+        tops = []
+        while True:
+            events, batch_tops = self.receive_batch(max_events, timeout)
+            tops.append(batch_tops)
+            if len(events) or self.ended:
+                self.last_tops = np.concatenate(tops)
+                return events
 
     def summary(self):
-        return {"received": self.received, "dropped": self.dropped, "gaps": self.gaps, "ended": self.ended}
+        return {"received": self.received, "events": self.events, "tops": self.tops, "dropped": self.dropped,
+                "gaps": self.gaps, "ended": self.ended}
 
     def close(self):
         if self.sock is not None:

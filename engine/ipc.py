@@ -2,9 +2,11 @@
 
 A server listens on a Unix domain socket under a name. A client connects; the
 server checks the peer's uid (``SO_PEERCRED``), makes the connection's region
-(two rings and two doorbells, :mod:`ringbook.kernels.connection`) in a memfd
+(two rings and the worker's doorbell, :mod:`ringbook.kernels.connection`) in a memfd
 sealed against shrinking and growing, mode 0600, and hands it over with
-``SCM_RIGHTS`` together with its worker's group page. From then on every
+``SCM_RIGHTS`` together with its worker's group page and the client page of
+the peer's process (one per client process, by its ``SO_PEERCRED`` pid: the
+doorbell that process parks on for all its connections). From then on every
 message goes through shared memory; the socket stays open only so that the
 server learns at once when the client's process ends.
 
@@ -40,10 +42,19 @@ from ringbook.kernels import futex, ring
 from ringbook.kernels.status import status_name
 
 #: Handshake lines (then the descriptors, or the reason of a refusal).
-GREETING_OK = b"RBIPC 1 OK\n"
+GREETING_OK = b"RBIPC 2 OK\n"
 GREETING_REFUSED = b"RBIPC 1 REFUSED "
 _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
 _PAGE = mmap.PAGESIZE
+#: How long a worker's njit loop runs before it returns to its Python loop (membership changes
+#: and stop requests ring it at once; an idle worker sleeps through the slice).
+SLICE_NS = 1_000_000_000
+
+
+def _file_id(fd):
+    """``(st_dev, st_ino)``: the same for every descriptor of one memfd."""
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
 
 
 class IpcError(RuntimeError):
@@ -141,11 +152,15 @@ def format_connection(slab, slot_count, slot_size, asymmetric):
     fields = header[conn.REQUEST_OFFSET:conn.CLOSE_REASON_OFFSET].view(np.int64)
     fields[:] = [conn.HEADER_BYTES, ring_bytes, conn.HEADER_BYTES + ring_bytes, ring_bytes]
     for offset in (conn.HEADER_BYTES, conn.HEADER_BYTES + ring_bytes):
-        status = ring.format_slab(slab[offset:offset + ring_bytes], slot_size, slot_count, 1)
+        ring_slab = slab[offset:offset + ring_bytes]
+        status = ring.format_slab(ring_slab, slot_size, slot_count, 1)
         if status != ring.OK:
             raise ValueError(f"ring geometry out of range: slot_count={slot_count}, slot_size={slot_size}")
-    for bell in (conn.SERVER_BELL, conn.CLIENT_BELL):
-        futex.set_asymmetric(slab, bell, asymmetric)
+        # Nobody parks on a connection ring's own doorbells (both sides park on their pages'):
+        # in asymmetric mode each write and read checks them with a load and no fence.
+        for bell in (ring.DATA_BELL_OFFSET, ring.SPACE_BELL_OFFSET):
+            futex.set_asymmetric(ring_slab, bell, True)
+    futex.set_asymmetric(slab, conn.SERVER_BELL, asymmetric)
     header[:8].view(np.uint64)[0] = conn.MAGIC
 
 
@@ -173,8 +188,23 @@ def _slab_list(items=()):
     return listing
 
 
-def _thread_cpu_seconds(native_id):
-    """User plus system CPU seconds of a thread of this process (Linux), or ``None``."""
+def _start_time(pid):
+    """When process ``pid`` started, in clock ticks since boot (``/proc``), or ``None``."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _thread_cpu_seconds(native_id, ident=None):
+    """User plus system CPU seconds of a thread of this process: from its CPU clock (to the
+    nanosecond) while ``ident``, its ``threading`` identifier, is given and alive, else from
+    ``/proc`` (in clock ticks); ``None`` when neither answers."""
+    if ident is not None:
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except (OSError, AttributeError):
+            pass
     try:
         fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -182,12 +212,22 @@ def _thread_cpu_seconds(native_id):
         return None
 
 
+def _release(fd, mapping):
+    """Close a region's descriptor and mapping, where nothing still uses them."""
+    for closer in (lambda: os.close(fd), mapping.close):
+        try:
+            closer()
+        except (OSError, BufferError):
+            pass
+
+
 class _Connection:
     """The server's side of one connection."""
 
-    def __init__(self, server, sock, peer):
+    def __init__(self, server, sock, peer, page):
         self.sock = sock
         self.peer_pid, self.peer_uid, _ = peer
+        self.page = page
         size = connection_bytes(server.slot_count, server.slot_size)
         self.fd, self.mapping, self.slab = sealed_region(size, "connection")
         format_connection(self.slab, server.slot_count, server.slot_size, server.asymmetric)
@@ -197,16 +237,32 @@ class _Connection:
         for status in (ring.open_consumer(self.requests, 0, self.reader), ring.open_producer(self.responses, self.writer)):
             if status != ring.OK:
                 raise IpcError(f"a new connection's ring did not open: {status_name(status)}")
+        ring.set_evict(self.reader, False)  # see Client: a worker reads its requests in batches
         self.group = None
         self.row = -1
 
     def release(self):
         """Drop the mapping and the descriptor (arrays still using them keep the pages alive)."""
-        for closer in (lambda: os.close(self.fd), self.mapping.close):
-            try:
-                closer()
-            except (OSError, BufferError):
-                pass
+        _release(self.fd, self.mapping)
+        self.fd = -1
+
+
+class _ClientPage:
+    """The page whose doorbell one client process parks on, for all its connections to a server."""
+
+    def __init__(self, key, asymmetric):
+        self.key = key
+        self.fd, self.mapping, self.slab = sealed_region(_PAGE, "client")
+        futex.set_asymmetric(self.slab, conn.CLIENT_PAGE_BELL, asymmetric)
+        self.users = 0
+
+    def waiters(self):
+        """Waiters announced on the page's doorbell (what the client process wrote there)."""
+        at = conn.CLIENT_PAGE_BELL + futex.WAITERS_OFFSET
+        return int(self.slab[at:at + 4].view(np.uint32)[0]) & futex.WAITER_MASK
+
+    def release(self):
+        _release(self.fd, self.mapping)
         self.fd = -1
 
 
@@ -224,6 +280,7 @@ class _Group:
         self.rows = []  # row -> _Connection or None
         self.closed = Counter()
         self.messages_closed = 0
+        self.wakes_closed = 0
         self.native_id = None
         self._dummy = np.zeros(conn.HEADER_BYTES, np.uint8)
         self._allocate(16)
@@ -245,6 +302,7 @@ class _Group:
         self.requests = _slab_list(self._dummy if c is None else c.requests for c in self.rows)
         self.responses = _slab_list(self._dummy if c is None else c.responses for c in self.rows)
         self.controls = _slab_list(self._dummy if c is None else c.control for c in self.rows)
+        self.bells = _slab_list(self._dummy if c is None else c.page.slab for c in self.rows)
 
     def add(self, connection):
         with self.lock:
@@ -286,8 +344,14 @@ class _Group:
             self.states[row, ring.STATE_SIZE:] = connection.writer
             self.requests[row], self.responses[row] = connection.requests, connection.responses
             self.controls[row] = connection.control
+            self.bells[row] = connection.page.slab
             self.table[row, conn.ACTIVE] = 1
         self._reap()
+        # Each client page is rung through the first of its rows.
+        first_rows = {}
+        for row, connection in enumerate(self.rows):
+            if connection is not None:
+                self.table[row, conn.PAGE_ROW] = first_rows.setdefault(id(connection.page), row)
 
     def _reap(self):
         """Release every connection the worker or the acceptor closed."""
@@ -296,9 +360,10 @@ class _Group:
                 reason = int(self.table[row, conn.REASON]) or conn.CLOSED_SERVER_STOPPED
                 self.closed[conn.CLOSE_REASONS.get(reason, str(reason))] += 1
                 self.messages_closed += int(self.table[row, conn.MESSAGES])
+                self.wakes_closed += int(self.table[row, conn.WAKES])
                 connection.control[conn.STATE_OFFSET:conn.STATE_OFFSET + 4].view(np.uint32)[0] = conn.SERVER_CLOSED
-                futex.doorbell_wake(connection.control, conn.CLIENT_BELL)
-                self.requests[row] = self.responses[row] = self.controls[row] = self._dummy
+                futex.doorbell_wake(connection.page.slab, conn.CLIENT_PAGE_BELL)
+                self.requests[row] = self.responses[row] = self.controls[row] = self.bells[row] = self._dummy
                 self.rows[row] = None
                 self.server._forget(connection)
                 connection.release()
@@ -313,8 +378,9 @@ class _Group:
         stall_ns = int(server.stall_timeout * 1e9)
         while True:
             self._apply_changes()
-            result = conn.serve(self.requests, self.responses, self.controls, self.states, self.table, self.page,
-                                self.control, server.handler, inbox, outbox, stall_ns, 100_000_000,
+            result = conn.serve(self.requests, self.responses, self.controls, self.bells, self.states, self.table,
+                                self.page,
+                                self.control, server.handler, inbox, outbox, stall_ns, SLICE_NS,
                                 server.spins)
             if result == conn.SERVE_STOP:
                 break
@@ -326,10 +392,13 @@ class _Group:
 
     def stats(self):
         active_messages = int(sum(self.table[row, conn.MESSAGES] for row, c in enumerate(self.rows) if c))
+        active_wakes = int(sum(self.table[row, conn.WAKES] for row, c in enumerate(self.rows) if c))
         return {"worker": self.index, "core": self.core, "connections": self.active,
                 "messages": self.messages_closed + active_messages,
-                "cpu_seconds": _thread_cpu_seconds(self.native_id) if self.native_id else None,
-                "parks": int(self.control[conn.PARKS]), "closed": dict(self.closed)}
+                "cpu_seconds": _thread_cpu_seconds(self.native_id, self.thread.ident if self.thread.is_alive() else None)
+                if self.native_id else None,
+                "parks": int(self.control[conn.PARKS]), "client_wakes": self.wakes_closed + active_wakes,
+                "closed": dict(self.closed)}
 
 
 class Server:
@@ -379,6 +448,7 @@ class Server:
         self.refused = Counter()
         self.accepted = 0
         self._connections = {}  # socket fd -> _Connection
+        self._pages = {}  # (pid, uid) -> _ClientPage
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._listener = None
@@ -400,7 +470,8 @@ class Server:
         control = np.zeros(conn.CONTROL_WORDS, np.int64)
         control[conn.STOP] = 1
         inbox = np.zeros(self.slot_size, np.uint8)
-        conn.serve(group.requests, group.responses, group.controls, group.states, group.table, group.page,
+        conn.serve(group.requests, group.responses, group.controls, group.bells, group.states, group.table,
+                   group.page,
                    control, self.handler, inbox, inbox.copy(), 0, 0, 0)
 
     def _accept_loop(self):
@@ -438,9 +509,13 @@ class Server:
                 pass
             sock.close()
             return
+        page = None
         try:
-            connection = _Connection(self, sock, peer)
+            page = self._client_page(pid, uid)
+            connection = _Connection(self, sock, peer, page)
         except (OSError, IpcError) as error:
+            if page is not None:
+                self._release_page(page)
             self.refused["error"] += 1
             sock.sendall(GREETING_REFUSED + f"{error}\n".encode())
             sock.close()
@@ -448,10 +523,11 @@ class Server:
         group = min(self.groups, key=lambda g: g.active + len(g.adds))
         connection.group = group
         try:
-            socket.send_fds(sock, [GREETING_OK], [connection.fd, group.page_fd])
+            socket.send_fds(sock, [GREETING_OK], [connection.fd, group.page_fd, page.fd])
         except OSError:
             sock.close()
             connection.release()
+            self._release_page(page)
             return
         os.close(connection.fd)  # the client has its own; the mapping keeps the region
         connection.fd = -2
@@ -492,7 +568,39 @@ class Server:
 
     def _forget(self, connection):
         """A worker released ``connection``: the acceptor closes its socket (the client sees the end)."""
+        self._release_page(connection.page)
         connection.fd = -1
+
+    def _client_page(self, pid, uid):
+        """The client page of process ``pid``, made at its first connection; one more user.
+
+        Keyed by the process's start time too: a process that reuses the pid of one whose
+        connections are not all reaped yet gets a page of its own, not one where a waiter
+        killed in the old process may have left its announce."""
+        key = (pid, uid, _start_time(pid))
+        with self._lock:
+            page = self._pages.get(key)
+            if page is None:
+                page = self._pages[key] = _ClientPage(key, self.asymmetric)
+            page.users += 1
+            return page
+
+    def client_pages(self):
+        """``{(pid, uid, start time): (connections, waiters announced)}`` of the client pages
+        in use (the waiters are what the process says: for inspection only)."""
+        with self._lock:
+            return {key: (page.users, page.waiters()) for key, page in self._pages.items()}
+
+    def _release_page(self, page):
+        """One user fewer; the page goes with its process's last connection (a later process with
+        the same pid gets a page of its own)."""
+        with self._lock:
+            page.users -= 1
+            if page.users > 0:
+                return
+            if self._pages.get(page.key) is page:
+                del self._pages[page.key]
+        page.release()
 
     def stats(self):
         """A plain dict: accepted, refused (by reason), and per worker its core, connections,
@@ -537,18 +645,23 @@ class Client:
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(str(socket_path(name)))
-            message, fds, _, _ = socket.recv_fds(self.sock, 256, 2)
+            message, fds, _, _ = socket.recv_fds(self.sock, 256, 3)
         except BaseException:
             self.sock.close()
             raise
         try:
-            if not message.startswith(GREETING_OK) or len(fds) != 2:
+            if not message.startswith(GREETING_OK) or len(fds) != 3:
                 reason = message[len(GREETING_REFUSED):].decode(errors="replace").strip() \
                     if message.startswith(GREETING_REFUSED) else f"unexpected greeting {message[:40]!r}"
                 raise IpcError(f"server {name!r} refused the connection: {reason}", reason)
-            region_fd, page_fd = fds
+            region_fd, page_fd, bell_fd = fds
             self._mapping, self.slab = map_sealed(region_fd, "connection region", conn.HEADER_BYTES)
             self._page_mapping, self.group = map_sealed(page_fd, "group page", 64)
+            self._bell_mapping, self.bell = map_sealed(bell_fd, "client page", 64)
+            #: Which client page this is: the same for every connection of this process to the server.
+            self.bell_id = _file_id(bell_fd)
+            #: Which worker group serves this connection (connections of one group share its page).
+            self.group_id = _file_id(page_fd)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -563,6 +676,9 @@ class Client:
             if status != ring.OK:
                 self.close()
                 raise IpcError(f"connection ring did not open: {status_name(status)}")
+        # Both sides read in batches, and a slot is written again a lap later by the same
+        # peer: flushing each slot read only sends that peer's next write to memory.
+        ring.set_evict(self.reader, False)
         if not futex.register_asymmetric():
             futex.set_asymmetric(self.control, conn.SERVER_BELL, False)  # this side fences instead
         self.capacity = int(self.reader[ring.STATE_CAPACITY])
@@ -591,7 +707,8 @@ class Client:
     def receive(self, timeout=5.0):
         """The next response as bytes; ``TimeoutError`` after ``timeout`` s (``None``: no limit)."""
         timeout_ns = -1 if timeout is None else int(timeout * 1e9)
-        length = conn.receive_wait(self.responses, self.reader, self._out, self.control, self.spins, timeout_ns)
+        length = conn.receive_wait(self.responses, self.reader, self._out, self.control, self.bell, self.spins,
+                                   timeout_ns)
         if length == conn.CLOSED:
             raise IpcError(f"server {self.name!r} closed the connection ({self.closed_reason})", self.closed_reason)
         if length == conn.TIMEOUT:

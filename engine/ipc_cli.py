@@ -5,8 +5,10 @@
 connections over a few client processes; each connection sends M messages
 (at most ``--window`` in flight) and checks each echo. It uses the server
 running under NAME, or starts one in this process when none is. The same
-test then runs over Unix domain sockets (a Python echo server, one socket per
-client) in the same run, and the report gives both and their ratio.
+test then runs over Unix domain sockets (a Python echo server with a selector,
+one socket per client, a send per message; ``--stream-baseline`` adds the
+same over a byte stream) in the same run, and the report gives both and their
+ratio.
 """
 
 import json
@@ -49,6 +51,8 @@ def add_arguments(parser):
     bench.add_argument("--baseline-messages", type=int, default=None,
                        help="messages per client over Unix domain sockets (default: --messages, "
                             "at most 400,000 in all); 0 skips the baseline")
+    bench.add_argument("--stream-baseline", action="store_true",
+                       help="also run the baseline as a byte stream (one send carries many messages)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -89,60 +93,91 @@ def _ipc_clients(name, count, messages, window, ready, start, results):
             listing.append(item)
         states[row, :16] = client.reader
         states[row, 16:] = client.writer
+    if len({client.bell_id for client in clients}) > 1:
+        raise ipc.IpcError(f"the connections of one process to {name!r} got different client pages")
+    bell = clients[0].bell
+    group_ids = {}
+    group_of = np.array([group_ids.setdefault(client.group_id, len(group_ids)) for client in clients], np.int64)
     payload = np.full(MESSAGE_BYTES, 7, np.uint8)
     out = np.zeros(MESSAGE_BYTES, np.uint8)
     histogram = Histogram(lowest=1, highest=_HIGHEST_NS)
     result = np.zeros(4, np.int64)
-    conn.drive_echo(*lists, states, 0, window, payload, out, histogram.counts, histogram.meta, 0, 0, result)
+    conn.drive_echo(*lists, group_of, bell, states, 0, window, payload, out, histogram.counts, histogram.meta, 0, 0, result)
     ready.put(os.getpid())
     start.wait()
-    began = time.monotonic()
-    status = conn.drive_echo(*lists, states, messages, window, payload, out, histogram.counts, histogram.meta,
+    began, cpu_began = time.monotonic(), time.process_time()
+    status = conn.drive_echo(*lists, group_of, bell, states, messages, window, payload, out, histogram.counts, histogram.meta,
                              futex.DEFAULT_SPINS, 10_000_000_000, result)
-    ended = time.monotonic()
+    ended, cpu = time.monotonic(), time.process_time() - cpu_began
     for row, client in enumerate(clients):  # what the kernel moved, back in each client's own state
         client.reader[:] = states[row, :16]
         client.writer[:] = states[row, 16:]
     stats = clients[0].server_stats() if clients else None
     for client in clients:
         client.close()
-    results.put({"echoed": int(result[0]), "errors": int(result[1]) + (status != conn.OK),
+    results.put({"echoed": int(result[0]), "errors": int(result[1]) + (status != conn.OK), "parks": int(result[3]),
                  "began": began, "ended": ended, "counts": histogram.counts, "meta": histogram.meta,
-                 "server": stats})
+                 "server": stats, "cpu_seconds": cpu})
 
 
 # The same test over Unix domain sockets.
+#
+# Two framings. ``message`` (the peer of the ratio): a request/response server
+# like ours, in one thread with a selector: it cuts what it reads into
+# messages and answers each with a send of its own, and the client sends each
+# new request by itself as a reply frees room in its window. ``stream``: the
+# server echoes whatever bytes it read with one send and the client refills its
+# window with one send, so one system call carries many messages (a byte pipe,
+# not a request/response path).
 
-def _uds_echo_server(listener, stop):
-    """Echo every byte back on every connection (one thread, selectors), until ``stop``."""
+BASELINE_FRAMINGS = ("message", "stream")
+
+
+def _uds_echo_server(listener, stop, framing):
+    """Echo on every connection (one thread, a selector) until ``stop``: per message, or the
+    bytes as read (``framing``)."""
     selector = selectors.DefaultSelector()
     listener.setblocking(False)
     selector.register(listener, selectors.EVENT_READ)
+    partial = {}
+    per_message = framing == "message"
     while not stop.is_set():
         for key, _ in selector.select(0.05):
-            if key.fileobj is listener:
+            sock = key.fileobj
+            if sock is listener:
                 try:
                     sock, _ = listener.accept()
                 except BlockingIOError:
                     continue
+                sock.setblocking(True)
+                partial[sock] = b""
                 selector.register(sock, selectors.EVENT_READ)
                 continue
             try:
-                data = key.fileobj.recv(65536)
+                data = sock.recv(65536)
             except OSError:
                 data = b""
-            if data:
-                key.fileobj.sendall(data)
+            if not data:
+                selector.unregister(sock)
+                del partial[sock]
+                sock.close()
+            elif per_message:
+                data = partial[sock] + data
+                whole = len(data) - len(data) % MESSAGE_BYTES
+                for at in range(0, whole, MESSAGE_BYTES):
+                    sock.sendall(data[at:at + MESSAGE_BYTES])
+                partial[sock] = data[whole:]
             else:
-                selector.unregister(key.fileobj)
-                key.fileobj.close()
+                sock.sendall(data)
     for key in list(selector.get_map().values()):
         key.fileobj.close()
     selector.close()
 
 
-def _uds_clients(path, count, messages, window, ready, start, results):
-    """The client side of the baseline: ``count`` sockets, ``window`` messages in flight on each."""
+def _uds_clients(where, count, messages, window, ready, start, results):
+    """The client side of the baseline: ``count`` sockets, ``window`` messages in flight on each;
+    ``where`` is ``(path, framing)``."""
+    path, framing = where
     sockets = []
     for _ in range(count):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -155,11 +190,14 @@ def _uds_clients(path, count, messages, window, ready, start, results):
     padding = bytes(MESSAGE_BYTES - 8)
     ready.put(os.getpid())
     start.wait()
-    began = time.monotonic()
+    began, cpu_began = time.monotonic(), time.process_time()
 
     def send(sock, how_many):
-        stamp = time.monotonic_ns().to_bytes(8, "little") + padding
-        sock.sendall(stamp * how_many)
+        if framing == "message":
+            for _ in range(how_many):
+                sock.sendall(time.monotonic_ns().to_bytes(8, "little") + padding)
+        else:
+            sock.sendall((time.monotonic_ns().to_bytes(8, "little") + padding) * how_many)
         sent[sock] += how_many
 
     for sock in sockets:
@@ -193,12 +231,12 @@ def _uds_clients(path, count, messages, window, ready, start, results):
             if received[sock] >= messages:
                 finished += 1
                 selector.unregister(sock)
-    ended = time.monotonic()
+    ended, cpu = time.monotonic(), time.process_time() - cpu_began
     histogram.record_many(np.array(round_trips, np.int64))
     for sock in sockets:
         sock.close()
     results.put({"echoed": sum(received.values()), "errors": errors, "began": began, "ended": ended,
-                 "counts": histogram.counts, "meta": histogram.meta, "server": None})
+                 "counts": histogram.counts, "meta": histogram.meta, "server": None, "cpu_seconds": cpu})
 
 
 def _run_processes(target, first_argument, clients, processes, messages, window, on_start=None):
@@ -228,14 +266,18 @@ def _run_processes(target, first_argument, clients, processes, messages, window,
             "seconds": seconds, "throughput_msgs": echoed / seconds if seconds > 0 else 0.0,
             "rtt_ns": {"p50": histogram.value_at_percentile(50.0), "p99": histogram.value_at_percentile(99.0),
                        "p999": histogram.value_at_percentile(99.9)},
+            "client_cpu_seconds": sum(part["cpu_seconds"] for part in parts),
+            "client_parks": sum(part.get("parks", 0) for part in parts),
             "server": next((part["server"] for part in parts if part["server"]), None), "started": started}
 
 
-def build_bench_args(name, clients, messages, window=16, processes=None, workers=1, baseline_messages=None):
+def build_bench_args(name, clients, messages, window=16, processes=None, workers=1, baseline_messages=None,
+                     stream_baseline=False):
     """The arguments of ``ringbook ipc bench``, for :func:`bench_report` from Python."""
     import argparse
     return argparse.Namespace(name=name, clients=clients, messages=messages, window=window, processes=processes,
-                              workers=workers, baseline_messages=baseline_messages, json=False)
+                              workers=workers, baseline_messages=baseline_messages, stream_baseline=stream_baseline,
+                              json=False)
 
 
 def bench_report(args):
@@ -259,7 +301,9 @@ def bench_report(args):
             server.stop()
     report = {"clients": args.clients, "messages": args.messages, "window": args.window,
               "processes": processes, "errors": shared["errors"], "throughput_msgs": shared["throughput_msgs"],
-              "rtt_ns": shared["rtt_ns"], "seconds": shared["seconds"], "server": _server_report(before, after)}
+              "rtt_ns": shared["rtt_ns"], "seconds": shared["seconds"],
+              "client_cpu_seconds": shared["client_cpu_seconds"], "client_parks": shared["client_parks"],
+              "server": _server_report(before, after)}
     baseline_messages = args.baseline_messages
     if baseline_messages is None:
         baseline_messages = max(1, min(args.messages, 400_000 // args.clients))
@@ -267,6 +311,10 @@ def bench_report(args):
         report["uds"] = _uds_baseline(args.clients, processes, baseline_messages, args.window)
         report["ratio_vs_uds"] = (report["throughput_msgs"] / report["uds"]["throughput_msgs"]
                                   if report["uds"]["throughput_msgs"] else None)
+        if getattr(args, "stream_baseline", False):
+            report["uds_stream"] = _uds_baseline(args.clients, processes, baseline_messages, args.window, "stream")
+            report["ratio_vs_uds_stream"] = (report["throughput_msgs"] / report["uds_stream"]["throughput_msgs"]
+                                             if report["uds_stream"]["throughput_msgs"] else None)
     return report
 
 
@@ -292,21 +340,23 @@ def _server_report(before, after):
         if before is not None and cpu is not None and before["workers"][index]["cpu_seconds"] is not None:
             cpu -= before["workers"][index]["cpu_seconds"]
         workers.append({"worker": worker["worker"], "core": worker["core"], "cpu_seconds": cpu,
-                        "messages": worker["messages"], "parks": worker["parks"], "closed": worker["closed"]})
+                        "messages": worker["messages"], "parks": worker["parks"],
+                        "client_wakes": worker["client_wakes"], "closed": worker["closed"]})
     return {"accepted": after["accepted"], "refused": after["refused"], "workers": workers}
 
 
-def _uds_baseline(clients, processes, messages, window):
+def _uds_baseline(clients, processes, messages, window, framing="message"):
+    """The scale test over Unix domain sockets with ``framing`` (:data:`BASELINE_FRAMINGS`)."""
     path = str(ipc.socket_directory() / f"uds-baseline-{os.getpid()}.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(1024)
     stop = threading.Event()
-    thread = threading.Thread(target=_uds_echo_server, args=(listener, stop), daemon=True)
+    thread = threading.Thread(target=_uds_echo_server, args=(listener, stop, framing), daemon=True)
     thread.start()
     try:
-        result = _run_processes(_uds_clients, path, clients, processes, messages, window)
+        result = _run_processes(_uds_clients, (path, framing), clients, processes, messages, window)
     finally:
         stop.set()
         thread.join()
@@ -314,6 +364,7 @@ def _uds_baseline(clients, processes, messages, window):
         os.unlink(path)
     result.pop("server", None)
     result["messages"] = messages
+    result["framing"] = framing
     return result
 
 
@@ -322,17 +373,21 @@ def _print_report(report):
     print(f"ringbook ipc bench: {report['clients']} clients in {report['processes']} processes, "
           f"{report['messages']} messages each, {report['window']} in flight")
     print(f"  shared memory: {report['throughput_msgs']:,.0f} msg/s, round trip p50 {rtt['p50']:,} ns, "
-          f"p99 {rtt['p99']:,} ns, p99.9 {rtt['p999']:,} ns, errors {report['errors']}")
-    if "uds" in report:
-        uds = report["uds"]
-        print(f"  Unix sockets:  {uds['throughput_msgs']:,.0f} msg/s, round trip p50 {uds['rtt_ns']['p50']:,} ns, "
-              f"p99 {uds['rtt_ns']['p99']:,} ns ({uds['messages']} messages each), errors {uds['errors']}")
-        if report["ratio_vs_uds"]:
-            print(f"  ratio: {report['ratio_vs_uds']:.1f}x the Unix socket throughput")
+          f"p99 {rtt['p99']:,} ns, p99.9 {rtt['p999']:,} ns, errors {report['errors']}, "
+          f"clients' CPU {report['client_cpu_seconds'] / max(report['seconds'], 1e-9):.0%} of a core, "
+          f"parks {report['client_parks']}")
+    for key, label in (("uds", "Unix sockets, a send per message"), ("uds_stream", "Unix sockets, a byte stream")):
+        if key in report:
+            uds = report[key]
+            print(f"  {label}: {uds['throughput_msgs']:,.0f} msg/s, round trip p50 {uds['rtt_ns']['p50']:,} ns, "
+                  f"p99 {uds['rtt_ns']['p99']:,} ns ({uds['messages']} messages each), errors {uds['errors']}")
+            if report[f"ratio_vs_{key}"]:
+                print(f"    ratio: {report[f'ratio_vs_{key}']:.1f}x its throughput")
     server = report["server"]
     if server:
         for worker in server["workers"]:
             cpu = worker["cpu_seconds"]
             share = f"{cpu / report['seconds']:.0%} of a core" if cpu is not None and report["seconds"] else "?"
             print(f"  worker {worker['worker']} on core {worker['core']}: {share}, parks {worker['parks']}, "
+                  f"clients woken {worker['client_wakes']}, "
                   f"closed {worker['closed'] or 'none'}")

@@ -9,9 +9,18 @@ A subscriber's region (made by :mod:`ringbook.engine.fanout` in a sealed memfd):
 12        u32    state: :data:`OPEN`, :data:`ENDED` (the publisher finished), :data:`CLOSED`
 16        u32    policy: :data:`WAIT` or :data:`DROP`
 24        i64    events dropped for this subscriber so far (the publisher writes it)
-128       ...    the ring (:mod:`ringbook.kernels.ring`): one event record per slot, the slot's
-                 stamp holding the event's sequence in the publisher's stream
+128       ...    the ring (:mod:`ringbook.kernels.ring`): one record per slot, the slot's
+                 stamp holding the record's sequence in the publisher's stream, its flags
+                 the record's kind: :data:`RECORD_EVENT` (an :data:`EVENT_DTYPE` event)
+                 or :data:`RECORD_TOP` (a :data:`TOP_DTYPE` top of book)
 ========  =====  ==============================================================
+
+The engine's callback (:func:`publish_event`) offers, at the end of each
+exchange message, the message's events and then, for each symbol the message
+touched whose best bid or ask (price or size) differs from the last one
+published, a top-of-book record. A symbol's first published top is its first
+change from an empty book; a subscriber joining later learns a symbol's top at
+its next change.
 
 Policies: :data:`WAIT` is lossless, the slowest such subscriber paces the
 publisher (a subscriber that stays full past the publisher's wait limit is
@@ -22,9 +31,11 @@ count and from the gap in the sequence.
 
 import numpy as np
 
+from ringbook.kernels import book as books
 from ringbook.kernels import futex, ring
 from ringbook.kernels.atomics import load_acquire, spin_pause, store_release
 from ringbook.kernels.clock import monotonic_ns
+from ringbook.kernels.events import EVENT_DTYPE, FLAG_BATCH_END
 from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.status import OK, TIMEOUT
 
@@ -34,6 +45,27 @@ STATE_OFFSET = 12
 POLICY_OFFSET = 16
 DROPPED_OFFSET = 24
 HEADER_BYTES = 128
+
+#: Record kinds (a slot's flags).
+RECORD_EVENT = 0
+RECORD_TOP = 1
+
+#: A top-of-book record: the best bid and ask of ``symbol`` after the message whose last event
+#: carried ``sequence`` and the two times (``NO_PRICE`` and 0 for an empty side).
+TOP_DTYPE = np.dtype([
+    ("exchange_ns", np.int64),
+    ("local_ns", np.int64),
+    ("bid_price", np.int64),
+    ("bid_quantity", np.int64),
+    ("ask_price", np.int64),
+    ("ask_quantity", np.int64),
+    ("sequence", np.int64),
+    ("symbol", np.int32),
+], align=True)
+#: Bytes of a record, either kind (a slot holds one).
+RECORD_BYTES = max(EVENT_DTYPE.itemsize, TOP_DTYPE.itemsize)
+#: Columns of the publisher's last-published tops (one row per symbol).
+TOP_BID_PRICE, TOP_BID_QUANTITY, TOP_ASK_PRICE, TOP_ASK_QUANTITY = 0, 1, 2, 3
 
 OPEN, ENDED, CLOSED = 0, 1, 2
 WAIT, DROP = 1, 2
@@ -74,10 +106,10 @@ def _close(regions, rings, table, s, status):
 
 
 @kernel
-def offer(regions, rings, states, table, records, first_sequence, strategy, wait_timeout_ns):
-    """Offer ``records`` (2-D uint8, one event per row) to every active subscriber.
+def offer(regions, rings, states, table, records, kind, first_sequence, strategy, wait_timeout_ns):
+    """Offer ``records`` (2-D uint8, one record of ``kind`` per row) to every active subscriber.
 
-    Event ``i`` carries sequence ``first_sequence + i``. A :data:`DROP`
+    Record ``i`` carries sequence ``first_sequence + i``. A :data:`DROP`
     subscriber takes what fits and counts the rest; a :data:`WAIT`
     subscriber is waited for (spin, then parked on its ring's space doorbell)
     up to ``wait_timeout_ns`` per event, then closed. Returns how many
@@ -92,9 +124,10 @@ def offer(regions, rings, states, table, records, first_sequence, strategy, wait
         dropped = 0
         for i in range(records.shape[0]):
             if table[s, POLICY] == WAIT:
-                status = ring.write_wait(slab, state, records[i], 0, first_sequence + i, strategy, wait_timeout_ns)
+                status = ring.write_wait(slab, state, records[i], kind, first_sequence + i, strategy,
+                                         wait_timeout_ns)
             else:
-                status = ring.try_write(slab, state, records[i], 0, first_sequence + i)
+                status = ring.try_write(slab, state, records[i], kind, first_sequence + i)
                 if status == ring.FULL:
                     dropped += 1
                     continue
@@ -110,20 +143,72 @@ def offer(regions, rings, states, table, records, first_sequence, strategy, wait
 
 
 @kernel
-def publish_event(book, events, i, state):
-    """The engine's book-consumer callback (``callback(book, events, i, state)``): offer event
-    ``i`` to every subscriber. ``state`` is :meth:`ringbook.engine.fanout.Publisher.engine_state`'s
-    tuple; its ``counters[0]`` is the stream's next sequence."""
-    regions, rings, states, table, strategy, counters = state
-    offer(regions, rings, states, table, events[i:i + 1].view(np.uint8).reshape(1, -1), counters[0], strategy,
-          counters[1])
-    counters[0] += 1
+def message_start(events, i):
+    """Where the message ending at event ``i`` starts: after the previous ``FLAG_BATCH_END``
+    event of ``events``, or at 0."""
+    start = i
+    while start > 0 and events[start - 1].flags & FLAG_BATCH_END == 0:
+        start -= 1
+    return start
 
 
 @kernel
-def take(region, slab, state, out, sequences, spins, timeout_ns, counters):
-    """Read up to ``out.shape[0]`` events into the rows of ``out`` (their sequences into
-    ``sequences``), waiting for the first: spin, then park on the ring's data doorbell.
+def top_changed(book, symbol, last):
+    """Whether the top of ``symbol`` differs from row ``symbol`` of ``last`` (int64[:, 4]);
+    if so, the row takes the new top."""
+    bid_price, bid_quantity = books.best_bid(book, symbol)
+    ask_price, ask_quantity = books.best_ask(book, symbol)
+    row = last[symbol]
+    if (row[TOP_BID_PRICE] == bid_price and row[TOP_BID_QUANTITY] == bid_quantity
+            and row[TOP_ASK_PRICE] == ask_price and row[TOP_ASK_QUANTITY] == ask_quantity):
+        return False
+    row[TOP_BID_PRICE], row[TOP_BID_QUANTITY] = bid_price, bid_quantity
+    row[TOP_ASK_PRICE], row[TOP_ASK_QUANTITY] = ask_price, ask_quantity
+    return True
+
+
+@kernel
+def publish_event(book, events, i, state):
+    """The engine's book-consumer callback (``callback(book, events, i, state)``, called at
+    each message's last event ``i``): offer the message's events, then a top-of-book record
+    for each symbol it touched whose top changed. ``state`` is
+    :meth:`ringbook.engine.fanout.Publisher.engine_state`'s tuple; its ``counters[0]`` is
+    the stream's next sequence.
+
+    The message starts after the previous ``FLAG_BATCH_END`` event in ``events`` (the
+    consumer's packet): the parts of a message split over several packets before its last
+    one are not offered.
+    """
+    regions, rings, states, table, strategy, counters, last, top, top_bytes = state
+    start = message_start(events, i)
+    offer(regions, rings, states, table, events[start:i + 1].view(np.uint8).reshape(i + 1 - start, -1),
+          RECORD_EVENT, counters[0], strategy, counters[1])
+    counters[0] += i + 1 - start
+    for j in range(start, i + 1):
+        symbol = events[j].symbol
+        if symbol < 0 or symbol >= last.shape[0] or symbol >= book.counts.shape[0]:
+            continue
+        if not top_changed(book, symbol, last):
+            continue
+        row = last[symbol]
+        record = top[0]
+        record.exchange_ns = events[i].exchange_ns
+        record.local_ns = events[i].local_ns
+        record.bid_price = row[TOP_BID_PRICE]
+        record.bid_quantity = row[TOP_BID_QUANTITY]
+        record.ask_price = row[TOP_ASK_PRICE]
+        record.ask_quantity = row[TOP_ASK_QUANTITY]
+        record.sequence = events[i].sequence
+        record.symbol = symbol
+        offer(regions, rings, states, table, top_bytes, RECORD_TOP, counters[0], strategy, counters[1])
+        counters[0] += 1
+
+
+@kernel
+def take(region, slab, state, out, sequences, kinds, spins, timeout_ns, counters):
+    """Read up to ``out.shape[0]`` records into the rows of ``out`` (their sequences into
+    ``sequences``, their kinds into ``kinds``), waiting for the first: spin, then park on the
+    ring's data doorbell.
 
     ``counters`` (int64[3]): received so far, gaps (events missing between sequences), the next
     sequence expected (-1 before the first: a subscriber may join a stream in its middle). Returns how many were read, :data:`TIMEOUT`, :data:`STREAM_ENDED` (the
@@ -161,6 +246,7 @@ def take(region, slab, state, out, sequences, spins, timeout_ns, counters):
             counters[1] += sequence - counters[2]
         counters[2] = sequence + 1
         sequences[count] = sequence
+        kinds[count] = flags
         count += 1
     counters[0] += count
     return count if count > 0 else OK

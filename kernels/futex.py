@@ -48,7 +48,13 @@ could lose a wake-up.
 A waiter killed while it had announced leaves its count behind: nothing is
 lost, but every ring from then on bumps the sequence and makes a
 ``FUTEX_WAKE`` call that wakes nobody (about a microsecond), until the
-region is made anew.
+region is made anew. Where waiters are other processes, put the doorbell in
+memory that goes away with them: a connection's client parks on a page of
+its own process (:mod:`ringbook.kernels.connection`), dropped with its last
+connection, and a fan-out subscriber on its own ring, dropped when its socket
+ends. A per-waiter slot would need the waker to scan the slots on every
+ring; resetting the count from outside would race with a live waiter's
+announce.
 
 Statuses follow :mod:`ringbook.kernels.status`: :data:`OK`, :data:`TIMEOUT`,
 and a negative ``errno`` for a failed system call.

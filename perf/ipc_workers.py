@@ -51,7 +51,7 @@ def serve(kind, address, ready):
 
 
 @kernel
-def round_trips(requests, writer, responses, reader, control, group, payload, out, loops, window):
+def round_trips(requests, writer, responses, reader, control, group, bell, payload, out, loops, window):
     """``loops`` messages with at most ``window`` in flight (1: one round trip at a time);
     :data:`OK` or the first failing status."""
     sent = 0
@@ -65,7 +65,7 @@ def round_trips(requests, writer, responses, reader, control, group, payload, ou
                 return status
             sent += 1
         conn.notify_server(control, group)
-        length = conn.receive_wait(responses, reader, out, control, futex.DEFAULT_SPINS, 5_000_000_000)
+        length = conn.receive_wait(responses, reader, out, control, bell, futex.DEFAULT_SPINS, 5_000_000_000)
         if length < 0:
             return length
         received += 1

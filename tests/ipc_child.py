@@ -53,8 +53,8 @@ def subscribe(name, policy, count, pause, ready):
     rising = True
     last = -1
     while subscriber.received < count:
-        events = subscriber.receive(max_events=256, timeout=20)
-        if len(events) == 0:
+        subscriber.receive_batch(max_records=256, timeout=20)
+        if subscriber.ended:
             break
         sequences = subscriber.sequences  # the stream's, not the exchange's
         rising = rising and bool((sequences[1:] > sequences[:-1]).all()) and sequences[0] > last
@@ -62,3 +62,10 @@ def subscribe(name, policy, count, pause, ready):
         if pause:
             time.sleep(pause)
     ready.put({**subscriber.summary(), "rising": rising, "last": last})
+
+
+def park_for_a_reply(name, ready):
+    """Connect, and wait for a reply to a request never sent (parked on the client page) until killed."""
+    client = ipc.Client(name, spins=0)
+    ready.put(os.getpid())
+    client.receive(timeout=None)

@@ -120,6 +120,43 @@ def test_no_lost_wake_up_when_both_sides_park_on_every_message(ipc_dir):
         assert parked.stats()["workers"][0]["parks"] > 100
 
 
+def test_no_lost_wake_up_with_many_connections_parking_on_one_page(ipc_dir):
+    """The load generator over 24 connections in two worker groups, nobody spinning: every pass
+    that moves nothing parks the generator on its process's page and each idle worker on its
+    group's doorbell; a wake-up lost by the once-per-pass rings would stall a worker for its
+    whole 1 s slice, past the generator's 0.5 s limit."""
+    import numba
+    from numba import types
+
+    from ringbook.kernels.hist import Histogram
+
+    with ipc.Server(f"parkmany-{uuid.uuid4().hex[:8]}", workers=2, spins=0, pin=False) as parked:
+        clients = [ipc.Client(parked.name, spins=0) for _ in range(24)]
+        try:
+            lists = [numba.typed.List.empty_list(types.uint8[::1]) for _ in range(4)]
+            states = np.zeros((len(clients), 32), np.int64)
+            for row, client in enumerate(clients):
+                for listing, item in zip(lists, (client.requests, client.responses, client.control, client.group)):
+                    listing.append(item)
+                states[row, :16], states[row, 16:] = client.reader, client.writer
+            group_ids = {}
+            group_of = np.array([group_ids.setdefault(c.group_id, len(group_ids)) for c in clients], np.int64)
+            assert len(group_ids) == 2 and len({c.bell_id for c in clients}) == 1
+            payload, out = np.full(32, 7, np.uint8), np.zeros(32, np.uint8)
+            histogram = Histogram(lowest=1, highest=10**11)
+            result = np.zeros(4, np.int64)
+            status = conn.drive_echo(*lists, group_of, clients[0].bell, states, 300, 3, payload, out,
+                                     histogram.counts, histogram.meta, 0, 500_000_000, result)
+            assert status == conn.OK
+            assert list(result[:3]) == [24 * 300, 0, 24]
+            assert sum(worker["parks"] for worker in parked.stats()["workers"]) > 10  # the workers did park
+            for row, client in enumerate(clients):
+                client.reader[:], client.writer[:] = states[row, :16], states[row, 16:]
+        finally:
+            for client in clients:
+                client.close()
+
+
 @pytest.mark.slow
 def test_many_clients_in_several_processes(server):
     result = ipc_cli._run_processes(ipc_cli._ipc_clients, server.name, 24, 3, 500, 8)
@@ -140,6 +177,34 @@ def test_a_client_killed_mid_stream_costs_only_its_connection(server):
         assert wait_for(lambda: closed_count(server, "client gone") == gone_before + 1)
         for i in range(200):
             assert survivor.request(b"after %d" % i) == b"after %d" % i
+
+
+def page_of(server, pid):
+    """``(connections, waiters)`` of process ``pid``'s client page, or ``None`` when it has none."""
+    return next((value for key, value in server.client_pages().items() if key[0] == pid), None)
+
+
+@pytest.mark.slow
+def test_a_waiter_killed_while_parked_leaves_nothing_behind(server):
+    """A client killed with SIGKILL while parked for a reply leaves its announce in its process's
+    client page: the page goes with the connection, so no later ring wakes anybody for it."""
+    child, ready = spawn(ipc_child.park_for_a_reply, server.name)
+    pid = ready.get(timeout=60)
+    assert wait_for(lambda: page_of(server, pid) == (1, 1))  # connected, and parked
+    os.kill(pid, signal.SIGKILL)
+    child.join(10)
+    assert wait_for(lambda: page_of(server, pid) is None)
+    with ipc.Client(server.name) as survivor:
+        assert page_of(server, os.getpid()) == (1, 0)
+        wakes_before = sum(worker["client_wakes"] for worker in server.stats()["workers"])
+        # Requests read by polling, never parked for: nothing to wake, so the worker makes no FUTEX_WAKE.
+        out = np.zeros(survivor.capacity, np.uint8)
+        for i in range(200):
+            assert survivor.send(b"poll %d" % i)
+            while (length := ring.try_read(survivor.responses, survivor.reader, out)) == ring.EMPTY:
+                pass
+            assert out[:length].tobytes() == b"poll %d" % i
+        assert sum(worker["client_wakes"] for worker in server.stats()["workers"]) == wakes_before
 
 
 @pytest.mark.slow
