@@ -94,7 +94,8 @@ def test_bare_header_and_bad_checksum(tmp_path, name):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(READERS)), position=st.integers(0, 10**6), mask=st.integers(1, 255))
-@example(name="binance", position=405, mask=2)  # a padding bit of the last deflate byte: still whole
+@example(name="binance", position=405, mask=2)  # padding bits of the last deflate byte: still whole
+@example(name="lobster_orderbook", position=1187, mask=4)
 def test_a_flipped_byte_in_gzip_data_is_a_named_error(tmp_path, name, position, mask):
     path, data = gzipped(tmp_path, name)
     _, read = READERS[name]
