@@ -113,7 +113,9 @@ def test_a_flipped_byte_in_gzip_data_is_a_named_error(tmp_path, name, position, 
         intact = False
     if intact:
         # The flip hit padding bits after the last deflate block, which nothing reads: the file is whole.
-        assert len(read(path).events) == len(read_original(tmp_path, name).events)
+        got, want = read(path), read_original(tmp_path, name)
+        rows = (lambda result: result.events) if hasattr(want, "events") else (lambda result: result.bid_price)
+        assert np.array_equal(rows(got), rows(want))
         return
     with pytest.raises(FeedError) as caught:
         read(path)
