@@ -313,6 +313,12 @@ class ObservedThread(Worker):
 #: waits for it.
 SPINNER_STRATEGY = wait.wait_strategy(spins=2_000, max_sleep_ns=50_000)
 
+#: A realtime worker spins only briefly (about 2 us) before it parks: the kernel's RT
+#: throttling (``kernel.sched_rt_runtime_us``, 950 ms of every second by default) takes
+#: the core away for 50 ms from a SCHED_FIFO thread that never sleeps, and a spinner
+#: between messages a few microseconds apart never does.
+REALTIME_STRATEGY = wait.wait_strategy(spins=100, max_sleep_ns=50_000)
+
 
 def assign_cores(workers, cpus=None):
     """Give each spinning worker a core of its own (isolated ones first); everyone else
@@ -349,6 +355,8 @@ def assign_cores(workers, cpus=None):
             worker.realtime = False
             notes.append(f"{worker.name}: no SCHED_FIFO without a core of its own "
                          f"({len(cores)} core(s) {cores})")
+        elif worker.realtime:
+            worker.strategy = REALTIME_STRATEGY.copy()
     for worker in workers:
         if not worker.spins:
             worker.cores = list(shared)

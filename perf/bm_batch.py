@@ -218,7 +218,7 @@ def benchmark_table(lobster_feed, binance_feed, pools):
 SHARD_SECONDS = 1.0
 COMPARISONS = [
     Comparison("batch_2_workers", "batch_1_worker", at_least=1.7,
-               means=f"2 local workers vs one, {FILES} files of about a second's work each"),
+               means=f"2 local workers vs one, {FILES} copies of one LOBSTER day"),
     Limit("task_overhead_pool", at_most=0.05 * SHARD_SECONDS,
           means="a shard's scheduling and result transfer, local pool: under 5% of a 1 s shard (time per task)"),
     Limit("task_overhead_dask", at_most=0.05 * SHARD_SECONDS,

@@ -384,6 +384,8 @@ def test_realtime_needs_a_core_of_its_own():
     workers = [Worker("feed", None, spins=True), Worker("book", None, spins=True, isolated=True, realtime=True)]
     notes, _ = assign_cores(workers, cpus=[0, 1])
     assert workers[1].realtime and not notes
+    # it parks after a short spin: RT throttling stops a SCHED_FIFO thread that never sleeps
+    assert 0 < workers[1].strategy[0] < workers[0].strategy[0]
 
 
 def test_memory_lock_ends_with_the_run(tmp_path):
