@@ -456,9 +456,9 @@ def scan_segment(buffer, header, path, index_every=DEFAULT_INDEX_EVERY, resume=N
                        index[:count].copy(), corrupt, torn_offset, torn_status)
 
 
-def write_index(scan, buffer, every=DEFAULT_INDEX_EVERY):
+def write_index(scan, buffer, every=DEFAULT_INDEX_EVERY, tail_crc=None):
     """Write ``scan``'s index beside its segment (atomically), ``buffer`` holding the segment's bytes
-    (only its last few KiB are read). Segments with damage get none."""
+    (only its last few KiB are read), or ``tail_crc`` given instead. Segments with damage get none."""
     if scan.corrupt:
         return
     header = np.zeros(1, _INDEX_HEADER)
@@ -476,7 +476,7 @@ def write_index(scan, buffer, every=DEFAULT_INDEX_EVERY):
     header["max_ns"] = scan.max_ns
     header["entries"] = len(scan.index)
     header["header_crc"] = scan.header.crc
-    header["tail_crc"] = _tail_crc(buffer[:scan.size], scan.header.header_bytes)
+    header["tail_crc"] = _tail_crc(buffer[:scan.size], scan.header.header_bytes) if tail_crc is None else tail_crc
     entries = np.ascontiguousarray(scan.index, dtype="<i8").tobytes()
     header["crc"] = checksum(entries, checksum(header.tobytes()[:-4]))
     try:
@@ -812,11 +812,13 @@ class JournalWriter:
                            int(segment[jk.SEGMENT_NEXT_SEQUENCE]),
                            self._first_ns if records else jk.INT64_MIN, int(segment[jk.SEGMENT_LAST_NS]),
                            int(segment[jk.SEGMENT_MAX_NS]), self._index[:count])
-        mapped = _Mapped(self._path)
-        try:
-            write_index(scan, mapped.buffer, self.index_every)
-        finally:
-            mapped.close()
+        # Only the segment's last few KiB, read: a mapping of the whole segment would be
+        # faulted in (and locked, under the engine's mlockall) to checksum them.
+        start = max(header.header_bytes, self._file_size - _TAIL_CHECK_BYTES)
+        with open(self._path, "rb") as file:
+            tail = np.frombuffer(os.pread(file.fileno(), self._file_size - start, start), np.uint8)
+        tail_crc = int(jk.crc32c(tail, 0, tail.size, 0)) if tail.size else 0
+        write_index(scan, None, self.index_every, tail_crc=tail_crc)
 
     def _room(self, first_record_bytes):
         """The framing buffer, cut to what the segment has room for (at least one record)."""
