@@ -61,6 +61,7 @@ def test_a_journal_gives_an_input_per_stream_with_its_orderbook(synthetic_inputs
     assert len({source.key for source in found}) == 3
 
 
+@pytest.mark.slow
 def test_snapshots_of_a_journal_equal_those_of_its_files(synthetic_inputs, tmp_path):
     files, journal = synthetic_inputs
     direct = batch.snapshot_files(files, tmp_path / "files", levels=5, interval="1s", workers=0)
@@ -76,6 +77,7 @@ def test_snapshots_of_a_journal_equal_those_of_its_files(synthetic_inputs, tmp_p
     assert len(again.skipped) == 3 and not again.done
 
 
+@pytest.mark.slow
 def test_callback_and_check_over_a_journal_equal_the_files(synthetic_inputs, capsys):
     files, journal = synthetic_inputs
     direct = batch.replay_files(files, spread_and_imbalance, make_state, workers=0)

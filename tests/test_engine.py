@@ -71,6 +71,7 @@ def test_synthetic_end_to_end_and_replay(tmp_path, monkeypatch):
     assert pipeline.book_hash(book_again, *levels) == pipeline.book_hash(book, *levels)
 
 
+@pytest.mark.slow
 def test_same_seed_same_book(tmp_path):
     first, _ = run_engine(tmp_path / "a", events=5000, seed=11, out="")
     second, _ = run_engine(tmp_path / "b", events=5000, seed=11, out="")
