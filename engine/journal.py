@@ -848,25 +848,28 @@ class JournalWriter:
         elif attempt == 0 or attempt % 100 == 0:
             log.warning("journal %s: %s; retrying", self._path, error)
 
-    def _write_all(self, view):
-        """Write every byte of ``view`` at the end of the segment, retrying disk errors."""
+    def _write_all(self, view, offset=None):
+        """Write every byte of ``view``, retrying disk errors: at the end of the segment, or at
+        ``offset`` (a rewrite)."""
         done = 0
         attempt = 0
         delay = 0.001
         total = len(view)
+        start = self._file_size if offset is None else offset
         while done < total:
             try:
-                written = self.write_function(self._fd, view[done:])
+                if offset is None:
+                    written = self.write_function(self._fd, view[done:])
+                else:
+                    written = self.rewrite_function(self._fd, view[done:], offset + done)
             except OSError as error:
                 if error.errno not in RETRYABLE_ERRNOS:
-                    raise JournalError(f"write failed: {error}", self._path, self._file_size + done) from error
-                self._report(error, attempt)
-                attempt += 1
-                time.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
-                continue
-            if written <= 0:
-                self._report(OSError(errno.ENOSPC, "no progress writing"), attempt)
+                    raise JournalError(f"write failed: {error}", self._path, start + done) from error
+                written, failure = 0, error
+            else:
+                failure = OSError(errno.ENOSPC, "no progress writing") if written <= 0 else None
+            if failure is not None:
+                self._report(failure, attempt)
                 attempt += 1
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
@@ -923,28 +926,7 @@ class JournalWriter:
                         item["first_sequence"] == first_sequence for item in self.not_durable):
                     self._lost(offset, size, first_sequence, last_sequence)
                 continue
-            view = memoryview(data)
-            done = 0
-            attempt = 0
-            delay = 0.001
-            while done < size:
-                try:
-                    written = self.rewrite_function(self._fd, view[done:], offset + done)
-                except OSError as error:
-                    if error.errno not in RETRYABLE_ERRNOS:
-                        raise JournalError(f"write failed: {error}", self._path, offset + done) from error
-                    self._report(error, attempt)
-                    attempt += 1
-                    time.sleep(delay)
-                    delay = min(delay * 2, self.retry_max_s)
-                    continue
-                if written <= 0:
-                    self._report(OSError(errno.ENOSPC, "no progress writing"), attempt)
-                    attempt += 1
-                    time.sleep(delay)
-                    delay = min(delay * 2, self.retry_max_s)
-                    continue
-                done += written
+            self._write_all(memoryview(data)[:size], offset)
 
     def _lost(self, offset, size, first_sequence, last_sequence):
         facts = {"path": str(self._path), "first_sequence": first_sequence, "last_sequence": last_sequence,
