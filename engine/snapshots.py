@@ -46,11 +46,11 @@ from ringbook.engine.check import _reconcile_order, price_ticks
 from ringbook.engine.feeds import lobster
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
-from ringbook.kernels.book import NO_PRICE
+from ringbook.kernels.book import NO_PRICE, borrow
 from ringbook.kernels.events import KIND_L3_ADD
-from ringbook.kernels.fixed import POWERS_OF_TEN, format_decimal_bytes
-from ringbook.kernels.jit_options import kernel
-from ringbook.kernels.replay import apply_event
+from ringbook.kernels.fixed import format_decimal_bytes
+from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
+from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.status import FULL, OK
 
 FORMATS = ("csv", "parquet", "npz")
@@ -102,15 +102,25 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
     :func:`ringbook.kernels.snapshots.reconcile_side`, which changes only the
     levels that differ from the row. Returns ``(next_index, status)``.
     """
+    # The caller's references keep these alive: the calls below then count none (atomic
+    # increments and decrements on every array of every call, most of the cost otherwise).
+    book, events, counters, cursor = borrow((book, events, counters, cursor))
+    ask_prices, ask_sizes, bid_prices, bid_sizes = borrow((ask_prices, ask_sizes, bid_prices, bid_sizes))
+    found_prices, found_quantities, all_prices, all_quantities = borrow(
+        (found_prices, found_quantities, all_prices, all_quantities))
+    times, last_ns, last_local_ns, sequences = borrow((times, last_ns, last_local_ns, sequences))
+    out_bid_prices, out_bid_quantities, out_ask_prices, out_ask_quantities = borrow(
+        (out_bid_prices, out_bid_quantities, out_ask_prices, out_ask_quantities))
     previous = -1
     for i in range(events.shape[0]):
-        status = kernels.snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns,
-                                         last_local_ns, sequences, out_bid_prices,
-                                         out_bid_quantities, out_ask_prices, out_ask_quantities)
-        if status != OK:
-            return i, status
+        if kernels.boundary_due(events, i, cursor):
+            status = kernels.snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns,
+                                             last_local_ns, sequences, out_bid_prices,
+                                             out_bid_quantities, out_ask_prices, out_ask_quantities)
+            if status != OK:
+                return i, status
         _reconcile_order(book, events, i, counters)
-        status = apply_event(book, events, i)
+        status = _apply_event(book, events, i)
         if status < 0:
             return i, status
         row = row_of_event[i]
@@ -124,7 +134,7 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
                                    ask_sizes[reference], has_previous, found_prices, found_quantities,
                                    all_prices, all_quantities)
             previous = row
-        kernels.note_applied(book, symbol, events, i, interval, cursor)
+        kernels._note_applied(events, i, interval, cursor)
     return events.shape[0], OK
 
 
@@ -201,28 +211,23 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
 
 # ---------------------------------------------------------------- files
 
-@kernel
+@llvm_inline_kernel
 def _put_text(out, at, text):
     for k in range(text.shape[0]):
         out[at + k] = text[k]
     return at + text.shape[0]
 
 
-@kernel
+@llvm_inline_kernel
 def _put_integer(out, at, value):
     stop, _ = format_decimal_bytes(value, 0, 0, out, at)
     return stop
 
 
-@kernel
+@llvm_inline_kernel
 def _put_decimal(out, at, value, scale):
     """``value`` at ``scale`` decimals, without trailing zeros (``1.5``, ``11659``)."""
-    fraction = abs(value) % POWERS_OF_TEN[scale]
-    kept = scale
-    while kept > 0 and fraction % 10 == 0:
-        fraction //= 10
-        kept -= 1
-    stop, _ = format_decimal_bytes(value, scale, kept, out, at)
+    stop, _ = format_decimal_bytes(value, scale, scale, out, at, True)
     return stop
 
 
@@ -233,6 +238,7 @@ def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, as
 
     ``prefix`` is ``exchange,symbol,`` as bytes.
     """
+    out = borrow(out)   # the caller's reference keeps it alive: the calls below count none
     levels = bid_prices.shape[1]
     # Widest row: each number at most 21 bytes with its separator, 20 more for the sign and dot.
     widest = prefix.shape[0] + 2 * 22 + levels * 4 * 23 + 1

@@ -140,7 +140,7 @@ import numpy as np
 # borrow is re-exported: users' loops import it from here too.
 from ringbook.kernels.borrow import borrow  # noqa: F401
 from ringbook.kernels.events import ASK, BID
-from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.limits import INT64_MAX, INT64_MIN
 # The codes the book's kernels return, re-exported so ``book.OK`` and the like keep working.
 from ringbook.kernels.status import (BAD_ARGUMENT, BAD_INDEX, BAD_KIND,  # noqa: F401
@@ -542,9 +542,12 @@ def _ladder_update(book, symbol, side_index, steps, quantity, relative):
     # back into two branches.)
     book.ladder_tops[symbol, side_index] = max(top, steps) if new > 0 else top
     if (new | (steps ^ top)) == 0:
-        # The best level went: the next one is usually a few ticks down.
-        book.ladder_tops[symbol, side_index] = _ladder_scan_down(
-            ladders, book.ladder_lows[symbol, side_index], symbol, side_index, steps - 1)
+        # The best level went: the next one is usually a few ticks down (and none
+        # is left to look for when it was the last).
+        low = book.ladder_lows[symbol, side_index]
+        book.ladder_tops[symbol, side_index] = (
+            _ladder_scan_down(ladders, low, symbol, side_index, steps - 1)
+            if book.ladder_counts[symbol, side_index] > 0 else low - 1)
     return OK
 
 
@@ -700,7 +703,7 @@ def _clear_side(book, symbol, side_index):
 # ---------------------------------------------------------------------------
 # Updates.
 
-@kernel
+@llvm_inline_kernel
 def set_level(book, symbol, side, price, quantity):
     """Set the total quantity at ``price`` on ``side``; 0 deletes the level.
 
@@ -942,21 +945,24 @@ def _best(book, symbol, side_index):
 
 @inline_kernel
 def _walk_start(book, symbol, side_index):
-    """A walk over a side's levels, best first: ``(steps, rank)``, where its next ladder
-    level is looked for (at or below ``steps``) and the rank of its next sorted level."""
-    return book.ladder_tops[symbol, side_index], book.counts[symbol, side_index] - 1
+    """A walk over a side's levels, best first: ``(steps, rank, left)``, where its next
+    ladder level is looked for (at or below ``steps``), the rank of its next sorted
+    level, and the ladder levels not yet handed out."""
+    return (book.ladder_tops[symbol, side_index], book.counts[symbol, side_index] - 1,
+            book.ladder_counts[symbol, side_index])
 
 
 @inline_kernel
-def _walk_next(book, symbol, side_index, steps, rank):
-    """The walk's next level: ``(found, price, quantity, steps, rank)``.
+def _walk_next(book, symbol, side_index, steps, rank, left):
+    """The walk's next level: ``(found, price, quantity, steps, rank, left)``.
 
     The ladder is scanned for its next level when that level is asked for, not
-    after handing out the previous one: a walk that stops after ``n`` levels
-    never scans the empty slots below the ``n``-th.
+    after handing out the previous one, and not at all once it has none left:
+    a walk never scans the empty slots below the ``n``-th level it hands out,
+    nor below the ladder's last.
     """
     low = book.ladder_lows[symbol, side_index]
-    steps = _ladder_scan_down(book.ladders, low, symbol, side_index, steps)
+    steps = _ladder_scan_down(book.ladders, low, symbol, side_index, steps) if left > 0 else low - 1
     in_ladder = steps >= low
     in_sorted = rank >= 0
     slot = _level_slot(book, symbol, side_index, max(rank, 0))
@@ -965,25 +971,25 @@ def _walk_next(book, symbol, side_index, steps, rank):
     if in_ladder and (not in_sorted
                       or _key(side_index, ladder_price) > _key(side_index, sorted_price)):
         quantity = book.ladders[symbol, side_index, _ladder_slot(book.ladders, steps)]
-        return True, ladder_price, quantity, steps - 1, rank
+        return True, ladder_price, quantity, steps - 1, rank, left - 1
     if in_sorted:
-        return True, sorted_price, book.quantities[symbol, side_index, slot], steps, rank - 1
-    return False, NO_PRICE, 0, steps, rank
+        return True, sorted_price, book.quantities[symbol, side_index, slot], steps, rank - 1, left
+    return False, NO_PRICE, 0, steps, rank, left
 
 
-@kernel
+@llvm_inline_kernel
 def best_bid(book, symbol):
     """``(price, quantity)`` of the best bid; ``(NO_PRICE, 0)`` when there is none (or no such symbol)."""
     return _best(book, symbol, 0)
 
 
-@kernel
+@llvm_inline_kernel
 def best_ask(book, symbol):
     """``(price, quantity)`` of the best ask; ``(NO_PRICE, 0)`` when there is none (or no such symbol)."""
     return _best(book, symbol, 1)
 
 
-@kernel
+@llvm_inline_kernel
 def mid_price(book, symbol):
     """Mean of the best bid and ask prices (float64, fixed-point units); NaN if a side is empty."""
     bid, bid_quantity = _best(book, symbol, 0)
@@ -993,7 +999,7 @@ def mid_price(book, symbol):
     return bid * 0.5 + ask * 0.5
 
 
-@kernel
+@llvm_inline_kernel
 def spread(book, symbol):
     """Best ask minus best bid; ``NO_PRICE`` when a side is empty."""
     bid, bid_quantity = _best(book, symbol, 0)
@@ -1003,7 +1009,7 @@ def spread(book, symbol):
     return ask - bid
 
 
-@kernel
+@llvm_inline_kernel
 def is_crossed(book, symbol):
     """True when both sides have levels and the best bid is at or above the best ask."""
     bid, bid_quantity = _best(book, symbol, 0)
@@ -1011,7 +1017,7 @@ def is_crossed(book, symbol):
     return bid_quantity != 0 and ask_quantity != 0 and bid >= ask
 
 
-@kernel
+@llvm_inline_kernel
 def level_count(book, symbol, side):
     """Levels held on ``side``; ``INVALID_SIDE`` for a side neither BID nor ASK."""
     side_index = _query_side(book, symbol, side)
@@ -1020,7 +1026,7 @@ def level_count(book, symbol, side):
     return book.counts[symbol, side_index] + book.ladder_counts[symbol, side_index]
 
 
-@kernel
+@llvm_inline_kernel
 def level_quantity(book, symbol, side, price):
     """Quantity at ``price`` on ``side``; 0 when there is no level there, ``INVALID_SIDE``
     for a side neither BID nor ASK."""
@@ -1037,7 +1043,7 @@ def level_quantity(book, symbol, side, price):
     return 0
 
 
-@kernel
+@llvm_inline_kernel
 def top_levels(book, symbol, side, prices_out, quantities_out):
     """Copy the best levels of ``side``, best first, into the caller's arrays.
 
@@ -1050,10 +1056,10 @@ def top_levels(book, symbol, side, prices_out, quantities_out):
     side_index = _query_side(book, symbol, side)
     if side_index < 0:
         return side_index
-    steps, rank = _walk_start(book, symbol, side_index)
+    steps, rank, left = _walk_start(book, symbol, side_index)
     n = 0
     while n < min(prices_out.shape[0], quantities_out.shape[0]):
-        found, price, quantity, steps, rank = _walk_next(book, symbol, side_index, steps, rank)
+        found, price, quantity, steps, rank, left = _walk_next(book, symbol, side_index, steps, rank, left)
         if not found:
             break
         prices_out[n] = price
@@ -1071,10 +1077,10 @@ def depth_to_price(book, symbol, side, price):
         return side_index
     key = _key(side_index, price)
     total = 0
-    steps, rank = _walk_start(book, symbol, side_index)
+    steps, rank, left = _walk_start(book, symbol, side_index)
     while True:
-        found, level_price, quantity, steps, rank = _walk_next(book, symbol, side_index,
-                                                               steps, rank)
+        found, level_price, quantity, steps, rank, left = _walk_next(book, symbol, side_index,
+                                                                     steps, rank, left)
         if not found or _key(side_index, level_price) < key:
             break
         total += quantity
@@ -1089,9 +1095,9 @@ def quantity_to_depth(book, symbol, side, n_levels):
     if side_index < 0:
         return side_index
     total = 0
-    steps, rank = _walk_start(book, symbol, side_index)
+    steps, rank, left = _walk_start(book, symbol, side_index)
     for _ in range(n_levels):
-        found, price, quantity, steps, rank = _walk_next(book, symbol, side_index, steps, rank)
+        found, price, quantity, steps, rank, left = _walk_next(book, symbol, side_index, steps, rank, left)
         if not found:
             break
         total += quantity
@@ -1128,10 +1134,10 @@ def fill_cost(book, symbol, side, quantity):
         return np.int64(side_index), np.nan
     remaining = quantity
     cost = 0.0
-    steps, rank = _walk_start(book, symbol, side_index)
+    steps, rank, left = _walk_start(book, symbol, side_index)
     while remaining > 0:
-        found, price, level_quantity, steps, rank = _walk_next(book, symbol, side_index,
-                                                               steps, rank)
+        found, price, level_quantity, steps, rank, left = _walk_next(book, symbol, side_index,
+                                                                     steps, rank, left)
         if not found:
             break
         take = min(remaining, level_quantity)

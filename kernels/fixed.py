@@ -58,7 +58,7 @@ import operator
 
 import numpy as np
 
-from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.limits import INT64_MAX, INT64_MIN
 # The codes these kernels return, re-exported so ``fixed.OK`` and the like keep working.
 from ringbook.kernels.status import (FULL, INVALID, OK, OVERFLOW, TOO_PRECISE,  # noqa: F401
@@ -366,7 +366,35 @@ def rescale_array(values, from_scale, to_scale, rounding, out):
     return np.int64(OK), np.int64(-1)
 
 
-@kernel
+@inline_kernel
+def _digit_count(value):
+    """Decimal digits of an unsigned ``value`` (1 for 0)."""
+    digits = 1
+    while digits < 20 and value >= _UNSIGNED_POWERS[digits]:    # comparisons, not divisions
+        digits += 1
+    return digits
+
+
+_UNSIGNED_POWERS = np.array([10 ** k for k in range(20)], np.uint64)
+#: "00" to "99": digits are written two at a time, one division for both.
+_DIGIT_PAIRS = np.array([ord(c) for k in range(100) for c in f"{k:02d}"], np.uint8)
+
+
+@inline_kernel
+def _put_digits(out, start, value, digits):
+    """The last ``digits`` decimal digits of an unsigned ``value`` into ``out[start:]``."""
+    position = start + digits
+    while position - start >= 2:
+        pair = value % np.uint64(100)
+        value //= np.uint64(100)
+        position -= 2
+        out[position] = _DIGIT_PAIRS[2 * pair]
+        out[position + 1] = _DIGIT_PAIRS[2 * pair + 1]
+    if position > start:
+        out[start] = _ZERO + value % np.uint64(10)
+
+
+@llvm_inline_kernel
 def format_decimal_bytes(value, scale, decimals, out, start, trim=False):
     """Write ``value`` (at ``scale`` decimals) as decimal text into ``out[start:]``.
 
@@ -389,31 +417,24 @@ def format_decimal_bytes(value, scale, decimals, out, start, trim=False):
     value = np.int64(value)
     if scale < 0 or scale > MAX_SCALE or decimals < 0 or start < 0 or start > len(out):
         return np.int64(start), np.int64(INVALID)
-    # Work on the negative magnitude, so that INT64_MIN has one.
-    negative_magnitude = value if value < 0 else -value
-    divisor = POWERS_OF_TEN[scale]
-    whole = negative_magnitude // divisor
-    fraction = negative_magnitude - whole * divisor
-    if fraction != 0:  # floor division went one too far down
-        whole += 1
-        fraction -= divisor
-    # fraction is now in (-divisor, 0]; drop its trailing digits beyond decimals.
+    # Unsigned magnitude (INT64_MIN has one): division by the constant 10 is then a
+    # multiply and a shift, with no correction for the sign.
+    magnitude = np.uint64(-(value + 1)) + np.uint64(1) if value < 0 else np.uint64(value)
+    divisor = np.uint64(POWERS_OF_TEN[scale])
+    whole = magnitude // divisor
+    fraction = magnitude - whole * divisor
     kept = min(scale, decimals)
     if kept < scale:
-        dropped = POWERS_OF_TEN[scale - kept]
+        dropped = np.uint64(POWERS_OF_TEN[scale - kept])
         if fraction % dropped != 0:
             return np.int64(start), np.int64(TOO_PRECISE)
         fraction = fraction // dropped
     if trim:
-        while kept > 0 and fraction % 10 == 0:
-            fraction = fraction // 10
+        while kept > 0 and fraction % np.uint64(10) == 0:
+            fraction = fraction // np.uint64(10)
             kept -= 1
         decimals = kept
-    whole_digits = 1
-    rest = whole
-    while rest <= -10:
-        rest = (rest - rest % -10) // 10  # toward zero, without overflow at INT64_MIN
-        whole_digits += 1
+    whole_digits = _digit_count(whole)
     length = (1 if value < 0 else 0) + whole_digits + (1 + decimals if decimals > 0 else 0)
     if start + length > len(out):
         return np.int64(start), np.int64(FULL)
@@ -421,18 +442,12 @@ def format_decimal_bytes(value, scale, decimals, out, start, trim=False):
     if value < 0:
         out[position] = _MINUS
         position += 1
-    for index in range(whole_digits):
-        digit = -(whole % -10)  # whole <= 0: the remainder is in (-10, 0]
-        out[position + whole_digits - 1 - index] = _ZERO + digit
-        whole = (whole - (whole % -10)) // 10
+    _put_digits(out, position, whole, whole_digits)
     position += whole_digits
     if decimals > 0:
         out[position] = _DOT
         position += 1
-        for index in range(kept):
-            digit = -(fraction % -10)
-            out[position + kept - 1 - index] = _ZERO + digit
-            fraction = (fraction - (fraction % -10)) // 10
+        _put_digits(out, position, fraction, kept)
         position += kept
         for _ in range(decimals - kept):
             out[position] = _ZERO

@@ -51,7 +51,7 @@ import numpy as np
 from ringbook.kernels import book as books
 from ringbook.kernels.book import ASK, BID, NO_PRICE, borrow, top_levels
 from ringbook.kernels.events import FLAG_BATCH_END
-from ringbook.kernels.jit_options import inline_kernel, kernel
+from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
 
@@ -70,7 +70,7 @@ def new_cursor():
     return np.zeros(N_CURSOR, np.int64)
 
 
-@kernel
+@llvm_inline_kernel
 def _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_ns, sequences,
                bid_prices, bid_quantities, ask_prices, ask_quantities):
     times[row] = boundary
@@ -129,7 +129,7 @@ def _snapshot_through(book, symbol, limit, inclusive, interval, cursor, times, l
     return OK
 
 
-@kernel
+@llvm_inline_kernel
 def snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns, last_local_ns,
                     sequences, bid_prices, bid_quantities, ask_prices, ask_quantities):
     """Write the boundaries that fall before ``events[i]``: those earlier than its time.
@@ -143,6 +143,14 @@ def snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns, l
     return _snapshot_through(book, symbol, time, False, interval, cursor, times, last_ns,
                              last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
                              ask_quantities)
+
+
+@inline_kernel
+def boundary_due(events, i, cursor):
+    """Whether :func:`snapshot_before` has a row to write before ``events[i]``: a
+    loop that tests this first calls it only when it does."""
+    boundary = cursor[CURSOR_NEXT_BOUNDARY]
+    return events[i].exchange_ns > boundary and boundary != 0 and cursor[CURSOR_OPEN] == 0
 
 
 @kernel
@@ -186,9 +194,7 @@ def take_snapshots(book, symbol, events, start, stop, interval, cursor, times, l
     if cursor.shape[0] < N_CURSOR:
         return max(start, 0), BAD_ARGUMENT
     for i in range(max(start, 0), stop):
-        # snapshot_before's test, here so that the call happens only when a boundary is due.
-        boundary = cursor[CURSOR_NEXT_BOUNDARY]
-        if borrowed_events[i].exchange_ns > boundary and boundary != 0 and cursor[CURSOR_OPEN] == 0:
+        if boundary_due(borrowed_events, i, cursor):
             status = _snapshot_through(borrowed_book, symbol, borrowed_events[i].exchange_ns, False, interval,
                                        cursor, times, last_ns, last_local_ns, sequences, bid_prices,
                                        bid_quantities, ask_prices, ask_quantities)
@@ -237,7 +243,16 @@ def _at_or_better(side, price, limit):
     return price >= limit if side == books.BID else price <= limit
 
 
-@kernel
+@inline_kernel
+def _holds_levels(book, symbol, side, prices, quantities, count):
+    """Whether the book has each of the ``count`` levels given (and maybe others)."""
+    for level in range(count):
+        if books.level_quantity(book, symbol, side, prices[level]) != quantities[level]:
+            return False
+    return True
+
+
+@llvm_inline_kernel
 def reconcile_side(book, symbol, side, row_prices, row_sizes, previous_prices, previous_sizes,
                    has_previous, found_prices, found_quantities, all_prices, all_quantities):
     """Make one side of the book agree with an exchange's published row of its best levels.
@@ -264,18 +279,17 @@ def reconcile_side(book, symbol, side, row_prices, row_sizes, previous_prices, p
     matched : bool
         The window agreed with the row (True: what ``ringbook check`` counts as a match).
     """
+    book = borrow(book)     # the caller's reference keeps it alive: no counting in the calls below
     levels = row_prices.shape[0]
     shown = 0
     while shown < levels and row_sizes[shown] > 0:
         shown += 1
+    if books.level_count(book, symbol, side) == shown and _holds_levels(book, symbol, side, row_prices,
+                                                                         row_sizes, shown):
+        # The book is the row, the usual case: found by lookups, without walking the ladder.
+        return True
     windowed = has_previous and previous_sizes[levels - 1] > 0
     limit = previous_prices[levels - 1]
-    if shown == 1 and books.level_count(book, symbol, side) == 1:
-        # One level held and shown (a one-level file): the best price says whether they agree,
-        # without a walk (which scans the ladder below the level it finds).
-        price, quantity = books.best_bid(book, symbol) if side == books.BID else books.best_ask(book, symbol)
-        if price == row_prices[0] and quantity == row_sizes[0]:
-            return True
     held = books.top_levels(book, symbol, side, found_prices, found_quantities)
     matched = True
     for level in range(levels):
