@@ -3,8 +3,9 @@
 A flusher is one more consumer of each ring it serves. Its loop takes up to
 64 slots of a ring at a time, frames and checksums them into the journal
 writer's batch buffer (a nogil njit kernel,
-:func:`ringbook.kernels.journal.drain_ring`) and hands the buffer to one
-``write``. When every ring is empty it waits with a
+:func:`ringbook.kernels.journal.drain_ring`); the writer's own thread
+writes the framed chunks behind it (``write_behind_bytes``), so a ``write``
+that blocks does not stop the draining. When every ring is empty it waits with a
 :mod:`ringbook.kernels.wait` strategy that never spins (yield, then sleeps
 from 20 us doubling to 100 us), so an idle flusher costs little.
 

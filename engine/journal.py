@@ -111,6 +111,12 @@ DEFAULT_BATCH_BYTES = 4 << 20
 DURABILITY = ("none", "interval", "batch")
 #: Chunks of one append framed and waiting for (or being written by) the writing thread, at most.
 WRITES_IN_FLIGHT = 3
+#: Bytes a flusher's drains may frame ahead of the disk (:meth:`JournalWriter.drain`): a
+#: ``write`` that blocks while the kernel writes back dirty pages then stalls the writing
+#: thread, not the ring's consumer.
+DEFAULT_WRITE_BEHIND_BYTES = 64 << 20
+#: A drained record waits at most this long in a part-filled chunk before it is handed over.
+HAND_OVER_AFTER_NS = 1_000_000
 #: Errors a writer retries (with back-off) rather than gives up on.
 RETRYABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EINTR, errno.EAGAIN})
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,128}")
@@ -618,7 +624,8 @@ class JournalWriter:
     def __init__(self, root, stream, *, payload="raw", instruments=None, calibration=None,
                  durability="none", interval_ms=10, segment_bytes=DEFAULT_SEGMENT_BYTES,
                  index_every=DEFAULT_INDEX_EVERY, batch_bytes=DEFAULT_BATCH_BYTES, on_error=None,
-                 retry_max_s=1.0, source=None, retain_bytes=64 << 20):
+                 retry_max_s=1.0, source=None, retain_bytes=64 << 20,
+                 write_behind_bytes=DEFAULT_WRITE_BEHIND_BYTES):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {DURABILITY}, got {durability!r}")
         if segment_bytes < 4096:
@@ -659,6 +666,12 @@ class JournalWriter:
         self._spares = []        # framing buffers not in use: some are framed while others are written
         self._executor = None
         self._write_failed = None
+        #: :meth:`drain`'s chunks framed and handed to the writing thread, oldest first: (future, buffer).
+        self.write_behind_bytes = int(write_behind_bytes)
+        self._behind = collections.deque()
+        self._fill = 0              # bytes framed into the buffer by drains and not yet handed over
+        self._fill_started_ns = 0   # when the first of them was framed
+        self._drain_room = 0        # the most one drain frames: a buffer with less room is handed over
         self._segment_day_end = 0
         self._segment = None
         self._index = None
@@ -972,8 +985,15 @@ class JournalWriter:
                 self._sync()
 
     def poll(self):
-        """Under ``interval``, sync if records wait and the interval has passed (an idle flusher calls this)."""
+        """What an idle flusher calls: hand over a chunk whose first record has waited long
+        enough, and under ``interval`` sync if records wait and the interval has passed
+        (on the writing thread while chunks are under way)."""
+        self._reap()
+        if self._fill and time.monotonic_ns() - self._fill_started_ns >= HAND_OVER_AFTER_NS:
+            self._hand_over()
         if self._unsynced and self._fd is not None and time.monotonic_ns() - self._last_sync_ns >= self.interval_ns:
+            if self._behind:
+                return      # the writing thread syncs after its next chunk if the interval has passed
             self._sync()
 
     def _check_open(self):
@@ -1091,6 +1111,7 @@ class JournalWriter:
         """
         if count == 0:
             return
+        self._wait_behind()     # a flusher's chunks first: they hold earlier records
         pipelined = self._pipeline_writes and count * first_record_bytes(0) > 2 * self._buffer.size
         if pipelined and self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -1186,30 +1207,88 @@ class JournalWriter:
                                         values[2], values[3], self._segment, self._index))
 
     def drain(self, slab, consumer, max_records, tsc, wall_ns, ns_per_tick):
-        """Frame up to ``max_records`` messages of a ring consumer and write them (one ``write``).
+        """Frame up to ``max_records`` messages of a ring consumer for writing.
 
         Used by :class:`ringbook.engine.flusher.Flusher`; returns how many
-        records were written, or a negative ring status.
+        records were framed, or a negative ring status, and their bytes.
+
+        With ``write_behind_bytes`` (the default), drains fill a chunk that a
+        second thread writes once it is full or its first record has waited
+        :data:`HAND_OVER_AFTER_NS`; up to ``write_behind_bytes`` of chunks wait
+        for the disk before a drain waits for one. Without, each drain is one
+        ``write``. Chunks are written in order; :meth:`flush` and :meth:`close`
+        wait for every one.
         """
         self._check_open()
+        if self.write_behind_bytes <= 0:
+            self._prepare(wall_ns)
+            if self._first_ns is None:
+                self._first_ns = wall_ns
+            count, end = jk.drain_ring(slab, consumer, self._buffer, 0, max_records, tsc, wall_ns, ns_per_tick,
+                                       self._segment, self._index)
+            if count > 0:
+                self._commit(end)
+            return count, end
+        self._reap()
+        if self._rotation_due(wall_ns):
+            self._wait_behind()     # the segment is finished once every chunk of it is written
         self._prepare(wall_ns)
         if self._first_ns is None:
             self._first_ns = wall_ns
-        count, end = jk.drain_ring(slab, consumer, self._buffer, 0, max_records, tsc, wall_ns, ns_per_tick,
+        self._segment[jk.SEGMENT_BASE] = self._planned_size - self._fill  # the file offset of buffer[0]
+        start = self._fill
+        count, end = jk.drain_ring(slab, consumer, self._buffer, start, max_records, tsc, wall_ns, ns_per_tick,
                                    self._segment, self._index)
         if count > 0:
-            self._commit(end)
-        return count, end
+            if start == 0:
+                self._fill_started_ns = time.monotonic_ns()
+            self._planned_size += end - start
+            self._fill = end
+            if (self._buffer.size - end < self._drain_room
+                    or time.monotonic_ns() - self._fill_started_ns >= HAND_OVER_AFTER_NS):
+                self._hand_over()
+        return count, max(end - start, 0)
+
+    def _hand_over(self):
+        """Give the chunk being filled to the writing thread; take a free buffer, waiting for
+        the oldest chunk to be written when ``write_behind_bytes`` are under way."""
+        if self._fill == 0:
+            return
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ringbook-journal-write")
+        last = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
+        buffer = self._buffer
+        self._behind.append((self._executor.submit(self._commit_in_turn, self._fill, buffer, last), buffer))
+        self._fill = 0
+        self._spares = [spare for spare in self._spares if spare.size == buffer.size]
+        if not self._spares and len(self._behind) * buffer.size >= self.write_behind_bytes:
+            self._reclaim(self._behind)
+        self._buffer = self._spares.pop() if self._spares else np.zeros_like(buffer)
+
+    def _reap(self):
+        """Free the buffers of chunks already written; raise a failure of the writing thread."""
+        while self._behind and self._behind[0][0].done():
+            self._reclaim(self._behind)
+
+    def _wait_behind(self):
+        """Hand over the chunk being filled and wait until every chunk is written."""
+        self._hand_over()
+        while self._behind:
+            self._reclaim(self._behind)
 
     def ensure_batch_bytes(self, nbytes):
-        """Grow the framing buffer to at least ``nbytes``."""
+        """Grow the framing buffer to at least ``nbytes``, the most one batch frames."""
+        self._drain_room = max(self._drain_room, int(nbytes))
         if self._buffer.size < nbytes:
+            self._wait_behind()
             self._buffer = np.zeros(int(nbytes), np.uint8)
 
     def flush(self):
         """Make every record written so far durable as the journal's durability says (``interval``
         and ``batch``: ``fdatasync`` now). Records are written as they are appended."""
         self._check_open()
+        self._wait_behind()
         if self._fd is not None and self.durability != "none" and self._unsynced:
             self._sync()
 
@@ -1223,6 +1302,7 @@ class JournalWriter:
         if self.closed:
             return
         try:
+            self._wait_behind()
             if self._fd is not None:
                 if self.durability != "none":
                     self._sync()
