@@ -173,8 +173,10 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
     """
     if interval_ns <= 0 or levels <= 0:
         raise ValueError(f"interval and levels must be positive, got {interval_ns}, {levels}")
-    events = feed.events[feed.events["symbol"] == symbol]
-    lines = feed.lines[feed.events["symbol"] == symbol]
+    events, lines = feed.events, feed.lines
+    if len(feed.instruments) > 1:   # a file of one instrument is used as it is, not copied
+        mine = events["symbol"] == symbol
+        events, lines = events[mine], lines[mine]
     table = feed.instruments.table
     n_symbols = max(len(feed.instruments), 1)
     # A feed that carries no tick (a capture) gets the one its prices imply: any tick is exact.
