@@ -14,7 +14,8 @@ from ringbook.kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, check
                           level_count, level_quantity, load_snapshot, mid_price, new_book,
                           quantity_to_depth, set_level, spread, top_levels, vwap_to_fill)
 from ringbook.engine.feeds import lobster
-from tests.llvm_ir import allocation_calls
+from ringbook.kernels.jit_options import kernel
+from tests.llvm_ir import allocation_calls, function_body
 from tests.naive import NaiveBook
 
 
@@ -385,3 +386,32 @@ OUT = numba.types.int64[::1]
 @pytest.mark.slow
 def test_hot_kernels_allocate_nothing(kernel, signature):
     assert allocation_calls(kernel, signature) == []
+
+
+@kernel
+def _touch_sum(book, symbol, count):
+    """A user's loop: a query per step, as a replay callback makes one per event."""
+    total = 0
+    out_prices = np.zeros(4, np.int64)
+    out_quantities = np.zeros(4, np.int64)
+    for _ in range(count):
+        bid, bid_quantity = best_bid(book, symbol)
+        ask, ask_quantity = best_ask(book, symbol)
+        total += bid + bid_quantity + ask + ask_quantity + kb.level_count(book, symbol, BID)
+        total += kb.level_quantity(book, symbol, ASK, ask)
+        total += kb.top_levels(book, symbol, BID, out_prices, out_quantities)
+    return total
+
+
+def test_small_queries_compile_into_their_callers_loop():
+    """A call would pass the book's sixteen arrays (and count their references): the small
+    queries are inlined instead, and still answer as the kernels do."""
+    body = function_body(_touch_sum, (BOOK_TYPE, SCALAR, SCALAR))
+    calls = [line for line in body.splitlines() if "call " in line]
+    for name in ("best_bid", "best_ask", "level_count", "level_quantity", "top_levels"):
+        assert not any(name in line for line in calls), name
+    book = new_book(n_symbols=1, depth=64)
+    set_level(book, 0, BID, 100, 3)
+    set_level(book, 0, BID, 99, 4)
+    set_level(book, 0, ASK, 102, 5)
+    assert _touch_sum(book, 0, 2) == 2 * (100 + 3 + 102 + 5 + 2 + 5 + 2)
