@@ -4,13 +4,16 @@ JSON, and the line of the first mismatch or malformed line in a corrupted copy."
 import gzip
 import json
 
+import numba
 import pytest
 
 from ringbook.engine import check, cli
 from ringbook.engine.feeds import binance, synthetic
 from ringbook.engine.feeds.source import FeedError
+from ringbook.kernels.book import new_book
 from ringbook.kernels.events import KIND_L2_SET, KIND_TRADE, empty_events
 from tests import naive
+from tests.llvm_ir import allocation_calls, function_body
 from tests.test_feeds_binance import MESSAGES as BINANCE_MESSAGES, write_capture
 
 AAPL = "lobster/AAPL_2012-06-21_34200000_57600000_{}_10.csv"
@@ -183,10 +186,6 @@ def test_real_binance_corrupted_copy(shared_data, tmp_path):
 
 
 def check_kernel_signatures():
-    import numba
-
-    from ringbook.kernels.book import new_book
-    from ringbook.kernels.events import empty_events
     array, matrix = numba.types.int64[::1], numba.types.int64[:, ::1]
     book, events, scalar = numba.typeof(new_book(1, depth=1, order_capacity=16)), numba.typeof(empty_events(1)), \
         numba.types.int64
@@ -203,8 +202,6 @@ def check_kernel_signatures():
 def test_check_kernels_allocate_nothing_and_count_no_references_per_event(index):
     """The per-event steps are inlined and the arrays borrowed: no call per event counts
     references (an atomic increment and decrement per array, more than the work)."""
-    from tests.llvm_ir import allocation_calls, function_body
-
     kernel, signature = check_kernel_signatures()[index]
     assert allocation_calls(kernel, signature) == []
     body = function_body(kernel, signature)
