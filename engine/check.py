@@ -53,13 +53,15 @@ from ringbook.engine.feeds import binance, lobster
 from ringbook.engine.feeds.source import MIN_MEMORY_LIMIT, FeedError
 from ringbook.engine.journal import JournalError
 from ringbook.kernels import book as books
-from ringbook.kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS
+from ringbook.kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS, borrow
 from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND_L3_CANCEL, KIND_L3_DELETE,
                             KIND_L3_EXECUTE, KIND_SEQUENCE, KIND_TOP_OF_BOOK)
 from ringbook.kernels.fixed import format_decimal
-from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.orders import ORDER_QUANTITY, find_order
-from ringbook.kernels.replay import apply_event
+from ringbook.kernels.replay import _apply_event
+from ringbook.kernels.snapshots import (compare_window, is_row, resync_side, revealed_levels, row_window,
+                                        shown_levels)
 
 FORMATS = ("lobster", "binance", "journal")
 
@@ -122,12 +124,7 @@ def _note_mismatch(counters, event, side, level, expected_price, expected_quanti
         counters[FOUND_QUANTITY] = found_quantity
 
 
-@kernel
-def _at_or_better(side, price, limit):
-    return price >= limit if side == BID else price <= limit
-
-
-@kernel
+@llvm_inline_kernel
 def _reconcile_order(book, events, i, counters):
     """Make a known order's remaining size agree with an L3 message (see the module docstring)."""
     event = events[i]
@@ -145,60 +142,56 @@ def _reconcile_order(book, events, i, counters):
         counters[RESIZED] += 1
 
 
-@kernel
+@llvm_inline_kernel
 def _verify_side(book, symbol, side, row_prices, row_sizes, previous_prices, previous_sizes,
-                 has_previous, found_prices, found_quantities, event, counters):
+                 has_previous, found_prices, found_quantities, all_prices, all_quantities, event, counters):
     """Compare one side of the book with an orderbook row; resync what cannot be known.
 
-    Returns True when the side matched.
+    The steps of :func:`ringbook.kernels.snapshots.reconcile_side` (the same
+    effect on the book), noting the first mismatch and counting the levels
+    revealed beyond the window. Returns True when the side matched.
     """
-    levels = row_prices.shape[0]
-    shown = 0
-    while shown < levels and row_sizes[shown] > 0:
-        shown += 1
-    # The window of the previous row: levels beyond its worst could change unseen.
-    windowed = has_previous and previous_sizes[levels - 1] > 0
-    limit = previous_prices[levels - 1]
-    held = books.top_levels(book, symbol, side, found_prices, found_quantities)
-    matched = True
-    for level in range(levels):
-        book_known = level < held and (not windowed or _at_or_better(side, found_prices[level], limit))
-        row_known = level < shown and (not windowed or _at_or_better(side, row_prices[level], limit))
-        if not book_known and not row_known:
-            break
-        if (book_known != row_known or found_prices[level] != row_prices[level]
-                or found_quantities[level] != row_sizes[level]):
-            _note_mismatch(counters, event, side, level,
-                           row_prices[level] if row_known else NO_PRICE,
-                           row_sizes[level] if row_known else 0,
-                           found_prices[level] if book_known else NO_PRICE,
-                           found_quantities[level] if book_known else 0)
-            matched = False
-            break
-    if matched and not windowed:
-        return True
+    shown = shown_levels(row_sizes)
+    if is_row(book, symbol, side, row_prices, row_sizes, shown):
+        return True     # the usual case: nothing differs, nothing beyond the window to take
+    windowed, limit = row_window(previous_prices, previous_sizes, has_previous)
+    level, expected_price, expected_quantity, found_price, found_quantity = compare_window(
+        book, symbol, side, row_prices, row_sizes, shown, windowed, limit, found_prices, found_quantities)
+    matched = level < 0
+    if matched:
+        if not windowed:
+            return True
+        counters[REVEALED] += revealed_levels(book, symbol, side, row_prices, row_sizes, shown,
+                                                          limit)
+    else:
+        _note_mismatch(counters, event, side, level, expected_price, expected_quantity, found_price,
+                       found_quantity)
     # Resync from the row: on a mismatch the whole side, otherwise the levels
     # beyond the window, which changed unseen.
-    for level in range(shown):
-        if (matched and not _at_or_better(side, row_prices[level], limit)
-                and books.level_quantity(book, symbol, side, row_prices[level]) != row_sizes[level]):
-            counters[REVEALED] += 1
-    after_price = limit if matched else NO_PRICE
-    books.replace_levels(book, symbol, side, after_price, NO_PRICE, row_prices[:shown],
-                         row_sizes[:shown])
+    resync_side(book, symbol, side, row_prices, row_sizes, shown, not matched, limit, all_prices,
+                            all_quantities)
     return matched
 
 
 @kernel
 def check_lobster_kernel(book, symbol, events, row_of_event, ask_prices, ask_sizes, bid_prices,
-                         bid_sizes, found_prices, found_quantities, counters, previous=-1):
+                         bid_sizes, found_prices, found_quantities, all_prices, all_quantities, counters,
+                         previous=-1):
     """Replay LOBSTER events, comparing the book with orderbook row ``row_of_event[i]``
     after each event (-1: no row to compare with). ``counters`` gets the ``CHECKED``..
     columns; ``previous`` is the row compared last (-1: none), whose window
-    bounds the next comparison. Returns ``(events applied, the row compared last)``."""
+    bounds the next comparison. ``found_*`` are scratch of the rows' level
+    count, ``all_*`` of the book's depth plus its ladder. Returns
+    ``(events applied, the row compared last)``."""
+    # The caller's references keep these alive: the calls below then count none (atomic
+    # increments and decrements on every array of every call, most of the cost otherwise).
+    book, events, row_of_event, counters = borrow((book, events, row_of_event, counters))
+    ask_prices, ask_sizes, bid_prices, bid_sizes = borrow((ask_prices, ask_sizes, bid_prices, bid_sizes))
+    found_prices, found_quantities, all_prices, all_quantities = borrow(
+        (found_prices, found_quantities, all_prices, all_quantities))
     for i in range(events.shape[0]):
         _reconcile_order(book, events, i, counters)
-        status = apply_event(book, events, i)
+        status = _apply_event(book, events, i)
         if status < 0:
             counters[ERROR_EVENT] = i
             counters[ERROR_STATUS] = status
@@ -211,10 +204,10 @@ def check_lobster_kernel(book, symbol, events, row_of_event, ask_prices, ask_siz
         reference = previous if has_previous else row
         bids_match = _verify_side(book, symbol, BID, bid_prices[row], bid_sizes[row],
                                   bid_prices[reference], bid_sizes[reference], has_previous,
-                                  found_prices, found_quantities, i, counters)
+                                  found_prices, found_quantities, all_prices, all_quantities, i, counters)
         asks_match = _verify_side(book, symbol, ASK, ask_prices[row], ask_sizes[row],
                                   ask_prices[reference], ask_sizes[reference], has_previous,
-                                  found_prices, found_quantities, i, counters)
+                                  found_prices, found_quantities, all_prices, all_quantities, i, counters)
         if not (bids_match and asks_match):
             counters[MISMATCHES] += 1  # one per row
         previous = row
@@ -229,7 +222,7 @@ HISTORY_SYMBOL, HISTORY_SEQUENCE = 4, 5
 HISTORY_LENGTH = 1 << 16
 
 
-@kernel
+@llvm_inline_kernel
 def _compare_top(book, symbol, quote, ticker, counters):
     """Compare the book's best bid and ask with a bookTicker's quote: True when equal."""
     price, quantity = books.best_bid(book, symbol)
@@ -245,7 +238,7 @@ def _compare_top(book, symbol, quote, ticker, counters):
     return True
 
 
-@kernel
+@llvm_inline_kernel
 def _remember_top(book, symbol, sequence, history, written):
     """Record the book's top after a diff in the ring ``history``; returns ``written + 1``."""
     row = history[written % history.shape[0]]
@@ -270,11 +263,15 @@ def check_binance_kernel(book, events, ticker_sequences, ticker_symbols, ticker_
     arrive later. A mismatch's ``FIRST_EVENT`` is the ticker's index. Returns
     ``history_written`` after the events.
     """
+    # The caller's references keep these alive: the calls below then count none.
+    book, events, counters, history = borrow((book, events, counters, history))
+    ticker_sequences, ticker_symbols, ticker_quotes, ticker_checked = borrow(
+        (ticker_sequences, ticker_symbols, ticker_quotes, ticker_checked))
     for i in range(events.shape[0]):
         event = events[i]
         if event.kind == KIND_TOP_OF_BOOK:
             continue
-        status = apply_event(book, events, i)
+        status = _apply_event(book, events, i)
         if status < 0:
             counters[ERROR_EVENT] = i
             counters[ERROR_STATUS] = status
@@ -458,6 +455,9 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
         if book is None:
             book = books.new_book(n_symbols=max(len(chunk.instruments), 1), depth=depth,
                                   order_capacity=order_capacity, ticks=chunk.instruments.table["tick"])
+            # Scratch for every level of a side, for resyncing it with a row.
+            capacity = book.prices.shape[2] + book.ladders.shape[2]
+            every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
             first_rows = orderbook.first_rows() if orderbook is not None else None
             if first_rows is not None:
                 books.check_status(books.load_snapshot(
@@ -476,13 +476,14 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
             levels = max(rows.levels, 1)
             applied, previous = check_lobster_kernel(
                 book, symbol, chunk.events, row_of_event, rows.ask_price, rows.ask_size, rows.bid_price,
-                rows.bid_size, np.zeros(levels, np.int64), np.zeros(levels, np.int64), counters, previous)
+                rows.bid_size, np.zeros(levels, np.int64), np.zeros(levels, np.int64), *every_level, counters,
+                previous)
             orderbook.keep_previous(rows, previous)
         else:
             empty = np.zeros((0, 1), np.int64)
             check_lobster_kernel(book, symbol, chunk.events, np.full(len(chunk), -1, np.int64), empty,
                                  empty, empty, empty, np.zeros(1, np.int64), np.zeros(1, np.int64),
-                                 counters, -1)
+                                 *every_level, counters, -1)
         _take_chunk_outcome(result, counters, chunk, chunk.lines, lobster.PRICE_SCALE, lobster.SIZE_SCALE)
     if orderbook is not None:
         first_rows = orderbook.first_rows()

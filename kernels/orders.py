@@ -53,7 +53,7 @@ import numpy as np
 
 from ringbook.kernels.book import STAT_UNKNOWN_ORDERS, _side_index, _update_level
 from ringbook.kernels.borrow import borrow
-from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import (BAD_QUANTITY, BAD_SYMBOL, DUPLICATE_ORDER, INVALID_SIDE, OK,
                                      ORDER_TABLE_FULL, UNKNOWN_ORDER)
 
@@ -124,7 +124,7 @@ def _remove_slot(book, slot):
     orders[hole, ORDER_TAG] = 0
 
 
-@kernel
+@llvm_inline_kernel
 def find_order(book, symbol, order_id):
     """Slot of an order in ``book.orders``, or -1 when it is not there."""
     if symbol < 0 or symbol >= book.counts.shape[0]:

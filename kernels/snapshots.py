@@ -29,6 +29,12 @@ The steps are separate so that a loop of your own (one that also reconciles the
 book with a reference, say) takes the same snapshots: call
 ``snapshot_before``, apply the event your way, then ``note_applied``.
 
+reconcile_side(book, symbol, side, row, previous row, scratch) -> matched
+    Make one side agree with an exchange's published row of its best levels
+    (a LOBSTER orderbook row), in the steps that ``ringbook check`` also takes:
+    ``shown_levels``, ``row_window``, ``is_row``, ``compare_window``,
+    ``revealed_levels``, ``resync_side`` (see the section at the end).
+
 Outputs (``out``, allocated by the caller; row ``r`` is one boundary)
 ----------------------------------------------------------------------
 times : int64[rows]            the boundary, ns since the epoch
@@ -237,6 +243,21 @@ def boundary_count(events, interval):
 
 
 # ---------------------------------------------------------------- reconciling with published rows
+#
+# An exchange that publishes its best ``levels`` levels after each message (LOBSTER's
+# orderbook file) shows only part of the book: a level outside the shown window changes
+# unseen. The steps below are shared by ``ringbook check`` (which reports what differs)
+# and :func:`reconcile_side` (which only makes the book agree):
+#
+# 1. :func:`shown_levels` and :func:`row_window`: what the row shows, and the window of
+#    the previous row (levels at least as good as its worst, when it shows them all).
+# 2. :func:`is_row`: the book is exactly the row, found by lookups (the usual case):
+#    nothing differs and nothing is to be set.
+# 3. :func:`compare_window`: the first level within the window where book and row differ.
+# 4. :func:`revealed_levels`: after an agreement, how many levels beyond the window the
+#    book held otherwise (they changed unseen).
+# 5. :func:`resync_side`: take from the row the levels beyond the window (every level
+#    after a disagreement), setting only those that differ.
 
 @inline_kernel
 def _at_or_better(side, price, limit):
@@ -244,12 +265,121 @@ def _at_or_better(side, price, limit):
 
 
 @inline_kernel
-def _holds_levels(book, symbol, side, prices, quantities, count):
-    """Whether the book has each of the ``count`` levels given (and maybe others)."""
-    for level in range(count):
-        if books.level_quantity(book, symbol, side, prices[level]) != quantities[level]:
+def shown_levels(row_sizes):
+    """Levels a row shows: those before its first empty one (size 0)."""
+    shown = 0
+    while shown < row_sizes.shape[0] and row_sizes[shown] > 0:
+        shown += 1
+    return shown
+
+
+@inline_kernel
+def row_window(previous_prices, previous_sizes, has_previous):
+    """``(windowed, limit)``: whether the previous row bounds the comparison (it exists
+    and shows all its levels), and its worst price, the window's bound."""
+    levels = previous_sizes.shape[0]
+    return has_previous and previous_sizes[levels - 1] > 0, previous_prices[levels - 1]
+
+
+@llvm_inline_kernel
+def is_row(book, symbol, side, row_prices, row_sizes, shown):
+    """Whether the side holds exactly the row's ``shown`` levels and nothing else.
+
+    By one lookup a level, without walking the side. The row must be in
+    order, best first, each price once: a row that is not (a damaged file)
+    is not the book even when the book holds each of its levels.
+    """
+    if books.level_count(book, symbol, side) != shown:
+        return False
+    for level in range(shown):
+        if level > 0 and _at_or_better(side, row_prices[level], row_prices[level - 1]):
+            return False
+        if books.level_quantity(book, symbol, side, row_prices[level]) != row_sizes[level]:
             return False
     return True
+
+
+@llvm_inline_kernel
+def compare_window(book, symbol, side, row_prices, row_sizes, shown, windowed, limit, found_prices,
+                   found_quantities):
+    """Compare the side's best levels with the row's, level by level, within the window.
+
+    Parameters
+    ----------
+    shown, windowed, limit
+        From :func:`shown_levels` and :func:`row_window`.
+    found_prices, found_quantities : int64[levels]
+        Scratch for the book's best levels (they hold them afterwards).
+
+    Returns
+    -------
+    level : int
+        The first level (0 = best) where book and row differ; -1 when they agree.
+    expected_price, expected_quantity, found_price, found_quantity : int
+        The row's level and the book's there (``NO_PRICE`` and 0 for a level
+        that one of them does not have within the window).
+    """
+    levels = row_prices.shape[0]
+    held = books.top_levels(book, symbol, side, found_prices, found_quantities)
+    for level in range(levels):
+        book_known = level < held and (not windowed or _at_or_better(side, found_prices[level], limit))
+        row_known = level < shown and (not windowed or _at_or_better(side, row_prices[level], limit))
+        if not book_known and not row_known:
+            break
+        if (book_known != row_known or found_prices[level] != row_prices[level]
+                or found_quantities[level] != row_sizes[level]):
+            return (level, row_prices[level] if row_known else NO_PRICE, row_sizes[level] if row_known else 0,
+                    found_prices[level] if book_known else NO_PRICE,
+                    found_quantities[level] if book_known else 0)
+    return -1, NO_PRICE, 0, NO_PRICE, 0
+
+
+@llvm_inline_kernel
+def revealed_levels(book, symbol, side, row_prices, row_sizes, shown, limit):
+    """Levels of the row strictly worse than ``limit`` that the book holds with another
+    size (or not at all): what came into view unseen. Call it before :func:`resync_side`."""
+    revealed = 0
+    for level in range(shown):
+        if (not _at_or_better(side, row_prices[level], limit)
+                and books.level_quantity(book, symbol, side, row_prices[level]) != row_sizes[level]):
+            revealed += 1
+    return revealed
+
+
+@llvm_inline_kernel
+def resync_side(book, symbol, side, row_prices, row_sizes, shown, whole, limit, all_prices, all_quantities):
+    """Take the side's levels from the row: all of them (``whole``) or those strictly worse than ``limit``.
+
+    The effect of ``replace_levels(book, symbol, side, NO_PRICE if whole else
+    limit, NO_PRICE, row_prices[:shown], row_sizes[:shown])``, but only the
+    levels that differ are set, so the cost follows the levels held, not the
+    book's price range.
+
+    Parameters
+    ----------
+    all_prices, all_quantities : int64[capacity]
+        Scratch for every level of the side (the book's depth plus its ladder).
+    """
+    # Exactly the levels held: a walk asked for more would scan the empty ladder below the last.
+    held_all = min(books.level_count(book, symbol, side), all_prices.shape[0])
+    count = books.top_levels(book, symbol, side, all_prices[:held_all], all_quantities[:held_all])
+    for k in range(count):
+        price = all_prices[k]
+        if not whole and _at_or_better(side, price, limit):
+            continue
+        wanted = 0
+        for level in range(shown):
+            if row_prices[level] == price:
+                wanted = row_sizes[level]
+                break
+        if wanted != all_quantities[k]:
+            books.set_level(book, symbol, side, price, wanted)
+    for level in range(shown):
+        price = row_prices[level]
+        if not whole and _at_or_better(side, price, limit):
+            continue
+        if books.level_quantity(book, symbol, side, price) != row_sizes[level]:
+            books.set_level(book, symbol, side, price, row_sizes[level])
 
 
 @llvm_inline_kernel
@@ -258,8 +388,9 @@ def reconcile_side(book, symbol, side, row_prices, row_sizes, previous_prices, p
     """Make one side of the book agree with an exchange's published row of its best levels.
 
     The effect on the book of :func:`ringbook.engine.check._verify_side` (what
-    ``ringbook check`` does after each LOBSTER message): within the window of
-    the previous row (levels at least as good as its worst, when it shows them
+    ``ringbook check`` does after each LOBSTER message), with the same steps
+    (see the comment above :func:`shown_levels`): within the window of the
+    previous row (levels at least as good as its worst, when it shows them
     all) the book must equal the row; beyond it, levels changed unseen and are
     taken from the row. On a mismatch the whole side is taken from the row.
     Only the levels that differ are set, so the cost follows the levels held,
@@ -280,58 +411,14 @@ def reconcile_side(book, symbol, side, row_prices, row_sizes, previous_prices, p
         The window agreed with the row (True: what ``ringbook check`` counts as a match).
     """
     book = borrow(book)     # the caller's reference keeps it alive: no counting in the calls below
-    levels = row_prices.shape[0]
-    shown = 0
-    while shown < levels and row_sizes[shown] > 0:
-        shown += 1
-    if books.level_count(book, symbol, side) == shown and _holds_levels(book, symbol, side, row_prices,
-                                                                         row_sizes, shown):
+    shown = shown_levels(row_sizes)
+    if is_row(book, symbol, side, row_prices, row_sizes, shown):
         # The book is the row, the usual case: found by lookups, without walking the ladder.
         return True
-    windowed = has_previous and previous_sizes[levels - 1] > 0
-    limit = previous_prices[levels - 1]
-    held = books.top_levels(book, symbol, side, found_prices, found_quantities)
-    matched = True
-    for level in range(levels):
-        book_known = level < held and (not windowed or _at_or_better(side, found_prices[level], limit))
-        row_known = level < shown and (not windowed or _at_or_better(side, row_prices[level], limit))
-        if not book_known and not row_known:
-            break
-        if (book_known != row_known or found_prices[level] != row_prices[level]
-                or found_quantities[level] != row_sizes[level]):
-            matched = False
-            break
+    windowed, limit = row_window(previous_prices, previous_sizes, has_previous)
+    matched = compare_window(book, symbol, side, row_prices, row_sizes, shown, windowed, limit, found_prices,
+                             found_quantities)[0] < 0
     if matched and not windowed:
         return True
-    if matched and held == shown and books.level_count(book, symbol, side) == shown:
-        # The book holds the row's levels and nothing beyond: the usual case, nothing to set.
-        same = True
-        for level in range(shown):
-            if found_prices[level] != row_prices[level] or found_quantities[level] != row_sizes[level]:
-                same = False
-                break
-        if same:
-            return True
-    # Levels strictly worse than ``after`` (all of them on a mismatch) become the row's.
-    everything = not matched
-    # Exactly the levels held: a walk asked for more would scan the empty ladder below the last.
-    held_all = min(books.level_count(book, symbol, side), all_prices.shape[0])
-    count = books.top_levels(book, symbol, side, all_prices[:held_all], all_quantities[:held_all])
-    for k in range(count):
-        price = all_prices[k]
-        if not everything and _at_or_better(side, price, limit):
-            continue
-        wanted = 0
-        for level in range(shown):
-            if row_prices[level] == price:
-                wanted = row_sizes[level]
-                break
-        if wanted != all_quantities[k]:
-            books.set_level(book, symbol, side, price, wanted)
-    for level in range(shown):
-        price = row_prices[level]
-        if not everything and _at_or_better(side, price, limit):
-            continue
-        if books.level_quantity(book, symbol, side, price) != row_sizes[level]:
-            books.set_level(book, symbol, side, price, row_sizes[level])
+    resync_side(book, symbol, side, row_prices, row_sizes, shown, not matched, limit, all_prices, all_quantities)
     return matched

@@ -755,10 +755,15 @@ def reconcile_side(levels, side, row_prices, row_sizes, previous_prices, previou
     windowed = has_previous and previous_sizes[depth - 1] > 0
     limit = int(previous_prices[depth - 1])
     best = sorted(levels.items(), reverse=side == 1)[:depth]
-    in_window = [(price, quantity) for price, quantity in best if not windowed or at_or_better(price, limit)]
-    shown_in_window = [(int(row_prices[k]), int(row_sizes[k])) for k in range(shown)
-                       if not windowed or at_or_better(row_prices[k], limit)]
-    matched = in_window == shown_in_window
+    # Level by level, best first, up to the first level that neither has within the window
+    # (for a row in order: the book's levels within the window equal the row's).
+    book_side = [level if not windowed or at_or_better(level[0], limit) else None for level in best]
+    row_side = [(int(row_prices[k]), int(row_sizes[k])) if not windowed or at_or_better(row_prices[k], limit)
+                else None for k in range(shown)]
+    book_side += [None] * (depth - len(book_side))
+    row_side += [None] * (depth - len(row_side))
+    compared = next((k for k in range(depth) if book_side[k] is None and row_side[k] is None), depth)
+    matched = book_side[:compared] == row_side[:compared]
     if matched and not windowed:
         return dict(levels), True
     kept = {price: quantity for price, quantity in levels.items() if matched and at_or_better(price, limit)}

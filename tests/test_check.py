@@ -4,13 +4,16 @@ JSON, and the line of the first mismatch or malformed line in a corrupted copy."
 import gzip
 import json
 
+import numba
 import pytest
 
 from ringbook.engine import check, cli
 from ringbook.engine.feeds import binance, synthetic
 from ringbook.engine.feeds.source import FeedError
+from ringbook.kernels.book import new_book
 from ringbook.kernels.events import KIND_L2_SET, KIND_TRADE, empty_events
 from tests import naive
+from tests.llvm_ir import allocation_calls, function_body
 from tests.test_feeds_binance import MESSAGES as BINANCE_MESSAGES, write_capture
 
 AAPL = "lobster/AAPL_2012-06-21_34200000_57600000_{}_10.csv"
@@ -180,3 +183,26 @@ def test_real_binance_corrupted_copy(shared_data, tmp_path):
     with pytest.raises(FeedError) as caught:
         check.check_binance(bad)
     assert caught.value.line == number and caught.value.field == "b"
+
+
+def check_kernel_signatures():
+    array, matrix = numba.types.int64[::1], numba.types.int64[:, ::1]
+    book, events, scalar = numba.typeof(new_book(1, depth=1, order_capacity=16)), numba.typeof(empty_events(1)), \
+        numba.types.int64
+    return [
+        (check.check_lobster_kernel, (book, scalar, events, array, matrix, matrix, matrix, matrix, array, array,
+                                      array, array, array, scalar)),
+        (check.check_binance_kernel, (book, events, array, numba.types.int32[::1], matrix,
+                                      numba.types.bool_[::1], array, matrix, scalar)),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1])
+def test_check_kernels_allocate_nothing_and_count_no_references_per_event(index):
+    """The per-event steps are inlined and the arrays borrowed: no call per event counts
+    references (an atomic increment and decrement per array, more than the work)."""
+    kernel, signature = check_kernel_signatures()[index]
+    assert allocation_calls(kernel, signature) == []
+    body = function_body(kernel, signature)
+    assert [line for line in body.splitlines() if "NRT_incref" in line or "NRT_decref" in line] == []

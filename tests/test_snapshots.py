@@ -207,35 +207,98 @@ def test_npz_round_trip_and_same_bytes(tmp_path):
 
 # ---------------------------------------------------------------- reconciling with published rows
 
-@settings(max_examples=200, deadline=None)
-@given(st.sampled_from([1, -1]), st.integers(1, 4),
-       st.dictionaries(st.integers(1, 40), st.integers(1, 9), max_size=12),
-       st.lists(st.tuples(st.integers(1, 40), st.integers(0, 9)), min_size=4, max_size=4),
-       st.lists(st.tuples(st.integers(1, 40), st.integers(0, 9)), min_size=4, max_size=4), st.booleans())
-def test_reconcile_side_matches_reference(side, depth, held, row, previous, has_previous):
-    """Random sides against random rows (and previous rows) of ``depth`` levels, as LOBSTER lays
-    them out: best first, distinct prices, empty levels at the end."""
+def laid_out(pairs, side, depth):
+    """A row of ``depth`` levels as LOBSTER lays it out: best first, distinct prices, empty levels at the end."""
+    pairs = sorted({price * 100: size for price, size in pairs}.items(), reverse=side == 1)[:depth]
+    shown = [(price, size) for price, size in pairs if size > 0]
+    prices = np.array([p for p, _ in shown] + [NO_PRICE] * (depth - len(shown)), np.int64)
+    sizes = np.array([s for _, s in shown] + [0] * (depth - len(shown)), np.int64)
+    return prices, sizes
+
+
+def book_holding(side, levels):
     from ringbook.kernels import book as books
-    from ringbook.kernels.snapshots import reconcile_side
 
-    def laid_out(pairs):
-        pairs = sorted({price * 100: size for price, size in pairs}.items(), reverse=side == 1)[:depth]
-        shown = [(price, size) for price, size in pairs if size > 0]
-        prices = np.array([p for p, _ in shown] + [NO_PRICE] * (depth - len(shown)), np.int64)
-        sizes = np.array([s for _, s in shown] + [0] * (depth - len(shown)), np.int64)
-        return prices, sizes
-
-    row_prices, row_sizes = laid_out(row)
-    previous_prices, previous_sizes = laid_out(previous)
-    levels = {price * 100: quantity for price, quantity in held.items()}
     book = books.new_book(n_symbols=1, depth=64, order_capacity=16, ladder=16, ticks=np.array([100]))
     for price, quantity in levels.items():
         books.set_level(book, 0, side, price, quantity)
+    return book
+
+
+def side_levels(book, side):
+    from ringbook.kernels import book as books
+
+    return sorted((int(p), int(q)) for p, q in zip(*books.levels(book, 0, side, 128)) if q > 0)
+
+
+SIDES_AND_ROWS = (st.sampled_from([1, -1]), st.integers(1, 4),
+                  st.dictionaries(st.integers(1, 40), st.integers(1, 9), max_size=12),
+                  st.lists(st.tuples(st.integers(1, 40), st.integers(0, 9)), min_size=4, max_size=4),
+                  st.lists(st.tuples(st.integers(1, 40), st.integers(0, 9)), min_size=4, max_size=4),
+                  st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(*SIDES_AND_ROWS)
+def test_reconcile_side_matches_reference(side, depth, held, row, previous, has_previous):
+    """Random sides against random rows (and previous rows) of ``depth`` levels, as LOBSTER lays
+    them out: best first, distinct prices, empty levels at the end."""
+    from ringbook.kernels.snapshots import reconcile_side
+
+    row_prices, row_sizes = laid_out(row, side, depth)
+    previous_prices, previous_sizes = laid_out(previous, side, depth)
+    levels = {price * 100: quantity for price, quantity in held.items()}
+    book = book_holding(side, levels)
     scratch = [np.zeros(depth, np.int64) for _ in range(2)] + [np.zeros(128, np.int64) for _ in range(2)]
     matched = reconcile_side(book, 0, side, row_prices, row_sizes, previous_prices, previous_sizes, has_previous,
                              *scratch)
     expected, expected_matched = naive.reconcile_side(levels, side, row_prices, row_sizes, previous_prices,
                                                       previous_sizes, has_previous)
-    found = books.levels(book, 0, side, 128)
-    assert sorted((int(p), int(q)) for p, q in zip(*found) if q > 0) == sorted(expected.items())
+    assert side_levels(book, side) == sorted(expected.items())
     assert matched == expected_matched
+
+
+@settings(max_examples=300, deadline=None)
+@given(*SIDES_AND_ROWS, st.sampled_from(["as laid out", "swapped", "repeated"]), st.integers(0, 3),
+       st.booleans())
+def test_check_and_reconcile_agree_with_reference_on_any_row(side, depth, held, row, previous, has_previous,
+                                                              damage, at, book_is_row):
+    """``ringbook check``'s side verification and :func:`reconcile_side` (the same steps) against the
+    reference, also for a damaged row (two levels swapped, a price given twice), which is never the
+    book even when the book holds each of its levels; check's mismatch note and revealed count too."""
+    from ringbook.engine import check
+    from ringbook.kernels.snapshots import reconcile_side
+
+    row_prices, row_sizes = laid_out(row, side, depth)
+    previous_prices, previous_sizes = laid_out(previous, side, depth)
+    shown = int(np.count_nonzero(row_sizes))
+    if shown >= 2:
+        at = at % (shown - 1)
+        if damage == "swapped":
+            row_prices[[at, at + 1]], row_sizes[[at, at + 1]] = row_prices[[at + 1, at]], row_sizes[[at + 1, at]]
+        elif damage == "repeated":
+            row_prices[at + 1], row_sizes[at + 1] = row_prices[at], row_sizes[at]
+    # The book holding each of the row's levels (and no other) is the case a lookup-only shortcut would get wrong.
+    levels = ({int(p): int(q) for p, q in zip(row_prices[:shown], row_sizes[:shown])} if book_is_row
+              else {price * 100: quantity for price, quantity in held.items()})
+    expected, expected_matched = naive.reconcile_side(levels, side, row_prices, row_sizes, previous_prices,
+                                                      previous_sizes, has_previous)
+    windowed = has_previous and previous_sizes[depth - 1] > 0
+    limit = int(previous_prices[depth - 1])
+    worse = (lambda price: price < limit) if side == 1 else (lambda price: price > limit)
+    expected_revealed = sum(1 for k in range(shown) if worse(row_prices[k]) and levels.get(int(row_prices[k]), 0)
+                            != row_sizes[k]) if expected_matched and windowed else 0
+
+    book = book_holding(side, levels)
+    scratch = [np.zeros(depth, np.int64) for _ in range(2)] + [np.zeros(128, np.int64) for _ in range(2)]
+    matched = reconcile_side(book, 0, side, row_prices, row_sizes, previous_prices, previous_sizes, has_previous,
+                             *scratch)
+    assert (side_levels(book, side), matched) == (sorted(expected.items()), expected_matched)
+
+    book = book_holding(side, levels)
+    counters = check._new_counters()
+    matched = check._verify_side(book, 0, side, row_prices, row_sizes, previous_prices, previous_sizes,
+                                 has_previous, *scratch, 7, counters)
+    assert (side_levels(book, side), matched) == (sorted(expected.items()), expected_matched)
+    assert counters[check.REVEALED] == expected_revealed
+    assert counters[check.FIRST_EVENT] == (-1 if expected_matched else 7)
