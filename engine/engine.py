@@ -191,8 +191,9 @@ class Engine:
         durability = self.config.durability
         raw = JournalWriter(self.out, "raw", payload="raw", instruments=self.instruments,
                             calibration=self.calibration, durability=durability)
+        # the engine's own records are few: two chunks behind the disk are plenty
         own = JournalWriter(self.out, "engine", payload="raw", instruments=self.instruments,
-                            calibration=self.calibration, durability=durability)
+                            calibration=self.calibration, durability=durability, write_behind_bytes=8 << 20)
         self.writers = [raw, own]
         self.flusher = Flusher([(self.raw_ring, 1, raw), (self.engine_ring, 0, own)],
                                calibration=self.calibration)

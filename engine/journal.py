@@ -1257,14 +1257,17 @@ class JournalWriter:
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ringbook-journal-write")
-        last = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
         buffer = self._buffer
+        self._spares = [spare for spare in self._spares if spare.size == buffer.size]
+        if not self._spares and not self._behind:
+            # every buffer at once, the first time: the memory then stays what it was after warm-up
+            self._spares = [np.zeros_like(buffer) for _ in range(max(self.write_behind_bytes // buffer.size, 2) - 1)]
+        last = int(self._segment[jk.SEGMENT_NEXT_SEQUENCE]) - 1
         self._behind.append((self._executor.submit(self._commit_in_turn, self._fill, buffer, last), buffer))
         self._fill = 0
-        self._spares = [spare for spare in self._spares if spare.size == buffer.size]
-        if not self._spares and len(self._behind) * buffer.size >= self.write_behind_bytes:
+        if not self._spares:
             self._reclaim(self._behind)
-        self._buffer = self._spares.pop() if self._spares else np.zeros_like(buffer)
+        self._buffer = self._spares.pop()
 
     def _reap(self):
         """Free the buffers of chunks already written; raise a failure of the writing thread."""

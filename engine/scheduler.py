@@ -11,7 +11,9 @@ loop is a nogil njit function; the scheduler only coordinates. It owns:
   to itself: the other threads, the flusher's and the scheduler's included,
   share the remaining cores. With fewer cores than spinners it says so
   (:attr:`Scheduler.notes`) and gives those workers a wait strategy that never
-  spins: never two spinners on one core.
+  spins: never two spinners on one core. Nor a spinner on the flusher's core: when
+  no core is left without a spinner, the spinners that are not isolated wait
+  with backoff.
 - **Memory locking** (:func:`lock_all_memory`): ``mlockall(MCL_CURRENT |
   MCL_FUTURE)`` through ctypes, verified from ``VmLck``; and prefaulting
   (:func:`prefault`) of what the hot path touches.
@@ -341,6 +343,14 @@ def assign_cores(workers, cpus=None):
             worker.strategy = SPINNER_STRATEGY.copy()
         isolated = {worker.cores[0] for worker in spinners if worker.isolated}
         shared = [core for core in cores if core not in isolated] or list(cores)
+        if (any(not worker.spins for worker in workers)
+                and not set(shared) - {worker.cores[0] for worker in spinners}):
+            # The flusher and the scheduler would share a spinner's core: it would hold the
+            # core for whole time slices whenever they wake, and the ring fill behind the
+            # flusher. So the spinners that are not isolated wait with backoff instead.
+            for worker in spinners:
+                if not worker.isolated:
+                    worker.spins = False
     else:
         if spinners:
             notes.append(f"{len(spinners)} spinning workers ({', '.join(w.name for w in spinners)}) "

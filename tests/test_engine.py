@@ -397,3 +397,18 @@ def test_memory_lock_ends_with_the_run(tmp_path):
     if report["mlock"]["error"] is None:
         assert report["mlock"]["locked_bytes"] > 0
     assert locked_bytes() in (0, None)
+
+
+def test_no_spinner_on_the_flushers_core():
+    """On two cores the flusher shares the feed's core: the feed waits with backoff there.
+    With a third core the flusher has one without a spinner, and the feed spins."""
+    workers = [Worker("flusher", None), Worker("feed", None, spins=True),
+               Worker("book", None, spins=True, isolated=True)]
+    notes, shared = assign_cores(workers, cpus=[0, 1])
+    assert not notes and shared == [1]
+    assert [(worker.cores, worker.spins) for worker in workers] == [([1], False), ([1], False), ([0], True)]
+    assert workers[1].strategy[0] == 0
+    workers = [Worker("flusher", None), Worker("feed", None, spins=True),
+               Worker("book", None, spins=True, isolated=True)]
+    notes, shared = assign_cores(workers, cpus=[0, 1, 2])
+    assert not notes and workers[1].spins and workers[1].cores == [1] and workers[1].strategy[0] > 0
