@@ -76,7 +76,10 @@ class EngineConfig:
     seed, symbols : int
         Synthetic feed.
     ring_slots : int
-        Slots of the raw ring (a power of two).
+        Slots of the raw ring (a power of two); 65,536 slots of 1 KiB (64 MiB) by
+        default. They are what a consumer may fall behind by (a kernel thread
+        preempting the book's, a ``write`` the page cache throttles) before the feed
+        waits or drops.
     checkpoint_every : int
         Raw messages between book checkpoints (0: none).
     checkpoint_levels : int
@@ -104,7 +107,7 @@ class EngineConfig:
     speed: float = None
     seed: int = 0
     symbols: int = 16
-    ring_slots: int = 8192
+    ring_slots: int = 65536
     checkpoint_every: int = 10_000
     checkpoint_levels: int = 10
     realtime: bool = False

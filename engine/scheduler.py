@@ -12,8 +12,8 @@ loop is a nogil njit function; the scheduler only coordinates. It owns:
   share the remaining cores. With fewer cores than spinners it says so
   (:attr:`Scheduler.notes`) and gives those workers a wait strategy that never
   spins: never two spinners on one core. Nor a spinner on the flusher's core: when
-  no core is left without a spinner, the spinners that are not isolated wait
-  with backoff.
+  no core is left without a spinner, the spinners that are not isolated yield
+  instead (:data:`SHARING_STRATEGY`).
 - **Memory locking** (:func:`lock_all_memory`): ``mlockall(MCL_CURRENT |
   MCL_FUTURE)`` through ctypes, verified from ``VmLck``; and prefaulting
   (:func:`prefault`) of what the hot path touches.
@@ -315,6 +315,10 @@ class ObservedThread(Worker):
 #: waits for it.
 SPINNER_STRATEGY = wait.wait_strategy(spins=2_000, max_sleep_ns=50_000)
 
+#: A spinner that shares its core with the flusher yields instead of spinning, for about a
+#: second before it sleeps: the core goes to the flusher whenever it wakes, and to the
+#: spinner at once otherwise (a sleep would leave the ring idle for its tens of microseconds).
+SHARING_STRATEGY = wait.wait_strategy(spins=0, yields=1 << 20, max_sleep_ns=100_000)
 #: A realtime worker spins only briefly (about 2 us) before it parks: the kernel's RT
 #: throttling (``kernel.sched_rt_runtime_us``, 950 ms of every second by default) takes
 #: the core away for 50 ms from a SCHED_FIFO thread that never sleeps, and a spinner
@@ -335,6 +339,7 @@ def assign_cores(workers, cpus=None):
     """
     cores = sorted(cpus) if cpus else usable_cores()
     spinners = sorted((worker for worker in workers if worker.spins), key=lambda worker: not worker.isolated)
+    demoted = []
     notes = []
     shared = list(cores)
     if len(cores) >= len(spinners) and len(cores) >= 2:
@@ -347,10 +352,10 @@ def assign_cores(workers, cpus=None):
                 and not set(shared) - {worker.cores[0] for worker in spinners}):
             # The flusher and the scheduler would share a spinner's core: it would hold the
             # core for whole time slices whenever they wake, and the ring fill behind the
-            # flusher. So the spinners that are not isolated wait with backoff instead.
-            for worker in spinners:
-                if not worker.isolated:
-                    worker.spins = False
+            # flusher. So the spinners that are not isolated yield instead.
+            demoted = [worker for worker in spinners if not worker.isolated]
+            for worker in demoted:
+                worker.spins = False
     else:
         if spinners:
             notes.append(f"{len(spinners)} spinning workers ({', '.join(w.name for w in spinners)}) "
@@ -372,6 +377,8 @@ def assign_cores(workers, cpus=None):
             worker.cores = list(shared)
             if not isinstance(worker, ObservedThread):
                 worker.strategy = wait.wait_strategy(spins=0, max_sleep_ns=100_000)
+    for worker in demoted:
+        worker.strategy = SHARING_STRATEGY.copy()
     return notes, shared
 
 
