@@ -124,6 +124,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.ring_slots < 2 or self.ring_slots & (self.ring_slots - 1):
+            raise ValueError(f"ring_slots must be a power of two, at least 2, got {self.ring_slots!r}")
 
 
 class Engine:

@@ -43,6 +43,10 @@ def add_arguments(parser):
                                                    f"{DEFAULT_RATE_EPS:,})")
     parser.add_argument("--speed", type=float, help="file and journal feeds: recorded speed times this "
                                                     "(default: as fast as possible)")
+    parser.add_argument("--ring-slots", type=int, default=EngineConfig.ring_slots,
+                        help="slots of 1 KiB in the raw ring, a power of two (default %(default)s: "
+                             "room for a consumer that falls behind; a smaller ring stays in the "
+                             "CPU's caches and runs faster unpaced)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic feed seed")
     parser.add_argument("--symbols", type=int, default=16, help="synthetic feed: symbols")
     parser.add_argument("--name", help="the counters' name for `ringbook stat` (default run-<pid>-0)")
@@ -60,7 +64,8 @@ def config_from(args):
         feed=args.feed, events=args.events, duration=args.duration, out=args.out,
         cpus=[int(c) for c in args.cpus.split(",")] if args.cpus else None, mlock=not args.no_mlock, realtime=args.realtime,
         durability=args.durability, on_full=args.on_full, rate=args.rate, speed=args.speed,
-        seed=args.seed, symbols=args.symbols, name=args.name, checkpoint_every=args.checkpoint_every)
+        seed=args.seed, symbols=args.symbols, name=args.name, checkpoint_every=args.checkpoint_every,
+        ring_slots=args.ring_slots)
     unbounded = config.feed.split(":", 1)[0] in ("synthetic", "udp")
     if unbounded and config.events is None and config.duration is None:
         config.duration = DEFAULT_DURATION_S

@@ -13,7 +13,7 @@ from numba import njit
 import ringbook
 from ringbook.engine import counters as C
 from ringbook.engine import pipeline
-from ringbook.engine.engine import Engine
+from ringbook.engine.engine import Engine, EngineConfig
 from ringbook.engine.scheduler import WorkerError, assign_cores, Worker, parse_cpu_list, thread_costs
 from ringbook.kernels import book as books
 
@@ -412,3 +412,15 @@ def test_no_spinner_on_the_flushers_core():
                Worker("book", None, spins=True, isolated=True)]
     notes, shared = assign_cores(workers, cpus=[0, 1, 2])
     assert not notes and workers[1].spins and workers[1].cores == [1] and workers[1].strategy[0] > 0
+
+
+def test_ring_slots_from_the_command_line():
+    import argparse
+
+    from ringbook.engine import run as run_cli
+    parser = argparse.ArgumentParser()
+    run_cli.add_arguments(parser)
+    assert run_cli.config_from(parser.parse_args(["--ring-slots", "8192"])).ring_slots == 8192
+    assert run_cli.config_from(parser.parse_args([])).ring_slots == EngineConfig().ring_slots == 65536
+    with pytest.raises(ValueError, match="ring_slots must be a power of two"):
+        EngineConfig(ring_slots=1000).validate()
