@@ -94,7 +94,6 @@ def test_callback_and_check_over_a_journal_equal_the_files(synthetic_inputs, cap
     assert [entry["stream"] for entry in report["files"]] == sorted(streams)
 
 
-@pytest.mark.slow  # its local worker processes compile the batch kernels, each with a cache of its own
 def test_a_stream_not_from_a_capture_fails_alone(synthetic_inputs, tmp_path):
     files, journal = synthetic_inputs
     mixed = tmp_path / "mixed"

@@ -88,7 +88,6 @@ def count_messages(book, events, i, state):
     state[1] = max(state[1], books.level_count(book, events[i].symbol, 1))
 
 
-@pytest.mark.slow  # the callback compiles the engine loop again, uncached
 def test_user_callback_runs_in_the_loop(tmp_path):
     state = np.zeros(2, np.int64)
     _, report = run_engine(tmp_path, events=5000, out="", callback=count_messages, callback_state=state)
