@@ -666,8 +666,8 @@ class JournalWriter:
         self._spares = []        # framing buffers not in use: some are framed while others are written
         self._executor = None
         self._write_failed = None
-        #: :meth:`drain`'s chunks framed and handed to the writing thread, oldest first: (future, buffer).
         self.write_behind_bytes = int(write_behind_bytes)
+        # drain's chunks handed to the writing thread, oldest first: (future, buffer)
         self._behind = collections.deque()
         self._fill = 0              # bytes framed into the buffer by drains and not yet handed over
         self._fill_started_ns = 0   # when the first of them was framed
@@ -1220,18 +1220,11 @@ class JournalWriter:
         wait for every one.
         """
         self._check_open()
-        if self.write_behind_bytes <= 0:
-            self._prepare(wall_ns)
-            if self._first_ns is None:
-                self._first_ns = wall_ns
-            count, end = jk.drain_ring(slab, consumer, self._buffer, 0, max_records, tsc, wall_ns, ns_per_tick,
-                                       self._segment, self._index)
-            if count > 0:
-                self._commit(end)
-            return count, end
-        self._reap()
-        if self._rotation_due(wall_ns):
-            self._wait_behind()     # the segment is finished once every chunk of it is written
+        behind = self.write_behind_bytes > 0
+        if behind:
+            self._reap()
+            if self._rotation_due(wall_ns):
+                self._wait_behind()     # the segment is finished once every chunk of it is written
         self._prepare(wall_ns)
         if self._first_ns is None:
             self._first_ns = wall_ns
@@ -1239,7 +1232,9 @@ class JournalWriter:
         start = self._fill
         count, end = jk.drain_ring(slab, consumer, self._buffer, start, max_records, tsc, wall_ns, ns_per_tick,
                                    self._segment, self._index)
-        if count > 0:
+        if count > 0 and not behind:
+            self._commit(end)
+        elif count > 0:
             if start == 0:
                 self._fill_started_ns = time.monotonic_ns()
             self._planned_size += end - start

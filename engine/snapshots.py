@@ -134,7 +134,7 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
                                    ask_sizes[reference], has_previous, found_prices, found_quantities,
                                    all_prices, all_quantities)
             previous = row
-        kernels._note_applied(events, i, interval, cursor)
+        kernels.note_applied(book, symbol, events, i, interval, cursor)
     return events.shape[0], OK
 
 
@@ -240,7 +240,6 @@ def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, as
 
     ``prefix`` is ``exchange,symbol,`` as bytes.
     """
-    out = borrow(out)   # the caller's reference keeps it alive: the calls below count none
     levels = bid_prices.shape[1]
     # Widest row: each number at most 21 bytes with its separator, 20 more for the sign and dot.
     widest = prefix.shape[0] + 2 * 22 + levels * 4 * 23 + 1

@@ -159,7 +159,7 @@ def boundary_due(events, i, cursor):
     return events[i].exchange_ns > boundary and boundary != 0 and cursor[CURSOR_OPEN] == 0
 
 
-@kernel
+@llvm_inline_kernel
 def note_applied(book, symbol, events, i, interval, cursor):
     """Advance the cursor past ``events[i]``, which the caller has applied."""
     _note_applied(events, i, interval, cursor)
