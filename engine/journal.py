@@ -561,6 +561,37 @@ def open_segment(path, index_every=DEFAULT_INDEX_EVERY, use_index=True, save_ind
     return mapped, scan
 
 
+def has_writer(root, stream, locks="/proc/locks"):
+    """Whether a process holds ``stream``'s writer lock in journal ``root`` (a live
+    :class:`JournalWriter`), read from Linux's ``/proc/locks`` without taking the lock
+    (taking it, even for a moment, would refuse a writer starting then). The lock goes
+    with the writer's process, however it ends.
+
+    Raises
+    ------
+    OSError
+        ``locks`` cannot be read (not Linux).
+    """
+    try:
+        status = os.stat(Path(root) / f".{check_stream_name(stream)}.lock")
+    except FileNotFoundError:
+        return False
+    wanted = (os.major(status.st_dev), os.minor(status.st_dev), status.st_ino)
+    with open(locks) as file:
+        for line in file:
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"; "1: -> FLOCK ..." waits
+            if len(fields) < 6 or fields[1] != "FLOCK":
+                continue
+            device = fields[5].split(":")
+            try:
+                if (int(device[0], 16), int(device[1], 16), int(device[2])) == wanted:
+                    return True
+            except (ValueError, IndexError):
+                continue
+    return False
+
+
 # ------------------------------------------------------------------ writer
 
 

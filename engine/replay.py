@@ -448,17 +448,42 @@ def summary(report):
              f"  checkpoints     {checkpoints['matched']} matched, {checkpoints['mismatched']} mismatched"
              + (f", {checkpoints['beyond_end']} beyond the raw journal's end" if checkpoints['beyond_end'] else ""),
              "  OK" if report["ok"] else "  MISMATCH"]
+    if "follow" in report:
+        facts = report["follow"]
+        lines.insert(-1, f"  followed        {facts['segments']} raw segments ({facts['bytes']} bytes), "
+                         f"{facts['segments_while_running']} while the run wrote, {facts['deleted']} deleted; "
+                         f"at most {facts['peak_raw_bytes']} raw bytes on disk")
     return "\n".join(lines)
 
 
 def add_arguments(parser):
     parser.add_argument("dir", help="a journal directory written by `ringbook run`")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--follow", action="store_true",
+                        help="while `ringbook run` writes DIR: check each raw segment once sealed, and stop "
+                             "when the run has ended (no process holds the raw stream's writer lock)")
+    parser.add_argument("--delete", action="store_true",
+                        help="with --follow: delete each raw segment once verified and replayed "
+                             "(damaged ones are kept)")
+
+
+def run_ended(root):
+    """``done`` for :func:`follow` of a ``ringbook run`` in another process: its journal
+    description exists and no process writes its raw stream any more."""
+    from ringbook.engine.journal import has_writer
+    root = Path(root)
+    return (root / "run.json").exists() and not has_writer(root, "raw")
 
 
 def run(args):
+    if args.delete and not args.follow:
+        print("ringbook replay: --delete goes with --follow", file=sys.stderr)
+        return 2
     try:
-        report, _, _ = replay(args.dir)
+        if args.follow:
+            report, _, _ = follow(args.dir, lambda: run_ended(args.dir), delete=args.delete)
+        else:
+            report, _, _ = replay(args.dir)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"ringbook replay: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """Following a journal while the engine writes it (engine.replay.follow): the same result as a
 replay of the whole journal, segments deleted as they are done, damage reported."""
 
+import json
 import shutil
+import signal
 import threading
 
 import numpy as np
@@ -125,3 +127,49 @@ def test_a_damaged_sealed_segment_is_reported_and_kept(small_run, tmp_path, wher
     assert report["follow"]["kept"] == [str(damaged)] and damaged.exists()
     assert report["follow"]["deleted"] == len(segments) - 1
     assert report["follow"]["segments"] == len(segments)
+
+
+def test_replay_follow_command_stops_when_the_run_ends(tmp_path, capsys):
+    from ringbook.engine.cli import main
+    from ringbook.engine.journal import has_writer
+    out = tmp_path / "journal"
+    status = {}
+    thread = threading.Thread(target=lambda: status.setdefault(
+        "code", main(["replay", str(out), "--follow", "--delete", "--json"])))
+    thread.start()  # before the run: it waits for the run's journal to appear
+    try:
+        with Engine(out=str(out), segment_bytes=SEGMENT_BYTES, checkpoint_every=200, mlock=False,
+                    events=80_000, rate=150_000, seed=2) as engine:
+            engine.start()
+            assert has_writer(out, "raw") and has_writer(out, "engine")
+            run_report = engine.wait(timeout=120)
+        assert not has_writer(out, "raw")
+    finally:
+        thread.join(60)
+    assert not thread.is_alive() and status["code"] == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["events"] == run_report["events"]
+    assert report["checkpoints"]["matched"] == report["checkpoints"]["total"] == run_report["checkpoints"]
+    assert report["follow"]["segments_while_running"] >= 2 and report["follow"]["deleted"] >= 4
+    assert "raw" not in list_segments(out)
+
+
+def test_no_writer_without_a_lock_file_or_its_holder(tmp_path):
+    from ringbook.engine.journal import JournalWriter, has_writer
+    assert not has_writer(tmp_path, "raw")
+    writer = JournalWriter(tmp_path, "raw")
+    assert has_writer(tmp_path, "raw") and not has_writer(tmp_path, "other")
+    writer.close()
+    assert (tmp_path / ".raw.lock").exists() and not has_writer(tmp_path, "raw")
+
+
+def test_a_writer_killed_with_sigkill_holds_no_lock(tmp_path):
+    from ringbook.engine.journal import has_writer
+    from tests.test_journal_crash import start_writer
+    child, _ = start_writer(tmp_path)
+    try:
+        assert has_writer(tmp_path, "s")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert not has_writer(tmp_path, "s")
