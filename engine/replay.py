@@ -353,9 +353,10 @@ def follow(root, done, delete=False, min_sleep_s=0.001, max_sleep_s=0.2):
     report : dict
         :func:`replay`'s report (its ``verify`` covers every segment processed,
         of both streams), and ``follow``: ``segments`` and ``bytes`` of the raw
-        stream processed (``segments_while_running``: before the run ended), ``deleted`` segments, ``kept`` (damaged segments not
-        deleted), ``peak_raw_bytes`` (the most raw journal, segments and index
-        files, seen on disk at once), ``waits`` (sleeps between looks).
+        stream processed (``segments_while_running`` of them before the run
+        ended), ``deleted`` segments, ``kept`` (damaged segments not deleted),
+        ``peak_raw_bytes`` (the most raw journal, segments and index files, seen
+        on disk at once), ``waits`` (sleeps between looks).
     book : the rebuilt book
     description : RunDescription
     """

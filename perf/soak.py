@@ -75,6 +75,20 @@ def _follower(root, delete, nice, cores, ended, results):
         raise
 
 
+def _follower_report(follower, results, timeout):
+    """The follower's report, once it has caught up with the ended run; an error if it died first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = follower.is_alive()
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            if not alive:
+                return {"error": f"the follower ended without a report (exit code {follower.exitcode})"}
+            if time.monotonic() > deadline:
+                return {"error": f"no report from the follower within {timeout:.0f} s"}
+
+
 def _book_cores(engine, timeout=10.0):
     """The cores of the engine's book consumer once it has pinned itself (read from its counters)."""
     deadline = time.monotonic() + timeout
@@ -164,10 +178,7 @@ def main(argv=None):
                     engine.scheduler.request_stop()
             report = engine.wait()
         ended.set()
-        try:
-            followed = results.get(timeout=max(600.0, args.minutes * 60))
-        except queue.Empty:
-            followed = {"error": f"no report from the follower (exit code {follower.exitcode})"}
+        followed = _follower_report(follower, results, timeout=max(600.0, args.minutes * 60))
         follower.join(60)
         after_warm_up = [rss for seconds, rss in samples if seconds >= args.warm_up]
         growth = (max(after_warm_up) - after_warm_up[0]) if after_warm_up else None
