@@ -88,6 +88,10 @@ class EngineConfig:
         Run the book consumer under ``SCHED_FIFO`` on its own core (see
         :class:`~ringbook.engine.scheduler.Worker`): nothing else on the host
         preempts it. Needs root or ``CAP_SYS_NICE``; refused, it says so in the notes.
+    segment_bytes : int or None
+        The journal's segment size (default: the journal's, 256 MiB); a run whose
+        journal is followed and deleted as it goes (:func:`ringbook.engine.replay.follow`)
+        keeps about two segments on disk.
     name : str or None
         The counters region's name (default ``run-<pid>-<n>``).
     callback, callback_state
@@ -111,6 +115,7 @@ class EngineConfig:
     checkpoint_every: int = 10_000
     checkpoint_levels: int = 10
     realtime: bool = False
+    segment_bytes: int = None
     name: str = None
     callback: object = None
     callback_state: object = None
@@ -194,8 +199,9 @@ class Engine:
         from ringbook.engine.journal import JournalWriter
         self.out.mkdir(parents=True, exist_ok=True)
         durability = self.config.durability
+        sizes = {} if self.config.segment_bytes is None else {"segment_bytes": int(self.config.segment_bytes)}
         raw = JournalWriter(self.out, "raw", payload="raw", instruments=self.instruments,
-                            calibration=self.calibration, durability=durability)
+                            calibration=self.calibration, durability=durability, **sizes)
         # the engine's own records are few: two chunks behind the disk are plenty
         own = JournalWriter(self.out, "engine", payload="raw", instruments=self.instruments,
                             calibration=self.calibration, durability=durability, write_behind_bytes=8 << 20)
@@ -212,6 +218,7 @@ class Engine:
             "feed": self.config.feed, "n_symbols": int(self.source.n_symbols),
             "ticks": [int(t) for t in self.source.ticks], "order_capacity": int(self.source.order_capacity),
             "depth": 2048, "checkpoint_levels": int(self.config.checkpoint_levels),
+            "checkpoint_every": int(self.config.checkpoint_every),
             "instruments": [{"name": row["name"].decode(), "price_scale": int(row["price_scale"]),
                              "size_scale": int(row["size_scale"]), "tick": int(row["tick"])} for row in table],
         }

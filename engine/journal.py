@@ -561,6 +561,37 @@ def open_segment(path, index_every=DEFAULT_INDEX_EVERY, use_index=True, save_ind
     return mapped, scan
 
 
+def has_writer(root, stream, locks="/proc/locks"):
+    """Whether a process holds ``stream``'s writer lock in journal ``root`` (a live
+    :class:`JournalWriter`), read from Linux's ``/proc/locks`` without taking the lock
+    (taking it, even for a moment, would refuse a writer starting then). The lock goes
+    with the writer's process, however it ends.
+
+    Raises
+    ------
+    OSError
+        ``locks`` cannot be read (not Linux).
+    """
+    try:
+        status = os.stat(Path(root) / f".{check_stream_name(stream)}.lock")
+    except FileNotFoundError:
+        return False
+    wanted = (os.major(status.st_dev), os.minor(status.st_dev), status.st_ino)
+    with open(locks) as file:
+        for line in file:
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"; "1: -> FLOCK ..." waits
+            if len(fields) < 6 or fields[1] != "FLOCK":
+                continue
+            device = fields[5].split(":")
+            try:
+                if (int(device[0], 16), int(device[1], 16), int(device[2])) == wanted:
+                    return True
+            except (ValueError, IndexError):
+                continue
+    return False
+
+
 # ------------------------------------------------------------------ writer
 
 
@@ -1812,6 +1843,104 @@ class JournalReader:
 # ------------------------------------------------------------------ verify
 
 
+class VerifyTally:
+    """:func:`verify`, one segment at a time: a follower checks each segment as it is sealed.
+
+    :meth:`add` checks one segment (every record, and that it starts where the stream's
+    previous segment added here ended); :attr:`report` is :func:`verify`'s report of the
+    segments added so far.
+    """
+
+    def __init__(self, root):
+        self.report = {"root": str(root), "ok": True, "streams": {}, "records": 0, "segments": 0, "bytes": 0,
+                       "bad_records": 0, "corrupt": [], "torn_bytes": 0, "torn": [], "gaps": 0, "gap_list": [],
+                       "errors": []}
+        self._expected = {}  # stream -> the sequence its next segment should start at
+
+    def add(self, name, first, path, last_segment=True, keep_open=False):
+        """Check segment ``path`` of stream ``name`` (its name says it starts at sequence ``first``).
+
+        Returns ``(mapping, scan)`` with ``keep_open`` (the caller closes the mapping), else
+        ``(None, scan)``; ``(None, None)`` when the segment cannot be read (counted as an error).
+        """
+        report = self.report
+        summary = report["streams"].setdefault(name, {
+            "segments": 0, "records": 0, "data_records": 0, "first_sequence": None, "last_sequence": None,
+            "first_ns": None, "last_ns": None, "bytes": 0})
+        try:
+            mapped, scan = open_segment(path, use_index=False, save_index=False)
+        except (JournalError, OSError) as error:
+            report["errors"].append(str(error))
+            report["ok"] = False
+            return None, None
+        if not keep_open:
+            mapped.close()
+            mapped = None
+        summary["segments"] += 1
+        summary["records"] += scan.records
+        summary["data_records"] += scan.data_records
+        summary["bytes"] += scan.size
+        report["records"] += scan.records
+        report["segments"] += 1
+        report["bytes"] += scan.size
+        if scan.header.first_sequence != first:
+            report["errors"].append(f"{path}: header says first sequence {scan.header.first_sequence}")
+        expected = self._expected.get(name)
+        if expected is not None and scan.first_sequence != expected:
+            report["gaps"] += 1
+            report["gap_list"].append({"stream": name, "path": str(path), "expected": expected,
+                                       "found": scan.first_sequence})
+        self._expected[name] = scan.next_sequence
+        if scan.records:
+            if summary["first_sequence"] is None:
+                summary["first_sequence"] = scan.first_sequence
+                summary["first_ns"] = scan.first_ns
+            summary["last_sequence"] = scan.last_sequence
+            summary["last_ns"] = scan.last_ns
+        for region in scan.corrupt:
+            report["bad_records"] += max(region.lost_records, 1)
+            report["corrupt"].append({"path": str(path), "offset": region.offset,
+                                      "status": status_name(region.status),
+                                      "lost_records": region.lost_records,
+                                      "resume_offset": region.resume_offset})
+        if scan.torn_offset >= 0:
+            report["torn_bytes"] += scan.torn_bytes
+            report["torn"].append({"path": str(path), "offset": scan.torn_offset, "bytes": scan.torn_bytes,
+                                   "status": status_name(scan.torn_status), "last_segment": last_segment})
+        report["ok"] = not (report["bad_records"] or report["torn_bytes"] or report["gaps"] or report["errors"])
+        return mapped, scan
+
+
+def segment_spans(mapped, scan, count, max_bytes=32 << 20):
+    """The good records of one segment (``mapped``, ``scan``: :func:`open_segment`'s), ``count``
+    at a time, as :class:`PayloadSpan` objects; the scan's corrupt regions are passed over (as
+    a reader with ``skip_corrupt`` does) and nothing past its good end is read. A span's
+    ``data`` is reused by the next one: use each span before asking for the next."""
+    buffer = mapped.buffer
+    resumes = {region.offset: region for region in scan.corrupt}
+    offset, sequence = scan.header.header_bytes, scan.first_sequence
+    data = np.empty(max_bytes, np.uint8)
+    while offset < scan.valid_end:
+        offsets = np.zeros(count + 1, np.int64)
+        kinds = np.empty(count, np.int64)
+        receive_ns = np.empty(count, np.int64)
+        rows, after, next_sequence, status = jk.read_payloads(buffer, offset, scan.valid_end, sequence, count,
+                                                              data, offsets, kinds, receive_ns)
+        rows = int(rows)
+        if rows:
+            yield PayloadSpan(data[:int(offsets[rows])], offsets[:rows + 1], kinds[:rows],
+                              receive_ns[:rows], sequence)
+        offset, sequence = int(after), int(next_sequence)
+        if status == jk.FULL and not rows:
+            data = np.empty(int(jk.record_header(buffer, offset)[0]), np.uint8)  # one record larger
+        elif status not in (OK, jk.FULL) and offset < scan.valid_end:
+            region = resumes.get(offset)
+            if region is None or region.resume_offset < 0:
+                raise JournalError(f"bad record the scan did not find ({status_name(int(status))})",
+                                   scan.path, offset)
+            offset, sequence = region.resume_offset, region.resume_sequence
+
+
 def verify(root):
     """Check every record of every segment of a journal.
 
@@ -1826,51 +1955,8 @@ def verify(root):
         ``errors`` (unreadable segments).
     """
     root = Path(root)
-    report = {"root": str(root), "ok": True, "streams": {}, "records": 0, "segments": 0, "bytes": 0,
-              "bad_records": 0, "corrupt": [], "torn_bytes": 0, "torn": [], "gaps": 0, "gap_list": [],
-              "errors": []}
+    tally = VerifyTally(root)
     for name, segments in sorted(list_segments(root).items()):
-        summary = {"segments": 0, "records": 0, "data_records": 0, "first_sequence": None,
-                   "last_sequence": None, "first_ns": None, "last_ns": None, "bytes": 0}
-        expected = None
         for number, (first, path) in enumerate(segments):
-            try:
-                mapped, scan = open_segment(path, use_index=False, save_index=False)
-            except (JournalError, OSError) as error:
-                report["errors"].append(str(error))
-                continue
-            mapped.close()
-            summary["segments"] += 1
-            summary["records"] += scan.records
-            summary["data_records"] += scan.data_records
-            summary["bytes"] += scan.size
-            if scan.header.first_sequence != first:
-                report["errors"].append(f"{path}: header says first sequence {scan.header.first_sequence}")
-            if expected is not None and scan.first_sequence != expected:
-                report["gaps"] += 1
-                report["gap_list"].append({"stream": name, "path": str(path), "expected": expected,
-                                           "found": scan.first_sequence})
-            expected = scan.next_sequence
-            if scan.records:
-                if summary["first_sequence"] is None:
-                    summary["first_sequence"] = scan.first_sequence
-                    summary["first_ns"] = scan.first_ns
-                summary["last_sequence"] = scan.last_sequence
-                summary["last_ns"] = scan.last_ns
-            for region in scan.corrupt:
-                report["bad_records"] += max(region.lost_records, 1)
-                report["corrupt"].append({"path": str(path), "offset": region.offset,
-                                          "status": status_name(region.status),
-                                          "lost_records": region.lost_records,
-                                          "resume_offset": region.resume_offset})
-            if scan.torn_offset >= 0:
-                report["torn_bytes"] += scan.torn_bytes
-                report["torn"].append({"path": str(path), "offset": scan.torn_offset, "bytes": scan.torn_bytes,
-                                       "status": status_name(scan.torn_status),
-                                       "last_segment": number == len(segments) - 1})
-        report["streams"][name] = summary
-        report["records"] += summary["records"]
-        report["segments"] += summary["segments"]
-        report["bytes"] += summary["bytes"]
-    report["ok"] = not (report["bad_records"] or report["torn_bytes"] or report["gaps"] or report["errors"])
-    return report
+            tally.add(name, first, path, last_segment=number == len(segments) - 1)
+    return tally.report

@@ -12,9 +12,17 @@ the live run wrote. ``run.json`` beside the journal gives the book's shape
 A checkpoint whose raw position lies beyond the last raw record on disk (the
 process died between the two streams' writes) cannot be checked: it is
 counted as ``beyond_end``, never as a match.
+
+:class:`Replayer` holds a replay's state (the book, the checkpoints known so far,
+the counts) from one span of raw records to the next; :func:`replay` feeds it a
+whole journal, :func:`follow` each raw segment as soon as the writer has sealed
+it (a newer raw segment exists), while the run is still writing, and can delete
+each segment once it is verified and replayed: the journal on disk then stays a
+few segments long however long the run.
 """
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +48,7 @@ class RunDescription:
     order_capacity: int
     depth: int
     checkpoint_levels: int
+    checkpoint_every: int = None  # None: not recorded (an older run)
 
     def new_book(self):
         return books.new_book(n_symbols=self.n_symbols, depth=self.depth, order_capacity=self.order_capacity,
@@ -66,7 +75,8 @@ def read_description(root):
     return RunDescription(
         root=root, instruments=instruments, n_symbols=int(description["n_symbols"]),
         ticks=np.asarray(description["ticks"], np.int64), order_capacity=int(description["order_capacity"]),
-        depth=int(description["depth"]), checkpoint_levels=int(description["checkpoint_levels"]))
+        depth=int(description["depth"]), checkpoint_levels=int(description["checkpoint_levels"]),
+        checkpoint_every=description.get("checkpoint_every"))
 
 
 def raw_spans(root):
@@ -81,22 +91,55 @@ def raw_spans(root):
             yield span
 
 
+def _engine_row(record):
+    """An ``engine`` record as an int64 row: kind, then the record's 8 words."""
+    words = np.frombuffer(bytes(record.payload), np.int64)
+    row = np.zeros(pipeline.ENGINE_RECORD_WORDS + 1, np.int64)
+    row[0] = record.kind
+    row[1:1 + min(len(words), pipeline.ENGINE_RECORD_WORDS)] = words[:pipeline.ENGINE_RECORD_WORDS]
+    return row
+
+
+class EngineRecords:
+    """The ``engine`` stream, read as a writer appends to it: each :meth:`read_new` returns
+    the records added since the one before (none until the stream's first segment exists).
+
+    Parameters
+    ----------
+    root : path-like
+    save_index : bool
+        Write the index files a reader rebuilds (not of a stream still being written).
+    """
+
+    def __init__(self, root, save_index=True):
+        self.root = Path(root)
+        self.save_index = save_index
+        self.reader = None
+
+    def read_new(self):
+        """int64 rows (kind, then the record's 8 words) of the records not read before."""
+        from ringbook.engine.journal import JournalReader, list_segments
+        if self.reader is None:
+            if not list_segments(self.root, "engine").get("engine"):
+                return np.zeros((0, pipeline.ENGINE_RECORD_WORDS + 1), np.int64)
+            self.reader = JournalReader(self.root, "engine", skip_corrupt=True, save_index=self.save_index)
+        else:
+            self.reader.streams["engine"].refresh()
+        rows = [_engine_row(record) for record in self.reader]
+        return np.array(rows, np.int64).reshape(-1, pipeline.ENGINE_RECORD_WORDS + 1)
+
+    def close(self):
+        if self.reader is not None:
+            self.reader.close()
+
+
 def engine_records(root):
     """The ``engine`` stream's records as int64 rows: kind, then the record's 8 words."""
-    from ringbook.engine.journal import JournalReader
-    own = []
+    stream = EngineRecords(root)
     try:
-        with JournalReader(root, "engine", skip_corrupt=True) as reader:
-            for record in reader:
-                words = np.frombuffer(bytes(record.payload), np.int64)
-                row = np.zeros(pipeline.ENGINE_RECORD_WORDS + 1, np.int64)
-                row[0] = record.kind
-                row[1:1 + min(len(words), pipeline.ENGINE_RECORD_WORDS)] = words[:pipeline.ENGINE_RECORD_WORDS]
-                own.append(row)
-    except Exception as error:  # a run killed before its first engine record has no such stream
-        if "no segments" not in str(error):
-            raise
-    return np.array(own, np.int64).reshape(-1, pipeline.ENGINE_RECORD_WORDS + 1)
+        return stream.read_new()
+    finally:
+        stream.close()
 
 
 # result words
@@ -140,6 +183,104 @@ def replay_packets(book, buffer, offsets, kinds, checkpoint_positions, checkpoin
     result[NEXT_CHECKPOINT] = next_checkpoint
 
 
+class Replayer:
+    """A replay's state from one span of raw records to the next.
+
+    Feed it the ``engine`` stream's records as they become known
+    (:meth:`add_engine_records`, in order) and the raw records in order
+    (:meth:`consume`); a checkpoint is checked when the replay reaches its raw
+    position, so every checkpoint at or below the position reached must be known
+    by then: the ones beyond wait. :meth:`report` says where it stands.
+
+    Parameters
+    ----------
+    run : RunDescription
+    """
+
+    def __init__(self, run):
+        self.run = run
+        self.book = run.new_book()
+        self.scratch = np.zeros(packet.MAX_EVENTS, EVENT_DTYPE)
+        self.result = np.zeros(9, np.int64)
+        self.result[FIRST_MISMATCH] = -1
+        self.feed_gaps = 0
+        self._own = []          # engine records, in chunks as added
+        self._checkpoints = []  # their checkpoint rows, in chunks
+        self.positions = np.zeros(0, np.int64)
+        self.hashes = np.zeros(0, np.int64)
+        self.found = np.zeros(0, np.int64)
+        self.engine_position = -1  # the greatest raw position an engine record names
+        self._levels(max(run.checkpoint_levels, 1))
+
+    def _levels(self, levels):
+        self.top_prices, self.top_quantities = np.zeros(levels, np.int64), np.zeros(levels, np.int64)
+
+    @property
+    def position(self):
+        """Raw records replayed so far."""
+        return int(self.result[RECORDS])
+
+    @property
+    def own(self):
+        """Every engine record added: int64 rows, kind then the record's words."""
+        if len(self._own) > 1:
+            self._own = [np.concatenate(self._own)]
+        return self._own[0] if self._own else np.zeros((0, pipeline.ENGINE_RECORD_WORDS + 1), np.int64)
+
+    def add_engine_records(self, rows):
+        """The ``engine`` stream's records that follow those added before."""
+        if not len(rows):
+            return
+        self._own.append(rows)
+        self.engine_position = max(self.engine_position, int(rows[:, 1].max()))
+        checkpoints = rows[rows[:, 0] == pipeline.RECORD_CHECKPOINT]
+        if not len(checkpoints):
+            return
+        if not len(self.positions):
+            self._levels(int(checkpoints[0, 3]))  # the levels the run hashed
+        self._checkpoints.append(checkpoints)
+        self.positions = np.concatenate([self.positions, checkpoints[:, 1]])
+        self.hashes = np.concatenate([self.hashes, checkpoints[:, 4]])
+        self.found = np.concatenate([self.found, np.zeros(len(checkpoints), np.int64)])
+
+    def consume(self, span):
+        """Apply a :class:`~ringbook.engine.journal.PayloadSpan` of raw records, the next in order."""
+        replay_packets(self.book, span.data, span.offsets, span.kinds, self.positions, self.hashes, self.scratch,
+                       self.scratch.view(np.uint8), self.top_prices, self.top_quantities, self.found, self.result)
+        self.feed_gaps += int((span.kinds == pipeline.RECORD_GAP).sum())
+
+    def report(self, verified, root):
+        """:func:`replay`'s report of what was consumed, ``verified`` the journal's
+        :func:`~ringbook.engine.journal.verify` report."""
+        result, own = self.result, self.own
+        first = None
+        if result[FIRST_MISMATCH] >= 0:
+            index = int(result[FIRST_MISMATCH])
+            first = {"checkpoint": index, "raw_position": int(self.positions[index]),
+                     "expected_hash": int(self.hashes[index]), "found_hash": int(self.found[index])}
+        drops = own[own[:, 0] == pipeline.RECORD_DROPS]
+        book_gaps = int((own[:, 0] == pipeline.RECORD_GAP).sum())
+        total = len(self.positions)
+        report = {
+            "dir": str(Path(root).resolve()),
+            "verify": verified,
+            "records": int(result[RECORDS]),
+            "packets": int(result[PACKETS]),
+            "events": int(result[EVENTS]),
+            "gaps": book_gaps + self.feed_gaps,
+            "gap_detail": {"book": book_gaps, "feed": self.feed_gaps},
+            "drops": int(drops[-1, 2]) if len(drops) else 0,
+            "resets": int((own[:, 0] == pipeline.RECORD_BOOK_RESET).sum()),
+            "checkpoints": {"total": total, "matched": int(result[MATCHED]),
+                            "mismatched": int(result[MISMATCHED]),
+                            "beyond_end": int(total - result[NEXT_CHECKPOINT]),
+                            "first_mismatch": first},
+            "errors": int(result[BOOK_ERRORS] + result[BAD_PACKETS]),
+        }
+        report["ok"] = bool(verified.get("ok", True)) and report["checkpoints"]["mismatched"] == 0
+        return report
+
+
 def replay(root):
     """Verify, rebuild and check a journal ``ringbook run`` wrote; a report dict.
 
@@ -151,7 +292,7 @@ def replay(root):
     report : dict
         ``verify`` (the journal's :func:`~ringbook.engine.journal.verify`),
         ``events``, ``packets``, ``gaps`` {``book``, ``feed``}, ``drops``,
-        ``resets``, ``checkpoints`` {``matched``, ``mismatched``,
+        ``resets``, ``checkpoints`` {``total``, ``matched``, ``mismatched``,
         ``beyond_end``, ``first_mismatch``}, ``errors``, ``ok``.
     book : the rebuilt book
     description : RunDescription
@@ -159,49 +300,140 @@ def replay(root):
     from ringbook.engine.journal import verify
     verified = verify(root)
     run = read_description(root)
-    book = run.new_book()
-    own = engine_records(root)
-    checkpoints = own[own[:, 0] == pipeline.RECORD_CHECKPOINT]
-    positions = np.ascontiguousarray(checkpoints[:, 1])
-    hashes = np.ascontiguousarray(checkpoints[:, 4])
-    levels = max(run.checkpoint_levels, 1)
-    if len(checkpoints):
-        levels = int(checkpoints[0, 3])
-    scratch = np.zeros(packet.MAX_EVENTS, EVENT_DTYPE)
-    found = np.zeros(len(checkpoints), np.int64)
-    top_prices, top_quantities = np.zeros(levels, np.int64), np.zeros(levels, np.int64)
-    result = np.zeros(9, np.int64)
-    result[FIRST_MISMATCH] = -1
-    feed_gaps = 0
+    replayer = Replayer(run)
+    replayer.add_engine_records(engine_records(root))
     for span in raw_spans(root):
-        replay_packets(book, span.data, span.offsets, span.kinds, positions, hashes, scratch,
-                       scratch.view(np.uint8), top_prices, top_quantities, found, result)
-        feed_gaps += int((span.kinds == pipeline.RECORD_GAP).sum())
-    first = None
-    if result[FIRST_MISMATCH] >= 0:
-        index = int(result[FIRST_MISMATCH])
-        first = {"checkpoint": index, "raw_position": int(positions[index]),
-                 "expected_hash": int(hashes[index]), "found_hash": int(found[index])}
-    drops = own[own[:, 0] == pipeline.RECORD_DROPS]
-    book_gaps = int((own[:, 0] == pipeline.RECORD_GAP).sum())
-    report = {
-        "dir": str(Path(root).resolve()),
-        "verify": verified,
-        "records": int(result[RECORDS]),
-        "packets": int(result[PACKETS]),
-        "events": int(result[EVENTS]),
-        "gaps": book_gaps + feed_gaps,
-        "gap_detail": {"book": book_gaps, "feed": feed_gaps},
-        "drops": int(drops[-1, 2]) if len(drops) else 0,
-        "resets": int((own[:, 0] == pipeline.RECORD_BOOK_RESET).sum()),
-        "checkpoints": {"total": int(len(checkpoints)), "matched": int(result[MATCHED]),
-                        "mismatched": int(result[MISMATCHED]),
-                        "beyond_end": int(len(checkpoints) - result[NEXT_CHECKPOINT]),
-                        "first_mismatch": first},
-        "errors": int(result[BOOK_ERRORS] + result[BAD_PACKETS]),
-    }
-    report["ok"] = bool(verified.get("ok", True)) and report["checkpoints"]["mismatched"] == 0
-    return report, book, run
+        replayer.consume(span)
+    return replayer.report(verified, root), replayer.book, run
+
+
+def _raw_bytes_on_disk(root):
+    """Bytes of the raw stream's segments and their index files under ``root`` now."""
+    from ringbook.engine.journal import index_path, list_segments
+    total = 0
+    for _, path in list_segments(root, "raw").get("raw", []):
+        for name in (path, index_path(path)):
+            try:
+                total += os.stat(name).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def follow(root, done, delete=False, min_sleep_s=0.001, max_sleep_s=0.2):
+    """Verify and replay a journal while ``ringbook run`` (or an :class:`~ringbook.engine.engine.Engine`)
+    writes it, one sealed raw segment at a time; a report as :func:`replay`'s.
+
+    A raw segment is sealed once a newer raw segment exists: the writer finishes a
+    segment (every byte written, its index too) before the next one gets its name.
+    The follower checks each sealed segment as :func:`~ringbook.engine.journal.verify`
+    does (every record, and that it starts where the one before ended), replays it,
+    and with ``delete`` removes it and its index file, unless the segment is damaged
+    (kept for inspection). The segment still being written is never read until
+    ``done()`` says the run has ended; then the rest, the last one included, follow.
+    Between looks it sleeps, from ``min_sleep_s`` doubling to ``max_sleep_s``.
+
+    A checkpoint is checked where it applies: before a segment is replayed, the
+    ``engine`` stream is read again until it names a raw position past the segment's
+    end (the book consumer writes its checkpoints after the raw records they follow),
+    or the run has ended.
+
+    Parameters
+    ----------
+    root : path-like
+        The journal directory.
+    done : callable
+        ``done()`` is true once the run has ended and closed its journal (e.g. an
+        ``Event``'s ``is_set``).
+    delete : bool
+        Remove each raw segment once verified and replayed.
+
+    Returns
+    -------
+    report : dict
+        :func:`replay`'s report (its ``verify`` covers every segment processed,
+        of both streams), and ``follow``: ``segments`` and ``bytes`` of the raw
+        stream processed (``segments_while_running`` of them before the run
+        ended), ``deleted`` segments, ``kept`` (damaged segments not deleted),
+        ``peak_raw_bytes`` (the most raw journal, segments and index files, seen
+        on disk at once), ``waits`` (sleeps between looks).
+    book : the rebuilt book
+    description : RunDescription
+    """
+    from ringbook.engine.journal import VerifyTally, index_path, list_segments, segment_spans
+    from ringbook.kernels.wait import backoff, wait_strategy
+    root = Path(root)
+    strategy = wait_strategy(spins=0, yields=0, min_sleep_ns=int(min_sleep_s * 1e9),
+                             max_sleep_ns=int(max_sleep_s * 1e9))
+    facts = {"segments": 0, "bytes": 0, "segments_while_running": 0, "deleted": 0, "kept": [],
+             "peak_raw_bytes": 0, "waits": 0}
+
+    def sleep(attempt):
+        facts["waits"] += 1
+        return backoff(strategy, attempt)
+
+    attempt = 0
+    while not (root / "run.json").exists():  # a run that has not started yet
+        if done() and not (root / "run.json").exists():
+            raise FileNotFoundError(f"{root / 'run.json'}: the run ended and wrote no journal description")
+        attempt = sleep(attempt)
+    run = read_description(root)
+    replayer = Replayer(run)
+    tally = VerifyTally(root)
+    engine = EngineRecords(root, save_index=False)
+
+    def know_checkpoints_up_to(position, ended):
+        """Read the engine stream until it names a raw position past ``position``, or the run ended."""
+        attempt = 0
+        while True:
+            replayer.add_engine_records(engine.read_new())
+            if ended or replayer.engine_position > position or run.checkpoint_every == 0:
+                return
+            ended = bool(done())  # the stream is complete once the run has ended: one more read
+            if not ended:
+                attempt = sleep(attempt)
+
+    processed = -1  # the first sequence of the last raw segment processed
+    attempt = 0
+    try:
+        while True:
+            ended = bool(done())  # before the listing: once ended, the listing is the whole journal
+            listed = list_segments(root, "raw").get("raw", [])
+            facts["peak_raw_bytes"] = max(facts["peak_raw_bytes"], _raw_bytes_on_disk(root))
+            ready = [(first, path) for first, path in (listed if ended else listed[:-1]) if first > processed]
+            for first, path in ready:
+                before = (len(tally.report["errors"]), tally.report["gaps"])
+                mapped, scan = tally.add("raw", first, path, last_segment=ended and path == listed[-1][1],
+                                         keep_open=True)
+                processed = first
+                if scan is not None:
+                    know_checkpoints_up_to(replayer.position + scan.records, ended)
+                    for span in segment_spans(mapped, scan, SPAN_RECORDS):
+                        replayer.consume(span)
+                    mapped.close()
+                    facts["segments"] += 1
+                    facts["segments_while_running"] += not ended
+                    facts["bytes"] += scan.size
+                clean = (scan is not None and not scan.corrupt and scan.torn_offset < 0
+                         and before == (len(tally.report["errors"]), tally.report["gaps"]))
+                if delete and clean:
+                    facts["peak_raw_bytes"] = max(facts["peak_raw_bytes"], _raw_bytes_on_disk(root))
+                    path.unlink()
+                    index_path(path).unlink(missing_ok=True)
+                    facts["deleted"] += 1
+                elif delete:
+                    facts["kept"].append(str(path))
+            if ended:
+                break
+            attempt = 0 if ready else sleep(attempt)
+        replayer.add_engine_records(engine.read_new())
+    finally:
+        engine.close()
+    for first, path in list_segments(root, "engine").get("engine", []):
+        tally.add("engine", first, path)
+    report = replayer.report(tally.report, root)
+    report["follow"] = facts
+    return report, replayer.book, run
 
 
 def summary(report):
@@ -217,17 +449,42 @@ def summary(report):
              f"  checkpoints     {checkpoints['matched']} matched, {checkpoints['mismatched']} mismatched"
              + (f", {checkpoints['beyond_end']} beyond the raw journal's end" if checkpoints['beyond_end'] else ""),
              "  OK" if report["ok"] else "  MISMATCH"]
+    if "follow" in report:
+        facts = report["follow"]
+        lines.insert(-1, f"  followed        {facts['segments']} raw segments ({facts['bytes']} bytes), "
+                         f"{facts['segments_while_running']} while the run wrote, {facts['deleted']} deleted; "
+                         f"at most {facts['peak_raw_bytes']} raw bytes on disk")
     return "\n".join(lines)
 
 
 def add_arguments(parser):
     parser.add_argument("dir", help="a journal directory written by `ringbook run`")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--follow", action="store_true",
+                        help="while `ringbook run` writes DIR: check each raw segment once sealed, and stop "
+                             "when the run has ended (no process holds the raw stream's writer lock)")
+    parser.add_argument("--delete", action="store_true",
+                        help="with --follow: delete each raw segment once verified and replayed "
+                             "(damaged ones are kept)")
+
+
+def run_ended(root):
+    """``done`` for :func:`follow` of a ``ringbook run`` in another process: its journal
+    description exists and no process writes its raw stream any more."""
+    from ringbook.engine.journal import has_writer
+    root = Path(root)
+    return (root / "run.json").exists() and not has_writer(root, "raw")
 
 
 def run(args):
+    if args.delete and not args.follow:
+        print("ringbook replay: --delete goes with --follow", file=sys.stderr)
+        return 2
     try:
-        report, _, _ = replay(args.dir)
+        if args.follow:
+            report, _, _ = follow(args.dir, lambda: run_ended(args.dir), delete=args.delete)
+        else:
+            report, _, _ = replay(args.dir)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"ringbook replay: {error}", file=sys.stderr)
         return 2
