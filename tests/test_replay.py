@@ -137,16 +137,21 @@ def test_snapshot_clear_status_and_trade_events():
 
 @numba.njit
 def record_touch(book, events, i, state):
-    state[i, 0] = best_bid(book, events[i].symbol)[0]
-    state[i, 1] = best_ask(book, events[i].symbol)[0]
+    """What a callback sees after event ``i``: row ``i`` of ``state`` gets the best bid and ask
+    prices, 1 (called) and the number of levels on both sides of the event's symbol. The one
+    callback of the replay tests: each new callback compiles the replay loop again."""
+    symbol = events[i].symbol
+    state[i, 0] = best_bid(book, symbol)[0]
+    state[i, 1] = best_ask(book, symbol)[0]
     state[i, 2] = 1
+    state[i, 3] = kb.level_count(book, symbol, BID) + kb.level_count(book, symbol, ASK)
 
 
 @pytest.mark.parametrize("every", [EVERY_EVENT, EVERY_BATCH])
 def test_replay_calls_the_callback_after_each_event_or_message(every):
     events = sequenced_stream(seed=4, messages=200)
     book = new_book(n_symbols=2, depth=16, order_capacity=16)
-    state = np.zeros((len(events), 3), np.int64)
+    state = np.zeros((len(events), 4), np.int64)
     assert replay(book, events, record_touch, state, every) == (len(events), kb.OK)
     reference = new_book(n_symbols=2, depth=16, order_capacity=16)
     for index in range(len(events)):
@@ -394,19 +399,14 @@ def test_max_levels_follows_a_feed_of_the_best_levels(keep, ladder):
     assert book_view(untruncated, keep) != views[-1]
 
 
-@numba.njit
-def record_level_counts(book, events, i, counts):
-    counts[i] = kb.level_count(book, 0, BID) + kb.level_count(book, 0, ASK)
-
-
 def test_replay_truncates_after_each_message_not_within_it():
     # Three bids in one message with max_levels 2: the callback after each event
     # sees the message build up; the book is cut to 2 at its end.
     events = make_events(KIND_L2_SET, BID, [100, 99, 98], [1, 1, 1])
     book = new_book(n_symbols=1, depth=8, order_capacity=16, max_levels=2)
-    counts = np.zeros(len(events), np.int64)
-    assert replay(book, events, record_level_counts, counts, EVERY_EVENT) == (3, kb.OK)
-    assert counts.tolist() == [1, 2, 2]
+    state = np.zeros((len(events), 4), np.int64)
+    assert replay(book, events, record_touch, state, EVERY_EVENT) == (3, kb.OK)
+    assert state[:, 3].tolist() == [1, 2, 2]
     assert kb.levels(book, 0, BID, 5)[0].tolist() == [100, 99]
     with pytest.raises(ValueError, match="max_levels"):
         new_book(n_symbols=1, max_levels=-1)
