@@ -14,3 +14,7 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real exchange data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+if os.environ.get("RINGBOOK_COMPILE_REPORT"):
+    pytest_plugins = ["tests.compile_report"]  # where a run spends its time compiling

@@ -82,30 +82,41 @@ def test_same_seed_same_book(tmp_path):
     assert pipeline.book_hash(first.book, *levels) != pipeline.book_hash(third.book, *levels)
 
 
+#: ``strategy``'s state: messages seen, the most bid levels seen, the message count at which it
+#: raises (0: never), busy-work iterations per message, and the busy work's result.
+MESSAGES, MOST_LEVELS, FAIL_AT, SPIN, SPUN = range(5)
+
+
 @njit
-def count_messages(book, events, i, state):
-    state[0] += 1
-    state[1] = max(state[1], books.level_count(book, events[i].symbol, 1))
+def strategy(book, events, i, state):
+    """The one callback of these tests: each new callback compiles the book loop again."""
+    state[MESSAGES] += 1
+    state[MOST_LEVELS] = max(state[MOST_LEVELS], books.level_count(book, events[i].symbol, 1))
+    if state[MESSAGES] == state[FAIL_AT]:
+        raise ValueError("strategy failed on purpose")
+    total = 0
+    for k in range(state[SPIN]):
+        total += k ^ state[SPUN]
+    state[SPUN] = total & 7
+
+
+def strategy_state(fail_at=0, spin=0):
+    state = np.zeros(5, np.int64)
+    state[FAIL_AT], state[SPIN] = fail_at, spin
+    return state
 
 
 def test_user_callback_runs_in_the_loop(tmp_path):
-    state = np.zeros(2, np.int64)
-    _, report = run_engine(tmp_path, events=5000, out="", callback=count_messages, callback_state=state)
-    assert state[0] == report["messages"]  # every synthetic message ends with FLAG_BATCH_END
-    assert state[1] > 0
-
-
-@njit
-def fail_after(book, events, i, state):
-    state[0] += 1
-    if state[0] == state[1]:
-        raise ValueError("strategy failed on purpose")
+    state = strategy_state()
+    _, report = run_engine(tmp_path, events=5000, out="", callback=strategy, callback_state=state)
+    assert state[MESSAGES] == report["messages"]  # every synthetic message ends with FLAG_BATCH_END
+    assert state[MOST_LEVELS] > 0
 
 
 def test_raising_worker_stops_the_engine_after_flushing(tmp_path):
-    state = np.array([0, 2000], np.int64)
+    state = strategy_state(fail_at=2000)
     with Engine(feed="synthetic", events=10**9, rate=200_000, mlock=False, out=str(tmp_path / "j"),
-                callback=fail_after, callback_state=state) as engine:
+                callback=strategy, callback_state=state) as engine:
         engine.start()
         with pytest.raises(WorkerError, match="worker 'book' failed: ValueError: strategy failed on purpose"):
             engine.wait(timeout=60)
@@ -117,18 +128,10 @@ def test_raising_worker_stops_the_engine_after_flushing(tmp_path):
     assert verified["streams"]["raw"]["records"] == engine.raw_ring.producer_position
 
 
-@njit
-def slow_callback(book, events, i, state):
-    total = 0
-    for k in range(state[0]):
-        total += k ^ state[1]
-    state[1] = total & 7
-
-
 def test_drop_policy_counts_and_journals_drops(tmp_path):
-    state = np.array([20_000, 0], np.int64)
+    state = strategy_state(spin=20_000)
     engine, report = run_engine(tmp_path, events=40_000, on_full="drop", ring_slots=64,
-                                callback=slow_callback, callback_state=state)
+                                callback=strategy, callback_state=state)
     assert report["dropped"] > 0
     assert report["events"] + report["dropped_events"] >= 40_000
     from ringbook.engine.replay import replay
@@ -139,9 +142,9 @@ def test_drop_policy_counts_and_journals_drops(tmp_path):
 
 
 def test_on_full_wait_loses_nothing(tmp_path):
-    state = np.array([5_000, 0], np.int64)
+    state = strategy_state(spin=5_000)
     _, report = run_engine(tmp_path, events=20_000, on_full="wait", ring_slots=64, out="",
-                           callback=slow_callback, callback_state=state)
+                           callback=strategy, callback_state=state)
     assert report["dropped"] == 0 and report["full_waits"] > 0
     assert 20_000 <= report["events"] < 20_015
 

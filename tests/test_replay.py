@@ -135,28 +135,44 @@ def test_snapshot_clear_status_and_trade_events():
     assert book.order_counts[-1] == 0 and book.stats[0, kb.STAT_STALE] == 1
 
 
+#: The columns :func:`record_touch` fills.
+BID_PRICE, ASK_PRICE, CALLED, LEVELS, BID_QUANTITY, ASK_QUANTITY, SEQUENCE, TOUCH_COLUMNS = range(8)
+
+
 @numba.njit
 def record_touch(book, events, i, state):
-    state[i, 0] = best_bid(book, events[i].symbol)[0]
-    state[i, 1] = best_ask(book, events[i].symbol)[0]
-    state[i, 2] = 1
+    """What a callback sees after event ``i``: row ``i`` of ``state`` gets the best bid and ask,
+    1 in ``CALLED``, the number of levels on both sides and the book's sequence, all of the
+    event's symbol. The one callback of the replay tests: each new callback compiles the
+    replay loop again."""
+    symbol = events[i].symbol
+    state[i, BID_PRICE], state[i, BID_QUANTITY] = best_bid(book, symbol)
+    state[i, ASK_PRICE], state[i, ASK_QUANTITY] = best_ask(book, symbol)
+    state[i, CALLED] = 1
+    state[i, LEVELS] = kb.level_count(book, symbol, BID) + kb.level_count(book, symbol, ASK)
+    state[i, SEQUENCE] = book.sequences[symbol]
+
+
+def touch_state(events):
+    return np.zeros((len(events), TOUCH_COLUMNS), np.int64)
 
 
 @pytest.mark.parametrize("every", [EVERY_EVENT, EVERY_BATCH])
 def test_replay_calls_the_callback_after_each_event_or_message(every):
     events = sequenced_stream(seed=4, messages=200)
     book = new_book(n_symbols=2, depth=16, order_capacity=16)
-    state = np.zeros((len(events), 3), np.int64)
+    state = touch_state(events)
     assert replay(book, events, record_touch, state, every) == (len(events), kb.OK)
     reference = new_book(n_symbols=2, depth=16, order_capacity=16)
     for index in range(len(events)):
         apply_event(reference, events, index)
         called = every == EVERY_EVENT or bool(events[index]["flags"] & FLAG_BATCH_END)
-        assert state[index, 2] == called
+        assert state[index, CALLED] == called
         if called:
             symbol = int(events[index]["symbol"])
-            assert state[index, 0] == best_bid(reference, symbol)[0]
-            assert state[index, 1] == best_ask(reference, symbol)[0]
+            assert tuple(state[index, [BID_PRICE, BID_QUANTITY]]) == best_bid(reference, symbol)
+            assert tuple(state[index, [ASK_PRICE, ASK_QUANTITY]]) == best_ask(reference, symbol)
+            assert state[index, SEQUENCE] == reference.sequences[symbol]
 
 
 @numba.njit
@@ -279,28 +295,18 @@ def read_binance(path):
     return events
 
 
-@numba.njit
-def check_book_tickers(book, events, i, state):
-    """After each applied diff, compare the book with the bookTicker of the same update id.
-
-    ``state``: (ticker update ids sorted, ticker [bid price, bid qty, ask price,
-    ask qty] rows, counters [checks, mismatches, first mismatch index]).
-    """
-    ticker_ids, tickers, counters = state
-    event = events[i]
-    if event.kind != KIND_L2_SET or event.sequence != book.sequences[event.symbol]:
-        return                                   # not a diff, or a stale one
-    row = np.searchsorted(ticker_ids, event.sequence)
-    if row == ticker_ids.shape[0] or ticker_ids[row] != event.sequence:
-        return
-    counters[0] += 1
-    bid, bid_quantity = best_bid(book, event.symbol)
-    ask, ask_quantity = best_ask(book, event.symbol)
-    if (bid != tickers[row, 0] or bid_quantity != tickers[row, 1]
-            or ask != tickers[row, 2] or ask_quantity != tickers[row, 3]):
-        counters[1] += 1
-        if counters[2] < 0:
-            counters[2] = i
+def check_book_tickers(events, touch, ticker_ids, tickers):
+    """Compare the book after each applied diff (``touch``: :func:`record_touch`'s rows) with the
+    bookTicker of the same update id: [checks, mismatches, first mismatch index]."""
+    applied = ((touch[:, CALLED] == 1) & (events["kind"] == KIND_L2_SET)
+               & (events["sequence"] == touch[:, SEQUENCE]))   # not a diff, or a stale one: skip
+    rows = np.searchsorted(ticker_ids, events["sequence"])
+    found = rows < len(ticker_ids)
+    found[found] = ticker_ids[rows[found]] == events["sequence"][found]
+    checked = np.flatnonzero(applied & found)
+    seen = touch[checked][:, [BID_PRICE, BID_QUANTITY, ASK_PRICE, ASK_QUANTITY]]
+    wrong = checked[(seen != tickers[rows[checked]]).any(axis=1)]
+    return [len(checked), len(wrong), int(wrong[0]) if len(wrong) else -1]
 
 
 def test_binance_book_equals_every_matching_book_ticker(shared_data):
@@ -311,11 +317,11 @@ def test_binance_book_equals_every_matching_book_ticker(shared_data):
     ticker_ids, rows = np.unique(bids["sequence"], return_index=True)
     tickers = np.stack([bids["price"][rows], bids["quantity"][rows],
                         asks["price"][rows], asks["quantity"][rows]], axis=1)
-    counters = np.array([0, 0, -1], np.int64)
     book = new_book(n_symbols=1, depth=2048, order_capacity=16)
-    replay_events(book, events[~is_ticker], check_book_tickers, (ticker_ids, tickers, counters),
-                  EVERY_BATCH)
-    assert counters.tolist() == [564, 0, -1]
+    diffs = events[~is_ticker]
+    touch = touch_state(diffs)
+    replay_events(book, diffs, record_touch, touch, EVERY_BATCH)
+    assert check_book_tickers(diffs, touch, ticker_ids, tickers) == [564, 0, -1]
     assert book.stats[0, kb.STAT_GAPS] == 0
     assert book.stats[0, kb.STAT_STALE] > 0      # buffered diffs older than the snapshot
 
@@ -394,19 +400,14 @@ def test_max_levels_follows_a_feed_of_the_best_levels(keep, ladder):
     assert book_view(untruncated, keep) != views[-1]
 
 
-@numba.njit
-def record_level_counts(book, events, i, counts):
-    counts[i] = kb.level_count(book, 0, BID) + kb.level_count(book, 0, ASK)
-
-
 def test_replay_truncates_after_each_message_not_within_it():
     # Three bids in one message with max_levels 2: the callback after each event
     # sees the message build up; the book is cut to 2 at its end.
     events = make_events(KIND_L2_SET, BID, [100, 99, 98], [1, 1, 1])
     book = new_book(n_symbols=1, depth=8, order_capacity=16, max_levels=2)
-    counts = np.zeros(len(events), np.int64)
-    assert replay(book, events, record_level_counts, counts, EVERY_EVENT) == (3, kb.OK)
-    assert counts.tolist() == [1, 2, 2]
+    state = touch_state(events)
+    assert replay(book, events, record_touch, state, EVERY_EVENT) == (3, kb.OK)
+    assert state[:, LEVELS].tolist() == [1, 2, 2]
     assert kb.levels(book, 0, BID, 5)[0].tolist() == [100, 99]
     with pytest.raises(ValueError, match="max_levels"):
         new_book(n_symbols=1, max_levels=-1)
