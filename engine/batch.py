@@ -576,16 +576,19 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
 
     facts = source_facts(source)
     feed, orderbook, exchange = read_source(source)
+    symbols = feed.events["symbol"]
+    # The symbols present, by counting (a sort of every event costs more than the rest of this loop).
+    counts = np.bincount(symbols, minlength=1) if len(symbols) else np.zeros(0, np.int64)
     shards = []
-    for symbol in np.unique(feed.events["symbol"]).tolist():
+    for symbol in np.flatnonzero(counts).tolist():
         table = snapshots.snapshot_feed(feed, symbol, interval_ns, levels, exchange=exchange,
                                         orderbook=orderbook)
         name = snapshots.output_name(source.name, table.symbol, levels, interval_text, format)
         snapshots.write_snapshots(table, Path(out_dir) / name, format, durable=False)
-        times = feed.events["exchange_ns"][feed.events["symbol"] == symbol]
+        times = feed.events["exchange_ns"] if len(counts) == 1 else feed.events["exchange_ns"][symbols == symbol]
         times = times[times > 0]
         shards.append({"symbol": table.symbol, "output": name, "rows": len(table),
-                       "events": int(np.count_nonzero(feed.events["symbol"] == symbol)),
+                       "events": int(counts[symbol]),
                        "first_boundary_ns": int(table.times[0]) if len(table) else None,
                        "last_boundary_ns": int(table.times[-1]) if len(table) else None,
                        "first_event_ns": int(times.min()) if len(times) else None,
