@@ -9,7 +9,9 @@ LOBSTER shows are taken from the row): each snapshot then equals the
 orderbook row of the last message at or before its boundary.
 
 Files (:func:`write_snapshots`), one per shard, written atomically (a
-temporary file in the same folder, then a rename):
+temporary file in the same folder, then a rename) and synced, unless the
+caller syncs them later (``durable=False``, :func:`sync_files`: a batch's
+driver does):
 
 csv
     tardis.dev's ``book_snapshot_N`` layout: ``exchange,symbol,timestamp,
