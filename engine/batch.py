@@ -22,6 +22,13 @@ What crosses to a worker is pickled with cloudpickle (numba's own copy): a
 user's ``@njit`` callback or ``make_state`` defined in a notebook or script
 travels by value.
 
+Durability: a worker writes each output atomically (a temporary file, then a
+rename) but does not sync it; the driver syncs an input's outputs and their
+folder before the manifest records the input as done, and un-records an input
+(durably) before its outputs are written again. So the manifest never says
+done of an output that a crash of the machine could lose or leave short, and
+the syncs overlap the workers' next shards instead of stalling them.
+
 Faults: a task whose worker dies (killed, out of memory) is run again, up to
 ``attempts`` times in all; Dask does the same for its workers. A task that
 raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError` naming
@@ -495,7 +502,8 @@ class Manifest:
     "output", "rows", "first_boundary_ns", "last_boundary_ns", "first_event_ns",
     "last_event_ns", "events"}]}}}``, an input named by its path (``path#stream`` for
     a journal's stream, whose facts are those of its segments). Written atomically
-    after each file.
+    and synced after each file; an input is recorded as done only once its
+    outputs are synced (see the module docstring).
     """
 
     def __init__(self, directory, options):
@@ -520,6 +528,13 @@ class Manifest:
     def record(self, source, entry):
         self.files[source.key] = entry
         self.save()
+
+    def forget(self, sources):
+        """Un-record the inputs (saved at once) before their outputs are written again: a crash
+        mid-write then leaves them to be redone, never recorded as done with a torn output."""
+        forgotten = [self.files.pop(source.key) for source in sources if source.key in self.files]
+        if forgotten:
+            self.save()
 
     def save(self):
         from ringbook.engine.snapshots import write_atomic
@@ -550,7 +565,9 @@ def parse_interval(text):
 def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
     """One file's shards: read it, take each symbol's snapshots, write each shard's file.
 
-    Runs on a worker. Returns the manifest entry of the file.
+    Runs on a worker. Returns the manifest entry of the file. Each output is
+    written atomically but not synced: the driver syncs them before it records
+    the entry (see the module docstring).
     """
     prepare_worker()
     import numpy as np
@@ -559,16 +576,19 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
 
     facts = source_facts(source)
     feed, orderbook, exchange = read_source(source)
+    symbols = feed.events["symbol"]
+    # The symbols present, by counting (a sort of every event costs more than the rest of this loop).
+    counts = np.bincount(symbols, minlength=1) if len(symbols) else np.zeros(0, np.int64)
     shards = []
-    for symbol in np.unique(feed.events["symbol"]).tolist():
+    for symbol in np.flatnonzero(counts).tolist():
         table = snapshots.snapshot_feed(feed, symbol, interval_ns, levels, exchange=exchange,
                                         orderbook=orderbook)
         name = snapshots.output_name(source.name, table.symbol, levels, interval_text, format)
-        snapshots.write_snapshots(table, Path(out_dir) / name, format)
-        times = feed.events["exchange_ns"][feed.events["symbol"] == symbol]
+        snapshots.write_snapshots(table, Path(out_dir) / name, format, durable=False)
+        times = feed.events["exchange_ns"] if len(counts) == 1 else feed.events["exchange_ns"][symbols == symbol]
         times = times[times > 0]
         shards.append({"symbol": table.symbol, "output": name, "rows": len(table),
-                       "events": int(np.count_nonzero(feed.events["symbol"] == symbol)),
+                       "events": int(counts[symbol]),
                        "first_boundary_ns": int(table.times[0]) if len(table) else None,
                        "last_boundary_ns": int(table.times[-1]) if len(table) else None,
                        "first_event_ns": int(times.min()) if len(times) else None,
@@ -596,13 +616,16 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
     """Snapshots of every (file, symbol) shard of ``paths`` into ``out_dir``, with a manifest.
 
     A rerun skips inputs whose shards are done (unchanged size and mtime,
-    outputs present, same options); ``force`` redoes them.
+    outputs present, same options); ``force`` redoes them. An input is
+    recorded as done only once its outputs are synced, and an input to redo
+    is un-recorded before its outputs are written again (see the module
+    docstring): after a crash, a rerun redoes whatever might be torn.
 
     Returns
     -------
     BatchReport
     """
-    from ringbook.engine.snapshots import FORMATS as OUTPUT_FORMATS
+    from ringbook.engine.snapshots import FORMATS as OUTPUT_FORMATS, sync_files
 
     if format not in OUTPUT_FORMATS:
         raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {format!r}")
@@ -624,8 +647,15 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
         else:
             todo.append(source)
 
+    manifest.forget(todo)
+
     def finished(k, result):
         source = todo[k]
+        if not isinstance(result, TaskFailure):
+            try:
+                sync_files(out_dir, [shard["output"] for shard in result["shards"]])
+            except OSError as error:
+                result = TaskFailure.of(error)
         if isinstance(result, TaskFailure):
             try:
                 facts = source_facts(source, hash=False)

@@ -9,7 +9,9 @@ LOBSTER shows are taken from the row): each snapshot then equals the
 orderbook row of the last message at or before its boundary.
 
 Files (:func:`write_snapshots`), one per shard, written atomically (a
-temporary file in the same folder, then a rename):
+temporary file in the same folder, then a rename) and synced, unless the
+caller syncs them later (``durable=False``, :func:`sync_files`: a batch's
+driver does):
 
 csv
     tardis.dev's ``book_snapshot_N`` layout: ``exchange,symbol,timestamp,
@@ -51,7 +53,7 @@ from ringbook.kernels.events import KIND_L3_ADD
 from ringbook.kernels.fixed import format_decimal_bytes
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.replay import _apply_event
-from ringbook.kernels.status import FULL, OK
+from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
 
 FORMATS = ("csv", "parquet", "npz")
 EXTENSIONS = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz"}
@@ -233,42 +235,109 @@ def _put_decimal(out, at, value, scale):
     return stop
 
 
+@llvm_inline_kernel
+def _copy_within(out, start, stop, at):
+    """Copy ``out[start:stop]`` to ``out[at:]`` (``at >= stop``); returns where the copy ends."""
+    for k in range(stop - start):
+        out[at + k] = out[start + k]
+    return at + stop - start
+
+
+@llvm_inline_kernel
+def _put_level(out, at, prices, quantities, row, level, price_scale, size_scale):
+    """``,price,amount`` of one side's level; both fields empty when the side has no such level."""
+    price = prices[row, level]
+    out[at] = 44
+    at += 1
+    if price != NO_PRICE:
+        at = _put_decimal(out, at, price, price_scale)
+    out[at] = 44
+    at += 1
+    if price != NO_PRICE:
+        at = _put_decimal(out, at, quantities[row, level], size_scale)
+    return at
+
+
+@llvm_inline_kernel
+def _same_levels(bid_prices, bid_quantities, ask_prices, ask_quantities, row, other):
+    """Whether rows ``row`` and ``other`` hold the same levels."""
+    for level in range(bid_prices.shape[1]):
+        if (bid_prices[row, level] != bid_prices[other, level]
+                or bid_quantities[row, level] != bid_quantities[other, level]
+                or ask_prices[row, level] != ask_prices[other, level]
+                or ask_quantities[row, level] != ask_quantities[other, level]):
+            return False
+    return True
+
+
+@llvm_inline_kernel
+def widest_csv_row(prefix_bytes, levels):
+    """Bytes a CSV row takes at most: each number at most 21 bytes with its separator, 20 more
+    for the sign and dot, and the newline."""
+    return prefix_bytes + 2 * 22 + levels * 4 * 23 + 1
+
+
 @kernel
 def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, ask_prices,
-                    ask_quantities, price_scale, size_scale, out):
-    """The CSV rows in tardis.dev's layout into ``out``; returns the bytes written (-1: no room).
+                    ask_quantities, price_scale, size_scale, first_row, out):
+    """CSV rows in tardis.dev's layout into ``out``, from ``first_row`` on, while they fit.
 
-    ``prefix`` is ``exchange,symbol,`` as bytes.
+    ``prefix`` is ``exchange,symbol,`` as bytes. A row whose levels equal the
+    previous row's copies that row's level fields (the book often does not
+    change between boundaries), and a local time equal to the boundary copies
+    its digits.
+
+    Returns
+    -------
+    next_row : int
+        The first row not written (``len(times)`` when all are).
+    written : int
+        Bytes written to ``out``; ``BAD_ARGUMENT`` (nothing written) when the
+        arrays disagree in shape. ``out`` takes at least one row when it holds
+        :func:`widest_csv_row` bytes.
     """
+    prefix, times, last_local_ns, out = borrow((prefix, times, last_local_ns, out))
+    bid_prices, bid_quantities, ask_prices, ask_quantities = borrow(
+        (bid_prices, bid_quantities, ask_prices, ask_quantities))
+    rows = times.shape[0]
     levels = bid_prices.shape[1]
-    # Widest row: each number at most 21 bytes with its separator, 20 more for the sign and dot.
-    widest = prefix.shape[0] + 2 * 22 + levels * 4 * 23 + 1
+    for matrix in (bid_prices, bid_quantities, ask_prices, ask_quantities):
+        if matrix.shape[0] < rows or matrix.shape[1] != levels:
+            return first_row, BAD_ARGUMENT
+    if last_local_ns.shape[0] < rows or first_row < 0:
+        return first_row, BAD_ARGUMENT
+    widest = widest_csv_row(prefix.shape[0], levels)
     at = 0
-    for row in range(times.shape[0]):
-        if at + widest > out.shape[0]:
-            return -1
+    levels_start = -1   # the previous row's level fields: out[levels_start:levels_stop]
+    levels_stop = -1
+    row = first_row
+    while row < rows and at + widest <= out.shape[0]:
         at = _put_text(out, at, prefix)
         boundary_us = times[row] // 1000
+        boundary_start = at
         at = _put_integer(out, at, boundary_us)
+        boundary_stop = at
         out[at] = 44
         at += 1
         local = last_local_ns[row] // 1000 if last_local_ns[row] > 0 else boundary_us
-        at = _put_integer(out, at, local)
-        for level in range(levels):
-            for side in range(2):
-                prices = ask_prices if side == 0 else bid_prices
-                quantities = ask_quantities if side == 0 else bid_quantities
-                out[at] = 44
-                at += 1
-                if prices[row, level] != NO_PRICE:
-                    at = _put_decimal(out, at, prices[row, level], price_scale)
-                out[at] = 44
-                at += 1
-                if prices[row, level] != NO_PRICE:
-                    at = _put_decimal(out, at, quantities[row, level], size_scale)
+        if local == boundary_us:
+            at = _copy_within(out, boundary_start, boundary_stop, at)
+        else:
+            at = _put_integer(out, at, local)
+        start = at
+        if levels_start >= 0 and _same_levels(bid_prices, bid_quantities, ask_prices, ask_quantities, row,
+                                              row - 1):
+            at = _copy_within(out, levels_start, levels_stop, at)
+        else:
+            for level in range(levels):
+                at = _put_level(out, at, ask_prices, ask_quantities, row, level, price_scale, size_scale)
+                at = _put_level(out, at, bid_prices, bid_quantities, row, level, price_scale, size_scale)
+        levels_start = start
+        levels_stop = at
         out[at] = 10
         at += 1
-    return at
+        row += 1
+    return row, at
 
 
 def csv_header(levels):
@@ -280,17 +349,31 @@ def csv_header(levels):
     return ",".join(columns)
 
 
+#: Bytes of rows formatted at a time: the buffer stays in cache and memory stays bounded.
+CSV_PIECE = 1 << 20
+
+
+def csv_pieces(snapshots, piece=CSV_PIECE):
+    """The CSV file's bytes in pieces: the header, then rows formatted into one reused buffer.
+
+    Each piece is valid until the next is asked for (write it, or copy it).
+    """
+    prefix = np.frombuffer(f"{snapshots.exchange},{snapshots.symbol},".encode(), np.uint8)
+    out = np.empty(max(piece, widest_csv_row(len(prefix), snapshots.levels)), np.uint8)
+    yield (csv_header(snapshots.levels) + "\n").encode()
+    row = 0
+    while row < len(snapshots):
+        row, written = format_csv_rows(prefix, snapshots.times, snapshots.last_local_ns, snapshots.bid_prices,
+                                       snapshots.bid_quantities, snapshots.ask_prices, snapshots.ask_quantities,
+                                       snapshots.price_scale, snapshots.size_scale, row, out)
+        if written <= 0:
+            raise RuntimeError(f"CSV rows: the snapshot arrays disagree in shape (status {written})")
+        yield memoryview(out)[:written]
+
+
 def csv_bytes(snapshots):
     """The CSV file's bytes."""
-    prefix = np.frombuffer(f"{snapshots.exchange},{snapshots.symbol},".encode(), np.uint8)
-    widest = len(prefix) + 2 * 22 + snapshots.levels * 4 * 23 + 1
-    out = np.empty(max(len(snapshots), 1) * widest, np.uint8)
-    written = format_csv_rows(prefix, snapshots.times, snapshots.last_local_ns, snapshots.bid_prices,
-                              snapshots.bid_quantities, snapshots.ask_prices, snapshots.ask_quantities,
-                              snapshots.price_scale, snapshots.size_scale, out)
-    if written < 0:
-        raise RuntimeError("CSV buffer too small")
-    return (csv_header(snapshots.levels) + "\n").encode() + out[:written].tobytes()
+    return b"".join(bytes(piece) for piece in csv_pieces(snapshots))
 
 
 def _decimal_column(pa, values, scale):
@@ -363,31 +446,68 @@ def read_npz(path):
 _WRITERS = {"csv": csv_bytes, "parquet": parquet_bytes, "npz": npz_bytes}
 
 
-def write_atomic(path, data):
+def write_atomic(path, data, durable=True):
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     A reader sees the old file or the whole new one, never a part; a process
     killed mid-write leaves at most a stray ``.tmp`` file.
+
+    Parameters
+    ----------
+    data : bytes-like, or an iterable of bytes-like pieces
+        Pieces are written as they come (each may be reused once written).
+    durable : bool
+        Sync the file before the rename and the folder after it, so the new
+        file survives a crash of the machine once this returns. Without it the
+        rename is still atomic for readers, but a crash of the machine may
+        leave the file empty or short: whoever records the file as written must
+        first make it durable (:func:`sync_files`).
     """
     path = Path(path)
+    pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
+            for piece in pieces:
+                file.write(piece)
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    if durable:
+        _sync_path(path.parent)
     return path
 
 
-def write_snapshots(snapshots, path, format):
-    """Write one shard's snapshots to ``path`` atomically in ``format`` (csv, parquet, npz)."""
+def _sync_path(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_files(directory, names):
+    """Make files written with ``write_atomic(..., durable=False)`` durable: each file, then the folder
+    (which holds their names)."""
+    for name in names:
+        _sync_path(Path(directory) / name)
+    _sync_path(directory)
+
+
+def write_snapshots(snapshots, path, format, durable=True):
+    """Write one shard's snapshots to ``path`` atomically in ``format`` (csv, parquet, npz).
+
+    ``durable``: see :func:`write_atomic`. A CSV is formatted and written in
+    pieces (:func:`csv_pieces`), never whole in memory.
+    """
     if format not in _WRITERS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    return write_atomic(path, _WRITERS[format](snapshots))
+    data = csv_pieces(snapshots) if format == "csv" else _WRITERS[format](snapshots)
+    return write_atomic(path, data, durable)
 
 
 def output_name(input_path, symbol, levels, interval_text, format):

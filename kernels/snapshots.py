@@ -94,11 +94,16 @@ def _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_n
         ask_quantities[row, level] = 0
 
 
-@kernel
+@llvm_inline_kernel
 def _snapshot_through(book, symbol, limit, inclusive, interval, cursor, times, last_ns,
                       last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
                       ask_quantities):
-    """Write every pending boundary ``< limit`` (``<= limit`` when ``inclusive``)."""
+    """Write every pending boundary ``< limit`` (``<= limit`` when ``inclusive``).
+
+    Inlined into its callers' machine code: a call would pass the book's and the
+    outputs' arrays and count references to each of them on entry and exit, which
+    costs far more than the row it writes (a boundary every few messages).
+    """
     if interval <= 0 or cursor.shape[0] < N_CURSOR:
         return BAD_ARGUMENT
     if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:

@@ -703,6 +703,33 @@ def snapshots(events, symbol, interval, levels):
     return rows
 
 
+def snapshot_csv(exchange, symbol, price_scale, size_scale, times, last_local_ns, bid_prices, bid_quantities,
+                 ask_prices, ask_quantities, no_price):
+    """The CSV text of snapshot arrays (engine/snapshots.py's tardis.dev layout), a row at a time with
+    Decimal: times in µs (the local time is the boundary when unknown), numbers without trailing
+    zeros, both fields of an absent level empty."""
+    def number(value, scale):
+        text = format(_decimal.Decimal(int(value)).scaleb(-scale), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
+
+    columns = ["exchange", "symbol", "timestamp", "local_timestamp"]
+    for level in range(bid_prices.shape[1]):
+        columns += [f"asks[{level}].price", f"asks[{level}].amount", f"bids[{level}].price",
+                    f"bids[{level}].amount"]
+    lines = [",".join(columns)]
+    for row in range(len(times)):
+        boundary = int(times[row]) // 1000
+        local = int(last_local_ns[row]) // 1000 if last_local_ns[row] > 0 else boundary
+        fields = [exchange, symbol, str(boundary), str(local)]
+        for level in range(len(bid_prices[row])):
+            for prices, quantities in ((ask_prices, ask_quantities), (bid_prices, bid_quantities)):
+                present = prices[row][level] != no_price
+                fields += [number(prices[row][level], price_scale) if present else "",
+                           number(quantities[row][level], size_scale) if present else ""]
+        lines.append(",".join(fields))
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------
 # tardis.dev incremental_book_L2 (engine/feeds/tardis.py): csv and Decimal, a
 # Python loop over the rows, the snapshot runs tracked per symbol.

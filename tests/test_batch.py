@@ -270,6 +270,40 @@ def test_rerun_resumes_and_force_redoes(tmp_path):
     assert len(batch.snapshot_files(inputs, out, levels=6, workers=0).done) == len(inputs)
 
 
+def test_redo_is_unrecorded_before_its_outputs_are_rewritten(tmp_path):
+    """The manifest a crash mid-redo leaves (inputs to redo forgotten, their outputs rewritten but
+    not yet synced or recorded) makes the next run redo exactly those inputs."""
+    inputs = make_inputs(tmp_path / "in", lobster_files=2)
+    out = tmp_path / "out"
+    assert batch.snapshot_files(inputs, out, levels=5, workers=0).ok
+    files = folder_bytes(out)
+    options = {"levels": 5, "interval": "1s", "format": "csv"}
+    manifest = batch.Manifest(out, options)
+    redo = batch.sources(inputs[:2])
+    manifest.forget(redo)
+    saved = json.loads((out / batch.MANIFEST).read_text())
+    assert set(saved["files"]) == {str(path) for path in inputs[2:]}
+    # A worker rewrote an output (atomically, not synced) when the machine stopped.
+    for source in redo:
+        batch.snapshot_task(source, str(out), 5, 10**9, "1s", "csv")
+    again = batch.snapshot_files(inputs, out, levels=5, workers=0)
+    assert again.done == [str(path) for path in inputs[:2]] and len(again.skipped) == len(inputs) - 2
+    assert folder_bytes(out) == files
+    # Forgetting what is not recorded changes nothing (and writes nothing).
+    before = (out / batch.MANIFEST).stat().st_mtime_ns
+    batch.Manifest(out, {**options, "levels": 6}).forget(redo)
+    assert (out / batch.MANIFEST).stat().st_mtime_ns == before
+
+
+def test_outputs_and_manifest_written_atomically_without_strays(tmp_path):
+    inputs = make_inputs(tmp_path / "in", lobster_files=1)
+    report = batch.snapshot_files(inputs, tmp_path / "out", levels=3, workers=0)
+    assert report.ok
+    names = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert not [name for name in names if name.endswith(".tmp")]
+    assert len(names) == 1 + sum(len(entry["shards"]) for entry in report.entries.values())
+
+
 # ---------------------------------------------------------------- inputs and `ringbook check`
 
 def test_formats_and_lobster_pairs(tmp_path):

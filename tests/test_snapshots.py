@@ -17,7 +17,7 @@ from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, new_book
 from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L2_SET, KIND_TOP_OF_BOOK, Instruments,
                                      empty_events)
-from ringbook.kernels.status import FULL, OK
+from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
 from tests import naive
 from tests.llvm_ir import allocation_calls
 
@@ -179,6 +179,55 @@ def test_csv_numbers_round_trip_through_decimal():
     table = small_table()
     rows = list(csv.DictReader(io.StringIO(snapshots.csv_bytes(table).decode())))
     assert Decimal(rows[0]["bids[0].price"]).scaleb(8) == int(table.bid_prices[0, 0])
+
+
+def table_arrays(table):
+    return (table.exchange, table.symbol, table.price_scale, table.size_scale, table.times, table.last_local_ns,
+            table.bid_prices, table.bid_quantities, table.ask_prices, table.ask_quantities)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 12), st.integers(1, 4), st.integers(0, 18), st.integers(0, 18), st.integers(1, 3),
+       st.data())
+def test_csv_matches_reference_in_any_pieces(rows, levels, price_scale, size_scale, distinct, data):
+    """Rows that repeat the previous one's levels (copied), local times equal to the boundary or not,
+    negative and extreme numbers, absent levels; written whole and one row a piece."""
+    value = st.one_of(st.integers(-10**6, 10**6), st.integers(-2**63 + 1, 2**63 - 1), st.just(0))
+    variants = []
+    for _ in range(distinct):
+        prices = np.array(data.draw(st.lists(st.one_of(value, st.just(NO_PRICE)), min_size=2 * levels,
+                                             max_size=2 * levels)), np.int64).reshape(2, levels)
+        quantities = np.array(data.draw(st.lists(value, min_size=2 * levels, max_size=2 * levels)),
+                              np.int64).reshape(2, levels)
+        variants.append((prices, quantities))
+    pick = data.draw(st.lists(st.integers(0, distinct - 1), min_size=rows, max_size=rows))
+    times = np.array(sorted(data.draw(st.lists(st.integers(1, 2**62), min_size=rows, max_size=rows))), np.int64)
+    local = np.array(data.draw(st.lists(st.sampled_from([0, -5, 1, 2**61 + 123_456]), min_size=rows,
+                                        max_size=rows)), np.int64)
+    local = np.where(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)) if rows else [], times, local)
+    matrices = [np.array([variants[k][kind][side] for k in pick], np.int64).reshape(rows, levels)
+                for kind, side in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    table = snapshots.Snapshots("ex", "SYM-1", price_scale, size_scale, times, times, local, times, *matrices)
+    expected = naive.snapshot_csv(*table_arrays(table), NO_PRICE)
+    assert snapshots.csv_bytes(table).decode() == expected
+    assert b"".join(bytes(piece) for piece in snapshots.csv_pieces(table, piece=1)).decode() == expected
+
+
+def test_csv_rows_refuse_arrays_of_other_shapes():
+    table = small_table()
+    out = np.zeros(4096, np.uint8)
+    prefix = np.frombuffer(b"x,y,", np.uint8)
+    assert snapshots.format_csv_rows(prefix, table.times, table.last_local_ns, table.bid_prices[:1],
+                                     table.bid_quantities, table.ask_prices, table.ask_quantities, 8, 8, 0,
+                                     out) == (0, BAD_ARGUMENT)
+    assert not out.any()
+
+
+def test_csv_of_real_snapshots_matches_reference(shared_data):
+    feed = lobster.read_messages(shared_data / AMZN.format("message"))
+    orderbook = lobster.read_orderbook(shared_data / AMZN.format("orderbook"))
+    table = snapshots.snapshot_feed(feed, 0, SECOND, 10, exchange="nasdaq", orderbook=orderbook)
+    assert snapshots.csv_bytes(table).decode() == naive.snapshot_csv(*table_arrays(table), NO_PRICE)
 
 
 def test_parquet_typed_columns_and_nulls():
