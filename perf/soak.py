@@ -18,7 +18,7 @@ follower then deletes nothing and the rate is lowered, as before, until the whol
 (measured in a short paced run) fits in 80% of the free space. Should the raw journal on disk
 ever grow past that (a follower that cannot keep up), the engine is stopped and the soak fails.
 
-Run: ``flock /work/wt/bench.lock python perf/soak.py [--minutes 10] [--out DIR] [--keep] [--realtime]``.
+Run: ``flock /tmp/ringbook-bench.lock python perf/soak.py [--minutes 10] [--out DIR] [--keep] [--realtime]``.
 Exit status 0 when every check holds, 1 otherwise; prints one JSON summary.
 """
 
