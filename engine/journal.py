@@ -337,8 +337,9 @@ def list_segments(root, stream=None):
     return found
 
 
-def _fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path):
+    """Sync a file or a folder (a folder holds its files' names) by path."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
@@ -820,7 +821,7 @@ class JournalWriter:
                 self._since_sync = []
             os.rename(temporary, path)
             if self.durability != "none":
-                _fsync_directory(directory)
+                fsync_path(directory)
         except BaseException:
             os.close(fd)
             self._fd = None

@@ -46,6 +46,7 @@ import numpy as np
 
 from ringbook.engine.check import _reconcile_order, price_ticks
 from ringbook.engine.feeds import lobster
+from ringbook.engine.journal import fsync_path
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
@@ -478,24 +479,16 @@ def write_atomic(path, data, durable=True):
         Path(temporary).unlink(missing_ok=True)
         raise
     if durable:
-        _sync_path(path.parent)
+        fsync_path(path.parent)
     return path
-
-
-def _sync_path(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def sync_files(directory, names):
     """Make files written with ``write_atomic(..., durable=False)`` durable: each file, then the folder
     (which holds their names)."""
     for name in names:
-        _sync_path(Path(directory) / name)
-    _sync_path(directory)
+        fsync_path(Path(directory) / name)
+    fsync_path(directory)
 
 
 def write_snapshots(snapshots, path, format, durable=True):
