@@ -214,9 +214,14 @@ def _read_journal(source):
 
 def source_facts(source, hash=True):
     """:func:`file_facts` of an input; for a journal stream, of its segments together
-    (bytes added, the latest mtime, one hash over them in order)."""
+    (bytes added, the latest mtime, one hash over them in order). A LOBSTER orderbook
+    file adds its ``orderbook_size`` and ``orderbook_mtime_ns``: the snapshots depend on it too."""
     if source.stream is None:
-        return file_facts(source.path, hash)
+        facts = file_facts(source.path, hash)
+        if source.orderbook:
+            stat = os.stat(source.orderbook)
+            facts.update(orderbook_size=stat.st_size, orderbook_mtime_ns=stat.st_mtime_ns)
+        return facts
     from ringbook.engine.journal import list_segments
 
     segments = [path for _, path in list_segments(source.path, source.stream).get(source.stream, [])]
@@ -498,7 +503,7 @@ class Manifest:
     """``manifest.json`` in the output folder: every input and its shards.
 
     ``{"version": 1, "options": {...}, "files": {input: {"size", "mtime_ns",
-    "sha256", "format", "orderbook", "stream", "status", "error", "shards": [{"symbol",
+    "sha256", ["orderbook_size", "orderbook_mtime_ns",] "format", "orderbook", "stream", "status", "error", "shards": [{"symbol",
     "output", "rows", "first_boundary_ns", "last_boundary_ns", "first_event_ns",
     "last_event_ns", "events"}]}}}``, an input named by its path (``path#stream`` for
     a journal's stream, whose facts are those of its segments). Written atomically
@@ -516,12 +521,13 @@ class Manifest:
                 self.files = saved.get("files", {})
 
     def is_done(self, source, directory):
-        """True when the input is unchanged (size, mtime) and every one of its outputs exists."""
+        """True when the input is unchanged (size and mtime, its orderbook file's too) and every one
+        of its outputs exists."""
         entry = self.files.get(source.key)
         if entry is None or entry.get("status") != "done":
             return False
         facts = source_facts(source, hash=False)
-        if (entry["size"], entry["mtime_ns"]) != (facts["size"], facts["mtime_ns"]):
+        if any(entry.get(name) != value for name, value in facts.items()):
             return False
         return all((Path(directory) / shard["output"]).exists() for shard in entry["shards"])
 

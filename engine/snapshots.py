@@ -54,6 +54,7 @@ from ringbook.kernels.events import KIND_L3_ADD
 from ringbook.kernels.fixed import format_decimal_bytes
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.replay import _apply_event
+from ringbook.kernels.slab import copy_bytes
 from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
 
 FORMATS = ("csv", "parquet", "npz")
@@ -218,8 +219,7 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
 
 @llvm_inline_kernel
 def _put_text(out, at, text):
-    for k in range(text.shape[0]):
-        out[at + k] = text[k]
+    copy_bytes(text, 0, out, at, text.shape[0])
     return at + text.shape[0]
 
 
@@ -238,9 +238,8 @@ def _put_decimal(out, at, value, scale):
 
 @llvm_inline_kernel
 def _copy_within(out, start, stop, at):
-    """Copy ``out[start:stop]`` to ``out[at:]`` (``at >= stop``); returns where the copy ends."""
-    for k in range(stop - start):
-        out[at + k] = out[start + k]
+    """Copy ``out[start:stop]`` to ``out[at:]`` (``at >= stop``: no overlap); returns where the copy ends."""
+    copy_bytes(out, start, out, at, stop - start)
     return at + stop - start
 
 

@@ -265,6 +265,10 @@ def test_rerun_resumes_and_force_redoes(tmp_path):
     Path(inputs[-1]).write_text(Path(inputs[-1]).read_text() + TARDIS_ROWS.splitlines()[-1].replace(
         "1600000040", "1600000041") + "\n")
     assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[-1])]
+    # So is a LOBSTER input whose orderbook file changed (the snapshots are reconciled with it).
+    orderbook = Path(entry["orderbook"])
+    os.utime(orderbook, ns=(orderbook.stat().st_atime_ns, orderbook.stat().st_mtime_ns + 10**9))
+    assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[0])]
     assert len(batch.snapshot_files(inputs, out, levels=5, workers=0, force=True).done) == len(inputs)
     # Other options are another run: nothing is skipped.
     assert len(batch.snapshot_files(inputs, out, levels=6, workers=0).done) == len(inputs)
