@@ -88,10 +88,12 @@ class Snapshots:
 
 
 def _outputs(rows, levels):
-    return (np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros(rows, np.int64),
-            np.zeros(rows, np.int64), np.zeros((rows, levels), np.int64),
-            np.zeros((rows, levels), np.int64), np.zeros((rows, levels), np.int64),
-            np.zeros((rows, levels), np.int64))
+    """The kernel's output arrays, uninitialised: it writes every field of each row it counts,
+    and only those rows are kept."""
+    return (np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
+            np.empty(rows, np.int64), np.empty((rows, levels), np.int64),
+            np.empty((rows, levels), np.int64), np.empty((rows, levels), np.int64),
+            np.empty((rows, levels), np.int64))
 
 
 @kernel

@@ -16,6 +16,9 @@ kernels are compiled at import and each worker warms up before timing):
 - ``shard_lobster`` / ``shard_binance``: one whole shard in a worker: read the
   file, take the snapshots, write the CSV; messages per second are printed. Their
   peers ``file_replay_*`` read the same file and replay it plainly in one process.
+  ``shard_lobster_10s`` is the LOBSTER shard at 10 s: what a shard costs beyond a
+  replay grows with the boundaries it writes, and the LOBSTER day has only about
+  2.5 messages a second.
 
 The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``),
 else synthetic ones of the same formats.
@@ -114,7 +117,7 @@ def time_replay(loops, feed):
     return total
 
 
-def time_shard(loops, path):
+def time_shard(loops, path, seconds=1):
     """A worker's whole shard, each into a folder of its own: a batch writes new files (renaming
     over an earlier output, as only a ``--force`` rerun does, makes ext4 write it out at once)."""
     source = batch.sources([path])[0]
@@ -123,7 +126,7 @@ def time_shard(loops, path):
         out = SCRATCH / f"shard-{k}"
         out.mkdir(exist_ok=True)
         started = time.perf_counter()
-        batch.snapshot_task(source, str(out), LEVELS, SECOND, "1s", "csv")
+        batch.snapshot_task(source, str(out), LEVELS, seconds * SECOND, f"{seconds}s", "csv")
         total += time.perf_counter() - started
         shutil.rmtree(out)
     return total
@@ -209,6 +212,7 @@ def benchmark_table(lobster_feed, binance_feed, pools):
         "snapshots_binance": bench(time_snapshots, binance_feed),
         "replay_binance": bench(time_replay, binance_feed),
         "shard_lobster": bench(time_shard, MESSAGES),
+        "shard_lobster_10s": bench(time_shard, MESSAGES, 10),
         "shard_binance": bench(time_shard, CAPTURE),
         "file_replay_lobster": bench(time_file_replay, MESSAGES),
         "file_replay_binance": bench(time_file_replay, CAPTURE),
@@ -230,6 +234,8 @@ COMPARISONS = [
           means="the same on a local Dask cluster of 2 workers (time per task)"),
     Comparison("shard_lobster", "file_replay_lobster", at_least=0.8,
                means="a worker's whole LOBSTER shard vs a plain replay of the file in one process"),
+    Comparison("shard_lobster_10s", "file_replay_lobster",
+               means="the same LOBSTER shard at 10 s: a tenth of the boundaries (snapshot rows written)"),
     Comparison("shard_binance", "file_replay_binance", at_least=0.8,
                means="a worker's whole Binance shard vs a plain replay of the file in one process"),
     Comparison("snapshots_lobster", "replay_lobster", means="snapshot kernel vs plain apply_events, LOBSTER"),
@@ -259,7 +265,7 @@ def main():
     binance_feed, _, _ = source_feed(CAPTURE)
     batch.prepare_worker()
     time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
-    time_shard(1, MESSAGES), time_shard(1, CAPTURE)
+    time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE)
     pools = Pools()
     try:
         _, results = run_subject("Batch research", benchmark_table(lobster_feed, binance_feed, pools), COMPARISONS,
