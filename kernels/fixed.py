@@ -58,6 +58,7 @@ import operator
 
 import numpy as np
 
+from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.limits import INT64_MAX, INT64_MIN
 # The codes these kernels return, re-exported so ``fixed.OK`` and the like keep working.
@@ -236,7 +237,7 @@ def parse_decimal_bytes(buffer, start, stop, scale):
     """
     if start < 0 or stop > len(buffer) or start > stop or scale < 0 or scale > MAX_SCALE:
         return np.int64(0), np.int64(INVALID)
-    value, status, end = _parse_run(buffer, start, stop, scale)
+    value, status, end = _parse_run(borrow(buffer), start, stop, scale)
     if end != stop:
         return np.int64(0), np.int64(INVALID)
     return np.int64(value), np.int64(status)

@@ -48,6 +48,7 @@ from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL,
                             KIND_L3_DELETE, KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS,
                             KIND_TRADE, STATUS_HALTED, STATUS_QUOTING, STATUS_TRADING, Instruments)
+from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.limits import INT64_MAX
 from ringbook.kernels.status import FIELD_COUNT, OK
@@ -105,6 +106,7 @@ def parse_csv_rows(buffer, starts, stops, first, scales, out):
     column : int64
         The bad field's column (-1 when OK or for a field count).
     """
+    buffer = borrow(buffer)     # the caller's reference keeps it alive: no counting in each field's call
     width = out.shape[1]
     if scales.shape[0] != width or out.shape[0] < starts.shape[0] or stops.shape[0] != starts.shape[0]:
         return np.int64(first), np.int64(fixed.INVALID), np.int64(-1)
