@@ -276,7 +276,7 @@ def check_binance_kernel(book, events, ticker_sequences, ticker_symbols, ticker_
             counters[ERROR_EVENT] = i
             counters[ERROR_STATUS] = status
             return history_written
-        symbol = event.symbol
+        symbol = np.int64(event.symbol)  # the book's queries are compiled for int64 symbols
         sequence = event.sequence
         # After a diff (not a snapshot) that the book applied, at its last event.
         if ((event.kind != KIND_L2_SET and event.kind != KIND_SEQUENCE) or sequence == 0

@@ -467,7 +467,11 @@ def _check_scale(scale, name="scale"):
 
 
 def _as_buffer(text):
-    """``text`` (str or bytes-like) as a writable uint8 array."""
+    """``text`` (str or bytes-like) as a read-only uint8 array.
+
+    Read-only like the buffers the feeds read from files, so the kernels below compile
+    once for both (Numba compiles again for each flag).
+    """
     if isinstance(text, str):
         try:
             raw = text.encode("ascii")
@@ -477,7 +481,7 @@ def _as_buffer(text):
         raw = bytes(text)
     else:
         raise TypeError(f"expected str or bytes, got {type(text).__name__}")
-    return np.frombuffer(bytearray(raw), dtype=np.uint8)
+    return np.frombuffer(raw, dtype=np.uint8)
 
 
 def _raise_for_status(status, text, scale):

@@ -91,7 +91,8 @@ MESSAGES, MOST_LEVELS, FAIL_AT, SPIN, SPUN = range(5)
 def strategy(book, events, i, state):
     """The one callback of these tests: each new callback compiles the book loop again."""
     state[MESSAGES] += 1
-    state[MOST_LEVELS] = max(state[MOST_LEVELS], books.level_count(book, events[i].symbol, 1))
+    # int64, as the engine passes symbols: level_count is compiled once
+    state[MOST_LEVELS] = max(state[MOST_LEVELS], books.level_count(book, np.int64(events[i].symbol), 1))
     if state[MESSAGES] == state[FAIL_AT]:
         raise ValueError("strategy failed on purpose")
     total = 0

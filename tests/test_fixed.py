@@ -26,7 +26,8 @@ int64s = st.integers(INT64_MIN, INT64_MAX)
 
 
 def as_buffer(text):
-    return np.frombuffer(bytearray(text.encode("latin-1")), dtype=np.uint8)
+    """Read-only, as the feeds' buffers and :func:`parse_decimal`'s are: one compile of each kernel."""
+    return np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
 
 
 def kernel_parse(text, scale):

@@ -254,7 +254,8 @@ def test_fdatasync_eio_while_append_many_writes_on_its_second_thread(tmp_path):
                            retry_max_s=0.002, on_error=lambda path, error: None)
     sync = DroppingSync(fail_at=range(1, 10_000, 2))
     writer.sync_function = sync
-    payloads = np.frombuffer(b"".join(message("s", i) for i in range(5000)), np.uint8).reshape(5000, 40)
+    # writable, as the engine's payloads are: the framing kernel compiles once for both
+    payloads = np.frombuffer(bytearray(b"".join(message("s", i) for i in range(5000))), np.uint8).reshape(5000, 40)
     writer.append_many(payloads, receive_ns=np.arange(5000))  # 400 KB in 4 KiB batches, 7 segments
     assert writer._executor is not None  # framed on one thread while written on the other
     writer.close()
@@ -288,7 +289,7 @@ def test_fdatasync_eio_beyond_what_is_kept_names_the_records(tmp_path):
                            retry_max_s=0.002, on_error=lambda path, error: errors.append(error))
     sync = DroppingSync(fail_at=[3])  # the header's and the first batch's syncs succeed, the flush's fails
     writer.sync_function = sync
-    payloads = np.frombuffer(b"".join(message("s", i) for i in range(10)), np.uint8).reshape(10, 40)
+    payloads = np.frombuffer(bytearray(b"".join(message("s", i) for i in range(10))), np.uint8).reshape(10, 40)
     writer.append_many(payloads[:3], receive_ns=1)   # synced at once: the interval started long ago
     assert writer.last_durable_sequence == 2
     writer.append_many(payloads[3:7], receive_ns=2)  # 4 x 80 bytes: more than retain_bytes, not kept

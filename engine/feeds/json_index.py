@@ -44,8 +44,12 @@ _CLOSE_BRACE = 125
 
 
 def name(text):
-    """A member name (or a literal value such as ``'"trade"'``) as the uint8 array the kernels compare."""
-    return np.frombuffer(text.encode(), np.uint8).copy()
+    """A member name (or a literal value such as ``'"trade"'``) as the uint8 array the kernels compare.
+
+    Read-only, as Numba types a global array inside a kernel: a name passed from Python and
+    one a kernel reads as a global compile the kernels once, not once for each flag.
+    """
+    return np.frombuffer(text.encode(), np.uint8)
 
 
 def new_members():
