@@ -67,6 +67,7 @@ from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                                      KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END,
                                      KIND_TOP_OF_BOOK, KIND_TRADE, Instruments)
+from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import MISSING, NOT_JSON, OUT_OF_RANGE
 
@@ -387,6 +388,7 @@ def parse_lines(buffer, starts, stops, first, written, scales, scratch, events, 
     field : int64
         Index in :data:`FIELD_NAMES` of the bad field (-1 if none).
     """
+    buffer = borrow(buffer)     # the caller's reference keeps it alive: no counting in each field's call
     members = js.new_members_kernel()
     for line in range(first, starts.shape[0]):
         start = starts[line]

@@ -39,6 +39,7 @@ from ringbook.engine.feeds.source import (MIN_MEMORY_LIMIT, Feed, FeedError, che
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                                      KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, Instruments)
+from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import kernel
 from ringbook.kernels.status import FIELD_COUNT, INVALID, OK, OUT_OF_RANGE
 
@@ -128,6 +129,7 @@ def parse_rows(buffer, starts, stops, first, price_scale, size_scale, names, nam
         :mod:`ringbook.kernels.fixed` status, ``INVALID`` or ``OUT_OF_RANGE``),
         the bad field (-1: none) and the symbols and name bytes taken.
     """
+    buffer = borrow(buffer)     # the caller's reference keeps it alive: no counting in each field's call
     field_starts = np.zeros(N_FIELDS, np.int64)
     field_stops = np.zeros(N_FIELDS, np.int64)
     last_symbol = -1
