@@ -503,9 +503,9 @@ class Manifest:
     """``manifest.json`` in the output folder: every input and its shards.
 
     ``{"version": 1, "options": {...}, "files": {input: {"size", "mtime_ns",
-    "sha256", ["orderbook_size", "orderbook_mtime_ns",] "format", "orderbook", "stream", "status", "error", "shards": [{"symbol",
-    "output", "rows", "first_boundary_ns", "last_boundary_ns", "first_event_ns",
-    "last_event_ns", "events"}]}}}``, an input named by its path (``path#stream`` for
+    "sha256", ["orderbook_size", "orderbook_mtime_ns",] "format", "orderbook", "stream",
+    "status", "error", "shards": [{"symbol", "output", "rows", "first_boundary_ns",
+    "last_boundary_ns", "first_event_ns", "last_event_ns", "events"}]}}}``, an input named by its path (``path#stream`` for
     a journal's stream, whose facts are those of its segments). Written atomically
     and synced after each file; an input is recorded as done only once its
     outputs are synced (see the module docstring).
@@ -527,7 +527,8 @@ class Manifest:
         if entry is None or entry.get("status") != "done":
             return False
         facts = source_facts(source, hash=False)
-        if any(entry.get(name) != value for name, value in facts.items()):
+        if entry.get("orderbook") != source.orderbook or any(entry.get(name) != value
+                                                              for name, value in facts.items()):
             return False
         return all((Path(directory) / shard["output"]).exists() for shard in entry["shards"])
 

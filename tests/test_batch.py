@@ -269,6 +269,10 @@ def test_rerun_resumes_and_force_redoes(tmp_path):
     orderbook = Path(entry["orderbook"])
     os.utime(orderbook, ns=(orderbook.stat().st_atime_ns, orderbook.stat().st_mtime_ns + 10**9))
     assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[0])]
+    # And one whose orderbook file is gone: it is no longer seeded from one.
+    orderbook.rename(orderbook.with_name("elsewhere.csv"))
+    assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[0])]
+    orderbook.with_name("elsewhere.csv").rename(orderbook)
     assert len(batch.snapshot_files(inputs, out, levels=5, workers=0, force=True).done) == len(inputs)
     # Other options are another run: nothing is skipped.
     assert len(batch.snapshot_files(inputs, out, levels=6, workers=0).done) == len(inputs)
