@@ -196,6 +196,8 @@ def _batch_rows(path, block, batch_start, batch_stop, width, scales, names, skip
         skipped.append(line)
         good[stopped_at] = False
         at = stopped_at + 1
+    if good.all():  # the usual case: no copy
+        return rows, numbers, np.arange(len(rows)), None
     return rows[good], numbers[good], np.flatnonzero(good), None
 
 
