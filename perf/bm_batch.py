@@ -18,7 +18,8 @@ kernels are compiled at import and each worker warms up before timing):
   peers ``file_replay_*`` read the same file and replay it plainly in one process.
   ``shard_lobster_10s`` is the LOBSTER shard at 10 s: what a shard costs beyond a
   replay grows with the boundaries it writes, and the LOBSTER day has only about
-  2.5 messages a second.
+  2.5 messages a second. ``file_snapshots_lobster`` takes the same snapshots and
+  writes them in one process, without the batch layer (hash, manifest entry, task).
 
 The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``),
 else synthetic ones of the same formats.
@@ -142,6 +143,23 @@ def time_file_replay(loops, path):
     return time.perf_counter() - started
 
 
+def time_file_snapshots(loops, path):
+    """The same snapshots without the batch layer: read, take them and write the CSV in one
+    process, with no hash, manifest entry or task around them."""
+    source = batch.sources([path])[0]
+    total = 0.0
+    for k in range(loops):
+        out = SCRATCH / f"plain-{k}"
+        out.mkdir(exist_ok=True)
+        started = time.perf_counter()
+        feed, orderbook, exchange = batch.read_source(source)
+        table = snapshots.snapshot_feed(feed, 0, SECOND, LEVELS, exchange=exchange, orderbook=orderbook)
+        snapshots.write_snapshots(table, out / "snapshots.csv", "csv", durable=False)
+        total += time.perf_counter() - started
+        shutil.rmtree(out)
+    return total
+
+
 class Pools:
     """The local pools and the Dask cluster, each started on first use and stopped on ``close``.
 
@@ -215,6 +233,7 @@ def benchmark_table(lobster_feed, binance_feed, pools):
         "shard_lobster_10s": bench(time_shard, MESSAGES, 10),
         "shard_binance": bench(time_shard, CAPTURE),
         "file_replay_lobster": bench(time_file_replay, MESSAGES),
+        "file_snapshots_lobster": bench(time_file_snapshots, MESSAGES),
         "file_replay_binance": bench(time_file_replay, CAPTURE),
         "batch_1_worker": bench(time_batch, pools, "one"),
         "batch_2_workers": bench(time_batch, pools, "two"),
@@ -234,6 +253,8 @@ COMPARISONS = [
           means="the same on a local Dask cluster of 2 workers (time per task)"),
     Comparison("shard_lobster", "file_replay_lobster", at_least=0.8,
                means="a worker's whole LOBSTER shard vs a plain replay of the file in one process"),
+    Comparison("shard_lobster", "file_snapshots_lobster",
+               means="the same shard vs its snapshots taken and written in one process: the batch layer's own cost"),
     Comparison("shard_lobster_10s", "file_replay_lobster",
                means="the same LOBSTER shard at 10 s: a tenth of the boundaries (snapshot rows written)"),
     Comparison("shard_binance", "file_replay_binance", at_least=0.8,
@@ -265,7 +286,7 @@ def main():
     binance_feed, _, _ = source_feed(CAPTURE)
     batch.prepare_worker()
     time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
-    time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE)
+    time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
     pools = Pools()
     try:
         _, results = run_subject("Batch research", benchmark_table(lobster_feed, binance_feed, pools), COMPARISONS,
