@@ -505,8 +505,9 @@ class Manifest:
     ``{"version": 1, "options": {...}, "files": {input: {"size", "mtime_ns",
     "sha256", ["orderbook_size", "orderbook_mtime_ns",] "format", "orderbook", "stream",
     "status", "error", "shards": [{"symbol", "output", "rows", "first_boundary_ns",
-    "last_boundary_ns", "first_event_ns", "last_event_ns", "events"}]}}}``, an input named by its path (``path#stream`` for
-    a journal's stream, whose facts are those of its segments). Written atomically
+    "last_boundary_ns", "first_event_ns", "last_event_ns", "events"}]}}}``, an input named
+    by its path (``path#stream`` for a journal's stream, whose facts are those of its
+    segments). Written atomically
     and synced after each file; an input is recorded as done only once its
     outputs are synced (see the module docstring).
     """

@@ -475,6 +475,21 @@ def lobster_check(message_path, orderbook_path):
     return len(rows), mismatches, unknown
 
 
+def gather_messages(events, messages, order, symbols, numbers, start_column, count_column):
+    """The events (as tuples) of messages ``order`` (rows of ``messages``), in that order, each
+    with its message's symbol; and each one's line (its message's number)."""
+    symbol_field = events.dtype.names.index("symbol")
+    gathered, lines = [], []
+    for message in order.tolist():
+        start, count = int(messages[message, start_column]), int(messages[message, count_column])
+        for index in range(start, start + count):
+            event = list(events[index].item())
+            event[symbol_field] = int(symbols[message])
+            gathered.append(tuple(event))
+            lines.append(int(numbers[message]))
+    return gathered, lines
+
+
 def binance_events(path):
     """A Binance capture's events in file order (no sync), as dicts (see engine.feeds.binance).
 

@@ -592,15 +592,39 @@ def _sync_order(kind, first_id, last_id, carried_id=None, awaiting=False):
             int(ids[-1]), bool(still_awaiting))
 
 
+@kernel
+def gather_messages(events, messages, order, symbols, numbers, out_events, out_lines):
+    """The events of messages ``order`` (rows of ``messages``), in that order, into
+    ``out_events``, each with its message's symbol and, in ``out_lines``, its line.
+
+    The caller sizes the outputs to the messages' event counts; a message that would
+    not fit stops the copy. Returns the events written.
+    """
+    at = 0
+    for k in range(order.shape[0]):
+        message = order[k]
+        start = messages[message, COLUMN_START]
+        count = messages[message, COLUMN_COUNT]
+        if at + count > out_events.shape[0] or at + count > out_lines.shape[0] or start + count > events.shape[0]:
+            return at
+        for j in range(count):
+            out_events[at] = events[start + j]
+            out_events[at].symbol = symbols[message]
+            out_lines[at] = numbers[message]
+            at += 1
+    return at
+
+
 def _expand(parsed, order, synced_first, synced_id):
     """Phase three: the events of the messages ``order``, in that order, with symbols and lines."""
     messages = parsed.messages
     counts = messages[order, COLUMN_COUNT]
     offsets = np.cumsum(counts) - counts
-    event_index = np.repeat(messages[order, COLUMN_START] - offsets, counts) + np.arange(int(counts.sum()))
-    events = parsed.events[event_index]
-    events["symbol"] = np.repeat(parsed.symbols[order], counts)
-    lines = np.repeat(parsed.numbers[order], counts).astype(np.int64)
+    total = int(counts.sum())
+    events, lines = np.empty(total, EVENT_DTYPE), np.empty(total, np.int64)
+    written = gather_messages(parsed.events, messages, order, parsed.symbols, parsed.numbers, events, lines)
+    if written != total:
+        raise RuntimeError(f"gathering messages: {written} events of {total} (the message table disagrees)")
     for message, snapshot_id in zip(synced_first.tolist(), synced_id.tolist()):
         start = int(offsets[np.flatnonzero(order == message)[0]])
         events["prev_sequence"][start:start + messages[message, COLUMN_COUNT]] = snapshot_id
