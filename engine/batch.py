@@ -507,9 +507,8 @@ class Manifest:
     "status", "error", "shards": [{"symbol", "output", "rows", "first_boundary_ns",
     "last_boundary_ns", "first_event_ns", "last_event_ns", "events"}]}}}``, an input named
     by its path (``path#stream`` for a journal's stream, whose facts are those of its
-    segments). Written atomically
-    and synced after each file; an input is recorded as done only once its
-    outputs are synced (see the module docstring).
+    segments). Written atomically and synced after each file; an input is recorded as
+    done only once its outputs are synced (see the module docstring).
     """
 
     def __init__(self, directory, options):
