@@ -130,7 +130,8 @@ def read_original(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", READERS)
-@pytest.mark.parametrize("content", [b"", b"\n\n\r\n", gzip.compress(b""), gzip.compress(b"\n")])
+@pytest.mark.parametrize("content", [b"", b"\n\n\r\n", gzip.compress(b"", mtime=0), gzip.compress(b"\n", mtime=0)],
+                         ids=["empty", "blank lines", "gzip of nothing", "gzip of a blank line"])
 def test_empty_files_are_errors(tmp_path, name, content):
     _, read = READERS[name]
     path = tmp_path / "empty"

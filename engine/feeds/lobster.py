@@ -271,24 +271,46 @@ def _message_problems(rows, origin_ns):
     return column, reason, [text for _, _, text in checks]
 
 
+@kernel
+def message_events(rows, symbol_id, origin_ns, events):
+    """The events of validated message rows (``time, type, order_id, size, price, direction``)
+    into ``events`` (zeroed: fields a message has no value for are left alone), one per row:
+    a halt (type 7) carries its ``STATUS_*`` in ``quantity`` and no price or side, a cross
+    trade (type 6) no side.
+
+    Returns the events written: fewer than the rows at the first row that is not valid
+    (a type outside 1..7, or a halt price outside -1..1), or when ``events`` is full.
+    """
+    for i in range(min(rows.shape[0], events.shape[0])):
+        message_type = rows[i, 1]
+        if message_type < 1 or message_type >= KIND_OF_TYPE.shape[0]:
+            return i
+        kind = KIND_OF_TYPE[message_type]
+        halt = rows[i, 4] + 1
+        if kind == KIND_STATUS and (halt < 0 or halt >= STATUS_OF_HALT_PRICE.shape[0]):
+            return i
+        event = events[i]
+        event.exchange_ns = origin_ns + rows[i, 0]
+        event.order_id = rows[i, 2]
+        event.symbol = symbol_id
+        event.kind = kind
+        event.flags = FLAG_BATCH_END
+        if kind == KIND_STATUS:
+            event.quantity = STATUS_OF_HALT_PRICE[halt]
+        else:
+            event.quantity = rows[i, 3]
+            event.price = rows[i, 4]
+            if kind != KIND_TRADE:
+                event.side = BID if rows[i, 5] == 1 else ASK
+    return min(rows.shape[0], events.shape[0])
+
+
 def _message_events(rows, symbol_id, origin_ns):
     """The events of validated message rows."""
     events = np.zeros(len(rows), EVENT_DTYPE)
-    kinds = KIND_OF_TYPE[rows[:, 1]]
-    events["exchange_ns"] = origin_ns + rows[:, 0]
-    events["kind"] = kinds
-    events["side"] = np.where(rows[:, 5] == 1, BID, ASK)
-    events["order_id"] = rows[:, 2]
-    events["quantity"] = rows[:, 3]
-    events["price"] = rows[:, 4]
-    events["symbol"] = symbol_id
-    events["flags"] = FLAG_BATCH_END
-    halts = kinds == KIND_STATUS
-    events["quantity"][halts] = STATUS_OF_HALT_PRICE[rows[halts, 4] + 1]
-    events["price"][halts] = 0
-    events["side"][halts] = 0
-    crosses = kinds == KIND_TRADE
-    events["side"][crosses] = 0
+    written = message_events(rows, symbol_id, origin_ns, events)
+    if written != len(rows):
+        raise RuntimeError(f"message row {written} was not validated")
     return events
 
 
