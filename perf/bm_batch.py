@@ -118,19 +118,26 @@ def time_replay(loops, feed):
     return total
 
 
+def time_in_new_folders(loops, work, prefix):
+    """Total time of ``work(folder)`` over ``loops`` runs, each in a new folder, deleted after it."""
+    total = 0.0
+    for k in range(loops):
+        out = SCRATCH / f"{prefix}-{k}"
+        out.mkdir(exist_ok=True)
+        started = time.perf_counter()
+        work(out)
+        total += time.perf_counter() - started
+        shutil.rmtree(out)
+    return total
+
+
 def time_shard(loops, path, seconds=1):
     """A worker's whole shard, each into a folder of its own: a batch writes new files (renaming
     over an earlier output, as only a ``--force`` rerun does, makes ext4 write it out at once)."""
     source = batch.sources([path])[0]
-    total = 0.0
-    for k in range(loops):
-        out = SCRATCH / f"shard-{k}"
-        out.mkdir(exist_ok=True)
-        started = time.perf_counter()
-        batch.snapshot_task(source, str(out), LEVELS, seconds * SECOND, f"{seconds}s", "csv")
-        total += time.perf_counter() - started
-        shutil.rmtree(out)
-    return total
+    return time_in_new_folders(
+        loops, lambda out: batch.snapshot_task(source, str(out), LEVELS, seconds * SECOND, f"{seconds}s", "csv"),
+        "shard")
 
 
 def time_file_replay(loops, path):
@@ -147,17 +154,13 @@ def time_file_snapshots(loops, path):
     """The same snapshots without the batch layer: read, take them and write the CSV in one
     process, with no hash, manifest entry or task around them."""
     source = batch.sources([path])[0]
-    total = 0.0
-    for k in range(loops):
-        out = SCRATCH / f"plain-{k}"
-        out.mkdir(exist_ok=True)
-        started = time.perf_counter()
+
+    def work(out):
         feed, orderbook, exchange = batch.read_source(source)
         table = snapshots.snapshot_feed(feed, 0, SECOND, LEVELS, exchange=exchange, orderbook=orderbook)
         snapshots.write_snapshots(table, out / "snapshots.csv", "csv", durable=False)
-        total += time.perf_counter() - started
-        shutil.rmtree(out)
-    return total
+
+    return time_in_new_folders(loops, work, "plain")
 
 
 class Pools:
