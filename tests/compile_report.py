@@ -1,9 +1,10 @@
 """Where a test run spends its time compiling: an opt-in pytest plugin.
 
 ``RINGBOOK_COMPILE_REPORT=20 python -m pytest -n 0`` (with a fresh ``NUMBA_CACHE_DIR`` for a
-cold run; ``-n 0``: in this process, not pytest-xdist's workers) listens to Numba's ``numba:compile`` events and prints, at the end of the run,
-the total compile time, then the functions and the tests that took most, each function
-with its number of distinct signatures. A function's time is its own: the compiles of
+cold run; ``-n 0``: in this process, not pytest-xdist's workers) listens to Numba's
+``numba:compile`` events and prints, at the end of the run, the total compile time, then
+the functions and the tests that took most, each function with its number of distinct
+signatures. A function's time is its own: the compiles of
 its callees, which happen within its own, are counted against them. Only this process
 is measured, not the processes the tests start.
 """
