@@ -436,6 +436,13 @@ class TaskFailure:
         return failure
 
 
+def failure_line(label, name, error):
+    """A report's line for an input that failed: the error alone when it names the input
+    first, as a reader's error does (``path, line 2, field 'size': ...``)."""
+    named = error.startswith((f"{name},", f"{name}:"))
+    return f"{label} {error}" if named else f"{label} {name}: {error}"
+
+
 def _guarded(function, *arguments):
     """Run a task on its worker; an error becomes a :class:`TaskFailure` there.
 
@@ -883,7 +890,7 @@ def run_check(args):
         for entry in files:
             name = entry["file"] + (f" (stream {entry['stream']})" if entry.get("stream") else "")
             if "error" in entry:
-                print(f"ERROR    {name}: {entry['error']}")
+                print(failure_line("ERROR   ", name, entry["error"]))
             else:
                 print(f"{'OK' if entry['mismatches'] == 0 else 'MISMATCH':8} {name}: "
                       + ", ".join(f"{name} {entry[name]}" for name in TOTALS))

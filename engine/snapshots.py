@@ -553,5 +553,5 @@ def run(args):
     print(f"{len(report.done)} files done, {len(report.skipped)} already done, {len(report.failed)} failed; "
           f"{shards} shards, {rows} rows in {args.out}")
     for path, failure in report.failed:
-        print(f"FAILED {path}: {failure.error}")
+        print(batch.failure_line("FAILED", path, failure.error))
     return 0 if report.ok else 1

@@ -231,7 +231,7 @@ def test_malformed_file_fails_alone(inputs, reference, tmp_path, capsys):
                        "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"])
     out = capsys.readouterr().out
     assert status == 1
-    assert f"FAILED {bad}: {bad}, line 42, field 'side': must be bid or ask" in out
+    assert f"FAILED {bad}, line 42, field 'side': must be bid or ask" in out
     manifest = json.loads((tmp_path / "out" / batch.MANIFEST).read_text())
     entry = manifest["files"][str(bad)]
     assert entry["status"] == "failed" and (entry["error"]["line"], entry["error"]["field"]) == (42, "side")
@@ -356,7 +356,7 @@ def test_check_many_files_lines_and_totals(tmp_path, capsys):
     bad.write_text("\n".join(rows) + "\n")
     status = cli.main(["check", str(bad), *map(str, inputs), "--workers", "0"])
     lines = capsys.readouterr().out.splitlines()
-    assert status == 2 and lines[0].startswith(f"ERROR    {bad}: {bad}, line 10")
+    assert status == 2 and lines[0].startswith(f"ERROR    {bad}, line 10")
     assert sum(line.startswith("OK ") for line in lines) == 3
 
 
