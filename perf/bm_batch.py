@@ -18,7 +18,9 @@ kernels are compiled at import and each worker warms up before timing):
   peers ``file_replay_*`` read the same file and replay it plainly in one process.
   ``shard_lobster_10s`` is the LOBSTER shard at 10 s: what a shard costs beyond a
   replay grows with the boundaries it writes, and the LOBSTER day has only about
-  2.5 messages a second. ``file_snapshots_lobster`` takes the same snapshots and
+  2.5 messages a second. ``shard_lobster_10_levels`` / ``file_replay_lobster_10_levels``
+  compare the same on a synthetic 10-level LOBSTER file of about 20 messages a second
+  (a 10-level file holds the messages of ten levels, and its peer reads ten levels). ``file_snapshots_lobster`` takes the same snapshots and
   writes them in one process, without the batch layer (hash, manifest entry, task).
 
 The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``),
@@ -29,6 +31,7 @@ Run: ``python perf/bm_batch.py -o batch.json`` (``-n 2`` for a quick look).
 
 import atexit
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -65,6 +68,24 @@ def input_files():
 
 
 MESSAGES, CAPTURE, ORIGIN = input_files()
+
+
+def ten_level_file(messages=50_000):
+    """A synthetic LOBSTER pair of 10 levels (about 20 messages a second, every level's messages),
+    made once and kept in the temporary folder for pyperf's worker processes, under a name that
+    changes with the generator's code."""
+    code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"ringbook_bm_batch_10_levels_{messages}_{code}"
+    if not folder.is_dir():
+        made = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        synthetic.write_lobster(made, messages=messages, levels=10)
+        with contextlib.suppress(OSError):   # another process made it first
+            made.rename(folder)
+        shutil.rmtree(made, ignore_errors=True)
+    return next(folder.glob("*_message_10.csv"))
+
+
+TEN_LEVELS = ten_level_file()
 
 
 def copies(count):
@@ -238,6 +259,8 @@ def benchmark_table(lobster_feed, binance_feed, pools):
         "file_replay_lobster": bench(time_file_replay, MESSAGES),
         "file_snapshots_lobster": bench(time_file_snapshots, MESSAGES),
         "file_replay_binance": bench(time_file_replay, CAPTURE),
+        "shard_lobster_10_levels": bench(time_shard, TEN_LEVELS),
+        "file_replay_lobster_10_levels": bench(time_file_replay, TEN_LEVELS),
         "batch_1_worker": bench(time_batch, pools, "one"),
         "batch_2_workers": bench(time_batch, pools, "two"),
         "task_overhead_pool": bench(time_overhead, pools, "two", inner_loops=FILES),
@@ -260,6 +283,8 @@ COMPARISONS = [
                means="the same shard vs its snapshots taken and written in one process: the batch layer's own cost"),
     Comparison("shard_lobster_10s", "file_replay_lobster",
                means="the same LOBSTER shard at 10 s: a tenth of the boundaries (snapshot rows written)"),
+    Comparison("shard_lobster_10_levels", "file_replay_lobster_10_levels",
+               means="the same on a 10-level LOBSTER file (synthetic, 50,000 messages, about 20 a second)"),
     Comparison("shard_binance", "file_replay_binance", at_least=0.8,
                means="a worker's whole Binance shard vs a plain replay of the file in one process"),
     Comparison("snapshots_lobster", "replay_lobster", means="snapshot kernel vs plain apply_events, LOBSTER"),
@@ -290,6 +315,7 @@ def main():
     batch.prepare_worker()
     time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
     time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
+    time_shard(1, TEN_LEVELS)
     pools = Pools()
     try:
         _, results = run_subject("Batch research", benchmark_table(lobster_feed, binance_feed, pools), COMPARISONS,
