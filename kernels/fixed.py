@@ -44,7 +44,7 @@ and :func:`~ringbook.kernels.status.status_name` names it:
 
 Kernels (callable from ``@njit`` code)
 --------------------------------------
-:func:`parse_decimal_bytes`, :func:`scan_decimals`, :func:`rescale_value`,
+:func:`parse_decimal_bytes`, :func:`parse_field`, :func:`scan_decimals`, :func:`rescale_value`,
 :func:`rescale_array`, :func:`format_decimal_bytes`.
 
 Python wrappers
@@ -57,10 +57,12 @@ an exchange's tick size).
 import operator
 
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import inline_kernel, kernel, llvm_inline_kernel
 from ringbook.kernels.limits import INT64_MAX, INT64_MIN
+from ringbook.kernels.slab import load_i64
 # The codes these kernels return, re-exported so ``fixed.OK`` and the like keep working.
 from ringbook.kernels.status import (FULL, INVALID, OK, OVERFLOW, TOO_PRECISE,  # noqa: F401
                                      status_name)
@@ -214,6 +216,69 @@ def _parse_run(buffer, start, stop, scale):
     return -accumulated, OK, position
 
 
+# The usual number in one pass, eight bytes at a time: each byte xor "0" is its digit's value
+# when it is a digit, and 10 or more when not (adding 118 then sets its high bit). A carry out
+# of a byte that is not a digit reaches only the bytes after it, beyond the first non-digit.
+_ASCII_ZEROS = np.uint64(0x3030303030303030)
+_TO_HIGH_BIT = np.uint64(0x7676767676767676)
+_HIGH_BITS = np.uint64(0x8080808080808080)
+_UNSIGNED_POWERS_OF_TEN = np.array([10 ** k for k in range(20)], np.uint64)
+
+
+@inline_kernel
+def _digits_value(values, count):
+    """The number the first ``count`` (1..8) bytes of ``values`` make, each byte a digit's
+    value, the first in the lowest: pairs, then fours, then the eight, a multiply each."""
+    values = values << np.uint64(64 - 8 * count)    # the digits last, zeros before them
+    values = ((values & np.uint64(0x0F0F0F0F0F0F0F0F)) * np.uint64(10 * 256 + 1)) >> np.uint64(8)
+    values = ((values & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(100 * 65536 + 1)) >> np.uint64(16)
+    return ((values & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(10000 * 2 ** 32 + 1)) >> np.uint64(32)
+
+
+@inline_kernel
+def _digit_run(buffer, position, stop, magnitude):
+    """``magnitude`` followed by the digits from ``position`` (before ``stop``):
+    ``(magnitude, digits, end)``. Eight bytes at a time while the buffer holds them
+    (the bytes read past ``stop`` are the buffer's and are not used); unsigned, so
+    that a run too long for int64 wraps harmlessly (its caller rejects it)."""
+    digits = 0
+    while position + 8 <= buffer.shape[0]:
+        values = np.uint64(load_i64(buffer, position)) ^ _ASCII_ZEROS
+        not_digits = ((values + _TO_HIGH_BIT) | values) & _HIGH_BITS
+        count = 8 if not_digits == 0 else np.int64(trailing_zeros(not_digits)) >> 3
+        count = min(count, stop - position)
+        if count <= 0:
+            return magnitude, digits, position
+        magnitude = magnitude * _UNSIGNED_POWERS_OF_TEN[count] + _digits_value(values, count)
+        digits += count
+        position += count
+        if count < 8:
+            return magnitude, digits, position
+    while position < stop and _ZERO <= buffer[position] <= _ZERO + 9:
+        magnitude = magnitude * np.uint64(10) + np.uint64(buffer[position] - _ZERO)
+        digits += 1
+        position += 1
+    return magnitude, digits, position
+
+
+@inline_kernel
+def _parse_usual(buffer, start, stop, scale):
+    """The usual number at ``start`` in one pass: ``-`` or no sign, whole digits, decimals
+    no more than ``scale``, at most 18 digits once scaled. Returns ``(usual, value, end)``:
+    whether the text up to ``end`` is such a number (the caller checks what follows it)."""
+    position = start
+    negative = position < stop and buffer[position] == _MINUS
+    if negative:
+        position += 1
+    magnitude, whole_digits, position = _digit_run(buffer, position, stop, np.uint64(0))
+    fraction_digits = 0
+    if position < stop and buffer[position] == _DOT:
+        magnitude, fraction_digits, position = _digit_run(buffer, position + 1, stop, magnitude)
+    usual = whole_digits > 0 and fraction_digits <= scale and whole_digits + scale <= MAX_SCALE
+    value = np.int64(magnitude) * POWERS_OF_TEN[scale - fraction_digits] if usual else np.int64(0)
+    return usual, -value if negative else value, position
+
+
 @kernel
 def parse_decimal_bytes(buffer, start, stop, scale):
     """Parse ``buffer[start:stop]`` exactly as an int64 at ``scale`` decimals.
@@ -237,10 +302,33 @@ def parse_decimal_bytes(buffer, start, stop, scale):
     """
     if start < 0 or stop > len(buffer) or start > stop or scale < 0 or scale > MAX_SCALE:
         return np.int64(0), np.int64(INVALID)
-    value, status, end = _parse_run(borrow(buffer), start, stop, scale)
+    buffer = borrow(buffer)
+    usual, value, end = _parse_usual(buffer, start, stop, scale)
+    if usual and end == stop:
+        return value, np.int64(OK)
+    value, status, end = _parse_run(buffer, start, stop, scale)
     if end != stop:
         return np.int64(0), np.int64(INVALID)
     return np.int64(value), np.int64(status)
+
+
+@llvm_inline_kernel
+def parse_field(buffer, start, stop, scale, delimiter):
+    """Parse the field that starts at ``start`` and ends at the first ``delimiter`` byte
+    or at ``stop``: ``(value, status, end)``, ``end`` being where the field ends.
+
+    Exactly :func:`parse_decimal_bytes` of ``buffer[start:end]``, in one pass over the
+    usual field, where a split at the delimiter then a parse would read it twice. The
+    caller has checked ``0 <= start <= stop <= len(buffer)``; ``delimiter`` is not a
+    number byte (``0-9 . + -``).
+    """
+    usual, value, end = _parse_usual(buffer, start, stop, scale)
+    if usual and (end == stop or buffer[end] == delimiter):
+        return value, np.int64(OK), np.int64(end)
+    while end < stop and buffer[end] != delimiter:
+        end += 1
+    value, status = parse_decimal_bytes(buffer, start, end, scale)
+    return value, status, np.int64(end)
 
 
 @kernel

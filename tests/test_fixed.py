@@ -144,6 +144,37 @@ def test_decimal_texts_parse_as_decimal_does(text, scale):
     assert kernel_parse(text, scale) == expected_parse(text, scale)
 
 
+def check_fields(fields, digits_after, scale):
+    """Each field of a comma-separated line, parsed where it stands by ``parse_field``, as
+    ``Decimal`` parses it. Digits follow the line in the buffer: eight-byte loads read them,
+    and the field must not take them."""
+    text = ",".join(fields)
+    buffer = as_buffer(text + "7" * digits_after)
+    position = 0
+    for field in fields:
+        value, status, end = fixed.parse_field(buffer, position, len(text), scale, ord(","))
+        assert (int(value), int(status), int(end)) == (*expected_parse(field, scale), position + len(field))
+        position = int(end) + 1
+
+
+@PROPERTY
+@given(st.lists(st.one_of(decimal_texts(), st.text(alphabet="0123456789.+-x ", max_size=24)), min_size=1,
+                max_size=4),
+       st.integers(0, 20), scales)
+def test_parse_field_parses_each_field_as_decimal_does(fields, digits_after, scale):
+    """Any fields, at any distance from the buffer's end (eight bytes at a time, then a byte at a time)."""
+    check_fields(fields, digits_after, scale)
+
+
+@pytest.mark.parametrize("field, scale", [
+    ("999999999999999999", 0), ("9223372036854775807", 0), ("9223372036854775808", 0),
+    ("-9223372036854775808", 0), ("9999999999", 9), ("922337203.6854775807", 10), ("99999999.99999999", 10),
+    ("12345678", 0), ("123456789", 0), ("1234567.8", 1), ("-0.00000001", 8), ("1.000000000", 8)])
+@pytest.mark.parametrize("digits_after", [0, 3, 16])
+def test_parse_field_at_the_edges_of_int64_and_of_eight_digits(field, scale, digits_after):
+    check_fields([field, field], digits_after, scale)
+
+
 @PROPERTY
 @given(int64s, scales)
 def test_format_then_parse_round_trips(value, scale):

@@ -115,22 +115,19 @@ def parse_csv_rows(buffer, starts, stops, first, scales, out):
         stop = stops[line]
         if start < 0 or stop > buffer.shape[0] or start > stop:
             return np.int64(line), np.int64(fixed.INVALID), np.int64(-1)
-        field_start = start
-        column = 0
         position = start
+        column = 0
         while True:
-            if position == stop or buffer[position] == _COMMA:
-                if column == width:
-                    return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1)
-                value, status = fixed.parse_decimal_bytes(buffer, field_start, position, scales[column])
-                if status != fixed.OK:
-                    return np.int64(line), status, np.int64(column)
-                out[line, column] = value
-                column += 1
-                if position == stop:
-                    break
-                field_start = position + 1
-            position += 1
+            if column == width:
+                return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1)
+            value, status, end = fixed.parse_field(buffer, position, stop, scales[column], _COMMA)
+            if status != fixed.OK:
+                return np.int64(line), status, np.int64(column)
+            out[line, column] = value
+            column += 1
+            if end == stop:
+                break
+            position = end + 1
         if column != width:
             return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1)
     return np.int64(starts.shape[0]), np.int64(fixed.OK), np.int64(-1)
