@@ -379,9 +379,11 @@ def scan_decimals(buffer, start, stop, scale, out):
             continue
         if count == capacity:
             return np.int64(count), np.int64(FULL), np.int64(position)
-        value, status, end = _parse_run(buffer, position, stop, scale)
-        if status != OK:
-            return np.int64(count), np.int64(status), np.int64(position)
+        usual, value, end = _parse_usual(buffer, position, stop, scale)
+        if not usual or (end < stop and _is_number_byte(buffer[end])):
+            value, status, end = _parse_run(buffer, position, stop, scale)
+            if status != OK:
+                return np.int64(count), np.int64(status), np.int64(position)
         out[count] = value
         count += 1
         position = end
