@@ -505,6 +505,8 @@ def read_orderbook(path, *, skip_malformed=False, memory_limit=None):
         be read.
     """
     chunks = list(iter_orderbook(path, skip_malformed=skip_malformed, memory_limit=memory_limit))
+    if len(chunks) == 1:    # a file of one block: its arrays, not a copy
+        return chunks[0]
     return OrderbookFile(*(np.concatenate([getattr(chunk, name) for chunk in chunks])
                            for name in ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")),
                          str(path), [line for chunk in chunks for line in chunk.skipped_lines])
