@@ -106,6 +106,21 @@ def test_orderbook_reader(tmp_path):
         lobster.read_orderbook(path)
 
 
+def test_orderbook_negative_size_ends_the_rows_before_it(tmp_path):
+    """The chunk before the row is whole; the error names the row's line."""
+    path = tmp_path / "orderbook.csv"
+    path.write_text("5859400,200,5853300,18,5859800,200,5853200,5\n"
+                    "5859400,100,5853300,18,5859800,200,5853200,7\n"
+                    "5859400,100,5853300,18,5859800,200,5853200,-7\n"
+                    "5859400,100,5853300,18,5859800,200,5853200,9\n")
+    chunks = []
+    with pytest.raises(FeedError, match="line 3: negative size"):
+        for chunk in lobster.iter_orderbook(path):
+            chunks.append(chunk)
+    assert [len(chunk) for chunk in chunks] == [2]
+    assert chunks[0].bid_size.tolist() == [[18, 5], [18, 7]] and chunks[0].lines.tolist() == [1, 2]
+
+
 def test_real_messages_match_reference(shared_data):
     for name in (AAPL, AMZN):
         path = shared_data / name.format("message")
@@ -116,8 +131,9 @@ def test_real_messages_match_reference(shared_data):
         assert len(book) == len(feed)
         rows = naive.lobster_rows(shared_data / name.format("orderbook"))
         assert book.levels == len(rows[0][1]) // 4
-        np.testing.assert_array_equal(book.bid_price[:, 0], [int(fields[2]) for _, fields in rows])
-        np.testing.assert_array_equal(book.ask_size[:, -1], [int(fields[-3]) for _, fields in rows])
+        columns = np.array([[int(field) for field in fields] for _, fields in rows], np.int64)
+        for kind, array in enumerate((book.ask_price, book.ask_size, book.bid_price, book.bid_size)):
+            np.testing.assert_array_equal(array, columns[:, kind::4])
 
 
 def test_a_corrupted_first_line_is_not_a_header(tmp_path):

@@ -463,6 +463,22 @@ def _orderbook_names(column):
     return f"{('ask_price', 'ask_size', 'bid_price', 'bid_size')[column % 4]}_{column // 4 + 1}"
 
 
+@kernel
+def split_levels(rows, ask_price, ask_size, bid_price, bid_size):
+    """Orderbook rows (``ask_price_1,ask_size_1,bid_price_1,bid_size_1,ask_price_2,...``)
+    into an array of each column kind, one pass; returns the rows split: all of them, or
+    those before the first with a negative size."""
+    for row in range(rows.shape[0]):
+        for level in range(ask_price.shape[1]):
+            if rows[row, 4 * level + 1] < 0 or rows[row, 4 * level + 3] < 0:
+                return row
+            ask_price[row, level] = rows[row, 4 * level]
+            ask_size[row, level] = rows[row, 4 * level + 1]
+            bid_price[row, level] = rows[row, 4 * level + 2]
+            bid_size[row, level] = rows[row, 4 * level + 3]
+    return rows.shape[0]
+
+
 def iter_orderbook(path, *, skip_malformed=False, memory_limit=None):
     """Stream a LOBSTER orderbook file as :class:`OrderbookFile` chunks, in bounded memory.
 
@@ -479,14 +495,12 @@ def iter_orderbook(path, *, skip_malformed=False, memory_limit=None):
     for rows, numbers, records, skipped, problem in _iter_rows(
             path, width_of, _orderbook_names, lambda width: np.zeros(width, np.int64), skip_malformed,
             memory_limit):
-        negative = (rows[:, 1::4] < 0).any(axis=1) | (rows[:, 3::4] < 0).any(axis=1)
-        if negative.any():
-            row = int(np.flatnonzero(negative)[0])
-            problem = FeedError(path, int(numbers[row]), "negative size")
-            rows, numbers, records = rows[:row], numbers[:row], records[:row]
-        yield OrderbookFile(rows[:, 0::4].copy(), rows[:, 1::4].copy(), rows[:, 2::4].copy(),
-                            rows[:, 3::4].copy(), numbers.astype(np.int64), records.astype(np.int64),
-                            str(path), skipped)
+        columns = [np.empty((len(rows), rows.shape[1] // 4), np.int64) for _ in range(4)]
+        kept = split_levels(rows, *columns)
+        if kept < len(rows):
+            problem = FeedError(path, int(numbers[kept]), "negative size")
+        yield OrderbookFile(*(column[:kept] for column in columns), numbers[:kept].astype(np.int64),
+                            records[:kept].astype(np.int64), str(path), skipped)
         if problem is not None:
             raise problem
 
