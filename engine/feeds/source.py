@@ -370,8 +370,8 @@ def iter_blocks(path, memory_limit=None):
 
 def _block(text, lines_before):
     buffer = np.frombuffer(text, np.uint8)
-    starts, stops, numbers = line_bounds(buffer)
-    return Block(buffer, starts, stops, numbers + lines_before), int(np.count_nonzero(buffer == NEWLINE))
+    starts, stops, numbers, breaks = _line_bounds(buffer)
+    return Block(buffer, starts, stops, numbers + lines_before), breaks
 
 
 def read_buffer(path):
@@ -391,6 +391,11 @@ def line_bounds(buffer):
     numbers : numpy.ndarray
         ``int64`` 1-based line number of each of them in the file.
     """
+    return _line_bounds(buffer)[:3]
+
+
+def _line_bounds(buffer):
+    """:func:`line_bounds`, and how many line breaks ``buffer`` holds."""
     breaks = np.flatnonzero(buffer == NEWLINE).astype(np.int64)
     starts = np.concatenate(([0], breaks + 1))
     stops = np.concatenate((breaks, [len(buffer)]))
@@ -400,7 +405,7 @@ def line_bounds(buffer):
     has_carriage_return[has_carriage_return] = buffer[stops[has_carriage_return] - 1] == CARRIAGE_RETURN
     stops = stops - has_carriage_return
     keep = stops > starts
-    return starts[keep], stops[keep], numbers[keep]
+    return starts[keep], stops[keep], numbers[keep], len(breaks)
 
 
 def empty_file(path):
