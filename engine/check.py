@@ -60,8 +60,8 @@ from ringbook.kernels.fixed import format_decimal
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.orders import ORDER_QUANTITY, find_order
 from ringbook.kernels.replay import _apply_event
-from ringbook.kernels.snapshots import (compare_window, is_row, resync_side, revealed_levels, row_window,
-                                        shown_levels)
+from ringbook.kernels.snapshots import (compare_window, is_row, is_row_and_edge, resync_side, revealed_levels,
+                                        row_window, shown_levels)
 
 FORMATS = ("lobster", "binance", "journal")
 
@@ -155,6 +155,8 @@ def _verify_side(book, symbol, side, row_prices, row_sizes, previous_prices, pre
     if is_row(book, symbol, side, row_prices, row_sizes, shown):
         return True     # the usual case: nothing differs, nothing beyond the window to take
     windowed, limit = row_window(previous_prices, previous_sizes, has_previous)
+    if is_row_and_edge(book, symbol, side, row_prices, row_sizes, shown, windowed, limit):
+        return True     # the next most usual: the row and the window's edge, none revealed
     level, expected_price, expected_quantity, found_price, found_quantity = compare_window(
         book, symbol, side, row_prices, row_sizes, shown, windowed, limit, found_prices, found_quantities)
     matched = level < 0

@@ -32,7 +32,7 @@ book with a reference, say) takes the same snapshots: call
 reconcile_side(book, symbol, side, row, previous row, scratch) -> matched
     Make one side agree with an exchange's published row of its best levels
     (a LOBSTER orderbook row), in the steps that ``ringbook check`` also takes:
-    ``shown_levels``, ``row_window``, ``is_row``, ``compare_window``,
+    ``shown_levels``, ``row_window``, ``is_row``, ``is_row_and_edge``, ``compare_window``,
     ``revealed_levels``, ``resync_side`` (see the section at the end).
 
 Outputs (``out``, allocated by the caller; row ``r`` is one boundary)
@@ -257,7 +257,8 @@ def boundary_count(events, interval):
 # 1. :func:`shown_levels` and :func:`row_window`: what the row shows, and the window of
 #    the previous row (levels at least as good as its worst, when it shows them all).
 # 2. :func:`is_row`: the book is exactly the row, found by lookups (the usual case):
-#    nothing differs and nothing is to be set.
+#    nothing differs and nothing is to be set. :func:`is_row_and_edge`: the row and
+#    the window's edge (the next most usual), also found by lookups, with the same outcome.
 # 3. :func:`compare_window`: the first level within the window where book and row differ.
 # 4. :func:`revealed_levels`: after an agreement, how many levels beyond the window the
 #    book held otherwise (they changed unseen).
@@ -287,6 +288,18 @@ def row_window(previous_prices, previous_sizes, has_previous):
 
 
 @llvm_inline_kernel
+def _holds_row(book, symbol, side, row_prices, row_sizes, shown):
+    """Whether the side holds each of the row's ``shown`` levels with its size, the row
+    being in order (best first, each price once): one lookup a level."""
+    for level in range(shown):
+        if level > 0 and _at_or_better(side, row_prices[level], row_prices[level - 1]):
+            return False
+        if books.level_quantity(book, symbol, side, row_prices[level]) != row_sizes[level]:
+            return False
+    return True
+
+
+@llvm_inline_kernel
 def is_row(book, symbol, side, row_prices, row_sizes, shown):
     """Whether the side holds exactly the row's ``shown`` levels and nothing else.
 
@@ -294,14 +307,23 @@ def is_row(book, symbol, side, row_prices, row_sizes, shown):
     order, best first, each price once: a row that is not (a damaged file)
     is not the book even when the book holds each of its levels.
     """
-    if books.level_count(book, symbol, side) != shown:
-        return False
-    for level in range(shown):
-        if level > 0 and _at_or_better(side, row_prices[level], row_prices[level - 1]):
-            return False
-        if books.level_quantity(book, symbol, side, row_prices[level]) != row_sizes[level]:
-            return False
-    return True
+    return (books.level_count(book, symbol, side) == shown
+            and _holds_row(book, symbol, side, row_prices, row_sizes, shown))
+
+
+@llvm_inline_kernel
+def is_row_and_edge(book, symbol, side, row_prices, row_sizes, shown, windowed, limit):
+    """Whether the side holds exactly the row's levels and one more at ``limit``, the
+    window's edge, worse than all of them, the row showing every level it has room for:
+    the usual case after a better price comes in (the previous best, now unseen, stays).
+
+    Then the window agrees and nothing is to be set or counted; found by lookups.
+    """
+    return (windowed and shown == row_sizes.shape[0] and shown > 0
+            and books.level_count(book, symbol, side) == shown + 1
+            and _at_or_better(side, row_prices[shown - 1], limit) and row_prices[shown - 1] != limit
+            and books.level_quantity(book, symbol, side, limit) > 0
+            and _holds_row(book, symbol, side, row_prices, row_sizes, shown))
 
 
 @llvm_inline_kernel
@@ -421,6 +443,8 @@ def reconcile_side(book, symbol, side, row_prices, row_sizes, previous_prices, p
         # The book is the row, the usual case: found by lookups, without walking the ladder.
         return True
     windowed, limit = row_window(previous_prices, previous_sizes, has_previous)
+    if is_row_and_edge(book, symbol, side, row_prices, row_sizes, shown, windowed, limit):
+        return True
     matched = compare_window(book, symbol, side, row_prices, row_sizes, shown, windowed, limit, found_prices,
                              found_quantities)[0] < 0
     if matched and not windowed:

@@ -309,9 +309,9 @@ def test_reconcile_side_matches_reference(side, depth, held, row, previous, has_
 
 @settings(max_examples=300, deadline=None)
 @given(*SIDES_AND_ROWS, st.sampled_from(["as laid out", "swapped", "repeated"]), st.integers(0, 3),
-       st.booleans())
+       st.sampled_from(["any levels", "the row", "the row and the window's edge"]))
 def test_check_and_reconcile_agree_with_reference_on_any_row(side, depth, held, row, previous, has_previous,
-                                                              damage, at, book_is_row):
+                                                              damage, at, book_holds):
     """``ringbook check``'s side verification and :func:`reconcile_side` (the same steps) against the
     reference, also for a damaged row (two levels swapped, a price given twice), which is never the
     book even when the book holds each of its levels; check's mismatch note and revealed count too."""
@@ -327,9 +327,12 @@ def test_check_and_reconcile_agree_with_reference_on_any_row(side, depth, held, 
             row_prices[[at, at + 1]], row_sizes[[at, at + 1]] = row_prices[[at + 1, at]], row_sizes[[at + 1, at]]
         elif damage == "repeated":
             row_prices[at + 1], row_sizes[at + 1] = row_prices[at], row_sizes[at]
-    # The book holding each of the row's levels (and no other) is the case a lookup-only shortcut would get wrong.
-    levels = ({int(p): int(q) for p, q in zip(row_prices[:shown], row_sizes[:shown])} if book_is_row
+    # The book holding each of the row's levels (and no other, or one more at the previous row's worst
+    # price) are the cases the lookup-only shortcuts take, or would get wrong for a damaged row.
+    levels = ({int(p): int(q) for p, q in zip(row_prices[:shown], row_sizes[:shown])} if book_holds != "any levels"
               else {price * 100: quantity for price, quantity in held.items()})
+    if book_holds == "the row and the window's edge" and previous_sizes[depth - 1] > 0:
+        levels.setdefault(int(previous_prices[depth - 1]), 3)
     expected, expected_matched = naive.reconcile_side(levels, side, row_prices, row_sizes, previous_prices,
                                                       previous_sizes, has_previous)
     windowed = has_previous and previous_sizes[depth - 1] > 0
