@@ -92,6 +92,17 @@ def test_bare_header_and_bad_checksum(tmp_path, name):
     assert caught.value.line is not None
 
 
+@pytest.mark.parametrize("name", READERS)
+def test_a_gzip_file_cut_short_names_the_line_its_text_reached(tmp_path, name):
+    path, data = gzipped(tmp_path, name)
+    _, read = READERS[name]
+    cut = len(data) * 2 // 3
+    path.write_bytes(data[:cut])
+    with pytest.raises(FeedError, match="truncated gzip") as caught:
+        read(path)
+    assert caught.value.line == zlib.decompressobj(wbits=31).decompress(data[:cut]).count(b"\n") + 1
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(READERS)), position=st.integers(0, 10**6), mask=st.integers(1, 255))
 @example(name="binance", position=405, mask=2)  # padding bits of the last deflate byte: still whole

@@ -250,13 +250,19 @@ def _raw_chunks(path, file, size):
         yield chunk
 
 
-def _decompressed(path, chunks, limit):
+class _GzipFault(Exception):
+    """A damaged or truncated gzip stream: :func:`iter_blocks` names the line it reached."""
+
+
+def _decompressed(chunks, limit):
     """Gunzip ``chunks`` (one gzip member after another), yielding at most ``limit`` bytes at a time.
 
-    A fault names the line the decompressed text had reached.
+    Raises
+    ------
+    _GzipFault
+        A fault in the compressed data, or a stream cut short.
     """
     decompressor = zlib.decompressobj(wbits=31)
-    lines = 0
     try:
         for chunk in chunks:
             data = chunk
@@ -267,17 +273,24 @@ def _decompressed(path, chunks, limit):
                     decompressor = zlib.decompressobj(wbits=31)  # another member follows
                 output = decompressor.decompress(data, limit)
                 while output:
-                    lines += output.count(b"\n")
                     yield output
                     # Output held back by the limit comes out without more input.
                     output = (decompressor.decompress(b"", limit)
                               if len(output) == limit and not decompressor.unconsumed_tail else b"")
                 data = decompressor.unused_data if decompressor.eof else decompressor.unconsumed_tail
     except zlib.error as error:
-        raise FeedError(path, lines + 1, f"corrupt gzip data: {_gzip_fault(error)}") from None
+        raise _GzipFault(f"corrupt gzip data: {_gzip_fault(error)}") from None
     if not decompressor.eof:
-        raise FeedError(path, lines + 1, "truncated gzip file: the compressed data ends before the end "
-                        "of its stream")
+        raise _GzipFault("truncated gzip file: the compressed data ends before the end of its stream")
+
+
+def _gzip_faults_named(path, texts, line_reached):
+    """``texts``; a gzip fault among them becomes a FeedError at ``line_reached()`` (counting the
+    lines only then, not in every piece of text)."""
+    try:
+        yield from texts
+    except _GzipFault as fault:
+        raise FeedError(path, line_reached(), str(fault)) from None
 
 
 def _gzip_fault(error):
@@ -332,12 +345,17 @@ def iter_blocks(path, memory_limit=None):
 
         if first[:2] == GZIP_MAGIC:
             # Small pieces of output: a fault in the compressed data is named within a few lines.
-            texts = _decompressed(path, chained(), min(block_size, _READ_SIZE // 4))
+            texts = _decompressed(chained(), min(block_size, _READ_SIZE // 4))
         else:
             texts = chained()
         carried = []
         carried_bytes = 0
-        for text in texts:
+
+        def line_reached():
+            """The line the text has reached: after the blocks yielded and the lines carried."""
+            return lines_before + sum(piece.count(b"\n") for piece in carried) + 1
+
+        for text in _gzip_faults_named(path, texts, line_reached):
             cut = text.rfind(b"\n")
             if cut < 0:
                 carried.append(text)
