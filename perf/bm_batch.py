@@ -20,8 +20,9 @@ kernels are compiled at import and each worker warms up before timing):
   replay grows with the boundaries it writes, and the LOBSTER day has only about
   2.5 messages a second. ``shard_lobster_10_levels`` / ``file_replay_lobster_10_levels``
   compare the same on a synthetic 10-level LOBSTER file of about 20 messages a second
-  (a 10-level file holds the messages of ten levels, and its peer reads ten levels). ``file_snapshots_lobster`` takes the same snapshots and
-  writes them in one process, without the batch layer (hash, manifest entry, task).
+  (a 10-level file holds the messages of ten levels, and its peer reads ten levels).
+  ``file_snapshots_lobster`` takes the same snapshots and writes them in one process,
+  without the batch layer (hash, manifest entry, task).
 
 The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``),
 else synthetic ones of the same formats.
