@@ -36,7 +36,6 @@ file, line and field) fails alone; the others finish.
 """
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import re
@@ -46,6 +45,8 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import blake3
 
 #: Formats a file can be read in, and how :func:`detect_format` tells them apart. A
 #: ``journal`` is a directory written by :class:`ringbook.engine.journal.JournalWriter`:
@@ -229,26 +230,33 @@ def source_facts(source, hash=True):
     facts = {"size": sum(stat.st_size for stat in stats), "mtime_ns": max((stat.st_mtime_ns for stat in stats),
                                                                           default=0)}
     if hash:
-        digest = hashlib.sha256()
-        for path in segments:
-            with open(path, "rb") as file:
-                for block in iter(lambda: file.read(1 << 20), b""):
-                    digest.update(block)
-        facts["sha256"] = digest.hexdigest()
+        facts["blake3"] = content_hash(segments)
     return facts
 
 
 def file_facts(path, hash=True):
-    """``{"size", "mtime_ns", "sha256"}`` of a file (the hash read in 1 MiB blocks)."""
+    """``{"size", "mtime_ns", "blake3"}`` of a file."""
     stat = os.stat(path)
     facts = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if hash:
-        digest = hashlib.sha256()
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        facts["sha256"] = digest.hexdigest()
+        facts["blake3"] = content_hash([path])
     return facts
+
+
+def content_hash(paths):
+    """BLAKE3 of the files' bytes, one after another, as hex.
+
+    A cryptographic hash, like SHA-256, at several times its speed. The files are
+    read into one reused buffer: a new block each read would cost more than hashing it.
+    """
+    digest = blake3.blake3()
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    for path in paths:
+        with open(path, "rb", buffering=0) as file:
+            while read := file.readinto(buffer):
+                digest.update(view[:read])
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- workers
@@ -510,7 +518,7 @@ class Manifest:
     """``manifest.json`` in the output folder: every input and its shards.
 
     ``{"version": 1, "options": {...}, "files": {input: {"size", "mtime_ns",
-    "sha256", ["orderbook_size", "orderbook_mtime_ns",] "format", "orderbook", "stream",
+    "blake3", ["orderbook_size", "orderbook_mtime_ns",] "format", "orderbook", "stream",
     "status", "error", "shards": [{"symbol", "output", "rows", "first_boundary_ns",
     "last_boundary_ns", "first_event_ns", "last_event_ns", "events"}]}}}``, an input named
     by its path (``path#stream`` for a journal's stream, whose facts are those of its
@@ -703,7 +711,7 @@ _callables = {}
 
 def _load_callables(payload):
     """Unpickle the user's functions once per process and keep them, so each compiles once."""
-    key = hashlib.sha256(payload).hexdigest()
+    key = blake3.blake3(payload).hexdigest()
     if key not in _callables:
         import pickle
 

@@ -1,7 +1,8 @@
 """Research at scale: many files on local processes or Dask, and what the batch layer costs.
 
-Benchmarks (each value is one whole run unless said; compile time is never measured: the
-kernels are compiled at import and each worker warms up before timing):
+Benchmarks (compile time is never measured: the kernels are compiled at import and each
+worker warms up before timing). A shard, a replay and a snapshot kernel are timed per message
+of their file, so their inverse is messages per second per worker; a batch is one whole run:
 
 - ``batch_1_worker`` / ``batch_2_workers``: ``snapshot_files`` over 32 copies of one
   LOBSTER day (10 levels, 1 s; a fraction of a second's work each: the task overhead
@@ -14,7 +15,7 @@ kernels are compiled at import and each worker warms up before timing):
   ``replay_binance``: one worker's snapshot kernel (every boundary, 10 levels,
   1 s) against a plain ``apply_events`` of the same events in one process.
 - ``shard_lobster`` / ``shard_binance``: one whole shard in a worker: read the
-  file, take the snapshots, write the CSV; messages per second are printed. Their
+  file, take the snapshots, write the CSV. Their
   peers ``file_replay_*`` read the same file and replay it plainly in one process.
   ``shard_lobster_10s`` is the LOBSTER shard at 10 s: what a shard costs beyond a
   replay grows with the boundaries it writes, and the LOBSTER day has only about
@@ -48,6 +49,7 @@ from ringbook.engine.check import price_ticks
 from ringbook.engine.feeds import synthetic
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as snapshot_kernels
+from ringbook.kernels.events import FLAG_BATCH_END
 from ringbook.kernels.replay import apply_events
 
 SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -247,21 +249,29 @@ def time_overhead(loops, pools, kind):
     return time.perf_counter() - started
 
 
-def benchmark_table(lobster_feed, binance_feed, pools):
-    """Every pyperf benchmark of the subject, by name: one whole run each, per task for the overheads."""
+def messages_in(feed):
+    """The exchange messages of a feed: one ``FLAG_BATCH_END`` event each."""
+    return int(np.count_nonzero(feed.events["flags"] & FLAG_BATCH_END))
+
+
+def benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools):
+    """Every pyperf benchmark of the subject, by name. A shard, a replay and a snapshot kernel are
+    timed per message of their file (its inverse is messages per second per worker); a batch is
+    one whole run, and an overhead is per task."""
+    lobster, binance, ten_levels = (messages_in(feed) for feed in (lobster_feed, binance_feed, ten_level_feed))
     return {
-        "snapshots_lobster": bench(time_snapshots, lobster_feed),
-        "replay_lobster": bench(time_replay, lobster_feed),
-        "snapshots_binance": bench(time_snapshots, binance_feed),
-        "replay_binance": bench(time_replay, binance_feed),
-        "shard_lobster": bench(time_shard, MESSAGES),
-        "shard_lobster_10s": bench(time_shard, MESSAGES, 10),
-        "shard_binance": bench(time_shard, CAPTURE),
-        "file_replay_lobster": bench(time_file_replay, MESSAGES),
-        "file_snapshots_lobster": bench(time_file_snapshots, MESSAGES),
-        "file_replay_binance": bench(time_file_replay, CAPTURE),
-        "shard_lobster_10_levels": bench(time_shard, TEN_LEVELS),
-        "file_replay_lobster_10_levels": bench(time_file_replay, TEN_LEVELS),
+        "snapshots_lobster": bench(time_snapshots, lobster_feed, inner_loops=lobster),
+        "replay_lobster": bench(time_replay, lobster_feed, inner_loops=lobster),
+        "snapshots_binance": bench(time_snapshots, binance_feed, inner_loops=binance),
+        "replay_binance": bench(time_replay, binance_feed, inner_loops=binance),
+        "shard_lobster": bench(time_shard, MESSAGES, inner_loops=lobster),
+        "shard_lobster_10s": bench(time_shard, MESSAGES, 10, inner_loops=lobster),
+        "shard_binance": bench(time_shard, CAPTURE, inner_loops=binance),
+        "file_replay_lobster": bench(time_file_replay, MESSAGES, inner_loops=lobster),
+        "file_snapshots_lobster": bench(time_file_snapshots, MESSAGES, inner_loops=lobster),
+        "file_replay_binance": bench(time_file_replay, CAPTURE, inner_loops=binance),
+        "shard_lobster_10_levels": bench(time_shard, TEN_LEVELS, inner_loops=ten_levels),
+        "file_replay_lobster_10_levels": bench(time_file_replay, TEN_LEVELS, inner_loops=ten_levels),
         "batch_1_worker": bench(time_batch, pools, "one"),
         "batch_2_workers": bench(time_batch, pools, "two"),
         "task_overhead_pool": bench(time_overhead, pools, "two", inner_loops=FILES),
@@ -279,7 +289,8 @@ COMPARISONS = [
     Limit("task_overhead_dask", at_most=0.05 * SHARD_SECONDS,
           means="the same on a local Dask cluster of 2 workers (time per task)"),
     Comparison("shard_lobster", "file_replay_lobster", at_least=0.8,
-               means="a worker's whole LOBSTER shard vs a plain replay of the file in one process"),
+               means="a worker's whole LOBSTER shard vs a plain replay of the file in one process "
+                     "(time per message: its inverse is messages per second per worker)"),
     Comparison("shard_lobster", "file_snapshots_lobster",
                means="the same shard vs its snapshots taken and written in one process: the batch layer's own cost"),
     Comparison("shard_lobster_10s", "file_replay_lobster",
@@ -287,21 +298,23 @@ COMPARISONS = [
     Comparison("shard_lobster_10_levels", "file_replay_lobster_10_levels",
                means="the same on a 10-level LOBSTER file (synthetic, 50,000 messages, about 20 a second)"),
     Comparison("shard_binance", "file_replay_binance", at_least=0.8,
-               means="a worker's whole Binance shard vs a plain replay of the file in one process"),
+               means="a worker's whole Binance shard vs a plain replay of the file in one process "
+                     "(time per message)"),
     Comparison("snapshots_lobster", "replay_lobster", means="snapshot kernel vs plain apply_events, LOBSTER"),
     Comparison("snapshots_binance", "replay_binance", means="snapshot kernel vs plain apply_events, Binance"),
 ]
 
 
 def print_rates(results, lobster_feed, binance_feed):
-    """Events per second per worker, and each task's overhead as a share of the measured shard."""
+    """Messages per second per worker, and each task's overhead as a share of the measured shard."""
     print()
-    print(f"Data: {ORIGIN}; {FILES} files of {len(lobster_feed)} LOBSTER messages each")
+    print(f"Data: {ORIGIN}; {FILES} files of {messages_in(lobster_feed):,} LOBSTER messages each")
     for name, feed in (("lobster", lobster_feed), ("binance", binance_feed)):
-        shard = results[f"shard_{name}"].median()
-        print(f"  one worker, whole shard ({name}): {len(feed) / shard:,.0f} events/s "
-              f"({shard:.3f} s a shard); snapshot kernel {len(feed) / results[f'snapshots_{name}'].median():,.0f}"
-              f" events/s, plain replay {len(feed) / results[f'replay_{name}'].median():,.0f} events/s")
+        per_message = results[f"shard_{name}"].median()
+        print(f"  one worker, whole shard ({name}): {1 / per_message:,.0f} messages/s "
+              f"({per_message * messages_in(feed) * 1e3:.1f} ms a shard); snapshot kernel "
+              f"{1 / results[f'snapshots_{name}'].median():,.0f} messages/s, plain replay "
+              f"{1 / results[f'replay_{name}'].median():,.0f} messages/s")
     shard = results["batch_1_worker"].median() / FILES
     for name in ("task_overhead_pool", "task_overhead_dask"):
         per_task = results[name].median()
@@ -313,14 +326,18 @@ def main():
     runner.parse_args()
     lobster_feed, _, _ = source_feed(MESSAGES)
     binance_feed, _, _ = source_feed(CAPTURE)
+    ten_level_feed, _, _ = source_feed(TEN_LEVELS)
     batch.prepare_worker()
     time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
     time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
     time_shard(1, TEN_LEVELS)
     pools = Pools()
+    metadata = {"batch_data_origin": ORIGIN, "batch_files": str(FILES),
+                "batch_lobster_messages": str(messages_in(lobster_feed)),
+                "batch_binance_messages": str(messages_in(binance_feed))}
     try:
-        _, results = run_subject("Batch research", benchmark_table(lobster_feed, binance_feed, pools), COMPARISONS,
-                                 runner=runner, metadata={"batch_data_origin": ORIGIN, "batch_files": str(FILES)})
+        _, results = run_subject("Batch research", benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools),
+                                 COMPARISONS, runner=runner, metadata=metadata)
     finally:
         pools.close()
     if all(value is not None for value in results.values()):
