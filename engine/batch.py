@@ -41,7 +41,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -584,6 +583,19 @@ def parse_interval(text):
     return interval
 
 
+def symbol_events(feed):
+    """``[(symbol, its events)]`` for each symbol a feed has events of, by id; the events
+    of a feed of one instrument as they are (neither counted nor copied)."""
+    import numpy as np
+
+    events = feed.events
+    if len(feed.instruments) <= 1:
+        return [(0, events)] if len(events) else []
+    symbols = events["symbol"]
+    # The symbols present, by counting: a sort of every event would cost more.
+    return [(symbol, events[symbols == symbol]) for symbol in np.flatnonzero(np.bincount(symbols)).tolist()]
+
+
 def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
     """One file's shards: read it, take each symbol's snapshots, write each shard's file.
 
@@ -592,29 +604,23 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
     the entry (see the module docstring).
     """
     prepare_worker()
-    import numpy as np
-
     from ringbook.engine import snapshots
+    from ringbook.kernels.snapshots import time_span
 
     facts = source_facts(source)
     feed, orderbook, exchange = read_source(source)
-    symbols = feed.events["symbol"]
-    # The symbols present, by counting (a sort of every event costs more than the rest of this loop).
-    counts = np.bincount(symbols, minlength=1) if len(symbols) else np.zeros(0, np.int64)
     shards = []
-    for symbol in np.flatnonzero(counts).tolist():
+    for symbol, events in symbol_events(feed):
         table = snapshots.snapshot_feed(feed, symbol, interval_ns, levels, exchange=exchange,
                                         orderbook=orderbook)
         name = snapshots.output_name(source.name, table.symbol, levels, interval_text, format)
         snapshots.write_snapshots(table, Path(out_dir) / name, format, durable=False)
-        times = feed.events["exchange_ns"] if len(counts) == 1 else feed.events["exchange_ns"][symbols == symbol]
-        times = times[times > 0]
-        shards.append({"symbol": table.symbol, "output": name, "rows": len(table),
-                       "events": int(counts[symbol]),
+        _, earliest, latest = time_span(events)
+        shards.append({"symbol": table.symbol, "output": name, "rows": len(table), "events": len(events),
                        "first_boundary_ns": int(table.times[0]) if len(table) else None,
                        "last_boundary_ns": int(table.times[-1]) if len(table) else None,
-                       "first_event_ns": int(times.min()) if len(times) else None,
-                       "last_event_ns": int(times.max()) if len(times) else None})
+                       "first_event_ns": int(earliest) if earliest else None,
+                       "last_event_ns": int(latest) if latest else None})
     return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
             "status": "done", "error": None, "shards": shards}
 
@@ -724,7 +730,7 @@ def replay_task(source, payload, every):
     prepare_worker()
     import numpy as np
 
-    from ringbook.engine.check import price_ticks
+    from ringbook.engine.check import feed_ticks
     from ringbook.engine.feeds import lobster
     from ringbook.kernels import book as books
     from ringbook.kernels.events import KIND_L3_ADD
@@ -734,10 +740,8 @@ def replay_task(source, payload, every):
     feed, orderbook, _ = read_source(source)
     results = []
     n_symbols = max(len(feed.instruments), 1)
-    table = feed.instruments.table
-    ticks = np.where(table["tick"][:n_symbols] > 1, table["tick"][:n_symbols], price_ticks(feed.events, n_symbols))
-    for symbol in np.unique(feed.events["symbol"]).tolist():
-        events = feed.events[feed.events["symbol"] == symbol]
+    ticks = feed_ticks(feed, n_symbols)
+    for symbol, events in symbol_events(feed):
         adds = int(np.count_nonzero(events["kind"] == KIND_L3_ADD))
         book = books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=max(16, 2 * adds), ticks=ticks)
         if orderbook is not None and len(events):

@@ -529,6 +529,15 @@ def price_ticks(events, n_symbols):
     return ticks
 
 
+def feed_ticks(feed, n_symbols):
+    """Per symbol, the tick the feed's instruments give, else (a capture carries none) the one
+    its prices imply (:func:`price_ticks`, worked out only then)."""
+    ticks = feed.instruments.table["tick"][:n_symbols].astype(np.int64)
+    if (ticks <= 1).any():
+        ticks = np.where(ticks > 1, ticks, price_ticks(feed.events, n_symbols))
+    return ticks
+
+
 #: Symbols a streamed Binance check's book holds (the capture's symbols are known only as they come).
 BINANCE_SYMBOLS = 64
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.check import _reconcile_order, price_ticks
+from ringbook.engine.check import _reconcile_order, feed_ticks
 from ringbook.engine.feeds import lobster
 from ringbook.engine.journal import fsync_path
 from ringbook.kernels import book as books
@@ -185,9 +185,7 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
         events, lines = events[mine], lines[mine]
     table = feed.instruments.table
     n_symbols = max(len(feed.instruments), 1)
-    # A feed that carries no tick (a capture) gets the one its prices imply: any tick is exact.
-    ticks = np.where(table["tick"][:n_symbols] > 1, table["tick"][:n_symbols],
-                     price_ticks(feed.events, n_symbols))
+    ticks = feed_ticks(feed, n_symbols)   # any tick is exact: it decides only where levels are kept
     adds = int(np.count_nonzero(events["kind"] == KIND_L3_ADD))
     book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=max(16, 2 * adds), ticks=ticks)
     out = _outputs(kernels.boundary_count(events, interval_ns), levels)

@@ -230,21 +230,36 @@ def finish_snapshots(book, symbol, interval, cursor, times, last_ns, last_local_
                              ask_prices, ask_quantities)
 
 
+@kernel
+def time_span(events):
+    """``(first, earliest, latest)`` exchange time of ``events``, ns: the first in file order,
+    the least and the greatest, of the events that have one (``exchange_ns > 0``); all 0 when
+    none has."""
+    first = earliest = latest = 0
+    for i in range(events.shape[0]):
+        time = events[i].exchange_ns
+        if time > 0:
+            if first == 0:
+                first = earliest = time
+            earliest = min(earliest, time)
+            latest = max(latest, time)
+    return first, earliest, latest
+
+
 def boundary_count(events, interval):
     """How many boundaries a replay of ``events`` writes (an upper bound for one symbol).
 
     From the first boundary at or after the first exchange time to the last
     at or before the latest one.
     """
-    times = events["exchange_ns"]
-    times = times[times > 0]
     if interval <= 0:
         raise ValueError(f"interval must be positive, got {interval}")
-    if len(times) == 0:
+    first, _, latest = time_span(events)
+    if first == 0:
         return 0
-    first = -(-int(times[0]) // interval) * interval
-    last = int(times.max()) // interval * interval
-    return max(0, (last - first) // interval + 1)
+    first_boundary = -(-first // interval) * interval
+    last_boundary = latest // interval * interval
+    return max(0, (last_boundary - first_boundary) // interval + 1)
 
 
 # ---------------------------------------------------------------- reconciling with published rows

@@ -45,7 +45,7 @@ import numpy as np
 from harness import Comparison, Limit, bench, make_runner, run_subject
 
 from ringbook.engine import batch, snapshots
-from ringbook.engine.check import price_ticks
+from ringbook.engine.check import feed_ticks
 from ringbook.engine.feeds import synthetic
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as snapshot_kernels
@@ -112,8 +112,7 @@ def source_feed(path):
 
 def new_book(feed):
     n_symbols = max(len(feed.instruments), 1)
-    table = feed.instruments.table
-    ticks = np.where(table["tick"][:n_symbols] > 1, table["tick"][:n_symbols], price_ticks(feed.events, n_symbols))
+    ticks = feed_ticks(feed, n_symbols)
     return books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=2**17, ticks=ticks)
 
 

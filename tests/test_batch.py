@@ -21,7 +21,9 @@ import pytest
 
 from ringbook.engine import batch, cli
 from ringbook.engine.feeds import synthetic
+from ringbook.engine.feeds.source import Feed
 from ringbook.kernels.book import best_ask, best_bid, imbalance
+from ringbook.kernels.events import Instruments, empty_events
 
 ROOT = Path(__file__).resolve().parents[1]
 TARDIS_ROWS = "".join(
@@ -326,6 +328,23 @@ def test_formats_and_lobster_pairs(tmp_path):
     with pytest.raises(ValueError, match="cannot tell"):
         (tmp_path / "x.txt").write_text("hello\n")
         batch.detect_format(tmp_path / "x.txt")
+
+
+def test_symbol_events_by_symbol_and_one_instruments_as_they_are():
+    events = empty_events(6)
+    events["symbol"] = [1, 0, 1, 3, 1, 0]
+    instruments = Instruments(4)
+    for name in "ABCD":
+        instruments.intern(name)
+    split = batch.symbol_events(Feed(events, np.arange(6) + 1, instruments, "x"))
+    assert [symbol for symbol, _ in split] == [0, 1, 3]
+    for symbol, part in split:
+        assert part.tolist() == events[events["symbol"] == symbol].tolist()
+    one = Instruments(1)
+    one.intern("A")
+    alone = empty_events(3)
+    assert batch.symbol_events(Feed(alone, np.arange(3) + 1, one, "x"))[0][1] is alone
+    assert batch.symbol_events(Feed(alone[:0], np.arange(0), one, "x")) == []
 
 
 def test_content_hash_is_blake3_of_the_files_in_order(tmp_path):

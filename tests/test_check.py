@@ -5,13 +5,14 @@ import gzip
 import json
 
 import numba
+import numpy as np
 import pytest
 
 from ringbook.engine import check, cli
 from ringbook.engine.feeds import binance, synthetic
-from ringbook.engine.feeds.source import FeedError
+from ringbook.engine.feeds.source import Feed, FeedError
 from ringbook.kernels.book import new_book
-from ringbook.kernels.events import KIND_L2_SET, KIND_TRADE, empty_events
+from ringbook.kernels.events import KIND_L2_SET, KIND_TRADE, Instruments, empty_events
 from tests import naive
 from tests.llvm_ir import allocation_calls, function_body
 from tests.test_feeds_binance import MESSAGES as BINANCE_MESSAGES, write_capture
@@ -160,6 +161,18 @@ def test_price_ticks_are_the_gcd_of_each_symbols_level_prices(shared_data):
     # The capture's prices agree with the exchange's published tick.
     listed = binance.read_capture(shared_data / CAPTURE, ticks={"BTCUSDT": "0.01"})
     assert listed.instruments.table["tick"][:1].tolist() == check.price_ticks(listed.events, 1).tolist()
+
+
+def test_feed_ticks_take_the_listed_tick_else_the_implied_one(shared_data):
+    feed = binance.read_capture(shared_data / CAPTURE)                       # no tick listed
+    assert check.feed_ticks(feed, 1).tolist() == check.price_ticks(feed.events, 1).tolist()
+    # Two symbols, one with a listed tick (kept, though its prices imply 8), one without (implied: 15).
+    events = empty_events(4)
+    events["kind"], events["symbol"], events["price"] = KIND_L2_SET, [0, 0, 1, 1], [30, 45, 8, 16]
+    instruments = Instruments(2)
+    instruments.intern("A", 0, 0, 1)
+    instruments.intern("B", 0, 0, 2)
+    assert check.feed_ticks(Feed(events, np.arange(4) + 1, instruments, "x"), 2).tolist() == [15, 2]
 
 
 def test_real_binance_corrupted_copy(shared_data, tmp_path):

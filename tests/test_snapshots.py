@@ -81,6 +81,16 @@ def test_random_times_match_reference(rows, interval, levels):
     assert_matches_reference(table, events, 0, interval, levels)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=30), st.sampled_from([1, 100, 250, 1000]))
+def test_time_span_and_boundary_count_match_reference(times, interval):
+    """Times with zeros (no exchange time), repeats and jumps backwards."""
+    events = l2_events([(time, 1, 100, 1, True) for time in times])
+    known = [time for time in times if time > 0]
+    assert kernels.time_span(events) == ((known[0], min(known), max(known)) if known else (0, 0, 0))
+    assert kernels.boundary_count(events, interval) == len(naive.snapshots(events, 0, interval, 1))
+
+
 def test_full_outputs_stop_without_writing_outside():
     events = l2_events([(100, 1, 10, 1, True), (950, -1, 12, 2, True)])
     out = snapshots._outputs(3, 2)
