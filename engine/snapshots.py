@@ -145,6 +145,9 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
 
 
 def _lobster_rows(feed, orderbook):
+    """The orderbook row of each message's event (-1: none), matched by the record they share."""
+    if np.array_equal(feed.records, orderbook.records):
+        return np.arange(len(feed), dtype=np.int64)   # the usual case: both files whole, row for row
     row_of_record = np.full(int(max(feed.records.max(initial=-1), orderbook.records.max(initial=-1))) + 1,
                             -1, np.int64)
     row_of_record[orderbook.records] = np.arange(len(orderbook))

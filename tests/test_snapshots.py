@@ -91,6 +91,22 @@ def test_time_span_and_boundary_count_match_reference(times, interval):
     assert kernels.boundary_count(events, interval) == len(naive.snapshots(events, 0, interval, 1))
 
 
+def test_lobster_rows_pair_each_event_with_the_row_of_its_record():
+    def messages(records):
+        return Feed(empty_events(len(records)), np.arange(len(records)) + 1, Instruments(1), "m",
+                    records=np.array(records, np.int64))
+
+    def rows(records):
+        levels = np.zeros((len(records), 1), np.int64)
+        return lobster.OrderbookFile(levels, levels, levels, levels, np.arange(len(records)) + 1,
+                                     np.array(records, np.int64), "o", [])
+
+    assert snapshots._lobster_rows(messages([0, 1, 2, 3]), rows([0, 1, 2, 3])).tolist() == [0, 1, 2, 3]
+    # A message of two events, a row that was left out, a message after the last row.
+    assert snapshots._lobster_rows(messages([0, 1, 1, 2, 4]), rows([0, 2, 3])).tolist() == [0, -1, -1, 1, -1]
+    assert snapshots._lobster_rows(messages([]), rows([0])).tolist() == []
+
+
 def test_full_outputs_stop_without_writing_outside():
     events = l2_events([(100, 1, 10, 1, True), (950, -1, 12, 2, True)])
     out = snapshots._outputs(3, 2)
