@@ -58,10 +58,11 @@ from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND
                             KIND_L3_EXECUTE, KIND_SEQUENCE, KIND_TOP_OF_BOOK)
 from ringbook.kernels.fixed import format_decimal
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
-from ringbook.kernels.orders import ORDER_QUANTITY, find_order
+from ringbook.kernels.orders import ORDER_QUANTITY, find_order, with_more_order_slots
 from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.snapshots import (compare_window, is_row, is_row_and_edge, resync_side, revealed_levels,
                                         row_window, shown_levels)
+from ringbook.kernels.status import ORDER_TABLE_FULL
 
 FORMATS = ("lobster", "binance", "journal")
 
@@ -178,20 +179,20 @@ def _verify_side(book, symbol, side, row_prices, row_sizes, previous_prices, pre
 @kernel
 def check_lobster_kernel(book, symbol, events, row_of_event, ask_prices, ask_sizes, bid_prices,
                          bid_sizes, found_prices, found_quantities, all_prices, all_quantities, counters,
-                         previous=-1):
-    """Replay LOBSTER events, comparing the book with orderbook row ``row_of_event[i]``
+                         previous=-1, start=0):
+    """Replay LOBSTER events from ``start``, comparing the book with orderbook row ``row_of_event[i]``
     after each event (-1: no row to compare with). ``counters`` gets the ``CHECKED``..
     columns; ``previous`` is the row compared last (-1: none), whose window
     bounds the next comparison. ``found_*`` are scratch of the rows' level
     count, ``all_*`` of the book's depth plus its ladder. Returns
-    ``(events applied, the row compared last)``."""
+    ``(the index of the event the book refused, or the events' count; the row compared last)``."""
     # The caller's references keep these alive: the calls below then count none (atomic
     # increments and decrements on every array of every call, most of the cost otherwise).
     book, events, row_of_event, counters = borrow((book, events, row_of_event, counters))
     ask_prices, ask_sizes, bid_prices, bid_sizes = borrow((ask_prices, ask_sizes, bid_prices, bid_sizes))
     found_prices, found_quantities, all_prices, all_quantities = borrow(
         (found_prices, found_quantities, all_prices, all_quantities))
-    for i in range(events.shape[0]):
+    for i in range(start, events.shape[0]):
         _reconcile_order(book, events, i, counters)
         status = _apply_event(book, events, i)
         if status < 0:
@@ -416,11 +417,12 @@ class _OrderbookRows:
 
 
 def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, depth=4096,
-                  order_capacity=2**20, memory_limit=None):
+                  order_capacity=2**14, memory_limit=None):
     """Replay a LOBSTER message file and verify it against its orderbook file.
 
     Both files are streamed side by side (see :mod:`ringbook.engine.feeds.source`),
-    each within half of ``memory_limit``.
+    each within half of ``memory_limit``. The order table starts at ``order_capacity``
+    slots and doubles whenever it is full: a small table is faster to fill and to probe.
 
     Returns
     -------
@@ -475,17 +477,23 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
             if previous == 0:
                 paired &= row_of_event > 0
             row_of_event = np.where(paired, row_of_event, -1).astype(np.int64)
-            levels = max(rows.levels, 1)
-            applied, previous = check_lobster_kernel(
-                book, symbol, chunk.events, row_of_event, rows.ask_price, rows.ask_size, rows.bid_price,
-                rows.bid_size, np.zeros(levels, np.int64), np.zeros(levels, np.int64), *every_level, counters,
-                previous)
-            orderbook.keep_previous(rows, previous)
+            sides = rows.ask_price, rows.ask_size, rows.bid_price, rows.bid_size
         else:
-            empty = np.zeros((0, 1), np.int64)
-            check_lobster_kernel(book, symbol, chunk.events, np.full(len(chunk), -1, np.int64), empty,
-                                 empty, empty, empty, np.zeros(1, np.int64), np.zeros(1, np.int64),
-                                 *every_level, counters, -1)
+            row_of_event = np.full(len(chunk), -1, np.int64)
+            sides = (np.zeros((0, 1), np.int64),) * 4
+        levels = max(sides[0].shape[1], 1)
+        found = np.zeros(levels, np.int64), np.zeros(levels, np.int64)
+        start = 0
+        while True:
+            start, previous = check_lobster_kernel(book, symbol, chunk.events, row_of_event, *sides, *found,
+                                                   *every_level, counters, previous, start)
+            if counters[ERROR_STATUS] != ORDER_TABLE_FULL:
+                break
+            # The refused add changed nothing: grow the table and apply it again.
+            book = with_more_order_slots(book)
+            counters[ERROR_EVENT], counters[ERROR_STATUS] = -1, 0
+        if orderbook is not None:
+            orderbook.keep_previous(rows, previous)
         _take_chunk_outcome(result, counters, chunk, chunk.lines, lobster.PRICE_SCALE, lobster.SIZE_SCALE)
     if orderbook is not None:
         first_rows = orderbook.first_rows()

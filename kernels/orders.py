@@ -14,7 +14,9 @@ hash that keeps consecutive ids in consecutive slots
 (exchanges number orders in sequence: live orders then share cache lines).
 Deletion shifts the following entries back (no tombstones), so probe lengths stay short under churn. The load factor is
 bounded at 3/4: an add beyond it returns :data:`~ringbook.kernels.status.ORDER_TABLE_FULL`
-and changes nothing (``check_status`` turns it into a clear error).
+and changes nothing (``check_status`` turns it into a clear error). A replay that cannot
+know its orders in advance starts small, and on that status takes
+:func:`with_more_order_slots` and applies the event again.
 
 Semantics (LOBSTER's)
 ---------------------
@@ -45,6 +47,7 @@ execute_order(book, symbol, order_id, side, price, quantity) -> status
 find_order(book, symbol, order_id) -> slot, or -1     then book.orders[slot, ORDER_*]
 order_count(book, symbol) -> int64                     symbol -1: all symbols
 clear_orders(book, symbol, side) -> status             side 0: both; levels untouched
+with_more_order_slots(book) -> book                    (Python) after ORDER_TABLE_FULL: twice the slots
 
 Status codes are those of :mod:`ringbook.kernels.status`.
 """
@@ -251,3 +254,26 @@ def clear_orders(book, symbol, side):
             slot += 1
     return OK
 
+
+
+@kernel
+def move_orders(orders, into):
+    """Put every order of the table ``orders`` into ``into``, an empty table of more slots
+    (a power of two), each where a lookup there finds it: how a full table grows."""
+    mask = into.shape[0] - 1
+    for slot in range(orders.shape[0]):
+        tag = orders[slot, ORDER_TAG]
+        if tag != 0:
+            target = _home_slot(orders[slot, ORDER_ID], (tag >> 1) - 1, mask)
+            while into[target, ORDER_TAG] != 0:
+                target = (target + 1) & mask
+            for column in range(orders.shape[1]):
+                into[target, column] = orders[slot, column]
+
+
+def with_more_order_slots(book):
+    """``book`` with an order table of twice the slots holding the same orders; its other
+    arrays are ``book``'s own (use the new book from then on)."""
+    into = np.zeros((2 * book.orders.shape[0], book.orders.shape[1]), np.int64)
+    move_orders(book.orders, into)
+    return book._replace(orders=into)

@@ -131,6 +131,15 @@ def test_real_lobster_has_no_mismatch(shared_data, capsys, name):
     assert {"events", "checked", "mismatches", "gaps", "unknown_orders"} <= set(report)
 
 
+def test_real_lobster_check_grows_a_small_order_table(shared_data):
+    """From 16 slots the table doubles again and again; the check finds exactly what it finds
+    with a table large enough from the start."""
+    messages, orderbook = shared_data / AMZN.format("message"), shared_data / AMZN.format("orderbook")
+    grown = check.check_lobster(messages, orderbook, order_capacity=16)
+    assert grown == check.check_lobster(messages, orderbook, order_capacity=2**20)
+    assert grown.checked == grown.events and grown.mismatches == 0
+
+
 def test_real_lobster_corrupted_copy(shared_data, tmp_path):
     messages = shared_data / AAPL.format("message")
     orderbook = shared_data / AAPL.format("orderbook")

@@ -11,7 +11,7 @@ from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL
                             KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS, KIND_TRADE,
                             empty_events)
 from ringbook.kernels.orders import (ORDER_QUANTITY, add_order, cancel_order, clear_orders, delete_order,
-                            execute_order, find_order, order_count)
+                            execute_order, find_order, order_count, with_more_order_slots)
 from ringbook.kernels.replay import apply_event
 from tests.llvm_ir import allocation_calls
 from tests.naive import NaiveBook
@@ -146,6 +146,37 @@ def test_churn_in_a_nearly_full_table_keeps_every_order_findable():
             assert all(find_order(book, symbol, order_id) >= 0 for symbol, order_id in live)
     assert order_count(book, -1) == len(live)
     assert (book.orders[:, 1] != 0).sum() == len(live)
+
+
+def test_grown_table_holds_the_same_orders():
+    """Fill a small table across symbols, grow it each time it is full, and churn: every
+    order stays findable with its side, price and size, in twice the slots each time."""
+    book = new_book(n_symbols=3, depth=64, order_capacity=16)
+    rng = np.random.default_rng(11)
+    live = {}
+    for step in range(3000):
+        if rng.random() < 0.7 or not live:
+            key = (int(rng.integers(3)), int(rng.integers(-2**62, 2**62)))
+            if key in live:
+                continue
+            side, price, size = (BID, ASK)[step % 2], 10 + key[1] % 7, 1 + step % 9
+            status = add_order(book, key[0], key[1], side, price, size)
+            if status == kb.ORDER_TABLE_FULL:
+                slots = book.orders.shape[0]
+                book = with_more_order_slots(book)
+                assert book.orders.shape[0] == 2 * slots
+                status = add_order(book, key[0], key[1], side, price, size)
+            assert status == kb.OK
+            live[key] = (side, price, size)
+        else:
+            key = list(live)[int(rng.integers(len(live)))]
+            assert delete_order(book, key[0], key[1], 0, 0, 0) == kb.OK
+            del live[key]
+    assert book.orders.shape[0] >= 1024 and order_count(book, -1) == len(live)
+    for (symbol, order_id), (side, price, size) in live.items():
+        slot = find_order(book, symbol, order_id)
+        assert slot >= 0 and book.orders[slot, 2:].tolist() == [price, size]
+        assert (book.orders[slot, 1] & 1) == (0 if side == BID else 1)
 
 
 def test_clear_orders_of_one_symbol_and_side():
