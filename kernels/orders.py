@@ -255,7 +255,6 @@ def clear_orders(book, symbol, side):
     return OK
 
 
-
 @kernel
 def move_orders(orders, into):
     """Put every order of the table ``orders`` into ``into``, an empty table of more slots

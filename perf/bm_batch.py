@@ -15,8 +15,8 @@ of their file, so their inverse is messages per second per worker; a batch is on
   ``replay_binance``: one worker's snapshot kernel (every boundary, 10 levels,
   1 s) against a plain ``apply_events`` of the same events in one process.
 - ``shard_lobster`` / ``shard_binance``: one whole shard in a worker: read the
-  file, take the snapshots, write the CSV. Their
-  peers ``file_replay_*`` read the same file and replay it plainly in one process.
+  file, take the snapshots, write the CSV. Their peers ``file_replay_*`` read the
+  same file and replay it plainly in one process, into the book a shard makes.
   ``shard_lobster_10s`` is the LOBSTER shard at 10 s: what a shard costs beyond a
   replay grows with the boundaries it writes, and the LOBSTER day has only about
   2.5 messages a second. ``shard_lobster_10_levels`` / ``file_replay_lobster_10_levels``
