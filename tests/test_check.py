@@ -213,7 +213,7 @@ def check_kernel_signatures():
         numba.types.int64
     return [
         (check.check_lobster_kernel, (book, scalar, events, array, matrix, matrix, matrix, matrix, array, array,
-                                      array, array, array, scalar)),
+                                      array, array, array, scalar, scalar)),
         (check.check_binance_kernel, (book, events, array, numba.types.int32[::1], matrix,
                                       numba.types.bool_[::1], array, matrix, scalar)),
     ]
