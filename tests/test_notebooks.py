@@ -1,5 +1,6 @@
 """The notebooks run from top to bottom without error and draw their figures."""
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,21 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def execute(path):
-    """Execute a notebook in its own folder with the python3 kernel; the executed notebook."""
+def execute(path, scratch=None):
+    """Execute a notebook in its own folder with the python3 kernel; the executed notebook.
+
+    ``scratch``: the prefix of the temporary folder the notebook makes, which must be gone
+    once its kernel has stopped (a run must not leave its files behind).
+    """
+    def scratch_folders():
+        return set(Path(tempfile.gettempdir()).glob(scratch + "*")) if scratch else set()
+
+    before = scratch_folders()
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=600,
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute()
+    assert scratch_folders() <= before, f"{path.name} left {sorted(scratch_folders() - before)}"
     return notebook
 
 
@@ -43,7 +53,7 @@ def test_saved_without_outputs():
 def test_book_replay():
     """Replays the real LOBSTER and Binance files, or a synthetic market without them."""
     real = (SHARED_DATA / "lobster").is_dir() and (SHARED_DATA / "binance").is_dir()
-    notebook = execute(NOTEBOOKS / "book_replay.ipynb")  # raises CellExecutionError on any error
+    notebook = execute(NOTEBOOKS / "book_replay.ipynb", "book-replay-")  # raises CellExecutionError on any error
     text = printed(notebook)
     assert figures(notebook) == 2  # LOBSTER and Binance
     assert ("data: real" in text) == real
@@ -57,7 +67,7 @@ def test_research_at_scale():
     """30 synthetic days (and the real files) on a local Dask cluster: snapshots, a callback, plots."""
     pytest.importorskip("distributed")
     real = (SHARED_DATA / "lobster").is_dir() and (SHARED_DATA / "binance").is_dir()
-    notebook = execute(NOTEBOOKS / "research_at_scale.ipynb")
+    notebook = execute(NOTEBOOKS / "research_at_scale.ipynb", "research-at-scale-")
     text = printed(notebook)
     assert figures(notebook) == 2
     assert "days: 30 synthetic, real files: " + ("3" if real else "0") in text
@@ -69,7 +79,7 @@ def test_research_at_scale():
 @pytest.mark.slow
 def test_engine_tour():
     """Runs the engine for a few seconds, reads its counters, plots latency and throughput, replays."""
-    notebook = execute(NOTEBOOKS / "engine_tour.ipynb")
+    notebook = execute(NOTEBOOKS / "engine_tour.ipynb", "engine-tour-")
     text = printed(notebook)
     assert figures(notebook) == 1  # one figure, two panels
     assert "mismatched" in text and " 0 mismatched" in text
