@@ -21,9 +21,11 @@ include reading the file in blocks within the default memory limit.
 Run: ``python perf/bm_feeds.py -o perf/results/feeds.json`` (``--fast`` for a quick look).
 """
 
+import atexit
 import gzip
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ from ringbook.engine.feeds import binance, lobster, synthetic
 
 SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SCRATCH = Path(tempfile.mkdtemp(prefix="ringbook_bm_feeds_"))
+atexit.register(shutil.rmtree, SCRATCH, True)   # each of pyperf's worker processes makes one
 
 
 def input_files():

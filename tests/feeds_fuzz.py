@@ -9,10 +9,16 @@ time (nothing is copied into the repository)::
 
     python tests/feeds_fuzz.py -max_total_time=600 -rss_limit_mb=4096   # seeds: a temporary corpus
     python tests/feeds_fuzz.py -runs=100000 CORPUS_DIR       # or a corpus of your own
+
+The files read and the seed corpus go to a temporary folder in ``$RINGBOOK_FUZZ_DIR``
+(else in ``/dev/shm`` where there is one). A process that ends normally removes it; a
+fuzzing run ends as libFuzzer exits, so a test gives it a folder of its own.
 """
 
+import atexit
 import gzip
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -37,8 +43,9 @@ SEED_FILES = (
 SEED_LINES = 40
 #: A small memory limit, so that inputs of some KB span several blocks (lines up to 128 KB).
 MEMORY_LIMIT = 2**19
-DIRECTORY = Path(tempfile.mkdtemp(prefix="ringbook_feeds_fuzz_", dir="/dev/shm" if os.path.isdir("/dev/shm")
-                                  else None))
+DIRECTORY = Path(tempfile.mkdtemp(prefix="ringbook_feeds_fuzz_", dir=os.environ.get("RINGBOOK_FUZZ_DIR") or (
+    "/dev/shm" if os.path.isdir("/dev/shm") else None)))
+atexit.register(shutil.rmtree, DIRECTORY, True)
 
 
 def exercise(data):
@@ -74,7 +81,8 @@ def seeds(shared_data):
 
 
 def _write_corpus(shared_data):
-    corpus = Path(tempfile.mkdtemp(prefix="ringbook_feeds_corpus_"))
+    corpus = DIRECTORY / "corpus"
+    corpus.mkdir()
     for index, data in enumerate(seeds(shared_data)):
         (corpus / f"seed_{index}").write_bytes(data)
     return corpus

@@ -18,7 +18,8 @@ The longer runs (one target per command)::
     python tests/ring_fuzz.py --target=kernels -max_total_time=600
     python tests/ring_fuzz.py --target=attach -max_total_time=600
 
-Other arguments go to libFuzzer (``-runs=N``, ``-seed=N``, a corpus folder).
+Other arguments go to libFuzzer (``-runs=N``, ``-seed=N``, a corpus folder). The ``attach``
+target's files go to a temporary folder in ``$RINGBOOK_FUZZ_DIR`` (else the system's).
 """
 
 import os
@@ -175,7 +176,7 @@ def main(argv):
                          engine_ring.describe_layout_error, engine_ring.Ring.__init__, engine_ring.Ring._check,
                          engine_ring.Ring._describe_corruption, engine_ring.Ring._check_geometry):
             atheris.instrument_func(function)
-        _DIRECTORY = tempfile.mkdtemp(prefix="ringbook-fuzz-")
+        _DIRECTORY = tempfile.mkdtemp(prefix="ringbook-fuzz-", dir=os.environ.get("RINGBOOK_FUZZ_DIR"))
         exercise_attach(_DIRECTORY, [(0, 0x52)], 99, None)
         exercise_attach(_DIRECTORY, [], 99, None)
         one_input = _attach_input

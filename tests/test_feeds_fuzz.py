@@ -62,12 +62,13 @@ def test_any_bytes_raise_only_feed_errors(data):
 
 
 @pytest.mark.slow
-def test_coverage_guided_run(shared_data):
+def test_coverage_guided_run(shared_data, tmp_path):
     """A short atheris run over the real-data seeds; ``tests/feeds_fuzz.py`` runs longer ones."""
     pytest.importorskip("atheris")
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "feeds_fuzz.py"), "-runs=3000"],
                             capture_output=True, text=True, timeout=600, cwd=ROOT,
-                            env={**__import__("os").environ, "RINGBOOK_SHARED_DATA": str(shared_data)})
+                            env={**__import__("os").environ, "RINGBOOK_SHARED_DATA": str(shared_data),
+                                 "RINGBOOK_FUZZ_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done 3000 runs" in result.stderr
 

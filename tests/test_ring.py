@@ -439,7 +439,8 @@ def test_coverage_guided_fuzzing_finds_nothing_in_a_short_run(tmp_path, target, 
     pytest.importorskip("atheris")
     fuzz = subprocess.run([sys.executable, str(Path(ring_fuzz.__file__)), f"--target={target}", f"-runs={runs}",
                            "-seed=1", f"-artifact_prefix={tmp_path}/"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RINGBOOK_FUZZ_DIR": str(tmp_path)})   # libFuzzer's exit cleans nothing
     assert fuzz.returncode == 0, fuzz.stderr[-2000:]
     assert f"Done {runs} runs" in fuzz.stderr
 
