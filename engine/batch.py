@@ -728,12 +728,10 @@ def _load_callables(payload):
 def replay_task(source, payload, every):
     """Replay one file's symbols with the user's callback; ``[(symbol, state)]``. Runs on a worker."""
     prepare_worker()
-    import numpy as np
-
     from ringbook.engine.check import feed_ticks
     from ringbook.engine.feeds import lobster
     from ringbook.kernels import book as books
-    from ringbook.kernels.events import KIND_L3_ADD
+    from ringbook.kernels.orders import order_slots_for
     from ringbook.kernels.replay import replay_events
 
     callback, make_state = _load_callables(payload)
@@ -742,8 +740,7 @@ def replay_task(source, payload, every):
     n_symbols = max(len(feed.instruments), 1)
     ticks = feed_ticks(feed, n_symbols)
     for symbol, events in symbol_events(feed):
-        adds = int(np.count_nonzero(events["kind"] == KIND_L3_ADD))
-        book = books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=max(16, 2 * adds), ticks=ticks)
+        book = books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=order_slots_for(events), ticks=ticks)
         if orderbook is not None and len(events):
             books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]),
                                                    0), "seeding the book")

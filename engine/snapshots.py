@@ -50,9 +50,9 @@ from ringbook.engine.journal import fsync_path
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
-from ringbook.kernels.events import KIND_L3_ADD
 from ringbook.kernels.fixed import format_decimal_bytes
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
+from ringbook.kernels.orders import order_slots_for
 from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.slab import copy_bytes
 from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
@@ -189,8 +189,7 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
     table = feed.instruments.table
     n_symbols = max(len(feed.instruments), 1)
     ticks = feed_ticks(feed, n_symbols)   # any tick is exact: it decides only where levels are kept
-    adds = int(np.count_nonzero(events["kind"] == KIND_L3_ADD))
-    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=max(16, 2 * adds), ticks=ticks)
+    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=order_slots_for(events), ticks=ticks)
     out = _outputs(kernels.boundary_count(events, interval_ns), levels)
     cursor = kernels.new_cursor()
     if orderbook is not None and len(events):

@@ -47,6 +47,7 @@ execute_order(book, symbol, order_id, side, price, quantity) -> status
 find_order(book, symbol, order_id) -> slot, or -1     then book.orders[slot, ORDER_*]
 order_count(book, symbol) -> int64                     symbol -1: all symbols
 clear_orders(book, symbol, side) -> status             side 0: both; levels untouched
+order_slots_for(events) -> int                         (Python) slots for replaying events: twice their adds
 with_more_order_slots(book) -> book                    (Python) after ORDER_TABLE_FULL: twice the slots
 
 Status codes are those of :mod:`ringbook.kernels.status`.
@@ -56,6 +57,7 @@ import numpy as np
 
 from ringbook.kernels.book import STAT_UNKNOWN_ORDERS, _side_index, _update_level
 from ringbook.kernels.borrow import borrow
+from ringbook.kernels.events import KIND_L3_ADD
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import (BAD_QUANTITY, BAD_SYMBOL, DUPLICATE_ORDER, INVALID_SIDE, OK,
                                      ORDER_TABLE_FULL, UNKNOWN_ORDER)
@@ -259,15 +261,18 @@ def clear_orders(book, symbol, side):
 def move_orders(orders, into):
     """Put every order of the table ``orders`` into ``into``, an empty table of more slots
     (a power of two), each where a lookup there finds it: how a full table grows."""
-    mask = into.shape[0] - 1
     for slot in range(orders.shape[0]):
         tag = orders[slot, ORDER_TAG]
         if tag != 0:
-            target = _home_slot(orders[slot, ORDER_ID], (tag >> 1) - 1, mask)
-            while into[target, ORDER_TAG] != 0:
-                target = (target + 1) & mask
+            target = -_probe(into, (tag >> 1) - 1, orders[slot, ORDER_ID]) - 1   # the free slot it goes to
             for column in range(orders.shape[1]):
                 into[target, column] = orders[slot, column]
+
+
+def order_slots_for(events):
+    """Order table slots for a replay of ``events``: twice their adds, so the table (at most 3/4
+    full) holds every order they can leave live at once."""
+    return max(16, 2 * int(np.count_nonzero(events["kind"] == KIND_L3_ADD)))
 
 
 def with_more_order_slots(book):

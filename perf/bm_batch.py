@@ -49,7 +49,8 @@ from ringbook.engine.check import feed_ticks
 from ringbook.engine.feeds import synthetic
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as snapshot_kernels
-from ringbook.kernels.events import FLAG_BATCH_END, KIND_L3_ADD
+from ringbook.kernels.events import FLAG_BATCH_END
+from ringbook.kernels.orders import order_slots_for
 from ringbook.kernels.replay import apply_events
 
 SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -113,8 +114,7 @@ def source_feed(path):
 def new_book(feed):
     """The book a shard makes for ``feed`` (its order table sized by the adds, as the shard's)."""
     n_symbols = max(len(feed.instruments), 1)
-    adds = int(np.count_nonzero(feed.events["kind"] == KIND_L3_ADD))
-    return books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=max(16, 2 * adds),
+    return books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=order_slots_for(feed.events),
                           ticks=feed_ticks(feed, n_symbols))
 
 
