@@ -558,7 +558,7 @@ class Manifest:
             self.save()
 
     def save(self):
-        from ringbook.engine.snapshots import write_atomic
+        from ringbook.engine.files import write_atomic
 
         text = json.dumps({"version": 1, "options": self.options, "files": self.files}, indent=1,
                           sort_keys=True)
@@ -653,7 +653,8 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
     -------
     BatchReport
     """
-    from ringbook.engine.snapshots import FORMATS as OUTPUT_FORMATS, sync_files
+    from ringbook.engine.files import sync_files
+    from ringbook.engine.snapshots import FORMATS as OUTPUT_FORMATS
 
     if format not in OUTPUT_FORMATS:
         raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {format!r}")

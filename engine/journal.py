@@ -81,6 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ringbook.engine.files import fsync_path, write_atomic
 from ringbook.kernels import journal as jk
 from ringbook.kernels.clock import tsc_now
 from ringbook.kernels.crc32c import checksum
@@ -337,22 +338,6 @@ def list_segments(root, stream=None):
     return found
 
 
-def fsync_path(path):
-    """Sync a file or a folder (a folder holds its files' names) by path."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write_atomically(path, data):
-    temporary = Path(f"{path}.tmp{os.getpid()}")
-    with open(temporary, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
-
-
 # ------------------------------------------------------------------ scanning a segment
 
 
@@ -487,7 +472,7 @@ def write_index(scan, buffer, every=DEFAULT_INDEX_EVERY, tail_crc=None):
     entries = np.ascontiguousarray(scan.index, dtype="<i8").tobytes()
     header["crc"] = checksum(entries, checksum(header.tobytes()[:-4]))
     try:
-        _write_atomically(index_path(scan.path), header.tobytes() + entries)
+        write_atomic(index_path(scan.path), header.tobytes() + entries, durable=False)
     except OSError as error:  # a read-only journal is still readable
         log.debug("cannot write index %s: %s", index_path(scan.path), error)
 

@@ -9,8 +9,8 @@ LOBSTER shows are taken from the row): each snapshot then equals the
 orderbook row of the last message at or before its boundary.
 
 Files (:func:`write_snapshots`), one per shard, written atomically (a
-temporary file in the same folder, then a rename) and synced, unless the
-caller syncs them later (``durable=False``, :func:`sync_files`: a batch's
+temporary file in the same folder, then a rename: :mod:`ringbook.engine.files`)
+and synced, unless the caller syncs them later (``durable=False``: a batch's
 driver does):
 
 csv
@@ -36,8 +36,6 @@ npz
 """
 
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +44,7 @@ import numpy as np
 
 from ringbook.engine.check import _reconcile_order, feed_ticks
 from ringbook.engine.feeds import lobster
-from ringbook.engine.journal import fsync_path
+from ringbook.engine.files import write_atomic
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
@@ -448,54 +446,10 @@ def read_npz(path):
 _WRITERS = {"csv": csv_bytes, "parquet": parquet_bytes, "npz": npz_bytes}
 
 
-def write_atomic(path, data, durable=True):
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A reader sees the old file or the whole new one, never a part; a process
-    killed mid-write leaves at most a stray ``.tmp`` file.
-
-    Parameters
-    ----------
-    data : bytes-like, or an iterable of bytes-like pieces
-        Pieces are written as they come (each may be reused once written).
-    durable : bool
-        Sync the file before the rename and the folder after it, so the new
-        file survives a crash of the machine once this returns. Without it the
-        rename is still atomic for readers, but a crash of the machine may
-        leave the file empty or short: whoever records the file as written must
-        first make it durable (:func:`sync_files`).
-    """
-    path = Path(path)
-    pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            for piece in pieces:
-                file.write(piece)
-            file.flush()
-            if durable:
-                os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_path(path.parent)
-    return path
-
-
-def sync_files(directory, names):
-    """Make files written with ``write_atomic(..., durable=False)`` durable: each file, then the folder
-    (which holds their names)."""
-    for name in names:
-        fsync_path(Path(directory) / name)
-    fsync_path(directory)
-
-
 def write_snapshots(snapshots, path, format, durable=True):
     """Write one shard's snapshots to ``path`` atomically in ``format`` (csv, parquet, npz).
 
-    ``durable``: see :func:`write_atomic`. A CSV is formatted and written in
+    ``durable``: see :func:`ringbook.engine.files.write_atomic`. A CSV is formatted and written in
     pieces (:func:`csv_pieces`), never whole in memory.
     """
     if format not in _WRITERS:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -309,11 +310,17 @@ def test_redo_is_unrecorded_before_its_outputs_are_rewritten(tmp_path):
 
 def test_outputs_and_manifest_written_atomically_without_strays(tmp_path):
     inputs = make_inputs(tmp_path / "in", lobster_files=1)
-    report = batch.snapshot_files(inputs, tmp_path / "out", levels=3, workers=0)
+    umask = os.umask(0o027)
+    try:
+        report = batch.snapshot_files(inputs, tmp_path / "out", levels=3, workers=0)
+    finally:
+        os.umask(umask)
     assert report.ok
     names = sorted(path.name for path in (tmp_path / "out").iterdir())
     assert not [name for name in names if name.endswith(".tmp")]
     assert len(names) == 1 + sum(len(entry["shards"]) for entry in report.entries.values())
+    # Modes as a new file's under the umask (others in the group read them), not a temporary file's.
+    assert {stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) for name in names} == {0o640}
 
 
 # ---------------------------------------------------------------- inputs and `ringbook check`
