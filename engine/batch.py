@@ -889,7 +889,8 @@ def run_check(args):
     """``ringbook check FILES... [--workers N | --cluster ADDRESS] [--json]``: one line per file, totals."""
     try:
         files, totals = check_files(args.files, workers=args.workers, cluster=args.cluster,
-                                    progress=not args.json, input_format=args.format)
+                                    progress=not (args.json or args.no_progress),
+                                    input_format=args.format)
     except (ValueError, OSError, ImportError) as error:
         print(f"ringbook check: {error}", file=sys.stderr)
         return 2

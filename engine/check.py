@@ -729,6 +729,7 @@ def add_arguments(parser):
                        "(default: the usable cores; 0: this process)")
     where.add_argument("--cluster", metavar="ADDRESS", help="check many files on a Dask scheduler")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (many files)")
     parser.add_argument("--skip-malformed", action="store_true",
                         help="skip and count malformed lines instead of stopping at the first")
 

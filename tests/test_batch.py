@@ -232,9 +232,10 @@ def test_malformed_file_fails_alone(inputs, reference, tmp_path, capsys):
     lines[41] = lines[41].replace(",bid,", ",buy,").replace(",ask,", ",buy,")
     bad.write_text("\n".join(lines) + "\n")
     status = cli.main(["snapshots", *map(str, inputs[:2]), str(bad), str(inputs[2]), "--levels", "10",
-                       "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"])
-    out = capsys.readouterr().out
+                       "--out", str(tmp_path / "out"), "--workers", "2"])
+    out, err = capsys.readouterr()
     assert status == 1
+    assert "snapshots" in err and "4/4" in err   # the progress bar counts the failed file too
     assert f"FAILED {bad}, line 42, field 'side': must be bid or ask" in out
     manifest = json.loads((tmp_path / "out" / batch.MANIFEST).read_text())
     entry = manifest["files"][str(bad)]
@@ -388,8 +389,12 @@ def test_check_many_files_lines_and_totals(tmp_path, capsys):
                                 for name in ("events", "checked", "mismatches", "gaps")}
     assert report["totals"]["checked"] > 3000 and report["totals"]["mismatches"] == 0
     status = cli.main(["check", *map(str, inputs), "--workers", "0"])
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert status == 0 and len(lines) == 4 and lines[-1].startswith("TOTAL    3 files: events ")
+    assert "3/3" in captured.err and "check" in captured.err   # the progress bar, on stderr
+    assert cli.main(["check", *map(str, inputs), "--workers", "0", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
     # A malformed file is reported on its own line; the others are still checked.
     bad = tmp_path / "BAD_2012-06-21_34200000_57600000_message_5.csv"
     rows = Path(inputs[0]).read_text().splitlines()
