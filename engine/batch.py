@@ -611,14 +611,15 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
     feed, orderbook, exchange = read_source(source)
     shards = []
     for symbol, events in symbol_events(feed):
-        table = snapshots.snapshot_feed(feed, symbol, interval_ns, levels, exchange=exchange,
-                                        orderbook=orderbook)
-        name = snapshots.output_name(source.name, table.symbol, levels, interval_text, format)
-        snapshots.write_snapshots(table, Path(out_dir) / name, format, durable=False)
+        pieces = snapshots.snapshot_pieces(feed, symbol, interval_ns, levels, exchange=exchange,
+                                           orderbook=orderbook)
+        name = feed.instruments.name_of(symbol)
+        output = snapshots.output_name(source.name, name, levels, interval_text, format)
+        tally = snapshots.Tally()
+        snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
         _, earliest, latest = time_span(events)
-        shards.append({"symbol": table.symbol, "output": name, "rows": len(table), "events": len(events),
-                       "first_boundary_ns": int(table.times[0]) if len(table) else None,
-                       "last_boundary_ns": int(table.times[-1]) if len(table) else None,
+        shards.append({"symbol": name, "output": output, "rows": tally.rows, "events": len(events),
+                       "first_boundary_ns": tally.first_boundary, "last_boundary_ns": tally.last_boundary,
                        "first_event_ns": int(earliest) if earliest else None,
                        "last_event_ns": int(latest) if latest else None})
     return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,

@@ -2,7 +2,8 @@
 
 :func:`snapshot_feed` replays a :class:`~ringbook.engine.feeds.source.Feed` into a book and
 takes one snapshot per interval boundary with :mod:`ringbook.kernels.snapshots` (see
-there for what a boundary and its snapshot are). A LOBSTER message file with its
+there for what a boundary and its snapshot are); :func:`snapshot_pieces` gives the same
+rows a bounded piece at a time, which the writers take as they come. A LOBSTER message file with its
 orderbook file is seeded from it and reconciled with it after every message
 (:func:`ringbook.kernels.snapshots.reconcile_side`), with the effect on the book that ``ringbook check`` has (levels that come into view from beyond those
 LOBSTER shows are taken from the row): each snapshot then equals the
@@ -36,6 +37,7 @@ npz
 """
 
 import io
+import itertools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,11 @@ class Snapshots:
         return len(self.times)
 
 
+#: The arrays of :class:`Snapshots`, in the order of its fields.
+ARRAYS = ("times", "last_ns", "last_local_ns", "sequences", "bid_prices", "bid_quantities", "ask_prices",
+          "ask_quantities")
+
+
 def _outputs(rows, levels):
     """The kernel's output arrays, uninitialised: it writes every field of each row it counts,
     and only those rows are kept."""
@@ -98,13 +105,18 @@ def _outputs(rows, levels):
 def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes, bid_prices,
                       bid_sizes, found_prices, found_quantities, all_prices, all_quantities, counters,
                       interval, cursor, times, last_ns, last_local_ns, sequences, out_bid_prices,
-                      out_bid_quantities, out_ask_prices, out_ask_quantities):
+                      out_bid_quantities, out_ask_prices, out_ask_quantities, start, previous):
     """Snapshots of a LOBSTER replay reconciled with its orderbook rows after every message.
 
     The loop of :func:`ringbook.engine.check.check_lobster_kernel` with the
-    snapshot steps around each event; each side is reconciled with
-    :func:`ringbook.kernels.snapshots.reconcile_side`, which changes only the
-    levels that differ from the row. Returns ``(next_index, status)``.
+    snapshot steps around each event, from ``events[start]``; each side is
+    reconciled with :func:`ringbook.kernels.snapshots.reconcile_side`, which
+    changes only the levels that differ from the row. ``previous`` is the row
+    reconciled last (-1: none yet).
+
+    Returns ``(next_index, status, previous)``: on ``FULL`` (the outputs have no
+    room for the next boundary) call again from ``next_index`` with ``previous``
+    once the rows are used and the cursor's row count is reset.
     """
     # The caller's references keep these alive: the calls below then count none (atomic
     # increments and decrements on every array of every call, most of the cost otherwise).
@@ -115,18 +127,17 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
     times, last_ns, last_local_ns, sequences = borrow((times, last_ns, last_local_ns, sequences))
     out_bid_prices, out_bid_quantities, out_ask_prices, out_ask_quantities = borrow(
         (out_bid_prices, out_bid_quantities, out_ask_prices, out_ask_quantities))
-    previous = -1
-    for i in range(events.shape[0]):
+    for i in range(max(start, 0), events.shape[0]):
         if kernels.boundary_due(events, i, cursor):
             status = kernels.snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns,
                                              last_local_ns, sequences, out_bid_prices,
                                              out_bid_quantities, out_ask_prices, out_ask_quantities)
             if status != OK:
-                return i, status
+                return i, status, previous
         _reconcile_order(book, events, i, counters)
         status = _apply_event(book, events, i)
         if status < 0:
-            return i, status
+            return i, status, previous
         row = row_of_event[i]
         if row >= 0 and row < ask_prices.shape[0]:
             has_previous = previous >= 0
@@ -139,7 +150,7 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
                                    all_prices, all_quantities)
             previous = row
         kernels.note_applied(book, symbol, events, i, interval, cursor)
-    return events.shape[0], OK
+    return events.shape[0], OK, previous
 
 
 def _lobster_rows(feed, orderbook):
@@ -152,8 +163,83 @@ def _lobster_rows(feed, orderbook):
     return row_of_record[feed.records] if len(feed) else np.zeros(0, np.int64)
 
 
+#: Bytes of a shard's rows held at a time (unless a piece's rows are given): its memory stays
+#: bounded however long its file or short its interval.
+PIECE_BYTES = 1 << 24
+
+
+def piece_rows_for(levels):
+    """Rows of a piece of :data:`PIECE_BYTES` at ``levels`` levels (at least 1024)."""
+    return max(1024, PIECE_BYTES // (8 * (4 + 4 * levels)))
+
+
+def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook=None, depth=4096,
+                    piece_rows=None):
+    """Snapshots of one symbol of a feed at every boundary of ``interval_ns``, in pieces.
+
+    Each piece is a :class:`Snapshots` of the next rows, at most ``piece_rows``
+    of them (default :func:`piece_rows_for` the levels); the last piece may be
+    empty (a shard always yields one). A piece's arrays are reused for the
+    next: write or copy a piece before asking for the next. Parameters as
+    :func:`snapshot_feed`.
+    """
+    piece_rows = piece_rows_for(levels) if piece_rows is None else piece_rows
+    if interval_ns <= 0 or levels <= 0 or piece_rows <= 0:
+        raise ValueError(f"interval, levels and piece_rows must be positive, got {interval_ns}, {levels}, "
+                         f"{piece_rows}")
+    events, lines = feed.events, feed.lines
+    if len(feed.instruments) > 1:   # a file of one instrument is used as it is, not copied
+        mine = events["symbol"] == symbol
+        events, lines = events[mine], lines[mine]
+    table = feed.instruments.table
+    n_symbols = max(len(feed.instruments), 1)
+    ticks = feed_ticks(feed, n_symbols)   # any tick is exact: it decides only where levels are kept
+    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=order_slots_for(events), ticks=ticks)
+    out = _outputs(max(min(kernels.boundary_count(events, interval_ns), piece_rows), 1), levels)
+    cursor = kernels.new_cursor()
+    row = table[symbol]
+    name, price_scale, size_scale = feed.instruments.name_of(symbol), int(row["price_scale"]), int(row["size_scale"])
+
+    def piece():
+        rows = int(cursor[kernels.CURSOR_ROWS])
+        cursor[kernels.CURSOR_ROWS] = 0
+        return Snapshots(exchange, name, price_scale, size_scale, *(array[:rows] for array in out))
+
+    next_index, status = 0, FULL
+    if orderbook is not None and len(events):
+        books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]), 0),
+                           "seeding the book")
+        counters = np.zeros(13, np.int64)
+        found = np.zeros(orderbook.levels, np.int64), np.zeros(orderbook.levels, np.int64)
+        capacity = book.prices.shape[2] + book.ladders.shape[2]
+        every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+        row_of_event = _lobster_rows(feed, orderbook)
+        previous = -1
+        while status == FULL:
+            next_index, status, previous = lobster_snapshots(
+                book, symbol, events, row_of_event, orderbook.ask_price, orderbook.ask_size, orderbook.bid_price,
+                orderbook.bid_size, *found, *every_level, counters, interval_ns, cursor, *out, next_index, previous)
+            if status == FULL:
+                yield piece()
+    else:
+        while status == FULL:
+            next_index, status = kernels.take_snapshots(book, symbol, events, next_index, len(events), interval_ns,
+                                                        cursor, *out)
+            if status == FULL:
+                yield piece()
+    if status < 0:
+        books.check_status(status, f"{feed.path}, line {int(lines[next_index])} (event {next_index})")
+    status = FULL
+    while status == FULL:
+        status = kernels.finish_snapshots(book, symbol, interval_ns, cursor, *out)
+        if status == FULL:
+            yield piece()
+    books.check_status(status, "the last snapshots")
+    yield piece()
+
+
 def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=None, depth=4096):
-    """Snapshots of one symbol of a feed at every boundary of ``interval_ns``.
+    """Snapshots of one symbol of a feed at every boundary of ``interval_ns``, all in memory.
 
     Parameters
     ----------
@@ -177,42 +263,25 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
     ------
     ringbook.kernels.book.BookError
         An event the book refuses, naming its line.
+
+    See :func:`snapshot_pieces` for the same rows a bounded piece at a time.
     """
-    if interval_ns <= 0 or levels <= 0:
-        raise ValueError(f"interval and levels must be positive, got {interval_ns}, {levels}")
-    events, lines = feed.events, feed.lines
-    if len(feed.instruments) > 1:   # a file of one instrument is used as it is, not copied
-        mine = events["symbol"] == symbol
-        events, lines = events[mine], lines[mine]
-    table = feed.instruments.table
-    n_symbols = max(len(feed.instruments), 1)
-    ticks = feed_ticks(feed, n_symbols)   # any tick is exact: it decides only where levels are kept
-    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=order_slots_for(events), ticks=ticks)
-    out = _outputs(kernels.boundary_count(events, interval_ns), levels)
-    cursor = kernels.new_cursor()
-    if orderbook is not None and len(events):
-        books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]), 0),
-                           "seeding the book")
-        counters = np.zeros(13, np.int64)
-        found = np.zeros(orderbook.levels, np.int64), np.zeros(orderbook.levels, np.int64)
-        capacity = book.prices.shape[2] + book.ladders.shape[2]
-        every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
-        next_index, status = lobster_snapshots(
-            book, symbol, events, _lobster_rows(feed, orderbook), orderbook.ask_price, orderbook.ask_size,
-            orderbook.bid_price, orderbook.bid_size, *found, *every_level, counters, interval_ns, cursor, *out)
-    else:
-        next_index, status = kernels.take_snapshots(book, symbol, events, 0, len(events), interval_ns,
-                                                    cursor, *out)
-    if status == OK:
-        status = kernels.finish_snapshots(book, symbol, interval_ns, cursor, *out)
-    if status == FULL:
-        raise RuntimeError("snapshot outputs are full: boundary_count disagrees with the kernel")
-    if status < 0:
-        books.check_status(status, f"{feed.path}, line {int(lines[next_index])} (event {next_index})")
-    rows = int(cursor[kernels.CURSOR_ROWS])
-    row = table[symbol]
-    return Snapshots(exchange, feed.instruments.name_of(symbol), int(row["price_scale"]),
-                     int(row["size_scale"]), *(array[:rows] for array in out))
+    # Room for every boundary of the file (of any symbol): one piece, its arrays the whole result.
+    rows = max(kernels.boundary_count(feed.events, interval_ns), 1) if interval_ns > 0 else 1
+    (whole,) = snapshot_pieces(feed, symbol, interval_ns, levels, exchange=exchange, orderbook=orderbook,
+                               depth=depth, piece_rows=rows)
+    return whole
+
+
+def joined(pieces):
+    """One :class:`Snapshots` of a shard's pieces, in order (each copied as it comes: pieces
+    share their arrays)."""
+    first, columns = None, []
+    for piece in pieces:
+        first = piece if first is None else first
+        columns.append([getattr(piece, name).copy() for name in ARRAYS])
+    return Snapshots(first.exchange, first.symbol, first.price_scale, first.size_scale,
+                     *(np.concatenate(column) for column in zip(*columns)))
 
 
 # ---------------------------------------------------------------- files
@@ -353,22 +422,32 @@ def csv_header(levels):
 CSV_PIECE = 1 << 20
 
 
+def _pieces(snapshots):
+    """``(first piece, every piece)`` of a :class:`Snapshots` or of an iterable of a shard's pieces."""
+    pieces = iter((snapshots,) if isinstance(snapshots, Snapshots) else snapshots)
+    first = next(pieces)
+    return first, itertools.chain((first,), pieces)
+
+
 def csv_pieces(snapshots, piece=CSV_PIECE):
     """The CSV file's bytes in pieces: the header, then rows formatted into one reused buffer.
 
+    ``snapshots``: a :class:`Snapshots`, or a shard's pieces (:func:`snapshot_pieces`).
     Each piece is valid until the next is asked for (write it, or copy it).
     """
-    prefix = np.frombuffer(f"{snapshots.exchange},{snapshots.symbol},".encode(), np.uint8)
-    out = np.empty(max(piece, widest_csv_row(len(prefix), snapshots.levels)), np.uint8)
-    yield (csv_header(snapshots.levels) + "\n").encode()
-    row = 0
-    while row < len(snapshots):
-        row, written = format_csv_rows(prefix, snapshots.times, snapshots.last_local_ns, snapshots.bid_prices,
-                                       snapshots.bid_quantities, snapshots.ask_prices, snapshots.ask_quantities,
-                                       snapshots.price_scale, snapshots.size_scale, row, out)
-        if written <= 0:
-            raise RuntimeError(f"CSV rows: the snapshot arrays disagree in shape (status {written})")
-        yield memoryview(out)[:written]
+    first, tables = _pieces(snapshots)
+    prefix = np.frombuffer(f"{first.exchange},{first.symbol},".encode(), np.uint8)
+    out = np.empty(max(piece, widest_csv_row(len(prefix), first.levels)), np.uint8)
+    yield (csv_header(first.levels) + "\n").encode()
+    for table in tables:
+        row = 0
+        while row < len(table):
+            row, written = format_csv_rows(prefix, table.times, table.last_local_ns, table.bid_prices,
+                                           table.bid_quantities, table.ask_prices, table.ask_quantities,
+                                           table.price_scale, table.size_scale, row, out)
+            if written <= 0:
+                raise RuntimeError(f"CSV rows: the snapshot arrays disagree in shape (status {written})")
+            yield memoryview(out)[:written]
 
 
 def csv_bytes(snapshots):
@@ -387,13 +466,12 @@ def _decimal_column(pa, values, scale):
                                  null_count=int((~valid).sum()))
 
 
-def parquet_bytes(snapshots):
-    """The Parquet file's bytes (pyarrow, ``ringbook[parquet]``)."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("Parquet output needs pyarrow: pip install 'ringbook[parquet]'") from None
+#: Rows of a Parquet row group: the groups are the same however the rows came in pieces.
+PARQUET_ROW_GROUP = 1 << 17
+
+
+def _arrow_table(pa, snapshots):
+    """The Parquet file's columns of a :class:`Snapshots`, as a pyarrow table."""
     rows = len(snapshots)
     boundary_us = snapshots.times // _NS_PER_US
     local_us = np.where(snapshots.last_local_ns > 0, snapshots.last_local_ns // _NS_PER_US, boundary_us)
@@ -409,19 +487,51 @@ def parquet_bytes(snapshots):
         columns[f"bids[{level}].price"] = _decimal_column(pa, snapshots.bid_prices[:, level], snapshots.price_scale)
         columns[f"bids[{level}].amount"] = _decimal_column(
             pa, np.where(no_level, NO_PRICE, snapshots.bid_quantities[:, level]), snapshots.size_scale)
-    columns["last_exchange_ns"] = pa.array(snapshots.last_ns)
-    columns["sequence"] = pa.array(snapshots.sequences)
+    # Copies: pyarrow would share the arrays, which the next piece overwrites.
+    columns["last_exchange_ns"] = pa.array(snapshots.last_ns.copy())
+    columns["sequence"] = pa.array(snapshots.sequences.copy())
+    return pa.table(columns)
+
+
+def parquet_bytes(snapshots):
+    """The Parquet file's bytes (pyarrow, ``ringbook[parquet]``), in row groups of
+    :data:`PARQUET_ROW_GROUP` rows.
+
+    ``snapshots``: a :class:`Snapshots`, or a shard's pieces (:func:`snapshot_pieces`),
+    converted as they come.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("Parquet output needs pyarrow: pip install 'ringbook[parquet]'") from None
     sink = io.BytesIO()
-    pq.write_table(pa.table(columns), sink)
+    writer = pending = None
+    groups = 0
+    for table in _pieces(snapshots)[1]:
+        arrow = _arrow_table(pa, table)
+        if writer is None:
+            writer = pq.ParquetWriter(sink, arrow.schema)
+        pending = arrow if pending is None else pa.concat_tables([pending, arrow])
+        while pending.num_rows >= PARQUET_ROW_GROUP:
+            pending = pending.combine_chunks()
+            writer.write_table(pending.slice(0, PARQUET_ROW_GROUP))
+            pending = pending.slice(PARQUET_ROW_GROUP)
+            groups += 1
+    if pending.num_rows or not groups:   # an empty shard still gets its (empty) table
+        writer.write_table(pending.combine_chunks())
+    writer.close()
     return sink.getvalue()
 
 
 def npz_bytes(snapshots):
-    """The npz file's bytes, with fixed zip timestamps (equal snapshots, equal bytes)."""
-    arrays = {"times": snapshots.times, "last_ns": snapshots.last_ns,
-              "last_local_ns": snapshots.last_local_ns, "sequences": snapshots.sequences,
-              "bid_prices": snapshots.bid_prices, "bid_quantities": snapshots.bid_quantities,
-              "ask_prices": snapshots.ask_prices, "ask_quantities": snapshots.ask_quantities,
+    """The npz file's bytes, with fixed zip timestamps (equal snapshots, equal bytes).
+
+    ``snapshots``: a :class:`Snapshots`, or a shard's pieces, joined in memory first.
+    """
+    if not isinstance(snapshots, Snapshots):
+        snapshots = joined(snapshots)
+    arrays = {**{name: getattr(snapshots, name) for name in ARRAYS},
               "price_scale": np.int64(snapshots.price_scale), "size_scale": np.int64(snapshots.size_scale),
               "exchange": np.str_(snapshots.exchange), "symbol": np.str_(snapshots.symbol)}
     sink = io.BytesIO()
@@ -438,9 +548,7 @@ def read_npz(path):
     """:class:`Snapshots` from an npz file this module wrote."""
     with np.load(path, allow_pickle=False) as data:
         return Snapshots(str(data["exchange"]), str(data["symbol"]), int(data["price_scale"]),
-                         int(data["size_scale"]), *(data[name] for name in (
-                             "times", "last_ns", "last_local_ns", "sequences", "bid_prices",
-                             "bid_quantities", "ask_prices", "ask_quantities")))
+                         int(data["size_scale"]), *(data[name] for name in ARRAYS))
 
 
 _WRITERS = {"csv": csv_bytes, "parquet": parquet_bytes, "npz": npz_bytes}
@@ -449,13 +557,31 @@ _WRITERS = {"csv": csv_bytes, "parquet": parquet_bytes, "npz": npz_bytes}
 def write_snapshots(snapshots, path, format, durable=True):
     """Write one shard's snapshots to ``path`` atomically in ``format`` (csv, parquet, npz).
 
-    ``durable``: see :func:`ringbook.engine.files.write_atomic`. A CSV is formatted and written in
-    pieces (:func:`csv_pieces`), never whole in memory.
+    ``snapshots``: a :class:`Snapshots`, or the shard's pieces (:func:`snapshot_pieces`):
+    a CSV is then formatted and written a piece at a time, a Parquet file's columns
+    are made a piece at a time; an npz file joins them. ``durable``: see
+    :func:`ringbook.engine.files.write_atomic`.
     """
     if format not in _WRITERS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     data = csv_pieces(snapshots) if format == "csv" else _WRITERS[format](snapshots)
     return write_atomic(path, data, durable)
+
+
+class Tally:
+    """Rows of a shard's pieces as they pass on to a writer, and its first and last boundary."""
+
+    def __init__(self):
+        self.rows = 0
+        self.first_boundary = self.last_boundary = None
+
+    def passing(self, pieces):
+        for piece in pieces:
+            if len(piece):
+                self.rows += len(piece)
+                self.first_boundary = int(piece.times[0]) if self.first_boundary is None else self.first_boundary
+                self.last_boundary = int(piece.times[-1])
+            yield piece
 
 
 def output_name(input_path, symbol, levels, interval_text, format):

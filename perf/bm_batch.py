@@ -182,8 +182,8 @@ def time_file_snapshots(loops, path):
 
     def work(out):
         feed, orderbook, exchange = batch.read_source(source)
-        table = snapshots.snapshot_feed(feed, 0, SECOND, LEVELS, exchange=exchange, orderbook=orderbook)
-        snapshots.write_snapshots(table, out / "snapshots.csv", "csv", durable=False)
+        pieces = snapshots.snapshot_pieces(feed, 0, SECOND, LEVELS, exchange=exchange, orderbook=orderbook)
+        snapshots.write_snapshots(pieces, out / "snapshots.csv", "csv", durable=False)
 
     return time_in_new_folders(loops, work, "plain")
 

@@ -14,7 +14,7 @@ from ringbook.engine import snapshots
 from ringbook.engine.feeds import binance, lobster, synthetic
 from ringbook.engine.feeds.source import Feed
 from ringbook.kernels import snapshots as kernels
-from ringbook.kernels.book import NO_PRICE, new_book
+from ringbook.kernels.book import NO_PRICE, load_snapshot, new_book
 from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L2_SET, KIND_TOP_OF_BOOK, Instruments,
                                      empty_events)
 from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
@@ -70,15 +70,48 @@ def l2_events(rows):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3000), st.sampled_from([1, -1]), st.integers(90, 110),
                           st.integers(0, 5), st.booleans()), min_size=1, max_size=60),
-       st.sampled_from([1, 100, 250, 1000]), st.integers(1, 4))
-def test_random_times_match_reference(rows, interval, levels):
-    """Times with zeros (no exchange time), repeats, jumps backwards and messages of several events."""
+       st.sampled_from([1, 100, 250, 1000]), st.integers(1, 4), st.sampled_from([None, 1, 2, 5]))
+def test_random_times_match_reference(rows, interval, levels, piece_rows):
+    """Times with zeros (no exchange time), repeats, jumps backwards and messages of several events;
+    all rows at once, or in pieces of a few rows (the kernel resumes where the outputs were full)."""
     events = l2_events(rows)
     instruments = Instruments(1)
     instruments.intern("X", 0, 0, 1)
-    table = snapshots.snapshot_feed(Feed(events, np.arange(len(events)) + 1, instruments, "x"), 0,
-                                    interval, levels)
+    feed = Feed(events, np.arange(len(events)) + 1, instruments, "x")
+    if piece_rows is None:
+        table = snapshots.snapshot_feed(feed, 0, interval, levels)
+    else:
+        table = snapshots.joined(assert_at_most(piece_rows, snapshots.snapshot_pieces(
+            feed, 0, interval, levels, piece_rows=piece_rows)))
     assert_matches_reference(table, events, 0, interval, levels)
+
+
+def assert_at_most(rows, pieces):
+    """The pieces, each checked to hold at most ``rows`` rows."""
+    for piece in pieces:
+        assert len(piece) <= rows
+        yield piece
+
+
+def assert_same_snapshots(table, expected):
+    assert (table.exchange, table.symbol, table.price_scale, table.size_scale) == (
+        expected.exchange, expected.symbol, expected.price_scale, expected.size_scale)
+    for name in snapshots.ARRAYS:
+        assert np.array_equal(getattr(table, name), getattr(expected, name)), name
+
+
+@pytest.mark.parametrize("pair, piece_rows", [(AMZN, 1000), (AAPL, 7), (AAPL, 1)])
+def test_lobster_pieces_equal_the_whole(shared_data, pair, piece_rows):
+    """The reconciled replay resumes where its outputs were full: the pieces make the same rows."""
+    feed = lobster.read_messages(shared_data / pair.format("message"))
+    orderbook = lobster.read_orderbook(shared_data / pair.format("orderbook"))
+    whole = snapshots.snapshot_feed(feed, 0, SECOND, 10, exchange="nasdaq", orderbook=orderbook)
+    pieces = snapshots.snapshot_pieces(feed, 0, SECOND, 10, exchange="nasdaq", orderbook=orderbook,
+                                       piece_rows=piece_rows)
+    tally = snapshots.Tally()
+    assert_same_snapshots(snapshots.joined(assert_at_most(piece_rows, tally.passing(pieces))), whole)
+    assert (tally.rows, tally.first_boundary, tally.last_boundary) == (len(whole), whole.times[0], whole.times[-1])
+    assert len(whole) > 3 * piece_rows
 
 
 @settings(max_examples=100, deadline=None)
@@ -267,6 +300,75 @@ def test_parquet_typed_columns_and_nulls():
     assert table.column("bids[1].amount").to_pylist() == [Decimal("0.00000001"), None]
     assert table.column("sequence").to_pylist() == [7, 7]
     assert table.column("last_exchange_ns").to_pylist() == [SECOND - 5] * 2
+
+
+def test_lobster_kernel_stops_when_full_and_says_where_to_resume(shared_data):
+    feed = lobster.read_messages(shared_data / AAPL.format("message"))
+    orderbook = lobster.read_orderbook(shared_data / AAPL.format("orderbook"))
+    book = new_book(1, depth=4096, order_capacity=4096, ticks=np.array([100]))
+    load_snapshot(book, 0, *lobster.levels_before_first(orderbook, feed.events[0]), 0)
+    rows = snapshots._lobster_rows(feed, orderbook)
+    scratch = [np.zeros(size, np.int64) for size in (10, 10, 8192, 8192)]
+    out, cursor = snapshots._outputs(1, 10), kernels.new_cursor()
+    index, previous, stops = 0, -1, 0
+    while True:
+        index, status, previous = snapshots.lobster_snapshots(
+            book, 0, feed.events, rows, orderbook.ask_price, orderbook.ask_size, orderbook.bid_price,
+            orderbook.bid_size, *scratch, np.zeros(13, np.int64), SECOND, cursor, *out, index, previous)
+        if status != FULL:
+            break
+        stops += 1
+        # Stopped at the first event after the boundary with no room, the row of the one before
+        # reconciled last.
+        boundary = cursor[kernels.CURSOR_NEXT_BOUNDARY]
+        assert cursor[kernels.CURSOR_ROWS] == 1 and out[0][0] < boundary
+        assert feed.events[index - 1]["exchange_ns"] <= boundary < feed.events[index]["exchange_ns"]
+        assert previous == rows[index - 1]
+        cursor[kernels.CURSOR_ROWS] = 0
+    assert (status, index, previous) == (OK, len(feed.events), rows[-1]) and stops >= 40
+
+
+@pytest.mark.parametrize("format", snapshots.FORMATS)
+def test_files_written_from_pieces_equal_files_of_the_whole(tmp_path, monkeypatch, format):
+    """Byte for byte, Parquet row groups included (of a fixed number of rows, however the rows came)."""
+    if format == "parquet":
+        pq = pytest.importorskip("pyarrow.parquet")
+        monkeypatch.setattr(snapshots, "PARQUET_ROW_GROUP", 40)
+    messages, orderbook_path = synthetic.write_lobster(tmp_path, messages=3000, levels=5, seed=4)
+    feed, orderbook = lobster.read_messages(messages), lobster.read_orderbook(orderbook_path)
+    whole = snapshots.snapshot_feed(feed, 0, SECOND // 10, 5, exchange="nasdaq", orderbook=orderbook)
+    snapshots.write_snapshots(whole, tmp_path / "whole", format)
+    pieces = snapshots.snapshot_pieces(feed, 0, SECOND // 10, 5, exchange="nasdaq", orderbook=orderbook,
+                                       piece_rows=17)
+    snapshots.write_snapshots(pieces, tmp_path / "pieces", format)
+    assert len(whole) > 100
+    assert (tmp_path / "pieces").read_bytes() == (tmp_path / "whole").read_bytes()
+    if format == "parquet":
+        assert pq.ParquetFile(tmp_path / "pieces").num_row_groups == -(-len(whole) // 40)
+
+
+def test_a_shard_of_many_rows_is_written_in_bounded_memory(tmp_path):
+    """An hour at 1 ms: 3.6 million rows, whose arrays alone would take 200 MB, written a piece at a time."""
+    import tracemalloc
+
+    events = l2_events([(SECOND, 1, 100, 5, True), (3601 * SECOND, -1, 101, 2, True)])
+    instruments = Instruments(1)
+    instruments.intern("X", 0, 0, 1)
+    feed = Feed(events, np.arange(len(events)) + 1, instruments, "x")
+    snapshots.write_snapshots(snapshots.snapshot_pieces(feed, 0, SECOND, 1), tmp_path / "warm.csv", "csv")  # compiled
+    tracemalloc.start()
+    try:
+        tally = snapshots.Tally()
+        snapshots.write_snapshots(tally.passing(snapshots.snapshot_pieces(feed, 0, SECOND // 1000, 1)),
+                                  tmp_path / "x.csv", "csv", durable=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert tally.rows == 3600 * 1000 + 1 and peak < 2 * snapshots.PIECE_BYTES
+    with open(tmp_path / "x.csv", "rb") as file:
+        file.seek(-200, 2)
+        last = file.read().splitlines()[-1].decode().split(",")
+    assert last[2:] == [str(3601 * 10**6), str(3601 * 10**6), "101", "2", "100", "5"]
 
 
 def test_npz_round_trip_and_same_bytes(tmp_path):
