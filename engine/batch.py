@@ -124,10 +124,11 @@ def sources(paths, format=None):
     A journal directory gives one input per stream, in name order; a stream
     imported from a LOBSTER message file finds its orderbook file by the
     original file's name, among the inputs, in the journal or beside it.
+    An input given twice (or by two paths to one file) is one input.
     Unreadable or unknown inputs raise ``ValueError`` (or ``OSError``).
     """
     found = []
-    paths = [str(Path(path).resolve()) for path in paths]
+    paths = list(dict.fromkeys(str(Path(path).resolve()) for path in paths))   # each input once
     given = set(paths)
     kinds = {path: format or detect_format(path) for path in paths}
     journals = {path: _journal_sources(path, given) for path, kind in kinds.items() if kind == "journal"}
@@ -546,6 +547,34 @@ class Manifest:
             return False
         return all((Path(directory) / shard["output"]).exists() for shard in entry["shards"])
 
+    def sources(self):
+        """The recorded inputs, as :class:`Source`."""
+        return [Source(key[: -len(entry["stream"]) - 1] if entry.get("stream") else key, entry.get("format"),
+                       entry.get("orderbook"), entry.get("stream")) for key, entry in self.files.items()]
+
+    def refuse_shared_names(self, inputs):
+        """Refuse inputs whose outputs would take the names of another input's (one file name in two
+        folders, or ``x.csv`` beside ``x.csv.gz``): the last written would replace the first's.
+
+        Inputs recorded earlier count too, but one whose file is gone is taken as moved: it is
+        forgotten, and its outputs are the new input's to write.
+        """
+        from ringbook.engine.snapshots import output_stem
+
+        keys = {source.key for source in inputs}
+        gone = [source for source in self.sources()
+                if source.key not in keys and not os.path.exists(source.path)]
+        self.forget(gone)
+        recorded = [source for source in self.sources() if source.key not in keys]
+        claims = {}
+        for source in [*recorded, *inputs]:
+            other = claims.setdefault(output_stem(source.name), source)
+            if other.key != source.key:
+                earlier = " (whose outputs this folder holds)" if other in recorded else ""
+                raise ValueError(f"{other.key}{earlier} and {source.key} would write outputs of the same names "
+                                 f"({output_stem(source.name)}.*): rename one, or write them to different "
+                                 f"output folders")
+
     def record(self, source, entry):
         self.files[source.key] = entry
         self.save()
@@ -668,6 +697,7 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = sources(paths, input_format)
     manifest = Manifest(out_dir, {"levels": levels, "interval": interval, "format": format})
+    manifest.refuse_shared_names(inputs)
     report = BatchReport()
     todo = []
     for source in inputs:

@@ -584,14 +584,19 @@ class Tally:
             yield piece
 
 
-def output_name(input_path, symbol, levels, interval_text, format):
-    """``<input stem>.<symbol>.book_snapshot_<levels>_<interval>.<ext>``."""
+def output_stem(input_path):
+    """The input's file name without the suffixes of its format: what its outputs' names start with."""
     stem = Path(input_path).name
     for suffix in (".gz", ".csv", ".jsonl", ".json", ".txt"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
+    return stem
+
+
+def output_name(input_path, symbol, levels, interval_text, format):
+    """``<input stem>.<symbol>.book_snapshot_<levels>_<interval>.<ext>``."""
     safe_symbol = "".join(c if c.isalnum() or c in "-_" else "_" for c in symbol)
-    return f"{stem}.{safe_symbol}.book_snapshot_{levels}_{interval_text}{EXTENSIONS[format]}"
+    return f"{output_stem(input_path)}.{safe_symbol}.book_snapshot_{levels}_{interval_text}{EXTENSIONS[format]}"
 
 
 # ---------------------------------------------------------------- ringbook snapshots

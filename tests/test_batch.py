@@ -3,6 +3,7 @@ and a real `dask scheduler` with two `dask worker` processes on loopback; a SIGK
 a malformed file among good ones; a rerun that resumes; `ringbook check` over many files."""
 
 import functools
+import gzip
 import json
 import os
 import signal
@@ -336,6 +337,43 @@ def test_formats_and_lobster_pairs(tmp_path):
     with pytest.raises(ValueError, match="cannot tell"):
         (tmp_path / "x.txt").write_text("hello\n")
         batch.detect_format(tmp_path / "x.txt")
+
+
+def test_an_input_given_twice_is_one_input(tmp_path):
+    inputs = make_inputs(tmp_path, lobster_files=1)
+    again = tmp_path / "again"
+    again.symlink_to(tmp_path)
+    found = batch.sources([inputs[1], inputs[2], inputs[1], again / inputs[2].name])
+    assert [source.path for source in found] == [str(inputs[1]), str(inputs[2])]
+
+
+def test_inputs_of_one_file_name_are_refused_before_any_output(tmp_path):
+    """Their outputs would share names: the last written would replace the first's."""
+    inputs = make_inputs(tmp_path / "a", lobster_files=1)
+    copy = tmp_path / "b" / inputs[-1].name
+    copy.parent.mkdir()
+    copy.write_bytes(inputs[-1].read_bytes())
+    gzipped = tmp_path / "c" / (inputs[-1].name + ".gz")
+    gzipped.parent.mkdir()
+    gzipped.write_bytes(gzip.compress(inputs[-1].read_bytes()))
+    out = tmp_path / "out"
+    for other in (copy, gzipped):
+        with pytest.raises(ValueError, match=f"{inputs[-1]} and {other} would write outputs of the same names"):
+            batch.snapshot_files([*inputs, other], out, levels=3, workers=0)
+        assert [path.name for path in out.iterdir()] == []
+    # Against the inputs the folder's manifest records: refused while the first one's file exists ...
+    assert batch.snapshot_files(inputs, out, levels=3, workers=0).ok
+    done = folder_bytes(out)
+    with pytest.raises(ValueError, match="whose outputs this folder holds"):
+        batch.snapshot_files([copy], out, levels=3, workers=0)
+    assert folder_bytes(out) == done
+    # ... and taken as moved once it is gone: its entry forgotten, its outputs the new input's.
+    inputs[-1].unlink()
+    report = batch.snapshot_files([copy], out, levels=3, workers=0)
+    assert report.ok and str(inputs[-1]) not in report.entries
+    manifest = json.loads((out / batch.MANIFEST).read_text())
+    assert str(copy) in manifest["files"] and str(inputs[-1]) not in manifest["files"]
+    assert str(inputs[0]) in manifest["files"]
 
 
 def test_symbol_events_by_symbol_and_one_instruments_as_they_are():
