@@ -39,6 +39,7 @@ import concurrent.futures
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 from concurrent.futures.process import BrokenProcessPool
@@ -314,6 +315,9 @@ def _warm_up():
 
 
 def _pool_initializer():
+    # Ctrl-C is the driver's to handle: it drops the tasks not started and waits for those running,
+    # which then end whole (a worker stopped mid-task would leave the pool broken and a file half made).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     prepare_worker()
 
 
@@ -352,16 +356,23 @@ class Runner:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.executor = _process_pool(self.workers)
 
-    def close(self):
-        self.executor.shutdown(wait=True)
+    def close(self, cancel=False):
+        """Wait for the tasks submitted, or (``cancel``) drop those not started: a run stopped
+        midway (Ctrl-C) ends as soon as the tasks running end."""
+        if cancel and self.kind == "dask":
+            self.executor.shutdown(wait=False)
+        elif cancel:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.executor.shutdown(wait=True)
         for owned in reversed(self._owned):
             owned.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, traceback):
+        self.close(cancel=exc_type is not None)
 
 
 def _process_pool(workers):
@@ -512,6 +523,7 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
 # ---------------------------------------------------------------- manifest
 
 MANIFEST = "manifest.json"
+LOCK = ".ringbook-snapshots.lock"   # held by the run writing to the folder
 
 
 class Manifest:
@@ -683,7 +695,7 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
     -------
     BatchReport
     """
-    from ringbook.engine.files import sync_files
+    from ringbook.engine.files import remove_temporary_files, take_lock
     from ringbook.engine.snapshots import FORMATS as OUTPUT_FORMATS
 
     if format not in OUTPUT_FORMATS:
@@ -695,6 +707,20 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
         import pyarrow  # noqa: F401 - fail here, not on every worker
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(out_dir / LOCK)
+    if lock is None:
+        raise ValueError(f"{out_dir}: another run is writing snapshots to this folder")
+    with lock:
+        remove_temporary_files(out_dir)   # a run killed mid-write leaves them
+        return _snapshot_files(paths, out_dir, levels, interval, interval_ns, format, workers, cluster, force,
+                               progress, input_format, attempts)
+
+
+def _snapshot_files(paths, out_dir, levels, interval, interval_ns, format, workers, cluster, force, progress,
+                    input_format, attempts):
+    """:func:`snapshot_files` in a folder it holds the lock of."""
+    from ringbook.engine.files import sync_files
+
     inputs = sources(paths, input_format)
     manifest = Manifest(out_dir, {"levels": levels, "interval": interval, "format": format})
     manifest.refuse_shared_names(inputs)
@@ -925,6 +951,9 @@ def run_check(args):
     except (ValueError, OSError, ImportError) as error:
         print(f"ringbook check: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ringbook check: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         json.dump({"files": files, "totals": totals}, sys.stdout)
         sys.stdout.write("\n")

@@ -5,9 +5,14 @@ separate step (:func:`fsync_path`, :func:`sync_files`), so a batch can write
 many files and sync them together before it records them as written.
 """
 
+import fcntl
 import os
+import re
 import secrets
 from pathlib import Path
+
+#: The name :func:`write_atomic` gives its temporary file: ``.<name>.<12 hex digits>.tmp``.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 def fsync_path(path):
@@ -48,7 +53,7 @@ def write_atomic(path, data, durable=True):
     """
     path = Path(path)
     pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")   # see _TEMPORARY
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -64,3 +69,29 @@ def write_atomic(path, data, durable=True):
     if durable:
         fsync_path(path.parent)
     return path
+
+
+def remove_temporary_files(directory):
+    """Remove what :func:`write_atomic` left in ``directory`` when its process was killed mid-write.
+
+    Only for a folder no one else writes to now (hold its lock: :func:`take_lock`).
+    Returns the names removed.
+    """
+    removed = []
+    for path in Path(directory).iterdir():
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def take_lock(path):
+    """The file ``path`` (created if need be), open and exclusively locked; None when another
+    process holds the lock. Closing the file (or the process ending) releases it."""
+    file = open(path, "a+b")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        return None
+    return file

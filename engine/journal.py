@@ -68,7 +68,6 @@ import ast
 import collections
 import datetime as _datetime
 import errno
-import fcntl
 import heapq
 import json
 import logging
@@ -81,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.files import fsync_path, write_atomic
+from ringbook.engine.files import fsync_path, take_lock, write_atomic
 from ringbook.kernels import journal as jk
 from ringbook.kernels.clock import tsc_now
 from ringbook.kernels.crc32c import checksum
@@ -703,13 +702,10 @@ class JournalWriter:
         self._last_written = -1
         self._last_durable = -1
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / f".{stream}.lock", "a+b")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
+        self._lock = take_lock(self.root / f".{stream}.lock")
+        if self._lock is None:
             raise JournalError(f"stream {stream!r} has a writer already (another process holds its lock)",
-                               self.root) from None
+                               self.root)
         try:
             self._next_sequence = self._recover()
         except BaseException:

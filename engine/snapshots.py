@@ -632,6 +632,10 @@ def run(args):
     except (ValueError, OSError, ImportError) as error:
         print(f"ringbook snapshots: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ringbook snapshots: interrupted; the files done are recorded in {Path(args.out) / 'manifest.json'}, "
+              "and a rerun does the others", file=sys.stderr)
+        return 130
     shards = sum(len(report.entries[path]["shards"]) for path in report.done + report.skipped)
     rows = sum(shard["rows"] for path in report.done + report.skipped
                for shard in report.entries[path]["shards"])

@@ -6,6 +6,7 @@ import functools
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -50,7 +51,7 @@ def make_inputs(directory, lobster_files=3):
 
 
 def folder_bytes(directory):
-    return {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir())}
+    return {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir()) if path.name != batch.LOCK}
 
 
 @numba.njit
@@ -226,6 +227,55 @@ def test_sigkilled_worker_is_retried_with_identical_results(inputs, reference, t
     assert_same_states(states, expected_states)
 
 
+def living_in_group(group):
+    """Processes of a process group that still run (a zombie has ended: only its exit status is left)."""
+    living = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            living.append(int(stat_file.parent.name))
+    return living
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_and_a_rerun_finishes_it(shared_data, tmp_path):
+    """SIGINT to the command and its workers (a terminal's Ctrl-C): it ends soon with status 130,
+    leaves no worker, no partial file and no record of a file not done; a rerun does the rest."""
+    inputs = []
+    for k in range(16):
+        for kind in ("message", "orderbook"):
+            name = f"C{k:02d}_2012-06-21_34200000_57600000_{kind}_1.csv"
+            shutil.copyfile(shared_data / f"lobster/AMZN_2012-06-21_34200000_57600000_{kind}_1.csv", tmp_path / name)
+        inputs.append(str(tmp_path / f"C{k:02d}_2012-06-21_34200000_57600000_message_1.csv"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ringbook.engine.cli", "snapshots", *inputs, "--levels", "1",
+               "--interval", "100ms", "--out", str(out), "--workers", "2", "--no-progress"]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / batch.MANIFEST).exists() and time.monotonic() < deadline:   # the first file done
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGINT)
+    stopped = time.monotonic()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert time.monotonic() - stopped < 10
+    time.sleep(0.5)
+    assert living_in_group(run.pid) == []          # no worker left
+    assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
+    recorded = json.loads((out / batch.MANIFEST).read_text())["files"]
+    assert 1 <= len(recorded) < len(inputs)
+    for entry in recorded.values():
+        assert entry["status"] == "done" and (out / entry["shards"][0]["output"]).exists()
+    report = batch.snapshot_files(inputs, out, levels=1, interval="100ms", workers=2)
+    assert report.ok and sorted(report.skipped) == sorted(recorded) and len(report.done) == len(inputs) - len(recorded)
+    rows = {shard["rows"] for entry in report.entries.values() for shard in entry["shards"]}
+    assert len(rows) == 1 and rows.pop() > 200_000    # the same day each time, whole
+
+
 @pytest.mark.slow
 def test_malformed_file_fails_alone(inputs, reference, tmp_path, capsys):
     bad = tmp_path / "deribit_incremental_book_L2_BAD.csv"
@@ -312,17 +362,43 @@ def test_redo_is_unrecorded_before_its_outputs_are_rewritten(tmp_path):
 
 def test_outputs_and_manifest_written_atomically_without_strays(tmp_path):
     inputs = make_inputs(tmp_path / "in", lobster_files=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    # What a run killed mid-write left: removed by the next run; a file of the user's is not.
+    (out / ".capture.gz.0123456789ab.tmp").write_bytes(b"torn")
+    (out / "notes.tmp").write_bytes(b"mine")
     umask = os.umask(0o027)
     try:
-        report = batch.snapshot_files(inputs, tmp_path / "out", levels=3, workers=0)
+        report = batch.snapshot_files(inputs, out, levels=3, workers=0)
     finally:
         os.umask(umask)
     assert report.ok
-    names = sorted(path.name for path in (tmp_path / "out").iterdir())
-    assert not [name for name in names if name.endswith(".tmp")]
-    assert len(names) == 1 + sum(len(entry["shards"]) for entry in report.entries.values())
+    names = sorted(path.name for path in out.iterdir())
+    assert [name for name in names if name.endswith(".tmp")] == ["notes.tmp"]
+    assert len(names) == 3 + sum(len(entry["shards"]) for entry in report.entries.values())   # manifest, lock
     # Modes as a new file's under the umask (others in the group read them), not a temporary file's.
-    assert {stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) for name in names} == {0o640}
+    assert {stat.S_IMODE((out / name).stat().st_mode) for name in names if name != "notes.tmp"} == {0o640}
+
+
+def test_one_run_at_a_time_writes_to_a_folder(tmp_path):
+    inputs = make_inputs(tmp_path / "in", lobster_files=1)
+    (tmp_path / "out").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from ringbook.engine.files import take_lock
+        lock = take_lock({str(tmp_path / "out" / batch.LOCK)!r})
+        print("held", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ValueError, match="another run is writing snapshots to this folder"):
+            batch.snapshot_files(inputs, tmp_path / "out", levels=3, workers=0)
+        assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [batch.LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert batch.snapshot_files(inputs, tmp_path / "out", levels=3, workers=0).ok   # released with its process
 
 
 # ---------------------------------------------------------------- inputs and `ringbook check`
@@ -360,7 +436,7 @@ def test_inputs_of_one_file_name_are_refused_before_any_output(tmp_path):
     for other in (copy, gzipped):
         with pytest.raises(ValueError, match=f"{inputs[-1]} and {other} would write outputs of the same names"):
             batch.snapshot_files([*inputs, other], out, levels=3, workers=0)
-        assert [path.name for path in out.iterdir()] == []
+        assert folder_bytes(out) == {}
     # Against the inputs the folder's manifest records: refused while the first one's file exists ...
     assert batch.snapshot_files(inputs, out, levels=3, workers=0).ok
     done = folder_bytes(out)
