@@ -229,6 +229,30 @@ def test_binance_capture_ends_with_checks_book(shared_data, tmp_path):
             assert (want[0][:n_want] == got[0][:n_got]).all() and (want[1][:n_want] == got[1][:n_got]).all()
 
 
+@pytest.mark.parametrize("name", ["AAPL_2012-06-21_34200000_57600000_message_10.csv",
+                                  "AMZN_2012-06-21_34200000_57600000_message_1.csv"])
+def test_lobster_file_ends_with_replays_book(shared_data, tmp_path, name):
+    """Every message through the ring into the book: the book a plain replay of the file makes,
+    in an order table sized by the file's adds."""
+    from ringbook.engine.feeds import lobster
+    from ringbook.kernels.orders import order_slots_for
+    from ringbook.kernels.replay import replay_events
+    path = shared_data / "lobster" / name
+    engine, report = run_engine(tmp_path, feed=f"lobster:{path}", out="")
+    feed = lobster.read_messages(path)
+    assert report["events"] == len(feed.events)
+    assert order_slots_for(feed.events) <= len(engine.book.orders) < 2 * order_slots_for(feed.events)
+    expected = books.new_book(n_symbols=1, depth=engine.book.prices.shape[2], order_capacity=order_slots_for(feed.events),
+                              ticks=feed.instruments.table["tick"][:1])
+    replay_events(expected, feed.events)
+    for side in (1, -1):
+        want = np.zeros(8192, np.int64), np.zeros(8192, np.int64)
+        got = np.zeros(8192, np.int64), np.zeros(8192, np.int64)
+        held = books.top_levels(expected, 0, side, *want)
+        assert books.top_levels(engine.book, 0, side, *got) == held > 0
+        assert (want[0][:held] == got[0][:held]).all() and (want[1][:held] == got[1][:held]).all()
+
+
 def test_engine_is_exported():
     assert ringbook.Engine is Engine
 

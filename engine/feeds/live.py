@@ -144,6 +144,7 @@ class EventFileSource(PacketArraySource):
     def __init__(self, kind, path, speed=None):
         from ringbook.engine.check import price_ticks
         from ringbook.engine.feeds import binance, kalshi, lobster
+        from ringbook.kernels.orders import order_slots_for
         readers = {"lobster": lobster.read_messages, "binance": binance.read_capture,
                    "kalshi": kalshi.read_messages}
         feed = readers[kind](path)
@@ -153,7 +154,8 @@ class EventFileSource(PacketArraySource):
         events = feed.events
         self.ticks = (price_ticks(events, self.n_symbols) if kind == "binance"
                       else np.asarray(feed.instruments.table["tick"][:self.n_symbols], np.int64))
-        self.order_capacity = 2**20 if kind == "lobster" else 16
+        # The whole file is known: a table of twice its adds never fills (a live feed's would have to grow).
+        self.order_capacity = order_slots_for(events) if kind == "lobster" else 16
         times = np.where(events["local_ns"] != 0, events["local_ns"], events["exchange_ns"])
         self.buffer, self.offsets, first = packet.encode(events, send_ns=times)
         self.counts = ((np.diff(self.offsets) - packet.HEADER_BYTES) // packet.EVENT_BYTES).astype(np.int64)
