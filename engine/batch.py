@@ -705,6 +705,7 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
     interval_ns = parse_interval(interval)
     if format == "parquet":
         import pyarrow  # noqa: F401 - fail here, not on every worker
+    inputs = sources(paths, input_format)   # bad inputs are refused before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = take_lock(out_dir / LOCK)
@@ -712,16 +713,15 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
         raise ValueError(f"{out_dir}: another run is writing snapshots to this folder")
     with lock:
         remove_temporary_files(out_dir)   # a run killed mid-write leaves them
-        return _snapshot_files(paths, out_dir, levels, interval, interval_ns, format, workers, cluster, force,
-                               progress, input_format, attempts)
+        return _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, workers, cluster, force,
+                               progress, attempts)
 
 
-def _snapshot_files(paths, out_dir, levels, interval, interval_ns, format, workers, cluster, force, progress,
-                    input_format, attempts):
+def _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, workers, cluster, force, progress,
+                    attempts):
     """:func:`snapshot_files` in a folder it holds the lock of."""
     from ringbook.engine.files import sync_files
 
-    inputs = sources(paths, input_format)
     manifest = Manifest(out_dir, {"levels": levels, "interval": interval, "format": format})
     manifest.refuse_shared_names(inputs)
     report = BatchReport()
