@@ -743,9 +743,11 @@ class JournalWriter:
         return self._path
 
     def _recover(self):
-        # a segment whose header was being written when the process died never got its name
-        for leftover in self.root.glob(f"*/.{self.stream}.*{SEGMENT_SUFFIX}.tmp"):
-            leftover.unlink()
+        # a segment whose header was being written when the process died never got its name, nor
+        # an index being saved (``write_atomic``'s temporary file)
+        for pattern in (f"*/.{self.stream}.*{SEGMENT_SUFFIX}.tmp", f"*/.{self.stream}.*{INDEX_SUFFIX}.*.tmp"):
+            for leftover in self.root.glob(pattern):
+                leftover.unlink(missing_ok=True)
         segments = list_segments(self.root, self.stream).get(self.stream, [])
         if not segments:
             return 0

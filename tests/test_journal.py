@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ringbook.engine.journal import (JournalCorruptError, JournalError, JournalReader, JournalWriter, decode_header,
-                                     index_path, list_segments, read_index, scan_segment, verify, write_index)
+from ringbook.engine.journal import (SEGMENT_SUFFIX, JournalCorruptError, JournalError, JournalReader, JournalWriter,
+                                     decode_header, index_path, list_segments, read_index, scan_segment, verify,
+                                     write_index)
 from ringbook.kernels import journal as jk
 from ringbook.kernels.events import EVENT_DTYPE, Instruments
 from tests.llvm_ir import allocation_calls
@@ -356,6 +357,20 @@ def test_writer_continues_and_is_alone(tmp_path):
     with JournalReader(tmp_path) as reader:
         assert [r.sequence for r in reader] == list(range(11))
     assert verify(tmp_path)["ok"]
+
+
+def test_a_new_writer_removes_its_streams_files_a_killed_one_left(tmp_path):
+    write_journal(tmp_path, 10)
+    day = next(path for path in tmp_path.iterdir() if path.is_dir())
+    segment = next(day.glob(f"feed.*{SEGMENT_SUFFIX}")).name
+    index = index_path(day / segment).name
+    leftovers = [day / f".{segment}.tmp", day / f".{index}.0123456789ab.tmp"]   # a header, an index
+    others = [day / f".other.{index[5:]}.0123456789ab.tmp", day / "notes.tmp"]
+    for path in leftovers + others:
+        path.write_bytes(b"torn")
+    with JournalWriter(tmp_path, "feed") as writer:
+        assert writer.next_sequence == 10
+    assert [path.exists() for path in leftovers + others] == [False, False, True, True]
 
 
 def test_durability_levels_publish_last_durable(tmp_path):
