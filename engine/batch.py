@@ -27,7 +27,10 @@ rename) but does not sync it; the driver syncs an input's outputs and their
 folder before the manifest records the input as done, and un-records an input
 (durably) before its outputs are written again. So the manifest never says
 done of an output that a crash of the machine could lose or leave short, and
-the syncs overlap the workers' next shards instead of stalling them.
+the syncs overlap the workers' next shards instead of stalling them. The
+manifest is saved at most once a second as inputs finish (and at the end, or
+when the run is stopped): after a crash, a rerun redoes the inputs finished
+since its last save.
 
 Faults: a task whose worker dies (killed, out of memory) is run again, up to
 ``attempts`` times in all; Dask does the same for its workers. A task that
@@ -42,6 +45,7 @@ import re
 import signal
 import sys
 import tempfile
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -534,14 +538,21 @@ class Manifest:
     "status", "error", "shards": [{"symbol", "output", "rows", "first_boundary_ns",
     "last_boundary_ns", "first_event_ns", "last_event_ns", "events"}]}}}``, an input named
     by its path (``path#stream`` for a journal's stream, whose facts are those of its
-    segments). Written atomically and synced after each file; an input is recorded as
-    done only once its outputs are synced (see the module docstring).
+    segments). Written atomically and synced, at most once a second as inputs finish (see
+    :meth:`record`); an input is recorded as done only once its outputs are synced (see the
+    module docstring).
     """
+
+    #: Seconds at least between saves as inputs finish (and ten times the last save's time):
+    #: saving the whole manifest after each of thousands of inputs would cost more than they do.
+    SAVE_EVERY = 1.0
 
     def __init__(self, directory, options):
         self.path = Path(directory) / MANIFEST
         self.options = options
         self.files = {}
+        self._unsaved = False
+        self._next_save = 0.0
         if self.path.exists():
             saved = json.loads(self.path.read_text())
             if saved.get("options") == options:
@@ -588,8 +599,18 @@ class Manifest:
                                  f"output folders")
 
     def record(self, source, entry):
+        """Record an input, saved with those recorded since the last save once it is time
+        (:data:`SAVE_EVERY`) or at :meth:`flush`: after a crash, a rerun redoes the inputs
+        recorded since."""
         self.files[source.key] = entry
-        self.save()
+        self._unsaved = True
+        if time.monotonic() >= self._next_save:
+            self.save()
+
+    def flush(self):
+        """Save what is recorded and not saved yet."""
+        if self._unsaved:
+            self.save()
 
     def forget(self, sources):
         """Un-record the inputs (saved at once) before their outputs are written again: a crash
@@ -601,9 +622,12 @@ class Manifest:
     def save(self):
         from ringbook.engine.files import write_atomic
 
+        started = time.monotonic()
         text = json.dumps({"version": 1, "options": self.options, "files": self.files}, indent=1,
                           sort_keys=True)
         write_atomic(self.path, (text + "\n").encode())
+        self._unsaved = False
+        self._next_save = time.monotonic() + max(self.SAVE_EVERY, 10 * (time.monotonic() - started))
 
 
 # ---------------------------------------------------------------- snapshots of many files
@@ -757,11 +781,14 @@ def _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, work
         manifest.record(source, entry)
 
     if todo:
-        with executor(workers, cluster) as runner:
-            run_tasks(runner, snapshot_task,
-                      [(source, str(out_dir.resolve()), levels, interval_ns, interval, format)
-                       for source in todo],
-                      attempts=attempts, progress=progress, description="snapshots", on_result=finished)
+        try:
+            with executor(workers, cluster) as runner:
+                run_tasks(runner, snapshot_task,
+                          [(source, str(out_dir.resolve()), levels, interval_ns, interval, format)
+                           for source in todo],
+                          attempts=attempts, progress=progress, description="snapshots", on_result=finished)
+        finally:
+            manifest.flush()   # what is done is recorded, also when the run is stopped
     order = {source.key: k for k, source in enumerate(inputs)}
     report.done.sort(key=order.get)
     report.failed.sort(key=lambda failure: order[failure[0]])

@@ -380,6 +380,23 @@ def test_outputs_and_manifest_written_atomically_without_strays(tmp_path):
     assert {stat.S_IMODE((out / name).stat().st_mode) for name in names if name != "notes.tmp"} == {0o640}
 
 
+def test_manifest_saved_at_intervals_and_at_the_end(tmp_path, monkeypatch):
+    """Thousands of inputs: saving the whole manifest after each would cost more than they do."""
+    monkeypatch.setattr(batch.Manifest, "SAVE_EVERY", 3600.0)
+    manifest = batch.Manifest(tmp_path, {"levels": 1})
+    inputs = [batch.Source(f"/data/day{k}.csv", "tardis") for k in range(50)]
+    for source in inputs:
+        manifest.record(source, {"status": "done", "shards": []})
+    def saved():
+        return list(json.loads((tmp_path / batch.MANIFEST).read_text())["files"])
+    assert saved() == [inputs[0].key]                 # the first at once, the others at the next save
+    manifest.flush()
+    assert saved() == sorted(source.key for source in inputs)
+    before = (tmp_path / batch.MANIFEST).stat().st_mtime_ns
+    manifest.flush()                                  # nothing new: nothing written
+    assert (tmp_path / batch.MANIFEST).stat().st_mtime_ns == before
+
+
 def test_one_run_at_a_time_writes_to_a_folder(tmp_path):
     inputs = make_inputs(tmp_path / "in", lobster_files=1)
     (tmp_path / "out").mkdir()
