@@ -3,11 +3,12 @@
 :func:`snapshot_feed` replays a :class:`~ringbook.engine.feeds.source.Feed` into a book and
 takes one snapshot per interval boundary with :mod:`ringbook.kernels.snapshots` (see
 there for what a boundary and its snapshot are); :func:`snapshot_pieces` gives the same
-rows a bounded piece at a time, which the writers take as they come. A LOBSTER message file with its
-orderbook file is seeded from it and reconciled with it after every message
-(:func:`ringbook.kernels.snapshots.reconcile_side`), with the effect on the book that ``ringbook check`` has (levels that come into view from beyond those
-LOBSTER shows are taken from the row): each snapshot then equals the
-orderbook row of the last message at or before its boundary.
+rows a bounded piece at a time, which the writers take as they come. A LOBSTER message
+file with its orderbook file is seeded from it and reconciled with it after every
+message (:func:`ringbook.kernels.snapshots.reconcile_side`), with the effect on the book
+that ``ringbook check`` has (levels that come into view from beyond those LOBSTER shows
+are taken from the row): each snapshot then equals the orderbook row of the last message
+at or before its boundary.
 
 Files (:func:`write_snapshots`), one per shard, written atomically (a
 temporary file in the same folder, then a rename: :mod:`ringbook.engine.files`)
