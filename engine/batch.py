@@ -737,8 +737,11 @@ def snapshot_files(paths, out_dir, *, levels=25, interval="1s", format="csv", wo
         raise ValueError(f"{out_dir}: another run is writing snapshots to this folder")
     with lock:
         remove_temporary_files(out_dir)   # a run killed mid-write leaves them
-        return _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, workers, cluster, force,
-                               progress, attempts)
+        try:
+            return _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, workers, cluster,
+                                   force, progress, attempts)
+        finally:
+            remove_temporary_files(out_dir)   # and so does a worker killed mid-write, its shard run again
 
 
 def _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, workers, cluster, force, progress,
