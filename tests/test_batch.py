@@ -397,6 +397,22 @@ def test_manifest_saved_at_intervals_and_at_the_end(tmp_path, monkeypatch):
     assert (tmp_path / batch.MANIFEST).stat().st_mtime_ns == before
 
 
+def test_a_workers_leftover_is_removed_when_the_run_ends(tmp_path, monkeypatch):
+    """A worker killed mid-write leaves its temporary file; its shard runs again under another name."""
+    inputs = make_inputs(tmp_path / "in", lobster_files=1)
+    task = batch.snapshot_task
+
+    def killed_once_mid_write(source, out_dir, *options):
+        stray = Path(out_dir) / f".{Path(source.path).name}.0123456789ab.tmp"
+        if not stray.exists():
+            stray.write_bytes(b"torn")
+        return task(source, out_dir, *options)
+
+    monkeypatch.setattr(batch, "snapshot_task", killed_once_mid_write)
+    assert batch.snapshot_files(inputs, tmp_path / "out", levels=3, workers=0).ok
+    assert not [path.name for path in (tmp_path / "out").iterdir() if path.name.endswith(".tmp")]
+
+
 def test_one_run_at_a_time_writes_to_a_folder(tmp_path):
     inputs = make_inputs(tmp_path / "in", lobster_files=1)
     (tmp_path / "out").mkdir()
