@@ -63,6 +63,11 @@ def write_atomic(path, data, durable=True):
             if durable:
                 os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename is None:   # a failed write names no file: name the one it was for
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -16,5 +16,30 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """``mount(size)``: a real tmpfs of ``size`` (``"1m"``, ``"16m"``) under the test's folder, unmounted
+    after the test; a skip where this machine does not let the tests mount one."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size):
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        path = tmp_path / f"tmpfs{len(mounted)}"
+        path.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"mount -t tmpfs is not allowed here: {result.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 if os.environ.get("RINGBOOK_COMPILE_REPORT"):
     pytest_plugins = ["tests.compile_report"]  # where a run spends its time compiling

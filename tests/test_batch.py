@@ -413,6 +413,34 @@ def test_a_workers_leftover_is_removed_when_the_run_ends(tmp_path, monkeypatch):
     assert not [path.name for path in (tmp_path / "out").iterdir() if path.name.endswith(".tmp")]
 
 
+def test_a_full_disk_fails_the_files_that_do_not_fit_and_a_rerun_does_them(tmp_path, small_filesystem):
+    """A real small filesystem filled during the run: the outputs that fit are done and recorded, the
+    others fail naming their file, nothing partial is left, and once there is room a rerun does the rest."""
+    inputs = make_inputs(tmp_path / "in", lobster_files=3)
+    options = {"levels": 25, "interval": "10ms", "workers": 0}
+    assert batch.snapshot_files(inputs, tmp_path / "reference", **options).ok
+    expected = folder_bytes(tmp_path / "reference")
+    disk = small_filesystem("16m")
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(bytes(free - sum(map(len, expected.values())) // 2))   # room for about half
+    out = disk / "out"
+    report = batch.snapshot_files(inputs, out, **options)
+    assert report.done and report.failed
+    for path, failure in report.failed:
+        assert failure.error.startswith("[Errno 28] No space left on device") and str(out) in failure.error
+    assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
+    written = folder_bytes(out)
+    recorded = json.loads(written.pop(batch.MANIFEST))["files"]
+    assert {key for key, entry in recorded.items() if entry["status"] == "done"} == set(report.done)
+    assert all(written[name] == expected[name] for name in written)
+    filler.unlink()
+    again = batch.snapshot_files(inputs, out, **options)
+    assert again.ok and sorted(again.skipped) == sorted(report.done)
+    assert {name: data for name, data in folder_bytes(out).items() if name != batch.MANIFEST} == {
+        name: data for name, data in expected.items() if name != batch.MANIFEST}
+
+
 def test_one_run_at_a_time_writes_to_a_folder(tmp_path):
     inputs = make_inputs(tmp_path / "in", lobster_files=1)
     (tmp_path / "out").mkdir()

@@ -344,34 +344,25 @@ def test_journal_feed_replays_a_run(tmp_path, monkeypatch, span_records):
 
 
 @pytest.mark.slow
-def test_full_disk_during_a_run_loses_nothing(tmp_path):
+def test_full_disk_during_a_run_loses_nothing(tmp_path, small_filesystem):
     """A real 16 MiB tmpfs, filled during the run and freed a moment later."""
     import threading
-    import time
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        filler = disk / "filler"
-        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        filler.write_bytes(b"\0" * (free - 1_000_000))  # room for about 1 MB of journal
-        freed = threading.Timer(2.0, filler.unlink)
-        freed.start()
-        engine, report = run_engine(tmp_path, events=60_000, rate=100_000, out=str(disk / "j"))
-        freed.join()
-        assert report["journal"]["disk_errors"] > 0 and "No space left" in report["journal"]["last_disk_error"]
-        assert report["dropped"] == 0
-        from ringbook.engine.replay import replay
-        result, _, _ = replay(disk / "j")
-        assert result["verify"]["ok"]
-        assert result["events"] == report["events"] >= 60_000
-        assert result["checkpoints"]["mismatched"] == 0
-        assert result["checkpoints"]["matched"] == report["checkpoints"]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    disk = small_filesystem("16m")
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 1_000_000))  # room for about 1 MB of journal
+    freed = threading.Timer(2.0, filler.unlink)
+    freed.start()
+    engine, report = run_engine(tmp_path, events=60_000, rate=100_000, out=str(disk / "j"))
+    freed.join()
+    assert report["journal"]["disk_errors"] > 0 and "No space left" in report["journal"]["last_disk_error"]
+    assert report["dropped"] == 0
+    from ringbook.engine.replay import replay
+    result, _, _ = replay(disk / "j")
+    assert result["verify"]["ok"]
+    assert result["events"] == report["events"] >= 60_000
+    assert result["checkpoints"]["mismatched"] == 0
+    assert result["checkpoints"]["matched"] == report["checkpoints"]
 
 
 def _fifo_allowed():

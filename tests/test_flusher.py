@@ -2,7 +2,6 @@
 
 import errno
 import os
-import subprocess
 import threading
 import time
 
@@ -147,58 +146,44 @@ def test_injected_fdatasync_errors_are_retried(tmp_path):
     assert len(errors) >= 5
 
 
-def _mount_tmpfs(path, size):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"mount -t tmpfs is not allowed here: {result.stderr.strip()}")
-
-
-def test_a_full_filesystem_during_a_write(tmp_path):
-    mount = tmp_path / "small"
-    _mount_tmpfs(mount, "1m")
+def test_a_full_filesystem_during_a_write(small_filesystem):
+    mount = small_filesystem("1m")
+    root = mount / "journal"
+    errors = []
+    writer = JournalWriter(root, "s", on_error=lambda path, error: errors.append((path, error.errno)),
+                           segment_bytes=64 << 10, retry_max_s=0.01)
+    ring = Ring.create(256, 128)
+    flusher = Flusher([(ring, 0, writer)]).start()
+    count = 6000  # 6000 records of 80 bytes: 480 KB, about half the filesystem
+    producer = threading.Thread(target=produce, args=(ring, "s", count))
+    producer.start()
+    # fill what is left while the flusher writes
+    filler = mount / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        root = mount / "journal"
-        errors = []
-        writer = JournalWriter(root, "s", on_error=lambda path, error: errors.append((path, error.errno)),
-                               segment_bytes=64 << 10, retry_max_s=0.01)
-        ring = Ring.create(256, 128)
-        flusher = Flusher([(ring, 0, writer)]).start()
-        count = 6000  # 6000 records of 80 bytes: 480 KB, about half the filesystem
-        producer = threading.Thread(target=produce, args=(ring, "s", count))
-        producer.start()
-        # fill what is left while the flusher writes
-        filler = mount / "filler"
-        descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(descriptor, bytes(4096))
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-        finally:
-            os.close(descriptor)
-        deadline = time.monotonic() + 20
-        while not errors and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert errors, "the writer never met the full filesystem"
-        assert {code for _, code in errors} == {errno.ENOSPC}
-        assert all(path.startswith(str(root)) for path, _ in errors)
-        stuck_at = flusher.records
-        time.sleep(0.1)
-        assert flusher.lag()[0] > 0 or flusher.records == stuck_at  # nothing moves while the disk is full
-        filler.unlink()  # space returns
-        producer.join(timeout=60)
-        flusher.stop()
-        writer.close()
-        records = read_back(root, "s")
-        assert [r[0] for r in records] == list(range(count))
-        assert [r[5] for r in records] == [message("s", i) for i in range(count)]
-        assert verify(root)["ok"]
+        while True:
+            os.write(descriptor, bytes(4096))
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        os.close(descriptor)
+    deadline = time.monotonic() + 20
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert errors, "the writer never met the full filesystem"
+    assert {code for _, code in errors} == {errno.ENOSPC}
+    assert all(path.startswith(str(root)) for path, _ in errors)
+    stuck_at = flusher.records
+    time.sleep(0.1)
+    assert flusher.lag()[0] > 0 or flusher.records == stuck_at  # nothing moves while the disk is full
+    filler.unlink()  # space returns
+    producer.join(timeout=60)
+    flusher.stop()
+    writer.close()
+    records = read_back(root, "s")
+    assert [r[0] for r in records] == list(range(count))
+    assert [r[5] for r in records] == [message("s", i) for i in range(count)]
+    assert verify(root)["ok"]
 
 
 class DroppingSync:
