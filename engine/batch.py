@@ -120,7 +120,7 @@ def detect_format(path):
     raise ValueError(f"{path}: cannot tell its format (LOBSTER, Binance capture, tardis, Kalshi)")
 
 
-def sources(paths, format=None):
+def sources(paths, format=None, folder_formats=None):
     """The :class:`Source` of each input, LOBSTER message files paired with their orderbook files.
 
     A LOBSTER orderbook file among the inputs is taken as its message file's
@@ -130,10 +130,13 @@ def sources(paths, format=None):
     imported from a LOBSTER message file finds its orderbook file by the
     original file's name, among the inputs, in the journal or beside it.
     An input given twice (or by two paths to one file) is one input.
+    A folder that is not a journal stands for the inputs under it (:func:`_expand_folders`),
+    of ``folder_formats`` only when given.
     Unreadable or unknown inputs raise ``ValueError`` (or ``OSError``).
     """
     found = []
-    paths = list(dict.fromkeys(str(Path(path).resolve()) for path in paths))   # each input once
+    paths = list(dict.fromkeys(str(Path(path).resolve())   # each input once
+                               for path in _expand_folders(paths, format, folder_formats)))
     given = set(paths)
     kinds = {path: format or detect_format(path) for path in paths}
     journals = {path: _journal_sources(path, given) for path, kind in kinds.items() if kind == "journal"}
@@ -153,6 +156,42 @@ def sources(paths, format=None):
         else:
             found.append(Source(path, kind))
     return found
+
+
+def _expand_folders(paths, format=None, formats=None):
+    """The paths, each folder that is not a journal replaced by what is under it, in name order:
+    the journals (as folders) and the files of a format this module tells (every file when
+    ``format`` is given), hidden ones left out; of ``formats`` only, when given. A folder with
+    none of them raises ``ValueError``."""
+    from ringbook.engine.journal import list_segments
+
+    for path in paths:
+        if not Path(path).is_dir() or list_segments(path):
+            yield path
+            continue
+        found = []
+        for folder, folders, files in os.walk(path):
+            folders[:] = sorted(name for name in folders if not name.startswith("."))
+            for name in list(folders):
+                if list_segments(Path(folder) / name):
+                    folders.remove(name)   # a journal: an input, not a folder of inputs
+                    if formats is None or "journal" in formats:
+                        found.append(Path(folder) / name)
+            for name in sorted(files):
+                kind = format or _format_or_none(Path(folder) / name)
+                if not name.startswith(".") and kind is not None and (formats is None or kind in formats):
+                    found.append(Path(folder) / name)
+        if not found:
+            raise ValueError(f"{path}: a folder without inputs (LOBSTER, Binance captures, tardis, Kalshi, "
+                             f"journals)")
+        yield from sorted(found)
+
+
+def _format_or_none(path):
+    try:
+        return detect_format(path)
+    except (ValueError, OSError):
+        return None
 
 
 def _journal_sources(root, given):
@@ -924,6 +963,10 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
 
 # ---------------------------------------------------------------- ringbook check over many files
 
+#: What ``ringbook check`` has an exchange's truth for (a folder's other files are not checked).
+CHECKED_FORMATS = ("lobster", "binance", "journal")
+
+
 def check_task(source):
     """``ringbook check`` of one file on a worker: its result's dict."""
     prepare_worker()
@@ -953,7 +996,7 @@ def check_files(paths, *, workers=None, cluster=None, progress=False, input_form
     totals : dict
         ``events``, ``checked``, ``mismatches``, ``gaps`` added over the files.
     """
-    inputs = sources(paths, input_format)
+    inputs = sources(paths, input_format, folder_formats=CHECKED_FORMATS)
     with executor(workers, cluster) as runner:
         outcomes = run_tasks(runner, check_task, [(source,) for source in inputs], progress=progress,
                              description="check")

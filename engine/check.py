@@ -46,6 +46,7 @@ mismatches, 1 when there are, 2 when a file cannot be read: a malformed line
 import json
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -721,7 +722,8 @@ def add_arguments(parser):
     parser.add_argument("--format", choices=FORMATS, help="the files' format (default: told from each file)")
     parser.add_argument("files", nargs="+", metavar="file",
                         help="LOBSTER message files (orderbook files matched by name), Binance captures "
-                             "(.gz is fine), or journal directories (--format journal) imported from either")
+                             "(.gz is fine), journal directories (--format journal) imported from either, "
+                             "or folders of them")
     parser.add_argument("--orderbook", help="LOBSTER orderbook file to verify against (one file)")
     parser.add_argument("--stream", help="--format journal: the stream to check (when the journal has several)")
     where = parser.add_mutually_exclusive_group()
@@ -734,8 +736,15 @@ def add_arguments(parser):
                         help="skip and count malformed lines instead of stopping at the first")
 
 
+def _is_folder_of_inputs(path):
+    from ringbook.engine.journal import list_segments
+
+    return Path(path).is_dir() and not list_segments(path)
+
+
 def run(args):
-    if len(args.files) > 1 or args.workers is not None or args.cluster is not None:
+    if (len(args.files) > 1 or args.workers is not None or args.cluster is not None
+            or _is_folder_of_inputs(args.files[0])):
         if args.orderbook or args.skip_malformed:
             print("ringbook check: --orderbook and --skip-malformed are for one file", file=sys.stderr)
             return 2

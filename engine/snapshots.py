@@ -605,7 +605,8 @@ def output_name(input_path, symbol, levels, interval_text, format):
 def add_arguments(parser):
     parser.add_argument("files", nargs="+", help="input files: LOBSTER message files (their orderbook "
                         "files are found by name), Binance captures, tardis incremental_book_L2 CSV, "
-                        "journal directories (each stream imported from a capture)")
+                        "Kalshi messages, journal directories (each stream imported from a capture), "
+                        "or folders of them")
     parser.add_argument("--levels", type=int, default=25, help="levels of each side (default 25)")
     parser.add_argument("--interval", default="1s", help="boundary interval: 1s, 100ms, 1m ... (default 1s)")
     parser.add_argument("--out", default=".", help="output folder (default: the current one)")

@@ -570,6 +570,9 @@ def test_check_many_files_lines_and_totals(tmp_path, capsys):
     assert "3/3" in captured.err and "check" in captured.err   # the progress bar, on stderr
     assert cli.main(["check", *map(str, inputs), "--workers", "0", "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+    # A folder: what it holds that has an exchange's truth (the tardis file has none).
+    assert cli.main(["check", str(tmp_path), "--json"]) == 0
+    assert [entry["file"] for entry in json.loads(capsys.readouterr().out)["files"]] == sorted(map(str, inputs))
     # A malformed file is reported on its own line; the others are still checked.
     bad = tmp_path / "BAD_2012-06-21_34200000_57600000_message_5.csv"
     rows = Path(inputs[0]).read_text().splitlines()

@@ -63,6 +63,31 @@ def test_a_journal_gives_an_input_per_stream_with_its_orderbook(synthetic_inputs
     assert len({source.key for source in found}) == 3
 
 
+def test_a_folder_stands_for_its_inputs_and_journals(synthetic_inputs, tmp_path):
+    """Every file of a known format under it, in name order, and each journal as one input;
+    other files, hidden ones and the insides of a journal left out."""
+    files, journal = synthetic_inputs
+    folder = journal.parent
+    others = [folder / "README.txt", folder / ".hidden_message_1.csv"]
+    for path in others:
+        path.write_text("not an input\n")
+    try:
+        found = batch.sources([folder])
+        assert found == batch.sources(sorted(files) + [journal])
+        assert [source.format for source in found].count("journal") == len(files)   # one input per stream
+        # `ringbook check` takes only what it has an exchange's truth for; here that is everything.
+        assert batch.sources([folder], folder_formats=batch.CHECKED_FORMATS) == found
+        assert batch.sources([folder], folder_formats=("binance",)) == batch.sources([files[2]])
+    finally:
+        for path in others:
+            path.unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.txt").write_text("nothing yet\n")
+    with pytest.raises(ValueError, match=f"{empty}: a folder without inputs"):
+        batch.sources([empty])
+
+
 @pytest.mark.slow
 def test_snapshots_of_a_journal_equal_those_of_its_files(synthetic_inputs, tmp_path):
     files, journal = synthetic_inputs
