@@ -894,8 +894,8 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     Parameters
     ----------
     sources_or_paths : list of str, Path or Source
-        Input files (LOBSTER message files are seeded from their orderbook
-        files, found by name).
+        Input files, journals or folders of them (LOBSTER message files are
+        seeded from their orderbook files, found by name).
     callback : numba dispatcher
         ``callback(book, events, i, state)``, as for :func:`ringbook.kernels.replay.replay`.
     make_state : callable
@@ -937,8 +937,11 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     for item in sources_or_paths:
         if isinstance(item, Source):
             inputs.append(item)
-        else:
-            inputs.extend(found.pop(str(Path(item).resolve()), []))
+            continue
+        path = str(Path(item).resolve())
+        inside = [key for key in found if key.startswith(path + os.sep)] if Path(path).is_dir() else []
+        for key in [path, *inside]:   # a file, a journal, or the inputs under a folder
+            inputs.extend(found.pop(key, []))
     payload = cloudpickle.dumps((callback, make_state))
     with executor(workers, cluster) as runner:
         outcomes = run_tasks(runner, replay_task, [(source, payload, every) for source in inputs],

@@ -117,6 +117,10 @@ def test_callback_and_check_over_a_journal_equal_the_files(synthetic_inputs, cap
     streams = {feeds_journal.stream_name_of(path): str(path) for path in files}
     renamed = {(streams[key.split("#")[1]], symbol): state for (key, symbol), state in through.items()}
     assert_same_states(renamed, direct)
+    # Their folder: the files, then the journal's streams (name order), each once.
+    in_folder = batch.replay_files([journal.parent, files[0]], spread_and_imbalance, make_state, workers=0)
+    expected = {key: direct[key] for key in sorted(direct)}
+    assert_same_states(in_folder, {**expected, **through})
     status = cli.main(["check", str(journal), "--workers", "0", "--json"])
     report = json.loads(capsys.readouterr().out)
     status_files = cli.main(["check", *map(str, files), "--workers", "0", "--json"])
