@@ -163,17 +163,15 @@ def _expand_folders(paths, format=None, formats=None):
     the journals (as folders) and the files of a format this module tells (every file when
     ``format`` is given), hidden ones left out; of ``formats`` only, when given. A folder with
     none of them raises ``ValueError``."""
-    from ringbook.engine.journal import list_segments
-
     for path in paths:
-        if not Path(path).is_dir() or list_segments(path):
+        if not is_folder_of_inputs(path):
             yield path
             continue
         found = []
         for folder, folders, files in os.walk(path):
             folders[:] = sorted(name for name in folders if not name.startswith("."))
             for name in list(folders):
-                if list_segments(Path(folder) / name):
+                if not is_folder_of_inputs(Path(folder) / name):
                     folders.remove(name)   # a journal: an input, not a folder of inputs
                     if formats is None or "journal" in formats:
                         found.append(Path(folder) / name)
@@ -185,6 +183,13 @@ def _expand_folders(paths, format=None, formats=None):
             raise ValueError(f"{path}: a folder without inputs (LOBSTER, Binance captures, tardis, Kalshi, "
                              f"journals)")
         yield from sorted(found)
+
+
+def is_folder_of_inputs(path):
+    """A folder that is not a journal: it stands for the inputs under it."""
+    from ringbook.engine.journal import list_segments
+
+    return Path(path).is_dir() and not list_segments(path)
 
 
 def _format_or_none(path):

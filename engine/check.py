@@ -46,7 +46,6 @@ mismatches, 1 when there are, 2 when a file cannot be read: a malformed line
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -736,15 +735,11 @@ def add_arguments(parser):
                         help="skip and count malformed lines instead of stopping at the first")
 
 
-def _is_folder_of_inputs(path):
-    from ringbook.engine.journal import list_segments
-
-    return Path(path).is_dir() and not list_segments(path)
-
-
 def run(args):
+    from ringbook.engine.batch import is_folder_of_inputs
+
     if (len(args.files) > 1 or args.workers is not None or args.cluster is not None
-            or _is_folder_of_inputs(args.files[0])):
+            or is_folder_of_inputs(args.files[0])):
         if args.orderbook or args.skip_malformed:
             print("ringbook check: --orderbook and --skip-malformed are for one file", file=sys.stderr)
             return 2

@@ -63,13 +63,10 @@ def write_atomic(path, data, durable=True):
             if durable:
                 os.fsync(file.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
-        if error.filename is None:   # a failed write names no file: name the one it was for
+        if isinstance(error, OSError) and error.filename is None:   # a failed write names no file
             raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-    except BaseException:
-        temporary.unlink(missing_ok=True)
         raise
     if durable:
         fsync_path(path.parent)

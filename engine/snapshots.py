@@ -635,7 +635,7 @@ def run(args):
         print(f"ringbook snapshots: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ringbook snapshots: interrupted; the files done are recorded in {Path(args.out) / 'manifest.json'}, "
+        print(f"ringbook snapshots: interrupted; the files done are recorded in {Path(args.out) / batch.MANIFEST}, "
               "and a rerun does the others", file=sys.stderr)
         return 130
     shards = sum(len(report.entries[path]["shards"]) for path in report.done + report.skipped)
