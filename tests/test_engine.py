@@ -206,6 +206,17 @@ def test_counters_reader_refuses_what_is_not_a_region(tmp_path):
         os.unlink(path)
 
 
+def assert_same_levels(book, expected, n_symbols):
+    """Every level of both sides of every symbol, each side holding some."""
+    for symbol in range(n_symbols):
+        for side in (1, -1):
+            want = np.zeros(8192, np.int64), np.zeros(8192, np.int64)
+            got = np.zeros(8192, np.int64), np.zeros(8192, np.int64)
+            held = books.top_levels(expected, symbol, side, *want)
+            assert books.top_levels(book, symbol, side, *got) == held > 0
+            assert (want[0][:held] == got[0][:held]).all() and (want[1][:held] == got[1][:held]).all()
+
+
 @pytest.mark.slow
 def test_binance_capture_ends_with_checks_book(shared_data, tmp_path):
     from ringbook.engine.check import price_ticks
@@ -219,14 +230,7 @@ def test_binance_capture_ends_with_checks_book(shared_data, tmp_path):
                               ticks=price_ticks(feed.events, n_symbols))
     replay_events(expected, feed.events)
     assert report["events"] == len(feed.events)
-    for symbol in range(n_symbols):
-        for side in (1, -1):
-            want = np.zeros(2048, np.int64), np.zeros(2048, np.int64)
-            got = np.zeros(2048, np.int64), np.zeros(2048, np.int64)
-            n_want = books.top_levels(expected, symbol, side, *want)
-            n_got = books.top_levels(engine.book, symbol, side, *got)
-            assert n_want == n_got > 0
-            assert (want[0][:n_want] == got[0][:n_got]).all() and (want[1][:n_want] == got[1][:n_got]).all()
+    assert_same_levels(engine.book, expected, n_symbols)
 
 
 @pytest.mark.parametrize("name", ["AAPL_2012-06-21_34200000_57600000_message_10.csv",
@@ -245,12 +249,7 @@ def test_lobster_file_ends_with_replays_book(shared_data, tmp_path, name):
     expected = books.new_book(n_symbols=1, depth=engine.book.prices.shape[2], order_capacity=order_slots_for(feed.events),
                               ticks=feed.instruments.table["tick"][:1])
     replay_events(expected, feed.events)
-    for side in (1, -1):
-        want = np.zeros(8192, np.int64), np.zeros(8192, np.int64)
-        got = np.zeros(8192, np.int64), np.zeros(8192, np.int64)
-        held = books.top_levels(expected, 0, side, *want)
-        assert books.top_levels(engine.book, 0, side, *got) == held > 0
-        assert (want[0][:held] == got[0][:held]).all() and (want[1][:held] == got[1][:held]).all()
+    assert_same_levels(engine.book, expected, 1)
 
 
 def test_engine_is_exported():
