@@ -38,6 +38,7 @@ raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError` namin
 file, line and field) fails alone; the others finish.
 """
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -524,48 +525,70 @@ def _guarded(function, *arguments):
 
 def run_tasks(runner, function, arguments, *, attempts=3, progress=False, description="files",
               on_result=None):
-    """Run ``function(*arguments[k])`` for every k on the runner; results in input order.
+    """Run ``function(*arguments[k])`` for every k on the runner.
 
-    A task that raises gives a :class:`TaskFailure` in its place. A task whose
-    process died is run again (up to ``attempts`` runs; every task in flight
-    when a local pool breaks counts one), then fails as ``WorkerDied``.
-    ``on_result(k, result)`` is called in the driver as each task finishes.
+    A local pool is given two tasks a worker at a time (this process one), so
+    a run over many inputs holds few results and a stopped run has none to
+    drop; a Dask cluster is given them all, for its scheduler to balance (and
+    an adaptive cluster to grow by). A task that raises gives a
+    :class:`TaskFailure` in its place. A task whose process died is run again (up to ``attempts`` runs;
+    every task in flight when a local pool breaks counts one), then fails as
+    ``WorkerDied``.
+
+    Returns
+    -------
+    list or None
+        The results in input order; or, given ``on_result``, None: each result
+        is handed to ``on_result(k, result)`` in the driver as its task finishes,
+        and not kept.
     """
-    results = [None] * len(arguments)
+    results = [None] * len(arguments) if on_result is None else None
     runs = [0] * len(arguments)
-    pending = set(range(len(arguments)))
+    queue = collections.deque(range(len(arguments)))
+    in_flight = {}
+    window = {"serial": 1, "processes": 2 * runner.workers}.get(runner.kind, len(arguments))
+    broken = False   # a local pool whose worker died takes no more tasks: restart it once drained
     bar = _Progress(len(arguments), progress, description)
     try:
-        while pending:
-            futures = {}
-            for k in sorted(pending):
+        while queue or in_flight:
+            while queue and len(in_flight) < window and not broken:
+                k = queue.popleft()
                 runs[k] += 1
-                futures[runner.executor.submit(_guarded, function, *arguments[k])] = k
-            broken = False
-            for future in concurrent.futures.as_completed(futures):
-                k = futures[future]
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
+                in_flight[runner.executor.submit(_guarded, function, *arguments[k])] = k
+            finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                k = in_flight.pop(future)
+                result = _result_of(future)
+                if result is None:   # the pool broke: every task in it ends so
                     broken = True
                     if runs[k] < attempts:
+                        queue.appendleft(k)
                         continue
                     result = TaskFailure("its worker process died", "WorkerDied")
-                except Exception as error:  # noqa: BLE001 - a task's error is its own
-                    if type(error).__name__ == "KilledWorker":
-                        result = TaskFailure(str(error), "WorkerDied")
-                    else:
-                        result = TaskFailure.of(error)
-                results[k] = result
-                pending.discard(k)
-                if on_result is not None:
+                if on_result is None:
+                    results[k] = result
+                else:
                     on_result(k, result)
                 bar.update()
-            if broken:
+            if broken and not in_flight:
                 runner.restart()
+                broken = False
     finally:
         bar.close()
     return results
+
+
+def _result_of(future):
+    """A finished task's result (a :class:`TaskFailure` when it raised), or None when its
+    local process pool broke."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return None
+    except Exception as error:  # noqa: BLE001 - a task's error is its own
+        if type(error).__name__ == "KilledWorker":
+            return TaskFailure(str(error), "WorkerDied")
+        return TaskFailure.of(error)
 
 
 # ---------------------------------------------------------------- manifest
@@ -883,7 +906,8 @@ def replay_task(source, payload, every):
 
 
 class ReplayError(RuntimeError):
-    """Some shards failed; ``failures`` lists ``(input, TaskFailure)`` and ``results`` the rest."""
+    """Some shards failed; ``failures`` lists ``(input, TaskFailure)`` and ``results`` the rest
+    (or their fold, given ``reduce``)."""
 
     def __init__(self, failures, results):
         self.failures = failures
@@ -911,8 +935,8 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
         ``EVERY_EVENT`` (default) or ``EVERY_BATCH`` of :mod:`ringbook.kernels.replay`.
     reduce : callable, optional
         ``reduce(a, b) -> state``, folded over the shards' states in input
-        order (deterministic: merge exactly, e.g. add counts); None returns
-        every shard's state.
+        order as they arrive (deterministic: merge exactly, e.g. add counts),
+        so only a few states are held at once; None returns every shard's state.
     workers, cluster
         Where to run (see :func:`executor`).
 
@@ -925,7 +949,7 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     Raises
     ------
     ReplayError
-        When shards failed (the others' results are in ``error.results``).
+        When shards failed (``error.results``: the others' results, or their fold).
     """
     from numba import cloudpickle  # numba's own copy: no extra dependency
 
@@ -948,25 +972,46 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
         for key in [path, *inside]:   # a file, a journal, or the inputs under a folder
             inputs.extend(found.pop(key, []))
     payload = cloudpickle.dumps((callback, make_state))
+    fold = _InputOrderFold(inputs, reduce)
     with executor(workers, cluster) as runner:
-        outcomes = run_tasks(runner, replay_task, [(source, payload, every) for source in inputs],
-                             attempts=attempts, progress=progress, description="replay")
-    results, failures = {}, []
-    for source, outcome in zip(inputs, outcomes):
-        if isinstance(outcome, TaskFailure):
-            failures.append((source.key, outcome))
-            continue
-        for symbol, state in outcome:
-            results[(source.key, symbol)] = state
-    if failures:
-        raise ReplayError(failures, results)
-    if reduce is None:
-        return results
-    states = iter(results.values())
-    merged = next(states)
-    for state in states:
-        merged = reduce(merged, state)
-    return merged
+        run_tasks(runner, replay_task, [(source, payload, every) for source in inputs],
+                  attempts=attempts, progress=progress, description="replay", on_result=fold.add)
+    if fold.failures:
+        raise ReplayError(fold.failures, fold.result())
+    return fold.result()
+
+
+class _InputOrderFold:
+    """Shards' states as their tasks finish, kept per shard or folded by ``reduce`` in input
+    order; a state folded is let go (a year of shards is never in memory at once)."""
+
+    def __init__(self, inputs, reduce):
+        self.inputs = inputs
+        self.reduce = reduce
+        self.states = {}            # (input, symbol) -> state, when not reducing
+        self.merged = None          # the fold of the first ``folded`` states, when reducing
+        self.folded = 0
+        self.failures = []
+        self._early = {}            # finished before an earlier input: k -> outcome
+        self._next = 0
+
+    def add(self, k, outcome):
+        self._early[k] = outcome
+        while self._next in self._early:
+            source, outcome = self.inputs[self._next], self._early.pop(self._next)
+            self._next += 1
+            if isinstance(outcome, TaskFailure):
+                self.failures.append((source.key, outcome))
+                continue
+            for symbol, state in outcome:
+                if self.reduce is None:
+                    self.states[(source.key, symbol)] = state
+                else:
+                    self.merged = self.reduce(self.merged, state) if self.folded else state
+                    self.folded += 1
+
+    def result(self):
+        return self.states if self.reduce is None else self.merged
 
 
 # ---------------------------------------------------------------- ringbook check over many files

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import blake3
@@ -143,6 +144,36 @@ def test_local_processes_same_bytes(inputs, reference, tmp_path):
     assert_same_states(batch.replay_files(inputs, spread_and_imbalance, make_state, workers=2), expected_states)
     total = batch.replay_files(inputs, spread_and_imbalance, make_state, reduce=add, workers=2)
     assert np.array_equal(total, sum(expected_states.values()))
+
+
+STATE_BYTES = 8 << 20
+
+
+@numba.njit
+def count_events(book, events, i, state):
+    state[0] += 1
+
+
+def large_state(events):
+    return np.zeros(STATE_BYTES // 8, np.int64)
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_reduce_holds_a_few_states_at_a_time(tmp_path, workers):
+    """A fold over many shards lets each state go once folded: 16 shards' states of 8 MiB
+    each were all held until the end."""
+    paths = [synthetic.write_lobster(tmp_path, messages=200, levels=2, seed=k, ticker=f"D{k}")[0]
+             for k in range(16)]
+    events = sum(len(batch.read_source(source)[0].events) for source in batch.sources(paths))
+    batch.replay_files(paths[:1], count_events, large_state, workers=0)   # compiled before tracing
+    tracemalloc.start()
+    try:
+        total = batch.replay_files(paths, count_events, large_state, reduce=add, workers=workers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total[0] == events
+    assert peak < 10 * STATE_BYTES, peak / STATE_BYTES   # 4 in flight, one in transit, the fold
 
 
 @pytest.mark.slow
