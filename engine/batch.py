@@ -524,13 +524,15 @@ def _guarded(function, *arguments):
 
 
 def run_tasks(runner, function, arguments, *, attempts=3, progress=False, description="files",
-              on_result=None):
+              on_result=None, ahead=None):
     """Run ``function(*arguments[k])`` for every k on the runner.
 
     A local pool is given two tasks a worker at a time (this process one), so
     a run over many inputs holds few results and a stopped run has none to
     drop; a Dask cluster is given them all, for its scheduler to balance (and
-    an adaptive cluster to grow by). A task that raises gives a
+    an adaptive cluster to grow by). Given ``ahead``, no task starts ``ahead``
+    places or more past the first unfinished one: results to be taken in input
+    order then wait few at a time. A task that raises gives a
     :class:`TaskFailure` in its place. A task whose process died is run again (up to ``attempts`` runs;
     every task in flight when a local pool breaks counts one), then fails as
     ``WorkerDied``.
@@ -547,11 +549,15 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     queue = collections.deque(range(len(arguments)))
     in_flight = {}
     window = {"serial": 1, "processes": 2 * runner.workers}.get(runner.kind, len(arguments))
+    horizon = len(arguments) if ahead is None else ahead
+    finished_tasks = bytearray(len(arguments))
+    first_unfinished = 0
     broken = False   # a local pool whose worker died takes no more tasks: restart it once drained
     bar = _Progress(len(arguments), progress, description)
     try:
         while queue or in_flight:
-            while queue and len(in_flight) < window and not broken:
+            while (queue and len(in_flight) < window and queue[0] < first_unfinished + horizon
+                   and not broken):
                 k = queue.popleft()
                 runs[k] += 1
                 in_flight[runner.executor.submit(_guarded, function, *arguments[k])] = k
@@ -569,6 +575,9 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
                     results[k] = result
                 else:
                     on_result(k, result)
+                finished_tasks[k] = 1
+                while first_unfinished < len(arguments) and finished_tasks[first_unfinished]:
+                    first_unfinished += 1
                 bar.update()
             if broken and not in_flight:
                 runner.restart()
@@ -974,8 +983,11 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     payload = cloudpickle.dumps((callback, make_state))
     fold = _InputOrderFold(inputs, reduce)
     with executor(workers, cluster) as runner:
+        # Folding, a shard starts at most two a worker past the first unfinished one: the states
+        # waiting for an earlier shard's stay few (a slow shard may leave a worker idle meanwhile).
+        ahead = None if reduce is None else 2 * max(runner.workers, 1)
         run_tasks(runner, replay_task, [(source, payload, every) for source in inputs],
-                  attempts=attempts, progress=progress, description="replay", on_result=fold.add)
+                  attempts=attempts, progress=progress, description="replay", on_result=fold.add, ahead=ahead)
     if fold.failures:
         raise ReplayError(fold.failures, fold.result())
     return fold.result()
