@@ -48,6 +48,21 @@ def test_synthetic_lobster_agrees_with_reference(tmp_path, levels, header):
     assert result.events == 400 and result.gaps == 0
 
 
+def test_synthetic_picks_resting_orders_as_a_list_of_them_does():
+    """The generator's tree of resting ids gives the k-th id in the order added, as
+    ``list(orders)[k]`` did (same files, in time linear in the messages)."""
+    rng = np.random.default_rng(3)
+    resting, held = synthetic._RestingIds(3000), []
+    for order_id in range(1, 3001):
+        resting.change(order_id, 1)
+        held.append(order_id)
+        if rng.random() < 0.45:
+            gone = held.pop(int(rng.integers(0, len(held))))
+            resting.change(gone, -1)
+        for k in {0, len(held) // 2, len(held) - 1} if held else ():
+            assert resting.kth(k) == held[k]
+
+
 def test_corrupted_orderbook_row_reports_its_line(tmp_path, capsys):
     messages, orderbook = synthetic_lobster(tmp_path)
     bad = corrupt_line(orderbook, tmp_path / "bad_orderbook.csv", 123,

@@ -14,6 +14,31 @@ import numpy as np
 from ringbook.engine.feeds.lobster import EMPTY_ASK_PRICE, EMPTY_BID_PRICE
 
 
+class _RestingIds:
+    """The ids of resting orders, whose k-th smallest (the k-th in the order they were added,
+    as ids grow) is found in log time: a Fenwick tree of counts over the ids. Picking from a
+    list of them made a file's time grow with the square of its messages."""
+
+    def __init__(self, largest_id):
+        self.counts = [0] * (largest_id + 1)
+        self.top_step = 1 << largest_id.bit_length()
+
+    def change(self, order_id, delta):
+        while order_id < len(self.counts):
+            self.counts[order_id] += delta
+            order_id += order_id & -order_id
+
+    def kth(self, k):
+        """The id of rank ``k`` (from 0) among those held."""
+        position, step = 0, self.top_step
+        while step:
+            if position + step < len(self.counts) and self.counts[position + step] <= k:
+                position += step
+                k -= self.counts[position]
+            step >>= 1
+        return position + 1
+
+
 def write_lobster(directory, messages=2000, levels=5, seed=0, header=False, ticker="SYNT",
                   mid_price=5850000):
     """Write a LOBSTER message and orderbook file pair from a simulated order book.
@@ -29,12 +54,14 @@ def write_lobster(directory, messages=2000, levels=5, seed=0, header=False, tick
     """
     rng = np.random.default_rng(seed)
     orders = {}
+    live = _RestingIds(40 + messages)
     book = {1: {}, -1: {}}
     next_id = 1
 
     def add(side, price, size):
         nonlocal next_id
         orders[next_id] = [side, price, size]
+        live.change(next_id, 1)
         book[side][price] = book[side].get(price, 0) + size
         next_id += 1
         return next_id - 1
@@ -46,6 +73,7 @@ def write_lobster(directory, messages=2000, levels=5, seed=0, header=False, tick
             del book[side][price]
         if size == resting:
             del orders[order_id]
+            live.change(order_id, -1)
         else:
             orders[order_id][2] -= size
 
@@ -64,7 +92,7 @@ def write_lobster(directory, messages=2000, levels=5, seed=0, header=False, tick
             order_id = add(side, price, size)
             kind = 1
         else:
-            order_id = int(rng.choice(list(orders)))
+            order_id = live.kth(int(rng.integers(0, len(orders))))   # as rng.choice(list(orders))
             side, price, resting = orders[order_id]
             kind = int(rng.choice([2, 3, 4]))
             size = resting if kind == 3 else int(rng.integers(1, resting + 1))
