@@ -496,7 +496,12 @@ class TaskFailure:
 
     @classmethod
     def of(cls, error):
-        failure = cls(str(error), type(error).__name__)
+        text = str(error)
+        if not type(error).__module__.startswith("ringbook."):
+            # A reader's or the book's error says what it is; another (from a user's callback or
+            # make_state, numba, the system) is named by its type, as a traceback names it.
+            text = f"{type(error).__name__}: {text}"
+        failure = cls(text, type(error).__name__)
         for name in ("path", "line", "field"):
             value = getattr(error, name, None)
             if value is not None:
@@ -921,8 +926,8 @@ class ReplayError(RuntimeError):
     def __init__(self, failures, results):
         self.failures = failures
         self.results = results
-        lines = [f"{path}: {failure.error}" for path, failure in failures]
-        super().__init__(f"{len(failures)} of the files failed:\n  " + "\n  ".join(lines))
+        lines = [failure_line(" ", path, failure.error) for path, failure in failures]
+        super().__init__(f"{len(failures)} of the files failed:\n" + "\n".join(lines))
 
 
 def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None, *, workers=None,

@@ -314,10 +314,7 @@ def test_ctrl_c_stops_the_run_and_a_rerun_finishes_it(shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_malformed_file_fails_alone(inputs, reference, tmp_path, capsys):
-    bad = tmp_path / "deribit_incremental_book_L2_BAD.csv"
-    lines = (Path(inputs[-1]).read_text()).splitlines()
-    lines[41] = lines[41].replace(",bid,", ",buy,").replace(",ask,", ",buy,")
-    bad.write_text("\n".join(lines) + "\n")
+    bad = malformed_tardis(inputs, tmp_path)
     status = cli.main(["snapshots", *map(str, inputs[:2]), str(bad), str(inputs[2]), "--levels", "10",
                        "--out", str(tmp_path / "out"), "--workers", "2"])
     out, err = capsys.readouterr()
@@ -333,6 +330,52 @@ def test_malformed_file_fails_alone(inputs, reference, tmp_path, capsys):
         if name != batch.MANIFEST:
             assert data == expected_files[name]
     assert len(written) == 3 + 1
+
+
+def malformed_tardis(inputs, directory):
+    """A copy of the tardis input whose line 42 has side ``buy``."""
+    bad = Path(directory) / "deribit_incremental_book_L2_BAD.csv"
+    lines = (Path(inputs[-1]).read_text()).splitlines()
+    lines[41] = lines[41].replace(",bid,", ",buy,").replace(",ask,", ",buy,")
+    bad.write_text("\n".join(lines) + "\n")
+    return bad
+
+
+def test_replay_files_with_a_malformed_file_keeps_the_others(inputs, reference, tmp_path):
+    _, expected_states = reference
+    bad = malformed_tardis(inputs, tmp_path)
+    with pytest.raises(batch.ReplayError) as raised:
+        batch.replay_files([*inputs[:2], bad, *inputs[2:]], spread_and_imbalance, make_state, workers=0)
+    assert f"1 of the files failed:\n  {bad}, line 42, field 'side': must be bid or ask" in str(raised.value)
+    [(path, failure)] = raised.value.failures
+    assert path == str(bad) and (failure.file, failure.line, failure.field) == (str(bad), 42, "side")
+    assert_same_states(raised.value.results, expected_states)
+    with pytest.raises(batch.ReplayError) as raised:
+        batch.replay_files([bad, *inputs], spread_and_imbalance, make_state, reduce=add, workers=0)
+    assert np.array_equal(raised.value.results, sum(expected_states.values()))   # the others' fold
+
+
+@numba.njit
+def mistyped_callback(book, events, i, state):
+    state[0] += 1.5 * "x"
+
+
+def missing_key_state(events):
+    return {}["shard"]
+
+
+@pytest.mark.parametrize("callback, state, kind", [(mistyped_callback, make_state, "TypingError"),
+                                                   (spread_and_imbalance, missing_key_state, "KeyError")])
+def test_a_users_error_is_named_by_its_type(inputs, callback, state, kind):
+    """A user's callback that does not compile, or make_state that raises, fails every shard
+    with the error's type and message (a KeyError's message alone is ``'shard'``)."""
+    with pytest.raises(batch.ReplayError) as raised:
+        batch.replay_files(inputs[:2], callback, state, workers=0)
+    assert [path for path, _ in raised.value.failures] == [str(Path(path).resolve()) for path in inputs[:2]]
+    for _, failure in raised.value.failures:
+        assert failure.kind == kind and failure.error.startswith(f"{kind}: ")
+    if kind == "KeyError":
+        assert f"{inputs[0]}: KeyError: 'shard'" in str(raised.value)
 
 
 @pytest.mark.slow
@@ -464,7 +507,7 @@ def test_a_full_disk_fails_the_files_that_do_not_fit_and_a_rerun_does_them(tmp_p
     report = batch.snapshot_files(inputs, out, **options)
     assert report.done and report.failed
     for path, failure in report.failed:
-        assert failure.error.startswith("[Errno 28] No space left on device") and str(out) in failure.error
+        assert failure.error.startswith("OSError: [Errno 28] No space left on device") and str(out) in failure.error
     assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
     written = folder_bytes(out)
     recorded = json.loads(written.pop(batch.MANIFEST))["files"]
