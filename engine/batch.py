@@ -484,6 +484,9 @@ class _Progress:
             self.bar.close()
 
 
+_TERMINAL_STYLE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 @dataclass
 class TaskFailure:
     """A task that raised: where and why."""
@@ -496,7 +499,7 @@ class TaskFailure:
 
     @classmethod
     def of(cls, error):
-        text = str(error)
+        text = _TERMINAL_STYLE.sub("", str(error))   # numba's errors come in bold, for a terminal
         if not type(error).__module__.startswith("ringbook."):
             # A reader's or the book's error says what it is; another (from a user's callback or
             # make_state, numba, the system) is named by its type, as a traceback names it.

@@ -373,7 +373,7 @@ def test_a_users_error_is_named_by_its_type(inputs, callback, state, kind):
         batch.replay_files(inputs[:2], callback, state, workers=0)
     assert [path for path, _ in raised.value.failures] == [str(Path(path).resolve()) for path in inputs[:2]]
     for _, failure in raised.value.failures:
-        assert failure.kind == kind and failure.error.startswith(f"{kind}: ")
+        assert failure.kind == kind and failure.error.startswith(f"{kind}: ") and "\x1b" not in failure.error
     if kind == "KeyError":
         assert f"{inputs[0]}: KeyError: 'shard'" in str(raised.value)
 
