@@ -43,6 +43,8 @@ _EXPORTS = {
     "JournalReader": ("ringbook.engine.journal", "JournalReader"),
     "Flusher": ("ringbook.engine.flusher", "Flusher"),
     "replay_files": ("ringbook.engine.batch", "replay_files"),
+    "ReplayError": ("ringbook.engine.batch", "ReplayError"),
+    "snapshot_files": ("ringbook.engine.batch", "snapshot_files"),
     "Server": ("ringbook.engine.ipc", "Server"),
     "Client": ("ringbook.engine.ipc", "Client"),
     "Publisher": ("ringbook.engine.fanout", "Publisher"),

@@ -45,3 +45,15 @@ def test_fresh_venv_imports_ringbook_and_not_the_bare_names(wheel, tmp_path):
     assert lines[0].startswith(str(env_dir)), lines[0]
     assert lines[1:3] == ["True", "True"]
     assert lines[3] == "ringbook.kernels.book"
+
+
+def test_every_top_level_name_resolves_to_its_module():
+    """``ringbook.<name>`` is each export's own object (a renamed attribute would fail here,
+    not in a user's notebook)."""
+    import importlib
+
+    import ringbook
+
+    for name in ringbook.__all__:
+        module_name, attribute = ringbook._EXPORTS[name]
+        assert getattr(ringbook, name) is getattr(importlib.import_module(module_name), attribute), name
