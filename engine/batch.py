@@ -231,12 +231,18 @@ def _journal_sources(root, given):
 def read_source(source):
     """``(feed, orderbook or None, exchange)`` for a :class:`Source`."""
     from ringbook.engine.feeds import binance, kalshi, lobster, tardis
+    from ringbook.engine.feeds.source import FeedError
 
     if source.format == "journal":
         return _read_journal(source)
     if source.format == "lobster":
-        orderbook = lobster.read_orderbook(source.orderbook) if source.orderbook else None
-        return lobster.read_messages(source.path), orderbook, EXCHANGES["lobster"]
+        if source.orderbook is None:
+            # Its messages refer to orders resting before the file starts: a book not seeded
+            # from the orderbook file would be wrong from the first row, silently.
+            wanted = Path(source.path).name.replace("_message_", "_orderbook_")
+            raise FeedError(source.path, None, f"no orderbook file {wanted} beside it or among the inputs (the "
+                            "book is seeded from it: LOBSTER's messages refer to orders resting before the file)")
+        return lobster.read_messages(source.path), lobster.read_orderbook(source.orderbook), EXCHANGES["lobster"]
     if source.format == "binance":
         return binance.read_capture(source.path), None, EXCHANGES["binance"]
     if source.format == "tardis":

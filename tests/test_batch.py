@@ -405,10 +405,14 @@ def test_rerun_resumes_and_force_redoes(tmp_path):
     orderbook = Path(entry["orderbook"])
     os.utime(orderbook, ns=(orderbook.stat().st_atime_ns, orderbook.stat().st_mtime_ns + 10**9))
     assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[0])]
-    # And one whose orderbook file is gone: it is no longer seeded from one.
+    # And one whose orderbook file is gone: it fails, naming the file (a book not seeded from it
+    # would be wrong from the first row), until the file is back.
     orderbook.rename(orderbook.with_name("elsewhere.csv"))
-    assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[0])]
+    report = batch.snapshot_files(inputs, out, levels=5, workers=0)
+    [(key, failure)] = report.failed
+    assert key == str(inputs[0]) and report.done == [] and f"no orderbook file {orderbook.name}" in failure.error
     orderbook.with_name("elsewhere.csv").rename(orderbook)
+    assert batch.snapshot_files(inputs, out, levels=5, workers=0).done == [str(inputs[0])]
     assert len(batch.snapshot_files(inputs, out, levels=5, workers=0, force=True).done) == len(inputs)
     # Other options are another run: nothing is skipped.
     assert len(batch.snapshot_files(inputs, out, levels=6, workers=0).done) == len(inputs)

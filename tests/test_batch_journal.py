@@ -134,6 +134,8 @@ def test_a_stream_not_from_a_capture_fails_alone(synthetic_inputs, tmp_path):
     files, journal = synthetic_inputs
     mixed = tmp_path / "mixed"
     shutil.copytree(journal, mixed)
+    for path in files[:2]:   # the LOBSTER streams' orderbook files, beside the copy
+        shutil.copy(str(path).replace("_message_", "_orderbook_"), tmp_path)
     from ringbook.engine.journal import JournalWriter
 
     with JournalWriter(mixed, "other") as writer:
@@ -141,6 +143,20 @@ def test_a_stream_not_from_a_capture_fails_alone(synthetic_inputs, tmp_path):
     report = batch.snapshot_files([mixed], tmp_path / "out", levels=5, interval="1s", workers=0)
     assert len(report.done) == 3 and [key for key, _ in report.failed] == [f"{mixed}#other"]
     assert "not imported from a capture" in report.failed[0][1].error
+
+
+def test_lobster_streams_without_their_orderbook_files_fail_alone(synthetic_inputs, tmp_path):
+    """A journal moved away from the orderbook files: its LOBSTER streams fail, naming the journal,
+    the stream and the file missing (they ran unseeded before); its Binance stream is done."""
+    files, journal = synthetic_inputs
+    moved = shutil.copytree(journal, tmp_path / "moved")
+    report = batch.snapshot_files([moved], tmp_path / "out", levels=5, interval="1s", workers=0)
+    lobster_streams = sorted(f"{moved}#{Path(path).name.rsplit('.', 1)[0]}" for path in files[:2])
+    assert sorted(key for key, _ in report.failed) == lobster_streams and len(report.done) == 1
+    for key, failure in report.failed:
+        stream = key.split("#")[1]
+        assert failure.error.startswith(f"{moved} (stream {stream}, a lobster capture): no orderbook file "
+                                        f"{stream.replace('_message_', '_orderbook_')}.csv beside it")
 
 
 def test_a_malformed_record_names_the_journal_stream_and_line(tmp_path):
