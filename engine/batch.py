@@ -38,8 +38,8 @@ raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError` namin
 file, line and field) fails alone; the others finish.
 """
 
-import collections
 import concurrent.futures
+import heapq
 import json
 import os
 import re
@@ -547,9 +547,9 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     an adaptive cluster to grow by). Given ``ahead``, no task starts ``ahead``
     places or more past the first unfinished one: results to be taken in input
     order then wait few at a time. A task that raises gives a
-    :class:`TaskFailure` in its place. A task whose process died is run again (up to ``attempts`` runs;
-    every task in flight when a local pool breaks counts one), then fails as
-    ``WorkerDied``.
+    :class:`TaskFailure` in its place. A task whose process died is run
+    again (up to ``attempts`` runs; every task in flight when a local pool
+    breaks counts one), then fails as ``WorkerDied``.
 
     Returns
     -------
@@ -560,7 +560,7 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     """
     results = [None] * len(arguments) if on_result is None else None
     runs = [0] * len(arguments)
-    queue = collections.deque(range(len(arguments)))
+    queue = list(range(len(arguments)))   # a heap: the first task to start is always the earliest
     in_flight = {}
     window = {"serial": 1, "processes": 2 * runner.workers}.get(runner.kind, len(arguments))
     horizon = len(arguments) if ahead is None else ahead
@@ -572,7 +572,7 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
         while queue or in_flight:
             while (queue and len(in_flight) < window and queue[0] < first_unfinished + horizon
                    and not broken):
-                k = queue.popleft()
+                k = heapq.heappop(queue)
                 runs[k] += 1
                 in_flight[runner.executor.submit(_guarded, function, *arguments[k])] = k
             finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -582,7 +582,7 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
                 if result is None:   # the pool broke: every task in it ends so
                     broken = True
                     if runs[k] < attempts:
-                        queue.appendleft(k)
+                        heapq.heappush(queue, k)
                         continue
                     result = TaskFailure("its worker process died", "WorkerDied")
                 if on_result is None:
