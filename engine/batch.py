@@ -33,7 +33,10 @@ when the run is stopped): after a crash, a rerun redoes the inputs finished
 since its last save.
 
 Faults: a task whose worker dies (killed, out of memory) is run again, up to
-``attempts`` times in all; Dask does the same for its workers. A task that
+``attempts`` times in all; Dask does the same for its workers. Local workers
+that die before any task ends, in two pools one after the other, stop the run
+(:class:`WorkersCannotStart`): a script that starts them without the
+``__main__`` guard makes each worker start workers as it imports the script. A task that
 raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError` naming
 file, line and field) fails alone; the others finish.
 """
@@ -557,6 +560,12 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
         The results in input order; or, given ``on_result``, None: each result
         is handed to ``on_result(k, result)`` in the driver as its task finishes,
         and not kept.
+
+    Raises
+    ------
+    WorkersCannotStart
+        Two local pools in a row died before any task ended (a script without
+        the ``__main__`` guard): retrying would only repeat it.
     """
     results = [None] * len(arguments) if on_result is None else None
     runs = [0] * len(arguments)
@@ -567,6 +576,8 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     finished_tasks = bytearray(len(arguments))
     first_unfinished = 0
     broken = False   # a local pool whose worker died takes no more tasks: restart it once drained
+    any_ended = False   # a task of this run has ended in a worker
+    pools_lost = 0      # pools that broke before any task ended
     bar = _Progress(len(arguments), progress, description)
     try:
         while queue or in_flight:
@@ -585,6 +596,8 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
                         heapq.heappush(queue, k)
                         continue
                     result = TaskFailure("its worker process died", "WorkerDied")
+                else:
+                    any_ended = True
                 if on_result is None:
                     results[k] = result
                 else:
@@ -594,11 +607,25 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
                     first_unfinished += 1
                 bar.update()
             if broken and not in_flight:
+                pools_lost += not any_ended
+                if pools_lost == 2:
+                    raise WorkersCannotStart()
                 runner.restart()
                 broken = False
     finally:
         bar.close()
     return results
+
+
+class WorkersCannotStart(RuntimeError):
+    """Worker processes died before any task ended, in two pools one after the other."""
+
+    def __init__(self):
+        super().__init__(
+            "the worker processes died before any task ended, twice. A script that runs this with worker "
+            "processes must do it under `if __name__ == \"__main__\":` (each spawned worker imports the script, "
+            "and must not start workers itself). A task that ends its process (out of memory, a callback's "
+            "segfault) does so too. workers=0 runs in this process, where the error shows.")
 
 
 def _result_of(future):
@@ -1100,7 +1127,7 @@ def run_check(args):
         files, totals = check_files(args.files, workers=args.workers, cluster=args.cluster,
                                     progress=not (args.json or args.no_progress),
                                     input_format=args.format)
-    except (ValueError, OSError, ImportError) as error:
+    except (ValueError, OSError, ImportError, WorkersCannotStart) as error:
         print(f"ringbook check: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

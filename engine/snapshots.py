@@ -631,7 +631,7 @@ def run(args):
                                       format=args.format, workers=args.workers, cluster=args.cluster,
                                       force=args.force, progress=not args.no_progress,
                                       input_format=args.input_format)
-    except (ValueError, OSError, ImportError) as error:
+    except (ValueError, OSError, ImportError, batch.WorkersCannotStart) as error:
         print(f"ringbook snapshots: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

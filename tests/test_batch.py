@@ -266,6 +266,34 @@ def test_sigkilled_worker_is_retried_with_identical_results(inputs, reference, t
         assert np.array_equal(states, sum(expected_states.values()))
 
 
+def test_a_script_without_the_main_guard_is_told_so(inputs, tmp_path):
+    """Spawned workers import the script that started them; one that calls replay_files at its
+    top level makes each worker start workers, and die. The run stops after two pools died
+    with nothing done, and says why (it ran each shard three times, then named none)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import numba
+        import numpy as np
+        import ringbook
+
+        @numba.njit
+        def count(book, events, i, state):
+            state[0] += 1
+
+        def make_state(events):
+            return np.zeros(1, np.int64)
+
+        ringbook.replay_files({[str(path) for path in inputs[:2]]!r}, count, make_state, workers=2)
+    """))
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ringbook.engine.batch.WorkersCannotStart: the worker processes died before any task")
+    assert 'under `if __name__ == "__main__":`' in last
+    assert time.monotonic() - started < 120
+
+
 def living_in_group(group):
     """Processes of a process group that still run (a zombie has ended: only its exit status is left)."""
     living = []
