@@ -140,7 +140,7 @@ def sources(paths, format=None, folder_formats=None):
     """
     found = []
     paths = list(dict.fromkeys(str(Path(path).resolve())   # each input once
-                               for path in _expand_folders(paths, format, folder_formats)))
+                               for path in _expand_folders(as_inputs(paths), format, folder_formats)))
     given = set(paths)
     kinds = {path: format or detect_format(path) for path in paths}
     journals = {path: _journal_sources(path, given) for path, kind in kinds.items() if kind == "journal"}
@@ -160,6 +160,12 @@ def sources(paths, format=None, folder_formats=None):
         else:
             found.append(Source(path, kind))
     return found
+
+
+def as_inputs(paths):
+    """A list of inputs: one path (or :class:`Source`) given alone is a list of one, not a
+    string's characters."""
+    return [paths] if isinstance(paths, (str, os.PathLike, Source)) else list(paths)
 
 
 def _expand_folders(paths, format=None, formats=None):
@@ -972,7 +978,7 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
 
     Parameters
     ----------
-    sources_or_paths : list of str, Path or Source
+    sources_or_paths : str, Path or Source, or a list of them
         Input files, journals or folders of them (LOBSTER message files are
         seeded from their orderbook files, found by name).
     callback : numba dispatcher
@@ -1006,6 +1012,7 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     from ringbook.kernels.replay import EVERY_EVENT
 
     every = EVERY_EVENT if every is None else every
+    sources_or_paths = as_inputs(sources_or_paths)
     # Paths are resolved together (a LOBSTER orderbook file among them is its message file's
     # companion); a journal gives a source per stream. Sources given as such stay in place.
     paths = [str(item) for item in sources_or_paths if not isinstance(item, Source)]

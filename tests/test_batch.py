@@ -146,6 +146,18 @@ def test_local_processes_same_bytes(inputs, reference, tmp_path):
     assert np.array_equal(total, sum(expected_states.values()))
 
 
+def test_one_input_given_alone_is_one_input(inputs, reference, tmp_path):
+    """A path given as a string or Path, not in a list, is one input (a string was read as its
+    characters, each a file that did not exist)."""
+    _, expected_states = reference
+    path = inputs[0]
+    states = batch.replay_files(str(path), spread_and_imbalance, make_state, workers=0)
+    assert_same_states(states, {key: value for key, value in expected_states.items() if key[0] == str(path)})
+    assert batch.snapshot_files(Path(path), tmp_path, levels=2, workers=0).done == [str(path)]
+    files, totals = batch.check_files(str(path), workers=0)
+    assert [entry["file"] for entry in files] == [str(path)] and totals["mismatches"] == 0
+
+
 STATE_BYTES = 8 << 20
 
 
