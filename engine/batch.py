@@ -550,12 +550,12 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
               on_result=None, ahead=None):
     """Run ``function(*arguments[k])`` for every k on the runner.
 
-    A local pool is given two tasks a worker at a time (this process one), so
-    a run over many inputs holds few results and a stopped run has none to
-    drop; a Dask cluster is given them all, for its scheduler to balance (and
-    an adaptive cluster to grow by). Given ``ahead``, no task starts ``ahead``
-    places or more past the first unfinished one: results to be taken in input
-    order then wait few at a time. A task that raises gives a
+    Each result is handed over (or stored) and let go as its task ends. Pools
+    and clusters are given every task at once (a worker never waits for the
+    driver, which syncs outputs between results; a Dask scheduler balances
+    them, an adaptive cluster grows by them), this process one at a time.
+    Given ``ahead``, no task starts ``ahead`` places or more past the first
+    unfinished one: results to be taken in input order then wait few at a time. A task that raises gives a
     :class:`TaskFailure` in its place. A task whose process died is run
     again (up to ``attempts`` runs; every task in flight when a local pool
     breaks counts one), then fails as ``WorkerDied``.
@@ -577,7 +577,7 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     runs = [0] * len(arguments)
     queue = list(range(len(arguments)))   # a heap: the first task to start is always the earliest
     in_flight = {}
-    window = {"serial": 1, "processes": 2 * runner.workers}.get(runner.kind, len(arguments))
+    window = 1 if runner.kind == "serial" else len(arguments)   # serial: a task runs as it is submitted
     horizon = len(arguments) if ahead is None else ahead
     finished_tasks = bytearray(len(arguments))
     first_unfinished = 0
