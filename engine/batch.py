@@ -45,6 +45,7 @@ import concurrent.futures
 import heapq
 import json
 import os
+import queue
 import re
 import signal
 import sys
@@ -555,10 +556,10 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     driver, which syncs outputs between results; a Dask scheduler balances
     them, an adaptive cluster grows by them), this process one at a time.
     Given ``ahead``, no task starts ``ahead`` places or more past the first
-    unfinished one: results to be taken in input order then wait few at a time. A task that raises gives a
-    :class:`TaskFailure` in its place. A task whose process died is run
-    again (up to ``attempts`` runs; every task in flight when a local pool
-    breaks counts one), then fails as ``WorkerDied``.
+    unfinished one: results to be taken in input order then wait few at a
+    time. A task that raises gives a :class:`TaskFailure` in its place. A task
+    whose process died is run again (up to ``attempts`` runs; every task in
+    flight when a local pool breaks counts one), then fails as ``WorkerDied``.
 
     Returns
     -------
@@ -575,8 +576,9 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     """
     results = [None] * len(arguments) if on_result is None else None
     runs = [0] * len(arguments)
-    queue = list(range(len(arguments)))   # a heap: the first task to start is always the earliest
+    waiting = list(range(len(arguments)))   # a heap: the first task to start is always the earliest
     in_flight = {}
+    ended = queue.SimpleQueue()   # futures as they end: each is waited for once, however many run
     window = 1 if runner.kind == "serial" else len(arguments)   # serial: a task runs as it is submitted
     horizon = len(arguments) if ahead is None else ahead
     finished_tasks = bytearray(len(arguments))
@@ -586,24 +588,26 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     pools_lost = 0      # pools that broke before any task ended
     bar = _Progress(len(arguments), progress, description)
     try:
-        while queue or in_flight:
-            while (queue and len(in_flight) < window and queue[0] < first_unfinished + horizon
+        while waiting or in_flight:
+            while (waiting and len(in_flight) < window and waiting[0] < first_unfinished + horizon
                    and not broken):
-                k = heapq.heappop(queue)
+                k = heapq.heappop(waiting)
                 runs[k] += 1
-                in_flight[runner.executor.submit(_guarded, function, *arguments[k])] = k
-            finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                k = in_flight.pop(future)
-                result = _result_of(future)
-                if result is None:   # the pool broke: every task in it ends so
-                    broken = True
-                    if runs[k] < attempts:
-                        heapq.heappush(queue, k)
-                        continue
-                    result = TaskFailure("its worker process died", "WorkerDied")
+                future = runner.executor.submit(_guarded, function, *arguments[k])
+                in_flight[future] = k
+                future.add_done_callback(ended.put)
+            future = ended.get()
+            k = in_flight.pop(future)
+            result = _result_of(future)
+            if result is _POOL_BROKEN:   # every task in the pool ends so
+                broken = True
+                if runs[k] < attempts:
+                    heapq.heappush(waiting, k)
                 else:
-                    any_ended = True
+                    result = TaskFailure("its worker process died", "WorkerDied")
+            else:
+                any_ended = True
+            if result is not _POOL_BROKEN:
                 if on_result is None:
                     results[k] = result
                 else:
@@ -634,13 +638,16 @@ class WorkersCannotStart(RuntimeError):
             "segfault) does so too. workers=0 runs in this process, where the error shows.")
 
 
+_POOL_BROKEN = object()
+
+
 def _result_of(future):
-    """A finished task's result (a :class:`TaskFailure` when it raised), or None when its
-    local process pool broke."""
+    """A finished task's result (a :class:`TaskFailure` when it raised), or ``_POOL_BROKEN``
+    when its local process pool broke."""
     try:
         return future.result()
     except BrokenProcessPool:
-        return None
+        return _POOL_BROKEN
     except Exception as error:  # noqa: BLE001 - a task's error is its own
         if type(error).__name__ == "KilledWorker":
             return TaskFailure(str(error), "WorkerDied")

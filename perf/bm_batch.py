@@ -11,6 +11,8 @@ of their file, so their inverse is messages per second per worker; a batch is on
 - ``task_overhead_pool`` / ``task_overhead_dask``: 32 tasks that do nothing,
   on a warmed local pool (2 processes) and a local Dask cluster (2 worker
   processes), per task: each shard's scheduling and result transfer.
+  ``task_overhead_pool_many``: the same over 3,000 tasks in one run (the driver's
+  own work per task must not grow with the run).
 - ``snapshots_lobster`` / ``replay_lobster`` and ``snapshots_binance`` /
   ``replay_binance``: one worker's snapshot kernel (every boundary, 10 levels,
   1 s) against a plain ``apply_events`` of the same events in one process.
@@ -57,6 +59,7 @@ SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA", Path(__file__).resolve
 SCRATCH = Path(tempfile.mkdtemp(prefix="ringbook_bm_batch_"))
 atexit.register(shutil.rmtree, SCRATCH, True)
 FILES = 32
+MANY_TASKS = 3000   # a year of files, for the driver's own work per task
 LEVELS = 10
 SECOND = 10**9
 
@@ -242,11 +245,11 @@ def nothing():
     return 0
 
 
-def time_overhead(loops, pools, kind):
+def time_overhead(loops, pools, kind, tasks=FILES):
     runner = pools.get(kind)
     started = time.perf_counter()
     for _ in range(loops):
-        batch.run_tasks(runner, nothing, [()] * FILES)
+        batch.run_tasks(runner, nothing, [()] * tasks)
     return time.perf_counter() - started
 
 
@@ -276,6 +279,7 @@ def benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools):
         "batch_1_worker": bench(time_batch, pools, "one"),
         "batch_2_workers": bench(time_batch, pools, "two"),
         "task_overhead_pool": bench(time_overhead, pools, "two", inner_loops=FILES),
+        "task_overhead_pool_many": bench(time_overhead, pools, "two", MANY_TASKS, inner_loops=MANY_TASKS),
         "task_overhead_dask": bench(time_overhead, pools, "dask", inner_loops=FILES),
     }
 
@@ -287,6 +291,8 @@ COMPARISONS = [
                means=f"2 local workers vs one, {FILES} copies of one LOBSTER day"),
     Limit("task_overhead_pool", at_most=0.05 * SHARD_SECONDS,
           means="a shard's scheduling and result transfer, local pool: under 5% of a 1 s shard (time per task)"),
+    Limit("task_overhead_pool_many", at_most=0.05 * SHARD_SECONDS,
+          means=f"the same over {MANY_TASKS:,} tasks in one run: the driver's work per task does not grow with the run"),
     Limit("task_overhead_dask", at_most=0.05 * SHARD_SECONDS,
           means="the same on a local Dask cluster of 2 workers (time per task)"),
     Comparison("shard_lobster", "file_replay_lobster", at_least=0.8,
@@ -317,7 +323,7 @@ def print_rates(results, lobster_feed, binance_feed):
               f"{1 / results[f'snapshots_{name}'].median():,.0f} messages/s, plain replay "
               f"{1 / results[f'replay_{name}'].median():,.0f} messages/s")
     shard = results["batch_1_worker"].median() / FILES
-    for name in ("task_overhead_pool", "task_overhead_dask"):
+    for name in ("task_overhead_pool", "task_overhead_pool_many", "task_overhead_dask"):
         per_task = results[name].median()
         print(f"  {name}: {per_task * 1e3:.2f} ms a task, {per_task / shard:.1%} of a {shard:.2f} s shard")
 

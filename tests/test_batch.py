@@ -158,6 +158,14 @@ def test_one_input_given_alone_is_one_input(inputs, reference, tmp_path):
     assert [entry["file"] for entry in files] == [str(path)] and totals["mismatches"] == 0
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_task_that_returns_none_is_a_result(workers):
+    """None is a task's result like any other, not a sign that its pool broke (it was taken for
+    one, and each task ran three times, then failed)."""
+    with batch.executor(workers) as runner:
+        assert batch.run_tasks(runner, time.sleep, [(0,)] * 6) == [None] * 6
+
+
 STATE_BYTES = 8 << 20
 
 
