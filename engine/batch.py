@@ -36,9 +36,9 @@ Faults: a task whose worker dies (killed, out of memory) is run again, up to
 ``attempts`` times in all; Dask does the same for its workers. Local workers
 that die before any task ends, in two pools one after the other, stop the run
 (:class:`WorkersCannotStart`): a script that starts them without the
-``__main__`` guard makes each worker start workers as it imports the script. A task that
-raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError` naming
-file, line and field) fails alone; the others finish.
+``__main__`` guard makes each worker start workers as it imports the script.
+A task that raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError`
+naming file, line and field) fails alone; the others finish.
 """
 
 import concurrent.futures
@@ -589,6 +589,12 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
     bar = _Progress(len(arguments), progress, description)
     try:
         while waiting or in_flight:
+            if broken and not in_flight:
+                pools_lost += not any_ended
+                if pools_lost == 2:
+                    raise WorkersCannotStart()
+                runner.restart()
+                broken = False
             while (waiting and len(in_flight) < window and waiting[0] < first_unfinished + horizon
                    and not broken):
                 k = heapq.heappop(waiting)
@@ -603,25 +609,18 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
                 broken = True
                 if runs[k] < attempts:
                     heapq.heappush(waiting, k)
-                else:
-                    result = TaskFailure("its worker process died", "WorkerDied")
+                    continue
+                result = TaskFailure("its worker process died", "WorkerDied")
             else:
                 any_ended = True
-            if result is not _POOL_BROKEN:
-                if on_result is None:
-                    results[k] = result
-                else:
-                    on_result(k, result)
-                finished_tasks[k] = 1
-                while first_unfinished < len(arguments) and finished_tasks[first_unfinished]:
-                    first_unfinished += 1
-                bar.update()
-            if broken and not in_flight:
-                pools_lost += not any_ended
-                if pools_lost == 2:
-                    raise WorkersCannotStart()
-                runner.restart()
-                broken = False
+            if on_result is None:
+                results[k] = result
+            else:
+                on_result(k, result)
+            finished_tasks[k] = 1
+            while first_unfinished < len(arguments) and finished_tasks[first_unfinished]:
+                first_unfinished += 1
+            bar.update()
     finally:
         bar.close()
     return results
@@ -975,7 +974,7 @@ class ReplayError(RuntimeError):
     def __init__(self, failures, results):
         self.failures = failures
         self.results = results
-        lines = [failure_line(" ", path, failure.error) for path, failure in failures]
+        lines = [failure_line(" ", path, failure.error) for path, failure in failures]   # indented
         super().__init__(f"{len(failures)} of the files failed:\n" + "\n".join(lines))
 
 

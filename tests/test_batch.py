@@ -289,7 +289,8 @@ def test_sigkilled_worker_is_retried_with_identical_results(inputs, reference, t
 def test_a_script_without_the_main_guard_is_told_so(inputs, tmp_path):
     """Spawned workers import the script that started them; one that calls replay_files at its
     top level makes each worker start workers, and die. The run stops after two pools died
-    with nothing done, and says why (it ran each shard three times, then named none)."""
+    with nothing done, and says why (each shard ran three times, then failed as "its worker
+    process died")."""
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(f"""
         import numba
