@@ -736,7 +736,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ringbook.engine.batch import is_folder_of_inputs
+    from ringbook.engine.inputs import is_folder_of_inputs
 
     if (len(args.files) > 1 or args.workers is not None or args.cluster is not None
             or is_folder_of_inputs(args.files[0])):
@@ -748,7 +748,7 @@ def run(args):
         return batch.run_check(args)
     args.file = args.files[0]
     if args.format is None:
-        from ringbook.engine.batch import detect_format
+        from ringbook.engine.inputs import detect_format
 
         try:
             args.format = detect_format(args.file)

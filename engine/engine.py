@@ -512,7 +512,6 @@ class Engine:
 
     def _build_report(self):
         words = self.counters
-        config = self.config
         elapsed_ns = (self.scheduler.stopped_ns or time.monotonic_ns()) - self.started_ns
         events = int(words[C.BOOK_EVENTS])
         values = self.histogram.percentiles(PERCENTILES)

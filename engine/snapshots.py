@@ -624,14 +624,14 @@ def add_arguments(parser):
 def run(args):
     import sys
 
-    from ringbook.engine import batch
+    from ringbook.engine import batch, tasks
 
     try:
         report = batch.snapshot_files(args.files, args.out, levels=args.levels, interval=args.interval,
                                       format=args.format, workers=args.workers, cluster=args.cluster,
                                       force=args.force, progress=not args.no_progress,
                                       input_format=args.input_format)
-    except (ValueError, OSError, ImportError, batch.WorkersCannotStart) as error:
+    except (ValueError, OSError, ImportError, tasks.WorkersCannotStart) as error:
         print(f"ringbook snapshots: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -644,5 +644,5 @@ def run(args):
     print(f"{len(report.done)} files done, {len(report.skipped)} already done, {len(report.failed)} failed; "
           f"{shards} shards, {rows} rows in {args.out}")
     for path, failure in report.failed:
-        print(batch.failure_line("FAILED", path, failure.error))
+        print(tasks.failure_line("FAILED", path, failure.error))
     return 0 if report.ok else 1

@@ -46,7 +46,7 @@ import numpy as np
 
 from harness import Comparison, Limit, bench, make_runner, run_subject
 
-from ringbook.engine import batch, snapshots
+from ringbook.engine import batch, inputs, snapshots, tasks
 from ringbook.engine.check import feed_ticks
 from ringbook.engine.feeds import synthetic
 from ringbook.kernels import book as books
@@ -110,7 +110,7 @@ def copies(count):
 
 
 def source_feed(path):
-    feed, orderbook, exchange = batch.read_source(batch.sources([path])[0])
+    feed, orderbook, exchange = inputs.read_source(inputs.sources([path])[0])
     return feed, orderbook, exchange
 
 
@@ -162,7 +162,7 @@ def time_in_new_folders(loops, work, prefix):
 def time_shard(loops, path, seconds=1):
     """A worker's whole shard, each into a folder of its own: a batch writes new files (renaming
     over an earlier output, as only a ``--force`` rerun does, makes ext4 write it out at once)."""
-    source = batch.sources([path])[0]
+    source = inputs.sources([path])[0]
     return time_in_new_folders(
         loops, lambda out: batch.snapshot_task(source, str(out), LEVELS, seconds * SECOND, f"{seconds}s", "csv"),
         "shard")
@@ -170,10 +170,10 @@ def time_shard(loops, path, seconds=1):
 
 def time_file_replay(loops, path):
     """The peer of a shard: read the same file and replay it, in one process, nothing written."""
-    source = batch.sources([path])[0]
+    source = inputs.sources([path])[0]
     started = time.perf_counter()
     for _ in range(loops):
-        feed, _, _ = batch.read_source(source)
+        feed, _, _ = inputs.read_source(source)
         apply_events(new_book(feed), feed.events, 0, len(feed.events))
     return time.perf_counter() - started
 
@@ -181,10 +181,10 @@ def time_file_replay(loops, path):
 def time_file_snapshots(loops, path):
     """The same snapshots without the batch layer: read, take them and write the CSV in one
     process, with no hash, manifest entry or task around them."""
-    source = batch.sources([path])[0]
+    source = inputs.sources([path])[0]
 
     def work(out):
-        feed, orderbook, exchange = batch.read_source(source)
+        feed, orderbook, exchange = inputs.read_source(source)
         pieces = snapshots.snapshot_pieces(feed, 0, SECOND, LEVELS, exchange=exchange, orderbook=orderbook)
         snapshots.write_snapshots(pieces, out / "snapshots.csv", "csv", durable=False)
 
@@ -220,11 +220,11 @@ class Pools:
 
                 cluster = self.stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1,
                                                                 dashboard_address=None))
-                pool = self.stack.enter_context(batch.executor(cluster=self.stack.enter_context(Client(cluster))))
+                pool = self.stack.enter_context(tasks.executor(cluster=self.stack.enter_context(Client(cluster))))
             else:
                 workers = 1 if kind == "one" else 2
-                pool = self.stack.enter_context(batch.executor(workers=workers))
-                batch.run_tasks(pool, batch.prepare_worker, [()] * 2 * workers)  # start and warm the processes
+                pool = self.stack.enter_context(tasks.executor(workers=workers))
+                tasks.run_tasks(pool, tasks.prepare_worker, [()] * 2 * workers)  # start and warm the processes
             self.started[kind] = pool
         return self.started[kind]
 
@@ -236,8 +236,8 @@ def time_batch(loops, pools, kind):
     runner, paths = pools.get(kind), pools.paths()
     started = time.perf_counter()
     for _ in range(loops):
-        batch.run_tasks(runner, batch.snapshot_task,
-                        [(source, str(pools.out), LEVELS, SECOND, "1s", "csv") for source in batch.sources(paths)])
+        tasks.run_tasks(runner, batch.snapshot_task,
+                        [(source, str(pools.out), LEVELS, SECOND, "1s", "csv") for source in inputs.sources(paths)])
     return time.perf_counter() - started
 
 
@@ -249,7 +249,7 @@ def time_overhead(loops, pools, kind, tasks=FILES):
     runner = pools.get(kind)
     started = time.perf_counter()
     for _ in range(loops):
-        batch.run_tasks(runner, nothing, [()] * tasks)
+        tasks.run_tasks(runner, nothing, [()] * tasks)
     return time.perf_counter() - started
 
 
@@ -334,7 +334,7 @@ def main():
     lobster_feed, _, _ = source_feed(MESSAGES)
     binance_feed, _, _ = source_feed(CAPTURE)
     ten_level_feed, _, _ = source_feed(TEN_LEVELS)
-    batch.prepare_worker()
+    tasks.prepare_worker()
     time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
     time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
     time_shard(1, TEN_LEVELS)

@@ -23,9 +23,10 @@ import numba
 import numpy as np
 import pytest
 
-from ringbook.engine import batch, cli
+from ringbook.engine import batch, cli, tasks
 from ringbook.engine.feeds import synthetic
 from ringbook.engine.feeds.source import Feed
+from ringbook.engine.inputs import Source, content_hash, detect_format, read_source, sources
 from ringbook.kernels.book import best_ask, best_bid, imbalance
 from ringbook.kernels.events import Instruments, empty_events
 
@@ -162,8 +163,8 @@ def test_one_input_given_alone_is_one_input(inputs, reference, tmp_path):
 def test_a_task_that_returns_none_is_a_result(workers):
     """None is a task's result like any other, not a sign that its pool broke (it was taken for
     one, and each task ran three times, then failed)."""
-    with batch.executor(workers) as runner:
-        assert batch.run_tasks(runner, time.sleep, [(0,)] * 6) == [None] * 6
+    with tasks.executor(workers) as runner:
+        assert tasks.run_tasks(runner, time.sleep, [(0,)] * 6) == [None] * 6
 
 
 STATE_BYTES = 8 << 20
@@ -187,7 +188,7 @@ def test_reduce_holds_a_few_states_at_a_time(tmp_path, workers):
     slow first one: 16 shards' states of 8 MiB each were all held until the end."""
     paths = [synthetic.write_lobster(tmp_path, messages=300 if k == 0 else 200, levels=2, seed=k,
                                      ticker=f"D{k}")[0] for k in range(16)]
-    sizes = [len(batch.read_source(source)[0].events) for source in batch.sources(paths)]
+    sizes = [len(read_source(source)[0].events) for source in sources(paths)]
     assert sizes[0] not in sizes[1:]
     make_state = functools.partial(large_state, slow_events=sizes[0])
     batch.replay_files(paths[1:2], count_events, large_state, workers=0)   # compiled before tracing
@@ -310,7 +311,7 @@ def test_a_script_without_the_main_guard_is_told_so(inputs, tmp_path):
     run = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("ringbook.engine.batch.WorkersCannotStart: the worker processes died before any task")
+    assert last.startswith("ringbook.engine.tasks.WorkersCannotStart: the worker processes died before any task")
     assert 'under `if __name__ == "__main__":`' in last
     assert time.monotonic() - started < 120
 
@@ -479,7 +480,7 @@ def test_redo_is_unrecorded_before_its_outputs_are_rewritten(tmp_path):
     files = folder_bytes(out)
     options = {"levels": 5, "interval": "1s", "format": "csv"}
     manifest = batch.Manifest(out, options)
-    redo = batch.sources(inputs[:2])
+    redo = sources(inputs[:2])
     manifest.forget(redo)
     saved = json.loads((out / batch.MANIFEST).read_text())
     assert set(saved["files"]) == {str(path) for path in inputs[2:]}
@@ -519,7 +520,7 @@ def test_manifest_saved_at_intervals_and_at_the_end(tmp_path, monkeypatch):
     """Thousands of inputs: saving the whole manifest after each would cost more than they do."""
     monkeypatch.setattr(batch.Manifest, "SAVE_EVERY", 3600.0)
     manifest = batch.Manifest(tmp_path, {"levels": 1})
-    inputs = [batch.Source(f"/data/day{k}.csv", "tardis") for k in range(50)]
+    inputs = [Source(f"/data/day{k}.csv", "tardis") for k in range(50)]
     for source in inputs:
         manifest.record(source, {"status": "done", "shards": []})
     def saved():
@@ -601,21 +602,21 @@ def test_one_run_at_a_time_writes_to_a_folder(tmp_path):
 
 def test_formats_and_lobster_pairs(tmp_path):
     inputs = make_inputs(tmp_path, lobster_files=1)
-    assert [batch.detect_format(path) for path in inputs] == ["lobster", "binance", "tardis"]
+    assert [detect_format(path) for path in inputs] == ["lobster", "binance", "tardis"]
     orderbook = str(inputs[0]).replace("_message_", "_orderbook_")
-    found = batch.sources([orderbook, *inputs])
+    found = sources([orderbook, *inputs])
     assert [source.path for source in found] == [str(path) for path in inputs]
     assert found[0].orderbook == orderbook
     with pytest.raises(ValueError, match="cannot tell"):
         (tmp_path / "x.txt").write_text("hello\n")
-        batch.detect_format(tmp_path / "x.txt")
+        detect_format(tmp_path / "x.txt")
 
 
 def test_an_input_given_twice_is_one_input(tmp_path):
     inputs = make_inputs(tmp_path, lobster_files=1)
     again = tmp_path / "again"
     again.symlink_to(tmp_path)
-    found = batch.sources([inputs[1], inputs[2], inputs[1], again / inputs[2].name])
+    found = sources([inputs[1], inputs[2], inputs[1], again / inputs[2].name])
     assert [source.path for source in found] == [str(inputs[1]), str(inputs[2])]
 
 
@@ -673,9 +674,9 @@ def test_content_hash_is_blake3_of_the_files_in_order(tmp_path):
     for k, (start, stop) in enumerate(zip(cuts, cuts[1:])):
         paths.append(tmp_path / f"part{k}")
         paths[-1].write_bytes(data[start:stop])
-    assert batch.content_hash(paths) == blake3.blake3(data).hexdigest()
-    assert batch.content_hash(paths[::-1]) != blake3.blake3(data).hexdigest()
-    assert batch.content_hash([]) == blake3.blake3(b"").hexdigest()
+    assert content_hash(paths) == blake3.blake3(data).hexdigest()
+    assert content_hash(paths[::-1]) != blake3.blake3(data).hexdigest()
+    assert content_hash([]) == blake3.blake3(b"").hexdigest()
 
 
 @pytest.mark.parametrize("text, ns", [("1s", 10**9), ("250ms", 250 * 10**6), ("1m", 60 * 10**9), ("5us", 5000)])

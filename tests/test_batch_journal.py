@@ -10,7 +10,7 @@ import blake3
 import numpy as np
 import pytest
 
-from ringbook.engine import batch, cli
+from ringbook.engine import batch, cli, inputs
 from ringbook.engine.feeds import journal as feeds_journal
 from ringbook.engine.feeds import synthetic
 from ringbook.engine.journal import list_segments
@@ -53,8 +53,8 @@ def synthetic_inputs(tmp_path_factory):
 
 def test_a_journal_gives_an_input_per_stream_with_its_orderbook(synthetic_inputs):
     files, journal = synthetic_inputs
-    assert batch.detect_format(journal) == "journal"
-    found = batch.sources([journal])
+    assert inputs.detect_format(journal) == "journal"
+    found = inputs.sources([journal])
     assert [source.stream for source in found] == sorted(feeds_journal.stream_name_of(path) for path in files)
     orderbooks = {source.stream: source.orderbook for source in found}
     for path in files[:2]:
@@ -72,12 +72,12 @@ def test_a_folder_stands_for_its_inputs_and_journals(synthetic_inputs, tmp_path)
     for path in others:
         path.write_text("not an input\n")
     try:
-        found = batch.sources([folder])
-        assert found == batch.sources(sorted(files) + [journal])
+        found = inputs.sources([folder])
+        assert found == inputs.sources(sorted(files) + [journal])
         assert [source.format for source in found].count("journal") == len(files)   # one input per stream
         # `ringbook check` takes only what it has an exchange's truth for; here that is everything.
-        assert batch.sources([folder], folder_formats=batch.CHECKED_FORMATS) == found
-        assert batch.sources([folder], folder_formats=("binance",)) == batch.sources([files[2]])
+        assert inputs.sources([folder], folder_formats=batch.CHECKED_FORMATS) == found
+        assert inputs.sources([folder], folder_formats=("binance",)) == inputs.sources([files[2]])
     finally:
         for path in others:
             path.unlink()
@@ -85,7 +85,7 @@ def test_a_folder_stands_for_its_inputs_and_journals(synthetic_inputs, tmp_path)
     empty.mkdir()
     (empty / "README.txt").write_text("nothing yet\n")
     with pytest.raises(ValueError, match=f"{empty}: a folder without inputs"):
-        batch.sources([empty])
+        inputs.sources([empty])
 
 
 @pytest.mark.slow
@@ -97,7 +97,7 @@ def test_snapshots_of_a_journal_equal_those_of_its_files(synthetic_inputs, tmp_p
     expected = outputs(tmp_path / "files")
     assert len(expected) == 3 and outputs(tmp_path / "journal") == expected
     manifest = json.loads((tmp_path / "journal" / batch.MANIFEST).read_text())
-    assert sorted(manifest["files"]) == sorted(source.key for source in batch.sources([journal]))
+    assert sorted(manifest["files"]) == sorted(source.key for source in inputs.sources([journal]))
     assert all(entry["status"] == "done" for entry in manifest["files"].values())
     # A stream's hash is one over its segments' bytes in order.
     for key, entry in manifest["files"].items():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ringbook.engine.engine import Engine
-from ringbook.engine.journal import HEADER_FIXED_BYTES, index_path, list_segments, open_segment
+from ringbook.engine.journal import index_path, list_segments, open_segment
 from ringbook.engine.replay import follow, replay
 from ringbook.kernels import journal as jk
 
