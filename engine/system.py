@@ -95,3 +95,34 @@ def can_lock_memory(length=mmap.PAGESIZE):
     finally:
         del address
         scratch.close()
+
+
+#: glibc's ``mallopt`` parameters, and the thresholds its malloc settles on by itself in a
+#: program that frees large blocks: blocks up to 32 MiB come from the heap and are reused, and
+#: up to twice that stays in the heap when freed.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_ADAPTED_MMAP_THRESHOLD = 32 << 20
+_ADAPTED_TRIM_THRESHOLD = 64 << 20
+#: Settings that turn glibc's adaptation off, when the environment gives them at start.
+_FIXED_MALLOC = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def reuse_freed_blocks():
+    """Let glibc's malloc keep and reuse freed large blocks when the environment fixed its
+    thresholds; returns whether it changed them.
+
+    glibc gives blocks over 128 KiB their own mapping at first, and raises that threshold as
+    such blocks are freed, so a program that allocates and frees large arrays soon reuses
+    them. Setting any threshold at start (``MALLOC_TRIM_THRESHOLD_``, which Dask's nanny sets
+    to 64 KiB for its workers) turns this off: every array over 128 KiB is then mapped anew and
+    faulted in page by page, and unmapped when freed. This sets the thresholds glibc itself
+    would reach.
+    """
+    if not any(name in os.environ for name in _FIXED_MALLOC):
+        return False
+    try:
+        mallopt = _libc().mallopt
+    except (OSError, AttributeError):   # not glibc
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _ADAPTED_MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, _ADAPTED_TRIM_THRESHOLD))

@@ -7,7 +7,8 @@ of their file, so their inverse is messages per second per worker; a batch is on
 - ``batch_1_worker`` / ``batch_2_workers``: ``snapshot_files`` over 32 copies of one
   LOBSTER day (10 levels, 1 s; a fraction of a second's work each: the task overhead
   below is a thousandth of that), on a warmed pool of 1 and of 2 local processes. The
-  ratio is the scaling.
+  ratio is the scaling. ``batch_dask_2_workers``: the same on a local Dask cluster of 2
+  worker processes (started by Dask's nanny, as ``dask worker`` starts them).
 - ``task_overhead_pool`` / ``task_overhead_dask``: 32 tasks that do nothing,
   on a warmed local pool (2 processes) and a local Dask cluster (2 worker
   processes), per task: each shard's scheduling and result transfer.
@@ -245,11 +246,11 @@ def nothing():
     return 0
 
 
-def time_overhead(loops, pools, kind, tasks=FILES):
+def time_overhead(loops, pools, kind, count=FILES):
     runner = pools.get(kind)
     started = time.perf_counter()
     for _ in range(loops):
-        tasks.run_tasks(runner, nothing, [()] * tasks)
+        tasks.run_tasks(runner, nothing, [()] * count)
     return time.perf_counter() - started
 
 
@@ -278,6 +279,7 @@ def benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools):
         "file_replay_lobster_10_levels": bench(time_file_replay, TEN_LEVELS, inner_loops=ten_levels),
         "batch_1_worker": bench(time_batch, pools, "one"),
         "batch_2_workers": bench(time_batch, pools, "two"),
+        "batch_dask_2_workers": bench(time_batch, pools, "dask"),
         "task_overhead_pool": bench(time_overhead, pools, "two", inner_loops=FILES),
         "task_overhead_pool_many": bench(time_overhead, pools, "two", MANY_TASKS, inner_loops=MANY_TASKS),
         "task_overhead_dask": bench(time_overhead, pools, "dask", inner_loops=FILES),
@@ -289,6 +291,9 @@ SHARD_SECONDS = 1.0
 COMPARISONS = [
     Comparison("batch_2_workers", "batch_1_worker", at_least=1.7,
                means=f"2 local workers vs one, {FILES} copies of one LOBSTER day"),
+    Comparison("batch_dask_2_workers", "batch_2_workers",
+               means=f"the same {FILES} files on a local Dask cluster of 2 worker processes vs 2 local processes "
+                     "(here the scheduler and the workers' own threads share the 2 cores)"),
     Limit("task_overhead_pool", at_most=0.05 * SHARD_SECONDS,
           means="a shard's scheduling and result transfer, local pool: under 5% of a 1 s shard (time per task)"),
     Limit("task_overhead_pool_many", at_most=0.05 * SHARD_SECONDS,

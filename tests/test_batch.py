@@ -230,6 +230,31 @@ def test_real_dask_scheduler_and_workers_same_bytes(inputs, reference, tmp_path,
                        expected_states)
 
 
+def faults_of_freed_arrays():
+    """This process's ``MALLOC_TRIM_THRESHOLD_``, and the page faults of 50 arrays of 1 MiB, each freed at once."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        np.ones(1 << 17)
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.slow
+def test_dask_workers_reuse_freed_arrays(dask_cluster):
+    """Dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536, under which glibc maps each
+    array over 128 KiB anew and faults it in: a shard took twice as long on a Dask worker as on a
+    local one. A prepared worker reuses them."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(dask_cluster) as client, tasks.executor(cluster=client):
+        found = client.run(faults_of_freed_arrays)
+    assert len(found) == 2
+    pages = 50 * (1 << 20) // os.sysconf("SC_PAGE_SIZE")
+    for threshold, faults in found.values():
+        assert threshold == "65536"   # the nanny's
+        assert faults < pages // 20
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("format", ["parquet", "npz"])
 def test_parquet_and_npz_same_bytes_across_executors(inputs, tmp_path, format):

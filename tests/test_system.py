@@ -30,3 +30,41 @@ def test_l2_cache_size_is_none_when_the_kernel_does_not_say(tmp_path, caches):
 def test_l2_cache_size_of_this_machine_is_plausible_or_unknown():
     size = system.l2_cache_bytes()
     assert size is None or 64 << 10 <= size <= 64 << 20
+
+
+FAULTS_OF_FREED_ARRAYS = """
+import resource, sys
+import numpy as np
+from ringbook.engine import system
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        np.ones(1 << 17)   # 1 MiB, freed at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()
+print(faults(), system.reuse_freed_blocks(), faults())
+"""
+
+
+@pytest.mark.parametrize("environment", [{"MALLOC_TRIM_THRESHOLD_": "65536"}, {}])
+def test_freed_arrays_are_reused_also_where_the_environment_fixed_mallocs_thresholds(environment):
+    """Dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536: glibc then maps every
+    array over 128 KiB anew and faults it in page by page (a shard took twice as long)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc")
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+    run = subprocess.run([sys.executable, "-c", FAULTS_OF_FREED_ARRAYS], env={**clean, **environment},
+                         capture_output=True, text=True, timeout=120, check=True)
+    before, changed, after = run.stdout.split()
+    pages = 50 * (1 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert changed == str(bool(environment))
+    if environment:
+        assert int(before) > pages // 2   # each array mapped and faulted in anew
+    assert int(after) < pages // 20       # each reused
