@@ -746,6 +746,27 @@ def test_check_many_files_lines_and_totals(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_check_on_a_real_dask_cluster_reports_as_in_one_process(inputs, dask_cluster):
+    """`ringbook check --cluster` against `dask scheduler` + two `dask worker` processes: the same
+    report as in one process, a malformed file's error included."""
+    bad = Path(inputs[0]).with_name("BAD_2012-06-21_34200000_57600000_message_5.csv")
+    rows = Path(inputs[0]).read_text().splitlines()
+    rows[9] = rows[9].replace(",", ";", 1)
+    bad.write_text("\n".join(rows) + "\n")
+    try:
+        runs = [subprocess.run([sys.executable, "-m", "ringbook.engine.cli", "check", str(bad), *map(str, inputs),
+                                *where, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                for where in (["--workers", "0"], ["--cluster", dask_cluster])]
+    finally:
+        bad.unlink()
+    assert [run.returncode for run in runs] == [2, 2], runs[1].stderr
+    serial, cluster = (json.loads(run.stdout) for run in runs)
+    assert cluster == serial
+    assert serial["files"][0]["line"] == 10 and "error" in serial["files"][0]
+    assert serial["totals"]["checked"] > 0 and serial["totals"]["mismatches"] == 0
+
+
+@pytest.mark.slow
 def test_callback_defined_in_a_script_reaches_workers(tmp_path):
     """A callback in ``__main__`` (a script or a notebook) is not importable: it travels by value."""
     inputs = make_inputs(tmp_path / "in", lobster_files=1)
