@@ -165,6 +165,11 @@ def executor(workers=None, cluster=None):
     cluster : str or dask.distributed.Client, optional
         A Dask scheduler address or a client; every worker is prepared
         (:func:`prepare_worker`) before tasks run.
+
+    Raises
+    ------
+    WorkersCannotStart
+        A Dask worker failed to get ready (ringbook not installed there), naming its error.
     """
     if cluster is not None:
         try:
@@ -176,7 +181,14 @@ def executor(workers=None, cluster=None):
         if not isinstance(cluster, Client):
             client = Client(cluster)
             owned.append(client)
-        client.run(prepare_worker)
+        try:
+            client.run(prepare_worker)
+        except Exception as error:  # noqa: BLE001 - Dask hands a worker's error back as a plain Exception
+            for owned_client in owned:
+                owned_client.close()
+            raise WorkersCannotStart(
+                f"the Dask workers could not get ready: {error}. Each worker needs ringbook and its "
+                "dependencies installed, as this process has them (pip install 'ringbook[dask]')") from None
         workers = sum(int(info.get("nthreads", 1)) for info in client.scheduler_info()["workers"].values())
         return Runner(client.get_executor(pure=False), "dask", workers, client, owned)
     if workers is None:
@@ -335,14 +347,15 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
 
 
 class WorkersCannotStart(RuntimeError):
-    """Worker processes died before any task ended, in two pools one after the other."""
+    """The workers cannot run tasks: local worker processes died before any task ended, in two
+    pools one after the other, or a Dask cluster's workers failed to get ready."""
 
-    def __init__(self):
-        super().__init__(
+    def __init__(self, message=None):
+        super().__init__(message or (
             "the worker processes died before any task ended, twice. A script that runs this with worker "
             "processes must do it under `if __name__ == \"__main__\":` (each spawned worker imports the script, "
             "and must not start workers itself). A task that ends its process (out of memory, a callback's "
-            "segfault) does so too. workers=0 runs in this process, where the error shows.")
+            "segfault) does so too. workers=0 runs in this process, where the error shows."))
 
 
 _POOL_BROKEN = object()

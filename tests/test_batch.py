@@ -2,6 +2,7 @@
 and a real `dask scheduler` with two `dask worker` processes on loopback; a SIGKILLed worker;
 a malformed file among good ones; a rerun that resumes; `ringbook check` over many files."""
 
+import contextlib
 import functools
 import gzip
 import json
@@ -86,25 +87,24 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory):
-    """`dask scheduler` and two `dask worker` processes on 127.0.0.1: the scheduler's address."""
+@contextlib.contextmanager
+def dask_processes(logs, workers=2, worker_environment=None):
+    """`dask scheduler` and ``workers`` `dask worker` processes on 127.0.0.1, run in ``logs`` (which
+    receives their output): the scheduler's address."""
     distributed = pytest.importorskip("distributed")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    logs = tmp_path_factory.mktemp("dask")
     processes = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
-                                   "--port", str(port), "--no-dashboard"], cwd=ROOT, env=environment,
-                                  stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
-    for k in range(2):
+                                   "--port", address.rsplit(":", 1)[1], "--no-dashboard"], cwd=logs,
+                                  env=environment, stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    for k in range(workers):
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
-             "--name", f"worker-{k}"], cwd=ROOT, env=environment,
+             "--name", f"worker-{k}"], cwd=logs, env={**environment, **(worker_environment or {})},
             stdout=open(logs / f"worker-{k}.log", "w"), stderr=subprocess.STDOUT))
     try:
         with distributed.Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+            client.wait_for_workers(workers, timeout=120)
         yield address
     finally:
         for process in reversed(processes):
@@ -114,6 +114,13 @@ def dask_cluster(tmp_path_factory):
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1: the scheduler's address."""
+    with dask_processes(tmp_path_factory.mktemp("dask")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -764,6 +771,25 @@ def test_check_on_a_real_dask_cluster_reports_as_in_one_process(inputs, dask_clu
     assert cluster == serial
     assert serial["files"][0]["line"] == 10 and "error" in serial["files"][0]
     assert serial["totals"]["checked"] > 0 and serial["totals"]["mismatches"] == 0
+
+
+@pytest.mark.slow
+def test_dask_workers_without_ringbook_are_named_in_one_line(inputs, tmp_path):
+    """A cluster whose workers cannot import ringbook: the command says so in one line and exits 2
+    (it was Dask's traceback ending in `Exception: ImportError(...)`)."""
+    missing = tmp_path / "site" / "ringbook"
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text("raise ImportError(\"No module named 'ringbook'\")\n")
+    with dask_processes(tmp_path, workers=1, worker_environment={"PYTHONPATH": str(missing.parent)}) as address:
+        run = subprocess.run([sys.executable, "-m", "ringbook.engine.cli", "snapshots", str(inputs[0]),
+                              "--cluster", address, "--out", str(tmp_path / "out"), "--no-progress"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "ringbook snapshots: the Dask workers could not get ready: ImportError(\"No module named 'ringbook'\"). "
+        "Each worker needs ringbook and its dependencies installed, as this process has them "
+        "(pip install 'ringbook[dask]')"]
+    assert not (tmp_path / "out" / batch.MANIFEST).exists()
 
 
 @pytest.mark.slow
