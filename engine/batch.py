@@ -268,8 +268,6 @@ def _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, work
         else:
             todo.append(source)
 
-    manifest.forget(todo)
-
     def finished(k, result):
         source = todo[k]
         if not isinstance(result, TaskFailure):
@@ -294,6 +292,10 @@ def _snapshot_files(inputs, out_dir, levels, interval, interval_ns, format, work
     if todo:
         try:
             with executor(workers, cluster) as runner:
+                # The lock, not the folder: a worker may have a folder of that name of its own.
+                runner.require_paths([*(path for source in todo for path in source.paths),
+                                      str(out_dir.resolve() / LOCK)])
+                manifest.forget(todo)
                 run_tasks(runner, snapshot_task,
                           [(source, str(out_dir.resolve()), levels, interval_ns, interval, format)
                            for source in todo],
@@ -416,6 +418,7 @@ def replay_files(sources_or_paths, callback, make_state, every=None, reduce=None
     payload = cloudpickle.dumps((callback, make_state))
     fold = _InputOrderFold(inputs, reduce)
     with executor(workers, cluster) as runner:
+        runner.require_paths(path for source in inputs for path in source.paths)
         # Folding, a shard starts at most two a worker past the first unfinished one: the states
         # waiting for an earlier shard's stay few (a slow shard may leave a worker idle meanwhile).
         ahead = None if reduce is None else 2 * max(runner.workers, 1)
@@ -496,6 +499,7 @@ def check_files(paths, *, workers=None, cluster=None, progress=False, input_form
     """
     inputs = sources(paths, input_format, folder_formats=CHECKED_FORMATS)
     with executor(workers, cluster) as runner:
+        runner.require_paths(path for source in inputs for path in source.paths)
         outcomes = run_tasks(runner, check_task, [(source,) for source in inputs], progress=progress,
                              description="check")
     files = []

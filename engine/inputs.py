@@ -40,6 +40,11 @@ class Source:
         return Path(self.path).name if self.stream is None else f"{Path(self.path).name}.{self.stream}"
 
     @property
+    def paths(self):
+        """What a task reads: the input (a journal's folder) and its LOBSTER orderbook file."""
+        return [self.path] if self.orderbook is None else [self.path, self.orderbook]
+
+    @property
     def key(self):
         """What names the input in the manifest and in results: the path, ``#stream`` for a journal's."""
         return self.path if self.stream is None else f"{self.path}#{self.stream}"

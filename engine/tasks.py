@@ -141,11 +141,38 @@ class Runner:
         for owned in reversed(self._owned):
             owned.close()
 
+    def require_paths(self, paths):
+        """On a Dask cluster, refuse to start when a worker does not see one of ``paths`` (inputs,
+        the output folder's lock): the workers read and write them at the same paths.
+
+        Raises
+        ------
+        WorkersCannotStart
+            Naming the first path a worker does not see, and how many workers miss some.
+        """
+        paths = list(paths)
+        if self.kind != "dask" or not paths:
+            return
+        missing = self.client.run(_missing_paths, paths)
+        unseen = {path for found in missing.values() for path in found}
+        if unseen:
+            first = next(path for path in paths if path in unseen)
+            more = f" (and {len(unseen) - 1} more of the {len(paths)} paths)" if len(unseen) > 1 else ""
+            workers = sum(1 for found in missing.values() if found)
+            raise WorkersCannotStart(
+                f"{workers} of the {len(missing)} Dask workers do not see {first}{more}: the inputs and the "
+                "output folder must be on a filesystem the workers share with this process, at the same paths")
+
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, traceback):
         self.close(cancel=exc_type is not None)
+
+
+def _missing_paths(paths):
+    """The paths this process does not see (run on each Dask worker)."""
+    return [path for path in paths if not os.path.exists(path)]
 
 
 def _process_pool(workers):

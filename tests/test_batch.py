@@ -88,9 +88,9 @@ def free_port():
 
 
 @contextlib.contextmanager
-def dask_processes(logs, workers=2, worker_environment=None):
+def dask_processes(logs, workers=2, worker_environment=None, worker_prefix=()):
     """`dask scheduler` and ``workers`` `dask worker` processes on 127.0.0.1, run in ``logs`` (which
-    receives their output): the scheduler's address."""
+    receives their output), each worker's command after ``worker_prefix``: the scheduler's address."""
     distributed = pytest.importorskip("distributed")
     address = f"tcp://127.0.0.1:{free_port()}"
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -99,7 +99,7 @@ def dask_processes(logs, workers=2, worker_environment=None):
                                   env=environment, stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
     for k in range(workers):
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+            [*worker_prefix, sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
              "--name", f"worker-{k}"], cwd=logs, env={**environment, **(worker_environment or {})},
             stdout=open(logs / f"worker-{k}.log", "w"), stderr=subprocess.STDOUT))
     try:
@@ -790,6 +790,44 @@ def test_dask_workers_without_ringbook_are_named_in_one_line(inputs, tmp_path):
         "Each worker needs ringbook and its dependencies installed, as this process has them "
         "(pip install 'ringbook[dask]')"]
     assert not (tmp_path / "out" / batch.MANIFEST).exists()
+
+
+def hidden_from_the_worker(folder):
+    """A command prefix that runs a process in a mount namespace of its own, with an empty tmpfs
+    over ``folder``: it does not see what this process sees there (skips where not allowed)."""
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              'mount -t tmpfs tmpfs "$0" && exec "$@"', str(folder)]
+    if os.geteuid() != 0 or subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("a mount namespace of its own for a process needs root and unshare")
+    return prefix
+
+
+@pytest.mark.slow
+def test_dask_workers_that_do_not_see_the_files_are_told_before_any_shard(tmp_path):
+    """A worker that does not share the inputs' filesystem (here: its own empty tmpfs over their
+    folder). Each shard failed with `No such file or directory`; the run now stops before any
+    shard, saying what the workers must see. The output folder is checked the same way."""
+    inputs = make_inputs(tmp_path / "data", lobster_files=1)
+    out = tmp_path / "out"
+    prefix = hidden_from_the_worker(tmp_path / "data")
+    with dask_processes(tmp_path, workers=1, worker_prefix=prefix) as address:
+        run = subprocess.run([sys.executable, "-m", "ringbook.engine.cli", "snapshots", *map(str, inputs),
+                              "--cluster", address, "--out", str(out), "--no-progress"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        with pytest.raises(tasks.WorkersCannotStart, match="1 of the 1 Dask workers do not see "):
+            batch.replay_files(inputs, spread_and_imbalance, make_state, cluster=address)
+    first = sources(inputs)[0].path
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"ringbook snapshots: 1 of the 1 Dask workers do not see {first} (and 3 more of the 5 paths): the "
+        "inputs and the output folder must be on a filesystem the workers share with this process, at the "
+        "same paths"]
+    assert not (out / batch.MANIFEST).exists()
+    with dask_processes(tmp_path, workers=1, worker_prefix=hidden_from_the_worker(out)) as address:
+        run = subprocess.run([sys.executable, "-m", "ringbook.engine.cli", "snapshots", *map(str, inputs),
+                              "--cluster", address, "--out", str(out), "--no-progress"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and f"do not see {out / batch.LOCK}: " in run.stderr
 
 
 @pytest.mark.slow
