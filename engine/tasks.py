@@ -23,9 +23,11 @@ is run again, up to ``attempts`` times in all; Dask does the same for its
 workers. Local workers that die before any task ends, in two pools one after
 the other, stop the run (:class:`WorkersCannotStart`): a script that starts
 them without the ``__main__`` guard makes each worker start workers as it
-imports the script. A task that raises (a malformed file:
-:class:`~ringbook.engine.feeds.source.FeedError` naming file, line and field)
-fails alone, as a :class:`TaskFailure`; the others finish.
+imports the script. So does a Dask cluster whose workers cannot get ready, or
+do not see the inputs and the output folder, before any task. A task that
+raises (a malformed file: :class:`~ringbook.engine.feeds.source.FeedError`
+naming file, line and field) fails alone, as a :class:`TaskFailure`; the
+others finish.
 """
 
 import concurrent.futures
@@ -375,7 +377,8 @@ def run_tasks(runner, function, arguments, *, attempts=3, progress=False, descri
 
 class WorkersCannotStart(RuntimeError):
     """The workers cannot run tasks: local worker processes died before any task ended, in two
-    pools one after the other, or a Dask cluster's workers failed to get ready."""
+    pools one after the other, or a Dask cluster's workers failed to get ready or do not see the
+    files."""
 
     def __init__(self, message=None):
         super().__init__(message or (
