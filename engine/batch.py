@@ -27,7 +27,7 @@ from pathlib import Path
 
 import blake3
 
-from ringbook.engine.inputs import Source, as_inputs, read_source, source_facts, sources
+from ringbook.engine.inputs import STREAMED, Source, as_inputs, read_source, source_facts, sources, stream_source
 from ringbook.engine.tasks import (TaskFailure, WorkersCannotStart, executor, failure_line, prepare_worker,
                                      run_tasks)
 
@@ -174,13 +174,33 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
 
     Runs on a worker. Returns the manifest entry of the file. Each output is
     written atomically but not synced: the driver syncs them before it records
-    the entry (see the module docstring).
+    the entry (see the module docstring). A Binance capture or a tardis file of
+    one symbol is streamed, a chunk at a time (:func:`_streamed_shards`); any
+    other file is read whole first.
     """
     prepare_worker()
+    facts = source_facts(source)
+    shards = None
+    if source.format in STREAMED:
+        shards = _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format)
+    if shards is None:
+        shards = _read_shards(source, out_dir, levels, interval_ns, interval_text, format)
+    return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
+            "status": "done", "error": None, "shards": shards}
+
+
+def _shard_entry(name, output, tally, events, earliest, latest):
+    return {"symbol": name, "output": output, "rows": tally.rows, "events": events,
+            "first_boundary_ns": tally.first_boundary, "last_boundary_ns": tally.last_boundary,
+            "first_event_ns": int(earliest) if earliest else None,
+            "last_event_ns": int(latest) if latest else None}
+
+
+def _read_shards(source, out_dir, levels, interval_ns, interval_text, format):
+    """The shards of a file read whole, one symbol after another."""
     from ringbook.engine import snapshots
     from ringbook.kernels.snapshots import time_span
 
-    facts = source_facts(source)
     feed, orderbook, exchange = read_source(source)
     shards = []
     for symbol, events in symbol_events(feed):
@@ -191,12 +211,31 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
         tally = snapshots.Tally()
         snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
         _, earliest, latest = time_span(events)
-        shards.append({"symbol": name, "output": output, "rows": tally.rows, "events": len(events),
-                       "first_boundary_ns": tally.first_boundary, "last_boundary_ns": tally.last_boundary,
-                       "first_event_ns": int(earliest) if earliest else None,
-                       "last_event_ns": int(latest) if latest else None})
-    return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
-            "status": "done", "error": None, "shards": shards}
+        shards.append(_shard_entry(name, output, tally, len(events), earliest, latest))
+    return shards
+
+
+def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format):
+    """The shard of a file of one symbol, taken as the file streams (its memory is a chunk's,
+    whatever the file's size); None when the file holds several symbols."""
+    import itertools
+
+    from ringbook.engine import snapshots
+
+    chunks, exchange = stream_source(source)
+    first = next((chunk for chunk in chunks if len(chunk.events)), None)
+    if first is None or len(first.instruments) > 1:
+        return None if first is not None else []
+    name = first.instruments.name_of(0)
+    output = snapshots.output_name(source.name, name, levels, interval_text, format)
+    tally, span = snapshots.Tally(), snapshots.StreamSpan()
+    pieces = snapshots.stream_pieces(itertools.chain([first], chunks), interval_ns, levels, exchange=exchange,
+                                     span=span)
+    try:
+        snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
+    except snapshots.SeveralSymbols:
+        return None
+    return [_shard_entry(name, output, tally, span.events, span.earliest, span.latest)]
 
 
 @dataclass

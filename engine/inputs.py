@@ -224,6 +224,22 @@ def read_source(source):
     raise ValueError(f"unknown format {source.format!r}")
 
 
+#: Formats read as a stream of chunks when a shard streams (:func:`stream_source`).
+STREAMED = ("binance", "tardis")
+
+
+def stream_source(source):
+    """``(chunks, exchange)``: a reader's stream of :class:`~ringbook.engine.feeds.source.Feed`
+    chunks of a Binance capture or a tardis file, in bounded memory (see :data:`STREAMED`)."""
+    from ringbook.engine.feeds import binance, tardis
+
+    if source.format == "binance":
+        return binance.iter_capture(source.path), EXCHANGES["binance"]
+    if source.format == "tardis":
+        return tardis.iter_incremental(source.path), tardis.exchange_of(source.path)
+    raise ValueError(f"a {source.format} input is not streamed")
+
+
 def _read_journal(source):
     """A journal stream read as the capture it was imported from (written back to a temporary
     file, then read by that format's reader); errors name the journal and stream."""

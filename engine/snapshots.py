@@ -3,12 +3,13 @@
 :func:`snapshot_feed` replays a :class:`~ringbook.engine.feeds.source.Feed` into a book and
 takes one snapshot per interval boundary with :mod:`ringbook.kernels.snapshots` (see
 there for what a boundary and its snapshot are); :func:`snapshot_pieces` gives the same
-rows a bounded piece at a time, which the writers take as they come. A LOBSTER message
-file with its orderbook file is seeded from it and reconciled with it after every
-message (:func:`ringbook.kernels.snapshots.reconcile_side`), with the effect on the book
-that ``ringbook check`` has (levels that come into view from beyond those LOBSTER shows
-are taken from the row): each snapshot then equals the orderbook row of the last message
-at or before its boundary.
+rows a bounded piece at a time, which the writers take as they come, and
+:func:`stream_pieces` gives them from a reader's stream of one symbol's chunks, holding
+one chunk at a time. A LOBSTER message file with its orderbook file is seeded from it and
+reconciled with it after every message (:func:`ringbook.kernels.snapshots.reconcile_side`),
+with the effect on the book that ``ringbook check`` has (levels that come into view from
+beyond those LOBSTER shows are taken from the row): each snapshot then equals the
+orderbook row of the last message at or before its boundary.
 
 Files (:func:`write_snapshots`), one per shard, written atomically (a
 temporary file in the same folder, then a rename: :mod:`ringbook.engine.files`)
@@ -233,6 +234,87 @@ def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook
     status = FULL
     while status == FULL:
         status = kernels.finish_snapshots(book, symbol, interval_ns, cursor, *out)
+        if status == FULL:
+            yield piece()
+    books.check_status(status, "the last snapshots")
+    yield piece()
+
+
+class SeveralSymbols(Exception):
+    """A stream given to :func:`stream_pieces` holds a second symbol."""
+
+
+class StreamSpan:
+    """What :func:`stream_pieces` saw of a stream: its events and their least and greatest time."""
+
+    def __init__(self):
+        self.events = 0
+        self.earliest = self.latest = None
+
+    def add(self, events):
+        _, earliest, latest = kernels.time_span(events)
+        self.events += len(events)
+        if earliest:
+            self.earliest = earliest if self.earliest is None else min(self.earliest, earliest)
+            self.latest = latest if self.latest is None else max(self.latest, latest)
+
+
+def stream_pieces(chunks, interval_ns, levels, *, exchange="", depth=4096, piece_rows=None, span=None):
+    """Snapshots of a stream of one symbol's L2 feed chunks (a reader's ``iter_*``), in pieces,
+    holding one chunk at a time: the pieces of :func:`snapshot_pieces` on the whole feed.
+
+    ``chunks`` must hold events of one symbol, id 0, and no orders; the book's ticks are
+    those of the first chunk with events (any tick is exact). ``span``, a
+    :class:`StreamSpan`, counts the events as they pass.
+
+    Raises
+    ------
+    SeveralSymbols
+        When a chunk interns a second symbol: take the whole feed's shards instead.
+    """
+    piece_rows = piece_rows_for(levels) if piece_rows is None else piece_rows
+    if interval_ns <= 0 or levels <= 0 or piece_rows <= 0:
+        raise ValueError(f"interval, levels and piece_rows must be positive, got {interval_ns}, {levels}, "
+                         f"{piece_rows}")
+    book = out = None
+    cursor = kernels.new_cursor()
+    instruments = None
+
+    def piece():
+        rows = int(cursor[kernels.CURSOR_ROWS])
+        cursor[kernels.CURSOR_ROWS] = 0
+        row = instruments.table[0]
+        return Snapshots(exchange, instruments.name_of(0), int(row["price_scale"]), int(row["size_scale"]),
+                         *(array[:rows] for array in out))
+
+    for chunk in chunks:
+        if len(chunk.instruments) > 1:
+            raise SeveralSymbols(chunk.path)
+        events = chunk.events
+        if not len(events):
+            continue
+        if span is not None:
+            span.add(events)
+        if book is None:
+            instruments = chunk.instruments
+            book = books.new_book(n_symbols=1, depth=depth, order_capacity=order_slots_for(events),
+                                  ticks=feed_ticks(chunk, 1))
+        wanted = max(min(kernels.boundary_count(events, interval_ns) + 1, piece_rows), 1024)
+        if out is None or (cursor[kernels.CURSOR_ROWS] == 0 and len(out[0]) < wanted):
+            out = _outputs(wanted, levels)   # rows are kept while a piece is pending
+        next_index, status = 0, FULL
+        while status == FULL:
+            next_index, status = kernels.take_snapshots(book, 0, events, next_index, len(events), interval_ns,
+                                                        cursor, *out)
+            if status == FULL:
+                yield piece()
+        if status < 0:
+            books.check_status(status, f"{chunk.path}, line {int(chunk.lines[next_index])} (event {next_index})")
+    if book is None:
+        return   # no events: no shard
+    status = FULL
+    while status == FULL:
+        status = kernels.finish_snapshots(book, 0, interval_ns, cursor, *out)
         if status == FULL:
             yield piece()
     books.check_status(status, "the last snapshots")

@@ -27,7 +27,7 @@ import pytest
 from ringbook.engine import batch, cli, tasks
 from ringbook.engine.feeds import synthetic
 from ringbook.engine.feeds.source import Feed
-from ringbook.engine.inputs import Source, content_hash, detect_format, read_source, sources
+from ringbook.engine.inputs import Source, content_hash, detect_format, read_source, sources, stream_source
 from ringbook.kernels.book import best_ask, best_bid, imbalance
 from ringbook.kernels.events import Instruments, empty_events
 
@@ -260,6 +260,70 @@ def test_dask_workers_reuse_freed_arrays(dask_cluster):
     for threshold, faults in found.values():
         assert threshold == "65536"   # the nanny's
         assert faults < pages // 20
+
+
+def shard_outputs(task, source, folder, format):
+    """``(manifest entries of the shards, {output: bytes})`` of one of the shard paths of a task."""
+    folder.mkdir()
+    shards = task(source, folder, 5, 10**9, "1s", format)
+    return shards, {shard["output"]: (folder / shard["output"]).read_bytes() for shard in shards}
+
+
+@pytest.mark.parametrize("format", ["csv", "npz", "parquet"])
+@pytest.mark.parametrize("memory_limit", ["1M", None])
+def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, monkeypatch, format, memory_limit):
+    """A Binance capture or a tardis file of one symbol is taken as it streams: the same shard,
+    byte for byte, as from the whole file read first, also when it comes in hundreds of chunks."""
+    if format == "parquet":
+        pytest.importorskip("pyarrow")
+    if memory_limit:
+        monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", memory_limit)
+    tardis = tmp_path / "deribit_incremental_book_L2_TST.csv"
+    tardis.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n" + TARDIS_ROWS)
+    paths = [shared_data / "binance/spot_btcusdt_20240808.gz", tardis,
+             synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=3000)]
+    for k, source in enumerate(sources(paths)):
+        whole = shard_outputs(batch._read_shards, source, tmp_path / f"whole{k}", format)
+        streamed = shard_outputs(batch._streamed_shards, source, tmp_path / f"streamed{k}", format)
+        assert streamed == whole and whole[0][0]["rows"] > 0
+
+
+def test_a_file_of_several_symbols_is_read_whole(tmp_path, monkeypatch):
+    """A second symbol met while streaming (here in a later chunk): the file's shards come from
+    the whole file, one per symbol, and nothing streamed is left behind."""
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "256K")
+    other = TARDIS_ROWS.replace("ex,TST,", "ex,OTH,")
+    path = tmp_path / "deribit_incremental_book_L2_TWO.csv"
+    path.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n"
+                    + TARDIS_ROWS * 40 + other)
+    source = sources([path])[0]
+    assert len(list(stream_source(source)[0])) > 2
+    entry = batch.snapshot_task(source, str(tmp_path), 5, 10**9, "1s", "csv")
+    assert [shard["symbol"] for shard in entry["shards"]] == ["TST", "OTH"]
+    whole = shard_outputs(batch._read_shards, source, tmp_path / "whole", "csv")
+    assert entry["shards"] == whole[0]
+    assert {shard["output"]: (tmp_path / shard["output"]).read_bytes() for shard in entry["shards"]} == whole[1]
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
+
+
+def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch):
+    """The memory a Binance capture's shard takes is its reader's bound, not the file's size: the
+    whole file read first held several times as much here, and grows with the file."""
+    limit = 2 << 20
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", str(limit))
+    source = sources([synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=40_000)])[0]
+    peaks = {}
+    for task in (batch.snapshot_task, batch._read_shards):
+        out = tmp_path / task.__name__
+        out.mkdir()
+        task(source, str(out), 5, 10**9, "1s", "csv")   # compiled before tracing
+        tracemalloc.start()
+        try:
+            task(source, str(out), 5, 10**9, "1s", "csv")
+            peaks[task.__name__] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peaks["snapshot_task"] < 2 * limit and peaks["snapshot_task"] * 4 < peaks["_read_shards"], peaks
 
 
 @pytest.mark.slow
