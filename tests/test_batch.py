@@ -5,6 +5,7 @@ a malformed file among good ones; a rerun that resumes; `ringbook check` over ma
 import contextlib
 import functools
 import gzip
+import itertools
 import json
 import os
 import shutil
@@ -286,6 +287,23 @@ def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, 
         whole = shard_outputs(batch._read_shards, source, tmp_path / f"whole{k}", format)
         streamed = shard_outputs(batch._streamed_shards, source, tmp_path / f"streamed{k}", format)
         assert streamed == whole and whole[0][0]["rows"] > 0
+
+
+def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing(shared_data, tmp_path,
+                                                                                  monkeypatch):
+    """The reader's error (file, line, field) as from the whole file, after chunks were written out."""
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "256K")
+    lines = gzip.open(shared_data / "binance/spot_btcusdt_20240808.gz", "rt").read().splitlines()
+    lines[-10] = lines[-10].replace('"b":', '"b":[["x"', 1)
+    bad = tmp_path / "data" / "bad_btcusdt.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    assert len(list(itertools.islice(stream_source(sources([bad])[0])[0], 3))) == 3
+    report = batch.snapshot_files([bad], tmp_path / "out", levels=5, workers=0)
+    [(path, failure)] = report.failed
+    assert (path, failure.line, failure.field) == (str(bad), len(lines) - 9, "json")
+    assert failure.error == f"{bad}, line {len(lines) - 9}, field 'json': not the expected JSON"
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [batch.LOCK, batch.MANIFEST]
 
 
 def test_a_file_of_several_symbols_is_read_whole(tmp_path, monkeypatch):
