@@ -29,37 +29,14 @@ class KernelDispatcher(CPUDispatcher):
     """
 
     def get_call_template(self, args, kws):
-        # A call from jitted code: compile here rather than load from the disk cache. Loaded
-        # code is machine code only, which the caller can call but not inline: every call
-        # would then pass the book's arrays and count their references, and the caller's
-        # own cache entry would keep that slower code for good (a replay took 1.8 times as
-        # long when the book's kernels had been cached by an earlier process).
-        cache = self._cache
-        self._cache = _SaveOnly(cache)
-        try:
-            plain_args = tuple(types.unliteral(arg) for arg in args)
-            plain_kws = {name: types.unliteral(arg) for name, arg in kws.items()}
-            if plain_args != tuple(args) or plain_kws != kws:
-                try:
-                    return super().get_call_template(plain_args, plain_kws)
-                except (errors.TypingError, errors.ForceLiteralArg):
-                    pass  # typing needs the literal: compile for it
-            return super().get_call_template(args, kws)
-        finally:
-            self._cache = cache
-
-
-class _SaveOnly:
-    """A dispatcher's disk cache that saves what is compiled but loads nothing."""
-
-    def __init__(self, cache):
-        self._cache = cache
-
-    def load_overload(self, *args, **kwargs):
-        return None
-
-    def __getattr__(self, name):
-        return getattr(self._cache, name)
+        plain_args = tuple(types.unliteral(arg) for arg in args)
+        plain_kws = {name: types.unliteral(arg) for name, arg in kws.items()}
+        if plain_args != tuple(args) or plain_kws != kws:
+            try:
+                return super().get_call_template(plain_args, plain_kws)
+            except (errors.TypingError, errors.ForceLiteralArg):
+                pass  # typing needs the literal: compile for it
+        return super().get_call_template(args, kws)
 
 
 def _njit(**options):
