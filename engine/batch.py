@@ -224,8 +224,10 @@ def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format
 
     chunks, exchange = stream_source(source)
     first = next((chunk for chunk in chunks if len(chunk.events)), None)
-    if first is None or len(first.instruments) > 1:
-        return None if first is not None else []
+    if first is None:
+        return []   # no events: no shard, as from the whole file
+    if len(first.instruments) > 1:
+        return None
     name = first.instruments.name_of(0)
     output = snapshots.output_name(source.name, name, levels, interval_text, format)
     tally, span = snapshots.Tally(), snapshots.StreamSpan()

@@ -185,10 +185,7 @@ def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook
     next: write or copy a piece before asking for the next. Parameters as
     :func:`snapshot_feed`.
     """
-    piece_rows = piece_rows_for(levels) if piece_rows is None else piece_rows
-    if interval_ns <= 0 or levels <= 0 or piece_rows <= 0:
-        raise ValueError(f"interval, levels and piece_rows must be positive, got {interval_ns}, {levels}, "
-                         f"{piece_rows}")
+    piece_rows = _checked_piece_rows(interval_ns, levels, piece_rows)
     events, lines = feed.events, feed.lines
     if len(feed.instruments) > 1:   # a file of one instrument is used as it is, not copied
         mine = events["symbol"] == symbol
@@ -207,7 +204,6 @@ def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook
         cursor[kernels.CURSOR_ROWS] = 0
         return Snapshots(exchange, name, price_scale, size_scale, *(array[:rows] for array in out))
 
-    next_index, status = 0, FULL
     if orderbook is not None and len(events):
         books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]), 0),
                            "seeding the book")
@@ -216,21 +212,43 @@ def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook
         capacity = book.prices.shape[2] + book.ladders.shape[2]
         every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
         row_of_event = _lobster_rows(feed, orderbook)
-        previous = -1
+        next_index, status, previous = 0, FULL, -1
         while status == FULL:
             next_index, status, previous = lobster_snapshots(
                 book, symbol, events, row_of_event, orderbook.ask_price, orderbook.ask_size, orderbook.bid_price,
                 orderbook.bid_size, *found, *every_level, counters, interval_ns, cursor, *out, next_index, previous)
             if status == FULL:
                 yield piece()
+        if status < 0:
+            books.check_status(status, f"{feed.path}, line {int(lines[next_index])} (event {next_index})")
     else:
-        while status == FULL:
-            next_index, status = kernels.take_snapshots(book, symbol, events, next_index, len(events), interval_ns,
-                                                        cursor, *out)
-            if status == FULL:
-                yield piece()
+        yield from _taken(book, symbol, events, lines, feed.path, interval_ns, cursor, out, piece)
+    yield from _finished(book, symbol, interval_ns, cursor, out, piece)
+
+
+def _checked_piece_rows(interval_ns, levels, piece_rows):
+    """``piece_rows`` (default :func:`piece_rows_for` the levels), once the arguments are checked."""
+    piece_rows = piece_rows_for(levels) if piece_rows is None else piece_rows
+    if interval_ns <= 0 or levels <= 0 or piece_rows <= 0:
+        raise ValueError(f"interval, levels and piece_rows must be positive, got {interval_ns}, {levels}, "
+                         f"{piece_rows}")
+    return piece_rows
+
+
+def _taken(book, symbol, events, lines, path, interval_ns, cursor, out, piece):
+    """Apply ``events`` and take their snapshots, yielding a piece each time the outputs are full."""
+    next_index, status = 0, FULL
+    while status == FULL:
+        next_index, status = kernels.take_snapshots(book, symbol, events, next_index, len(events), interval_ns,
+                                                    cursor, *out)
+        if status == FULL:
+            yield piece()
     if status < 0:
-        books.check_status(status, f"{feed.path}, line {int(lines[next_index])} (event {next_index})")
+        books.check_status(status, f"{path}, line {int(lines[next_index])} (event {next_index})")
+
+
+def _finished(book, symbol, interval_ns, cursor, out, piece):
+    """The last boundary's rows, then the last piece (a shard always yields one)."""
     status = FULL
     while status == FULL:
         status = kernels.finish_snapshots(book, symbol, interval_ns, cursor, *out)
@@ -272,10 +290,7 @@ def stream_pieces(chunks, interval_ns, levels, *, exchange="", depth=4096, piece
     SeveralSymbols
         When a chunk interns a second symbol: take the whole feed's shards instead.
     """
-    piece_rows = piece_rows_for(levels) if piece_rows is None else piece_rows
-    if interval_ns <= 0 or levels <= 0 or piece_rows <= 0:
-        raise ValueError(f"interval, levels and piece_rows must be positive, got {interval_ns}, {levels}, "
-                         f"{piece_rows}")
+    piece_rows = _checked_piece_rows(interval_ns, levels, piece_rows)
     book = out = None
     cursor = kernels.new_cursor()
     instruments = None
@@ -302,23 +317,9 @@ def stream_pieces(chunks, interval_ns, levels, *, exchange="", depth=4096, piece
         wanted = max(min(kernels.boundary_count(events, interval_ns) + 1, piece_rows), 1024)
         if out is None or (cursor[kernels.CURSOR_ROWS] == 0 and len(out[0]) < wanted):
             out = _outputs(wanted, levels)   # rows are kept while a piece is pending
-        next_index, status = 0, FULL
-        while status == FULL:
-            next_index, status = kernels.take_snapshots(book, 0, events, next_index, len(events), interval_ns,
-                                                        cursor, *out)
-            if status == FULL:
-                yield piece()
-        if status < 0:
-            books.check_status(status, f"{chunk.path}, line {int(chunk.lines[next_index])} (event {next_index})")
-    if book is None:
-        return   # no events: no shard
-    status = FULL
-    while status == FULL:
-        status = kernels.finish_snapshots(book, 0, interval_ns, cursor, *out)
-        if status == FULL:
-            yield piece()
-    books.check_status(status, "the last snapshots")
-    yield piece()
+        yield from _taken(book, 0, events, chunk.lines, chunk.path, interval_ns, cursor, out, piece)
+    if book is not None:   # no events: no shard
+        yield from _finished(book, 0, interval_ns, cursor, out, piece)
 
 
 def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=None, depth=4096):
