@@ -174,9 +174,9 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
 
     Runs on a worker. Returns the manifest entry of the file. Each output is
     written atomically but not synced: the driver syncs them before it records
-    the entry (see the module docstring). A Binance capture or a tardis file of
-    one symbol is streamed, a chunk at a time (:func:`_streamed_shards`); any
-    other file is read whole first.
+    the entry (see the module docstring). A LOBSTER file, a Binance capture or
+    a tardis file of one symbol is streamed, a chunk at a time
+    (:func:`_streamed_shards`); any other file is read whole first.
     """
     prepare_worker()
     facts = source_facts(source)
@@ -222,7 +222,7 @@ def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format
 
     from ringbook.engine import snapshots
 
-    chunks, exchange = stream_source(source)
+    chunks, orderbook, exchange = stream_source(source)
     first = next((chunk for chunk in chunks if len(chunk.events)), None)
     if first is None:
         return []   # no events: no shard, as from the whole file
@@ -232,7 +232,7 @@ def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format
     output = snapshots.output_name(source.name, name, levels, interval_text, format)
     tally, span = snapshots.Tally(), snapshots.StreamSpan()
     pieces = snapshots.stream_pieces(itertools.chain([first], chunks), interval_ns, levels, exchange=exchange,
-                                     span=span)
+                                     orderbook=orderbook, span=span)
     try:
         snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
     except snapshots.SeveralSymbols:

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ringbook.engine.feeds import binance, lobster
-from ringbook.engine.feeds.source import MIN_MEMORY_LIMIT, FeedError
+from ringbook.engine.feeds.source import FeedError
 from ringbook.engine.journal import JournalError
 from ringbook.kernels import book as books
 from ringbook.kernels.book import NO_PRICE, STAT_GAPS, STAT_STALE, STAT_UNKNOWN_ORDERS, borrow
@@ -58,7 +58,8 @@ from ringbook.kernels.events import (ASK, BID, FLAG_BATCH_END, KIND_L2_SET, KIND
                             KIND_L3_EXECUTE, KIND_SEQUENCE, KIND_TOP_OF_BOOK)
 from ringbook.kernels.fixed import format_decimal
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
-from ringbook.kernels.orders import ORDER_QUANTITY, find_order, with_more_order_slots
+from ringbook.kernels.orders import (ORDER_QUANTITY, find_order, with_more_order_slots,
+                                     with_room_for_orders)
 from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.snapshots import (compare_window, is_row, is_row_and_edge, resync_side, revealed_levels,
                                         row_window, shown_levels)
@@ -353,67 +354,9 @@ def _first_mismatch(counters, line, event, price_scale, size_scale):
             "found": level(counters[FOUND_PRICE], counters[FOUND_QUANTITY])}
 
 
-class _OrderbookRows:
-    """The rows of a streamed LOBSTER orderbook file, handed out by record, chunk after chunk.
-
-    Keeps the rows not yet paired with a message, and the row compared last
-    (its window bounds the next comparison).
-    """
-
-    def __init__(self, chunks):
-        self.chunks = chunks
-        self.held = []
-        self.previous = None
-        self.first = None
-        self.last_record = -1
-        self.last_line = None
-        self.exhausted = False
-
-    def _pull(self):
-        chunk = next(self.chunks, None)
-        if chunk is None:
-            self.exhausted = True
-            return
-        if len(chunk):
-            self.held.append(chunk)
-            self.last_record, self.last_line = int(chunk.records[-1]), int(chunk.lines[-1])
-            if self.first is None:
-                self.first = chunk
-
-    def first_rows(self):
-        """The first chunk of rows (None for a file whose rows were all skipped)."""
-        while self.first is None and not self.exhausted:
-            self._pull()
-        return self.first
-
-    def upto(self, record):
-        """Rows with a record up to ``record``, as one OrderbookFile whose row 0 is the
-        previous row when there is one (then ``previous`` is 0, else -1)."""
-        while not self.exhausted and self.last_record < record:
-            self._pull()
-        parts = ([self.previous] if self.previous is not None else []) + self.held
-        names = ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")
-        columns = {name: np.concatenate([getattr(part, name) for part in parts]) for name in names}
-        keep = columns["records"] <= record
-        if self.previous is not None:
-            keep[0] = True
-        later = {name: values[~keep] for name, values in columns.items()}
-        self.held = [lobster.OrderbookFile(**later, path="", skipped_lines=[])] if len(later["lines"]) else []
-        rows = lobster.OrderbookFile(**{name: values[keep] for name, values in columns.items()}, path="",
-                                     skipped_lines=[])
-        return rows, (0 if self.previous is not None else -1)
-
-    def keep_previous(self, rows, previous):
-        if previous >= 0:
-            self.previous = lobster.OrderbookFile(
-                *(getattr(rows, name)[previous:previous + 1]
-                  for name in ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")),
-                path="", skipped_lines=[])
-
-    def drain(self):
-        while not self.exhausted:
-            self._pull()
-            self.held = []
+#: The rows a LOBSTER check without an orderbook file compares with: none.
+_NO_ROWS = lobster.OrderbookFile(*(np.zeros((0, 1), np.int64),) * 4, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                 "", [])
 
 
 def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, depth=4096,
@@ -422,7 +365,8 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
 
     Both files are streamed side by side (see :mod:`ringbook.engine.feeds.source`),
     each within half of ``memory_limit``. The order table starts at ``order_capacity``
-    slots and doubles whenever it is full: a small table is faster to fill and to probe.
+    slots (a small table is faster to fill and to probe) and doubles whenever it is full,
+    or more than half full between chunks (:func:`ringbook.kernels.orders.with_room_for_orders`).
 
     Returns
     -------
@@ -436,12 +380,8 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
     ringbook.kernels.book.BookError
         An event the book refuses (a duplicate order id, a full order table).
     """
-    half = None if memory_limit is None else max(int(memory_limit) // 2, MIN_MEMORY_LIMIT)
-    chunks = lobster.iter_messages(message_path, skip_malformed=skip_malformed, memory_limit=half)
-    orderbook = None
-    if orderbook_path is not None:
-        orderbook = _OrderbookRows(lobster.iter_orderbook(orderbook_path, skip_malformed=skip_malformed,
-                                                          memory_limit=half))
+    chunks, orderbook = lobster.iter_with_orderbook(message_path, orderbook_path, skip_malformed=skip_malformed,
+                                                    memory_limit=memory_limit)
     result = CheckResult("lobster", str(message_path), orderbook=None if orderbook_path is None
                          else str(orderbook_path))
     counters = _new_counters()
@@ -468,32 +408,26 @@ def check_lobster(message_path, orderbook_path=None, *, skip_malformed=False, de
                     book, symbol, *lobster.levels_before_first(first_rows, chunk.events[0]), 0),
                     "seeding the book")
         last_record = int(chunk.records[-1])
-        if orderbook is not None:
-            rows, previous = orderbook.upto(last_record)
-            row_of_event = np.searchsorted(rows.records, chunk.records)
-            row_of_event = np.minimum(row_of_event, max(len(rows) - 1, 0))
-            paired = (len(rows) > 0) & (rows.records[row_of_event] == chunk.records) if len(rows) else \
-                np.zeros(len(chunk), bool)
-            if previous == 0:
-                paired &= row_of_event > 0
-            row_of_event = np.where(paired, row_of_event, -1).astype(np.int64)
-            sides = rows.ask_price, rows.ask_size, rows.bid_price, rows.bid_size
+        if orderbook is None:
+            windows = [(0, len(chunk), _NO_ROWS, -1, np.full(len(chunk), -1, np.int64))]
         else:
-            row_of_event = np.full(len(chunk), -1, np.int64)
-            sides = (np.zeros((0, 1), np.int64),) * 4
-        levels = max(sides[0].shape[1], 1)
-        found = np.zeros(levels, np.int64), np.zeros(levels, np.int64)
-        start = 0
-        while True:
-            start, previous = check_lobster_kernel(book, symbol, chunk.events, row_of_event, *sides, *found,
-                                                   *every_level, counters, previous, start)
-            if counters[ERROR_STATUS] != ORDER_TABLE_FULL:
-                break
-            # The refused add changed nothing: grow the table and apply it again.
-            book = with_more_order_slots(book)
-            counters[ERROR_EVENT], counters[ERROR_STATUS] = -1, 0
-        if orderbook is not None:
-            orderbook.keep_previous(rows, previous)
+            windows = orderbook.windows(chunk.records)
+        for start, stop, rows, previous, row_of_event in windows:
+            sides = rows.ask_price, rows.ask_size, rows.bid_price, rows.bid_size
+            found = np.zeros(rows.levels, np.int64), np.zeros(rows.levels, np.int64)
+            while True:
+                start, previous = check_lobster_kernel(book, symbol, chunk.events[:stop], row_of_event, *sides,
+                                                       *found, *every_level, counters, previous, start)
+                if counters[ERROR_STATUS] != ORDER_TABLE_FULL:
+                    break
+                # The refused add changed nothing: grow the table and apply it again.
+                book = with_more_order_slots(book)
+                counters[ERROR_EVENT], counters[ERROR_STATUS] = -1, 0
+            if counters[ERROR_EVENT] >= 0:
+                break   # a book error, raised below with its line
+            if orderbook is not None:
+                orderbook.keep_previous(rows, previous)
+            book = with_room_for_orders(book)
         _take_chunk_outcome(result, counters, chunk, chunk.lines, lobster.PRICE_SCALE, lobster.SIZE_SCALE)
     if orderbook is not None:
         first_rows = orderbook.first_rows()

@@ -203,18 +203,12 @@ def _journal_sources(root, given):
 def read_source(source):
     """``(feed, orderbook or None, exchange)`` for a :class:`Source`."""
     from ringbook.engine.feeds import binance, kalshi, lobster, tardis
-    from ringbook.engine.feeds.source import FeedError
 
     if source.format == "journal":
         return _read_journal(source)
     if source.format == "lobster":
-        if source.orderbook is None:
-            # Its messages refer to orders resting before the file starts: a book not seeded
-            # from the orderbook file would be wrong from the first row, silently.
-            wanted = Path(source.path).name.replace("_message_", "_orderbook_")
-            raise FeedError(source.path, None, f"no orderbook file {wanted} beside it or among the inputs (the "
-                            "book is seeded from it: LOBSTER's messages refer to orders resting before the file)")
-        return lobster.read_messages(source.path), lobster.read_orderbook(source.orderbook), EXCHANGES["lobster"]
+        return (lobster.read_messages(source.path), lobster.read_orderbook(_orderbook_of(source)),
+                EXCHANGES["lobster"])
     if source.format == "binance":
         return binance.read_capture(source.path), None, EXCHANGES["binance"]
     if source.format == "tardis":
@@ -224,19 +218,39 @@ def read_source(source):
     raise ValueError(f"unknown format {source.format!r}")
 
 
+def _orderbook_of(source):
+    """A LOBSTER source's orderbook file, which it cannot go without."""
+    from ringbook.engine.feeds.source import FeedError
+
+    if source.orderbook is None:
+        # Its messages refer to orders resting before the file starts: a book not seeded
+        # from the orderbook file would be wrong from the first row, silently.
+        wanted = Path(source.path).name.replace("_message_", "_orderbook_")
+        raise FeedError(source.path, None, f"no orderbook file {wanted} beside it or among the inputs (the "
+                        "book is seeded from it: LOBSTER's messages refer to orders resting before the file)")
+    return source.orderbook
+
+
 #: Formats read as a stream of chunks when a shard streams (:func:`stream_source`).
-STREAMED = ("binance", "tardis")
+STREAMED = ("binance", "tardis", "lobster")
 
 
 def stream_source(source):
-    """``(chunks, exchange)``: a reader's stream of :class:`~ringbook.engine.feeds.source.Feed`
-    chunks of a Binance capture or a tardis file, in bounded memory (see :data:`STREAMED`)."""
-    from ringbook.engine.feeds import binance, tardis
+    """``(chunks, orderbook, exchange)``: a reader's stream of
+    :class:`~ringbook.engine.feeds.source.Feed` chunks of a Binance capture, a tardis file or
+    a LOBSTER message file, in bounded memory (see :data:`STREAMED`); for LOBSTER,
+    ``orderbook`` streams its orderbook file beside it
+    (:class:`~ringbook.engine.feeds.lobster.OrderbookStream`), each file within half the
+    memory limit. ``orderbook`` is None otherwise.
+    """
+    from ringbook.engine.feeds import binance, lobster, tardis
 
     if source.format == "binance":
-        return binance.iter_capture(source.path), EXCHANGES["binance"]
+        return binance.iter_capture(source.path), None, EXCHANGES["binance"]
     if source.format == "tardis":
-        return tardis.iter_incremental(source.path), tardis.exchange_of(source.path)
+        return tardis.iter_incremental(source.path), None, tardis.exchange_of(source.path)
+    if source.format == "lobster":
+        return (*lobster.iter_with_orderbook(source.path, _orderbook_of(source)), EXCHANGES["lobster"])
     raise ValueError(f"a {source.format} input is not streamed")
 
 

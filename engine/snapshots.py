@@ -54,10 +54,10 @@ from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
 from ringbook.kernels.fixed import format_decimal_bytes
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
-from ringbook.kernels.orders import order_slots_for
+from ringbook.kernels.orders import order_slots_for, with_more_order_slots, with_room_for_orders
 from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.slab import copy_bytes
-from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
+from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK, ORDER_TABLE_FULL
 
 FORMATS = ("csv", "parquet", "npz")
 EXTENSIONS = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz"}
@@ -155,16 +155,6 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
     return events.shape[0], OK, previous
 
 
-def _lobster_rows(feed, orderbook):
-    """The orderbook row of each message's event (-1: none), matched by the record they share."""
-    if np.array_equal(feed.records, orderbook.records):
-        return np.arange(len(feed), dtype=np.int64)   # the usual case: both files whole, row for row
-    row_of_record = np.full(int(max(feed.records.max(initial=-1), orderbook.records.max(initial=-1))) + 1,
-                            -1, np.int64)
-    row_of_record[orderbook.records] = np.arange(len(orderbook))
-    return row_of_record[feed.records] if len(feed) else np.zeros(0, np.int64)
-
-
 #: Bytes of a shard's rows held at a time (unless a piece's rows are given): its memory stays
 #: bounded however long its file or short its interval.
 PIECE_BYTES = 1 << 24
@@ -205,24 +195,12 @@ def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook
         return Snapshots(exchange, name, price_scale, size_scale, *(array[:rows] for array in out))
 
     if orderbook is not None and len(events):
-        books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]), 0),
-                           "seeding the book")
-        counters = np.zeros(13, np.int64)
-        found = np.zeros(orderbook.levels, np.int64), np.zeros(orderbook.levels, np.int64)
-        capacity = book.prices.shape[2] + book.ladders.shape[2]
-        every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
-        row_of_event = _lobster_rows(feed, orderbook)
-        next_index, status, previous = 0, FULL, -1
-        while status == FULL:
-            next_index, status, previous = lobster_snapshots(
-                book, symbol, events, row_of_event, orderbook.ask_price, orderbook.ask_size, orderbook.bid_price,
-                orderbook.bid_size, *found, *every_level, counters, interval_ns, cursor, *out, next_index, previous)
-            if status == FULL:
-                yield piece()
-        if status < 0:
-            books.check_status(status, f"{feed.path}, line {int(lines[next_index])} (event {next_index})")
+        _seed(book, symbol, orderbook, events[0])
+        row_of_event = lobster.rows_of_records(orderbook.records, feed.records)
+        book, _ = yield from _reconciled(book, symbol, events, lines, feed.path, orderbook, row_of_event, 0, -1,
+                                         interval_ns, cursor, out, piece)
     else:
-        yield from _taken(book, symbol, events, lines, feed.path, interval_ns, cursor, out, piece)
+        book = yield from _taken(book, symbol, events, lines, feed.path, interval_ns, cursor, out, piece)
     yield from _finished(book, symbol, interval_ns, cursor, out, piece)
 
 
@@ -236,15 +214,56 @@ def _checked_piece_rows(interval_ns, levels, piece_rows):
 
 
 def _taken(book, symbol, events, lines, path, interval_ns, cursor, out, piece):
-    """Apply ``events`` and take their snapshots, yielding a piece each time the outputs are full."""
-    next_index, status = 0, FULL
-    while status == FULL:
-        next_index, status = kernels.take_snapshots(book, symbol, events, next_index, len(events), interval_ns,
-                                                    cursor, *out)
+    """Apply ``events`` and take their snapshots, yielding a piece each time the outputs are full.
+    Returns the book (see :func:`_driven`)."""
+    def step(book, index):
+        return kernels.take_snapshots(book, symbol, events, index, len(events), interval_ns, cursor, *out)
+
+    return (yield from _driven(step, book, 0, lines, path, piece))
+
+
+def _seed(book, symbol, orderbook, first_event):
+    """Seed a LOBSTER replay's book from its orderbook's first row (see ``levels_before_first``)."""
+    books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, first_event), 0),
+                       "seeding the book")
+
+
+def _reconciled(book, symbol, events, lines, path, rows, row_of_event, start, previous, interval_ns, cursor, out,
+                piece):
+    """Apply LOBSTER ``events`` from ``start``, reconciled with their orderbook ``rows``, and take
+    their snapshots, yielding a piece each time the outputs are full (:func:`lobster_snapshots`).
+    Returns ``(book, previous)``: the book (see :func:`_driven`) and the row reconciled last.
+    """
+    found = np.zeros(rows.levels, np.int64), np.zeros(rows.levels, np.int64)
+    capacity = book.prices.shape[2] + book.ladders.shape[2]
+    every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+    counters, last = np.zeros(13, np.int64), [previous]
+
+    def step(book, index):
+        index, status, last[0] = lobster_snapshots(
+            book, symbol, events, row_of_event, rows.ask_price, rows.ask_size, rows.bid_price, rows.bid_size,
+            *found, *every_level, counters, interval_ns, cursor, *out, index, last[0])
+        return index, status
+
+    book = yield from _driven(step, book, start, lines, path, piece)
+    return book, last[0]
+
+
+def _driven(step, book, start, lines, path, piece):
+    """Run ``step(book, index) -> (next index, status)`` from ``start`` to the end: a piece is
+    yielded whenever the outputs are full, and a full order table grows (the refused add
+    changed nothing) before the event is applied again. Returns the book, a new one if its
+    table grew; a book error names the event's line."""
+    index, status = start, FULL
+    while status == FULL or status == ORDER_TABLE_FULL:
+        index, status = step(book, index)
         if status == FULL:
             yield piece()
+        elif status == ORDER_TABLE_FULL:
+            book = with_more_order_slots(book)
     if status < 0:
-        books.check_status(status, f"{path}, line {int(lines[next_index])} (event {next_index})")
+        books.check_status(status, f"{path}, line {int(lines[index])} (event {index})")
+    return book
 
 
 def _finished(book, symbol, interval_ns, cursor, out, piece):
@@ -277,13 +296,16 @@ class StreamSpan:
             self.latest = latest if self.latest is None else max(self.latest, latest)
 
 
-def stream_pieces(chunks, interval_ns, levels, *, exchange="", depth=4096, piece_rows=None, span=None):
-    """Snapshots of a stream of one symbol's L2 feed chunks (a reader's ``iter_*``), in pieces,
+def stream_pieces(chunks, interval_ns, levels, *, exchange="", orderbook=None, depth=4096, piece_rows=None,
+                  span=None):
+    """Snapshots of a stream of one symbol's feed chunks (a reader's ``iter_*``), in pieces,
     holding one chunk at a time: the pieces of :func:`snapshot_pieces` on the whole feed.
 
-    ``chunks`` must hold events of one symbol, id 0, and no orders; the book's ticks are
-    those of the first chunk with events (any tick is exact). ``span``, a
-    :class:`StreamSpan`, counts the events as they pass.
+    ``chunks`` must hold events of one symbol, id 0; the book's ticks are those of the
+    first chunk with events (any tick is exact). ``orderbook``, for LOBSTER message
+    chunks, is the :class:`~ringbook.engine.feeds.lobster.OrderbookStream` of their
+    orderbook file, streamed beside them: the book is seeded from it and reconciled with
+    it. ``span``, a :class:`StreamSpan`, counts the events as they pass.
 
     Raises
     ------
@@ -312,12 +334,22 @@ def stream_pieces(chunks, interval_ns, levels, *, exchange="", depth=4096, piece
             span.add(events)
         if book is None:
             instruments = chunk.instruments
+            # The order table grows when full (a LOBSTER stream's adds are known a chunk at a time).
             book = books.new_book(n_symbols=1, depth=depth, order_capacity=order_slots_for(events),
                                   ticks=feed_ticks(chunk, 1))
+            if orderbook is not None and orderbook.first_rows() is not None:
+                _seed(book, 0, orderbook.first_rows(), events[0])
         wanted = max(min(kernels.boundary_count(events, interval_ns) + 1, piece_rows), 1024)
         if out is None or (cursor[kernels.CURSOR_ROWS] == 0 and len(out[0]) < wanted):
             out = _outputs(wanted, levels)   # rows are kept while a piece is pending
-        yield from _taken(book, 0, events, chunk.lines, chunk.path, interval_ns, cursor, out, piece)
+        if orderbook is None:
+            book = yield from _taken(book, 0, events, chunk.lines, chunk.path, interval_ns, cursor, out, piece)
+            continue
+        for start, stop, rows, previous, row_of_event in orderbook.windows(chunk.records):
+            book, previous = yield from _reconciled(book, 0, events[:stop], chunk.lines, chunk.path, rows,
+                                                    row_of_event, start, previous, interval_ns, cursor, out, piece)
+            orderbook.keep_previous(rows, previous)
+            book = with_room_for_orders(book)
     if book is not None:   # no events: no shard
         yield from _finished(book, 0, interval_ns, cursor, out, piece)
 

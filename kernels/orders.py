@@ -49,6 +49,7 @@ order_count(book, symbol) -> int64                     symbol -1: all symbols
 clear_orders(book, symbol, side) -> status             side 0: both; levels untouched
 order_slots_for(events) -> int                         (Python) slots for replaying events: twice their adds
 with_more_order_slots(book) -> book                    (Python) after ORDER_TABLE_FULL: twice the slots
+with_room_for_orders(book) -> book                     (Python) between chunks: at most ROOMY_LOAD full
 
 Status codes are those of :mod:`ringbook.kernels.status`.
 """
@@ -281,3 +282,17 @@ def with_more_order_slots(book):
     into = np.zeros((2 * book.orders.shape[0], book.orders.shape[1]), np.int64)
     move_orders(book.orders, into)
     return book._replace(orders=into)
+
+
+#: How full a streamed replay lets its order table get between chunks: probes over the runs
+#: of consecutive ids grow long as the table nears the 3/4 bound.
+ROOMY_LOAD = 1 / 2
+
+
+def with_room_for_orders(book):
+    """``book``, or with more order slots (:func:`with_more_order_slots`) until its table is at
+    most :data:`ROOMY_LOAD` full: call it between the chunks of a replay whose orders are
+    not known in advance."""
+    while order_count(book, -1) > ROOMY_LOAD * book.orders.shape[0]:
+        book = with_more_order_slots(book)
+    return book

@@ -26,11 +26,12 @@ import numpy as np
 import pytest
 
 from ringbook.engine import batch, cli, tasks
-from ringbook.engine.feeds import synthetic
+from ringbook.engine.snapshots import CSV_PIECE
+from ringbook.engine.feeds import lobster, synthetic
 from ringbook.engine.feeds.source import Feed
 from ringbook.engine.inputs import Source, content_hash, detect_format, read_source, sources, stream_source
 from ringbook.kernels.book import best_ask, best_bid, imbalance
-from ringbook.kernels.events import Instruments, empty_events
+from ringbook.kernels.events import KIND_L3_ADD, Instruments, empty_events
 
 ROOT = Path(__file__).resolve().parents[1]
 TARDIS_ROWS = "".join(
@@ -273,8 +274,9 @@ def shard_outputs(task, source, folder, format):
 @pytest.mark.parametrize("format", ["csv", "npz", "parquet"])
 @pytest.mark.parametrize("memory_limit", ["1M", None])
 def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, monkeypatch, format, memory_limit):
-    """A Binance capture or a tardis file of one symbol is taken as it streams: the same shard,
-    byte for byte, as from the whole file read first, also when it comes in hundreds of chunks."""
+    """A Binance capture, a tardis file of one symbol or a LOBSTER file (with its orderbook file
+    beside it) is taken as it streams: the same shard, byte for byte, as from the whole file
+    read first, also when it comes in hundreds of chunks."""
     if format == "parquet":
         pytest.importorskip("pyarrow")
     if memory_limit:
@@ -282,7 +284,9 @@ def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, 
     tardis = tmp_path / "deribit_incremental_book_L2_TST.csv"
     tardis.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n" + TARDIS_ROWS)
     paths = [shared_data / "binance/spot_btcusdt_20240808.gz", tardis,
-             synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=3000)]
+             synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=3000),
+             *sorted((shared_data / "lobster").glob("*_message_*.csv")),
+             synthetic.write_lobster(tmp_path, messages=20_000)[0]]
     for k, source in enumerate(sources(paths)):
         whole = shard_outputs(batch._read_shards, source, tmp_path / f"whole{k}", format)
         streamed = shard_outputs(batch._streamed_shards, source, tmp_path / f"streamed{k}", format)
@@ -324,12 +328,19 @@ def test_a_file_of_several_symbols_is_read_whole(tmp_path, monkeypatch):
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
 
 
-def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch):
-    """The memory a Binance capture's shard takes is its reader's bound, not the file's size: the
-    whole file read first held several times as much here, and grows with the file."""
+@pytest.mark.parametrize("kind", ["binance", "lobster"])
+def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch, kind):
+    """The memory a Binance capture's or a LOBSTER file's shard takes is its reader's bound, not the
+    file's size: the whole file read first held several times as much here, and grows with the file."""
     limit = 2 << 20
     monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", str(limit))
-    source = sources([synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=40_000)])[0]
+    book = 0   # bytes of the book's order table: the stream's is at most 4 slots a live order
+    if kind == "binance":
+        path = synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=40_000)
+    else:
+        path, _ = synthetic.write_lobster(tmp_path, messages=80_000)
+        book = 4 * 32 * np.count_nonzero(lobster.read_messages(path).events["kind"] == KIND_L3_ADD)
+    source = sources([path])[0]
     peaks = {}
     for task in (batch.snapshot_task, batch._read_shards):
         out = tmp_path / task.__name__
@@ -341,7 +352,9 @@ def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch):
             peaks[task.__name__] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert peaks["snapshot_task"] < 2 * limit and peaks["snapshot_task"] * 4 < peaks["_read_shards"], peaks
+    # The readers' bound (LOBSTER's two files half of it each), the CSV writer's buffer, the book.
+    assert peaks["snapshot_task"] < 2 * limit + CSV_PIECE + book, peaks
+    assert peaks["snapshot_task"] * 4 < peaks["_read_shards"], peaks
 
 
 @pytest.mark.slow

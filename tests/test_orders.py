@@ -10,8 +10,9 @@ from ringbook.kernels.book import (ASK, BID, NO_PRICE, best_ask, best_bid, level
 from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL, KIND_L3_DELETE,
                             KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS, KIND_TRADE,
                             empty_events)
-from ringbook.kernels.orders import (ORDER_QUANTITY, add_order, cancel_order, clear_orders, delete_order,
-                            execute_order, find_order, order_count, with_more_order_slots)
+from ringbook.kernels.orders import (ORDER_QUANTITY, ROOMY_LOAD, add_order, cancel_order, clear_orders, delete_order,
+                            execute_order, find_order, order_count, with_more_order_slots,
+                            with_room_for_orders)
 from ringbook.kernels.replay import apply_event
 from tests.llvm_ir import allocation_calls
 from tests.naive import NaiveBook
@@ -177,6 +178,20 @@ def test_grown_table_holds_the_same_orders():
         slot = find_order(book, symbol, order_id)
         assert slot >= 0 and book.orders[slot, 2:].tolist() == [price, size]
         assert (book.orders[slot, 1] & 1) == (0 if side == BID else 1)
+
+
+def test_a_table_given_room_is_at_most_roomy_and_keeps_its_orders():
+    book = new_book(n_symbols=2, depth=8, order_capacity=64)
+    assert with_room_for_orders(book) is book   # empty: nothing to do
+    for order_id in range(40):
+        assert add_order(book, order_id % 2, order_id, BID, 100 + order_id, 1 + order_id) == kb.OK
+    roomy = with_room_for_orders(book)
+    assert roomy.orders.shape[0] == 128 and order_count(roomy, -1) == 40   # 40 > 64 / 2: one doubling
+    assert order_count(roomy, -1) <= ROOMY_LOAD * roomy.orders.shape[0] < 2 * order_count(roomy, -1)
+    assert roomy.prices is book.prices and with_room_for_orders(roomy) is roomy
+    for order_id in range(40):
+        slot = find_order(roomy, order_id % 2, order_id)
+        assert slot >= 0 and roomy.orders[slot, 2:].tolist() == [100 + order_id, 1 + order_id]
 
 
 def test_clear_orders_of_one_symbol_and_side():

@@ -15,6 +15,7 @@ from ringbook.engine.feeds import binance, lobster, synthetic
 from ringbook.engine.feeds.source import Feed
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, load_snapshot, new_book
+from ringbook.kernels.orders import with_more_order_slots
 from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L2_SET, KIND_TOP_OF_BOOK, Instruments,
                                      empty_events)
 from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK
@@ -114,6 +115,25 @@ def test_lobster_pieces_equal_the_whole(shared_data, pair, piece_rows):
     assert len(whole) > 3 * piece_rows
 
 
+@pytest.mark.parametrize("pair, memory_limit", [(AMZN, 1 << 18), (AAPL, 1 << 16), (AMZN, None)])
+def test_a_streamed_lobster_file_gives_the_whole_files_snapshots(shared_data, monkeypatch, pair, memory_limit):
+    """Both files streamed side by side, in chunks that do not line up, with an order table that
+    starts at 16 slots and grows within a chunk and between chunks: the rows of the whole file."""
+    feed = lobster.read_messages(shared_data / pair.format("message"))
+    orderbook = lobster.read_orderbook(shared_data / pair.format("orderbook"))
+    whole = snapshots.snapshot_feed(feed, 0, SECOND, 10, exchange="nasdaq", orderbook=orderbook)
+    grown = []
+    monkeypatch.setattr(snapshots, "order_slots_for", lambda events: 16)
+    monkeypatch.setattr(snapshots, "with_more_order_slots", lambda book: grown.append(1) or with_more_order_slots(book))
+    chunks = lobster.iter_messages(shared_data / pair.format("message"), memory_limit=memory_limit)
+    rows = lobster.OrderbookStream(lobster.iter_orderbook(shared_data / pair.format("orderbook"),
+                                                          memory_limit=memory_limit))
+    streamed = snapshots.joined(snapshots.stream_pieces(chunks, SECOND, 10, exchange="nasdaq", orderbook=rows,
+                                                        piece_rows=500))
+    assert_same_snapshots(streamed, whole)
+    assert grown and len(whole) > 40
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 3000), min_size=1, max_size=30), st.sampled_from([1, 100, 250, 1000]))
 def test_time_span_and_boundary_count_match_reference(times, interval):
@@ -124,20 +144,18 @@ def test_time_span_and_boundary_count_match_reference(times, interval):
     assert kernels.boundary_count(events, interval) == len(naive.snapshots(events, 0, interval, 1))
 
 
-def test_lobster_rows_pair_each_event_with_the_row_of_its_record():
-    def messages(records):
-        return Feed(empty_events(len(records)), np.arange(len(records)) + 1, Instruments(1), "m",
-                    records=np.array(records, np.int64))
+def test_rows_of_records_pair_each_event_with_the_row_of_its_record():
+    def rows(*records):
+        return np.array(records, np.int64)
 
-    def rows(records):
-        levels = np.zeros((len(records), 1), np.int64)
-        return lobster.OrderbookFile(levels, levels, levels, levels, np.arange(len(records)) + 1,
-                                     np.array(records, np.int64), "o", [])
-
-    assert snapshots._lobster_rows(messages([0, 1, 2, 3]), rows([0, 1, 2, 3])).tolist() == [0, 1, 2, 3]
+    assert lobster.rows_of_records(rows(0, 1, 2, 3), rows(0, 1, 2, 3)).tolist() == [0, 1, 2, 3]
     # A message of two events, a row that was left out, a message after the last row.
-    assert snapshots._lobster_rows(messages([0, 1, 1, 2, 4]), rows([0, 2, 3])).tolist() == [0, -1, -1, 1, -1]
-    assert snapshots._lobster_rows(messages([]), rows([0])).tolist() == []
+    assert lobster.rows_of_records(rows(0, 2, 3), rows(0, 1, 1, 2, 4)).tolist() == [0, -1, -1, 1, -1]
+    assert lobster.rows_of_records(rows(0), rows()).tolist() == []
+    assert lobster.rows_of_records(rows(), rows(0, 1)).tolist() == [-1, -1]
+    # A streamed window: row 0 is the row reconciled last, never paired again.
+    assert lobster.rows_of_records(rows(4, 5, 6), rows(5, 6), first=1).tolist() == [1, 2]
+    assert lobster.rows_of_records(rows(4, 6), rows(4, 5, 6), first=1).tolist() == [-1, -1, 1]
 
 
 def test_full_outputs_stop_without_writing_outside():
@@ -307,7 +325,7 @@ def test_lobster_kernel_stops_when_full_and_says_where_to_resume(shared_data):
     orderbook = lobster.read_orderbook(shared_data / AAPL.format("orderbook"))
     book = new_book(1, depth=4096, order_capacity=4096, ticks=np.array([100]))
     load_snapshot(book, 0, *lobster.levels_before_first(orderbook, feed.events[0]), 0)
-    rows = snapshots._lobster_rows(feed, orderbook)
+    rows = lobster.rows_of_records(orderbook.records, feed.records)
     scratch = [np.zeros(size, np.int64) for size in (10, 10, 8192, 8192)]
     out, cursor = snapshots._outputs(1, 10), kernels.new_cursor()
     index, previous, stops = 0, -1, 0

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.feeds.source import Feed, FeedError, empty_file, iter_blocks, read_whole, reason_of
+from ringbook.engine.feeds.source import (MIN_MEMORY_LIMIT, Feed, FeedError, check_memory_limit, empty_file,
+                                          iter_blocks, read_whole, reason_of)
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, KIND_L3_ADD, KIND_L3_CANCEL,
                             KIND_L3_DELETE, KIND_L3_EXECUTE, KIND_L3_EXECUTE_HIDDEN, KIND_STATUS,
@@ -519,11 +520,133 @@ def read_orderbook(path, *, skip_malformed=False, memory_limit=None):
         be read.
     """
     chunks = list(iter_orderbook(path, skip_malformed=skip_malformed, memory_limit=memory_limit))
-    if len(chunks) == 1:    # a file of one block: its arrays, not a copy
-        return chunks[0]
-    return OrderbookFile(*(np.concatenate([getattr(chunk, name) for chunk in chunks])
-                           for name in ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")),
-                         str(path), [line for chunk in chunks for line in chunk.skipped_lines])
+    return joined_orderbook(chunks, str(path), [line for chunk in chunks for line in chunk.skipped_lines])
+
+
+_ORDERBOOK_COLUMNS = ("ask_price", "ask_size", "bid_price", "bid_size", "lines", "records")
+
+
+def joined_orderbook(parts, path, skipped_lines):
+    """One :class:`OrderbookFile` of the rows of ``parts`` (at least one), in order: the
+    only part itself when there is one, not a copy."""
+    if len(parts) == 1:
+        return parts[0]
+    return OrderbookFile(*(np.concatenate([getattr(part, name) for part in parts]) for name in _ORDERBOOK_COLUMNS),
+                         path, skipped_lines)
+
+
+def orderbook_rows(orderbook, keep):
+    """The rows of ``orderbook`` that ``keep`` (a slice or a mask) selects."""
+    return OrderbookFile(*(getattr(orderbook, name)[keep] for name in _ORDERBOOK_COLUMNS), orderbook.path, [])
+
+
+class OrderbookStream:
+    """The rows of a streamed orderbook file (:func:`iter_orderbook`), handed out by record
+    as the message chunks come, holding only the rows not yet paired with a message.
+
+    Keeps the row compared last too: the next comparison's window is bounded by it.
+    """
+
+    def __init__(self, chunks):
+        self.chunks = iter(chunks)
+        self.held = []
+        self.previous = None
+        self.first = None
+        self.last_record = -1
+        self.last_line = None
+        self.exhausted = False
+
+    def _pull(self):
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            self.exhausted = True
+            return
+        if len(chunk):
+            self.held.append(chunk)
+            self.last_record, self.last_line = int(chunk.records[-1]), int(chunk.lines[-1])
+            if self.first is None:
+                self.first = chunk
+
+    def first_rows(self):
+        """The first chunk of rows (None for a file whose rows were all skipped)."""
+        while self.first is None and not self.exhausted:
+            self._pull()
+        return self.first
+
+    def upto(self, record):
+        """``(rows, previous)``: the next rows with a record up to ``record``, from one chunk of
+        the file at most, as one OrderbookFile whose row 0 is the row kept by
+        :meth:`keep_previous` when there is one (then ``previous`` is 0, else -1).
+
+        Its last row's record is below ``record`` only when the chunk ended there: ask again
+        for the next chunk's (see :meth:`windows`).
+        """
+        while not self.held and not self.exhausted:
+            self._pull()
+        previous = 0 if self.previous is not None else -1
+        taken = []
+        if self.held:
+            head = self.held[0]
+            cut = len(head) if head.records[-1] <= record else int(np.searchsorted(head.records, record, "right"))
+            taken = [orderbook_rows(head, slice(0, cut))] if cut < len(head) else [head]
+            self.held = [orderbook_rows(head, slice(cut, None))] if cut < len(head) else []
+        parts = ([self.previous] if self.previous is not None else []) + taken
+        if not parts:
+            return orderbook_rows(self.first, slice(0, 0)), previous
+        return joined_orderbook(parts, parts[-1].path, []), previous
+
+    def windows(self, records):
+        """Pair a message chunk's ``records`` with their rows, a chunk of rows at a time.
+
+        Yields ``(start, stop, rows, previous, row_of_event)``: the messages
+        ``start:stop``, the rows that hold theirs (see :meth:`upto`) and the row of each
+        message up to ``stop`` (-1: none, and before ``start``), for a kernel that runs
+        ``events[:stop]`` from ``start``. Call :meth:`keep_previous` after each, before the next.
+        """
+        start = 0
+        while start < len(records):
+            rows, previous = self.upto(int(records[-1]))
+            stop = len(records)
+            if len(rows) > previous + 1 and rows.records[-1] < records[-1] and not self.exhausted:
+                stop = start + int(np.searchsorted(records[start:], rows.records[-1], "right"))
+            row_of_event = rows_of_records(rows.records, records[start:stop], previous + 1)
+            if start:
+                row_of_event = np.concatenate([np.full(start, -1, np.int64), row_of_event])
+            yield start, stop, rows, previous, row_of_event
+            start = stop
+
+    def keep_previous(self, rows, previous):
+        """Keep row ``previous`` of ``rows`` (if >= 0) as the next :meth:`upto`'s row 0."""
+        if previous >= 0:
+            self.previous = orderbook_rows(rows, slice(previous, previous + 1))
+
+    def drain(self):
+        """Read the rest of the file (its errors and its last record), holding none of it."""
+        while not self.exhausted:
+            self._pull()
+            self.held = []
+
+
+def iter_with_orderbook(message_path, orderbook_path, *, skip_malformed=False, memory_limit=None):
+    """``(chunks, rows)``: a message file's :func:`iter_messages` and its orderbook file's
+    :class:`OrderbookStream` (None without one), streamed side by side, each file within half
+    of ``memory_limit`` (``ringbook.engine.feeds.source.MEMORY_LIMIT`` by default)."""
+    half = max(check_memory_limit(memory_limit) // 2, MIN_MEMORY_LIMIT)
+    chunks = iter_messages(message_path, skip_malformed=skip_malformed, memory_limit=half)
+    if orderbook_path is None:
+        return chunks, None
+    return chunks, OrderbookStream(iter_orderbook(orderbook_path, skip_malformed=skip_malformed, memory_limit=half))
+
+
+def rows_of_records(row_records, records, first=0):
+    """The row of each of ``records`` (a message's, non-decreasing) among ``row_records`` (the
+    orderbook rows', increasing) from row ``first`` on; -1 where no row has it."""
+    candidates = row_records[first:]
+    if np.array_equal(candidates, records):   # the usual case: both files whole, row for row
+        return np.arange(first, first + len(records), dtype=np.int64)
+    at = np.minimum(np.searchsorted(candidates, records), max(len(candidates) - 1, 0))
+    paired = candidates[at] == records if len(candidates) else np.zeros(len(records), bool)
+    return np.where(paired, at + first, -1).astype(np.int64)
 
 
 def levels_before_first(orderbook, first_event):
