@@ -170,20 +170,19 @@ def symbol_events(feed):
 
 
 def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
-    """One file's shards: read it, take each symbol's snapshots, write each shard's file.
+    """One file's shards: take each symbol's snapshots, write each shard's file.
 
     Runs on a worker. Returns the manifest entry of the file. Each output is
     written atomically but not synced: the driver syncs them before it records
-    the entry (see the module docstring). A LOBSTER file, a Binance capture or
-    a tardis file of one symbol is streamed, a chunk at a time
-    (:func:`_streamed_shards`); any other file is read whole first.
+    the entry (see the module docstring). A LOBSTER file, a Binance capture, a
+    tardis file or a Kalshi file is streamed, a chunk at a time, all its symbols
+    in one pass (:func:`_streamed_shards`); a journal is read whole first.
     """
     prepare_worker()
     facts = source_facts(source)
-    shards = None
     if source.format in STREAMED:
         shards = _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format)
-    if shards is None:
+    else:
         shards = _read_shards(source, out_dir, levels, interval_ns, interval_text, format)
     return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
             "status": "done", "error": None, "shards": shards}
@@ -216,28 +215,35 @@ def _read_shards(source, out_dir, levels, interval_ns, interval_text, format):
 
 
 def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format):
-    """The shard of a file of one symbol, taken as the file streams (its memory is a chunk's,
-    whatever the file's size); None when the file holds several symbols."""
-    import itertools
+    """The shards of a file taken as it streams, every symbol in one pass: its memory is a
+    chunk's and each symbol's book and file writer, whatever the file's size."""
+    import numpy as np
 
     from ringbook.engine import snapshots
+    from ringbook.engine.files import AtomicFile
 
     chunks, orderbook, exchange = stream_source(source)
-    first = next((chunk for chunk in chunks if len(chunk.events)), None)
-    if first is None:
-        return []   # no events: no shard, as from the whole file
-    if len(first.instruments) > 1:
-        return None
-    name = first.instruments.name_of(0)
-    output = snapshots.output_name(source.name, name, levels, interval_text, format)
-    tally, span = snapshots.Tally(), snapshots.StreamSpan()
-    pieces = snapshots.stream_pieces(itertools.chain([first], chunks), interval_ns, levels, exchange=exchange,
-                                     orderbook=orderbook, span=span)
+    shards = {}   # the stream of each symbol: its file, writer, output name and tally
+    scratch = np.empty(snapshots.CSV_PIECE, np.uint8)   # the CSV writers take turns
     try:
-        snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
-    except snapshots.SeveralSymbols:
-        return None
-    return [_shard_entry(name, output, tally, span.events, span.earliest, span.latest)]
+        for stream, piece in snapshots.stream_symbols(chunks, interval_ns, levels, exchange=exchange,
+                                                      orderbook=orderbook):
+            if stream not in shards:
+                output = snapshots.output_name(source.name, stream.name, levels, interval_text, format)
+                file = AtomicFile(Path(out_dir) / output, durable=False)
+                shards[stream] = file, snapshots.SnapshotWriter(file, format, scratch), output, snapshots.Tally()
+            file, writer, _, tally = shards[stream]
+            tally.add(piece)
+            writer.add(piece)
+        for file, writer, _, _ in shards.values():
+            writer.finish()
+            file.commit()
+    except BaseException:
+        for file, _, _, _ in shards.values():
+            file.discard()
+        raise
+    return [_shard_entry(stream.name, output, tally, stream.span.events, stream.span.earliest, stream.span.latest)
+            for stream, (_, _, output, tally) in sorted(shards.items(), key=lambda item: item[0].symbol)]
 
 
 @dataclass

@@ -50,27 +50,72 @@ def write_atomic(path, data, durable=True):
         rename is still atomic for readers, but a crash of the machine may
         leave the file empty or short: whoever records the file as written must
         first make it durable (:func:`sync_files`).
+
+    See :class:`AtomicFile` to write the pieces as they are made.
     """
-    path = Path(path)
     pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")   # see _TEMPORARY
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            for piece in pieces:
-                file.write(piece)
-            file.flush()
-            if durable:
-                os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        temporary.unlink(missing_ok=True)
+    with AtomicFile(path, durable) as file:
+        for piece in pieces:
+            file.write(piece)
+    return Path(path)
+
+
+class AtomicFile:
+    """A file of :func:`write_atomic`'s, written a piece at a time: :meth:`write` as the pieces
+    come, then :meth:`commit` (the rename), or :meth:`discard`. As a context manager it
+    commits when its block ends and discards when the block raises.
+    """
+
+    def __init__(self, path, durable=True):
+        self.path = Path(path)
+        self.durable = durable
+        self.temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")   # see _TEMPORARY
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self.file = os.fdopen(os.open(self.temporary, flags, 0o666), "wb")
+
+    def write(self, piece):
+        try:
+            self.file.write(piece)
+        except BaseException as error:
+            self._failed(error)
+
+    @property
+    def closed(self):   # what a file-like writer (pyarrow's) looks for
+        return self.file.closed
+
+    def commit(self):
+        """Flush (and sync, if durable) the file and rename it into place; returns the path."""
+        try:
+            self.file.flush()
+            if self.durable:
+                os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.temporary, self.path)
+        except BaseException as error:
+            self._failed(error)
+        if self.durable:
+            fsync_path(self.path.parent)
+        return self.path
+
+    def discard(self):
+        """Drop the file: nothing was written at ``path``."""
+        self.file.close()
+        self.temporary.unlink(missing_ok=True)
+
+    def _failed(self, error):
+        self.discard()
         if isinstance(error, OSError) and error.filename is None:   # a failed write names no file
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-    if durable:
-        fsync_path(path.parent)
-    return path
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
+        raise error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
 
 
 def remove_temporary_files(directory):

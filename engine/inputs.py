@@ -232,25 +232,26 @@ def _orderbook_of(source):
 
 
 #: Formats read as a stream of chunks when a shard streams (:func:`stream_source`).
-STREAMED = ("binance", "tardis", "lobster")
+STREAMED = ("lobster", "binance", "tardis", "kalshi")
 
 
 def stream_source(source):
     """``(chunks, orderbook, exchange)``: a reader's stream of
-    :class:`~ringbook.engine.feeds.source.Feed` chunks of a Binance capture, a tardis file or
-    a LOBSTER message file, in bounded memory (see :data:`STREAMED`); for LOBSTER,
-    ``orderbook`` streams its orderbook file beside it
+    :class:`~ringbook.engine.feeds.source.Feed` chunks, in bounded memory (see :data:`STREAMED`);
+    for LOBSTER, ``orderbook`` streams its orderbook file beside it
     (:class:`~ringbook.engine.feeds.lobster.OrderbookStream`), each file within half the
     memory limit. ``orderbook`` is None otherwise.
     """
-    from ringbook.engine.feeds import binance, lobster, tardis
+    from ringbook.engine.feeds import binance, kalshi, lobster, tardis
 
+    if source.format == "lobster":
+        return (*lobster.iter_with_orderbook(source.path, _orderbook_of(source)), EXCHANGES["lobster"])
     if source.format == "binance":
         return binance.iter_capture(source.path), None, EXCHANGES["binance"]
     if source.format == "tardis":
         return tardis.iter_incremental(source.path), None, tardis.exchange_of(source.path)
-    if source.format == "lobster":
-        return (*lobster.iter_with_orderbook(source.path, _orderbook_of(source)), EXCHANGES["lobster"])
+    if source.format == "kalshi":
+        return kalshi.iter_messages(source.path), None, EXCHANGES["kalshi"]
     raise ValueError(f"a {source.format} input is not streamed")
 
 

@@ -3,9 +3,9 @@
 :func:`snapshot_feed` replays a :class:`~ringbook.engine.feeds.source.Feed` into a book and
 takes one snapshot per interval boundary with :mod:`ringbook.kernels.snapshots` (see
 there for what a boundary and its snapshot are); :func:`snapshot_pieces` gives the same
-rows a bounded piece at a time, which the writers take as they come, and
-:func:`stream_pieces` gives them from a reader's stream of one symbol's chunks, holding
-one chunk at a time. A LOBSTER message file with its orderbook file is seeded from it and
+rows a bounded piece at a time, which the writers (:class:`SnapshotWriter`) take as they
+come, and :func:`stream_symbols` gives every symbol's from a reader's stream of chunks in one
+pass, holding one chunk at a time (:class:`SymbolStream` for each symbol). A LOBSTER message file with its orderbook file is seeded from it and
 reconciled with it after every message (:func:`ringbook.kernels.snapshots.reconcile_side`),
 with the effect on the book that ``ringbook check`` has (levels that come into view from
 beyond those LOBSTER shows are taken from the row): each snapshot then equals the
@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.check import _reconcile_order, feed_ticks
+from ringbook.engine.check import _reconcile_order, feed_ticks, price_ticks
 from ringbook.engine.feeds import lobster
-from ringbook.engine.files import write_atomic
+from ringbook.engine.files import AtomicFile
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
@@ -282,7 +282,7 @@ class SeveralSymbols(Exception):
 
 
 class StreamSpan:
-    """What :func:`stream_pieces` saw of a stream: its events and their least and greatest time."""
+    """What a :class:`SymbolStream` saw of its symbol: its events and their least and greatest time."""
 
     def __init__(self):
         self.events = 0
@@ -296,62 +296,146 @@ class StreamSpan:
             self.latest = latest if self.latest is None else max(self.latest, latest)
 
 
-def stream_pieces(chunks, interval_ns, levels, *, exchange="", orderbook=None, depth=4096, piece_rows=None,
-                  span=None):
-    """Snapshots of a stream of one symbol's feed chunks (a reader's ``iter_*``), in pieces,
-    holding one chunk at a time: the pieces of :func:`snapshot_pieces` on the whole feed.
+class SymbolStream:
+    """One symbol's snapshots, taken as its events come a chunk at a time: the rows of
+    :func:`snapshot_pieces` on the whole feed, holding one chunk, the book and a piece.
 
-    ``chunks`` must hold events of one symbol, id 0; the book's ticks are those of the
-    first chunk with events (any tick is exact). ``orderbook``, for LOBSTER message
-    chunks, is the :class:`~ringbook.engine.feeds.lobster.OrderbookStream` of their
-    orderbook file, streamed beside them: the book is seeded from it and reconciled with
-    it. ``span``, a :class:`StreamSpan`, counts the events as they pass.
+    :meth:`take` applies a chunk of the symbol's events (symbol id 0 in them) and yields the
+    pieces that filled; :meth:`pending` yields the rows not yet in a piece; :meth:`finish`
+    the last boundaries' and the last piece (a shard always yields one). A piece's arrays
+    are reused for the next: write it before asking for the next. ``span`` counts the
+    events. ``orderbook``, for LOBSTER, is the
+    :class:`~ringbook.engine.feeds.lobster.OrderbookStream` of the orderbook file streamed
+    beside the messages: the book is seeded from it and reconciled with it.
+    """
+
+    def __init__(self, interval_ns, levels, name, price_scale, size_scale, *, symbol=0, exchange="",
+                 orderbook=None, depth=4096, piece_rows=None, min_rows=1024):
+        self.piece_rows = _checked_piece_rows(interval_ns, levels, piece_rows)
+        self.interval_ns, self.levels, self.depth, self.min_rows = interval_ns, levels, depth, min_rows
+        self.name, self.price_scale, self.size_scale, self.exchange = name, price_scale, size_scale, exchange
+        self.symbol = symbol   # the feed's id of the symbol
+        self.orderbook = orderbook
+        self.book = self.out = None
+        self.cursor = kernels.new_cursor()
+        self.span = StreamSpan()
+
+    def _piece(self):
+        rows = int(self.cursor[kernels.CURSOR_ROWS])
+        self.cursor[kernels.CURSOR_ROWS] = 0
+        return Snapshots(self.exchange, self.name, self.price_scale, self.size_scale,
+                         *(array[:rows] for array in self.out))
+
+    def take(self, events, lines, path, tick, records=None):
+        """Apply ``events`` (of this symbol, as id 0; ``lines`` their lines in ``path``) and take
+        their snapshots, yielding each piece that fills. ``tick`` is the book's, used from the
+        first events on (any tick is exact); ``records`` pair LOBSTER messages with rows."""
+        if not len(events):
+            return
+        self.span.add(events)
+        if self.book is None:
+            # The order table grows when full (a stream's adds are known a chunk at a time).
+            self.book = books.new_book(n_symbols=1, depth=self.depth, order_capacity=order_slots_for(events),
+                                       ticks=np.array([tick], np.int64))
+            if self.orderbook is not None and self.orderbook.first_rows() is not None:
+                _seed(self.book, 0, self.orderbook.first_rows(), events[0])
+        wanted = max(min(kernels.boundary_count(events, self.interval_ns) + 1, self.piece_rows), self.min_rows)
+        if self.out is None or (self.cursor[kernels.CURSOR_ROWS] == 0 and len(self.out[0]) < wanted):
+            self.out = _outputs(wanted, self.levels)   # rows are kept while a piece is pending
+        if self.orderbook is None:
+            self.book = yield from _taken(self.book, 0, events, lines, path, self.interval_ns, self.cursor, self.out,
+                                          self._piece)
+            return
+        for start, stop, rows, previous, row_of_event in self.orderbook.windows(records):
+            self.book, previous = yield from _reconciled(self.book, 0, events[:stop], lines, path, rows, row_of_event,
+                                                         start, previous, self.interval_ns, self.cursor, self.out,
+                                                         self._piece)
+            self.orderbook.keep_previous(rows, previous)
+            self.book = with_room_for_orders(self.book)
+
+    def pending(self):
+        """The rows taken and not yet in a piece, as a piece (none when there are none)."""
+        if self.cursor[kernels.CURSOR_ROWS]:
+            yield self._piece()
+
+    def finish(self):
+        """The last boundary's rows, then the last piece (none when no events came)."""
+        if self.book is not None:
+            yield from _finished(self.book, 0, self.interval_ns, self.cursor, self.out, self._piece)
+
+
+def _tick(chunk, symbol, events):
+    """The book's tick for a symbol's events (renumbered 0) of a chunk (see ``feed_ticks``)."""
+    tick = int(chunk.instruments.table["tick"][symbol])
+    return tick if tick > 1 else int(price_ticks(events, 1)[0])
+
+
+def stream_symbols(chunks, interval_ns, levels, *, exchange="", orderbook=None, depth=4096, piece_rows=None):
+    """Snapshots of every symbol of a reader's stream of chunks (its ``iter_*``), in one pass,
+    holding one chunk and each symbol's book and rows of that chunk.
+
+    Yields ``(stream, piece)``: the :class:`SymbolStream` of a symbol (its ``name``,
+    ``symbol`` id and ``span``) and its next piece; each symbol's pieces in order, the
+    pieces of :func:`snapshot_pieces` on the whole feed. A symbol's stream comes when its
+    first events do. ``orderbook``: for a LOBSTER message stream (one symbol), see
+    :class:`SymbolStream`.
+    """
+    streams = {}
+    # Several symbols' rows are handed on after every chunk: each holds a chunk's rows at most.
+    several = dict(min_rows=64, piece_rows=piece_rows)
+    for chunk in chunks:
+        if not len(chunk.events):
+            continue
+        for symbol, events, lines in _by_symbol(chunk):
+            stream = streams.get(symbol)
+            if stream is None:
+                row = chunk.instruments.table[symbol]
+                stream = streams[symbol] = SymbolStream(
+                    interval_ns, levels, chunk.instruments.name_of(symbol), int(row["price_scale"]),
+                    int(row["size_scale"]), symbol=symbol, exchange=exchange, orderbook=orderbook, depth=depth,
+                    **(several if len(chunk.instruments) > 1 else dict(piece_rows=piece_rows)))
+            for piece in stream.take(events, lines, chunk.path, _tick(chunk, symbol, events), chunk.records):
+                yield stream, piece
+            if len(chunk.instruments) > 1:
+                for piece in stream.pending():
+                    yield stream, piece
+    for stream in streams.values():
+        for piece in stream.finish():
+            yield stream, piece
+
+
+def _by_symbol(chunk):
+    """``(symbol, its events renumbered 0, their lines)`` for each symbol with events in a chunk;
+    a chunk of one instrument as it is."""
+    if len(chunk.instruments) <= 1:
+        return [(0, chunk.events, chunk.lines)]
+    symbols = chunk.events["symbol"]
+    order = np.argsort(symbols, kind="stable")   # one sort, whatever the number of symbols
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(symbols))])
+    found = []
+    for symbol in np.flatnonzero(np.diff(bounds)).tolist():
+        mine = order[bounds[symbol]:bounds[symbol + 1]]
+        events = chunk.events[mine]
+        events["symbol"] = 0
+        found.append((symbol, events, chunk.lines[mine]))
+    return found
+
+
+def stream_pieces(chunks, interval_ns, levels, *, exchange="", orderbook=None, depth=4096, piece_rows=None):
+    """The pieces of :func:`stream_symbols` for a stream of one symbol's chunks.
 
     Raises
     ------
     SeveralSymbols
-        When a chunk interns a second symbol: take the whole feed's shards instead.
+        When a second symbol has events.
     """
-    piece_rows = _checked_piece_rows(interval_ns, levels, piece_rows)
-    book = out = None
-    cursor = kernels.new_cursor()
-    instruments = None
-
-    def piece():
-        rows = int(cursor[kernels.CURSOR_ROWS])
-        cursor[kernels.CURSOR_ROWS] = 0
-        row = instruments.table[0]
-        return Snapshots(exchange, instruments.name_of(0), int(row["price_scale"]), int(row["size_scale"]),
-                         *(array[:rows] for array in out))
-
-    for chunk in chunks:
-        if len(chunk.instruments) > 1:
-            raise SeveralSymbols(chunk.path)
-        events = chunk.events
-        if not len(events):
-            continue
-        if span is not None:
-            span.add(events)
-        if book is None:
-            instruments = chunk.instruments
-            # The order table grows when full (a LOBSTER stream's adds are known a chunk at a time).
-            book = books.new_book(n_symbols=1, depth=depth, order_capacity=order_slots_for(events),
-                                  ticks=feed_ticks(chunk, 1))
-            if orderbook is not None and orderbook.first_rows() is not None:
-                _seed(book, 0, orderbook.first_rows(), events[0])
-        wanted = max(min(kernels.boundary_count(events, interval_ns) + 1, piece_rows), 1024)
-        if out is None or (cursor[kernels.CURSOR_ROWS] == 0 and len(out[0]) < wanted):
-            out = _outputs(wanted, levels)   # rows are kept while a piece is pending
-        if orderbook is None:
-            book = yield from _taken(book, 0, events, chunk.lines, chunk.path, interval_ns, cursor, out, piece)
-            continue
-        for start, stop, rows, previous, row_of_event in orderbook.windows(chunk.records):
-            book, previous = yield from _reconciled(book, 0, events[:stop], chunk.lines, chunk.path, rows,
-                                                    row_of_event, start, previous, interval_ns, cursor, out, piece)
-            orderbook.keep_previous(rows, previous)
-            book = with_room_for_orders(book)
-    if book is not None:   # no events: no shard
-        yield from _finished(book, 0, interval_ns, cursor, out, piece)
+    first = None
+    for stream, piece in stream_symbols(chunks, interval_ns, levels, exchange=exchange, orderbook=orderbook,
+                                        depth=depth, piece_rows=piece_rows):
+        first = stream if first is None else first
+        if stream is not first:
+            raise SeveralSymbols(stream.name)
+        yield piece
 
 
 def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=None, depth=4096):
@@ -539,36 +623,13 @@ CSV_PIECE = 1 << 20
 
 
 def _pieces(snapshots):
-    """``(first piece, every piece)`` of a :class:`Snapshots` or of an iterable of a shard's pieces."""
-    pieces = iter((snapshots,) if isinstance(snapshots, Snapshots) else snapshots)
-    first = next(pieces)
-    return first, itertools.chain((first,), pieces)
-
-
-def csv_pieces(snapshots, piece=CSV_PIECE):
-    """The CSV file's bytes in pieces: the header, then rows formatted into one reused buffer.
-
-    ``snapshots``: a :class:`Snapshots`, or a shard's pieces (:func:`snapshot_pieces`).
-    Each piece is valid until the next is asked for (write it, or copy it).
-    """
-    first, tables = _pieces(snapshots)
-    prefix = np.frombuffer(f"{first.exchange},{first.symbol},".encode(), np.uint8)
-    out = np.empty(max(piece, widest_csv_row(len(prefix), first.levels)), np.uint8)
-    yield (csv_header(first.levels) + "\n").encode()
-    for table in tables:
-        row = 0
-        while row < len(table):
-            row, written = format_csv_rows(prefix, table.times, table.last_local_ns, table.bid_prices,
-                                           table.bid_quantities, table.ask_prices, table.ask_quantities,
-                                           table.price_scale, table.size_scale, row, out)
-            if written <= 0:
-                raise RuntimeError(f"CSV rows: the snapshot arrays disagree in shape (status {written})")
-            yield memoryview(out)[:written]
+    """Every piece of a :class:`Snapshots` (itself) or of an iterable of a shard's pieces."""
+    return (snapshots,) if isinstance(snapshots, Snapshots) else snapshots
 
 
 def csv_bytes(snapshots):
     """The CSV file's bytes."""
-    return b"".join(bytes(piece) for piece in csv_pieces(snapshots))
+    return _in_memory(snapshots, "csv")
 
 
 def _decimal_column(pa, values, scale):
@@ -616,28 +677,7 @@ def parquet_bytes(snapshots):
     ``snapshots``: a :class:`Snapshots`, or a shard's pieces (:func:`snapshot_pieces`),
     converted as they come.
     """
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("Parquet output needs pyarrow: pip install 'ringbook[parquet]'") from None
-    sink = io.BytesIO()
-    writer = pending = None
-    groups = 0
-    for table in _pieces(snapshots)[1]:
-        arrow = _arrow_table(pa, table)
-        if writer is None:
-            writer = pq.ParquetWriter(sink, arrow.schema)
-        pending = arrow if pending is None else pa.concat_tables([pending, arrow])
-        while pending.num_rows >= PARQUET_ROW_GROUP:
-            pending = pending.combine_chunks()
-            writer.write_table(pending.slice(0, PARQUET_ROW_GROUP))
-            pending = pending.slice(PARQUET_ROW_GROUP)
-            groups += 1
-    if pending.num_rows or not groups:   # an empty shard still gets its (empty) table
-        writer.write_table(pending.combine_chunks())
-    writer.close()
-    return sink.getvalue()
+    return _in_memory(snapshots, "parquet")
 
 
 def npz_bytes(snapshots):
@@ -667,21 +707,106 @@ def read_npz(path):
                          int(data["size_scale"]), *(data[name] for name in ARRAYS))
 
 
-_WRITERS = {"csv": csv_bytes, "parquet": parquet_bytes, "npz": npz_bytes}
+def _check_format(format):
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ImportError("Parquet output needs pyarrow: pip install 'ringbook[parquet]'") from None
+
+
+def _in_memory(snapshots, format):
+    sink = io.BytesIO()
+    writer = SnapshotWriter(sink, format)
+    for piece in _pieces(snapshots):
+        writer.add(piece)
+    writer.finish()
+    return sink.getvalue()
+
+
+class SnapshotWriter:
+    """One shard's file in ``format``, written into ``sink`` (a binary file) a piece at a time,
+    as the pieces come: :meth:`add` each piece, then :meth:`finish`.
+
+    A CSV is formatted a piece at a time into ``scratch``, a uint8 buffer reused (writers
+    that take turns may share one; default :data:`CSV_PIECE` bytes, and at least the widest
+    row); a Parquet file's columns are made a piece at a time, in row groups of
+    :data:`PARQUET_ROW_GROUP` rows; an npz file joins its pieces when finished. The bytes are
+    those of the whole shard written at once, however the rows came in pieces.
+    """
+
+    def __init__(self, sink, format, scratch=None):
+        _check_format(format)
+        self.sink, self.format, self.scratch = sink, format, scratch
+        self.prefix = self.parquet = self.pending = None
+        self.groups = 0
+        self.pieces = []
+
+    def add(self, piece):
+        """Write (or, for npz, keep a copy of) the rows of a :class:`Snapshots`: the caller may
+        reuse its arrays once this returns."""
+        getattr(self, "_add_" + self.format)(piece)
+
+    def finish(self):
+        """Write what is left: the last Parquet row group and the footer, or the npz file."""
+        if self.format == "parquet":
+            if self.pending.num_rows or not self.groups:   # an empty shard still gets its (empty) table
+                self.parquet.write_table(self.pending.combine_chunks())
+            self.parquet.close()
+        elif self.format == "npz":
+            self.sink.write(npz_bytes(joined(self.pieces)))
+
+    def _add_csv(self, piece):
+        if self.prefix is None:
+            self.prefix = np.frombuffer(f"{piece.exchange},{piece.symbol},".encode(), np.uint8)
+            widest = widest_csv_row(len(self.prefix), piece.levels)
+            if self.scratch is None or len(self.scratch) < widest:
+                self.scratch = np.empty(max(CSV_PIECE if self.scratch is None else 0, widest), np.uint8)
+            self.sink.write((csv_header(piece.levels) + "\n").encode())
+        row = 0
+        while row < len(piece):
+            row, written = format_csv_rows(self.prefix, piece.times, piece.last_local_ns, piece.bid_prices,
+                                           piece.bid_quantities, piece.ask_prices, piece.ask_quantities,
+                                           piece.price_scale, piece.size_scale, row, self.scratch)
+            if written <= 0:
+                raise RuntimeError(f"CSV rows: the snapshot arrays disagree in shape (status {written})")
+            self.sink.write(memoryview(self.scratch)[:written])
+
+    def _add_parquet(self, piece):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrow = _arrow_table(pa, piece)
+        if self.parquet is None:
+            self.parquet = pq.ParquetWriter(self.sink, arrow.schema)
+        self.pending = arrow if self.pending is None else pa.concat_tables([self.pending, arrow])
+        while self.pending.num_rows >= PARQUET_ROW_GROUP:
+            self.pending = self.pending.combine_chunks()
+            self.parquet.write_table(self.pending.slice(0, PARQUET_ROW_GROUP))
+            self.pending = self.pending.slice(PARQUET_ROW_GROUP)
+            self.groups += 1
+
+    def _add_npz(self, piece):
+        self.pieces.append(joined([piece]))
 
 
 def write_snapshots(snapshots, path, format, durable=True):
     """Write one shard's snapshots to ``path`` atomically in ``format`` (csv, parquet, npz).
 
-    ``snapshots``: a :class:`Snapshots`, or the shard's pieces (:func:`snapshot_pieces`):
-    a CSV is then formatted and written a piece at a time, a Parquet file's columns
-    are made a piece at a time; an npz file joins them. ``durable``: see
+    ``snapshots``: a :class:`Snapshots`, or the shard's pieces (:func:`snapshot_pieces`),
+    written as they come (:class:`SnapshotWriter`). ``durable``: see
     :func:`ringbook.engine.files.write_atomic`.
     """
-    if format not in _WRITERS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    data = csv_pieces(snapshots) if format == "csv" else _WRITERS[format](snapshots)
-    return write_atomic(path, data, durable)
+    _check_format(format)   # before a file is made
+    with AtomicFile(path, durable) as file:
+        writer = SnapshotWriter(file, format)
+        for piece in _pieces(snapshots):
+            writer.add(piece)
+        writer.finish()
+    return Path(path)
 
 
 class Tally:
@@ -691,12 +816,15 @@ class Tally:
         self.rows = 0
         self.first_boundary = self.last_boundary = None
 
+    def add(self, piece):
+        if len(piece):
+            self.rows += len(piece)
+            self.first_boundary = int(piece.times[0]) if self.first_boundary is None else self.first_boundary
+            self.last_boundary = int(piece.times[-1])
+
     def passing(self, pieces):
         for piece in pieces:
-            if len(piece):
-                self.rows += len(piece)
-                self.first_boundary = int(piece.times[0]) if self.first_boundary is None else self.first_boundary
-                self.last_boundary = int(piece.times[-1])
+            self.add(piece)
             yield piece
 
 

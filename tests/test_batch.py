@@ -274,16 +274,19 @@ def shard_outputs(task, source, folder, format):
 @pytest.mark.parametrize("format", ["csv", "npz", "parquet"])
 @pytest.mark.parametrize("memory_limit", ["1M", None])
 def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, monkeypatch, format, memory_limit):
-    """A Binance capture, a tardis file of one symbol or a LOBSTER file (with its orderbook file
-    beside it) is taken as it streams: the same shard, byte for byte, as from the whole file
-    read first, also when it comes in hundreds of chunks."""
+    """A Binance capture, a tardis file (of one symbol or two), a LOBSTER file (with its orderbook
+    file beside it) or a Kalshi file (ten markets) is taken as it streams: the same shards, byte
+    for byte, as from the whole file read first, also when it comes in hundreds of chunks."""
     if format == "parquet":
         pytest.importorskip("pyarrow")
     if memory_limit:
         monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", memory_limit)
     tardis = tmp_path / "deribit_incremental_book_L2_TST.csv"
     tardis.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n" + TARDIS_ROWS)
-    paths = [shared_data / "binance/spot_btcusdt_20240808.gz", tardis,
+    two = tmp_path / "deribit_incremental_book_L2_TWO.csv"
+    two.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n"
+                   + "".join(f"{row}\n{row.replace('ex,TST,', 'ex,OTH,')}\n" for row in TARDIS_ROWS.splitlines()))
+    paths = [shared_data / "binance/spot_btcusdt_20240808.gz", tardis, two, shared_data / "kalshi/kalshi_ticker.jsonl",
              synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=3000),
              *sorted((shared_data / "lobster").glob("*_message_*.csv")),
              synthetic.write_lobster(tmp_path, messages=20_000)[0]]
@@ -291,6 +294,8 @@ def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, 
         whole = shard_outputs(batch._read_shards, source, tmp_path / f"whole{k}", format)
         streamed = shard_outputs(batch._streamed_shards, source, tmp_path / f"streamed{k}", format)
         assert streamed == whole and whole[0][0]["rows"] > 0
+    assert len(whole[0]) == 1 and len(shard_outputs(batch._read_shards, sources([two])[0], tmp_path / "two",
+                                                    format)[0]) == 2
 
 
 def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing(shared_data, tmp_path,
@@ -310,14 +315,14 @@ def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [batch.LOCK, batch.MANIFEST]
 
 
-def test_a_file_of_several_symbols_is_read_whole(tmp_path, monkeypatch):
-    """A second symbol met while streaming (here in a later chunk): the file's shards come from
-    the whole file, one per symbol, and nothing streamed is left behind."""
+def test_a_file_of_several_symbols_streams_in_one_pass(tmp_path, monkeypatch):
+    """A second symbol met in a later chunk: the file's shards, one per symbol, are those of the
+    whole file, byte for byte, and nothing else is left behind."""
     monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "256K")
     other = TARDIS_ROWS.replace("ex,TST,", "ex,OTH,")
     path = tmp_path / "deribit_incremental_book_L2_TWO.csv"
     path.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n"
-                    + TARDIS_ROWS * 40 + other)
+                    + TARDIS_ROWS * 40 + other + TARDIS_ROWS + other)
     source = sources([path])[0]
     assert len(list(stream_source(source)[0])) > 2
     entry = batch.snapshot_task(source, str(tmp_path), 5, 10**9, "1s", "csv")
@@ -328,15 +333,19 @@ def test_a_file_of_several_symbols_is_read_whole(tmp_path, monkeypatch):
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
 
 
-@pytest.mark.parametrize("kind", ["binance", "lobster"])
+@pytest.mark.parametrize("kind", ["binance", "lobster", "tardis of two symbols"])
 def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch, kind):
-    """The memory a Binance capture's or a LOBSTER file's shard takes is its reader's bound, not the
-    file's size: the whole file read first held several times as much here, and grows with the file."""
+    """The memory a file's shards take is its reader's bound, not the file's size: the whole file
+    read first held several times as much here, and grows with the file."""
     limit = 2 << 20
     monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", str(limit))
     book = 0   # bytes of the book's order table: the stream's is at most 4 slots a live order
     if kind == "binance":
         path = synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=40_000)
+    elif kind.startswith("tardis"):
+        path = tmp_path / "deribit_incremental_book_L2_TWO.csv"
+        path.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n" + "".join(
+            f"{row}\n{row.replace('ex,TST,', 'ex,OTH,')}\n" for row in TARDIS_ROWS.splitlines()) * 150)
     else:
         path, _ = synthetic.write_lobster(tmp_path, messages=80_000)
         book = 4 * 32 * np.count_nonzero(lobster.read_messages(path).events["kind"] == KIND_L3_ADD)
