@@ -4,12 +4,13 @@
 takes one snapshot per interval boundary with :mod:`ringbook.kernels.snapshots` (see
 there for what a boundary and its snapshot are); :func:`snapshot_pieces` gives the same
 rows a bounded piece at a time, which the writers (:class:`SnapshotWriter`) take as they
-come, and :func:`stream_symbols` gives every symbol's from a reader's stream of chunks in one
-pass, holding one chunk at a time (:class:`SymbolStream` for each symbol). A LOBSTER message file with its orderbook file is seeded from it and
-reconciled with it after every message (:func:`ringbook.kernels.snapshots.reconcile_side`),
-with the effect on the book that ``ringbook check`` has (levels that come into view from
-beyond those LOBSTER shows are taken from the row): each snapshot then equals the
-orderbook row of the last message at or before its boundary.
+come, and :func:`stream_symbols` gives every symbol's from a reader's stream of chunks in
+one pass, holding one chunk at a time (a :class:`SymbolStream` for each symbol). A LOBSTER
+message file with its orderbook file is seeded from it and reconciled with it after every
+message (:func:`ringbook.kernels.snapshots.reconcile_side`), with the effect on the book
+that ``ringbook check`` has (levels that come into view from beyond those LOBSTER shows
+are taken from the row): each snapshot then equals the orderbook row of the last message
+at or before its boundary.
 
 Files (:func:`write_snapshots`), one per shard, written atomically (a
 temporary file in the same folder, then a rename: :mod:`ringbook.engine.files`)
@@ -39,14 +40,13 @@ npz
 """
 
 import io
-import itertools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.check import _reconcile_order, feed_ticks, price_ticks
+from ringbook.engine.check import _reconcile_order, price_ticks
 from ringbook.engine.feeds import lobster
 from ringbook.engine.files import AtomicFile
 from ringbook.kernels import book as books
@@ -175,33 +175,23 @@ def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook
     next: write or copy a piece before asking for the next. Parameters as
     :func:`snapshot_feed`.
     """
-    piece_rows = _checked_piece_rows(interval_ns, levels, piece_rows)
-    events, lines = feed.events, feed.lines
+    events, lines, records = feed.events, feed.lines, feed.records
     if len(feed.instruments) > 1:   # a file of one instrument is used as it is, not copied
         mine = events["symbol"] == symbol
         events, lines = events[mine], lines[mine]
-    table = feed.instruments.table
-    n_symbols = max(len(feed.instruments), 1)
-    ticks = feed_ticks(feed, n_symbols)   # any tick is exact: it decides only where levels are kept
-    book = books.new_book(n_symbols=n_symbols, depth=depth, order_capacity=order_slots_for(events), ticks=ticks)
-    out = _outputs(max(min(kernels.boundary_count(events, interval_ns), piece_rows), 1), levels)
-    cursor = kernels.new_cursor()
-    row = table[symbol]
-    name, price_scale, size_scale = feed.instruments.name_of(symbol), int(row["price_scale"]), int(row["size_scale"])
-
-    def piece():
-        rows = int(cursor[kernels.CURSOR_ROWS])
-        cursor[kernels.CURSOR_ROWS] = 0
-        return Snapshots(exchange, name, price_scale, size_scale, *(array[:rows] for array in out))
-
-    if orderbook is not None and len(events):
-        _seed(book, symbol, orderbook, events[0])
-        row_of_event = lobster.rows_of_records(orderbook.records, feed.records)
-        book, _ = yield from _reconciled(book, symbol, events, lines, feed.path, orderbook, row_of_event, 0, -1,
-                                         interval_ns, cursor, out, piece)
+        events["symbol"] = 0
+        records = None if records is None else records[mine]
+    row = feed.instruments.table[symbol]
+    stream = SymbolStream(interval_ns, levels, feed.instruments.name_of(symbol), int(row["price_scale"]),
+                          int(row["size_scale"]), symbol=symbol, exchange=exchange, depth=depth,
+                          orderbook=None if orderbook is None else lobster.OrderbookStream([orderbook]),
+                          piece_rows=piece_rows, min_rows=1)
+    yield from stream.take(events, lines, feed.path, _tick(feed, symbol, events), records)
+    if len(events):
+        yield from stream.finish()
     else:
-        book = yield from _taken(book, symbol, events, lines, feed.path, interval_ns, cursor, out, piece)
-    yield from _finished(book, symbol, interval_ns, cursor, out, piece)
+        stream.out = _outputs(0, levels)
+        yield stream._piece()   # no events: no rows, and still the shard's one piece
 
 
 def _checked_piece_rows(interval_ns, levels, piece_rows):
