@@ -76,13 +76,18 @@ def prepare_worker():
 
 
 def _warm_up():
-    """Compile the snapshot kernels (L2 and L3 paths) on a few events."""
+    """Compile the snapshot kernels on a few events: the L2 and L3 paths, a LOBSTER file's
+    (reconciled with its orderbook rows), a growing order table's and the CSV rows'. The
+    readers' kernels compile at a worker's first file of their format."""
     import numpy as np
 
-    from ringbook.engine.snapshots import snapshot_feed
+    from ringbook.engine.feeds.lobster import EMPTY_ASK_PRICE, OrderbookFile
     from ringbook.engine.feeds.source import Feed
+    from ringbook.engine.snapshots import csv_bytes, snapshot_feed
+    from ringbook.kernels.book import new_book
     from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L2_SET, KIND_L3_ADD, Instruments,
                                          empty_events)
+    from ringbook.kernels.orders import with_more_order_slots, with_room_for_orders
 
     instruments = Instruments(capacity=1)
     instruments.intern("WARMUP", 2, 0, 1)
@@ -94,7 +99,14 @@ def _warm_up():
     events["order_id"] = [0, 1]
     events["exchange_ns"] = [10**9, 2 * 10**9]
     events["flags"] = FLAG_BATCH_END
-    snapshot_feed(Feed(events, np.arange(1, 3), instruments, "warm-up"), 0, 10**9, 1)
+    csv_bytes(snapshot_feed(Feed(events, np.arange(1, 3), instruments, "warm-up"), 0, 10**9, 1))
+    events["kind"] = KIND_L3_ADD
+    rows = np.arange(2, dtype=np.int64)
+    orderbook = OrderbookFile(np.array([[EMPTY_ASK_PRICE], [101]]), np.array([[0], [1]]), np.array([[100], [100]]),
+                              np.array([[1], [1]]), rows + 1, rows, "warm-up", [])
+    snapshot_feed(Feed(events, rows + 1, instruments, "warm-up", records=rows), 0, 10**9, 1, orderbook=orderbook)
+    with_room_for_orders(with_more_order_slots(new_book(n_symbols=1, depth=8, order_capacity=16,
+                                                        ticks=np.ones(1, np.int64))))
 
 
 def _pool_initializer():

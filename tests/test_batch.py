@@ -264,6 +264,37 @@ def test_dask_workers_reuse_freed_arrays(dask_cluster):
         assert faults < pages // 20
 
 
+_COMPILED_BY_A_SHARD = textwrap.dedent("""
+    import sys, tempfile
+    from pathlib import Path
+    from ringbook.engine import batch, snapshots, tasks
+    from ringbook.engine.inputs import sources
+    from ringbook.kernels import orders, snapshots as kernels
+
+    def compiled():
+        return {(module.__name__, name): len(dispatcher.signatures) for module in (snapshots, kernels, orders)
+                for name, dispatcher in vars(module).items() if hasattr(dispatcher, "signatures")}
+
+    tasks.prepare_worker()
+    warm = compiled()
+    for path in sys.argv[1:]:
+        batch.snapshot_task(sources([Path(path)])[0], tempfile.mkdtemp(), 10, 10**9, "1s", "csv")
+    print(sorted(name for key, count in compiled().items() if count != warm[key] for name in key[1:]))
+""")
+
+
+def test_a_prepared_worker_compiles_no_snapshot_kernel_for_its_shards(shared_data):
+    """The warm-up compiles what a shard runs (LOBSTER's reconciled replay and a growing order table
+    included): a first shard on a worker does not stop to compile them. Only its reader's kernels
+    are left to compile."""
+    paths = [shared_data / "lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv",
+             shared_data / "binance/spot_btcusdt_20240808.gz"]
+    found = subprocess.run([sys.executable, "-c", _COMPILED_BY_A_SHARD, *map(str, paths)], capture_output=True,
+                           text=True, timeout=600, env={**os.environ, "RINGBOOK_MEMORY_LIMIT": "256K"})
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"
+
+
 def shard_outputs(task, source, folder, format):
     """``(manifest entries of the shards, {output: bytes})`` of one of the shard paths of a task."""
     folder.mkdir()
