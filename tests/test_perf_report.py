@@ -19,11 +19,11 @@ report = importlib.import_module("report")
 SCRIPTS = sorted(path.stem for path in PERF.glob("bm_*.py")) + ["first_event"]
 
 
-def write_suite(path, subject, medians, comparisons, peers=None):
+def write_suite(path, subject, medians, comparisons, peers=None, cpu="Test CPU"):
     """A pyperf file as ``harness.run_subject`` leaves it: one benchmark per median."""
     metadata = {harness.SUBJECT_KEY: subject,
                 harness.COMPARISONS_KEY: json.dumps([c.__dict__ for c in comparisons]),
-                "numba_version": "0.0", "cpu_model_name": "Test CPU", "machine": "x86_64"}
+                "numba_version": "0.0", "cpu_model_name": cpu, "machine": "x86_64"}
     if peers:
         metadata[harness.PEERS_KEY] = json.dumps(peers)
     for name, median in medians.items():
@@ -61,6 +61,25 @@ def test_tables_say_met_or_not_met_and_name_a_missing_peer(tmp_path):
     headline = readme.read_text()
     assert "stale" not in headline and headline.startswith("intro\n") and headline.endswith("rest\n")
     assert headline.count("| Fixed point |") == 4 and "| Other | within 2 s |" in headline
+
+    # One script run again: the other's table and README rows stay as they were.
+    fixed_table = text[text.index("## Fixed point"):text.index("## Other")]
+    again = tmp_path / "again"
+    again.mkdir()
+    write_suite(again / "bm_other.json", "Other", {"mine": 3.0}, [
+        harness.Limit("mine", at_most=2.0, means="within 2 s")], peers={"otherpkg": "1.0"}, cpu="Other CPU")
+    report.write(again, report=out, readme=readme)
+    text = out.read_text()
+    assert text[text.index("## Fixed point"):text.index("## Other")] == fixed_table
+    assert [line for line in text.splitlines() if line.startswith("| `mine`")] == [
+        "| `mine`: within 2 s | 3 s |  |  | <= 2 s | not met |"]
+    assert "Not in this run" in text and "`perf/bm_fixed.py`" not in text.split("Not in this run")[1]
+    assert "absentpkg not installed" in text and "otherpkg 1.0" in text and text.count("## Machine") == 1
+    machine = next(line for line in text.splitlines() if line.startswith("Machine: "))
+    assert machine.startswith("Machine: Other CPU (x86_64)") and " for Other; for the other tables, Test CPU" in machine
+    headline = readme.read_text()
+    assert headline.count("| Fixed point |") == 4 and "| Other | within 2 s | 3 s |" in headline
+    assert headline.index("| Fixed point |") < headline.index("| Other |")
 
 
 @pytest.mark.slow
