@@ -223,9 +223,10 @@ class Pools:
                                                                 dashboard_address=None))
                 pool = self.stack.enter_context(tasks.executor(cluster=self.stack.enter_context(Client(cluster))))
             else:
-                workers = 1 if kind == "one" else 2
-                pool = self.stack.enter_context(tasks.executor(workers=workers))
-                tasks.run_tasks(pool, tasks.prepare_worker, [()] * 2 * workers)  # start and warm the processes
+                pool = self.stack.enter_context(tasks.executor(workers=1 if kind == "one" else 2))
+            # Start and warm the processes: a shard each compiles (or loads) the reader's kernels too.
+            first = inputs.sources(self.paths()[:1])[0]
+            tasks.run_tasks(pool, batch.snapshot_task, [(first, str(self.out), LEVELS, SECOND, "1s", "csv")] * 4)
             self.started[kind] = pool
         return self.started[kind]
 

@@ -283,6 +283,7 @@ _COMPILED_BY_A_SHARD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # a fresh process compiles the kernels when the disk cache is cold: 25 s
 def test_a_prepared_worker_compiles_no_snapshot_kernel_for_its_shards(shared_data):
     """The warm-up compiles what a shard runs (LOBSTER's reconciled replay and a growing order table
     included): a first shard on a worker does not stop to compile them. Only its reader's kernels
