@@ -196,9 +196,9 @@ def headline_rows(stem, suite):
             for ours, mine, peer, ratio, target, met, means in rows_of(suite) if target]
 
 
-def footnote(results, before=""):
-    """The machine, versions and runs of ``results``; ``before``, the footnote of the report
-    whose tables are kept, adds its versions and its runs' span."""
+def footnote(results, before="", kept=()):
+    """The machines, versions and runs of ``results``; ``before``, the footnote of the report
+    whose tables of ``kept`` subjects stay, adds their machine, its versions and its runs' span."""
     first = metadata_of(results[0][1])
     versions = {"Python": first.get("python_version", "?").split(" ")[0]}
     for name in ("numba", "llvmlite", "numpy"):
@@ -207,9 +207,9 @@ def footnote(results, before=""):
         versions.update(json.loads(metadata_of(suite).get(PEERS_KEY, "{}")))
     dates = [f"{suite.get_benchmarks()[0].get_dates()[0]:%Y-%m-%d %H:%M}" for _, suite in results]
     loads = [load for _, suite in results for load in suite_loads(suite)]
-    kept = re.search(r"^Versions: (.*)\.$", before, re.MULTILINE)
-    if kept:
-        versions = {**dict(item.rsplit(" ", 1) for item in kept.group(1).split(", ")), **versions}
+    kept_versions = re.search(r"^Versions: (.*)\.$", before, re.MULTILINE)
+    if kept_versions:
+        versions = {**dict(item.rsplit(" ", 1) for item in kept_versions.group(1).split(", ")), **versions}
     runs = re.search(r"^Runs: (\S+ \S+) to (\S+ \S+) UTC(?:, load average ([\d.]+)-([\d.]+))?", before,
                      re.MULTILINE)
     if runs:
@@ -217,16 +217,35 @@ def footnote(results, before=""):
         loads += [float(load) for load in runs.group(3, 4) if load]
     machine = (f"{first.get('cpu_model_name', '?')} ({first.get('machine', '?')}), {first.get('cpu_count', '?')} "
                f"cores, {first.get('platform', '?')}")
-    earlier = re.search(r"^Machine: (.*); shared with other work while these ran\.$", before, re.MULTILINE)
-    if earlier and earlier.group(1) != machine:   # the kept tables ran elsewhere
-        subjects = ", ".join(metadata_of(suite).get(SUBJECT_KEY, stem) for stem, suite in results)
-        machine = f"{machine} for {subjects}; for the other tables, {earlier.group(1)}"
-    return ["## Machine, versions, runs", "",
-            f"Machine: {machine}; shared with other work while these ran.",
+    earlier = machines_of(before)
+    subjects = {metadata_of(suite).get(SUBJECT_KEY, stem): machine for stem, suite in results}
+    subjects.update({subject: earlier.get(subject, earlier.get(None, "?")) for subject in kept})
+    machines = {}
+    for subject, its_machine in subjects.items():
+        machines.setdefault(its_machine, []).append(subject)
+    if len(machines) == 1:
+        where = f"Machine: {machine}"
+    else:   # tables kept from a run on another machine
+        where = "Machines: " + "; ".join(f"{name} for {', '.join(names)}" for name, names in machines.items())
+    return ["## Machine, versions, runs", "", f"{where}; shared with other work while these ran.",
             "Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + ".",
             f"Runs: {min(dates)} to {max(dates)} UTC"
             + (f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else "")
             + "; every script run by `python perf/report.py run`, with the options it sets."]
+
+
+def machines_of(footnote_text):
+    """``{subject: machine}`` from a footnote's machine line (``{None: machine}`` for one machine)."""
+    line = re.search(r"^Machines?: (.*); shared with other work while these ran\.$", footnote_text, re.MULTILINE)
+    if not line:
+        return {}
+    if line.group(0).startswith("Machine: "):
+        return {None: line.group(1)}
+    found = {}
+    for entry in line.group(1).split("; "):
+        machine, subjects = entry.rsplit(" for ", 1)
+        found.update({subject: machine for subject in subjects.split(", ")})
+    return found
 
 
 def kept_tables(text, fresh):
@@ -263,7 +282,8 @@ def write(folder, report=REPORT, readme=README):
     if missing:
         lines += ["", "Not in this run (no results file): "
                   + ", ".join(f"`perf/{stem}.py`" for stem in missing) + "."]
-    lines += [""] + footnote(results, before.split("## Machine, versions, runs", 1)[-1] if kept else "")
+    lines += [""] + footnote(results, before.split("## Machine, versions, runs", 1)[-1] if kept else "",
+                             [subject for subject, _ in kept.values()])
     report.write_text("\n".join(lines) + "\n")
     if readme and readme.is_file():
         text = readme.read_text()

@@ -75,8 +75,12 @@ def test_tables_say_met_or_not_met_and_name_a_missing_peer(tmp_path):
         "| `mine`: within 2 s | 3 s |  |  | <= 2 s | not met |"]
     assert "Not in this run" in text and "`perf/bm_fixed.py`" not in text.split("Not in this run")[1]
     assert "absentpkg not installed" in text and "otherpkg 1.0" in text and text.count("## Machine") == 1
-    machine = next(line for line in text.splitlines() if line.startswith("Machine: "))
-    assert machine.startswith("Machine: Other CPU (x86_64)") and " for Other; for the other tables, Test CPU" in machine
+    machine = next(line for line in text.splitlines() if line.startswith("Machines: "))
+    assert machine.startswith("Machines: Other CPU (x86_64)") and " for Other; Test CPU " in machine
+    assert machine.endswith(" for Fixed point; shared with other work while these ran.")
+    # Again: each table keeps the machine it ran on.
+    report.write(again, report=out, readme=readme)
+    assert next(line for line in out.read_text().splitlines() if line.startswith("Machines: ")) == machine
     headline = readme.read_text()
     assert headline.count("| Fixed point |") == 4 and "| Other | within 2 s | 3 s |" in headline
     assert headline.index("| Fixed point |") < headline.index("| Other |")
