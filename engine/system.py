@@ -126,3 +126,17 @@ def reuse_freed_blocks():
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _ADAPTED_MMAP_THRESHOLD)
                 and mallopt(_M_TRIM_THRESHOLD, _ADAPTED_TRIM_THRESHOLD))
+
+
+def allow_open_files():
+    """Raise this process's limit on open files to the most it may have (its hard limit);
+    returns the limit now. A file of many symbols has one output open per symbol while it
+    streams, and the usual soft limit (1,024) is below the symbols of a market's file."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):   # an unlimited hard limit some kernels refuse as a soft one
+        return soft
+    return hard

@@ -41,7 +41,7 @@ import tempfile
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-from ringbook.engine.system import reuse_freed_blocks, usable_cores
+from ringbook.engine.system import allow_open_files, reuse_freed_blocks, usable_cores
 
 _prepared = False
 
@@ -53,8 +53,8 @@ def numba_cache_dir():
 
 
 def prepare_worker():
-    """Once per worker process: malloc that reuses freed arrays, a local Numba cache, then compile
-    the kernels on a tiny replay.
+    """Once per worker process: malloc that reuses freed arrays, the most open files allowed, a
+    local Numba cache, then compile the kernels on a tiny replay.
 
     Returns the process id (a Dask ``client.run`` reports it per worker).
     """
@@ -62,6 +62,7 @@ def prepare_worker():
     if _prepared:
         return os.getpid()
     reuse_freed_blocks()   # a Dask worker's malloc maps and faults in every large array anew
+    allow_open_files()   # a file of many symbols has an output open for each
     if not os.environ.get("NUMBA_CACHE_DIR"):
         os.environ["NUMBA_CACHE_DIR"] = numba_cache_dir()
         try:

@@ -365,6 +365,33 @@ def test_a_file_of_several_symbols_streams_in_one_pass(tmp_path, monkeypatch):
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
 
 
+_MANY_SYMBOLS = textwrap.dedent("""
+    import resource, sys
+    from ringbook.engine import batch
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))   # below the file's symbols
+    report = batch.snapshot_files([sys.argv[1]], sys.argv[2], levels=2, workers=0)
+    print(len(report.entries[sys.argv[1]]["shards"]), report.ok)
+""")
+
+
+def test_a_file_of_more_symbols_than_the_open_file_limit(tmp_path):
+    """One pass keeps an output open for each of a file's symbols: a worker raises its soft limit
+    on open files (here 64) to its hard limit, and a file of 150 symbols gives its 150 shards."""
+    path = tmp_path / "deribit_incremental_book_L2_OPTIONS.csv"
+    rows = TARDIS_ROWS.splitlines()[:20]
+    path.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n" + "".join(
+        f"{row.replace('ex,TST,', f'ex,S{k},')}\n" for row in rows for k in range(150)))
+    import resource
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1024:
+        pytest.skip("this machine's hard limit on open files is below the test's symbols")
+    found = subprocess.run([sys.executable, "-c", _MANY_SYMBOLS, str(path), str(tmp_path / "out")],
+                           capture_output=True, text=True, timeout=600)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.split() == ["150", "True"]
+    assert len(list((tmp_path / "out").glob("*.csv"))) == 150
+
+
 @pytest.mark.parametrize("kind", ["binance", "lobster", "tardis of two symbols"])
 def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch, kind):
     """The memory a file's shards take is its reader's bound, not the file's size: the whole file

@@ -1,3 +1,7 @@
+import resource
+import subprocess
+import sys
+
 import pytest
 
 from ringbook.engine import system
@@ -68,3 +72,17 @@ def test_freed_arrays_are_reused_also_where_the_environment_fixed_mallocs_thresh
     if environment:
         assert int(before) > pages // 2   # each array mapped and faulted in anew
     assert int(after) < pages // 20       # each reused
+
+
+def test_allow_open_files_raises_the_soft_limit_to_the_hard_one():
+    """In a real process whose soft limit on open files is 64: the call raises it to the hard limit."""
+    script = ("import resource\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+              "from ringbook.engine.system import allow_open_files\n"
+              "limit = allow_open_files()\n"
+              "print(limit, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n")
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    limit, soft, hard = (int(value) for value in found.stdout.split())
+    assert limit == soft and (soft == hard or hard == resource.RLIM_INFINITY and soft == 64)
