@@ -252,7 +252,8 @@ def _driven(step, book, start, lines, path, piece):
         elif status == ORDER_TABLE_FULL:
             book = with_more_order_slots(book)
     if status < 0:
-        books.check_status(status, f"{path}, line {int(lines[index])} (event {index})")
+        # The file's line: an event's index would be its chunk's.
+        books.check_status(status, f"{path}, line {int(lines[index])}")
     return book
 
 

@@ -347,6 +347,22 @@ def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [batch.LOCK, batch.MANIFEST]
 
 
+def test_a_book_error_met_in_a_later_chunk_names_the_files_line(tmp_path, monkeypatch):
+    """A LOBSTER add of an order id already in the book, thousands of lines in, with the file
+    streamed in small chunks: the shard fails naming the file and its line."""
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "256K")
+    messages, orderbook = synthetic.write_lobster(tmp_path, messages=20_000)
+    lines, rows = messages.read_text().splitlines(), orderbook.read_text().splitlines()
+    add = next(k for k in range(15_000, len(lines)) if lines[k].split(",")[1] == "1")
+    lines.insert(add + 1, lines[add])   # the same add again, with its orderbook row
+    rows.insert(add + 1, rows[add])
+    messages.write_text("\n".join(lines) + "\n")
+    orderbook.write_text("\n".join(rows) + "\n")
+    report = batch.snapshot_files([messages], tmp_path / "out", levels=2, workers=0)
+    [(path, failure)] = report.failed
+    assert failure.error == f"{messages}, line {add + 2}: order id already in the book"
+
+
 def test_a_file_of_several_symbols_streams_in_one_pass(tmp_path, monkeypatch):
     """A second symbol met in a later chunk: the file's shards, one per symbol, are those of the
     whole file, byte for byte, and nothing else is left behind."""
