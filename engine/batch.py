@@ -224,7 +224,7 @@ def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format
 
     chunks, orderbook, exchange = stream_source(source)
     shards = {}   # the stream of each symbol: its file, writer, output name and tally
-    scratch = np.empty(snapshots.CSV_PIECE, np.uint8)   # the CSV writers take turns
+    scratch = np.empty(snapshots.CSV_PIECE, np.uint8) if format == "csv" else None   # CSV writers take turns
     try:
         for stream, piece in snapshots.stream_symbols(chunks, interval_ns, levels, exchange=exchange,
                                                       orderbook=orderbook):

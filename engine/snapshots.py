@@ -183,10 +183,10 @@ def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook
         records = None if records is None else records[mine]
     row = feed.instruments.table[symbol]
     stream = SymbolStream(interval_ns, levels, feed.instruments.name_of(symbol), int(row["price_scale"]),
-                          int(row["size_scale"]), symbol=symbol, exchange=exchange, depth=depth,
+                          int(row["size_scale"]), int(row["tick"]), symbol=symbol, exchange=exchange, depth=depth,
                           orderbook=None if orderbook is None else lobster.OrderbookStream([orderbook]),
                           piece_rows=piece_rows, min_rows=1)
-    yield from stream.take(events, lines, feed.path, _tick(feed, symbol, events), records)
+    yield from stream.take(events, lines, feed.path, records)
     if len(events):
         yield from stream.finish()
     else:
@@ -300,11 +300,12 @@ class SymbolStream:
     beside the messages: the book is seeded from it and reconciled with it.
     """
 
-    def __init__(self, interval_ns, levels, name, price_scale, size_scale, *, symbol=0, exchange="",
+    def __init__(self, interval_ns, levels, name, price_scale, size_scale, tick, *, symbol=0, exchange="",
                  orderbook=None, depth=4096, piece_rows=None, min_rows=1024):
         self.piece_rows = _checked_piece_rows(interval_ns, levels, piece_rows)
         self.interval_ns, self.levels, self.depth, self.min_rows = interval_ns, levels, depth, min_rows
         self.name, self.price_scale, self.size_scale, self.exchange = name, price_scale, size_scale, exchange
+        self.tick = tick   # the instrument's (<= 1: none known)
         self.symbol = symbol   # the feed's id of the symbol
         self.orderbook = orderbook
         self.book = self.out = None
@@ -317,15 +318,16 @@ class SymbolStream:
         return Snapshots(self.exchange, self.name, self.price_scale, self.size_scale,
                          *(array[:rows] for array in self.out))
 
-    def take(self, events, lines, path, tick, records=None):
+    def take(self, events, lines, path, records=None):
         """Apply ``events`` (of this symbol, as id 0; ``lines`` their lines in ``path``) and take
-        their snapshots, yielding each piece that fills. ``tick`` is the book's, used from the
-        first events on (any tick is exact); ``records`` pair LOBSTER messages with rows."""
+        their snapshots, yielding each piece that fills; ``records`` pair LOBSTER messages with rows."""
         if not len(events):
             return
         self.span.add(events)
         if self.book is None:
             # The order table grows when full (a stream's adds are known a chunk at a time).
+            # The instrument's tick, else (a capture carries none) one the first prices imply: any is exact.
+            tick = self.tick if self.tick > 1 else int(price_ticks(events, 1)[0])
             self.book = books.new_book(n_symbols=1, depth=self.depth, order_capacity=order_slots_for(events),
                                        ticks=np.array([tick], np.int64))
             if self.orderbook is not None and self.orderbook.first_rows() is not None:
@@ -355,12 +357,6 @@ class SymbolStream:
             yield from _finished(self.book, 0, self.interval_ns, self.cursor, self.out, self._piece)
 
 
-def _tick(chunk, symbol, events):
-    """The book's tick for a symbol's events (renumbered 0) of a chunk (see ``feed_ticks``)."""
-    tick = int(chunk.instruments.table["tick"][symbol])
-    return tick if tick > 1 else int(price_ticks(events, 1)[0])
-
-
 def stream_symbols(chunks, interval_ns, levels, *, exchange="", orderbook=None, depth=4096, piece_rows=None):
     """Snapshots of every symbol of a reader's stream of chunks (its ``iter_*``), in one pass,
     holding one chunk and each symbol's book and rows of that chunk.
@@ -383,9 +379,10 @@ def stream_symbols(chunks, interval_ns, levels, *, exchange="", orderbook=None, 
                 row = chunk.instruments.table[symbol]
                 stream = streams[symbol] = SymbolStream(
                     interval_ns, levels, chunk.instruments.name_of(symbol), int(row["price_scale"]),
-                    int(row["size_scale"]), symbol=symbol, exchange=exchange, orderbook=orderbook, depth=depth,
+                    int(row["size_scale"]), int(row["tick"]), symbol=symbol, exchange=exchange, orderbook=orderbook,
+                    depth=depth,
                     **(several if len(chunk.instruments) > 1 else dict(piece_rows=piece_rows)))
-            for piece in stream.take(events, lines, chunk.path, _tick(chunk, symbol, events), chunk.records):
+            for piece in stream.take(events, lines, chunk.path, chunk.records):
                 yield stream, piece
             if len(chunk.instruments) > 1:
                 for piece in stream.pending():
