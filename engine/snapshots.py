@@ -708,11 +708,16 @@ def _check_format(format):
 
 def _in_memory(snapshots, format):
     sink = io.BytesIO()
+    _write_into(sink, snapshots, format)
+    return sink.getvalue()
+
+
+def _write_into(sink, snapshots, format):
+    """Write a :class:`Snapshots`, or a shard's pieces, as they come into ``sink`` in ``format``."""
     writer = SnapshotWriter(sink, format)
     for piece in _pieces(snapshots):
         writer.add(piece)
     writer.finish()
-    return sink.getvalue()
 
 
 class SnapshotWriter:
@@ -790,10 +795,7 @@ def write_snapshots(snapshots, path, format, durable=True):
     """
     _check_format(format)   # before a file is made
     with AtomicFile(path, durable) as file:
-        writer = SnapshotWriter(file, format)
-        for piece in _pieces(snapshots):
-            writer.add(piece)
-        writer.finish()
+        _write_into(file, snapshots, format)
     return Path(path)
 
 
