@@ -97,35 +97,30 @@ def can_lock_memory(length=mmap.PAGESIZE):
         scratch.close()
 
 
-#: glibc's ``mallopt`` parameters, and the thresholds its malloc settles on by itself in a
-#: program that frees large blocks: blocks up to 32 MiB come from the heap and are reused, and
-#: up to twice that stays in the heap when freed.
+#: glibc's ``mallopt`` parameters, and the thresholds a worker sets: blocks up to 32 MiB (the
+#: most glibc allows) come from the heap and are reused, and up to 64 MiB of free heap is kept.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_ADAPTED_MMAP_THRESHOLD = 32 << 20
-_ADAPTED_TRIM_THRESHOLD = 64 << 20
-#: Settings that turn glibc's adaptation off, when the environment gives them at start.
-_FIXED_MALLOC = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_REUSED_BLOCK = 32 << 20
+_KEPT_FREE_HEAP = 64 << 20
 
 
 def reuse_freed_blocks():
-    """Let glibc's malloc keep and reuse freed large blocks when the environment fixed its
-    thresholds; returns whether it changed them.
+    """Let glibc's malloc keep and reuse the large blocks a worker frees; returns whether it
+    could (False where malloc is not glibc's).
 
-    glibc gives blocks over 128 KiB their own mapping at first, and raises that threshold as
-    such blocks are freed, so a program that allocates and frees large arrays soon reuses
-    them. Setting any threshold at start (``MALLOC_TRIM_THRESHOLD_``, which Dask's nanny sets
-    to 64 KiB for its workers) turns this off: every array over 128 KiB is then mapped anew and
-    faulted in page by page, and unmapped when freed. This sets the thresholds glibc itself
-    would reach.
+    glibc gives a block over 128 KiB a mapping of its own, faulted in page by page and
+    unmapped when freed. It raises that threshold to the largest such block freed so far,
+    but gives back free heap beyond twice the threshold: a shard that holds several large
+    arrays at once has most of them faulted in anew at every shard. Setting any threshold in
+    the environment (Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_``) turns the raising off
+    too, and every large array is mapped anew. This sets the thresholds once for the
+    process: the largest glibc allows for a reused block, and twice that of heap kept.
     """
-    if not any(name in os.environ for name in _FIXED_MALLOC):
-        return False
     try:
         mallopt = _libc().mallopt
     except (OSError, AttributeError):   # not glibc
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _ADAPTED_MMAP_THRESHOLD)
-                and mallopt(_M_TRIM_THRESHOLD, _ADAPTED_TRIM_THRESHOLD))
+    return bool(mallopt(_M_MMAP_THRESHOLD, _REUSED_BLOCK) and mallopt(_M_TRIM_THRESHOLD, _KEPT_FREE_HEAP))
 
 
 def allow_open_files():

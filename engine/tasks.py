@@ -61,7 +61,7 @@ def prepare_worker():
     global _prepared
     if _prepared:
         return os.getpid()
-    reuse_freed_blocks()   # a Dask worker's malloc maps and faults in every large array anew
+    reuse_freed_blocks()   # else a shard's large arrays are faulted in anew at every shard
     allow_open_files()   # a file of many symbols has an output open for each
     if not os.environ.get("NUMBA_CACHE_DIR"):
         os.environ["NUMBA_CACHE_DIR"] = numba_cache_dir()

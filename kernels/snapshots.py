@@ -200,8 +200,12 @@ def take_snapshots(book, symbol, events, start, stop, interval, cursor, times, l
         ``OK``, ``FULL``, ``BAD_ARGUMENT`` or the book's error for that event.
     """
     stop = min(stop, events.shape[0])
+    # The caller's references keep these alive: the rows written below then count none.
     borrowed_book = borrow(book)
     borrowed_events = borrow(events)
+    cursor, times, last_ns, last_local_ns, sequences = borrow((cursor, times, last_ns, last_local_ns, sequences))
+    bid_prices, bid_quantities, ask_prices, ask_quantities = borrow(
+        (bid_prices, bid_quantities, ask_prices, ask_quantities))
     if cursor.shape[0] < N_CURSOR:
         return max(start, 0), BAD_ARGUMENT
     for i in range(max(start, 0), stop):
