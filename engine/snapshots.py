@@ -52,7 +52,7 @@ from ringbook.engine.files import AtomicFile
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
-from ringbook.kernels.fixed import format_decimal_bytes
+from ringbook.kernels.fixed import format_decimal_bytes, put_digits
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.orders import order_slots_for, with_more_order_slots, with_room_for_orders
 from ringbook.kernels.replay import _apply_event
@@ -280,11 +280,13 @@ class StreamSpan:
         self.earliest = self.latest = None
 
     def add(self, events):
-        _, earliest, latest = kernels.time_span(events)
+        """Count ``events``; returns their :func:`~ringbook.kernels.snapshots.time_span`."""
+        span = first, earliest, latest = kernels.time_span(events)
         self.events += len(events)
         if earliest:
             self.earliest = earliest if self.earliest is None else min(self.earliest, earliest)
             self.latest = latest if self.latest is None else max(self.latest, latest)
+        return span
 
 
 class SymbolStream:
@@ -323,7 +325,7 @@ class SymbolStream:
         their snapshots, yielding each piece that fills; ``records`` pair LOBSTER messages with rows."""
         if not len(events):
             return
-        self.span.add(events)
+        first, _, latest = self.span.add(events)
         if self.book is None:
             # The order table grows when full (a stream's adds are known a chunk at a time).
             # The instrument's tick, else (a capture carries none) one the first prices imply: any is exact.
@@ -332,7 +334,8 @@ class SymbolStream:
                                        ticks=np.array([tick], np.int64))
             if self.orderbook is not None and self.orderbook.first_rows() is not None:
                 _seed(self.book, 0, self.orderbook.first_rows(), events[0])
-        wanted = max(min(kernels.boundary_count(events, self.interval_ns) + 1, self.piece_rows), self.min_rows)
+        wanted = max(min(kernels.boundaries_between(first, latest, self.interval_ns) + 1, self.piece_rows),
+                     self.min_rows)
         if self.out is None or (self.cursor[kernels.CURSOR_ROWS] == 0 and len(self.out[0]) < wanted):
             self.out = _outputs(wanted, self.levels)   # rows are kept while a piece is pending
         if self.orderbook is None:
@@ -528,6 +531,39 @@ def _same_levels(bid_prices, bid_quantities, ask_prices, ask_quantities, row, ot
 
 
 @llvm_inline_kernel
+def _put_field(out, at, prices, quantities, row, level, price_scale, size_scale, fields, k, copies):
+    """Level field ``k`` of a row (:func:`_put_level`), copied from the previous row's when
+    ``copies`` and the level holds the same price and amount; ``fields[k]`` becomes where it
+    starts (``fields[k]`` and ``fields[k + 1]`` are the previous row's until then)."""
+    start = at
+    price = prices[row, level]
+    if (copies and price != NO_PRICE and price == prices[row - 1, level]
+            and quantities[row, level] == quantities[row - 1, level]):
+        at = _copy_within(out, fields[k], fields[k + 1], at)
+    else:
+        at = _put_level(out, at, prices, quantities, row, level, price_scale, size_scale)
+    fields[k] = start
+    return at
+
+
+#: A timestamp whose digits above the last :data:`_LOW_DIGITS` are the previous row's copies them.
+_LOW_DIGITS = 8
+_LOW_SPAN = 10 ** _LOW_DIGITS
+
+
+@llvm_inline_kernel
+def _put_timestamp(out, at, value, previous, previous_start, previous_stop):
+    """``value`` (µs) as digits; where its digits above the last :data:`_LOW_DIGITS` are those
+    of ``previous``, written at ``out[previous_start:previous_stop]``, they are copied from there."""
+    high = value // _LOW_SPAN
+    if high > 0 and high == previous // _LOW_SPAN:
+        at = _copy_within(out, previous_start, previous_stop - _LOW_DIGITS, at)
+        put_digits(out, at, np.uint64(value - high * _LOW_SPAN), _LOW_DIGITS)
+        return at + _LOW_DIGITS
+    return _put_integer(out, at, value)
+
+
+@llvm_inline_kernel
 def widest_csv_row(prefix_bytes, levels):
     """Bytes a CSV row takes at most: each number at most 21 bytes with its separator, 20 more
     for the sign and dot, and the newline."""
@@ -539,10 +575,10 @@ def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, as
                     ask_quantities, price_scale, size_scale, first_row, out):
     """CSV rows in tardis.dev's layout into ``out``, from ``first_row`` on, while they fit.
 
-    ``prefix`` is ``exchange,symbol,`` as bytes. A row whose levels equal the
-    previous row's copies that row's level fields (the book often does not
-    change between boundaries), and a local time equal to the boundary copies
-    its digits.
+    ``prefix`` is ``exchange,symbol,`` as bytes. Text the previous row already holds
+    is copied from it rather than formatted again: all its level fields when the levels
+    are the same (the book often does not change between boundaries), else each level
+    that is; the leading digits of the time; a local time equal to the boundary.
 
     Returns
     -------
@@ -564,15 +600,21 @@ def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, as
     if last_local_ns.shape[0] < rows or first_row < 0:
         return first_row, BAD_ARGUMENT
     widest = widest_csv_row(prefix.shape[0], levels)
+    # Where the previous row's level fields are in ``out`` (ask then bid of each level, field k
+    # from fields[k] to fields[k + 1]): read only from the second row of the call on.
+    fields = np.empty(2 * levels + 1, np.int64)
+    boundary_us = boundary_start = boundary_stop = 0
     at = 0
-    levels_start = -1   # the previous row's level fields: out[levels_start:levels_stop]
-    levels_stop = -1
     row = first_row
     while row < rows and at + widest <= out.shape[0]:
         at = _put_text(out, at, prefix)
+        previous_boundary, previous_start, previous_stop = boundary_us, boundary_start, boundary_stop
         boundary_us = times[row] // 1000
         boundary_start = at
-        at = _put_integer(out, at, boundary_us)
+        if row > first_row:
+            at = _put_timestamp(out, at, boundary_us, previous_boundary, previous_start, previous_stop)
+        else:
+            at = _put_integer(out, at, boundary_us)
         boundary_stop = at
         out[at] = 44
         at += 1
@@ -581,16 +623,19 @@ def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, as
             at = _copy_within(out, boundary_start, boundary_stop, at)
         else:
             at = _put_integer(out, at, local)
-        start = at
-        if levels_start >= 0 and _same_levels(bid_prices, bid_quantities, ask_prices, ask_quantities, row,
-                                              row - 1):
-            at = _copy_within(out, levels_start, levels_stop, at)
+        if row > first_row and _same_levels(bid_prices, bid_quantities, ask_prices, ask_quantities, row, row - 1):
+            moved = at - fields[0]
+            at = _copy_within(out, fields[0], fields[2 * levels], at)
+            for k in range(2 * levels + 1):
+                fields[k] += moved
         else:
+            copies = row > first_row
             for level in range(levels):
-                at = _put_level(out, at, ask_prices, ask_quantities, row, level, price_scale, size_scale)
-                at = _put_level(out, at, bid_prices, bid_quantities, row, level, price_scale, size_scale)
-        levels_start = start
-        levels_stop = at
+                at = _put_field(out, at, ask_prices, ask_quantities, row, level, price_scale, size_scale, fields,
+                                2 * level, copies)
+                at = _put_field(out, at, bid_prices, bid_quantities, row, level, price_scale, size_scale, fields,
+                                2 * level + 1, copies)
+            fields[2 * levels] = at
         out[at] = 10
         at += 1
         row += 1

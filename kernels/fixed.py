@@ -472,7 +472,7 @@ _DIGIT_PAIRS = np.array([ord(c) for k in range(100) for c in f"{k:02d}"], np.uin
 
 
 @inline_kernel
-def _put_digits(out, start, value, digits):
+def put_digits(out, start, value, digits):
     """The last ``digits`` decimal digits of an unsigned ``value`` into ``out[start:]``."""
     position = start + digits
     while position - start >= 2:
@@ -533,12 +533,12 @@ def format_decimal_bytes(value, scale, decimals, out, start, trim=False):
     if value < 0:
         out[position] = _MINUS
         position += 1
-    _put_digits(out, position, whole, whole_digits)
+    put_digits(out, position, whole, whole_digits)
     position += whole_digits
     if decimals > 0:
         out[position] = _DOT
         position += 1
-        _put_digits(out, position, fraction, kept)
+        put_digits(out, position, fraction, kept)
         position += kept
         for _ in range(decimals - kept):
             out[position] = _ZERO

@@ -256,9 +256,14 @@ def boundary_count(events, interval):
     From the first boundary at or after the first exchange time to the last
     at or before the latest one.
     """
+    first, _, latest = time_span(events)
+    return boundaries_between(first, latest, interval)
+
+
+def boundaries_between(first, latest, interval):
+    """:func:`boundary_count` of events whose :func:`time_span` is ``(first, _, latest)``."""
     if interval <= 0:
         raise ValueError(f"interval must be positive, got {interval}")
-    first, _, latest = time_span(events)
     if first == 0:
         return 0
     first_boundary = -(-first // interval) * interval
