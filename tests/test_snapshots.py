@@ -294,6 +294,27 @@ def test_csv_matches_reference_in_any_pieces(rows, levels, price_scale, size_sca
     assert sink.getvalue().decode() == expected and len(writer.scratch) < snapshots.CSV_PIECE
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 4), st.sampled_from([1, 99_999_990, 10**8 - 1, 10**15 - 7]),
+       st.sampled_from([1, 3, 1000, 10**6]), st.data())
+def test_csv_rows_copied_in_part_from_the_previous_row_match_reference(rows, levels, first_us, interval_us, data):
+    """Boundaries a fixed interval apart (their leading digits repeat, and cross a power of ten),
+    and each level drawn from a few values (a row often repeats some of the previous row's
+    levels, not all): written whole and one row a piece."""
+    cell = st.sampled_from([NO_PRICE, 0, 1, 25, 10**6])
+    matrices = [np.array(data.draw(st.lists(cell, min_size=rows * levels, max_size=rows * levels)),
+                         np.int64).reshape(rows, levels) for _ in range(4)]
+    times = (first_us + interval_us * np.arange(rows, dtype=np.int64)) * 1000
+    table = snapshots.Snapshots("ex", "SYM", 2, 0, times, times, times, times, *matrices)
+    expected = naive.snapshot_csv(*table_arrays(table), NO_PRICE)
+    assert snapshots.csv_bytes(table).decode() == expected
+    sink = io.BytesIO()
+    writer = snapshots.SnapshotWriter(sink, "csv", scratch=np.empty(1, np.uint8))
+    writer.add(table)
+    writer.finish()
+    assert sink.getvalue().decode() == expected
+
+
 def test_csv_rows_refuse_arrays_of_other_shapes():
     table = small_table()
     out = np.zeros(4096, np.uint8)
