@@ -27,7 +27,7 @@ from pathlib import Path
 
 import blake3
 
-from ringbook.engine.inputs import STREAMED, Source, as_inputs, read_source, source_facts, sources, stream_source
+from ringbook.engine.inputs import Source, as_inputs, read_source, source_facts, sources, stream_source
 from ringbook.engine.tasks import (TaskFailure, WorkersCannotStart, executor, failure_line, prepare_worker,
                                      run_tasks)
 
@@ -174,16 +174,12 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
 
     Runs on a worker. Returns the manifest entry of the file. Each output is
     written atomically but not synced: the driver syncs them before it records
-    the entry (see the module docstring). A LOBSTER file, a Binance capture, a
-    tardis file or a Kalshi file is streamed, a chunk at a time, all its symbols
-    in one pass (:func:`_streamed_shards`); a journal is read whole first.
+    the entry (see the module docstring). Every input is streamed, a chunk at a
+    time, all its symbols in one pass (:func:`_streamed_shards`).
     """
     prepare_worker()
     facts = source_facts(source)
-    if source.format in STREAMED:
-        shards = _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format)
-    else:
-        shards = _read_shards(source, out_dir, levels, interval_ns, interval_text, format)
+    shards = _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format)
     return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
             "status": "done", "error": None, "shards": shards}
 
@@ -193,25 +189,6 @@ def _shard_entry(name, output, tally, events, earliest, latest):
             "first_boundary_ns": tally.first_boundary, "last_boundary_ns": tally.last_boundary,
             "first_event_ns": int(earliest) if earliest else None,
             "last_event_ns": int(latest) if latest else None}
-
-
-def _read_shards(source, out_dir, levels, interval_ns, interval_text, format):
-    """The shards of a file read whole, one symbol after another."""
-    from ringbook.engine import snapshots
-    from ringbook.kernels.snapshots import time_span
-
-    feed, orderbook, exchange = read_source(source)
-    shards = []
-    for symbol, events in symbol_events(feed):
-        pieces = snapshots.snapshot_pieces(feed, symbol, interval_ns, levels, exchange=exchange,
-                                           orderbook=orderbook)
-        name = feed.instruments.name_of(symbol)
-        output = snapshots.output_name(source.name, name, levels, interval_text, format)
-        tally = snapshots.Tally()
-        snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
-        _, earliest, latest = time_span(events)
-        shards.append(_shard_entry(name, output, tally, len(events), earliest, latest))
-    return shards
 
 
 def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format):

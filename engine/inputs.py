@@ -231,19 +231,18 @@ def _orderbook_of(source):
     return source.orderbook
 
 
-#: Formats read as a stream of chunks when a shard streams (:func:`stream_source`).
-STREAMED = ("lobster", "binance", "tardis", "kalshi")
-
-
 def stream_source(source):
     """``(chunks, orderbook, exchange)``: a reader's stream of
-    :class:`~ringbook.engine.feeds.source.Feed` chunks, in bounded memory (see :data:`STREAMED`);
-    for LOBSTER, ``orderbook`` streams its orderbook file beside it
+    :class:`~ringbook.engine.feeds.source.Feed` chunks, in bounded memory; for LOBSTER,
+    ``orderbook`` streams its orderbook file beside it
     (:class:`~ringbook.engine.feeds.lobster.OrderbookStream`), each file within half the
-    memory limit. ``orderbook`` is None otherwise.
+    memory limit. ``orderbook`` is None otherwise. A journal stream is streamed from the
+    capture it was imported from, written back to a temporary file (:func:`_stream_journal`).
     """
     from ringbook.engine.feeds import binance, kalshi, lobster, tardis
 
+    if source.format == "journal":
+        return _stream_journal(source)
     if source.format == "lobster":
         return (*lobster.iter_with_orderbook(source.path, _orderbook_of(source)), EXCHANGES["lobster"])
     if source.format == "binance":
@@ -252,7 +251,7 @@ def stream_source(source):
         return tardis.iter_incremental(source.path), None, tardis.exchange_of(source.path)
     if source.format == "kalshi":
         return kalshi.iter_messages(source.path), None, EXCHANGES["kalshi"]
-    raise ValueError(f"a {source.format} input is not streamed")
+    raise ValueError(f"unknown format {source.format!r}")
 
 
 def _read_journal(source):
@@ -266,10 +265,50 @@ def _read_journal(source):
         try:
             feed, orderbook, exchange = read_source(Source(str(path), format, source.orderbook))
         except FeedError as error:
-            raise FeedError(f"{source.path} (stream {source.stream}, a {format} capture)", error.line,
-                            error.reason, error.field, error.partial) from None
+            raise _journal_error(source, format, error) from None
     feed.path = source.key
     return feed, orderbook, exchange
+
+
+def _stream_journal(source):
+    """:func:`stream_source` of a journal stream: the capture written back to a temporary file
+    and streamed from there, the file removed once its chunks end; errors name the journal
+    and stream."""
+    from ringbook.engine.feeds import journal as feeds_journal
+    from ringbook.engine.feeds.source import FeedError
+
+    directory = tempfile.TemporaryDirectory(prefix="ringbook-batch-")
+    try:
+        format, path = feeds_journal.materialize(source.path, directory.name, source.stream)
+        try:
+            chunks, orderbook, exchange = stream_source(Source(str(path), format, source.orderbook))
+        except FeedError as error:
+            raise _journal_error(source, format, error) from None
+    except BaseException:
+        directory.cleanup()
+        raise
+    return _journal_chunks(source, format, chunks, directory), orderbook, exchange
+
+
+def _journal_chunks(source, format, chunks, directory):
+    from ringbook.engine.feeds.source import FeedError
+
+    try:
+        for chunk in chunks:
+            chunk.path = source.key
+            yield chunk
+    except FeedError as error:
+        raise _journal_error(source, format, error) from None
+    finally:
+        directory.cleanup()
+
+
+def _journal_error(source, format, error):
+    """A reader's error in a journal stream's capture, naming the journal and stream."""
+    from ringbook.engine.feeds.source import FeedError
+
+    return FeedError(f"{source.path} (stream {source.stream}, a {format} capture)", error.line, error.reason,
+                     error.field, error.partial)
 
 
 def source_facts(source, hash=True):

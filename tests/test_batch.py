@@ -25,8 +25,9 @@ import numba
 import numpy as np
 import pytest
 
-from ringbook.engine import batch, cli, tasks
+from ringbook.engine import batch, cli, snapshots, tasks
 from ringbook.engine.snapshots import CSV_PIECE
+from ringbook.engine.feeds import journal as feeds_journal
 from ringbook.engine.feeds import lobster, synthetic
 from ringbook.engine.feeds.source import Feed
 from ringbook.engine.inputs import Source, content_hash, detect_format, read_source, sources, stream_source
@@ -296,6 +297,23 @@ def test_a_prepared_worker_compiles_no_snapshot_kernel_for_its_shards(shared_dat
     assert found.stdout.strip() == "[]"
 
 
+def whole_file_shards(source, out_dir, levels, interval_ns, interval_text, format):
+    """The reference of a streamed shard: its file read whole, its symbols taken one after another."""
+    from ringbook.kernels.snapshots import time_span
+
+    feed, orderbook, exchange = read_source(source)
+    shards = []
+    for symbol, events in batch.symbol_events(feed):
+        pieces = snapshots.snapshot_pieces(feed, symbol, interval_ns, levels, exchange=exchange, orderbook=orderbook)
+        name = feed.instruments.name_of(symbol)
+        output = snapshots.output_name(source.name, name, levels, interval_text, format)
+        tally = snapshots.Tally()
+        snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
+        _, earliest, latest = time_span(events)
+        shards.append(batch._shard_entry(name, output, tally, len(events), earliest, latest))
+    return shards
+
+
 def shard_outputs(task, source, folder, format):
     """``(manifest entries of the shards, {output: bytes})`` of one of the shard paths of a task."""
     folder.mkdir()
@@ -307,8 +325,9 @@ def shard_outputs(task, source, folder, format):
 @pytest.mark.parametrize("memory_limit", ["1M", None])
 def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, monkeypatch, format, memory_limit):
     """A Binance capture, a tardis file (of one symbol or two), a LOBSTER file (with its orderbook
-    file beside it) or a Kalshi file (ten markets) is taken as it streams: the same shards, byte
-    for byte, as from the whole file read first, also when it comes in hundreds of chunks."""
+    file beside it), a Kalshi file (ten markets) or a journal's streams is taken as it streams:
+    the same shards, byte for byte, as from the whole file read first, also when it comes in
+    hundreds of chunks."""
     if format == "parquet":
         pytest.importorskip("pyarrow")
     if memory_limit:
@@ -318,16 +337,20 @@ def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, 
     two = tmp_path / "deribit_incremental_book_L2_TWO.csv"
     two.write_text("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n"
                    + "".join(f"{row}\n{row.replace('ex,TST,', 'ex,OTH,')}\n" for row in TARDIS_ROWS.splitlines()))
+    journal = tmp_path / "journal"   # a stream of each, streamed from its capture written back to a file
+    for kind, capture in (("binance", shared_data / "binance/spot_btcusdt_20240808.gz"),
+                          ("kalshi", shared_data / "kalshi/kalshi_ticker.jsonl")):
+        feeds_journal.import_capture(kind, capture, journal)
     paths = [shared_data / "binance/spot_btcusdt_20240808.gz", tardis, two, shared_data / "kalshi/kalshi_ticker.jsonl",
              synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=3000),
              *sorted((shared_data / "lobster").glob("*_message_*.csv")),
-             synthetic.write_lobster(tmp_path, messages=20_000)[0]]
+             synthetic.write_lobster(tmp_path, messages=20_000)[0], journal]
     for k, source in enumerate(sources(paths)):
-        whole = shard_outputs(batch._read_shards, source, tmp_path / f"whole{k}", format)
+        whole = shard_outputs(whole_file_shards, source, tmp_path / f"whole{k}", format)
         streamed = shard_outputs(batch._streamed_shards, source, tmp_path / f"streamed{k}", format)
         assert streamed == whole and whole[0][0]["rows"] > 0
-    assert len(whole[0]) == 1 and len(shard_outputs(batch._read_shards, sources([two])[0], tmp_path / "two",
-                                                    format)[0]) == 2
+    for path, symbols in ((tardis, 1), (two, 2)):
+        assert len(shard_outputs(whole_file_shards, sources([path])[0], tmp_path / path.stem, format)[0]) == symbols
 
 
 def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing(shared_data, tmp_path,
@@ -375,7 +398,7 @@ def test_a_file_of_several_symbols_streams_in_one_pass(tmp_path, monkeypatch):
     assert len(list(stream_source(source)[0])) > 2
     entry = batch.snapshot_task(source, str(tmp_path), 5, 10**9, "1s", "csv")
     assert [shard["symbol"] for shard in entry["shards"]] == ["TST", "OTH"]
-    whole = shard_outputs(batch._read_shards, source, tmp_path / "whole", "csv")
+    whole = shard_outputs(whole_file_shards, source, tmp_path / "whole", "csv")
     assert entry["shards"] == whole[0]
     assert {shard["output"]: (tmp_path / shard["output"]).read_bytes() for shard in entry["shards"]} == whole[1]
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
@@ -408,14 +431,19 @@ def test_a_file_of_more_symbols_than_the_open_file_limit(tmp_path):
     assert len(list((tmp_path / "out").glob("*.csv"))) == 150
 
 
-@pytest.mark.parametrize("kind", ["binance", "lobster", "tardis of two symbols"])
+@pytest.mark.parametrize("kind", ["binance", "lobster", "tardis of two symbols", "journal of a binance capture"])
 def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch, kind):
     """The memory a file's shards take is its reader's bound, not the file's size: the whole file
-    read first held several times as much here, and grows with the file."""
+    read first held several times as much here, and grows with the file. A journal stream is
+    streamed from its capture written back to a temporary file."""
     limit = 2 << 20
     monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", str(limit))
     book = 0   # bytes of the book's order table: the stream's is at most 4 slots a live order
-    if kind == "binance":
+    if kind.startswith("journal"):
+        capture = synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=40_000)
+        path = tmp_path / "journal"
+        feeds_journal.import_capture("binance", capture, path)
+    elif kind == "binance":
         path = synthetic.write_binance_capture(tmp_path / "capture.gz", diffs=40_000)
     elif kind.startswith("tardis"):
         path = tmp_path / "deribit_incremental_book_L2_TWO.csv"
@@ -426,7 +454,7 @@ def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch, kind
         book = 4 * 32 * np.count_nonzero(lobster.read_messages(path).events["kind"] == KIND_L3_ADD)
     source = sources([path])[0]
     peaks = {}
-    for task in (batch.snapshot_task, batch._read_shards):
+    for task in (batch.snapshot_task, whole_file_shards):
         out = tmp_path / task.__name__
         out.mkdir()
         task(source, str(out), 5, 10**9, "1s", "csv")   # compiled before tracing
@@ -438,7 +466,7 @@ def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch, kind
             tracemalloc.stop()
     # The readers' bound (LOBSTER's two files half of it each), the CSV writer's buffer, the book.
     assert peaks["snapshot_task"] < 2 * limit + CSV_PIECE + book, peaks
-    assert peaks["snapshot_task"] * 4 < peaks["_read_shards"], peaks
+    assert peaks["snapshot_task"] * 4 < peaks["whole_file_shards"], peaks
 
 
 @pytest.mark.slow
