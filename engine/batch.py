@@ -352,6 +352,7 @@ def replay_task(source, payload, every):
     prepare_worker()
     from ringbook.engine.check import feed_ticks
     from ringbook.engine.feeds import lobster
+    from ringbook.engine.reconciled import replay_reconciled, scratch_for
     from ringbook.kernels import book as books
     from ringbook.kernels.orders import order_slots_for
     from ringbook.kernels.replay import replay_events
@@ -363,11 +364,18 @@ def replay_task(source, payload, every):
     ticks = feed_ticks(feed, n_symbols)
     for symbol, events in symbol_events(feed):
         book = books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=order_slots_for(events), ticks=ticks)
-        if orderbook is not None and len(events):
+        state = make_state(events)
+        if orderbook is None:
+            replay_events(book, events, callback, state, every)
+        elif len(events):
+            # A LOBSTER file: seeded from its orderbook file and kept equal to it (see ``reconciled``).
             books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]),
                                                    0), "seeding the book")
-        state = make_state(events)
-        replay_events(book, events, callback, state, every)
+            row_of_event = lobster.rows_of_records(orderbook.records, feed.records)
+            stop, status = replay_reconciled(book, symbol, events, row_of_event, orderbook.ask_price,
+                                             orderbook.ask_size, orderbook.bid_price, orderbook.bid_size,
+                                             *scratch_for(book, orderbook.levels), callback, state, every)
+            books.check_status(status, f"{feed.path}, line {int(feed.lines[min(stop, len(events) - 1)])}")
         results.append((feed.instruments.name_of(symbol), state))
     return results
 

@@ -46,16 +46,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ringbook.engine.check import _reconcile_order, price_ticks
+from ringbook.engine.check import price_ticks
 from ringbook.engine.feeds import lobster
 from ringbook.engine.files import AtomicFile
+from ringbook.engine.reconciled import apply_reconciled, scratch_for
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
 from ringbook.kernels.fixed import format_decimal_bytes, put_digits
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.orders import order_slots_for, with_more_order_slots, with_room_for_orders
-from ringbook.kernels.replay import _apply_event
 from ringbook.kernels.slab import copy_bytes
 from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK, ORDER_TABLE_FULL
 
@@ -108,13 +108,9 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
                       bid_sizes, found_prices, found_quantities, all_prices, all_quantities, counters,
                       interval, cursor, times, last_ns, last_local_ns, sequences, out_bid_prices,
                       out_bid_quantities, out_ask_prices, out_ask_quantities, start, previous):
-    """Snapshots of a LOBSTER replay reconciled with its orderbook rows after every message.
-
-    The loop of :func:`ringbook.engine.check.check_lobster_kernel` with the
-    snapshot steps around each event, from ``events[start]``; each side is
-    reconciled with :func:`ringbook.kernels.snapshots.reconcile_side`, which
-    changes only the levels that differ from the row. ``previous`` is the row
-    reconciled last (-1: none yet).
+    """Snapshots of a LOBSTER replay reconciled with its orderbook rows after every message
+    (:func:`ringbook.engine.reconciled.apply_reconciled`), from ``events[start]``.
+    ``previous`` is the row reconciled last (-1: none yet).
 
     Returns ``(next_index, status, previous)``: on ``FULL`` (the outputs have no
     room for the next boundary) call again from ``next_index`` with ``previous``
@@ -136,21 +132,11 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
                                              out_bid_quantities, out_ask_prices, out_ask_quantities)
             if status != OK:
                 return i, status, previous
-        _reconcile_order(book, events, i, counters)
-        status = _apply_event(book, events, i)
+        status, previous = apply_reconciled(book, symbol, events, i, row_of_event, ask_prices, ask_sizes,
+                                            bid_prices, bid_sizes, found_prices, found_quantities, all_prices,
+                                            all_quantities, counters, previous)
         if status < 0:
             return i, status, previous
-        row = row_of_event[i]
-        if row >= 0 and row < ask_prices.shape[0]:
-            has_previous = previous >= 0
-            reference = previous if has_previous else row
-            kernels.reconcile_side(book, symbol, 1, bid_prices[row], bid_sizes[row], bid_prices[reference],
-                                   bid_sizes[reference], has_previous, found_prices, found_quantities,
-                                   all_prices, all_quantities)
-            kernels.reconcile_side(book, symbol, -1, ask_prices[row], ask_sizes[row], ask_prices[reference],
-                                   ask_sizes[reference], has_previous, found_prices, found_quantities,
-                                   all_prices, all_quantities)
-            previous = row
         kernels.note_applied(book, symbol, events, i, interval, cursor)
     return events.shape[0], OK, previous
 
@@ -224,15 +210,12 @@ def _reconciled(book, symbol, events, lines, path, rows, row_of_event, start, pr
     their snapshots, yielding a piece each time the outputs are full (:func:`lobster_snapshots`).
     Returns ``(book, previous)``: the book (see :func:`_driven`) and the row reconciled last.
     """
-    found = np.zeros(rows.levels, np.int64), np.zeros(rows.levels, np.int64)
-    capacity = book.prices.shape[2] + book.ladders.shape[2]
-    every_level = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
-    counters, last = np.zeros(13, np.int64), [previous]
+    scratch, last = scratch_for(book, rows.levels), [previous]
 
     def step(book, index):
         index, status, last[0] = lobster_snapshots(
             book, symbol, events, row_of_event, rows.ask_price, rows.ask_size, rows.bid_price, rows.bid_size,
-            *found, *every_level, counters, interval_ns, cursor, *out, index, last[0])
+            *scratch, interval_ns, cursor, *out, index, last[0])
         return index, status
 
     book = yield from _driven(step, book, start, lines, path, piece)
