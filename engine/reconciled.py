@@ -2,9 +2,9 @@
 
 LOBSTER's message file leaves out the messages of levels beyond those its orderbook
 file shows, so a replay of the messages alone loses the book as soon as such a level
-comes into view (on the shared 1-level AMZN day, a seeded replay agrees with one row in
-1,150). After each message the book is therefore reconciled with the orderbook row after
-it: the remaining size of the order the message names
+comes into view: on the shared 1-level AMZN day, the best bid and ask of a seeded replay
+agree with the file after 53 of its 57,515 messages. After each message the book is
+therefore reconciled with the orderbook row after it: the remaining size of the order the message names
 (:func:`ringbook.engine.check._reconcile_order`) and each side
 (:func:`ringbook.kernels.snapshots.reconcile_side`), the effect on the book that
 ``ringbook check`` has. Every level the file shows then equals the row after every message.
