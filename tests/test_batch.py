@@ -169,32 +169,6 @@ def test_one_input_given_alone_is_one_input(inputs, reference, tmp_path):
     assert [entry["file"] for entry in files] == [str(path)] and totals["mismatches"] == 0
 
 
-@numba.njit
-def best_levels(book, events, i, state):
-    """The best bid and ask, price and size, after message ``i``."""
-    state[i, 0], state[i, 1] = best_bid(book, events[i].symbol)
-    state[i, 2], state[i, 3] = best_ask(book, events[i].symbol)
-
-
-def state_per_message(events):
-    return np.zeros((len(events), 4), np.int64)
-
-
-def test_a_callback_sees_the_lobster_book_of_the_orderbook_file(shared_data):
-    """On the real LOBSTER days, the book a callback sees after each message has the best bid and
-    ask (price and size) of the orderbook file's row for it: the replay is seeded from the file
-    and reconciled with it, as snapshots are. Without that, the 1-level day's book disagreed
-    after most messages (hidden levels come into view unseen)."""
-    paths = sorted((shared_data / "lobster").glob("*_message_*.csv"))
-    states = batch.replay_files(paths, best_levels, state_per_message, workers=0)
-    for path in paths:
-        rows = lobster.read_orderbook(str(path).replace("_message_", "_orderbook_"))
-        (found,) = [state for (key, _), state in states.items() if key == str(path)]
-        expected = np.stack([rows.bid_price[:, 0], rows.bid_size[:, 0], rows.ask_price[:, 0], rows.ask_size[:, 0]], 1)
-        assert len(found) == len(expected) > 900
-        assert np.array_equal(found, expected), path.name
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_task_that_returns_none_is_a_result(workers):
     """None is a task's result like any other, not a sign that its pool broke (it was taken for
@@ -457,7 +431,8 @@ def test_a_file_of_more_symbols_than_the_open_file_limit(tmp_path):
     assert len(list((tmp_path / "out").glob("*.csv"))) == 150
 
 
-@pytest.mark.parametrize("kind", ["binance", "lobster", "tardis of two symbols", "journal of a binance capture"])
+@pytest.mark.parametrize("kind", ["binance", "lobster", "tardis of two symbols",
+                                  pytest.param("journal of a binance capture", marks=pytest.mark.slow)])
 def test_a_streamed_shard_holds_a_chunk_not_the_file(tmp_path, monkeypatch, kind):
     """The memory a file's shards take is its reader's bound, not the file's size: the whole file
     read first held several times as much here, and grows with the file. A journal stream is
