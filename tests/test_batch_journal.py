@@ -4,13 +4,14 @@ original files, in this process, in local processes and on Dask."""
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import blake3
 import numpy as np
 import pytest
 
-from ringbook.engine import batch, cli, inputs
+from ringbook.engine import batch, cli, inputs, tasks
 from ringbook.engine.feeds import journal as feeds_journal
 from ringbook.engine.feeds import synthetic
 from ringbook.engine.journal import list_segments
@@ -159,15 +160,22 @@ def test_lobster_streams_without_their_orderbook_files_fail_alone(synthetic_inpu
                                         f"{stream.replace('_message_', '_orderbook_')}.csv beside it")
 
 
-def test_a_malformed_record_names_the_journal_stream_and_line(tmp_path):
+def test_a_malformed_record_names_the_journal_stream_and_line(tmp_path, monkeypatch):
+    """The shard fails naming the journal, its stream and the line; the capture written back
+    to stream it from is removed (also when the shard ends early)."""
     message, _ = synthetic.write_lobster(tmp_path, messages=200, levels=5, seed=3, ticker="BAD")
     rows = Path(message).read_text().splitlines()
     rows[9] = rows[9].replace(",", ";", 1)
     Path(message).write_text("\n".join(rows) + "\n")
     journal = journal_of([("lobster", message)], tmp_path / "journal")
+    tasks.prepare_worker()   # its Numba cache folder is under the temporary folder: made before it moves
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     report = batch.snapshot_files([journal], tmp_path / "out", levels=5, interval="1s", workers=0)
     (key, failure), = report.failed
     assert failure.line == 10 and str(journal) in failure.file and "stream" in failure.file
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.slow
