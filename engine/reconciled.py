@@ -4,8 +4,8 @@ LOBSTER's message file leaves out the messages of levels beyond those its orderb
 file shows, so a replay of the messages alone loses the book as soon as such a level
 comes into view: on the shared 1-level AMZN day, the best bid and ask of a seeded replay
 agree with the file after 53 of its 57,515 messages. After each message the book is
-therefore reconciled with the orderbook row after it: the remaining size of the order the message names
-(:func:`ringbook.engine.check._reconcile_order`) and each side
+therefore reconciled with the orderbook row after it: the remaining size of the order
+the message names (:func:`ringbook.engine.check._reconcile_order`) and each side
 (:func:`ringbook.kernels.snapshots.reconcile_side`), the effect on the book that
 ``ringbook check`` has. Every level the file shows then equals the row after every message.
 
@@ -16,7 +16,7 @@ user's callback after each message, for ``replay_files``).
 
 import numpy as np
 
-from ringbook.engine.check import _reconcile_order
+from ringbook.engine.check import N_COUNTERS, _reconcile_order
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import borrow
 from ringbook.kernels.events import FLAG_BATCH_END
@@ -58,7 +58,7 @@ def scratch_for(book, levels):
     :func:`apply_reconciled` works in, for ``book`` and rows of ``levels`` levels."""
     capacity = book.prices.shape[2] + book.ladders.shape[2]
     return (np.zeros(levels, np.int64), np.zeros(levels, np.int64), np.zeros(capacity, np.int64),
-            np.zeros(capacity, np.int64), np.zeros(13, np.int64))
+            np.zeros(capacity, np.int64), np.zeros(N_COUNTERS, np.int64))
 
 
 @kernel_with_callback

@@ -537,7 +537,8 @@ _LOW_SPAN = 10 ** _LOW_DIGITS
 @llvm_inline_kernel
 def _put_timestamp(out, at, value, previous, previous_start, previous_stop):
     """``value`` (µs) as digits; where its digits above the last :data:`_LOW_DIGITS` are those
-    of ``previous``, written at ``out[previous_start:previous_stop]``, they are copied from there."""
+    of ``previous``, written at ``out[previous_start:previous_stop]``, they are copied from there
+    (never for ``previous`` 0: no row before it in ``out``)."""
     high = value // _LOW_SPAN
     if high > 0 and high == previous // _LOW_SPAN:
         at = _copy_within(out, previous_start, previous_stop - _LOW_DIGITS, at)
@@ -594,10 +595,7 @@ def format_csv_rows(prefix, times, last_local_ns, bid_prices, bid_quantities, as
         previous_boundary, previous_start, previous_stop = boundary_us, boundary_start, boundary_stop
         boundary_us = times[row] // 1000
         boundary_start = at
-        if row > first_row:
-            at = _put_timestamp(out, at, boundary_us, previous_boundary, previous_start, previous_stop)
-        else:
-            at = _put_integer(out, at, boundary_us)
+        at = _put_timestamp(out, at, boundary_us, previous_boundary, previous_start, previous_stop)
         boundary_stop = at
         out[at] = 44
         at += 1
