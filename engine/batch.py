@@ -352,8 +352,7 @@ def replay_task(source, payload, every):
     """Replay one file's symbols with the user's callback; ``[(symbol, state)]``. Runs on a worker."""
     prepare_worker()
     from ringbook.engine.check import feed_ticks
-    from ringbook.engine.feeds import lobster
-    from ringbook.engine.reconciled import replay_reconciled, scratch_for
+    from ringbook.engine.reconciled import replay_lobster
     from ringbook.kernels import book as books
     from ringbook.kernels.orders import order_slots_for
     from ringbook.kernels.replay import replay_events
@@ -370,12 +369,7 @@ def replay_task(source, payload, every):
             replay_events(book, events, callback, state, every)
         elif len(events):
             # A LOBSTER file: seeded from its orderbook file and kept equal to it (see ``reconciled``).
-            books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]),
-                                                   0), "seeding the book")
-            row_of_event = lobster.rows_of_records(orderbook.records, feed.records)
-            stop, status = replay_reconciled(book, symbol, events, row_of_event, orderbook.ask_price,
-                                             orderbook.ask_size, orderbook.bid_price, orderbook.bid_size,
-                                             *scratch_for(book, orderbook.levels), callback, state, every)
+            stop, status = replay_lobster(book, symbol, events, feed.records, orderbook, callback, state, every)
             books.check_status(status, f"{feed.path}, line {int(feed.lines[min(stop, len(events) - 1)])}")
         results.append((feed.instruments.name_of(symbol), state))
     return results

@@ -11,12 +11,15 @@ the message names (:func:`ringbook.engine.check._reconcile_order`) and each side
 
 :func:`apply_reconciled` is that step, inlined into the loops of
 :func:`ringbook.engine.snapshots.lobster_snapshots` and :func:`replay_reconciled` (a
-user's callback after each message, for ``replay_files``).
+user's callback after each message; :func:`replay_lobster` is the replay ``replay_files``
+makes of a LOBSTER file).
 """
 
 import numpy as np
 
 from ringbook.engine.check import N_COUNTERS, _reconcile_order
+from ringbook.engine.feeds import lobster
+from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import borrow
 from ringbook.kernels.events import FLAG_BATCH_END
@@ -85,3 +88,19 @@ def replay_reconciled(book, symbol, events, row_of_event, ask_prices, ask_sizes,
         if every == EVERY_EVENT or (events[i].flags & FLAG_BATCH_END) != 0:
             callback(book, events, i, state)
     return events.shape[0], OK
+
+
+def replay_lobster(book, symbol, events, records, orderbook, callback, state, every):
+    """The replay ``replay_files`` makes of a LOBSTER file's messages: the book seeded from its
+    orderbook file's first row, then :func:`replay_reconciled` with the file's rows.
+
+    ``records`` are the messages' (the feed's), ``orderbook`` the file's
+    :class:`~ringbook.engine.feeds.lobster.OrderbookFile`. Returns :func:`replay_reconciled`'s
+    ``(next_index, status)``; a seed the book refuses raises ``BookError``.
+    """
+    books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, events[0]), 0),
+                       "seeding the book")
+    row_of_event = lobster.rows_of_records(orderbook.records, records)
+    return replay_reconciled(book, symbol, events, row_of_event, orderbook.ask_price, orderbook.ask_size,
+                             orderbook.bid_price, orderbook.bid_size, *scratch_for(book, orderbook.levels), callback,
+                             state, every)

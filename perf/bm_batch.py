@@ -25,6 +25,9 @@ of their file, so their inverse is messages per second per worker; a batch is on
   2.5 messages a second. ``shard_lobster_10_levels`` / ``file_replay_lobster_10_levels``
   compare the same on a synthetic 10-level LOBSTER file of about 20 messages a second
   (a 10-level file holds the messages of ten levels, and its peer reads ten levels).
+  ``file_replay_reconciled_lobster`` is the replay ``replay_files`` makes of the LOBSTER
+  file, kept equal to its orderbook file as a shard's book is (a plain replay of LOBSTER
+  messages strays from the file: it leaves out the messages of levels beyond those shown).
   ``file_snapshots_lobster`` takes the same snapshots and writes them in one process,
   without the batch layer (hash, manifest entry, task).
 
@@ -43,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from harness import Comparison, Limit, bench, make_runner, run_subject
@@ -50,11 +54,13 @@ from harness import Comparison, Limit, bench, make_runner, run_subject
 from ringbook.engine import batch, inputs, snapshots, tasks
 from ringbook.engine.check import feed_ticks
 from ringbook.engine.feeds import synthetic
+from ringbook.engine.reconciled import replay_lobster
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as snapshot_kernels
 from ringbook.kernels.events import FLAG_BATCH_END
 from ringbook.kernels.orders import order_slots_for
-from ringbook.kernels.replay import apply_events
+from ringbook.kernels.replay import EVERY_EVENT, apply_events
+from ringbook.kernels.status import OK
 
 SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SCRATCH = Path(tempfile.mkdtemp(prefix="ringbook_bm_batch_"))
@@ -179,6 +185,26 @@ def time_file_replay(loops, path):
     return time.perf_counter() - started
 
 
+@numba.njit(cache=True)
+def count_messages(book, events, i, state):
+    """A callback that does nearly nothing: a replay's own cost."""
+    state[0] += 1
+
+
+def time_file_replay_reconciled(loops, path):
+    """The replay ``replay_files`` makes of a LOBSTER file, in one process: read both files, seed
+    the book and reconcile it with the orderbook file after every message, calling a callback
+    that counts them."""
+    source = inputs.sources([path])[0]
+    started = time.perf_counter()
+    for _ in range(loops):
+        feed, orderbook, _ = inputs.read_source(source)
+        _, status = replay_lobster(new_book(feed), 0, feed.events, feed.records, orderbook, count_messages,
+                                   np.zeros(1, np.int64), EVERY_EVENT)
+        assert status == OK, status
+    return time.perf_counter() - started
+
+
 def time_file_snapshots(loops, path):
     """The same snapshots without the batch layer: read, take them and write the CSV in one
     process, with no hash, manifest entry or task around them."""
@@ -274,6 +300,7 @@ def benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools):
         "shard_lobster_10s": bench(time_shard, MESSAGES, 10, inner_loops=lobster),
         "shard_binance": bench(time_shard, CAPTURE, inner_loops=binance),
         "file_replay_lobster": bench(time_file_replay, MESSAGES, inner_loops=lobster),
+        "file_replay_reconciled_lobster": bench(time_file_replay_reconciled, MESSAGES, inner_loops=lobster),
         "file_snapshots_lobster": bench(time_file_snapshots, MESSAGES, inner_loops=lobster),
         "file_replay_binance": bench(time_file_replay, CAPTURE, inner_loops=binance),
         "shard_lobster_10_levels": bench(time_shard, TEN_LEVELS, inner_loops=ten_levels),
@@ -304,6 +331,9 @@ COMPARISONS = [
     Comparison("shard_lobster", "file_replay_lobster", at_least=0.8,
                means="a worker's whole LOBSTER shard vs a plain replay of the file in one process "
                      "(time per message: its inverse is messages per second per worker)"),
+    Comparison("shard_lobster", "file_replay_reconciled_lobster",
+               means="the same shard vs the replay replay_files makes of the file in one process: seeded and "
+                     "reconciled with the orderbook file after every message, as the shard's book is"),
     Comparison("shard_lobster", "file_snapshots_lobster",
                means="the same shard vs its snapshots taken and written in one process: the batch layer's own cost"),
     Comparison("shard_lobster_10s", "file_replay_lobster",
@@ -343,7 +373,7 @@ def main():
     tasks.prepare_worker()
     time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
     time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
-    time_shard(1, TEN_LEVELS)
+    time_shard(1, TEN_LEVELS), time_file_replay_reconciled(1, MESSAGES)
     pools = Pools()
     metadata = {"batch_data_origin": ORIGIN, "batch_files": str(FILES),
                 "batch_lobster_messages": str(messages_in(lobster_feed)),
