@@ -98,15 +98,18 @@ def can_lock_memory(length=mmap.PAGESIZE):
 
 
 #: glibc's ``mallopt`` parameters, and the thresholds a worker sets: blocks up to 32 MiB (the
-#: most glibc allows) come from the heap and are reused, and up to 64 MiB of free heap is kept.
+#: most glibc allows) come from the heap and are reused, and free heap is kept up to what a
+#: task holds and 64 MiB more (a threshold is a C int).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _REUSED_BLOCK = 32 << 20
 _KEPT_FREE_HEAP = 64 << 20
+_MALLOPT_MAX = (1 << 31) - 1
 
 
-def reuse_freed_blocks():
-    """Let glibc's malloc keep and reuse the large blocks a worker frees; returns whether it
-    could (False where malloc is not glibc's).
+def reuse_freed_blocks(task_bytes=0):
+    """Let glibc's malloc keep and reuse the large blocks a worker frees, ``task_bytes`` being
+    about what one of its tasks holds at its peak; returns whether it could (False where
+    malloc is not glibc's).
 
     glibc gives a block over 128 KiB a mapping of its own, faulted in page by page and
     unmapped when freed. It raises that threshold to the largest such block freed so far,
@@ -114,13 +117,16 @@ def reuse_freed_blocks():
     arrays at once has most of them faulted in anew at every shard. Setting any threshold in
     the environment (Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_``) turns the raising off
     too, and every large array is mapped anew. This sets the thresholds once for the
-    process: the largest glibc allows for a reused block, and twice that of heap kept.
+    process: the largest glibc allows for a reused block, and free heap kept up to
+    ``task_bytes`` and 64 MiB more (glibc gives back the free heap beyond that when a task
+    ends, and the next task faults it in anew).
     """
     try:
         mallopt = _libc().mallopt
     except (OSError, AttributeError):   # not glibc
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _REUSED_BLOCK) and mallopt(_M_TRIM_THRESHOLD, _KEPT_FREE_HEAP))
+    kept = min(max(task_bytes, 0) + _KEPT_FREE_HEAP, _MALLOPT_MAX)
+    return bool(mallopt(_M_MMAP_THRESHOLD, _REUSED_BLOCK) and mallopt(_M_TRIM_THRESHOLD, kept))
 
 
 def allow_open_files():

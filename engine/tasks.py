@@ -61,7 +61,7 @@ def prepare_worker():
     global _prepared
     if _prepared:
         return os.getpid()
-    reuse_freed_blocks()   # else a shard's large arrays are faulted in anew at every shard
+    reuse_freed_blocks(_readers_memory())   # else a shard's large arrays are faulted in anew at every shard
     allow_open_files()   # a file of many symbols has an output open for each
     if not os.environ.get("NUMBA_CACHE_DIR"):
         os.environ["NUMBA_CACHE_DIR"] = numba_cache_dir()
@@ -74,6 +74,16 @@ def prepare_worker():
     _warm_up()
     _prepared = True
     return os.getpid()
+
+
+def _readers_memory():
+    """What a task's readers may hold (``RINGBOOK_MEMORY_LIMIT``), most of what a task holds."""
+    from ringbook.engine.feeds.source import check_memory_limit
+
+    try:
+        return check_memory_limit(None)
+    except ValueError:   # a task's reader names the variable and what is wrong with it
+        return 0
 
 
 def _warm_up():
