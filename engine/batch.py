@@ -204,8 +204,7 @@ def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format
     scratch = np.empty(snapshots.CSV_PIECE, np.uint8) if format == "csv" else None   # CSV writers take turns
     try:
         for stream, piece in snapshots.stream_symbols(chunks, interval_ns, levels, exchange=exchange,
-                                                      orderbook=orderbook,
-                                                      piece_rows=snapshots.piece_rows_for(levels, format)):
+                                                      orderbook=orderbook):
             if stream not in shards:
                 output = snapshots.output_name(source.name, stream.name, levels, interval_text, format)
                 file = AtomicFile(Path(out_dir) / output, durable=False)

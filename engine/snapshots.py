@@ -145,16 +145,10 @@ def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes,
 #: bounded however long its file or short its interval.
 PIECE_BYTES = 1 << 24
 
-#: Bytes of a CSV shard's pieces: each is formatted while the rows the kernel wrote are still
-#: in cache. (A Parquet file's pieces stay large: each costs pyarrow calls per column.)
-CACHED_PIECE_BYTES = 1 << 20
 
-
-def piece_rows_for(levels, format=None):
-    """Rows of a piece of :data:`PIECE_BYTES` at ``levels`` levels (at least 1024), or of
-    :data:`CACHED_PIECE_BYTES` for a shard written as CSV."""
-    piece_bytes = CACHED_PIECE_BYTES if format == "csv" else PIECE_BYTES
-    return max(1024, piece_bytes // (8 * (4 + 4 * levels)))
+def piece_rows_for(levels):
+    """Rows of a piece of :data:`PIECE_BYTES` at ``levels`` levels (at least 1024)."""
+    return max(1024, PIECE_BYTES // (8 * (4 + 4 * levels)))
 
 
 def snapshot_pieces(feed, symbol, interval_ns, levels, *, exchange="", orderbook=None, depth=4096,

@@ -353,28 +353,6 @@ def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, 
         assert len(shard_outputs(whole_file_shards, sources([path])[0], tmp_path / path.stem, format)[0]) == symbols
 
 
-def test_a_csv_shard_is_formatted_a_piece_in_cache_at_a_time(shared_data, tmp_path, monkeypatch):
-    """The rows of a CSV shard come in pieces of at most ``CACHED_PIECE_BYTES``, formatted while
-    the kernel's rows are still in cache; a Parquet shard's stay large (pyarrow's calls are per
-    column of a piece)."""
-    pytest.importorskip("pyarrow")
-    piece_bytes = {}
-    add = snapshots.SnapshotWriter.add
-
-    def recording(writer, piece):
-        piece_bytes.setdefault(writer.format, []).append(sum(getattr(piece, name).nbytes
-                                                             for name in snapshots.ARRAYS))
-        add(writer, piece)
-
-    monkeypatch.setattr(snapshots.SnapshotWriter, "add", recording)
-    source = sources([shared_data / "lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv"])[0]
-    for format in ("csv", "parquet"):
-        batch._streamed_shards(source, tmp_path, 10, 10**9, "1s", format)
-    assert sum(piece_bytes["csv"]) == sum(piece_bytes["parquet"]) > 4 * snapshots.CACHED_PIECE_BYTES
-    assert max(piece_bytes["csv"]) <= snapshots.CACHED_PIECE_BYTES
-    assert max(piece_bytes["parquet"]) > 4 * snapshots.CACHED_PIECE_BYTES
-
-
 def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing(shared_data, tmp_path,
                                                                                   monkeypatch):
     """The reader's error (file, line, field) as from the whole file, after chunks were written out."""
