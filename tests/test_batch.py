@@ -265,6 +265,21 @@ def test_dask_workers_reuse_freed_arrays(dask_cluster):
         assert faults < pages // 20
 
 
+def test_a_worker_keeps_the_free_heap_its_readers_may_hold(monkeypatch, tmp_path):
+    """A prepared worker tells malloc what a task's readers may hold (RINGBOOK_MEMORY_LIMIT),
+    so that a task of that size reuses the heap the last one freed (see test_system)."""
+    kept = []
+    monkeypatch.setattr(tasks, "reuse_freed_blocks", kept.append)
+    monkeypatch.setattr(tasks, "_warm_up", lambda: None)
+    monkeypatch.setattr(tasks, "_prepared", False)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    for limit, expected in (("128M", 128 << 20), ("3G", 3 << 30), ("not a size", 0)):
+        monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", limit)
+        tasks._prepared = False
+        tasks.prepare_worker()
+        assert kept.pop() == expected
+
+
 _COMPILED_BY_A_SHARD = textwrap.dedent("""
     import sys, tempfile
     from pathlib import Path
