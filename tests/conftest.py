@@ -8,6 +8,7 @@ from ringbook.engine.tasks import numba_cache_dir
 # One Numba cache for the tests, their subprocesses and the local pools' workers (the workers'
 # own folder): a kernel one of them compiled the others load, on a cold run too.
 os.environ["NUMBA_CACHE_DIR"] = numba_cache_dir()
+
 #: Real exchange data beside the project (read-only ground truth); see its README.
 SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
