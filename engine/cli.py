@@ -6,8 +6,9 @@ and ``run(args) -> int`` (the exit status); this module only dispatches.
 
 import argparse
 import importlib
-import os
 import sys
+
+from ringbook.engine.system import one_blas_thread
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
@@ -34,16 +35,8 @@ def build_parser():
     return parser
 
 
-def one_blas_thread():
-    """One OpenBLAS thread for this command and the workers it starts, unless set otherwise:
-    ringbook calls no BLAS, and each of numpy's OpenBLAS threads spins for a while in every
-    process that loads it (about 0.15 s of CPU a process), on cores the command's own work needs.
-    Takes effect in processes that load numpy from now on."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-
 def main(argv=None):
-    one_blas_thread()
+    one_blas_thread()   # before the subcommand loads numpy: for this process and its workers
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -129,6 +129,14 @@ def reuse_freed_blocks(task_bytes=0):
     return bool(mallopt(_M_MMAP_THRESHOLD, _REUSED_BLOCK) and mallopt(_M_TRIM_THRESHOLD, kept))
 
 
+def one_blas_thread():
+    """One OpenBLAS thread, unless ``OPENBLAS_NUM_THREADS`` is set: for this process if it has
+    not loaded numpy yet, and for the processes it starts. ringbook calls no BLAS, and each of
+    OpenBLAS's threads spins for a while in every process that loads it (about 0.15 s of CPU a
+    process), on the cores the work needs."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def allow_open_files():
     """Raise this process's limit on open files to the most it may have (its hard limit);
     returns the limit now. A file of many symbols has one output open per symbol while it

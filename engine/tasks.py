@@ -41,7 +41,7 @@ import tempfile
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-from ringbook.engine.system import allow_open_files, reuse_freed_blocks, usable_cores
+from ringbook.engine.system import allow_open_files, one_blas_thread, reuse_freed_blocks, usable_cores
 
 _prepared = False
 
@@ -124,6 +124,7 @@ def _pool_initializer():
     # Ctrl-C is the driver's to handle: it drops the tasks not started and waits for those running,
     # which then end whole (a worker stopped mid-task would leave the pool broken and a file half made).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one_blas_thread()   # numpy is not loaded yet when the driver's main module has no file (a notebook)
     prepare_worker()
 
 

@@ -280,6 +280,27 @@ def test_a_worker_keeps_the_free_heap_its_readers_may_hold(monkeypatch, tmp_path
         assert kept.pop() == expected
 
 
+_A_NOTEBOOKS_WORKER = textwrap.dedent("""
+    import os
+    from ringbook.engine import tasks
+    with tasks.executor(workers=1) as pool:
+        print(*tasks.run_tasks(pool, os.getenv, [("OPENBLAS_NUM_THREADS",)]),
+              len(tasks.run_tasks(pool, os.listdir, [("/proc/self/task",)])[0]))
+""")
+
+
+def test_a_notebooks_local_worker_starts_no_blas_threads():
+    """A pool started where the main module has no file (a notebook, ``python -c``): its workers
+    load numpy only once prepared, so they start with one OpenBLAS thread (each of which spun
+    about 0.15 s of CPU in every worker)."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads in /proc")
+    environment = {name: value for name, value in os.environ.items() if name != "OPENBLAS_NUM_THREADS"}
+    run = subprocess.run([sys.executable, "-c", _A_NOTEBOOKS_WORKER], env=environment, capture_output=True,
+                         text=True, timeout=300, check=True)
+    assert run.stdout.split() == ["1", "1"]   # the variable, and the worker's one thread
+
+
 _COMPILED_BY_A_SHARD = textwrap.dedent("""
     import sys, tempfile
     from pathlib import Path
