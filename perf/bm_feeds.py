@@ -11,7 +11,12 @@ cache) into events:
 - ``feeds_lobster``: :func:`ringbook.engine.feeds.lobster.read_messages` over a LOBSTER
   message file (exact: the time column to ns as fixed point);
 - ``lobster_loadtxt_peer``: ``numpy.loadtxt(delimiter=",")`` over the same file
-  (floats: inexact times).
+  (floats: inexact times);
+- ``feeds_tardis``: :func:`ringbook.engine.feeds.tardis.read_incremental` over a gzip
+  tardis.dev ``incremental_book_L2`` file of 400,000 rows (synthetic: the shared sample
+  has 15), larger than a block, so read twice (the scales, then the rows);
+- ``tardis_pyarrow_peer``: ``pyarrow.csv.read_csv`` of the same file on one thread, as
+  one worker has it: typed columns, prices as floats (inexact), no events.
 
 The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``,
 as the tests find them; decompressed to a temporary file), or a synthetic market
@@ -22,7 +27,9 @@ Run: ``python perf/bm_feeds.py -o perf/results/feeds.json`` (``--fast`` for a qu
 """
 
 import atexit
+import contextlib
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +41,7 @@ import numpy as np
 
 from harness import Comparison, bench, run_subject
 
-from ringbook.engine.feeds import binance, lobster, synthetic
+from ringbook.engine.feeds import binance, lobster, synthetic, tardis
 
 SHARED_DATA = Path(os.environ.get("RINGBOOK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SCRATCH = Path(tempfile.mkdtemp(prefix="ringbook_bm_feeds_"))
@@ -55,8 +62,20 @@ def input_files():
     return plain, messages, origin
 
 
+def tardis_file(rows=400_000):
+    """The synthetic tardis file, made once and kept in the temporary folder for pyperf's worker
+    processes, under a name that changes with the generator's code."""
+    code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"ringbook_bm_feeds_tardis_{rows}_{code}.csv.gz"
+    if not path.is_file():
+        made = synthetic.write_tardis_incremental(SCRATCH / path.name, rows=rows)
+        with contextlib.suppress(OSError):   # another process made it first
+            made.rename(path)
+    return path
+
+
 def count_lines(path):
-    with open(path, "rb") as file:
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as file:
         return sum(1 for line in file if line.strip())
 
 
@@ -91,7 +110,26 @@ def time_loadtxt(loops, path, header_rows):
     return time.perf_counter() - started
 
 
+def time_tardis(loops, path):
+    started = time.perf_counter()
+    for _ in range(loops):
+        tardis.read_incremental(path)
+    return time.perf_counter() - started
+
+
+def time_pyarrow_csv(loops, path):
+    from pyarrow import csv
+
+    options = csv.ReadOptions(use_threads=False)
+    started = time.perf_counter()
+    for _ in range(loops):
+        csv.read_csv(path, read_options=options)
+    return time.perf_counter() - started
+
+
 CAPTURE, MESSAGES, ORIGIN = input_files()
+TARDIS = tardis_file()
+TARDIS_LINES = count_lines(TARDIS)
 CAPTURE_LINES = count_lines(CAPTURE)
 MESSAGE_LINES = count_lines(MESSAGES)
 HEADER_ROWS = 1 if MESSAGES.read_bytes()[:1].isalpha() else 0
@@ -99,18 +137,24 @@ HEADER_ROWS = 1 if MESSAGES.read_bytes()[:1].isalpha() else 0
 # Compile (or load from the cache) and check the readers before timing starts.
 assert len(binance.read_capture(CAPTURE)) > CAPTURE_LINES
 assert len(lobster.read_messages(MESSAGES)) == MESSAGE_LINES - HEADER_ROWS
+assert len(tardis.read_incremental(TARDIS)) >= TARDIS_LINES - 1
 
 BENCHMARKS = {
     "feeds_binance": bench(time_binance, CAPTURE, inner_loops=CAPTURE_LINES),
     "binance_json_peer": bench(time_json, CAPTURE, inner_loops=CAPTURE_LINES),
     "feeds_lobster": bench(time_lobster, MESSAGES, inner_loops=MESSAGE_LINES),
     "lobster_loadtxt_peer": bench(time_loadtxt, MESSAGES, HEADER_ROWS, inner_loops=MESSAGE_LINES),
+    "feeds_tardis": bench(time_tardis, TARDIS, inner_loops=TARDIS_LINES),
+    "tardis_pyarrow_peer": bench(time_pyarrow_csv, TARDIS, inner_loops=TARDIS_LINES),
 }
 COMPARISONS = [
     Comparison("feeds_binance", "binance_json_peer",
                means="faster than a bare json.loads per line (which makes no events)"),
     Comparison("feeds_lobster", "lobster_loadtxt_peer",
                means="faster than numpy.loadtxt (inexact floats)", peer_package="numpy"),
+    Comparison("feeds_tardis", "tardis_pyarrow_peer",
+               means="gzip tardis incremental_book_L2 into exact events, vs pyarrow.csv on one thread "
+                     "(typed columns, inexact floats)", peer_package="pyarrow"),
 ]
 
 if __name__ == "__main__":

@@ -44,6 +44,55 @@ def test_blocks_hold_every_line_once(tmp_path, compress):
     assert seen == {number: line for number, line in enumerate(lines, 1) if line}
 
 
+def test_gzip_members_and_padding_across_the_decompressors_pieces(tmp_path, monkeypatch):
+    """The compressed bytes go to the decompressor in small pieces: members that end inside a
+    piece or at its edge, and zero padding over several pieces, read as gzip reads them."""
+    from ringbook.engine.feeds import source
+
+    rng = np.random.default_rng(5)
+    members = [gzip.compress(b"".join(b"%d,%d\n" % (k, int(value)) for value in rng.integers(0, 10**6, count)),
+                             mtime=0) for k, count in enumerate((50, 1, 300))]
+    data = b"".join(members) + b"\0" * 40
+    path = tmp_path / "members.gz"
+    path.write_bytes(data)
+    expected = gzip.decompress(data)
+    for piece in (7, len(members[0]), 64):
+        monkeypatch.setattr(source, "_GZIP_INPUT", piece)
+        assert b"".join(bytes(block.buffer) for block in iter_blocks(path, SMALL)) == expected, piece
+
+
+def test_the_decompressor_takes_small_pieces_of_a_large_read(tmp_path, monkeypatch):
+    """Each call takes at most _GZIP_INPUT compressed bytes, however large the file's reads:
+    the input a call leaves is copied at every call, and a whole read left over again and
+    again took as long as the decompression itself."""
+    import zlib
+
+    from ringbook.engine.feeds import source
+
+    rng = np.random.default_rng(6)
+    text = b"".join(b"%d\n" % value for value in rng.integers(0, 10**12, 200_000))
+    path = tmp_path / "large.gz"
+    path.write_bytes(gzip.compress(text, mtime=0))
+    assert path.stat().st_size > 8 * source._GZIP_INPUT
+    taken = []
+    real = zlib.decompressobj
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.inner = real(*args, **kwargs)
+
+        def decompress(self, data, limit=0):
+            taken.append(len(data))
+            return self.inner.decompress(data, limit)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(source.zlib, "decompressobj", Recording)
+    assert b"".join(bytes(block.buffer) for block in iter_blocks(path)) == text
+    assert max(taken) <= source._GZIP_INPUT
+
+
 def test_synthetic_files_read_the_same_in_small_blocks(tmp_path):
     messages, orderbook = synthetic.write_lobster(tmp_path, messages=3000, levels=3, seed=2, header=True)
     assert_same_feed(lobster.read_messages(messages, memory_limit=SMALL), lobster.read_messages(messages))

@@ -156,6 +156,54 @@ def test_given_scales_read_a_large_file_once_and_the_same(tmp_path):
     np.testing.assert_array_equal(given.events, found.events)
 
 
+@pytest.mark.parametrize("name", ["synthetic.csv", "synthetic.csv.gz"])
+def test_synthetic_file_reads_as_the_reference_and_its_book_never_crosses(tmp_path, name):
+    from ringbook.engine.feeds import synthetic
+    from ringbook.kernels.events import FLAG_BATCH_END
+
+    path = synthetic.write_tardis_incremental(tmp_path / name, rows=3000, seed=3)
+    feed = tardis.read_incremental(path)
+    expected, price_scale, size_scale = naive.tardis_events(path)
+    assert_events_equal(feed, expected)
+    assert (price_scale, size_scale) == (1, 3) and len(feed.events) >= 3000
+    book = books.new_book(n_symbols=1)
+    crossed, start = [], 0
+    for end in np.flatnonzero(feed.events["flags"] & FLAG_BATCH_END):
+        replay_events(book, feed.events[start:end + 1])
+        start = end + 1
+        crossed.append(books.best_bid(book, 0)[0] >= books.best_ask(book, 0)[0])
+    assert len(crossed) > 500 and not any(crossed)
+
+
+@pytest.mark.parametrize("more_decimals_at", [None, 2, 2500])
+def test_a_whole_read_takes_the_file_once_unless_a_later_block_has_more_decimals(tmp_path, monkeypatch,
+                                                                                 more_decimals_at):
+    """read_incremental reads a file larger than a block once, at its first block's scales; a
+    later block with more decimals (of the price or of the amount) starts it over. Either way
+    the events and scales are the stream's, which takes the scales in a pass of their own."""
+    lines = (HEADER + many_rows(3000)).splitlines()
+    if more_decimals_at is not None:
+        fields = lines[more_decimals_at - 1].split(",")
+        fields[6] += "" if "." in fields[6] else "."
+        fields[6] += "0001"     # a digit more than any other price
+        fields[7] += ".5"       # the first amount with decimals
+        lines[more_decimals_at - 1] = ",".join(fields)
+    path = tmp_path / "decimals.csv"
+    path.write_text("\n".join(lines) + "\n")
+    opened = []
+    real = tardis.iter_blocks
+    monkeypatch.setattr(tardis, "iter_blocks", lambda *args: opened.append(args) or real(*args))
+    streamed = list(tardis.iter_incremental(path, memory_limit=SMALL))
+    assert len(opened) == 2 and len(streamed) > 10
+    opened.clear()
+    whole = tardis.read_incremental(path, memory_limit=SMALL)
+    assert len(opened) == (3 if more_decimals_at == 2500 else 1)
+    np.testing.assert_array_equal(whole.events, np.concatenate([chunk.events for chunk in streamed]))
+    np.testing.assert_array_equal(whole.instruments.table, streamed[0].instruments.table)
+    expected, _, _ = naive.tardis_events(path)
+    assert_events_equal(whole, expected)
+
+
 @pytest.mark.parametrize("line", [5, 2500])
 def test_malformed_line_in_a_later_block(tmp_path, line):
     lines = (HEADER + many_rows(3000)).splitlines()

@@ -41,6 +41,9 @@ BLOCK_FRACTION = 16
 MIN_MEMORY_LIMIT = 2**16
 _READ_SIZE = 2**20
 _MIN_BLOCK = 4096
+#: Compressed bytes one call of the decompressor takes: the input it leaves for later (its output
+#: is bounded) is copied at every call, so a large piece would be copied over and over.
+_GZIP_INPUT = 2**16
 
 
 #: Why a field or line was refused, for every status a reader's kernels return: the
@@ -264,11 +267,11 @@ def _decompressed(chunks, limit):
     """
     decompressor = zlib.decompressobj(wbits=31)
     try:
-        for chunk in chunks:
-            data = chunk
+        for piece in _pieces(chunks, _GZIP_INPUT):
+            data = piece
             while data:
                 if decompressor.eof:
-                    if not data.strip(b"\x00"):
+                    if not bytes(data).strip(b"\x00"):
                         break  # zero padding after the last member, as gzip tolerates
                     decompressor = zlib.decompressobj(wbits=31)  # another member follows
                 output = decompressor.decompress(data, limit)
@@ -282,6 +285,14 @@ def _decompressed(chunks, limit):
         raise _GzipFault(f"corrupt gzip data: {_gzip_fault(error)}") from None
     if not decompressor.eof:
         raise _GzipFault("truncated gzip file: the compressed data ends before the end of its stream")
+
+
+def _pieces(chunks, size):
+    """The bytes of ``chunks`` in pieces of at most ``size`` (views, not copies)."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), size):
+            yield view[start:start + size]
 
 
 def _gzip_faults_named(path, texts, line_reached):

@@ -193,3 +193,65 @@ def write_binance_capture(path, diffs=2000, seed=0, symbol="SYNTUSDT", start_ns=
     path = Path(path)
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     return path
+
+
+def write_tardis_incremental(path, rows=100_000, seed=0, exchange="binance-futures", symbol="BTCUSDT",
+                             start_us=1_723_161_600_000_000):
+    """Write a tardis.dev ``incremental_book_L2`` file (gzip when ``path`` ends in ``.gz``).
+
+    A snapshot of 500 levels a side (``is_snapshot=true``), then messages of 1 to 5 level
+    changes near the touch (a fifth of them deleting a level), prices at 0.1 and amounts at
+    0.001, as tardis writes them (shortest decimals). About ``rows`` rows; the book never
+    crosses.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    rng = np.random.default_rng(seed)
+    mid = 600_000   # tenths: 60000.0
+    book = {1: {mid - offset: int(rng.integers(1, 5000)) for offset in range(1, 501)},
+            -1: {mid + offset: int(rng.integers(1, 5000)) for offset in range(1, 501)}}
+
+    def decimal(value, decimals):
+        whole, part = divmod(value, 10**decimals)
+        return f"{whole}.{part:0{decimals}d}".rstrip("0").rstrip(".") if part else str(whole)
+
+    def row(time, local, snapshot, side, price, amount):
+        return (f"{exchange},{symbol},{time},{local},{snapshot},{'bid' if side == 1 else 'ask'},"
+                f"{decimal(price, 1)},{decimal(amount, 3)}")
+
+    lines = ["exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount"]
+    time = start_us
+    for side in (-1, 1):
+        lines += [row(time, time + 900, "true", side, price, amount) for price, amount in book[side].items()]
+    best = {1: max(book[1]), -1: min(book[-1])}
+    # Drawn in bulk: a draw a call would take most of the time.
+    draws = rows + 1
+    steps, lags, changes = (rng.integers(1, 20_000, draws), rng.integers(500, 5_000, draws),
+                            rng.integers(1, 6, draws))
+    sides, offsets = rng.choice([1, -1], 5 * draws), rng.integers(-1, 20, 5 * draws)
+    deletes, amounts = rng.random(5 * draws) < 0.2, rng.integers(1, 5000, 5 * draws)
+    message, change = 0, 0
+    while len(lines) <= rows:
+        time += int(steps[message])
+        local = time + int(lags[message])
+        for _ in range(int(changes[message])):
+            side, change = int(sides[change]), change + 1
+            price = best[side] - side * int(offsets[change])
+            if (price - best[-side]) * side >= 0:
+                continue
+            amount = 0 if deletes[change] and len(book[side]) > 10 else int(amounts[change])
+            if amount:
+                book[side][price] = amount
+                best[side] = max(best[side], price) if side == 1 else min(best[side], price)
+            elif book[side].pop(price, None) is None:
+                continue
+            elif price == best[side]:
+                best[side] = max(book[side]) if side == 1 else min(book[side])
+            lines.append(row(time, local, "false", side, price, amount))
+        message += 1
+    text = ("\n".join(lines) + "\n").encode()
+    path = Path(path)
+    path.write_bytes(gzip.compress(text, 6, mtime=0) if path.name.endswith(".gz") else text)
+    return path

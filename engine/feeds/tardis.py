@@ -23,11 +23,13 @@ through float), unless ``price_scale``/``size_scale`` are given.
 
 The file is read as a stream of blocks (:func:`ringbook.engine.feeds.source.iter_blocks`),
 plain or gzip, so memory stays bounded whatever its size. The parse is two njit
-passes over the lines (decimals, then values; a file larger than a block is read
-twice unless the scales are given); symbols are interned by comparing bytes with
+passes over the lines (decimals, then values). A stream of a file larger than a block
+reads it twice unless the scales are given; :func:`read_incremental` reads it once when
+its first block shows the most decimals, as files nearly always do; symbols are interned by comparing bytes with
 the few already seen, with no Python loop per line.
 """
 
+import contextlib
 import os
 import stat
 
@@ -359,6 +361,16 @@ def iter_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
         instrument table. A malformed line (``skip_malformed=False``) ends the
         stream with the events before it, then raises :class:`FeedError`.
     """
+    return _incremental(path, instruments, price_scale, size_scale, skip_malformed, memory_limit)
+
+
+class _MoreDecimals(Exception):
+    """A block has more decimals than the first: the scales taken from it do not hold."""
+
+
+def _incremental(path, instruments, price_scale, size_scale, skip_malformed, memory_limit, first_block=False):
+    """:func:`iter_incremental`; with ``first_block``, the scales not given of a regular file are
+    its first block's, and a later block with more decimals raises :class:`_MoreDecimals`."""
     memory_limit = check_memory_limit(memory_limit)
     instruments = instruments if instruments is not None else Instruments()
     stream = iter_blocks(path, memory_limit)
@@ -366,8 +378,12 @@ def iter_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
     blocks = [next(stream, None)]
     _check_header(path, blocks[0])
     blocks.append(next(stream, None))
+    # Only a regular file can be read again from the start.
+    guess = first_block and blocks[-1] is not None and stat.S_ISREG(os.stat(path).st_mode)
+    guess_price, guess_size = (guess and scale is None for scale in (price_scale, size_scale))
     if price_scale is None or size_scale is None:
-        found_price, found_size = _scales(path, blocks, memory_limit)
+        found_price, found_size = _scales(path, blocks[:1] + [None] if guess_price or guess_size else blocks,
+                                          memory_limit)
         price_scale = found_price if price_scale is None else price_scale
         size_scale = found_size if size_scale is None else size_scale
 
@@ -383,6 +399,10 @@ def iter_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
     symbol_ids = np.zeros(0, np.int32)
     messages = _Messages(hold=1024)
     for block_index, block in enumerate(all_blocks()):
+        if block_index > 0 and (guess_price or guess_size):
+            found_price, found_size = _scales(path, [block, None], memory_limit)
+            if (guess_price and found_price > price_scale) or (guess_size and found_size > size_scale):
+                raise _MoreDecimals()
         first_row = 1 if block_index == 0 else 0  # the header
         starts, stops, numbers = block.starts[first_row:], block.stops[first_row:], block.numbers[first_row:]
         count = len(starts)
@@ -453,6 +473,13 @@ def read_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
         A header other than tardis's, or a malformed line, naming the file, the
         line and the field; ``partial`` holds the events of the lines before it.
     """
+    if instruments is None and (price_scale is None or size_scale is None):
+        # Read once, at the first block's scales: a file nearly always shows its most decimals
+        # there. A later block with more starts the read over at the whole file's.
+        guessed = Instruments()
+        with contextlib.suppress(_MoreDecimals):
+            return read_whole(path, _incremental(path, guessed, price_scale, size_scale, skip_malformed,
+                                                 memory_limit, first_block=True), guessed)
     instruments = instruments if instruments is not None else Instruments()
     return read_whole(path, iter_incremental(path, instruments=instruments, price_scale=price_scale,
                                              size_scale=size_scale, skip_malformed=skip_malformed,
