@@ -782,6 +782,29 @@ def tardis_events(path):
     return events, price_scale, size_scale
 
 
+def tardis_row_problem(text, price_scale, size_scale):
+    """The field a tardis incremental_book_L2 row is wrong in, checked in the reader's order
+    (``"fields"`` for a count other than 8); None for a good row."""
+    fields = text.split(",")
+    if len(fields) != 8:
+        return "fields"
+    _, symbol, timestamp, local, is_snapshot, side, price, amount = fields
+    if not symbol:
+        return "symbol"
+    for name, value in (("timestamp", timestamp), ("local_timestamp", local)):
+        parsed, status = naive_parse_decimal(value, 0)
+        if status != "OK" or not 0 <= parsed <= _INT64_MAX // 1000:
+            return name
+    if is_snapshot not in ("true", "false"):
+        return "is_snapshot"
+    if side not in ("bid", "ask"):
+        return "side"
+    if naive_parse_decimal(price, price_scale)[1] != "OK":
+        return "price"
+    parsed, status = naive_parse_decimal(amount, size_scale)
+    return "amount" if status != "OK" or parsed < 0 else None
+
+
 # ---------------------------------------------------------------------------
 # Reconciling a side with a published row of its best levels
 # (kernels/snapshots.py reconcile_side): a dict of price -> quantity.

@@ -103,6 +103,60 @@ def test_malformed_line_names_file_line_and_field(tmp_path, line, edit, field, r
     assert skipped.skipped_lines == [line] and line not in skipped.lines.tolist()
 
 
+#: Whole fields an edited row may take: edge cases of every field's syntax and range.
+FIELD_TOKENS = ["", "-1", "-0", "0", "+3", "1e3", ".5", "5.", "0.05", "1.23", "99999999999999999",
+                "9223372036854775", "9223372036854776", "9223372036854775807", "true", "false", "TRUE", "bid",
+                "ask", "x", "1,2", " 1"]
+
+
+def assert_read_as_the_reference_says(path, row):
+    """The third line of ``path`` is ``row`` (a CR before its LF ends the line): it is kept with
+    the reference's values, or named by the first field the reference finds wrong."""
+    row = row[:-1] if row.endswith("\r") else row
+    problem = naive.tardis_row_problem(row, 2, 1)
+    if problem is None:
+        feed = tardis.read_incremental(path, price_scale=2, size_scale=1)
+        event = feed.events[(feed.lines == 3) & (feed.events["kind"] == 1)][0]
+        fields = row.split(",")
+        assert (event["price"], event["quantity"]) == (naive._fixed(fields[6], 2), naive._fixed(fields[7], 1))
+        assert (event["exchange_ns"], event["local_ns"]) == (naive._fixed(fields[2], 0) * 1000,
+                                                             naive._fixed(fields[3], 0) * 1000)
+        assert event["side"] == (books.BID if fields[5] == "bid" else books.ASK)
+        return
+    with pytest.raises(FeedError) as caught:
+        tardis.read_incremental(path, price_scale=2, size_scale=1)
+    assert caught.value.line == 3
+    assert caught.value.field == (None if problem == "fields" else problem), (row, caught.value)
+
+
+def with_row(path, row):
+    path.write_text(HEADER + ROWS.splitlines()[0] + "\n" + row + "\n" + ROWS.splitlines()[2] + "\n")
+    return path
+
+
+def test_a_row_with_a_field_replaced_is_read_or_named_as_the_reference_says(tmp_path):
+    """Each row is read in one pass where it is well formed, field by field where it is not:
+    either way, as the reference reads it."""
+    row = ROWS.splitlines()[4]
+    for index in range(8):
+        for token in FIELD_TOKENS:
+            fields = row.split(",")
+            fields[index] = token
+            edited = ",".join(fields)
+            assert_read_as_the_reference_says(with_row(tmp_path / "edited.csv", edited), edited)
+
+
+@settings(max_examples=300, deadline=None)
+@given(row=st.sampled_from(ROWS.splitlines()), edits=st.lists(
+    st.tuples(st.integers(0, 80), st.sampled_from(["", *",.-+0123456789abdefklrstuE \r"])), min_size=1,
+    max_size=3))
+def test_an_edited_row_is_read_or_named_as_the_reference_says(tmp_path_factory, row, edits):
+    for position, text in edits:
+        position = min(position, len(row))
+        row = row[:position] + text + row[position + 1:]
+    assert_read_as_the_reference_says(with_row(tmp_path_factory.mktemp("edit") / "edited.csv", row), row)
+
+
 def test_not_a_tardis_file(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("a,b,c\n1,2,3\n")

@@ -42,7 +42,7 @@ from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                                      KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, Instruments)
 from ringbook.kernels.borrow import borrow
-from ringbook.kernels.jit_options import kernel
+from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import FIELD_COUNT, INVALID, OK, OUT_OF_RANGE
 
 HEADER = "exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount"
@@ -60,6 +60,8 @@ _TRUE = np.frombuffer(b"true", np.uint8)
 _FALSE = np.frombuffer(b"false", np.uint8)
 _BID = np.frombuffer(b"bid", np.uint8)
 _ASK = np.frombuffer(b"ask", np.uint8)
+_TRUE_COMMA, _FALSE_COMMA, _BID_COMMA, _ASK_COMMA = (np.frombuffer(text, np.uint8)
+                                                     for text in (b"true,", b"false,", b"bid,", b"ask,"))
 _US_MAX = np.iinfo(np.int64).max // 1000
 
 
@@ -80,7 +82,7 @@ def _split(buffer, start, stop, field_starts, field_stops):
     return count
 
 
-@kernel
+@llvm_inline_kernel
 def _decimals(buffer, start, stop):
     for position in range(start, stop):
         if buffer[position] == _DOT:
@@ -88,22 +90,36 @@ def _decimals(buffer, start, stop):
     return 0
 
 
+@llvm_inline_kernel
+def _after_last_comma(buffer, start, stop):
+    """Where the last field of ``buffer[start:stop]`` starts."""
+    position = stop
+    while position > start and buffer[position - 1] != _COMMA:
+        position -= 1
+    return position
+
+
 @kernel
 def scan_decimals(buffer, starts, stops):
-    """The most decimals of the price and the amount fields over all lines."""
-    field_starts = np.zeros(N_FIELDS, np.int64)
-    field_stops = np.zeros(N_FIELDS, np.int64)
+    """The most decimals of the price and the amount fields over all lines (of 8 fields)."""
+    buffer = borrow(buffer)     # the caller's reference keeps it alive: no counting in each line's calls
     price_decimals = 0
     amount_decimals = 0
     for line in range(starts.shape[0]):
-        if _split(buffer, starts[line], stops[line], field_starts, field_stops) != N_FIELDS:
+        start, stop = starts[line], stops[line]
+        commas = 0
+        for position in range(start, stop):     # no branch: a vector loop
+            commas += buffer[position] == _COMMA
+        if commas != N_FIELDS - 1:
             continue
-        price_decimals = max(price_decimals, _decimals(buffer, field_starts[F_PRICE], field_stops[F_PRICE]))
-        amount_decimals = max(amount_decimals, _decimals(buffer, field_starts[F_AMOUNT], field_stops[F_AMOUNT]))
+        amount_start = _after_last_comma(buffer, start, stop)
+        price_start = _after_last_comma(buffer, start, amount_start - 1)
+        price_decimals = max(price_decimals, _decimals(buffer, price_start, amount_start - 1))
+        amount_decimals = max(amount_decimals, _decimals(buffer, amount_start, stop))
     return price_decimals, amount_decimals
 
 
-@kernel
+@llvm_inline_kernel
 def _same_name(buffer, start, stop, names, name_start, name_stop):
     if stop - start != name_stop - name_start:
         return False
@@ -111,6 +127,90 @@ def _same_name(buffer, start, stop, names, name_start, name_stop):
         if buffer[start + k] != names[name_start + k]:
             return False
     return True
+
+
+@llvm_inline_kernel
+def _symbol_of(buffer, start, stop, names, name_starts, name_stops, n_symbols, names_used, last_symbol):
+    """The id of the symbol ``buffer[start:stop]``, interned in ``names`` if new (see :func:`parse_rows`):
+    ``(symbol, status, n_symbols, names_used)``, status ``OK``, ``NAMES_FULL`` or ``OUT_OF_RANGE``."""
+    # Most rows repeat the previous row's symbol.
+    if last_symbol >= 0 and _same_name(buffer, start, stop, names, name_starts[last_symbol],
+                                       name_stops[last_symbol]):
+        return last_symbol, OK, n_symbols, names_used
+    for known in range(n_symbols):
+        if _same_name(buffer, start, stop, names, name_starts[known], name_stops[known]):
+            return known, OK, n_symbols, names_used
+    if n_symbols >= name_starts.shape[0]:
+        return -1, OUT_OF_RANGE, n_symbols, names_used
+    if names_used + stop - start > names.shape[0]:
+        return -1, NAMES_FULL, n_symbols, names_used
+    name_starts[n_symbols] = names_used
+    for k in range(stop - start):
+        names[names_used + k] = buffer[start + k]
+    name_stops[n_symbols] = names_used + stop - start
+    return n_symbols, OK, n_symbols + 1, names_used + stop - start
+
+
+@llvm_inline_kernel
+def _comma_at_or_after(buffer, position, stop):
+    while position < stop and buffer[position] != _COMMA:
+        position += 1
+    return position
+
+
+@llvm_inline_kernel
+def _starts_with(buffer, position, stop, pattern):
+    """Whether ``buffer[position:stop]`` begins with ``pattern``."""
+    if stop - position < pattern.shape[0]:
+        return False
+    for offset in range(pattern.shape[0]):
+        if buffer[position + offset] != pattern[offset]:
+            return False
+    return True
+
+
+@llvm_inline_kernel
+def _usual_row(buffer, start, stop, price_scale, size_scale):
+    """A well-formed row in one pass, each field parsed where it is found:
+    ``(ok, symbol_start, symbol_stop, timestamp_us, local_us, snapshot, side, price, amount)``.
+
+    Not ``ok`` for any other row: :func:`parse_rows` then splits it into its fields
+    and names what is wrong, in the order it always has.
+    """
+    no = (False, np.int64(0), np.int64(0), np.int64(0), np.int64(0), False, np.int64(0), np.int64(0),
+          np.int64(0))
+    symbol_start = _comma_at_or_after(buffer, start, stop) + 1
+    symbol_stop = _comma_at_or_after(buffer, symbol_start, stop)
+    if symbol_stop >= stop or symbol_stop == symbol_start:
+        return no
+    # A field that ends before ``stop`` ends at a comma.
+    time, status, end = fixed.parse_field(buffer, symbol_stop + 1, stop, 0, _COMMA)
+    if status != OK or end >= stop or time < 0 or time > _US_MAX:
+        return no
+    local, status, end = fixed.parse_field(buffer, end + 1, stop, 0, _COMMA)
+    if status != OK or end >= stop or local < 0 or local > _US_MAX:
+        return no
+    position = end + 1
+    snapshot = _starts_with(buffer, position, stop, _TRUE_COMMA)
+    if snapshot:
+        position += _TRUE_COMMA.shape[0]
+    elif _starts_with(buffer, position, stop, _FALSE_COMMA):
+        position += _FALSE_COMMA.shape[0]
+    else:
+        return no
+    if _starts_with(buffer, position, stop, _BID_COMMA):
+        side = np.int64(BID)
+    elif _starts_with(buffer, position, stop, _ASK_COMMA):
+        side = np.int64(ASK)
+    else:
+        return no
+    price, status, end = fixed.parse_field(buffer, position + _BID_COMMA.shape[0], stop, price_scale, _COMMA)
+    if status != OK or end >= stop:
+        return no
+    amount, status, end = fixed.parse_field(buffer, end + 1, stop, size_scale, _COMMA)
+    if status != OK or end != stop or amount < 0:
+        return no
+    return True, symbol_start, symbol_stop, time, local, snapshot, side, price, amount
 
 
 @kernel
@@ -131,40 +231,39 @@ def parse_rows(buffer, starts, stops, first, price_scale, size_scale, names, nam
         :mod:`ringbook.kernels.fixed` status, ``INVALID`` or ``OUT_OF_RANGE``),
         the bad field (-1: none) and the symbols and name bytes taken.
     """
-    buffer = borrow(buffer)     # the caller's reference keeps it alive: no counting in each field's call
+    # The caller's references keep these alive: no counting in the calls each line makes.
+    buffer, names, name_starts, name_stops = borrow((buffer, names, name_starts, name_stops))
     field_starts = np.zeros(N_FIELDS, np.int64)
     field_stops = np.zeros(N_FIELDS, np.int64)
     last_symbol = -1
     for line in range(first, starts.shape[0]):
+        usual, start, stop, time, local, is_snapshot, side, price, amount = _usual_row(
+            buffer, starts[line], stops[line], price_scale, size_scale)
+        if usual:
+            symbol, status, n_symbols, names_used = _symbol_of(buffer, start, stop, names, name_starts, name_stops,
+                                                               n_symbols, names_used, last_symbol)
+            if status != OK:
+                return (np.int64(line), np.int64(status), np.int64(F_SYMBOL), np.int64(n_symbols),
+                        np.int64(names_used))
+            last_symbol = symbol
+            symbols[line] = symbol
+            times[line] = time * 1000
+            local_times[line] = local * 1000
+            snapshot[line] = is_snapshot
+            sides[line] = side
+            prices[line] = price
+            amounts[line] = amount
+            continue
+        # Anything else, field by field: the first field that is wrong is named.
         if _split(buffer, starts[line], stops[line], field_starts, field_stops) != N_FIELDS:
             return np.int64(line), np.int64(FIELD_COUNT), np.int64(-1), np.int64(n_symbols), np.int64(names_used)
-        # The symbol: most rows repeat the previous row's.
         start, stop = field_starts[F_SYMBOL], field_stops[F_SYMBOL]
         if stop == start:
             return np.int64(line), np.int64(INVALID), np.int64(F_SYMBOL), np.int64(n_symbols), np.int64(names_used)
-        symbol = -1
-        if last_symbol >= 0 and _same_name(buffer, start, stop, names, name_starts[last_symbol],
-                                           name_stops[last_symbol]):
-            symbol = last_symbol
-        else:
-            for known in range(n_symbols):
-                if _same_name(buffer, start, stop, names, name_starts[known], name_stops[known]):
-                    symbol = known
-                    break
-            if symbol < 0:
-                if n_symbols >= name_starts.shape[0]:
-                    return (np.int64(line), np.int64(OUT_OF_RANGE), np.int64(F_SYMBOL), np.int64(n_symbols),
-                            np.int64(names_used))
-                if names_used + stop - start > names.shape[0]:
-                    return (np.int64(line), np.int64(NAMES_FULL), np.int64(F_SYMBOL), np.int64(n_symbols),
-                            np.int64(names_used))
-                symbol = n_symbols
-                name_starts[symbol] = names_used
-                for k in range(stop - start):
-                    names[names_used + k] = buffer[start + k]
-                names_used += stop - start
-                name_stops[symbol] = names_used
-                n_symbols += 1
+        symbol, status, n_symbols, names_used = _symbol_of(buffer, start, stop, names, name_starts, name_stops,
+                                                           n_symbols, names_used, last_symbol)
+        if status != OK:
+            return np.int64(line), np.int64(status), np.int64(F_SYMBOL), np.int64(n_symbols), np.int64(names_used)
         last_symbol = symbol
         symbols[line] = symbol
         for column in (F_TIMESTAMP, F_LOCAL):
@@ -252,7 +351,8 @@ class _Messages:
             rows = {name: np.concatenate((self.held[name], rows[name])) for name, _ in _ROW_COLUMNS}
         count = len(rows["times"])
         local = rows["symbols"]
-        order = np.lexsort((np.arange(count), local))
+        # Each symbol's rows in file order (most files hold one symbol: that is the file's order).
+        order = np.lexsort((np.arange(count), local)) if count and local.min() != local.max() else np.arange(count)
         same = local[order[1:]] == local[order[:-1]]
         next_row = np.full(count, -1, np.int64)
         previous_row = np.full(count, -1, np.int64)
@@ -282,34 +382,58 @@ class _Messages:
         return _events(kept, snapshot[:cut] & ~previous_snapshot, snapshot[:cut] & ~next_snapshot, ~next_same)
 
 
+@kernel
+def fill_events(times, local_times, snapshot, sides, prices, amounts, symbols, row_lines, run_starts, run_ends,
+                batch_end, events, lines):
+    """The events of decided rows into ``events`` (zeroed) and their lines into ``lines``: a
+    ``KIND_L2_SET`` a row, a ``KIND_SNAPSHOT_BEGIN`` before each row that starts a snapshot
+    run and a ``KIND_SNAPSHOT_END`` after each that ends one. Returns the events written
+    (fewer than ``events`` holds only if it is too long)."""
+    at = 0
+    for row in range(min(times.shape[0], events.shape[0])):
+        if run_starts[row]:
+            _put_marker(events, lines, at, KIND_SNAPSHOT_BEGIN, FLAG_SNAPSHOT, times[row], local_times[row],
+                        symbols[row], row_lines[row])
+            at += 1
+        event = events[at]
+        event.kind = KIND_L2_SET
+        event.side = sides[row]
+        event.price = prices[row]
+        event.quantity = amounts[row]
+        event.exchange_ns = times[row]
+        event.local_ns = local_times[row]
+        event.symbol = symbols[row]
+        event.flags = FLAG_SNAPSHOT if snapshot[row] else FLAG_BATCH_END if batch_end[row] else 0
+        lines[at] = row_lines[row]
+        at += 1
+        if run_ends[row]:
+            _put_marker(events, lines, at, KIND_SNAPSHOT_END, FLAG_SNAPSHOT | FLAG_BATCH_END, times[row],
+                        local_times[row], symbols[row], row_lines[row])
+            at += 1
+    return at
+
+
+@llvm_inline_kernel
+def _put_marker(events, lines, at, kind, flags, exchange_ns, local_ns, symbol, line):
+    event = events[at]
+    event.kind = kind
+    event.flags = flags
+    event.exchange_ns = exchange_ns
+    event.local_ns = local_ns
+    event.symbol = symbol
+    lines[at] = line
+
+
 def _events(rows, run_starts, run_ends, batch_end):
     """Events from decided rows (a dict of equal-length arrays); ``(events, lines)``."""
-    count = len(rows["times"])
-    symbols = rows["symbols"]
-    snapshot = rows["snapshot"]
-    # Room for a BEGIN before each run and an END after it.
-    position = np.arange(count) + np.cumsum(run_starts) + np.cumsum(run_ends) - run_ends
-    events = np.zeros(count + int(run_starts.sum()) + int(run_ends.sum()), EVENT_DTYPE)
-    lines = np.zeros(len(events), np.int64)
-    events["exchange_ns"][position] = rows["times"]
-    events["local_ns"][position] = rows["local_times"]
-    events["price"][position] = rows["prices"]
-    events["quantity"][position] = rows["amounts"]
-    events["side"][position] = rows["sides"]
-    events["symbol"][position] = symbols
-    events["kind"][position] = KIND_L2_SET
-    events["flags"][position] = np.where(snapshot, FLAG_SNAPSHOT, np.where(batch_end, FLAG_BATCH_END, 0))
-    lines[position] = rows["lines"]
-    for mask, offset, kind, flags in ((run_starts, -1, KIND_SNAPSHOT_BEGIN, FLAG_SNAPSHOT),
-                                      (run_ends, 1, KIND_SNAPSHOT_END, FLAG_SNAPSHOT | FLAG_BATCH_END)):
-        source = np.flatnonzero(mask)
-        target = position[source] + offset
-        events["exchange_ns"][target] = rows["times"][source]
-        events["local_ns"][target] = rows["local_times"][source]
-        events["symbol"][target] = symbols[source]
-        events["kind"][target] = kind
-        events["flags"][target] = flags
-        lines[target] = rows["lines"][source]
+    count = len(rows["times"]) + int(run_starts.sum()) + int(run_ends.sum())
+    events = np.zeros(count, EVENT_DTYPE)
+    lines = np.zeros(count, np.int64)
+    written = fill_events(rows["times"], rows["local_times"], rows["snapshot"], rows["sides"], rows["prices"],
+                          rows["amounts"], rows["symbols"], rows["lines"], run_starts, run_ends, batch_end,
+                          events, lines)
+    if written != count:
+        raise RuntimeError(f"{written} events written of {count}")
     return events, lines
 
 
