@@ -177,9 +177,16 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
     the entry (see the module docstring). Every input is streamed, a chunk at a
     time, all its symbols in one pass (:func:`_streamed_shards`).
     """
+    from ringbook.engine.feeds.tardis import MoreDecimals
+
     prepare_worker()
     facts = source_facts(source)
-    shards = _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format)
+    try:
+        # A tardis file read once, at its first block's scales; rarely, a later block has more
+        # decimals: its outputs so far are discarded and the file is read again in two passes.
+        shards = _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format, True)
+    except MoreDecimals:
+        shards = _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format, False)
     return {**facts, "format": source.format, "orderbook": source.orderbook, "stream": source.stream,
             "status": "done", "error": None, "shards": shards}
 
@@ -191,15 +198,16 @@ def _shard_entry(name, output, tally, events, earliest, latest):
             "last_event_ns": int(latest) if latest else None}
 
 
-def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format):
+def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format, first_block_scales=False):
     """The shards of a file taken as it streams, every symbol in one pass: its memory is a
-    chunk's and each symbol's book and file writer, whatever the file's size."""
+    chunk's and each symbol's book and file writer, whatever the file's size. An error
+    discards every output (see ``stream_source`` for ``first_block_scales``)."""
     import numpy as np
 
     from ringbook.engine import snapshots
     from ringbook.engine.files import AtomicFile
 
-    chunks, orderbook, exchange = stream_source(source)
+    chunks, orderbook, exchange = stream_source(source, first_block_scales)
     shards = {}   # the stream of each symbol: its file, writer, output name and tally
     scratch = np.empty(snapshots.CSV_PIECE, np.uint8) if format == "csv" else None   # CSV writers take turns
     try:

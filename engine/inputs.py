@@ -231,24 +231,28 @@ def _orderbook_of(source):
     return source.orderbook
 
 
-def stream_source(source):
+def stream_source(source, first_block_scales=False):
     """``(chunks, orderbook, exchange)``: a reader's stream of
     :class:`~ringbook.engine.feeds.source.Feed` chunks, in bounded memory; for LOBSTER,
     ``orderbook`` streams its orderbook file beside it
     (:class:`~ringbook.engine.feeds.lobster.OrderbookStream`), each file within half the
     memory limit. ``orderbook`` is None otherwise. A journal stream is streamed from the
     capture it was imported from, written back to a temporary file (:func:`_stream_journal`).
+    ``first_block_scales`` reads a tardis file once, at its first block's scales (see
+    :func:`ringbook.engine.feeds.tardis.iter_incremental`): the chunks may end in
+    ``MoreDecimals``.
     """
     from ringbook.engine.feeds import binance, kalshi, lobster, tardis
 
     if source.format == "journal":
-        return _stream_journal(source)
+        return _stream_journal(source, first_block_scales)
     if source.format == "lobster":
         return (*lobster.iter_with_orderbook(source.path, _orderbook_of(source)), EXCHANGES["lobster"])
     if source.format == "binance":
         return binance.iter_capture(source.path), None, EXCHANGES["binance"]
     if source.format == "tardis":
-        return tardis.iter_incremental(source.path), None, tardis.exchange_of(source.path)
+        return (tardis.iter_incremental(source.path, first_block_scales=first_block_scales), None,
+                tardis.exchange_of(source.path))
     if source.format == "kalshi":
         return kalshi.iter_messages(source.path), None, EXCHANGES["kalshi"]
     raise ValueError(f"unknown format {source.format!r}")
@@ -270,7 +274,7 @@ def _read_journal(source):
     return feed, orderbook, exchange
 
 
-def _stream_journal(source):
+def _stream_journal(source, first_block_scales):
     """:func:`stream_source` of a journal stream: the capture written back to a temporary file
     and streamed from there, the file removed once its chunks end; errors name the journal
     and stream."""
@@ -281,7 +285,8 @@ def _stream_journal(source):
     try:
         format, path = feeds_journal.materialize(source.path, directory.name, source.stream)
         try:
-            chunks, orderbook, exchange = stream_source(Source(str(path), format, source.orderbook))
+            chunks, orderbook, exchange = stream_source(Source(str(path), format, source.orderbook),
+                                                        first_block_scales)
         except FeedError as error:
             raise _journal_error(source, format, error) from None
     except BaseException:

@@ -389,6 +389,35 @@ def test_a_streamed_shard_is_the_shard_of_the_whole_file(shared_data, tmp_path, 
         assert len(shard_outputs(whole_file_shards, sources([path])[0], tmp_path / path.stem, format)[0]) == symbols
 
 
+@pytest.mark.parametrize("more_decimals_at", [None, 290])
+def test_a_tardis_shard_reads_its_file_once_unless_a_later_block_has_more_decimals(tmp_path, monkeypatch,
+                                                                                   more_decimals_at):
+    """A snapshot shard of a tardis file takes its first block's scales and reads the file once.
+    Where a later block has more decimals, what it wrote is discarded and the file read again,
+    scales first: either way the outputs of the whole file, and nothing else in the folder."""
+    from ringbook.engine.feeds import tardis
+
+    limit = 2**17    # blocks of 8 KiB: the file is two, the second of its last 24 rows
+    monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", str(limit))
+    rows = TARDIS_ROWS.splitlines()
+    if more_decimals_at is not None:
+        rows[more_decimals_at] = rows[more_decimals_at].replace(".5,", ".25,")
+    path = tmp_path / "deribit_incremental_book_L2_TST.csv"
+    path.write_text(tardis.HEADER + "\n" + "\n".join(rows) + "\n")
+    source = sources([path])[0]
+    expected = shard_outputs(whole_file_shards, source, tmp_path / "whole", "csv")
+    passes = []
+    real = tardis.iter_blocks
+    monkeypatch.setattr(tardis, "iter_blocks", lambda path, memory_limit: (
+        passes.append(memory_limit) if memory_limit == limit else None) or real(path, memory_limit))
+    out = tmp_path / "task"
+    out.mkdir()
+    entry = batch.snapshot_task(source, str(out), 5, 10**9, "1s", "csv")
+    assert len(passes) == (1 if more_decimals_at is None else 3)
+    assert entry["shards"] == expected[0]
+    assert {file.name: file.read_bytes() for file in out.iterdir()} == expected[1]
+
+
 def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing(shared_data, tmp_path,
                                                                                   monkeypatch):
     """The reader's error (file, line, field) as from the whole file, after chunks were written out."""

@@ -24,8 +24,9 @@ through float), unless ``price_scale``/``size_scale`` are given.
 The file is read as a stream of blocks (:func:`ringbook.engine.feeds.source.iter_blocks`),
 plain or gzip, so memory stays bounded whatever its size. The parse is two njit
 passes over the lines (decimals, then values). A stream of a file larger than a block
-reads it twice unless the scales are given; :func:`read_incremental` reads it once when
-its first block shows the most decimals, as files nearly always do; symbols are interned by comparing bytes with
+reads it twice unless the scales are given, or once with ``first_block_scales``, which
+starts over only where a later block shows more decimals than the first (files rarely
+do; :func:`read_incremental` and a snapshot shard read that way); symbols are interned by comparing bytes with
 the few already seen, with no Python loop per line.
 """
 
@@ -469,14 +470,24 @@ def _scales(path, blocks, memory_limit):
     return min(int(price_decimals), fixed.MAX_SCALE), min(int(amount_decimals), fixed.MAX_SCALE)
 
 
+class MoreDecimals(Exception):
+    """A stream read at its first block's scales (``first_block_scales``) reached a row with more
+    decimals: what it yielded is at scales too small for the file. Read it again without."""
+
+
 def iter_incremental(path, *, instruments=None, price_scale=None, size_scale=None, skip_malformed=False,
-                     memory_limit=None):
+                     memory_limit=None, first_block_scales=False):
     """Read a tardis.dev ``incremental_book_L2`` file as a stream of :class:`Feed` chunks.
 
-    Takes the arguments of :func:`read_incremental`, and ``memory_limit``
-    (bytes, see :func:`ringbook.engine.feeds.source.iter_blocks`). Without
-    ``price_scale`` and ``size_scale``, a file larger than a block is read
-    twice: once for the scales, once for the rows.
+    Takes the arguments of :func:`read_incremental`, and:
+
+    memory_limit : int, optional
+        Bytes, see :func:`ringbook.engine.feeds.source.iter_blocks`.
+    first_block_scales : bool
+        Without ``price_scale`` and ``size_scale``, a file larger than a block is
+        read twice: once for the scales, once for the rows. With this, a regular
+        file is read once, at the scales of its first block, and a later block
+        with more decimals raises :class:`MoreDecimals`: start over without it.
 
     Yields
     ------
@@ -485,16 +496,6 @@ def iter_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
         instrument table. A malformed line (``skip_malformed=False``) ends the
         stream with the events before it, then raises :class:`FeedError`.
     """
-    return _incremental(path, instruments, price_scale, size_scale, skip_malformed, memory_limit)
-
-
-class _MoreDecimals(Exception):
-    """A block has more decimals than the first: the scales taken from it do not hold."""
-
-
-def _incremental(path, instruments, price_scale, size_scale, skip_malformed, memory_limit, first_block=False):
-    """:func:`iter_incremental`; with ``first_block``, the scales not given of a regular file are
-    its first block's, and a later block with more decimals raises :class:`_MoreDecimals`."""
     memory_limit = check_memory_limit(memory_limit)
     instruments = instruments if instruments is not None else Instruments()
     stream = iter_blocks(path, memory_limit)
@@ -503,7 +504,7 @@ def _incremental(path, instruments, price_scale, size_scale, skip_malformed, mem
     _check_header(path, blocks[0])
     blocks.append(next(stream, None))
     # Only a regular file can be read again from the start.
-    guess = first_block and blocks[-1] is not None and stat.S_ISREG(os.stat(path).st_mode)
+    guess = first_block_scales and blocks[-1] is not None and stat.S_ISREG(os.stat(path).st_mode)
     guess_price, guess_size = (guess and scale is None for scale in (price_scale, size_scale))
     if price_scale is None or size_scale is None:
         found_price, found_size = _scales(path, blocks[:1] + [None] if guess_price or guess_size else blocks,
@@ -526,7 +527,8 @@ def _incremental(path, instruments, price_scale, size_scale, skip_malformed, mem
         if block_index > 0 and (guess_price or guess_size):
             found_price, found_size = _scales(path, [block, None], memory_limit)
             if (guess_price and found_price > price_scale) or (guess_size and found_size > size_scale):
-                raise _MoreDecimals()
+                raise MoreDecimals(f"{path}: a row after its first block has more decimals than any "
+                                   "before it: read it again without first_block_scales")
         first_row = 1 if block_index == 0 else 0  # the header
         starts, stops, numbers = block.starts[first_row:], block.stops[first_row:], block.numbers[first_row:]
         count = len(starts)
@@ -601,9 +603,10 @@ def read_incremental(path, *, instruments=None, price_scale=None, size_scale=Non
         # Read once, at the first block's scales: a file nearly always shows its most decimals
         # there. A later block with more starts the read over at the whole file's.
         guessed = Instruments()
-        with contextlib.suppress(_MoreDecimals):
-            return read_whole(path, _incremental(path, guessed, price_scale, size_scale, skip_malformed,
-                                                 memory_limit, first_block=True), guessed)
+        with contextlib.suppress(MoreDecimals):
+            return read_whole(path, iter_incremental(path, instruments=guessed, price_scale=price_scale,
+                                                     size_scale=size_scale, skip_malformed=skip_malformed,
+                                                     memory_limit=memory_limit, first_block_scales=True), guessed)
     instruments = instruments if instruments is not None else Instruments()
     return read_whole(path, iter_incremental(path, instruments=instruments, price_scale=price_scale,
                                              size_scale=size_scale, skip_malformed=skip_malformed,
