@@ -29,7 +29,10 @@ of their file, so their inverse is messages per second per worker; a batch is on
   file, kept equal to its orderbook file as a shard's book is (a plain replay of LOBSTER
   messages strays from the file: it leaves out the messages of levels beyond those shown).
   ``file_snapshots_lobster`` takes the same snapshots and writes them in one process,
-  without the batch layer (hash, manifest entry, task).
+  without the batch layer (hash, manifest entry, task). ``shard_tardis`` /
+  ``file_replay_tardis``: the same on a synthetic tardis ``incremental_book_L2`` day of one
+  symbol (gzip, 400,000 rows: 141,000 messages over 24 minutes, about 100 a second; 25 levels,
+  as tardis's own ``book_snapshot_25``).
 
 The files are the real ones in ``../shared/data`` (or ``$RINGBOOK_SHARED_DATA``),
 else synthetic ones of the same formats.
@@ -39,7 +42,6 @@ Run: ``python perf/bm_batch.py -o batch.json`` (``-n 2`` for a quick look).
 
 import atexit
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -49,7 +51,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from harness import Comparison, Limit, bench, make_runner, run_subject
+from harness import Comparison, Limit, bench, make_runner, run_subject, synthetic_folder, tardis_file
 
 from ringbook.engine import batch, inputs, snapshots, tasks
 from ringbook.engine.check import feed_ticks
@@ -85,21 +87,14 @@ MESSAGES, CAPTURE, ORIGIN = input_files()
 
 
 def ten_level_file(messages=50_000):
-    """A synthetic LOBSTER pair of 10 levels (about 20 messages a second, every level's messages),
-    made once and kept in the temporary folder for pyperf's worker processes, under a name that
-    changes with the generator's code."""
-    code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"ringbook_bm_batch_10_levels_{messages}_{code}"
-    if not folder.is_dir():
-        made = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        synthetic.write_lobster(made, messages=messages, levels=10)
-        with contextlib.suppress(OSError):   # another process made it first
-            made.rename(folder)
-        shutil.rmtree(made, ignore_errors=True)
+    """A synthetic LOBSTER pair of 10 levels (about 20 messages a second, every level's messages)."""
+    folder = synthetic_folder(f"batch_10_levels_{messages}",
+                              lambda folder: synthetic.write_lobster(folder, messages=messages, levels=10))
     return next(folder.glob("*_message_10.csv"))
 
 
 TEN_LEVELS = ten_level_file()
+TARDIS = tardis_file()
 
 
 def copies(count):
@@ -166,12 +161,12 @@ def time_in_new_folders(loops, work, prefix):
     return total
 
 
-def time_shard(loops, path, seconds=1):
+def time_shard(loops, path, seconds=1, levels=LEVELS):
     """A worker's whole shard, each into a folder of its own: a batch writes new files (renaming
     over an earlier output, as only a ``--force`` rerun does, makes ext4 write it out at once)."""
     source = inputs.sources([path])[0]
     return time_in_new_folders(
-        loops, lambda out: batch.snapshot_task(source, str(out), LEVELS, seconds * SECOND, f"{seconds}s", "csv"),
+        loops, lambda out: batch.snapshot_task(source, str(out), levels, seconds * SECOND, f"{seconds}s", "csv"),
         "shard")
 
 
@@ -286,11 +281,12 @@ def messages_in(feed):
     return int(np.count_nonzero(feed.events["flags"] & FLAG_BATCH_END))
 
 
-def benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools):
+def benchmark_table(lobster_feed, binance_feed, ten_level_feed, tardis_feed, pools):
     """Every pyperf benchmark of the subject, by name. A shard, a replay and a snapshot kernel are
     timed per message of their file (its inverse is messages per second per worker); a batch is
     one whole run, and an overhead is per task."""
-    lobster, binance, ten_levels = (messages_in(feed) for feed in (lobster_feed, binance_feed, ten_level_feed))
+    lobster, binance, ten_levels, tardis = (messages_in(feed) for feed in (lobster_feed, binance_feed,
+                                                                           ten_level_feed, tardis_feed))
     return {
         "snapshots_lobster": bench(time_snapshots, lobster_feed, inner_loops=lobster),
         "replay_lobster": bench(time_replay, lobster_feed, inner_loops=lobster),
@@ -305,6 +301,8 @@ def benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools):
         "file_replay_binance": bench(time_file_replay, CAPTURE, inner_loops=binance),
         "shard_lobster_10_levels": bench(time_shard, TEN_LEVELS, inner_loops=ten_levels),
         "file_replay_lobster_10_levels": bench(time_file_replay, TEN_LEVELS, inner_loops=ten_levels),
+        "shard_tardis": bench(time_shard, TARDIS, 1, 25, inner_loops=tardis),
+        "file_replay_tardis": bench(time_file_replay, TARDIS, inner_loops=tardis),
         "batch_1_worker": bench(time_batch, pools, "one"),
         "batch_2_workers": bench(time_batch, pools, "two"),
         "batch_dask_2_workers": bench(time_batch, pools, "dask"),
@@ -343,21 +341,25 @@ COMPARISONS = [
     Comparison("shard_binance", "file_replay_binance", at_least=0.8,
                means="a worker's whole Binance shard vs a plain replay of the file in one process "
                      "(time per message)"),
+    Comparison("shard_tardis", "file_replay_tardis", at_least=0.8,
+               means="a worker's whole shard of a tardis incremental_book_L2 day vs a plain replay of the file "
+                     "in one process (synthetic gzip, 400,000 rows; time per message)"),
     Comparison("snapshots_lobster", "replay_lobster", means="snapshot kernel vs plain apply_events, LOBSTER"),
     Comparison("snapshots_binance", "replay_binance", means="snapshot kernel vs plain apply_events, Binance"),
 ]
 
 
-def print_rates(results, lobster_feed, binance_feed):
+def print_rates(results, lobster_feed, binance_feed, tardis_feed):
     """Messages per second per worker, and each task's overhead as a share of the measured shard."""
     print()
     print(f"Data: {ORIGIN}; {FILES} files of {messages_in(lobster_feed):,} LOBSTER messages each")
-    for name, feed in (("lobster", lobster_feed), ("binance", binance_feed)):
+    for name, feed in (("lobster", lobster_feed), ("binance", binance_feed), ("tardis", tardis_feed)):
         per_message = results[f"shard_{name}"].median()
+        kernels = (f"; snapshot kernel {1 / results[f'snapshots_{name}'].median():,.0f} messages/s, plain replay "
+                   f"{1 / results[f'replay_{name}'].median():,.0f} messages/s" if f"snapshots_{name}" in results
+                   else "")
         print(f"  one worker, whole shard ({name}): {1 / per_message:,.0f} messages/s "
-              f"({per_message * messages_in(feed) * 1e3:.1f} ms a shard); snapshot kernel "
-              f"{1 / results[f'snapshots_{name}'].median():,.0f} messages/s, plain replay "
-              f"{1 / results[f'replay_{name}'].median():,.0f} messages/s")
+              f"({per_message * messages_in(feed) * 1e3:.1f} ms a shard){kernels}")
     shard = results["batch_1_worker"].median() / FILES
     for name in ("task_overhead_pool", "task_overhead_pool_many", "task_overhead_dask"):
         per_task = results[name].median()
@@ -370,21 +372,24 @@ def main():
     lobster_feed, _, _ = source_feed(MESSAGES)
     binance_feed, _, _ = source_feed(CAPTURE)
     ten_level_feed, _, _ = source_feed(TEN_LEVELS)
+    tardis_feed, _, _ = source_feed(TARDIS)
     tasks.prepare_worker()
     time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
     time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
-    time_shard(1, TEN_LEVELS), time_file_replay_reconciled(1, MESSAGES)
+    time_shard(1, TEN_LEVELS), time_file_replay_reconciled(1, MESSAGES), time_shard(1, TARDIS, 1, 25)
     pools = Pools()
     metadata = {"batch_data_origin": ORIGIN, "batch_files": str(FILES),
                 "batch_lobster_messages": str(messages_in(lobster_feed)),
-                "batch_binance_messages": str(messages_in(binance_feed))}
+                "batch_binance_messages": str(messages_in(binance_feed)),
+                "batch_tardis_messages": str(messages_in(tardis_feed))}
     try:
-        _, results = run_subject("Batch research", benchmark_table(lobster_feed, binance_feed, ten_level_feed, pools),
+        _, results = run_subject("Batch research",
+                                 benchmark_table(lobster_feed, binance_feed, ten_level_feed, tardis_feed, pools),
                                  COMPARISONS, runner=runner, metadata=metadata)
     finally:
         pools.close()
     if all(value is not None for value in results.values()):
-        print_rates(results, lobster_feed, binance_feed)
+        print_rates(results, lobster_feed, binance_feed, tardis_feed)
 
 
 if __name__ == "__main__":

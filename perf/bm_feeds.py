@@ -27,9 +27,7 @@ Run: ``python perf/bm_feeds.py -o perf/results/feeds.json`` (``--fast`` for a qu
 """
 
 import atexit
-import contextlib
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import Comparison, bench, run_subject
+from harness import Comparison, bench, run_subject, tardis_file
 
 from ringbook.engine.feeds import binance, lobster, synthetic, tardis
 
@@ -60,18 +58,6 @@ def input_files():
     plain = SCRATCH / "capture.txt"
     plain.write_bytes(gzip.decompress(capture.read_bytes()))
     return plain, messages, origin
-
-
-def tardis_file(rows=400_000):
-    """The synthetic tardis file, made once and kept in the temporary folder for pyperf's worker
-    processes, under a name that changes with the generator's code."""
-    code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / f"ringbook_bm_feeds_tardis_{rows}_{code}.csv.gz"
-    if not path.is_file():
-        made = synthetic.write_tardis_incremental(SCRATCH / path.name, rows=rows)
-        with contextlib.suppress(OSError):   # another process made it first
-            made.rename(path)
-    return path
 
 
 def count_lines(path):

@@ -46,16 +46,22 @@ Run a full set into ``perf/results/`` (ignored by git) and write
 ``perf/RESULTS.md`` with ``perf/report.py``; see its docstring for the commands.
 """
 
+import contextlib
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import platform
+import shutil
+import tempfile
+from pathlib import Path
 
 import llvmlite
 import numba
 import numpy
 import pyperf
 
+from ringbook.engine.feeds import synthetic
 from ringbook.engine.system import cpu_model
 
 #: The runner metadata key holding a subject's comparisons (a JSON list).
@@ -64,6 +70,29 @@ SUBJECT_KEY = "ringbook_subject"
 PEERS_KEY = "ringbook_peer_versions"
 #: The script's own metadata (inputs, sizes), as a JSON object the report prints.
 CONTEXT_KEY = "ringbook_context"
+
+
+def synthetic_folder(name, make):
+    """A folder of synthetic files that ``make(folder)`` writes, made once and kept in the
+    temporary folder for pyperf's worker processes (each would make it again), under a name
+    that changes with the generator's code."""
+    code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"ringbook_bm_{name}_{code}"
+    if not folder.is_dir():
+        made = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        make(made)
+        with contextlib.suppress(OSError):   # another process made it first
+            made.rename(folder)
+        shutil.rmtree(made, ignore_errors=True)
+    return folder
+
+
+def tardis_file(rows=400_000):
+    """A synthetic tardis ``incremental_book_L2`` day of one symbol, gzip: larger than a reader's
+    block, as real days are (the shared sample has 15 rows)."""
+    folder = synthetic_folder(f"tardis_{rows}", lambda folder: synthetic.write_tardis_incremental(
+        folder / "binance-futures_incremental_book_L2_2024-08-09_BTCUSDT.csv.gz", rows=rows))
+    return next(folder.glob("*.csv.gz"))
 
 
 def make_runner(**kwargs):
