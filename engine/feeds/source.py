@@ -19,10 +19,10 @@ error rather than a reason to grow without bound.
 
 import os
 import stat
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from zlib_ng import zlib_ng
 
 from ringbook.kernels import fixed
 from ringbook.kernels.events import Instruments
@@ -265,7 +265,7 @@ def _decompressed(chunks, limit):
     _GzipFault
         A fault in the compressed data, or a stream cut short.
     """
-    decompressor = zlib.decompressobj(wbits=31)
+    decompressor = zlib_ng.decompressobj(wbits=31)
     try:
         for piece in _pieces(chunks, _GZIP_INPUT):
             data = piece
@@ -273,7 +273,7 @@ def _decompressed(chunks, limit):
                 if decompressor.eof:
                     if not bytes(data).strip(b"\x00"):
                         break  # zero padding after the last member, as gzip tolerates
-                    decompressor = zlib.decompressobj(wbits=31)  # another member follows
+                    decompressor = zlib_ng.decompressobj(wbits=31)  # another member follows
                 output = decompressor.decompress(data, limit)
                 while output:
                     yield output
@@ -281,7 +281,7 @@ def _decompressed(chunks, limit):
                     output = (decompressor.decompress(b"", limit)
                               if len(output) == limit and not decompressor.unconsumed_tail else b"")
                 data = decompressor.unused_data if decompressor.eof else decompressor.unconsumed_tail
-    except zlib.error as error:
+    except zlib_ng.error as error:
         raise _GzipFault(f"corrupt gzip data: {_gzip_fault(error)}") from None
     if not decompressor.eof:
         raise _GzipFault("truncated gzip file: the compressed data ends before the end of its stream")
