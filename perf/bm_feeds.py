@@ -65,10 +65,11 @@ def count_lines(path):
         return sum(1 for line in file if line.strip())
 
 
-def time_binance(loops, path):
+def time_read(loops, read, path):
+    """``read(path)``, a reader of ours, ``loops`` times."""
     started = time.perf_counter()
     for _ in range(loops):
-        binance.read_capture(path)
+        read(path)
     return time.perf_counter() - started
 
 
@@ -82,24 +83,10 @@ def time_json(loops, path):
     return time.perf_counter() - started
 
 
-def time_lobster(loops, path):
-    started = time.perf_counter()
-    for _ in range(loops):
-        lobster.read_messages(path)
-    return time.perf_counter() - started
-
-
 def time_loadtxt(loops, path, header_rows):
     started = time.perf_counter()
     for _ in range(loops):
         np.loadtxt(path, delimiter=",", skiprows=header_rows)
-    return time.perf_counter() - started
-
-
-def time_tardis(loops, path):
-    started = time.perf_counter()
-    for _ in range(loops):
-        tardis.read_incremental(path)
     return time.perf_counter() - started
 
 
@@ -126,11 +113,11 @@ assert len(lobster.read_messages(MESSAGES)) == MESSAGE_LINES - HEADER_ROWS
 assert len(tardis.read_incremental(TARDIS)) >= TARDIS_LINES - 1
 
 BENCHMARKS = {
-    "feeds_binance": bench(time_binance, CAPTURE, inner_loops=CAPTURE_LINES),
+    "feeds_binance": bench(time_read, binance.read_capture, CAPTURE, inner_loops=CAPTURE_LINES),
     "binance_json_peer": bench(time_json, CAPTURE, inner_loops=CAPTURE_LINES),
-    "feeds_lobster": bench(time_lobster, MESSAGES, inner_loops=MESSAGE_LINES),
+    "feeds_lobster": bench(time_read, lobster.read_messages, MESSAGES, inner_loops=MESSAGE_LINES),
     "lobster_loadtxt_peer": bench(time_loadtxt, MESSAGES, HEADER_ROWS, inner_loops=MESSAGE_LINES),
-    "feeds_tardis": bench(time_tardis, TARDIS, inner_loops=TARDIS_LINES),
+    "feeds_tardis": bench(time_read, tardis.read_incremental, TARDIS, inner_loops=TARDIS_LINES),
     "tardis_pyarrow_peer": bench(time_pyarrow_csv, TARDIS, inner_loops=TARDIS_LINES),
 }
 COMPARISONS = [

@@ -162,12 +162,7 @@ def _comma_at_or_after(buffer, position, stop):
 @llvm_inline_kernel
 def _starts_with(buffer, position, stop, pattern):
     """Whether ``buffer[position:stop]`` begins with ``pattern``."""
-    if stop - position < pattern.shape[0]:
-        return False
-    for offset in range(pattern.shape[0]):
-        if buffer[position + offset] != pattern[offset]:
-            return False
-    return True
+    return equals(buffer, position, min(position + pattern.shape[0], stop), pattern)
 
 
 @llvm_inline_kernel
