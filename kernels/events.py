@@ -51,6 +51,7 @@ replaces the symbol's levels and takes the snapshot's sequence). An
 import numpy as np
 
 from ringbook.kernels.fixed import decimal_places, parse_decimal
+from ringbook.kernels.jit_options import llvm_inline_kernel
 
 EVENT_DTYPE = np.dtype([
     ("exchange_ns", np.int64),
@@ -106,6 +107,24 @@ INSTRUMENT_DTYPE = np.dtype([
     ("tick", np.int64),          # price increment, fixed point at price_scale
     ("name", "S32"),
 ], align=True)
+
+
+@llvm_inline_kernel
+def put_event(events, index, kind, side, price, quantity, order_id, sequence, prev_sequence, exchange_ns,
+              local_ns, flags, symbol):
+    """Set every field of ``events[index]``: a reader kernel's event, inlined into its loop."""
+    event = events[index]
+    event.kind = kind
+    event.side = side
+    event.price = price
+    event.quantity = quantity
+    event.order_id = order_id
+    event.sequence = sequence
+    event.prev_sequence = prev_sequence
+    event.exchange_ns = exchange_ns
+    event.local_ns = local_ns
+    event.flags = flags
+    event.symbol = symbol
 
 
 def empty_events(count):

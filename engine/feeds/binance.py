@@ -66,7 +66,7 @@ from ringbook.engine.feeds.source import (Feed, FeedError, check_memory_limit, e
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
                                      KIND_SEQUENCE, KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END,
-                                     KIND_TOP_OF_BOOK, KIND_TRADE, Instruments)
+                                     KIND_TOP_OF_BOOK, KIND_TRADE, Instruments, put_event)
 from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import MISSING, NOT_JSON, OUT_OF_RANGE
@@ -154,23 +154,6 @@ def _message_kind(buffer, members, count):
 
 
 @llvm_inline_kernel
-def _put(events, index, kind, side, price, quantity, order_id, sequence, prev_sequence,
-         exchange_ns, local_ns, flags):
-    event = events[index]
-    event.kind = kind
-    event.side = side
-    event.price = price
-    event.quantity = quantity
-    event.order_id = order_id
-    event.sequence = sequence
-    event.prev_sequence = prev_sequence
-    event.exchange_ns = exchange_ns
-    event.local_ns = local_ns
-    event.flags = flags
-    event.symbol = 0
-
-
-@llvm_inline_kernel
 def _put_levels(buffer, members, count, name, side, scales, scratch, events, written, sequence,
                 prev_sequence, exchange_ns, local_ns, flags):
     """The level list ``name`` as ``KIND_L2_SET`` events from ``events[written]``: (written, status)."""
@@ -180,8 +163,8 @@ def _put_levels(buffer, members, count, name, side, scales, scratch, events, wri
     if written + pairs + 1 > events.shape[0]:
         return written, np.int64(fixed.FULL)
     for level in range(pairs):
-        _put(events, written + level, KIND_L2_SET, side, scratch[2 * level], scratch[2 * level + 1],
-             0, sequence, prev_sequence, exchange_ns, local_ns, flags)
+        put_event(events, written + level, KIND_L2_SET, side, scratch[2 * level], scratch[2 * level + 1],
+                  0, sequence, prev_sequence, exchange_ns, local_ns, flags, 0)
     return written + pairs, np.int64(fixed.OK)
 
 
@@ -253,7 +236,7 @@ def _parse_diff(buffer, members, count, local_ns, scales, scratch, events, writt
     if status != fixed.OK:
         return written, status, _F_ASKS
     if end == written:  # no levels: the message still carries its sequence
-        _put(events, end, KIND_SEQUENCE, 0, 0, 0, 0, last_id, previous, exchange_ns, local_ns, 0)
+        put_event(events, end, KIND_SEQUENCE, 0, 0, 0, 0, last_id, previous, exchange_ns, local_ns, 0, 0)
         end += 1
     events[end - 1].flags = FLAG_BATCH_END
     record[COLUMN_FIRST_ID] = first_id
@@ -274,7 +257,7 @@ def _parse_snapshot(buffer, members, count, local_ns, scales, scratch, events, w
     if status != fixed.OK:
         return written, status, _F_E
     exchange_ns = event_ms * _NS_PER_MS
-    _put(events, written, KIND_SNAPSHOT_BEGIN, 0, 0, 0, 0, 0, 0, exchange_ns, local_ns, FLAG_SNAPSHOT)
+    put_event(events, written, KIND_SNAPSHOT_BEGIN, 0, 0, 0, 0, 0, 0, exchange_ns, local_ns, FLAG_SNAPSHOT, 0)
     end, status = _put_levels(buffer, members, count, _SNAPSHOT_BIDS, BID, scales, scratch, events,
                               written + 1, 0, 0, exchange_ns, local_ns, FLAG_SNAPSHOT)
     if status != fixed.OK:
@@ -283,8 +266,8 @@ def _parse_snapshot(buffer, members, count, local_ns, scales, scratch, events, w
                               end, 0, 0, exchange_ns, local_ns, FLAG_SNAPSHOT)
     if status != fixed.OK:
         return written, status, _F_SNAPSHOT_ASKS
-    _put(events, end, KIND_SNAPSHOT_END, 0, 0, 0, 0, last_update, 0, exchange_ns, local_ns,
-         FLAG_SNAPSHOT | FLAG_BATCH_END)
+    put_event(events, end, KIND_SNAPSHOT_END, 0, 0, 0, 0, last_update, 0, exchange_ns, local_ns,
+              FLAG_SNAPSHOT | FLAG_BATCH_END, 0)
     record[COLUMN_FIRST_ID] = last_update
     record[COLUMN_LAST_ID] = last_update
     return end + 1, np.int64(fixed.OK), -1
@@ -306,8 +289,8 @@ def _parse_trade(buffer, members, count, local_ns, scales, scratch, events, writ
         return written, np.int64(MISSING), _F_MAKER
     # "m": true means the buyer is the maker, so the aggressor sold.
     side = ASK if buffer[members[maker, js.VALUE_START]] == _LETTER_T else BID
-    _put(events, written, KIND_TRADE, side, price, quantity, trade_id, 0, 0, trade_ms * _NS_PER_MS,
-         local_ns, FLAG_BATCH_END)
+    put_event(events, written, KIND_TRADE, side, price, quantity, trade_id, 0, 0, trade_ms * _NS_PER_MS,
+              local_ns, FLAG_BATCH_END, 0)
     record[COLUMN_SYMBOL] = js.text_hash(buffer, members, count, _SYMBOL)
     return written + 1, np.int64(fixed.OK), -1
 
@@ -330,10 +313,10 @@ def _parse_ticker(buffer, members, count, local_ns, scales, scratch, events, wri
     if status != fixed.OK:
         return written, status, field
     exchange_ns = event_ms * _NS_PER_MS
-    _put(events, written, KIND_TOP_OF_BOOK, BID, bid_price, bid_quantity, 0, last_id, 0,
-         exchange_ns, local_ns, 0)
-    _put(events, written + 1, KIND_TOP_OF_BOOK, ASK, ask_price, ask_quantity, 0, last_id, 0,
-         exchange_ns, local_ns, FLAG_BATCH_END)
+    put_event(events, written, KIND_TOP_OF_BOOK, BID, bid_price, bid_quantity, 0, last_id, 0,
+              exchange_ns, local_ns, 0, 0)
+    put_event(events, written + 1, KIND_TOP_OF_BOOK, ASK, ask_price, ask_quantity, 0, last_id, 0,
+              exchange_ns, local_ns, FLAG_BATCH_END, 0)
     record[COLUMN_FIRST_ID] = last_id
     record[COLUMN_LAST_ID] = last_id
     record[COLUMN_SYMBOL] = js.text_hash(buffer, members, count, _SYMBOL)

@@ -41,7 +41,7 @@ from ringbook.engine.feeds.source import (MIN_MEMORY_LIMIT, Feed, FeedError, che
                                           read_whole)
 from ringbook.kernels import fixed
 from ringbook.kernels.events import (ASK, BID, EVENT_DTYPE, FLAG_BATCH_END, FLAG_SNAPSHOT, KIND_L2_SET,
-                                     KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, Instruments)
+                                     KIND_SNAPSHOT_BEGIN, KIND_SNAPSHOT_END, Instruments, put_event)
 from ringbook.kernels.borrow import borrow
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
 from ringbook.kernels.status import FIELD_COUNT, INVALID, OK, OUT_OF_RANGE
@@ -388,36 +388,21 @@ def fill_events(times, local_times, snapshot, sides, prices, amounts, symbols, r
     at = 0
     for row in range(min(times.shape[0], events.shape[0])):
         if run_starts[row]:
-            _put_marker(events, lines, at, KIND_SNAPSHOT_BEGIN, FLAG_SNAPSHOT, times[row], local_times[row],
-                        symbols[row], row_lines[row])
+            put_event(events, at, KIND_SNAPSHOT_BEGIN, 0, 0, 0, 0, 0, 0, times[row], local_times[row],
+                      FLAG_SNAPSHOT, symbols[row])
+            lines[at] = row_lines[row]
             at += 1
-        event = events[at]
-        event.kind = KIND_L2_SET
-        event.side = sides[row]
-        event.price = prices[row]
-        event.quantity = amounts[row]
-        event.exchange_ns = times[row]
-        event.local_ns = local_times[row]
-        event.symbol = symbols[row]
-        event.flags = FLAG_SNAPSHOT if snapshot[row] else FLAG_BATCH_END if batch_end[row] else 0
+        put_event(events, at, KIND_L2_SET, sides[row], prices[row], amounts[row], 0, 0, 0, times[row],
+                  local_times[row], FLAG_SNAPSHOT if snapshot[row] else FLAG_BATCH_END if batch_end[row] else 0,
+                  symbols[row])
         lines[at] = row_lines[row]
         at += 1
         if run_ends[row]:
-            _put_marker(events, lines, at, KIND_SNAPSHOT_END, FLAG_SNAPSHOT | FLAG_BATCH_END, times[row],
-                        local_times[row], symbols[row], row_lines[row])
+            put_event(events, at, KIND_SNAPSHOT_END, 0, 0, 0, 0, 0, 0, times[row], local_times[row],
+                      FLAG_SNAPSHOT | FLAG_BATCH_END, symbols[row])
+            lines[at] = row_lines[row]
             at += 1
     return at
-
-
-@llvm_inline_kernel
-def _put_marker(events, lines, at, kind, flags, exchange_ns, local_ns, symbol, line):
-    event = events[at]
-    event.kind = kind
-    event.flags = flags
-    event.exchange_ns = exchange_ns
-    event.local_ns = local_ns
-    event.symbol = symbol
-    lines[at] = line
 
 
 def _events(rows, run_starts, run_ends, batch_end):
