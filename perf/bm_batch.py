@@ -14,15 +14,11 @@ of their file, so their inverse is messages per second per worker; a batch is on
   processes), per task: each shard's scheduling and result transfer.
   ``task_overhead_pool_many``: the same over 3,000 tasks in one run (the driver's
   own work per task must not grow with the run).
-- ``snapshots_lobster`` / ``replay_lobster`` and ``snapshots_binance`` /
-  ``replay_binance``: one worker's snapshot kernel (every boundary, 10 levels,
-  1 s) against a plain ``apply_events`` of the same events in one process.
 - ``shard_lobster`` / ``shard_binance``: one whole shard in a worker: read the
   file, take the snapshots, write the CSV. Their peers ``file_replay_*`` read the
   same file and replay it plainly in one process, into the book a shard makes.
-  ``shard_lobster_10s`` is the LOBSTER shard at 10 s: what a shard costs beyond a
-  replay grows with the boundaries it writes, and the LOBSTER day has only about
-  2.5 messages a second. ``shard_lobster_10_levels`` / ``file_replay_lobster_10_levels``
+  The LOBSTER day has only about 2.5 messages a second, so its shard writes nearly a
+  row for every message; ``shard_lobster_10_levels`` / ``file_replay_lobster_10_levels``
   compare the same on a synthetic 10-level LOBSTER file of about 20 messages a second
   (a 10-level file holds the messages of ten levels, and its peer reads ten levels).
   ``file_replay_reconciled_lobster`` is the replay ``replay_files`` makes of the LOBSTER
@@ -63,7 +59,6 @@ from ringbook.engine.check import feed_ticks
 from ringbook.engine.feeds import synthetic
 from ringbook.engine.reconciled import replay_lobster
 from ringbook.kernels import book as books
-from ringbook.kernels import snapshots as snapshot_kernels
 from ringbook.kernels.events import FLAG_BATCH_END
 from ringbook.kernels.orders import order_slots_for
 from ringbook.kernels.replay import EVERY_EVENT, apply_events
@@ -126,31 +121,6 @@ def new_book(feed):
     n_symbols = max(len(feed.instruments), 1)
     return books.new_book(n_symbols=n_symbols, depth=4096, order_capacity=order_slots_for(feed.events),
                           ticks=feed_ticks(feed, n_symbols))
-
-
-def time_snapshots(loops, feed):
-    events = feed.events
-    out = snapshots._outputs(snapshot_kernels.boundary_count(events, SECOND), LEVELS)
-    total = 0.0
-    for _ in range(loops):
-        book = new_book(feed)
-        cursor = snapshot_kernels.new_cursor()
-        started = time.perf_counter()
-        snapshot_kernels.take_snapshots(book, 0, events, 0, len(events), SECOND, cursor, *out)
-        snapshot_kernels.finish_snapshots(book, 0, SECOND, cursor, *out)
-        total += time.perf_counter() - started
-    return total
-
-
-def time_replay(loops, feed):
-    events = feed.events
-    total = 0.0
-    for _ in range(loops):
-        book = new_book(feed)
-        started = time.perf_counter()
-        apply_events(book, events, 0, len(events))
-        total += time.perf_counter() - started
-    return total
 
 
 def time_in_new_folders(loops, work, prefix):
@@ -293,12 +263,7 @@ def benchmark_table(lobster_feed, binance_feed, ten_level_feed, tardis_feed, poo
     lobster, binance, ten_levels, tardis = (messages_in(feed) for feed in (lobster_feed, binance_feed,
                                                                            ten_level_feed, tardis_feed))
     return {
-        "snapshots_lobster": bench(time_snapshots, lobster_feed, inner_loops=lobster),
-        "replay_lobster": bench(time_replay, lobster_feed, inner_loops=lobster),
-        "snapshots_binance": bench(time_snapshots, binance_feed, inner_loops=binance),
-        "replay_binance": bench(time_replay, binance_feed, inner_loops=binance),
         "shard_lobster": bench(time_shard, MESSAGES, inner_loops=lobster),
-        "shard_lobster_10s": bench(time_shard, MESSAGES, 10, inner_loops=lobster),
         "shard_binance": bench(time_shard, CAPTURE, inner_loops=binance),
         "file_replay_lobster": bench(time_file_replay, MESSAGES, inner_loops=lobster),
         "file_replay_reconciled_lobster": bench(time_file_replay_reconciled, MESSAGES, inner_loops=lobster),
@@ -367,8 +332,6 @@ COMPARISONS = [
                      "reconciled with the orderbook file after every message, as the shard's book is"),
     Comparison("shard_lobster", "file_snapshots_lobster",
                means="the same shard vs its snapshots taken and written in one process: the batch layer's own cost"),
-    Comparison("shard_lobster_10s", "file_replay_lobster",
-               means="the same LOBSTER shard at 10 s: a tenth of the boundaries (snapshot rows written)"),
     Comparison("shard_lobster_10_levels", "file_replay_lobster_10_levels",
                means="the same on a 10-level LOBSTER file (synthetic, 50,000 messages, about 20 a second)"),
     Limit("shard_binance_over_replay", at_most=TARGET_OVER_REPLAY, unit="x",
@@ -380,8 +343,6 @@ COMPARISONS = [
           means="the same for a tardis incremental_book_L2 day (synthetic gzip, 400,000 rows)"),
     Comparison("shard_tardis", "file_replay_tardis",
                means="a worker's whole tardis shard vs a plain replay of the file in one process (time per message)"),
-    Comparison("snapshots_lobster", "replay_lobster", means="snapshot kernel vs plain apply_events, LOBSTER"),
-    Comparison("snapshots_binance", "replay_binance", means="snapshot kernel vs plain apply_events, Binance"),
 ]
 
 
@@ -391,11 +352,8 @@ def print_rates(results, lobster_feed, binance_feed, tardis_feed):
     print(f"Data: {ORIGIN}; {FILES} files of {messages_in(lobster_feed):,} LOBSTER messages each")
     for name, feed in (("lobster", lobster_feed), ("binance", binance_feed), ("tardis", tardis_feed)):
         per_message = results[f"shard_{name}"].median()
-        kernels = (f"; snapshot kernel {1 / results[f'snapshots_{name}'].median():,.0f} messages/s, plain replay "
-                   f"{1 / results[f'replay_{name}'].median():,.0f} messages/s" if f"snapshots_{name}" in results
-                   else "")
         print(f"  one worker, whole shard ({name}): {1 / per_message:,.0f} messages/s "
-              f"({per_message * messages_in(feed) * 1e3:.1f} ms a shard){kernels}")
+              f"({per_message * messages_in(feed) * 1e3:.1f} ms a shard)")
     shard = results["batch_1_worker"].median() / FILES
     for name in ("task_overhead_pool", "task_overhead_pool_many", "task_overhead_dask"):
         per_task = results[name].median()
@@ -410,8 +368,7 @@ def main():
     ten_level_feed, _, _ = source_feed(TEN_LEVELS)
     tardis_feed, _, _ = source_feed(TARDIS)
     tasks.prepare_worker()
-    time_snapshots(1, lobster_feed), time_snapshots(1, binance_feed), time_replay(1, lobster_feed)
-    time_shard(1, MESSAGES), time_shard(1, MESSAGES, 10), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
+    time_shard(1, MESSAGES), time_shard(1, CAPTURE), time_file_snapshots(1, MESSAGES)
     time_shard(1, TEN_LEVELS), time_file_replay_reconciled(1, MESSAGES), time_shard(1, TARDIS, 1, 25)
     pools = Pools()
     metadata = {"batch_data_origin": ORIGIN, "batch_files": str(FILES),
