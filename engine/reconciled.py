@@ -9,10 +9,10 @@ the message names (:func:`ringbook.engine.check._reconcile_order`) and each side
 (:func:`ringbook.kernels.snapshots.reconcile_side`), the effect on the book that
 ``ringbook check`` has. Every level the file shows then equals the row after every message.
 
-:func:`apply_reconciled` is that step, inlined into the loops of
-:func:`ringbook.engine.snapshots.lobster_snapshots` and :func:`replay_reconciled` (a
-user's callback after each message; :func:`replay_lobster` is the replay ``replay_files``
-makes of a LOBSTER file).
+:func:`apply_reconciled` is that step, inlined into the loop of :func:`replay_reconciled`
+(a user's callback after each message; :func:`replay_lobster` is the replay ``replay_files``
+makes of a LOBSTER file). Snapshots need no such replay: they are the orderbook rows
+themselves (:mod:`ringbook.engine.snapshots`).
 """
 
 import numpy as np

@@ -6,11 +6,12 @@ there for what a boundary and its snapshot are); :func:`snapshot_pieces` gives t
 rows a bounded piece at a time, which the writers (:class:`SnapshotWriter`) take as they
 come, and :func:`stream_symbols` gives every symbol's from a reader's stream of chunks in
 one pass, holding one chunk at a time (a :class:`SymbolStream` for each symbol). A LOBSTER
-message file with its orderbook file is seeded from it and reconciled with it after every
-message (:func:`ringbook.kernels.snapshots.reconcile_side`), with the effect on the book
-that ``ringbook check`` has (levels that come into view from beyond those LOBSTER shows
-are taken from the row): each snapshot then equals the orderbook row of the last message
-at or before its boundary.
+message file with its orderbook file needs no book: LOBSTER publishes the book after every
+message, and each snapshot is the orderbook row of the last message at or before its
+boundary (:func:`ringbook.kernels.snapshots.take_published_snapshots`). A replay seeded from
+the file and reconciled with it after every message, as ``ringbook check`` and
+``replay_files`` make it (:mod:`ringbook.engine.reconciled`), holds exactly those levels;
+the levels beyond those the file shows, whose messages LOBSTER leaves out, are left empty.
 
 Files (:func:`write_snapshots`), one per shard, written atomically (a
 temporary file in the same folder, then a rename: :mod:`ringbook.engine.files`)
@@ -49,7 +50,6 @@ import numpy as np
 from ringbook.engine.check import price_ticks
 from ringbook.engine.feeds import lobster
 from ringbook.engine.files import AtomicFile
-from ringbook.engine.reconciled import apply_reconciled, scratch_for
 from ringbook.kernels import book as books
 from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
@@ -101,44 +101,6 @@ def _outputs(rows, levels):
             np.empty(rows, np.int64), np.empty((rows, levels), np.int64),
             np.empty((rows, levels), np.int64), np.empty((rows, levels), np.int64),
             np.empty((rows, levels), np.int64))
-
-
-@kernel
-def lobster_snapshots(book, symbol, events, row_of_event, ask_prices, ask_sizes, bid_prices,
-                      bid_sizes, found_prices, found_quantities, all_prices, all_quantities, counters,
-                      interval, cursor, times, last_ns, last_local_ns, sequences, out_bid_prices,
-                      out_bid_quantities, out_ask_prices, out_ask_quantities, start, previous):
-    """Snapshots of a LOBSTER replay reconciled with its orderbook rows after every message
-    (:func:`ringbook.engine.reconciled.apply_reconciled`), from ``events[start]``.
-    ``previous`` is the row reconciled last (-1: none yet).
-
-    Returns ``(next_index, status, previous)``: on ``FULL`` (the outputs have no
-    room for the next boundary) call again from ``next_index`` with ``previous``
-    once the rows are used and the cursor's row count is reset.
-    """
-    # The caller's references keep these alive: the calls below then count none (atomic
-    # increments and decrements on every array of every call, most of the cost otherwise).
-    book, events, counters, cursor = borrow((book, events, counters, cursor))
-    ask_prices, ask_sizes, bid_prices, bid_sizes = borrow((ask_prices, ask_sizes, bid_prices, bid_sizes))
-    found_prices, found_quantities, all_prices, all_quantities = borrow(
-        (found_prices, found_quantities, all_prices, all_quantities))
-    times, last_ns, last_local_ns, sequences = borrow((times, last_ns, last_local_ns, sequences))
-    out_bid_prices, out_bid_quantities, out_ask_prices, out_ask_quantities = borrow(
-        (out_bid_prices, out_bid_quantities, out_ask_prices, out_ask_quantities))
-    for i in range(max(start, 0), events.shape[0]):
-        if kernels.boundary_due(events, i, cursor):
-            status = kernels.snapshot_before(book, symbol, events, i, interval, cursor, times, last_ns,
-                                             last_local_ns, sequences, out_bid_prices,
-                                             out_bid_quantities, out_ask_prices, out_ask_quantities)
-            if status != OK:
-                return i, status, previous
-        status, previous = apply_reconciled(book, symbol, events, i, row_of_event, ask_prices, ask_sizes,
-                                            bid_prices, bid_sizes, found_prices, found_quantities, all_prices,
-                                            all_quantities, counters, previous)
-        if status < 0:
-            return i, status, previous
-        kernels.note_applied(book, symbol, events, i, interval, cursor)
-    return events.shape[0], OK, previous
 
 
 #: Bytes of a shard's rows held at a time (unless a piece's rows are given): its memory stays
@@ -198,28 +160,20 @@ def _taken(book, symbol, events, lines, path, interval_ns, cursor, out, piece):
     return (yield from _driven(step, book, 0, lines, path, piece))
 
 
-def _seed(book, symbol, orderbook, first_event):
-    """Seed a LOBSTER replay's book from its orderbook's first row (see ``levels_before_first``)."""
-    books.check_status(books.load_snapshot(book, symbol, *lobster.levels_before_first(orderbook, first_event), 0),
-                       "seeding the book")
-
-
-def _reconciled(book, symbol, events, lines, path, rows, row_of_event, start, previous, interval_ns, cursor, out,
-                piece):
-    """Apply LOBSTER ``events`` from ``start``, reconciled with their orderbook ``rows``, and take
-    their snapshots, yielding a piece each time the outputs are full (:func:`lobster_snapshots`).
-    Returns ``(book, previous)``: the book (see :func:`_driven`) and the row reconciled last.
-    """
-    scratch, last = scratch_for(book, rows.levels), [previous]
+def _published(events, lines, path, rows, row_of_event, start, current, interval_ns, cursor, out, piece):
+    """Take the snapshots of LOBSTER ``events`` from ``start`` from their orderbook ``rows``
+    (:func:`~ringbook.kernels.snapshots.take_published_snapshots`), yielding a piece each
+    time the outputs are full. Returns the row after the last event (-1: none yet)."""
+    last = [current]
 
     def step(book, index):
-        index, status, last[0] = lobster_snapshots(
-            book, symbol, events, row_of_event, rows.ask_price, rows.ask_size, rows.bid_price, rows.bid_size,
-            *scratch, interval_ns, cursor, *out, index, last[0])
+        index, status, last[0] = kernels.take_published_snapshots(
+            events, row_of_event, rows.bid_price, rows.bid_size, rows.ask_price, rows.ask_size, index, last[0],
+            interval_ns, cursor, *out)
         return index, status
 
-    book = yield from _driven(step, book, start, lines, path, piece)
-    return book, last[0]
+    yield from _driven(step, None, start, lines, path, piece)
+    return last[0]
 
 
 def _driven(step, book, start, lines, path, piece):
@@ -240,11 +194,11 @@ def _driven(step, book, start, lines, path, piece):
     return book
 
 
-def _finished(book, symbol, interval_ns, cursor, out, piece):
-    """The last boundary's rows, then the last piece (a shard always yields one)."""
+def _finished(finish, out, piece):
+    """The last boundary's rows (``finish(*out)``), then the last piece (a shard always yields one)."""
     status = FULL
     while status == FULL:
-        status = kernels.finish_snapshots(book, symbol, interval_ns, cursor, *out)
+        status = finish(*out)
         if status == FULL:
             yield piece()
     books.check_status(status, "the last snapshots")
@@ -282,7 +236,7 @@ class SymbolStream:
     are reused for the next: write it before asking for the next. ``span`` counts the
     events. ``orderbook``, for LOBSTER, is the
     :class:`~ringbook.engine.feeds.lobster.OrderbookStream` of the orderbook file streamed
-    beside the messages: the book is seeded from it and reconciled with it.
+    beside the messages: the snapshots are its rows, and no book is kept.
     """
 
     def __init__(self, interval_ns, levels, name, price_scale, size_scale, tick, *, symbol=0, exchange="",
@@ -309,14 +263,12 @@ class SymbolStream:
         if not len(events):
             return
         first, _, latest = self.span.add(events)
-        if self.book is None:
+        if self.book is None and self.orderbook is None:
             # The order table grows when full (a stream's adds are known a chunk at a time).
             # The instrument's tick, else (a capture carries none) one the first prices imply: any is exact.
             tick = self.tick if self.tick > 1 else int(price_ticks(events, 1)[0])
             self.book = books.new_book(n_symbols=1, depth=self.depth, order_capacity=order_slots_for(events),
                                        ticks=np.array([tick], np.int64))
-            if self.orderbook is not None and self.orderbook.first_rows() is not None:
-                _seed(self.book, 0, self.orderbook.first_rows(), events[0])
         wanted = max(min(kernels.boundaries_between(first, latest, self.interval_ns) + 1, self.piece_rows),
                      self.min_rows)
         if self.out is None or (self.cursor[kernels.CURSOR_ROWS] == 0 and len(self.out[0]) < wanted):
@@ -326,11 +278,9 @@ class SymbolStream:
                                           self._piece)
             return
         for start, stop, rows, previous, row_of_event in self.orderbook.windows(records):
-            self.book, previous = yield from _reconciled(self.book, 0, events[:stop], lines, path, rows, row_of_event,
-                                                         start, previous, self.interval_ns, self.cursor, self.out,
-                                                         self._piece)
-            self.orderbook.keep_previous(rows, previous)
-            self.book = with_room_for_orders(self.book)
+            current = yield from _published(events[:stop], lines, path, rows, row_of_event, start, previous,
+                                            self.interval_ns, self.cursor, self.out, self._piece)
+            self.orderbook.keep_previous(rows, current)
 
     def pending(self):
         """The rows taken and not yet in a piece, as a piece (none when there are none)."""
@@ -339,8 +289,20 @@ class SymbolStream:
 
     def finish(self):
         """The last boundary's rows, then the last piece (none when no events came)."""
-        if self.book is not None:
-            yield from _finished(self.book, 0, self.interval_ns, self.cursor, self.out, self._piece)
+        if self.out is None:
+            return
+        if self.orderbook is None:
+            def finish(*out):
+                return kernels.finish_snapshots(self.book, 0, self.interval_ns, self.cursor, *out)
+        else:
+            last = self.orderbook.previous   # the row after the last message, kept by ``take``
+            none = np.zeros((0, 1), np.int64)
+            rows = (none,) * 4 if last is None else (last.bid_price, last.bid_size, last.ask_price, last.ask_size)
+
+            def finish(*out):
+                return kernels.finish_published_snapshots(*rows, -1 if last is None else 0, self.interval_ns,
+                                                          self.cursor, *out)
+        yield from _finished(finish, self.out, self._piece)
 
 
 def stream_symbols(chunks, interval_ns, levels, *, exchange="", orderbook=None, depth=4096, piece_rows=None):
@@ -427,7 +389,7 @@ def snapshot_feed(feed, symbol, interval_ns, levels, *, exchange="", orderbook=N
     exchange : str
         The ``exchange`` column.
     orderbook : ringbook.engine.feeds.lobster.OrderbookFile, optional
-        For a LOBSTER feed: seed the book from it and reconcile with its rows.
+        For a LOBSTER feed: the snapshots are its rows (the levels it shows; no book).
 
     Returns
     -------

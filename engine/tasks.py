@@ -88,7 +88,7 @@ def _readers_memory():
 
 def _warm_up():
     """Compile the snapshot kernels on a few events: the L2 and L3 paths, a LOBSTER file's
-    (reconciled with its orderbook rows), a growing order table's and the CSV rows'. The
+    (its orderbook rows), a growing order table's and the CSV rows'. The
     readers' kernels compile at a worker's first file of their format."""
     import numpy as np
 

@@ -29,6 +29,13 @@ The steps are separate so that a loop of your own (one that also reconciles the
 book with a reference, say) takes the same snapshots: call
 ``snapshot_before``, apply the event your way, then ``note_applied``.
 
+take_published_snapshots(events, row_of_event, rows, start, current, interval, cursor, out)
+        -> (next_index, status, current)
+finish_published_snapshots(rows, current, interval, cursor, out) -> status
+    The same snapshots without a book, for an exchange that publishes its best
+    levels after each message (LOBSTER's orderbook file): each is the row of the
+    last message at or before its boundary (see the section on published rows).
+
 reconcile_side(book, symbol, side, row, previous row, scratch) -> matched
     Make one side agree with an exchange's published row of its best levels
     (a LOBSTER orderbook row), in the steps that ``ringbook check`` also takes:
@@ -94,6 +101,31 @@ def _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_n
         ask_quantities[row, level] = 0
 
 
+@inline_kernel
+def _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices, ask_quantities):
+    """Rows the outputs have room for; -1 when their levels differ."""
+    if (bid_quantities.shape[1] != bid_prices.shape[1] or ask_prices.shape[1] != bid_prices.shape[1]
+            or ask_quantities.shape[1] != bid_prices.shape[1]):
+        return -1
+    return min(times.shape[0], last_ns.shape[0], last_local_ns.shape[0], sequences.shape[0],
+               bid_prices.shape[0], bid_quantities.shape[0], ask_prices.shape[0], ask_quantities.shape[0])
+
+
+@llvm_inline_kernel
+def _repeat_row(row, boundary, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                ask_quantities):
+    """Row ``row`` at ``boundary``, the book unchanged since row ``row - 1``."""
+    times[row] = boundary
+    last_ns[row] = last_ns[row - 1]
+    last_local_ns[row] = last_local_ns[row - 1]
+    sequences[row] = sequences[row - 1]
+    for level in range(bid_prices.shape[1]):
+        bid_prices[row, level] = bid_prices[row - 1, level]
+        bid_quantities[row, level] = bid_quantities[row - 1, level]
+        ask_prices[row, level] = ask_prices[row - 1, level]
+        ask_quantities[row, level] = ask_quantities[row - 1, level]
+
+
 @llvm_inline_kernel
 def _snapshot_through(book, symbol, limit, inclusive, interval, cursor, times, last_ns,
                       last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
@@ -108,11 +140,9 @@ def _snapshot_through(book, symbol, limit, inclusive, interval, cursor, times, l
         return BAD_ARGUMENT
     if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:
         return OK
-    capacity = min(times.shape[0], last_ns.shape[0], last_local_ns.shape[0], sequences.shape[0],
-                   bid_prices.shape[0], bid_quantities.shape[0], ask_prices.shape[0],
-                   ask_quantities.shape[0])
-    if (bid_quantities.shape[1] != bid_prices.shape[1] or ask_prices.shape[1] != bid_prices.shape[1]
-            or ask_quantities.shape[1] != bid_prices.shape[1]):
+    capacity = _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                         ask_quantities)
+    if capacity < 0:
         return BAD_ARGUMENT
     boundary = cursor[CURSOR_NEXT_BOUNDARY]
     first_row = cursor[CURSOR_ROWS]
@@ -122,15 +152,8 @@ def _snapshot_through(book, symbol, limit, inclusive, interval, cursor, times, l
             return FULL
         if row > first_row:
             # The book has not changed since the previous row of this call: copy it.
-            times[row] = boundary
-            last_ns[row] = last_ns[row - 1]
-            last_local_ns[row] = last_local_ns[row - 1]
-            sequences[row] = sequences[row - 1]
-            for level in range(bid_prices.shape[1]):
-                bid_prices[row, level] = bid_prices[row - 1, level]
-                bid_quantities[row, level] = bid_quantities[row - 1, level]
-                ask_prices[row, level] = ask_prices[row - 1, level]
-                ask_quantities[row, level] = ask_quantities[row - 1, level]
+            _repeat_row(row, boundary, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
+                        ask_prices, ask_quantities)
         else:
             _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_ns,
                        sequences, bid_prices, bid_quantities, ask_prices, ask_quantities)
@@ -232,6 +255,129 @@ def finish_snapshots(book, symbol, interval, cursor, times, last_ns, last_local_
     return _snapshot_through(book, symbol, cursor[CURSOR_CLOCK], True, interval, cursor, times,
                              last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
                              ask_prices, ask_quantities)
+
+
+# ---------------------------------------------------------------- snapshots from published rows
+#
+# An exchange that publishes its best levels after each message (LOBSTER's orderbook file)
+# gives the snapshots without a book: at each boundary, the row of the last message at or
+# before it. A replay seeded from the rows and reconciled with them (``reconcile_side``
+# below) holds exactly those levels after every message; of the levels beyond them the
+# exchange says nothing, and a snapshot leaves them empty.
+
+@llvm_inline_kernel
+def _put_published_side(current, row_prices, row_sizes, prices, quantities):
+    """The levels row ``current`` shows (those before its first empty one), the rest empty
+    (all of them when ``current`` is -1: no row yet)."""
+    shown = 0
+    if current >= 0:
+        limit = min(prices.shape[0], row_prices.shape[1])
+        while shown < limit and row_sizes[current, shown] > 0:
+            prices[shown] = row_prices[current, shown]
+            quantities[shown] = row_sizes[current, shown]
+            shown += 1
+    for level in range(shown, prices.shape[0]):
+        prices[level] = NO_PRICE
+        quantities[level] = 0
+
+
+@llvm_inline_kernel
+def _published_through(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current, limit, inclusive,
+                       interval, cursor, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
+                       ask_prices, ask_quantities):
+    """:func:`_snapshot_through` with the rows taken from published row ``current``."""
+    if interval <= 0 or cursor.shape[0] < N_CURSOR:
+        return BAD_ARGUMENT
+    if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:
+        return OK
+    capacity = _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                         ask_quantities)
+    if capacity < 0:
+        return BAD_ARGUMENT
+    boundary = cursor[CURSOR_NEXT_BOUNDARY]
+    first_row = cursor[CURSOR_ROWS]
+    while boundary < limit or (inclusive and boundary == limit):
+        row = cursor[CURSOR_ROWS]
+        if row >= capacity:
+            return FULL
+        if row > first_row:
+            _repeat_row(row, boundary, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
+                        ask_prices, ask_quantities)
+        else:
+            times[row] = boundary
+            last_ns[row] = cursor[CURSOR_CLOCK]
+            last_local_ns[row] = cursor[CURSOR_LAST_LOCAL]
+            sequences[row] = 0   # such an exchange (LOBSTER) has no sequence numbers
+            _put_published_side(current, row_bid_prices, row_bid_sizes, bid_prices[row], bid_quantities[row])
+            _put_published_side(current, row_ask_prices, row_ask_sizes, ask_prices[row], ask_quantities[row])
+        cursor[CURSOR_ROWS] = row + 1
+        boundary += interval
+        cursor[CURSOR_NEXT_BOUNDARY] = boundary
+    return OK
+
+
+@inline_kernel
+def _published_rows(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current):
+    """The rows' count; -1 when their shapes differ or ``current`` is not one of them."""
+    rows = row_bid_prices.shape[0]
+    if (row_bid_sizes.shape != row_bid_prices.shape or row_ask_prices.shape != row_bid_prices.shape
+            or row_ask_sizes.shape != row_bid_prices.shape or current < -1 or current >= rows):
+        return -1
+    return rows
+
+
+@kernel
+def take_published_snapshots(events, row_of_event, row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes,
+                             start, current, interval, cursor, times, last_ns, last_local_ns, sequences,
+                             bid_prices, bid_quantities, ask_prices, ask_quantities):
+    """Snapshots of ``events[start:]`` whose exchange publishes its best levels after each message.
+
+    ``row_of_event[i]`` is the row (of the ``row_*`` arrays, best level first, empty levels of
+    size 0) after ``events[i]``, -1 for none (the snapshot stays at the row before);
+    ``current`` is the row after the events before ``start`` (-1: none yet). No book:
+    the events only move the clock (:func:`note_applied`).
+
+    Returns ``(next_index, status, current)``: on ``FULL`` call again from ``next_index``
+    with ``current`` once the rows are used and the cursor's row count is reset.
+    """
+    events, row_of_event, cursor = borrow((events, row_of_event, cursor))
+    row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes = borrow(
+        (row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes))
+    times, last_ns, last_local_ns, sequences = borrow((times, last_ns, last_local_ns, sequences))
+    bid_prices, bid_quantities, ask_prices, ask_quantities = borrow(
+        (bid_prices, bid_quantities, ask_prices, ask_quantities))
+    rows = _published_rows(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current)
+    if rows < 0 or cursor.shape[0] < N_CURSOR:
+        return max(start, 0), BAD_ARGUMENT, current
+    stop = min(events.shape[0], row_of_event.shape[0])
+    for i in range(max(start, 0), stop):
+        if boundary_due(events, i, cursor):
+            status = _published_through(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current,
+                                        events[i].exchange_ns, False, interval, cursor, times, last_ns,
+                                        last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                                        ask_quantities)
+            if status != OK:
+                return i, status, current
+        row = row_of_event[i]
+        if row >= 0 and row < rows:
+            current = row
+        _note_applied(events, i, interval, cursor)
+    return stop, OK, current
+
+
+@kernel
+def finish_published_snapshots(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current, interval,
+                               cursor, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
+                               ask_prices, ask_quantities):
+    """:func:`finish_snapshots` for :func:`take_published_snapshots`: the boundaries up to and
+    including the clock, from row ``current``. Returns ``OK``, ``FULL`` or ``BAD_ARGUMENT``."""
+    if _published_rows(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current) < 0:
+        return BAD_ARGUMENT
+    if cursor.shape[0] < N_CURSOR:
+        return BAD_ARGUMENT
+    return _published_through(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current,
+                              cursor[CURSOR_CLOCK], True, interval, cursor, times, last_ns, last_local_ns,
+                              sequences, bid_prices, bid_quantities, ask_prices, ask_quantities)
 
 
 @kernel

@@ -16,14 +16,15 @@ of their file, so their inverse is messages per second per worker; a batch is on
   own work per task must not grow with the run).
 - ``shard_lobster`` / ``shard_binance``: one whole shard in a worker: read the
   file, take the snapshots, write the CSV. Their peers ``file_replay_*`` read the
-  same file and replay it plainly in one process, into the book a shard makes.
+  same file and replay it plainly in one process. A LOBSTER shard keeps no book: its
+  snapshots are the orderbook file's rows, which its peer reads too.
   The LOBSTER day has only about 2.5 messages a second, so its shard writes nearly a
   row for every message; ``shard_lobster_10_levels`` / ``file_replay_lobster_10_levels``
   compare the same on a synthetic 10-level LOBSTER file of about 20 messages a second
   (a 10-level file holds the messages of ten levels, and its peer reads ten levels).
   ``file_replay_reconciled_lobster`` is the replay ``replay_files`` makes of the LOBSTER
-  file, kept equal to its orderbook file as a shard's book is (a plain replay of LOBSTER
-  messages strays from the file: it leaves out the messages of levels beyond those shown).
+  file, kept equal to its orderbook file (a plain replay of LOBSTER messages strays from
+  the file: it leaves out the messages of levels beyond those shown).
   ``file_snapshots_lobster`` takes the same snapshots and writes them in one process,
   without the batch layer (hash, manifest entry, task). ``shard_tardis`` /
   ``file_replay_tardis``: the same on a synthetic tardis ``incremental_book_L2`` day of one
@@ -329,7 +330,7 @@ COMPARISONS = [
                      "(time per message: its inverse is messages per second per worker)"),
     Comparison("shard_lobster", "file_replay_reconciled_lobster",
                means="the same shard vs the replay replay_files makes of the file in one process: seeded and "
-                     "reconciled with the orderbook file after every message, as the shard's book is"),
+                     "reconciled with the orderbook file after every message, its book the rows the shard takes"),
     Comparison("shard_lobster", "file_snapshots_lobster",
                means="the same shard vs its snapshots taken and written in one process: the batch layer's own cost"),
     Comparison("shard_lobster_10_levels", "file_replay_lobster_10_levels",

@@ -718,6 +718,40 @@ def snapshots(events, symbol, interval, levels):
     return rows
 
 
+def published_snapshots(events, row_of_event, bid_prices, bid_sizes, ask_prices, ask_sizes, interval, levels):
+    """:func:`snapshots` of an exchange that publishes its best levels after each event: no book,
+    the row of the last event with one (``row_of_event`` within the rows) of the messages
+    applied, its levels up to the first empty one (size 0)."""
+    times = [int(event["exchange_ns"]) for event in events if event["exchange_ns"] > 0]
+    if not times:
+        return []
+    first = -(-times[0] // interval) * interval
+    last = max(times) // interval * interval
+    current, applied, rows = -1, 0, []
+
+    def shown(prices, sizes):
+        if current < 0:
+            return []
+        found = []
+        for price, size in zip(prices[current].tolist(), sizes[current].tolist()):
+            if size <= 0:
+                break
+            found.append((price, size))
+        return found[:levels]
+
+    for boundary in range(first, last + 1, interval):
+        # Every message whose first event is not later than the boundary, whole.
+        while applied < len(events) and not int(events[applied]["exchange_ns"]) > boundary:
+            while True:
+                if 0 <= row_of_event[applied] < len(bid_prices):
+                    current = int(row_of_event[applied])
+                applied += 1
+                if events[applied - 1]["flags"] & 1 or applied == len(events):
+                    break
+        rows.append((boundary, shown(bid_prices, bid_sizes), shown(ask_prices, ask_sizes)))
+    return rows
+
+
 def snapshot_csv(exchange, symbol, price_scale, size_scale, times, last_local_ns, bid_prices, bid_quantities,
                  ask_prices, ask_quantities, no_price):
     """The CSV text of snapshot arrays (engine/snapshots.py's tardis.dev layout), a row at a time with

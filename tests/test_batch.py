@@ -31,7 +31,7 @@ from ringbook.engine.feeds import journal as feeds_journal
 from ringbook.engine.feeds import lobster, synthetic
 from ringbook.engine.feeds.source import Feed
 from ringbook.engine.inputs import Source, content_hash, detect_format, read_source, sources, stream_source
-from ringbook.kernels.book import best_ask, best_bid, imbalance
+from ringbook.kernels.book import BookError, best_ask, best_bid, imbalance
 from ringbook.kernels.events import KIND_L3_ADD, Instruments, empty_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -436,8 +436,9 @@ def test_a_malformed_line_met_while_streaming_fails_the_shard_and_leaves_nothing
 
 
 def test_a_book_error_met_in_a_later_chunk_names_the_files_line(tmp_path, monkeypatch):
-    """A LOBSTER add of an order id already in the book, thousands of lines in, with the file
-    streamed in small chunks: the shard fails naming the file and its line."""
+    """A LOBSTER add of an order id already in the book, thousands of lines in: its messages
+    replayed as they stream in small chunks fail naming the file and its line. A shard with the
+    orderbook file takes the file's rows, with no book: that line is ``ringbook check``'s to report."""
     monkeypatch.setenv("RINGBOOK_MEMORY_LIMIT", "256K")
     messages, orderbook = synthetic.write_lobster(tmp_path, messages=20_000)
     lines, rows = messages.read_text().splitlines(), orderbook.read_text().splitlines()
@@ -446,9 +447,12 @@ def test_a_book_error_met_in_a_later_chunk_names_the_files_line(tmp_path, monkey
     rows.insert(add + 1, rows[add])
     messages.write_text("\n".join(lines) + "\n")
     orderbook.write_text("\n".join(rows) + "\n")
-    report = batch.snapshot_files([messages], tmp_path / "out", levels=2, workers=0)
-    [(path, failure)] = report.failed
-    assert failure.error == f"{messages}, line {add + 2}: order id already in the book"
+    assert batch.snapshot_files([messages], tmp_path / "with_rows", levels=2, workers=0).ok
+    assert len(list(lobster.iter_messages(messages))) > 2
+    chunks = lobster.iter_messages(messages)
+    with pytest.raises(BookError) as error:
+        list(snapshots.stream_pieces(chunks, 10**9, 2))
+    assert str(error.value) == f"{messages}, line {add + 2}: order id already in the book"
 
 
 def test_a_file_of_several_symbols_streams_in_one_pass(tmp_path, monkeypatch):

@@ -199,7 +199,7 @@ def test_journal_same_results_in_processes_and_on_dask(synthetic_inputs, tmp_pat
 @pytest.mark.slow
 def test_real_files_through_a_journal(shared_data, tmp_path):
     """The AMZN LOBSTER day and the Binance capture, journaled: the same snapshots (LOBSTER's
-    revealed levels reconciled with its orderbook file, given among the inputs) and checks."""
+    the rows of its orderbook file, given among the inputs) and checks."""
     message, orderbook = (shared_data / AMZN.format(kind) for kind in ("message", "orderbook"))
     capture = shared_data / CAPTURE
     journal = journal_of([("lobster", message), ("binance", capture)], tmp_path / "journal")

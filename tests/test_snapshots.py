@@ -14,7 +14,7 @@ from ringbook.engine import snapshots
 from ringbook.engine.feeds import binance, lobster, synthetic
 from ringbook.engine.feeds.source import Feed
 from ringbook.kernels import snapshots as kernels
-from ringbook.kernels.book import NO_PRICE, load_snapshot, new_book
+from ringbook.kernels.book import NO_PRICE, new_book, top_levels
 from ringbook.kernels.orders import with_more_order_slots
 from ringbook.kernels.events import (FLAG_BATCH_END, KIND_L2_SET, KIND_TOP_OF_BOOK, Instruments,
                                      empty_events)
@@ -116,22 +116,33 @@ def test_lobster_pieces_equal_the_whole(shared_data, pair, piece_rows):
 
 
 @pytest.mark.parametrize("pair, memory_limit", [(AMZN, 1 << 18), (AAPL, 1 << 16), (AMZN, None)])
-def test_a_streamed_lobster_file_gives_the_whole_files_snapshots(shared_data, monkeypatch, pair, memory_limit):
-    """Both files streamed side by side, in chunks that do not line up, with an order table that
-    starts at 16 slots and grows within a chunk and between chunks: the rows of the whole file."""
+def test_a_streamed_lobster_file_gives_the_whole_files_snapshots(shared_data, pair, memory_limit):
+    """Both files streamed side by side, in chunks that do not line up: the rows of the whole file."""
     feed = lobster.read_messages(shared_data / pair.format("message"))
     orderbook = lobster.read_orderbook(shared_data / pair.format("orderbook"))
     whole = snapshots.snapshot_feed(feed, 0, SECOND, 10, exchange="nasdaq", orderbook=orderbook)
-    grown = []
-    monkeypatch.setattr(snapshots, "order_slots_for", lambda events: 16)
-    monkeypatch.setattr(snapshots, "with_more_order_slots", lambda book: grown.append(1) or with_more_order_slots(book))
     chunks = lobster.iter_messages(shared_data / pair.format("message"), memory_limit=memory_limit)
     rows = lobster.OrderbookStream(lobster.iter_orderbook(shared_data / pair.format("orderbook"),
                                                           memory_limit=memory_limit))
     streamed = snapshots.joined(snapshots.stream_pieces(chunks, SECOND, 10, exchange="nasdaq", orderbook=rows,
                                                         piece_rows=500))
     assert_same_snapshots(streamed, whole)
-    assert grown and len(whole) > 40
+    assert len(whole) > 40
+
+
+@pytest.mark.parametrize("memory_limit", [1 << 18, None])
+def test_a_streamed_replay_grows_its_order_table(shared_data, monkeypatch, memory_limit):
+    """LOBSTER messages replayed without their orderbook file, streamed, with an order table that
+    starts at 16 slots and grows within a chunk and between chunks: the rows of the whole file."""
+    feed = lobster.read_messages(shared_data / AMZN.format("message"))
+    whole = snapshots.snapshot_feed(feed, 0, SECOND, 10, exchange="nasdaq")
+    grown = []
+    monkeypatch.setattr(snapshots, "order_slots_for", lambda events: 16)
+    monkeypatch.setattr(snapshots, "with_more_order_slots", lambda book: grown.append(1) or with_more_order_slots(book))
+    chunks = lobster.iter_messages(shared_data / AMZN.format("message"), memory_limit=memory_limit)
+    streamed = snapshots.joined(snapshots.stream_pieces(chunks, SECOND, 10, exchange="nasdaq", piece_rows=500))
+    assert_same_snapshots(streamed, whole)
+    assert len(grown) > 1 and len(whole) > 40
 
 
 @settings(max_examples=100, deadline=None)
@@ -345,30 +356,141 @@ def test_parquet_typed_columns_and_nulls():
     assert table.column("last_exchange_ns").to_pylist() == [SECOND - 5] * 2
 
 
-def test_lobster_kernel_stops_when_full_and_says_where_to_resume(shared_data):
+def published(orderbook):
+    return orderbook.bid_price, orderbook.bid_size, orderbook.ask_price, orderbook.ask_size
+
+
+def test_published_kernel_stops_when_full_and_says_where_to_resume(shared_data):
     feed = lobster.read_messages(shared_data / AAPL.format("message"))
     orderbook = lobster.read_orderbook(shared_data / AAPL.format("orderbook"))
-    book = new_book(1, depth=4096, order_capacity=4096, ticks=np.array([100]))
-    load_snapshot(book, 0, *lobster.levels_before_first(orderbook, feed.events[0]), 0)
     rows = lobster.rows_of_records(orderbook.records, feed.records)
-    scratch = [np.zeros(size, np.int64) for size in (10, 10, 8192, 8192)]
     out, cursor = snapshots._outputs(1, 10), kernels.new_cursor()
-    index, previous, stops = 0, -1, 0
+    index, current, stops = 0, -1, 0
     while True:
-        index, status, previous = snapshots.lobster_snapshots(
-            book, 0, feed.events, rows, orderbook.ask_price, orderbook.ask_size, orderbook.bid_price,
-            orderbook.bid_size, *scratch, np.zeros(13, np.int64), SECOND, cursor, *out, index, previous)
+        index, status, current = kernels.take_published_snapshots(feed.events, rows, *published(orderbook), index,
+                                                                  current, SECOND, cursor, *out)
         if status != FULL:
             break
         stops += 1
-        # Stopped at the first event after the boundary with no room, the row of the one before
-        # reconciled last.
+        # Stopped at the first event after the boundary with no room, at the row of the one before.
         boundary = cursor[kernels.CURSOR_NEXT_BOUNDARY]
         assert cursor[kernels.CURSOR_ROWS] == 1 and out[0][0] < boundary
         assert feed.events[index - 1]["exchange_ns"] <= boundary < feed.events[index]["exchange_ns"]
-        assert previous == rows[index - 1]
+        assert current == rows[index - 1]
         cursor[kernels.CURSOR_ROWS] = 0
-    assert (status, index, previous) == (OK, len(feed.events), rows[-1]) and stops >= 40
+    assert (status, index, current) == (OK, len(feed.events), rows[-1]) and stops >= 40
+
+
+def published_table(events, row_of_event, rows, interval, levels, piece_rows):
+    """The kernels' snapshots of published ``rows``, taken ``piece_rows`` at a time."""
+    out, cursor, taken = snapshots._outputs(piece_rows, levels), kernels.new_cursor(), []
+
+    def used():
+        count = int(cursor[kernels.CURSOR_ROWS])
+        taken.append([array[:count].copy() for array in out])
+        cursor[kernels.CURSOR_ROWS] = 0
+
+    index, status, current = 0, FULL, -1
+    while status == FULL:
+        index, status, current = kernels.take_published_snapshots(events, row_of_event, *rows, index, current,
+                                                                  interval, cursor, *out)
+        if status == FULL:
+            used()
+    assert (status, index) == (OK, len(events))
+    while (status := kernels.finish_published_snapshots(*rows, current, interval, cursor, *out)) == FULL:
+        used()
+    assert status == OK
+    used()
+    return snapshots.Snapshots("x", "X", 0, 0, *(np.concatenate(arrays) for arrays in zip(*taken)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.booleans(), st.integers(-2, 6)), min_size=1, max_size=40),
+       st.sampled_from([1, 100, 250, 1000]), st.integers(1, 5), st.sampled_from([1, 2, 7, 400]), st.data())
+def test_published_snapshots_match_reference(messages, interval, levels, piece_rows, data):
+    """Times with zeros, repeats and jumps backwards, messages of several events, events without a
+    row or with one outside the rows, rows with empty levels anywhere, more levels asked than the
+    rows have or fewer; in pieces of any size."""
+    depth = data.draw(st.integers(1, 4))
+    count = data.draw(st.integers(1, 6))
+    sizes = np.array(data.draw(st.lists(st.sampled_from([0, 1, 7]), min_size=4 * count * depth,
+                                        max_size=4 * count * depth)), np.int64).reshape(4, count, depth)
+    prices = np.arange(4 * count * depth, dtype=np.int64).reshape(4, count, depth) + 100
+    rows = (prices[0], sizes[0], prices[1], sizes[1])
+    events = l2_events([(time, 1, 100, 1, end) for time, end, _ in messages])
+    row_of_event = np.array([row for _, _, row in messages], np.int64)
+    table = published_table(events, row_of_event, rows, interval, levels, piece_rows)
+    assert_matches(table, naive.published_snapshots(events, row_of_event, *rows, interval, levels))
+
+
+def assert_matches(table, expected):
+    assert len(table) == len(expected)
+    for row, (boundary, bids, asks) in enumerate(expected):
+        assert table.times[row] == boundary
+        for prices, quantities, wanted in ((table.bid_prices, table.bid_quantities, bids),
+                                           (table.ask_prices, table.ask_quantities, asks)):
+            assert [(int(p), int(q)) for p, q in zip(prices[row], quantities[row]) if p != NO_PRICE] == wanted
+            assert (prices[row][len(wanted):] == NO_PRICE).all() and (quantities[row][len(wanted):] == 0).all()
+
+
+def test_published_kernel_refuses_rows_it_cannot_read():
+    """Rows of other shapes, or a current row outside them: nothing read or written."""
+    rows = np.ones((3, 2), np.int64)
+    events = l2_events([(SECOND, 1, 100, 5, True), (3 * SECOND, 1, 100, 6, True)])
+    row_of_event = np.array([0, 1], np.int64)
+    for arrays, current in (((rows, rows[:, :1], rows, rows), -1), ((rows, rows, rows[:2], rows), -1),
+                            ((rows,) * 4, 3), ((rows,) * 4, -2)):
+        out, cursor = snapshots._outputs(4, 2), kernels.new_cursor()
+        before = [array.copy() for array in out]
+        assert kernels.take_published_snapshots(events, row_of_event, *arrays, 0, current, SECOND, cursor,
+                                                *out)[1:] == (BAD_ARGUMENT, current)
+        assert kernels.finish_published_snapshots(*arrays, current, SECOND, cursor, *out) == BAD_ARGUMENT
+        assert not cursor.any() and all(np.array_equal(a, b) for a, b in zip(out, before))
+
+
+@numba.njit
+def _record_boundaries(book, events, i, state):
+    """A reconciled replay's callback: the book's best levels at each boundary that message
+    ``i`` is the last at or before (state: first boundary, then a row of levels per boundary)."""
+    interval, first = state[0, 0], state[0, 1]
+    time = events[i].exchange_ns
+    until = events[i + 1].exchange_ns if i + 1 < events.shape[0] else time + 1
+    levels = (state.shape[1] - 2) // 4
+    boundary = max(-(-time // interval) * interval, first)
+    while boundary < until:
+        row = state[1 + (boundary - first) // interval]
+        row[:] = 0
+        top_levels(book, 0, 1, row[:levels], row[levels:2 * levels])
+        top_levels(book, 0, -1, row[2 * levels:3 * levels], row[3 * levels:4 * levels])
+        boundary += interval
+
+
+@pytest.mark.parametrize("pair", [AAPL, AMZN])
+def test_published_snapshots_are_the_reconciled_replays_levels(shared_data, pair):
+    """A replay seeded from the orderbook file and reconciled with it after every message holds,
+    at every boundary, the levels the snapshot takes from the rows; of the levels beyond those
+    the file shows (whose messages LOBSTER leaves out) the snapshot says nothing."""
+    from ringbook.engine.reconciled import replay_lobster
+    from ringbook.kernels.replay import EVERY_EVENT
+
+    feed = lobster.read_messages(shared_data / pair.format("message"))
+    orderbook = lobster.read_orderbook(shared_data / pair.format("orderbook"))
+    depth = orderbook.levels
+    table = snapshots.snapshot_feed(feed, 0, SECOND, depth + 3, exchange="nasdaq", orderbook=orderbook)
+    state = np.zeros((1 + len(table), 2 + 4 * (depth + 1)), np.int64)   # a level more than the file's
+    state[0, :2] = SECOND, table.times[0]
+    book = new_book(1, depth=4096, order_capacity=1 << 16, ticks=np.array([100]))
+    assert replay_lobster(book, 0, feed.events, feed.records, orderbook, _record_boundaries, state,
+                          EVERY_EVENT) == (len(feed.events), OK)
+    replayed = state[1:, :-2].reshape(len(table), 4, depth + 1)
+    for found_prices, found_sizes, k in ((table.bid_prices, table.bid_quantities, 0),
+                                         (table.ask_prices, table.ask_quantities, 2)):
+        held = replayed[:, k + 1, :depth] > 0
+        assert np.array_equal(np.where(held, replayed[:, k, :depth], NO_PRICE), found_prices[:, :depth])
+        assert np.array_equal(replayed[:, k + 1, :depth], found_sizes[:, :depth])
+        assert (found_prices[:, depth:] == NO_PRICE).all() and not found_sizes[:, depth:].any()
+        # The replay holds a level beyond the file's at some boundaries: what it was when last seen.
+        assert (replayed[:, k + 1, depth] > 0).any()
 
 
 @pytest.mark.parametrize("format", snapshots.FORMATS)
