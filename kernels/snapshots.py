@@ -112,18 +112,45 @@ def _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantiti
 
 
 @llvm_inline_kernel
-def _repeat_row(row, boundary, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
-                ask_quantities):
-    """Row ``row`` at ``boundary``, the book unchanged since row ``row - 1``."""
-    times[row] = boundary
-    last_ns[row] = last_ns[row - 1]
-    last_local_ns[row] = last_local_ns[row - 1]
-    sequences[row] = sequences[row - 1]
-    for level in range(bid_prices.shape[1]):
-        bid_prices[row, level] = bid_prices[row - 1, level]
-        bid_quantities[row, level] = bid_quantities[row - 1, level]
-        ask_prices[row, level] = ask_prices[row - 1, level]
-        ask_quantities[row, level] = ask_quantities[row - 1, level]
+def _rows_due(limit, inclusive, interval, cursor, times, last_ns, last_local_ns, sequences, bid_prices,
+              bid_quantities, ask_prices, ask_quantities):
+    """``(status, count)``: the pending boundaries ``< limit`` (``<= limit`` when ``inclusive``) to
+    write now: none while a message is partly applied or before the first time, and no more
+    than the outputs have room for (then ``FULL``). ``BAD_ARGUMENT`` for arguments that do not fit."""
+    if interval <= 0 or cursor.shape[0] < N_CURSOR:
+        return BAD_ARGUMENT, 0
+    if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:
+        return OK, 0
+    capacity = _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
+                         ask_quantities)
+    if capacity < 0:
+        return BAD_ARGUMENT, 0
+    boundary = cursor[CURSOR_NEXT_BOUNDARY]
+    if limit < boundary or (limit == boundary and not inclusive):
+        return OK, 0
+    due = (limit - boundary) // interval + 1 if inclusive else (limit - boundary - 1) // interval + 1
+    room = max(capacity - cursor[CURSOR_ROWS], 0)
+    return (FULL, room) if due > room else (OK, due)
+
+
+@llvm_inline_kernel
+def _repeat_rows(count, interval, cursor, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
+                 ask_prices, ask_quantities):
+    """After the row just written at the cursor, ``count - 1`` rows that repeat it (the book has not
+    changed in between); the cursor moves past all ``count``."""
+    first, boundary = cursor[CURSOR_ROWS], cursor[CURSOR_NEXT_BOUNDARY]
+    for row in range(first + 1, first + count):
+        times[row] = boundary + (row - first) * interval
+        last_ns[row] = last_ns[first]
+        last_local_ns[row] = last_local_ns[first]
+        sequences[row] = sequences[first]
+        for level in range(bid_prices.shape[1]):
+            bid_prices[row, level] = bid_prices[first, level]
+            bid_quantities[row, level] = bid_quantities[first, level]
+            ask_prices[row, level] = ask_prices[first, level]
+            ask_quantities[row, level] = ask_quantities[first, level]
+    cursor[CURSOR_ROWS] = first + count
+    cursor[CURSOR_NEXT_BOUNDARY] = boundary + count * interval
 
 
 @llvm_inline_kernel
@@ -136,31 +163,14 @@ def _snapshot_through(book, symbol, limit, inclusive, interval, cursor, times, l
     outputs' arrays and count references to each of them on entry and exit, which
     costs far more than the row it writes (a boundary every few messages).
     """
-    if interval <= 0 or cursor.shape[0] < N_CURSOR:
-        return BAD_ARGUMENT
-    if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:
-        return OK
-    capacity = _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
-                         ask_quantities)
-    if capacity < 0:
-        return BAD_ARGUMENT
-    boundary = cursor[CURSOR_NEXT_BOUNDARY]
-    first_row = cursor[CURSOR_ROWS]
-    while boundary < limit or (inclusive and boundary == limit):
-        row = cursor[CURSOR_ROWS]
-        if row >= capacity:
-            return FULL
-        if row > first_row:
-            # The book has not changed since the previous row of this call: copy it.
-            _repeat_row(row, boundary, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
-                        ask_prices, ask_quantities)
-        else:
-            _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_ns,
-                       sequences, bid_prices, bid_quantities, ask_prices, ask_quantities)
-        cursor[CURSOR_ROWS] = row + 1
-        boundary += interval
-        cursor[CURSOR_NEXT_BOUNDARY] = boundary
-    return OK
+    status, count = _rows_due(limit, inclusive, interval, cursor, times, last_ns, last_local_ns, sequences,
+                              bid_prices, bid_quantities, ask_prices, ask_quantities)
+    if count > 0:
+        _write_row(book, symbol, cursor[CURSOR_ROWS], cursor[CURSOR_NEXT_BOUNDARY], cursor, times, last_ns,
+                   last_local_ns, sequences, bid_prices, bid_quantities, ask_prices, ask_quantities)
+        _repeat_rows(count, interval, cursor, times, last_ns, last_local_ns, sequences, bid_prices,
+                     bid_quantities, ask_prices, ask_quantities)
+    return status
 
 
 @llvm_inline_kernel
@@ -286,34 +296,19 @@ def _published_through(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_si
                        interval, cursor, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
                        ask_prices, ask_quantities):
     """:func:`_snapshot_through` with the rows taken from published row ``current``."""
-    if interval <= 0 or cursor.shape[0] < N_CURSOR:
-        return BAD_ARGUMENT
-    if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:
-        return OK
-    capacity = _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
-                         ask_quantities)
-    if capacity < 0:
-        return BAD_ARGUMENT
-    boundary = cursor[CURSOR_NEXT_BOUNDARY]
-    first_row = cursor[CURSOR_ROWS]
-    while boundary < limit or (inclusive and boundary == limit):
+    status, count = _rows_due(limit, inclusive, interval, cursor, times, last_ns, last_local_ns, sequences,
+                              bid_prices, bid_quantities, ask_prices, ask_quantities)
+    if count > 0:
         row = cursor[CURSOR_ROWS]
-        if row >= capacity:
-            return FULL
-        if row > first_row:
-            _repeat_row(row, boundary, times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
-                        ask_prices, ask_quantities)
-        else:
-            times[row] = boundary
-            last_ns[row] = cursor[CURSOR_CLOCK]
-            last_local_ns[row] = cursor[CURSOR_LAST_LOCAL]
-            sequences[row] = 0   # such an exchange (LOBSTER) has no sequence numbers
-            _put_published_side(current, row_bid_prices, row_bid_sizes, bid_prices[row], bid_quantities[row])
-            _put_published_side(current, row_ask_prices, row_ask_sizes, ask_prices[row], ask_quantities[row])
-        cursor[CURSOR_ROWS] = row + 1
-        boundary += interval
-        cursor[CURSOR_NEXT_BOUNDARY] = boundary
-    return OK
+        times[row] = cursor[CURSOR_NEXT_BOUNDARY]
+        last_ns[row] = cursor[CURSOR_CLOCK]
+        last_local_ns[row] = cursor[CURSOR_LAST_LOCAL]
+        sequences[row] = 0   # such an exchange (LOBSTER) has no sequence numbers
+        _put_published_side(current, row_bid_prices, row_bid_sizes, bid_prices[row], bid_quantities[row])
+        _put_published_side(current, row_ask_prices, row_ask_sizes, ask_prices[row], ask_quantities[row])
+        _repeat_rows(count, interval, cursor, times, last_ns, last_local_ns, sequences, bid_prices,
+                     bid_quantities, ask_prices, ask_quantities)
+    return status
 
 
 @inline_kernel
