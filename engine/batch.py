@@ -44,9 +44,10 @@ class Manifest:
     ``{"version": 1, "options": {...}, "files": {input: {"size", "mtime_ns",
     "blake3", ["orderbook_size", "orderbook_mtime_ns",] "format", "orderbook", "stream",
     "status", "error", "shards": [{"symbol", "output", "rows", "first_boundary_ns",
-    "last_boundary_ns", "first_event_ns", "last_event_ns", "events"}]}}}``, an input named
-    by its path (``path#stream`` for a journal's stream, whose facts are those of its
-    segments). Written atomically and synced, at most once a second as inputs finish (see
+    "last_boundary_ns", "first_event_ns", "last_event_ns", "events", "levels_shown"}]}}}``, an
+    input named by its path (``path#stream`` for a journal's stream, whose facts are those of
+    its segments); ``levels_shown`` is the levels of a LOBSTER orderbook file, the snapshots'
+    source (its levels beyond are empty), and None for other inputs. Written atomically and synced, at most once a second as inputs finish (see
     :meth:`record`); an input is recorded as done only once its outputs are synced (see the
     module docstring).
     """
@@ -191,11 +192,11 @@ def snapshot_task(source, out_dir, levels, interval_ns, interval_text, format):
             "status": "done", "error": None, "shards": shards}
 
 
-def _shard_entry(name, output, tally, events, earliest, latest):
+def _shard_entry(name, output, tally, events, earliest, latest, levels_shown):
     return {"symbol": name, "output": output, "rows": tally.rows, "events": events,
             "first_boundary_ns": tally.first_boundary, "last_boundary_ns": tally.last_boundary,
             "first_event_ns": int(earliest) if earliest else None,
-            "last_event_ns": int(latest) if latest else None}
+            "last_event_ns": int(latest) if latest else None, "levels_shown": levels_shown}
 
 
 def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format, first_block_scales=False):
@@ -227,7 +228,8 @@ def _streamed_shards(source, out_dir, levels, interval_ns, interval_text, format
         for file, _, _, _ in shards.values():
             file.discard()
         raise
-    return [_shard_entry(stream.name, output, tally, stream.span.events, stream.span.earliest, stream.span.latest)
+    return [_shard_entry(stream.name, output, tally, stream.span.events, stream.span.earliest, stream.span.latest,
+                         stream.levels_shown())
             for stream, (_, _, output, tally) in sorted(shards.items(), key=lambda item: item[0].symbol)]
 
 

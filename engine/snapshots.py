@@ -282,6 +282,12 @@ class SymbolStream:
                                             self.interval_ns, self.cursor, self.out, self._piece)
             self.orderbook.keep_previous(rows, current)
 
+    def levels_shown(self):
+        """The levels of the orderbook file the snapshots come from (None without one, or when
+        it has no rows): its levels beyond are empty."""
+        rows = None if self.orderbook is None else self.orderbook.first_rows()
+        return None if rows is None else rows.levels
+
     def pending(self):
         """The rows taken and not yet in a piece, as a piece (none when there are none)."""
         if self.cursor[kernels.CURSOR_ROWS]:
@@ -864,6 +870,12 @@ def run(args):
                for shard in report.entries[path]["shards"])
     print(f"{len(report.done)} files done, {len(report.skipped)} already done, {len(report.failed)} failed; "
           f"{shards} shards, {rows} rows in {args.out}")
+    for path in report.done + report.skipped:
+        shown = min((shard["levels_shown"] for shard in report.entries[path]["shards"]
+                     if shard.get("levels_shown") is not None), default=args.levels)
+        if shown < args.levels:
+            print(f"{path}: its orderbook file shows {shown} level{'s' if shown > 1 else ''} a side: levels "
+                  f"{shown + 1} to {args.levels} of its snapshots are empty (LOBSTER leaves out their messages)")
     for path, failure in report.failed:
         print(tasks.failure_line("FAILED", path, failure.error))
     return 0 if report.ok else 1

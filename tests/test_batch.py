@@ -346,7 +346,8 @@ def whole_file_shards(source, out_dir, levels, interval_ns, interval_text, forma
         tally = snapshots.Tally()
         snapshots.write_snapshots(tally.passing(pieces), Path(out_dir) / output, format, durable=False)
         _, earliest, latest = time_span(events)
-        shards.append(batch._shard_entry(name, output, tally, len(events), earliest, latest))
+        shards.append(batch._shard_entry(name, output, tally, len(events), earliest, latest,
+                                         None if orderbook is None else orderbook.levels))
     return shards
 
 
@@ -1134,3 +1135,18 @@ def test_callback_defined_in_a_script_reaches_workers(tmp_path):
     assert found.returncode == 0, found.stderr
     counts = json.loads(found.stdout.strip().splitlines()[-1])
     assert len(counts) == len(inputs) and min(counts) > 0
+
+
+def test_a_lobster_file_shows_the_levels_of_its_orderbook_file(shared_data, tmp_path, capsys):
+    """Asked for more levels than a LOBSTER file shows, the run says which of its snapshots' levels
+    are empty; the manifest has the levels each shard shows."""
+    amzn, aapl = (shared_data / "lobster" / f"{name}_2012-06-21_34200000_57600000_message_{levels}.csv"
+                  for name, levels in (("AMZN", 1), ("AAPL", 10)))
+    assert cli.main(["snapshots", str(amzn), str(aapl), "--levels", "10", "--out", str(tmp_path),
+                     "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (f"{amzn}: its orderbook file shows 1 level a side: levels 2 to 10 of its snapshots are empty "
+            "(LOBSTER leaves out their messages)") in out.splitlines()
+    assert str(aapl) not in out
+    entries = json.loads((tmp_path / batch.MANIFEST).read_text())["files"]
+    assert [entries[str(path)]["shards"][0]["levels_shown"] for path in (amzn, aapl)] == [1, 10]
