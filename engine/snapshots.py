@@ -55,9 +55,9 @@ from ringbook.kernels import snapshots as kernels
 from ringbook.kernels.book import NO_PRICE, borrow
 from ringbook.kernels.fixed import format_decimal_bytes, put_digits
 from ringbook.kernels.jit_options import kernel, llvm_inline_kernel
-from ringbook.kernels.orders import order_slots_for, with_more_order_slots, with_room_for_orders
+from ringbook.kernels.orders import order_slots_for, with_more_order_slots
 from ringbook.kernels.slab import copy_bytes
-from ringbook.kernels.status import BAD_ARGUMENT, FULL, OK, ORDER_TABLE_FULL
+from ringbook.kernels.status import BAD_ARGUMENT, FULL, ORDER_TABLE_FULL
 
 FORMATS = ("csv", "parquet", "npz")
 EXTENSIONS = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz"}

@@ -1140,8 +1140,8 @@ def test_callback_defined_in_a_script_reaches_workers(tmp_path):
 def test_a_lobster_file_shows_the_levels_of_its_orderbook_file(shared_data, tmp_path, capsys):
     """Asked for more levels than a LOBSTER file shows, the run says which of its snapshots' levels
     are empty; the manifest has the levels each shard shows."""
-    amzn, aapl = (shared_data / "lobster" / f"{name}_2012-06-21_34200000_57600000_message_{levels}.csv"
-                  for name, levels in (("AMZN", 1), ("AAPL", 10)))
+    amzn, aapl = (shared_data.resolve() / "lobster" / f"{name}_2012-06-21_34200000_57600000_message_{levels}.csv"
+                  for name, levels in (("AMZN", 1), ("AAPL", 10)))   # a run names its inputs by their real paths
     assert cli.main(["snapshots", str(amzn), str(aapl), "--levels", "10", "--out", str(tmp_path),
                      "--workers", "0", "--no-progress"]) == 0
     out = capsys.readouterr().out
