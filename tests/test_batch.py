@@ -217,7 +217,7 @@ def test_in_process_dask_local_cluster_same_bytes(inputs, reference, tmp_path):
     distributed = pytest.importorskip("distributed")
     expected_files, expected_states = reference
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         batch.snapshot_files(inputs, tmp_path, levels=10, interval="1s", cluster=client)
         assert_same_states(batch.replay_files(inputs, spread_and_imbalance, make_state, cluster=client),
                            expected_states)

@@ -189,7 +189,7 @@ def test_journal_same_results_in_processes_and_on_dask(synthetic_inputs, tmp_pat
     assert folder_bytes(tmp_path / "processes") == expected
     assert_same_states(batch.replay_files([journal], spread_and_imbalance, make_state, workers=2), states)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         batch.snapshot_files([journal], tmp_path / "dask", levels=5, interval="1s", cluster=client)
         total = batch.replay_files([journal], spread_and_imbalance, make_state, reduce=add, cluster=client)
     assert folder_bytes(tmp_path / "dask") == expected
