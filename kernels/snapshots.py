@@ -101,16 +101,6 @@ def _write_row(book, symbol, row, boundary, cursor, times, last_ns, last_local_n
         ask_quantities[row, level] = 0
 
 
-@inline_kernel
-def _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices, ask_quantities):
-    """Rows the outputs have room for; -1 when their levels differ."""
-    if (bid_quantities.shape[1] != bid_prices.shape[1] or ask_prices.shape[1] != bid_prices.shape[1]
-            or ask_quantities.shape[1] != bid_prices.shape[1]):
-        return -1
-    return min(times.shape[0], last_ns.shape[0], last_local_ns.shape[0], sequences.shape[0],
-               bid_prices.shape[0], bid_quantities.shape[0], ask_prices.shape[0], ask_quantities.shape[0])
-
-
 @llvm_inline_kernel
 def _rows_due(limit, inclusive, interval, cursor, times, last_ns, last_local_ns, sequences, bid_prices,
               bid_quantities, ask_prices, ask_quantities):
@@ -121,10 +111,11 @@ def _rows_due(limit, inclusive, interval, cursor, times, last_ns, last_local_ns,
         return BAD_ARGUMENT, 0
     if cursor[CURSOR_OPEN] != 0 or cursor[CURSOR_NEXT_BOUNDARY] == 0:
         return OK, 0
-    capacity = _capacity(times, last_ns, last_local_ns, sequences, bid_prices, bid_quantities, ask_prices,
-                         ask_quantities)
-    if capacity < 0:
+    if (bid_quantities.shape[1] != bid_prices.shape[1] or ask_prices.shape[1] != bid_prices.shape[1]
+            or ask_quantities.shape[1] != bid_prices.shape[1]):
         return BAD_ARGUMENT, 0
+    capacity = min(times.shape[0], last_ns.shape[0], last_local_ns.shape[0], sequences.shape[0],
+                   bid_prices.shape[0], bid_quantities.shape[0], ask_prices.shape[0], ask_quantities.shape[0])
     boundary = cursor[CURSOR_NEXT_BOUNDARY]
     if limit < boundary or (limit == boundary and not inclusive):
         return OK, 0
@@ -262,6 +253,8 @@ def finish_snapshots(book, symbol, interval, cursor, times, last_ns, last_local_
 
     Returns ``OK``, ``FULL`` or ``BAD_ARGUMENT``.
     """
+    if cursor.shape[0] < N_CURSOR:   # the clock is read below
+        return BAD_ARGUMENT
     return _snapshot_through(book, symbol, cursor[CURSOR_CLOCK], True, interval, cursor, times,
                              last_ns, last_local_ns, sequences, bid_prices, bid_quantities,
                              ask_prices, ask_quantities)
@@ -279,13 +272,10 @@ def finish_snapshots(book, symbol, interval, cursor, times, last_ns, last_local_
 def _put_published_side(current, row_prices, row_sizes, prices, quantities):
     """The levels row ``current`` shows (those before its first empty one), the rest empty
     (all of them when ``current`` is -1: no row yet)."""
-    shown = 0
-    if current >= 0:
-        limit = min(prices.shape[0], row_prices.shape[1])
-        while shown < limit and row_sizes[current, shown] > 0:
-            prices[shown] = row_prices[current, shown]
-            quantities[shown] = row_sizes[current, shown]
-            shown += 1
+    shown = 0 if current < 0 else min(shown_levels(row_sizes[current]), prices.shape[0])
+    for level in range(shown):
+        prices[level] = row_prices[current, level]
+        quantities[level] = row_sizes[current, level]
     for level in range(shown, prices.shape[0]):
         prices[level] = NO_PRICE
         quantities[level] = 0
@@ -366,9 +356,8 @@ def finish_published_snapshots(row_bid_prices, row_bid_sizes, row_ask_prices, ro
                                ask_prices, ask_quantities):
     """:func:`finish_snapshots` for :func:`take_published_snapshots`: the boundaries up to and
     including the clock, from row ``current``. Returns ``OK``, ``FULL`` or ``BAD_ARGUMENT``."""
-    if _published_rows(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current) < 0:
-        return BAD_ARGUMENT
-    if cursor.shape[0] < N_CURSOR:
+    if (_published_rows(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current) < 0
+            or cursor.shape[0] < N_CURSOR):   # the clock is read below
         return BAD_ARGUMENT
     return _published_through(row_bid_prices, row_bid_sizes, row_ask_prices, row_ask_sizes, current,
                               cursor[CURSOR_CLOCK], True, interval, cursor, times, last_ns, last_local_ns,

@@ -448,6 +448,15 @@ def test_published_kernel_refuses_rows_it_cannot_read():
         assert not cursor.any() and all(np.array_equal(a, b) for a, b in zip(out, before))
 
 
+def test_finishing_with_a_short_cursor_reads_nothing():
+    """A cursor too short for its fields: refused (the clock is not read from it)."""
+    rows, out = np.ones((1, 2), np.int64), snapshots._outputs(2, 2)
+    for cursor in (np.zeros(0, np.int64), np.zeros(kernels.N_CURSOR - 1, np.int64)):
+        assert kernels.finish_snapshots(new_book(1, depth=8, order_capacity=16), 0, SECOND, cursor,
+                                        *out) == BAD_ARGUMENT
+        assert kernels.finish_published_snapshots(rows, rows, rows, rows, 0, SECOND, cursor, *out) == BAD_ARGUMENT
+
+
 @numba.njit
 def _record_boundaries(book, events, i, state):
     """A reconciled replay's callback: the book's best levels at each boundary that message
